@@ -1,0 +1,247 @@
+"""Packed token shard format: the contract between the data pipeline (writer) and the trainer (reader).
+
+A shard named `<stem>` in a directory is three files:
+  `<stem>.tokens`   token ids, little-endian uint16 (vocab <= 65535) or uint32, documents back to back;
+  `<stem>.index`    little-endian uint64 document start offsets into `.tokens`, n_documents + 1 entries
+                    (the last is n_tokens), so document i is tokens[index[i]:index[i + 1]];
+  `<stem>.json`     header: format, version, dtype, n_tokens, n_documents, tokenizer (id, vocab_size,
+                    eos_id), sources (free-form counts by source).
+The header is renamed into place last, after the two data files, so a shard without a header is incomplete and
+never read; every file is written under a temporary name first, so a killed writer leaves no partial shard.
+Readers memory-map, so opening a terabyte of shards costs nothing.
+
+Plain numpy memmaps rather than `datasets`/Arrow: the trainer needs O(1) random access to token windows that
+cross document boundaries, which Arrow's row layout does not give without copying.
+"""
+from __future__ import annotations
+
+import json
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Iterable, Iterator, Sequence
+
+import numpy as np
+
+FORMAT_NAME = "loom-packed"
+FORMAT_VERSION = 1
+HEADER_SUFFIX = ".json"
+TOKENS_SUFFIX = ".tokens"
+INDEX_SUFFIX = ".index"
+
+
+class ShardFormatError(ValueError):
+    """A shard is missing, truncated or inconsistent with its header."""
+
+
+def dtype_for_vocab(vocab_size: int) -> np.dtype:
+    return np.dtype("<u2") if vocab_size <= 2**16 else np.dtype("<u4")
+
+
+def _atomic_replace(tmp: Path, final: Path) -> None:
+    with open(tmp, "rb") as f:
+        os.fsync(f.fileno())
+    os.replace(tmp, final)
+
+
+class ShardWriter:
+    """Streams documents into one shard; `close()` publishes it atomically (header last).
+
+    Use as a context manager: an exception inside the block discards the temporary files instead of publishing.
+    """
+
+    def __init__(
+        self,
+        directory: str | os.PathLike,
+        stem: str,
+        *,
+        vocab_size: int,
+        eos_id: int | None,
+        tokenizer_id: str,
+        sources: dict | None = None,
+    ) -> None:
+        self.directory = Path(directory)
+        self.directory.mkdir(parents=True, exist_ok=True)
+        self.stem = stem
+        self.dtype = dtype_for_vocab(vocab_size)
+        self.vocab_size = vocab_size
+        self.eos_id = eos_id
+        self.tokenizer_id = tokenizer_id
+        self.sources = dict(sources or {})
+        suffix = f".tmp.{os.getpid()}"
+        self._tmp_tokens = self.directory / f"{stem}{TOKENS_SUFFIX}{suffix}"
+        self._tmp_index = self.directory / f"{stem}{INDEX_SUFFIX}{suffix}"
+        self._tmp_header = self.directory / f"{stem}{HEADER_SUFFIX}{suffix}"
+        self._tokens_file = open(self._tmp_tokens, "wb")
+        self._offsets: list[int] = [0]
+        self._closed = False
+
+    def add_document(self, tokens: Sequence[int] | np.ndarray) -> None:
+        array = np.asarray(tokens)
+        if array.ndim != 1:
+            raise ShardFormatError(f"a document must be a 1-D token sequence, got shape {array.shape}")
+        if array.size and (array.min() < 0 or array.max() >= self.vocab_size):
+            raise ShardFormatError(
+                f"token ids must be in [0, {self.vocab_size}), got range [{array.min()}, {array.max()}]"
+            )
+        self._tokens_file.write(array.astype(self.dtype, copy=False).tobytes())
+        self._offsets.append(self._offsets[-1] + int(array.size))
+
+    def add_documents(self, documents: Iterable[Sequence[int]]) -> None:
+        for doc in documents:
+            self.add_document(doc)
+
+    @property
+    def n_tokens(self) -> int:
+        return self._offsets[-1]
+
+    def close(self) -> Path:
+        """Publish the shard and return the header path."""
+        if self._closed:
+            raise RuntimeError("shard already closed")
+        self._closed = True
+        self._tokens_file.close()
+        np.asarray(self._offsets, dtype="<u8").tofile(self._tmp_index)
+        header = {
+            "format": FORMAT_NAME,
+            "version": FORMAT_VERSION,
+            "dtype": self.dtype.name,
+            "n_tokens": self.n_tokens,
+            "n_documents": len(self._offsets) - 1,
+            "tokenizer": {"id": self.tokenizer_id, "vocab_size": self.vocab_size, "eos_id": self.eos_id},
+            "sources": self.sources,
+        }
+        self._tmp_header.write_text(json.dumps(header, indent=2))
+        _atomic_replace(self._tmp_tokens, self.directory / f"{self.stem}{TOKENS_SUFFIX}")
+        _atomic_replace(self._tmp_index, self.directory / f"{self.stem}{INDEX_SUFFIX}")
+        final_header = self.directory / f"{self.stem}{HEADER_SUFFIX}"
+        _atomic_replace(self._tmp_header, final_header)
+        return final_header
+
+    def abort(self) -> None:
+        self._closed = True
+        self._tokens_file.close()
+        for tmp in (self._tmp_tokens, self._tmp_index, self._tmp_header):
+            tmp.unlink(missing_ok=True)
+
+    def __enter__(self) -> "ShardWriter":
+        return self
+
+    def __exit__(self, exc_type, exc, tb) -> None:
+        if self._closed:
+            return
+        if exc_type is None:
+            self.close()
+        else:
+            self.abort()
+
+
+@dataclass
+class PackedShard:
+    """One shard opened read-only through memory maps, validated against its header."""
+
+    header_path: Path
+    header: dict
+    tokens: np.ndarray
+    offsets: np.ndarray
+
+    @classmethod
+    def open(cls, header_path: str | os.PathLike) -> "PackedShard":
+        header_path = Path(header_path)
+        try:
+            header = json.loads(header_path.read_text())
+        except (OSError, json.JSONDecodeError) as exc:
+            raise ShardFormatError(f"{header_path}: unreadable shard header ({exc})") from exc
+        if header.get("format") != FORMAT_NAME:
+            raise ShardFormatError(f"{header_path}: not a {FORMAT_NAME} shard header")
+        if header.get("version") != FORMAT_VERSION:
+            raise ShardFormatError(f"{header_path}: shard version {header.get('version')}, expected {FORMAT_VERSION}")
+        stem = header_path.name[: -len(HEADER_SUFFIX)]
+        tokens_path = header_path.with_name(stem + TOKENS_SUFFIX)
+        index_path = header_path.with_name(stem + INDEX_SUFFIX)
+        dtype = np.dtype(header["dtype"]).newbyteorder("<")
+        n_tokens, n_docs = int(header["n_tokens"]), int(header["n_documents"])
+        for path, expected in ((tokens_path, n_tokens * dtype.itemsize), (index_path, (n_docs + 1) * 8)):
+            if not path.exists():
+                raise ShardFormatError(f"{path}: missing (shard {stem} is incomplete)")
+            if path.stat().st_size != expected:
+                raise ShardFormatError(
+                    f"{path}: size {path.stat().st_size} bytes, header says {expected}: truncated or corrupt shard"
+                )
+        tokens = np.memmap(tokens_path, dtype=dtype, mode="r") if n_tokens else np.zeros(0, dtype=dtype)
+        offsets = np.fromfile(index_path, dtype="<u8")
+        if offsets[0] != 0 or offsets[-1] != n_tokens or np.any(np.diff(offsets.astype(np.int64)) < 0):
+            raise ShardFormatError(f"{index_path}: document offsets are inconsistent with the header")
+        return cls(header_path, header, tokens, offsets)
+
+    @property
+    def n_tokens(self) -> int:
+        return int(self.header["n_tokens"])
+
+    @property
+    def n_documents(self) -> int:
+        return int(self.header["n_documents"])
+
+    def document(self, i: int) -> np.ndarray:
+        return np.asarray(self.tokens[int(self.offsets[i]) : int(self.offsets[i + 1])])
+
+
+def list_shards(directory: str | os.PathLike) -> list[Path]:
+    """Header paths of complete shards in `directory`, sorted by name (the canonical shard order)."""
+    directory = Path(directory)
+    if not directory.is_dir():
+        raise ShardFormatError(f"{directory}: not a directory of packed shards")
+    return sorted(p for p in directory.glob(f"*{HEADER_SUFFIX}") if not p.name.startswith("."))
+
+
+class PackedDataset:
+    """All shards of a directory as one concatenated token stream (shards in name order)."""
+
+    def __init__(self, directory: str | os.PathLike) -> None:
+        self.directory = Path(directory)
+        headers = list_shards(self.directory)
+        if not headers:
+            raise ShardFormatError(
+                f"{self.directory}: no packed shards (*.json headers) found; run the data pipeline's tokenize step"
+            )
+        self.shards = [PackedShard.open(h) for h in headers]
+        tokenizers = {json.dumps(s.header["tokenizer"], sort_keys=True) for s in self.shards}
+        if len(tokenizers) != 1:
+            raise ShardFormatError(f"{self.directory}: shards were written by different tokenizers: {tokenizers}")
+        self.tokenizer = self.shards[0].header["tokenizer"]
+        sizes = np.array([s.n_tokens for s in self.shards], dtype=np.int64)
+        self.shard_starts = np.concatenate([[0], np.cumsum(sizes)])
+
+    @property
+    def n_tokens(self) -> int:
+        return int(self.shard_starts[-1])
+
+    @property
+    def n_documents(self) -> int:
+        return sum(s.n_documents for s in self.shards)
+
+    @property
+    def vocab_size(self) -> int:
+        return int(self.tokenizer["vocab_size"])
+
+    def read(self, start: int, length: int) -> np.ndarray:
+        """Tokens [start, start+length) of the concatenated stream as int64 (crosses shard boundaries)."""
+        if start < 0 or start + length > self.n_tokens:
+            raise IndexError(f"token range [{start}, {start + length}) outside [0, {self.n_tokens})")
+        out = np.empty(length, dtype=np.int64)
+        filled = 0
+        shard_idx = int(np.searchsorted(self.shard_starts, start, side="right") - 1)
+        pos = start - int(self.shard_starts[shard_idx])
+        while filled < length:
+            shard = self.shards[shard_idx]
+            take = min(length - filled, shard.n_tokens - pos)
+            out[filled : filled + take] = shard.tokens[pos : pos + take]
+            filled += take
+            shard_idx += 1
+            pos = 0
+        return out
+
+    def documents(self) -> Iterator[np.ndarray]:
+        for shard in self.shards:
+            for i in range(shard.n_documents):
+                yield shard.document(i)
