@@ -68,10 +68,12 @@ class ShardWriter:
         self.eos_id = eos_id
         self.tokenizer_id = tokenizer_id
         self.sources = dict(sources or {})
+        # Hidden temporary names (".<stem>...tmp.<pid>"): never mistaken for a shard, and swept by the pipeline's
+        # stale-temporary cleanup after a killed task.
         suffix = f".tmp.{os.getpid()}"
-        self._tmp_tokens = self.directory / f"{stem}{TOKENS_SUFFIX}{suffix}"
-        self._tmp_index = self.directory / f"{stem}{INDEX_SUFFIX}{suffix}"
-        self._tmp_header = self.directory / f"{stem}{HEADER_SUFFIX}{suffix}"
+        self._tmp_tokens = self.directory / f".{stem}{TOKENS_SUFFIX}{suffix}"
+        self._tmp_index = self.directory / f".{stem}{INDEX_SUFFIX}{suffix}"
+        self._tmp_header = self.directory / f".{stem}{HEADER_SUFFIX}{suffix}"
         self._tokens_file = open(self._tmp_tokens, "wb")
         self._offsets: list[int] = [0]
         self._closed = False
@@ -186,12 +188,27 @@ class PackedShard:
         return np.asarray(self.tokens[int(self.offsets[i]) : int(self.offsets[i + 1])])
 
 
+def _is_shard_header(path: Path) -> bool:
+    """A `.json` is a shard header when it has shard data beside it or says it is one; other JSON files that live
+    next to shards (the tokenizer's `tokenizer.json`) are not. A header whose data files are missing still counts,
+    so opening it reports the incomplete shard instead of skipping it silently."""
+    stem = path.name[: -len(HEADER_SUFFIX)]
+    if path.with_name(stem + TOKENS_SUFFIX).exists() or path.with_name(stem + INDEX_SUFFIX).exists():
+        return True
+    try:
+        return json.loads(path.read_text()).get("format") == FORMAT_NAME
+    except (OSError, ValueError, AttributeError):
+        return False
+
+
 def list_shards(directory: str | os.PathLike) -> list[Path]:
     """Header paths of complete shards in `directory`, sorted by name (the canonical shard order)."""
     directory = Path(directory)
     if not directory.is_dir():
         raise ShardFormatError(f"{directory}: not a directory of packed shards")
-    return sorted(p for p in directory.glob(f"*{HEADER_SUFFIX}") if not p.name.startswith("."))
+    return sorted(
+        p for p in directory.glob(f"*{HEADER_SUFFIX}") if not p.name.startswith(".") and _is_shard_header(p)
+    )
 
 
 class PackedDataset:
