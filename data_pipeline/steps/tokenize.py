@@ -1,0 +1,121 @@
+"""Tokenize documents into packed token shards, training the byte-level BPE first unless one is given.
+
+Stages:
+  sample (per shard)  keep this shard's `sample_docs` documents with the smallest hash of their id;
+  train (reduce)      keep the `sample_docs` smallest overall and train on them in hash order, or load the given
+                      tokenizer.json; save it to the step's work dir and next to the shards (for the trainer);
+  run (per shard)     encode the shard in batches into <output>/tokens/shard-RRRRR with an end-of-document token
+                      after every document (formats.ShardWriter: atomic, header last).
+Sampling by a hash of the id (a bottom-k sample) rather than by position makes the sample, and therefore the
+tokenizer, the same however the corpus is split into shards.
+"""
+from __future__ import annotations
+
+import hashlib
+import heapq
+import json
+from collections import Counter
+from itertools import islice
+from pathlib import Path
+from typing import Iterable, Iterator, Optional, Sequence
+
+from data_pipeline.document import Document
+from data_pipeline.formats import ShardWriter
+from data_pipeline.steps.base import Stage, Step
+from data_pipeline.tokenizer import (
+    DEFAULT_EOS,
+    TOKENIZER_FILE,
+    TokenizerInfo,
+    load_tokenizer,
+    save_tokenizer,
+    train_bpe,
+)
+
+
+def _sample_key(doc_id: str) -> int:
+    return int.from_bytes(hashlib.blake2b(doc_id.encode("utf-8"), digest_size=8).digest(), "big")
+
+
+class Tokenize(Step):
+    name = "tokenize"
+    writes_documents = False
+
+    def __init__(
+        self,
+        tokenizer: Optional[str] = None,
+        vocab_size: int = 32768,
+        special_tokens: Sequence[str] = (DEFAULT_EOS,),
+        eos_token: str = DEFAULT_EOS,
+        min_frequency: int = 2,
+        sample_docs: int = 50_000,
+        batch_size: int = 512,
+    ) -> None:
+        super().__init__()
+        special_tokens = list(special_tokens)
+        if tokenizer is None and eos_token not in special_tokens:
+            raise ValueError(
+                f"tokenize: eos_token {eos_token!r} is not in special_tokens {special_tokens}: add it there"
+            )
+        if tokenizer is not None and not Path(tokenizer).is_file():
+            raise ValueError(
+                f"tokenize: tokenizer={tokenizer}: no such tokenizer.json (fix the path, or unset it to train one)"
+            )
+        for key, value in (("vocab_size", vocab_size), ("sample_docs", sample_docs), ("batch_size", batch_size)):
+            if value < 1:
+                raise ValueError(f"tokenize: {key}={value} must be >= 1")
+        self.tokenizer_path = tokenizer
+        self.vocab_size = vocab_size
+        self.special_tokens = special_tokens
+        self.eos_token = eos_token
+        self.min_frequency = min_frequency
+        self.sample_docs = sample_docs
+        self.batch_size = batch_size
+
+    def stages(self) -> list[Stage]:
+        return [Stage("sample", self.sample), Stage("train", self.train, per_shard=False), Stage("run", self.run)]
+
+    @property
+    def tokens_dir(self) -> Path:
+        return self.context.output_dir or self.context.work_dir / "tokens"
+
+    # ------------------------------------------------------------------ stages
+    def sample(self, documents: Iterable[Document], rank: int, world_size: int) -> None:
+        if self.tokenizer_path is not None:
+            return
+        chosen = heapq.nsmallest(self.sample_docs, ((_sample_key(d.id), d.id, d.text) for d in documents))
+        self.context.write_atomic(f"sample-{rank:05d}.json", json.dumps(chosen).encode("utf-8"))
+
+    def train(self, world_size: int) -> None:
+        if self.tokenizer_path is not None:
+            tokenizer = load_tokenizer(self.tokenizer_path)
+        else:
+            shards = (json.loads(self.context.work_path(f"sample-{r:05d}.json").read_text()) for r in range(world_size))
+            chosen = heapq.nsmallest(self.sample_docs, (tuple(row) for rows in shards for row in rows))
+            if not chosen:
+                raise ValueError("tokenize: no documents reached the tokenize step, so there is nothing to train on")
+            tokenizer = train_bpe(
+                (text for _, _, text in chosen), self.vocab_size, self.special_tokens, self.min_frequency
+            )
+        info = TokenizerInfo.of(tokenizer, self.eos_token)  # fails early when the EOS token is missing
+        save_tokenizer(tokenizer, self.context.work_path(TOKENIZER_FILE))
+        save_tokenizer(tokenizer, self.tokens_dir / TOKENIZER_FILE)
+        self.context.write_atomic("tokenizer_info.json", json.dumps(info.__dict__).encode())
+
+    def run(self, documents: Iterable[Document], rank: int = 0, world_size: int = 1) -> Iterator[Document]:
+        tokenizer = load_tokenizer(self.context.work_path(TOKENIZER_FILE))
+        tokenizer.encode_special_tokens = True  # "<|endoftext|>" inside a text is text, not a document boundary
+        info = TokenizerInfo.of(tokenizer, self.eos_token)
+        sources: Counter = Counter()
+        documents = iter(documents)
+        with ShardWriter(
+            self.tokens_dir, f"shard-{rank:05d}", vocab_size=info.vocab_size, eos_id=info.eos_id,
+            tokenizer_id=info.id, sources=None,
+        ) as writer:
+            while batch := list(islice(documents, self.batch_size)):
+                encodings = tokenizer.encode_batch([d.text for d in batch], add_special_tokens=False)
+                for doc, encoding in zip(batch, encodings):
+                    writer.add_document(encoding.ids + [info.eos_id])
+                    self.context.count("tokens", len(encoding.ids) + 1)
+                    sources[str(doc.metadata.get("source", "all"))] += 1
+                    yield doc
+            writer.sources = {"documents": dict(sorted(sources.items()))}
