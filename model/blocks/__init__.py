@@ -1,0 +1,1 @@
+"""Building blocks of the decoder, each a small module chosen by ModelConfig."""

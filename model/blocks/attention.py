@@ -1,0 +1,168 @@
+"""Multi-head attention with any number of KV heads (MHA / GQA / MQA).
+
+The softmax(QK^T)V step lives in its own submodule, `inner_attention`, so context parallelism can swap it for
+ring or Ulysses attention without touching the projections. It takes the fast path (SDPA with `is_causal=True` and
+no mask, so flash kernels run on GPU) whenever nothing needs an explicit mask, and builds the mask only for sliding
+windows, ALiBi, padding and cache decoding. A logit softcap needs the scores themselves, which SDPA never exposes,
+so that case is computed explicitly.
+"""
+from __future__ import annotations
+
+from typing import Optional
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from model.blocks.alibi import alibi_bias, alibi_slopes
+from model.blocks.kv_cache import KVCache
+from model.blocks.norm import RMSNorm
+from model.blocks.rope import apply_rope
+from model.config import ModelConfig
+
+
+def repeat_kv(x: torch.Tensor, n_rep: int) -> torch.Tensor:
+    """[B, H_kv, S, D] -> [B, H_kv * n_rep, S, D], each KV head shared by n_rep consecutive query heads."""
+    if n_rep == 1:
+        return x
+    b, h_kv, s, d = x.shape
+    return x[:, :, None].expand(b, h_kv, n_rep, s, d).reshape(b, h_kv * n_rep, s, d)
+
+
+def build_attention_mask(
+    q_len: int,
+    k_len: int,
+    *,
+    q_start: int = 0,
+    sliding_window: Optional[int] = None,
+    key_padding_mask: Optional[torch.Tensor] = None,
+    device: torch.device | None = None,
+) -> torch.Tensor:
+    """Boolean mask [B or 1, 1, q_len, k_len], True where query i (at key slot q_start + i) may attend key j.
+
+    Causal, and with a sliding window Mistral's rule: q - window < j <= q. Padded keys (key_padding_mask False)
+    are hidden; a query that would then see nothing (a padding query) is allowed to see itself so its softmax
+    stays finite (its output is never used)."""
+    q_slot = torch.arange(q_start, q_start + q_len, device=device)[:, None]
+    k_slot = torch.arange(k_len, device=device)[None, :]
+    mask = k_slot <= q_slot
+    if sliding_window is not None:
+        mask = mask & (k_slot > q_slot - sliding_window)
+    mask = mask[None, None]
+    if key_padding_mask is not None:
+        if key_padding_mask.shape[-1] != k_len:
+            raise ValueError(f"attention_mask covers {key_padding_mask.shape[-1]} keys but attention sees {k_len}")
+        mask = mask & key_padding_mask.to(device=device, dtype=torch.bool)[:, None, None, :]
+        mask = mask | (k_slot == q_slot)[None, None]
+    return mask
+
+
+class ScaledDotProductAttention(nn.Module):
+    """softmax(q k^T * scale + bias) v on [B, H, T, D] queries and [B, H_kv, S, D] keys/values (after RoPE).
+
+    Query i sits at key slot `q_start + i` (0 in training; the cache length when decoding). KV heads are
+    repeated to the query heads here, so a replacement (ring attention) receives the smaller KV tensors."""
+
+    def forward(
+        self,
+        q: torch.Tensor,
+        k: torch.Tensor,
+        v: torch.Tensor,
+        *,
+        q_start: int = 0,
+        key_padding_mask: Optional[torch.Tensor] = None,
+        sliding_window: Optional[int] = None,
+        softcap: Optional[float] = None,
+        attn_bias: Optional[torch.Tensor] = None,
+        scale: Optional[float] = None,
+    ) -> torch.Tensor:
+        n_rep = q.shape[1] // k.shape[1]
+        k, v = repeat_kv(k, n_rep), repeat_kv(v, n_rep)
+        q_len, k_len = q.shape[2], k.shape[2]
+        plain = key_padding_mask is None and sliding_window is None and softcap is None and attn_bias is None
+        if plain and q_start == 0 and q_len == k_len:
+            return F.scaled_dot_product_attention(q, k, v, is_causal=True, scale=scale)
+        if plain and q_len == 1 and q_start == k_len - 1:
+            return F.scaled_dot_product_attention(q, k, v, scale=scale)  # one new token sees the whole cache
+        mask = build_attention_mask(
+            q_len, k_len, q_start=q_start, sliding_window=sliding_window, key_padding_mask=key_padding_mask,
+            device=q.device,
+        )
+        if softcap is None:
+            if attn_bias is not None:
+                mask = attn_bias.to(q.dtype).masked_fill(~mask, float("-inf"))
+            return F.scaled_dot_product_attention(q, k, v, attn_mask=mask, scale=scale)
+        scale = q.shape[-1] ** -0.5 if scale is None else scale
+        scores = torch.matmul(q, k.transpose(-2, -1)) * scale
+        scores = softcap * torch.tanh(scores / softcap)
+        if attn_bias is not None:
+            scores = scores + attn_bias.to(scores.dtype)
+        scores = scores.masked_fill(~mask, float("-inf"))
+        probs = torch.softmax(scores, dim=-1, dtype=torch.float32).to(q.dtype)
+        return torch.matmul(probs, v)
+
+
+class Attention(nn.Module):
+    def __init__(self, cfg: ModelConfig) -> None:
+        super().__init__()
+        self.head_dim = cfg.attn_head_dim
+        self.n_heads = cfg.n_heads
+        self.n_kv_heads = cfg.kv_heads
+        self.wq = nn.Linear(cfg.dim, cfg.n_heads * self.head_dim, bias=cfg.qkv_bias)
+        self.wk = nn.Linear(cfg.dim, self.n_kv_heads * self.head_dim, bias=cfg.qkv_bias)
+        self.wv = nn.Linear(cfg.dim, self.n_kv_heads * self.head_dim, bias=cfg.qkv_bias)
+        self.wo = nn.Linear(cfg.n_heads * self.head_dim, cfg.dim, bias=cfg.attn_out_bias)
+        self.q_norm = RMSNorm(self.head_dim, eps=cfg.norm_eps) if cfg.qk_norm else None
+        self.k_norm = RMSNorm(self.head_dim, eps=cfg.norm_eps) if cfg.qk_norm else None
+        self.inner_attention = ScaledDotProductAttention()
+        self.sliding_window = cfg.sliding_window
+        self.softcap = cfg.attn_logit_softcap
+        self.use_alibi = cfg.pos_embedding == "alibi"
+        # One slope per query head; under tensor parallelism this buffer must be sliced to the local heads.
+        self.register_buffer(
+            "alibi_slopes", alibi_slopes(cfg.n_heads) if self.use_alibi else None, persistent=False
+        )
+
+    def reset_buffers(self) -> None:
+        if self.use_alibi:
+            self.alibi_slopes = alibi_slopes(self.n_heads).to(self.wq.weight.device)
+
+    def forward(
+        self,
+        x: torch.Tensor,
+        rope: Optional[tuple[torch.Tensor, torch.Tensor]] = None,
+        *,
+        positions: Optional[torch.Tensor] = None,
+        cache: Optional[KVCache] = None,
+        attention_mask: Optional[torch.Tensor] = None,
+    ) -> torch.Tensor:
+        """x [B, T, dim]; rope: (cos, sin) at the tokens' positions; attention_mask [B, keys] (1 = real token)
+        over all keys seen (cached ones included)."""
+        bsz, seqlen, _ = x.shape
+        q = self.wq(x).view(bsz, seqlen, -1, self.head_dim)
+        k = self.wk(x).view(bsz, seqlen, -1, self.head_dim)
+        v = self.wv(x).view(bsz, seqlen, -1, self.head_dim)
+        if self.q_norm is not None:
+            q, k = self.q_norm(q), self.k_norm(k)
+        if rope is not None:
+            q, k = apply_rope(q, *rope), apply_rope(k, *rope)
+        q, k, v = q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2)
+        q_start = 0
+        if cache is not None:
+            k, v, q_start = cache.update(k, v)
+        key_padding_mask = None
+        if attention_mask is not None:
+            key_padding_mask = attention_mask[:, : k.shape[2]]
+        attn_bias = None
+        if self.use_alibi:
+            if cache is None and positions is not None:
+                q_pos = k_pos = positions
+            else:  # key slots: with left padding, slot distance equals position distance for every visible key
+                q_pos = torch.arange(q_start, q_start + seqlen, device=x.device)
+                k_pos = torch.arange(k.shape[2], device=x.device)
+            attn_bias = alibi_bias(self.alibi_slopes, q_pos, k_pos)
+        out = self.inner_attention(
+            q, k, v, q_start=q_start, key_padding_mask=key_padding_mask, sliding_window=self.sliding_window,
+            softcap=self.softcap, attn_bias=attn_bias,
+        )
+        return self.wo(out.transpose(1, 2).reshape(bsz, seqlen, -1))
