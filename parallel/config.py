@@ -49,3 +49,4 @@ class ParallelConfig:
     ac_every: int = 1  # with full: checkpoint every k-th block
     ac_selective_ops: str = "mm"  # with selective: save outputs of these ops (mm, sdpa) and recompute the rest
     compile: bool = False  # per-block torch.compile
+    compile_backend: str = "inductor"  # torch.compile backend: inductor (fused kernels) | aot_eager (debugging)

@@ -1,0 +1,65 @@
+"""FSDP2 (`fully_shard`): full shard, hybrid shard (HSDP on a 2-D replicate x shard mesh), optional bf16 params
+with fp32 gradient reduction and CPU offload.
+
+Each transformer block is its own FSDP unit so only one block's full weights are live at a time; the root unit
+holds the embeddings, final norm and output (and keeps tied embedding/output weights in one unit, which FSDP2
+requires). With context parallel the shard dimension is dp_shard x cp, as the cp ranks see different tokens and
+need their gradients reduced like data-parallel ones.
+"""
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Optional
+
+import torch
+from torch import nn
+from torch.distributed.device_mesh import DeviceMesh
+from torch.distributed.fsdp import CPUOffloadPolicy, MixedPrecisionPolicy, fully_shard
+
+from parallel.config import ParallelConfig
+from parallel.dims import ParallelDims
+
+if TYPE_CHECKING:
+    from model.config import ModelConfig
+
+_DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+
+
+def fsdp_mesh(dims: ParallelDims, mesh: DeviceMesh) -> DeviceMesh:
+    """1-D shard mesh, or 2-D (dp_replicate, dp_shard_cp) for HSDP."""
+    if dims.dp_replicate > 1:
+        # Slicing a flattened dim together with a real one from the root mesh is what torchtitan does for HSDP x CP.
+        return mesh["dp_replicate", "dp_shard" if dims.cp == 1 and dims.ep == 1 else "dp_shard_cp"]
+    return dims.submesh(mesh, "dp_shard_cp")
+
+
+def apply_fsdp(
+    model: nn.Module,
+    dims: ParallelDims,
+    cfg: ParallelConfig,
+    *,
+    mesh: DeviceMesh,
+    model_cfg: Optional["ModelConfig"] = None,
+) -> nn.Module:
+    del model_cfg
+    if cfg.fsdp_cpu_offload and not torch.accelerator.is_available():
+        raise ValueError(
+            "parallel.fsdp_cpu_offload=true moves sharded params/grads/optimizer state from the accelerator to "
+            "CPU, but this run has no accelerator (the model already lives on CPU): set it to false"
+        )
+    kwargs = {
+        "mesh": fsdp_mesh(dims, mesh),
+        "mp_policy": MixedPrecisionPolicy(
+            param_dtype=_DTYPES[cfg.fsdp_param_dtype], reduce_dtype=_DTYPES[cfg.fsdp_reduce_dtype]
+        ),
+    }
+    if cfg.fsdp_cpu_offload:
+        kwargs["offload_policy"] = CPUOffloadPolicy()
+    layers = getattr(model, "layers", None)
+    if layers is not None:
+        blocks = list(layers.values())
+        for index, block in enumerate(blocks):
+            # The last block's weights are needed again first in backward: keeping them avoids one all-gather.
+            reshard = cfg.reshard_after_forward and index < len(blocks) - 1
+            fully_shard(block, reshard_after_forward=reshard, **kwargs)
+    fully_shard(model, reshard_after_forward=cfg.reshard_after_forward, **kwargs)
+    return model
