@@ -1,0 +1,247 @@
+"""The plan of a pipeline run and the code that runs one task of it, shared by every executor.
+
+A run is steps x stages x shards. A task is (step, stage, rank) for a per-shard stage, or (step, stage) for a
+reduce stage. Executors (local process pool, Slurm arrays) differ only in where tasks run and how they wait
+for a stage to finish; what a task reads and writes is decided here, so a task gives the same files wherever it
+runs.
+
+Layout under the output directory:
+  <step>/shard-RRRRR.<fmt>              kept documents
+  excluded/<step>/shard-RRRRR.jsonl     removed documents with their reason (and details, e.g. cluster id)
+  quarantine/<step>/shard-RRRRR.jsonl   rows that were not valid documents, with the reason
+  stats/<step>/task-RRRRR.json          per-task stats of the output stage; stage-<stage>-RRRRR.json: the
+                                        wall time of earlier stages (stats/<step>.json: merged)
+  tokens/                               packed shards (tokenize)
+  .work/<step>/                         intermediate files of global steps
+  .markers/<step>/<stage>/task-RRRRR    completion markers: a rerun skips tasks that have one
+Every file is written under a temporary name and renamed; the marker comes last, so a killed task leaves no
+output a rerun would trust.
+"""
+from __future__ import annotations
+
+import json
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any, Iterator
+
+from data_pipeline.document import Document
+from data_pipeline.io import (
+    AtomicRecordWriter,
+    InputSpec,
+    Quarantined,
+    find_shard,
+    read_input_shard,
+    read_shard,
+    shard_name,
+    write_json_atomic,
+)
+from data_pipeline.stats import TaskStats, merge_step_dir
+from data_pipeline.steps import Step, TaskContext, build_step
+
+TOKENS_DIR = "tokens"
+
+
+@dataclass
+class StepSpec:
+    name: str
+    params: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass
+class PipelinePlan:
+    """Everything a task needs, JSON-serialisable so Slurm tasks can load it from disk."""
+
+    input: InputSpec
+    output: str
+    steps: list[StepSpec]
+    tasks: int = 4
+    output_format: str = "jsonl"
+    seed: int = 0
+
+    def __post_init__(self) -> None:
+        if self.tasks < 1:
+            raise ValueError(f"tasks={self.tasks}: must be at least 1")
+        if self.output_format not in ("jsonl", "parquet"):
+            raise ValueError(f"output_format={self.output_format!r}: use jsonl or parquet")
+        for i, spec in enumerate(self.steps):
+            step = build_step(spec.name, spec.params)  # fails early on an unknown step or parameter
+            stages = step.stages()
+            if not stages or not stages[-1].per_shard:
+                raise ValueError(f"step {spec.name}: its last stage must be per-shard (it produces the output)")
+            if not step.writes_documents and i != len(self.steps) - 1:
+                raise ValueError(f"step {spec.name} writes no documents, so it must be the last step")
+        if len({s.name for s in self.steps}) != len(self.steps):
+            raise ValueError(f"a step appears twice in {[s.name for s in self.steps]}: output folders would collide")
+
+    @property
+    def root(self) -> Path:
+        return Path(self.output)
+
+    def to_json(self) -> dict[str, Any]:
+        return asdict(self)
+
+    @classmethod
+    def from_json(cls, data: dict[str, Any]) -> "PipelinePlan":
+        return cls(
+            input=InputSpec(**data["input"]),
+            output=data["output"],
+            steps=[StepSpec(**s) for s in data["steps"]],
+            tasks=data["tasks"],
+            output_format=data["output_format"],
+            seed=data["seed"],
+        )
+
+    def save(self, path: Path) -> None:
+        write_json_atomic(path, self.to_json())
+
+    @classmethod
+    def load(cls, path: Path) -> "PipelinePlan":
+        return cls.from_json(json.loads(Path(path).read_text()))
+
+    # ------------------------------------------------------------------ paths
+    def marker(self, step: str, stage: str, rank: int) -> Path:
+        return self.root / ".markers" / step / stage / f"task-{rank:05d}"
+
+    def stats_file(self, step: str, rank: int) -> Path:
+        return self.root / "stats" / step / f"task-{rank:05d}.json"
+
+    def build(self, index: int) -> Step:
+        spec = self.steps[index]
+        return build_step(spec.name, spec.params)
+
+
+def save_plan_checked(plan: PipelinePlan) -> None:
+    """Save the plan in the output directory, refusing to resume a run that was started with another plan
+    (its completion markers would make the new configuration silently skip work)."""
+    path = plan.root / "plan.json"
+    if path.exists():
+        previous = json.loads(path.read_text())
+        if previous != json.loads(json.dumps(plan.to_json())):
+            raise ValueError(
+                f"output={plan.root} holds a run with a different configuration ({path}); "
+                "use a new output directory, or delete this one to start over"
+            )
+    plan.save(path)
+
+
+def _context(plan: PipelinePlan, step: Step, rank: int) -> TaskContext:
+    return TaskContext(
+        step_name=step.name,
+        rank=rank,
+        world_size=plan.tasks,
+        work_dir=plan.root / ".work" / step.name,
+        output_dir=plan.root / TOKENS_DIR,
+        seed=plan.seed,
+    )
+
+
+def _input_rows(plan: PipelinePlan, step_index: int, rank: int) -> Iterator[Document | Quarantined]:
+    if step_index == 0:
+        return read_input_shard(plan.input, rank, plan.tasks)
+    previous = plan.steps[step_index - 1].name
+    path = find_shard(plan.root / previous, rank)
+    if path is None:
+        raise FileNotFoundError(f"{plan.root / previous}: shard {rank} missing; step {previous} did not finish")
+    return read_shard(path)
+
+
+def _documents_only(rows: Iterator[Document | Quarantined]) -> Iterator[Document]:
+    return (row for row in rows if isinstance(row, Document))
+
+
+def task_done(plan: PipelinePlan, step_index: int, stage_index: int, rank: int) -> bool:
+    step = plan.steps[step_index].name
+    stage = plan.build(step_index).stages()[stage_index].name
+    return plan.marker(step, stage, rank).exists()
+
+
+def run_task(plan: PipelinePlan, step_index: int, stage_index: int, rank: int = 0) -> bool:
+    """Run one task unless its marker exists; return True if it ran. Reduce stages use rank 0."""
+    step = plan.build(step_index)
+    stages = step.stages()
+    stage = stages[stage_index]
+    marker = plan.marker(step.name, stage.name, rank)
+    if marker.exists():
+        return False
+    context = _context(plan, step, rank)
+    step.bind(context)
+    start = time.perf_counter()
+    if stage_index == len(stages) - 1:
+        _run_output_stage(plan, step_index, step, stage.fn, rank, context)
+    else:
+        if not stage.per_shard:
+            stage.fn(plan.tasks)
+        else:
+            result = stage.fn(_documents_only(_input_rows(plan, step_index, rank)), rank, plan.tasks)
+            if result is not None:
+                for _ in result:  # drain a generator-style stage
+                    pass
+        timing = {"stage": stage.name, "rank": rank, "time_s": time.perf_counter() - start}
+        write_json_atomic(plan.root / "stats" / step.name / f"stage-{stage.name}-{rank:05d}.json", timing)
+    marker.parent.mkdir(parents=True, exist_ok=True)
+    marker.write_text(json.dumps({"finished": time.time()}))
+    return True
+
+
+def _run_output_stage(plan: PipelinePlan, step_index: int, step: Step, fn, rank: int, context: TaskContext) -> None:
+    root = plan.root
+    stats = TaskStats(step=step.name, rank=rank)
+    start = time.perf_counter()
+    kept_writer = (
+        AtomicRecordWriter(root / step.name / shard_name(rank, plan.output_format), plan.output_format)
+        if step.writes_documents
+        else None
+    )
+    excluded_writer = AtomicRecordWriter(root / "excluded" / step.name / shard_name(rank, "jsonl"))
+    quarantine_writer = AtomicRecordWriter(root / "quarantine" / step.name / shard_name(rank, "jsonl"))
+    writers = [w for w in (kept_writer, excluded_writer, quarantine_writer) if w is not None]
+
+    def on_exclude(doc: Document, reason: str, details: dict) -> None:
+        stats.docs_excluded += 1
+        excluded_writer.write({**doc.to_record(), "excluded_reason": reason, **{f"excluded_{k}": v for k, v in details.items()}})
+
+    context.on_exclude = on_exclude
+
+    def counted_documents() -> Iterator[Document]:
+        for row in _input_rows(plan, step_index, rank):
+            stats.docs_in += 1
+            if isinstance(row, Quarantined):
+                stats.docs_quarantined += 1
+                quarantine_writer.write(row.to_record())
+                continue
+            stats.bytes_in += len(row.text.encode("utf-8"))
+            stats.words_in += len(row.text.split())
+            yield row
+
+    try:
+        for doc in fn(counted_documents(), rank, plan.tasks):
+            stats.docs_out += 1
+            stats.bytes_out += len(doc.text.encode("utf-8"))
+            stats.words_out += len(doc.text.split())
+            if kept_writer is not None:
+                kept_writer.write(doc.to_record())
+    except BaseException:
+        for writer in writers:
+            writer.discard()
+        raise
+    stats.docs_added = context.counters.get("added_copies", 0)
+    stats.docs_kept = stats.docs_out - stats.docs_added
+    stats.time_s = time.perf_counter() - start
+    stats.counters = dict(context.counters)
+    stats.scores = {k: list(v) for k, v in context.scores.items()}
+    stats.check_accounting()
+    for writer in writers:
+        writer.commit()
+    write_json_atomic(plan.stats_file(step.name, rank), stats.to_json())
+
+
+def merge_step_stats(plan: PipelinePlan, step_name: str) -> dict[str, Any]:
+    merged = merge_step_dir(plan.root / "stats" / step_name)
+    merged["step"] = step_name
+    write_json_atomic(plan.root / "stats" / f"{step_name}.json", merged)
+    return merged
+
+
+def stage_names(plan: PipelinePlan, step_index: int) -> list[tuple[str, bool]]:
+    return [(s.name, s.per_shard) for s in plan.build(step_index).stages()]

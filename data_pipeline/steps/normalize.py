@@ -1,0 +1,63 @@
+"""Unicode and whitespace normalisation, so later steps (dedup, heuristics, tokenizer) see one spelling of a text.
+
+Hand-written because it is a few lines of `unicodedata` and `re`; no library bundles exactly these rules.
+"""
+from __future__ import annotations
+
+import re
+import unicodedata
+from typing import Iterable, Iterator, Optional, Sequence
+
+from data_pipeline.document import Document
+from data_pipeline.steps.base import Step
+
+# Cc/Cf characters other than newline and tab (zero-width spaces, BOM, escape sequences, NUL...).
+_CONTROL = re.compile(r"[\x00-\x08\x0b-\x1f\x7f-\x9f\u200b-\u200f\u2028\u2029\u202a-\u202e\u2060-\u2064\ufeff]")
+_INLINE_SPACE = re.compile(r"[ \t\u00a0\u1680\u2000-\u200a\u202f\u205f\u3000]+")
+_MANY_BLANK_LINES = re.compile(r"\n{3,}")
+
+DEFAULT_BOILERPLATE = (
+    r"(?i)^(we use|this (site|website) uses) cookies\b",
+    r"(?i)\ball rights reserved\b",
+    r"(?i)^(click|tap) here\b",
+    r"(?i)\b(please )?enable javascript\b",
+    r"(?i)^(share|follow us) on (facebook|twitter|x)\b",
+)
+
+
+def normalize_text(text: str, form: str = "NFC", boilerplate: Sequence[re.Pattern] = ()) -> str:
+    text = unicodedata.normalize(form, text)
+    text = text.replace("\r\n", "\n").replace("\r", "\n")
+    text = _CONTROL.sub("", text)
+    lines = []
+    for line in text.split("\n"):
+        line = _INLINE_SPACE.sub(" ", line).strip()
+        if line and any(p.search(line) for p in boilerplate):
+            continue
+        lines.append(line)
+    return _MANY_BLANK_LINES.sub("\n\n", "\n".join(lines)).strip()
+
+
+class Normalize(Step):
+    name = "normalize"
+
+    def __init__(self, form: str = "NFC", boilerplate_patterns: Optional[Sequence[str]] = None) -> None:
+        super().__init__()
+        if form not in ("NFC", "NFKC", "NFD", "NFKD"):
+            raise ValueError(f"normalize.form={form!r}: use NFC, NFKC, NFD or NFKD")
+        patterns = DEFAULT_BOILERPLATE if boilerplate_patterns is None else boilerplate_patterns
+        try:
+            self.boilerplate = [re.compile(p) for p in patterns]
+        except re.error as exc:
+            raise ValueError(f"normalize.boilerplate_patterns: invalid regex ({exc})") from exc
+        self.form = form
+
+    def run(self, documents: Iterable[Document], rank: int = 0, world_size: int = 1) -> Iterator[Document]:
+        for doc in documents:
+            text = normalize_text(doc.text, self.form, self.boilerplate)
+            if not text:
+                self.context.exclude(doc, "empty_after_normalize")
+                continue
+            if text != doc.text:
+                self.context.count("changed")
+            yield Document(doc.id, text, doc.metadata)

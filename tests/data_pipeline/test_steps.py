@@ -1,0 +1,162 @@
+"""Each step's algorithm on small hand-made inputs, run in memory through the step base (no executor)."""
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from data_pipeline.document import Document
+from data_pipeline.steps import build_step
+from data_pipeline.steps.heuristics import Heuristics
+from data_pipeline.synthetic import JUNK_KINDS, Grammar, generate_clean_documents, junk_document
+
+CLEAN = generate_clean_documents(40, seed=21)
+
+
+def docs(texts, prefix="d"):
+    return [Document(f"{prefix}{i:03d}", t, {}) for i, t in enumerate(texts)]
+
+
+def test_normalize_nfc_controls_whitespace_and_boilerplate():
+    step = build_step("normalize", {"boilerplate_patterns": [r"(?i)^subscribe now"]})
+    decomposed = "Cafe\u0301 \u200b au\t\t lait\x07.\r\n\n\n\nSubscribe now to our list\n  second   line.  "
+    out = step(docs([decomposed, "\x00 \u200b \n"]))
+    assert [d.text for d in out] == ["Caf\u00e9 au lait.\n\nsecond line."]
+    assert [(d.id, r) for d, r, _ in step.context.excluded] == [("d001", "empty_after_normalize")]
+    with pytest.raises(ValueError, match="boilerplate_patterns"):
+        build_step("normalize", {"boilerplate_patterns": ["("]})
+
+
+def test_exact_dedup_keeps_lowest_id_across_case_and_spacing():
+    texts = [CLEAN[0], CLEAN[1], "  " + CLEAN[0].upper(), CLEAN[0]]
+    step = build_step("exact_dedup")
+    documents = [Document(i, t) for i, t in zip(["c", "b", "a", "d"], texts)]
+    kept = step(documents)
+    assert [d.id for d in kept] == ["b", "a"]
+    assert sorted((d.id, r, x["kept"]) for d, r, x in step.context.excluded) == [
+        ("c", "exact_duplicate", "a"), ("d", "exact_duplicate", "a")]
+
+
+@pytest.mark.parametrize("kind", JUNK_KINDS)
+def test_heuristics_remove_each_junk_kind(kind):
+    import random
+
+    grammar = Grammar()
+    rng = random.Random(JUNK_KINDS.index(kind))
+    step = Heuristics()
+    junk = [junk_document(rng, grammar, kind) for _ in range(5)]
+    assert step(docs(junk)) == []
+    assert step(docs(CLEAN)) == docs(CLEAN)
+
+
+def test_heuristics_thresholds_are_configurable_and_checked():
+    text = CLEAN[0]
+    words = len(text.split())
+    strict = build_step("heuristics", {"gopher_quality": {"min_words": words + 1}})
+    assert strict(docs([text])) == []
+    assert strict.context.excluded[0][1] == "gopher_quality:min_words"
+    off = build_step("heuristics", {"gopher_quality": {"min_words": words + 1}, "c4": False})
+    assert off.rules["c4"] is None
+    with pytest.raises(ValueError, match="heuristics.c4.min_sentence"):
+        build_step("heuristics", {"c4": {"min_sentence": 3}})
+    dup = build_step("heuristics", {"gopher_repetition": {"dup_ngram_char_frac": {5: 0.0}}})
+    repeated = CLEAN[1] + "\n\n" + CLEAN[1].split("\n\n")[0].split(". ")[0] + " and more words here."
+    assert dup(docs([repeated])) == []
+
+
+def test_c4_drops_lines_without_terminal_punctuation():
+    menu = "Home | About | Contact\n" + CLEAN[2] + "\nShare this\nuse javascript to see the page."
+    out = Heuristics(fineweb=False, gopher_repetition=False)(docs([menu]))
+    assert out[0].text == CLEAN[2]
+
+
+def test_decontaminate_drops_shared_13_grams(tmp_path):
+    eval_file = tmp_path / "eval.jsonl"
+    leak = " ".join(CLEAN[3].split()[10:23])  # 13 words
+    eval_file.write_text(json.dumps({"text": "question: " + leak + " answer"}) + "\n")
+    step = build_step("decontaminate", {"eval_sets": [str(eval_file)]})
+    near_miss = " ".join(CLEAN[3].split()[10:22])  # 12 words only
+    out = step(docs([CLEAN[3], CLEAN[4] + " " + near_miss, CLEAN[5]]))
+    assert [d.id for d in out] == ["d001", "d002"]
+    assert step.context.excluded[0][2] == {"eval_set": "eval.jsonl"}
+    assert not build_step("decontaminate", {"eval_sets": []}).enabled()
+    with pytest.raises(ValueError, match="does not exist"):
+        build_step("decontaminate", {"eval_sets": [str(tmp_path / "missing.jsonl")]})
+
+
+def test_mix_hits_proportions_deterministically_with_a_repeat_cap():
+    documents = [Document(f"a{i}", CLEAN[i % 40], {"source": "a"}) for i in range(300)] + [
+        Document(f"b{i}", CLEAN[i % 40], {"source": "b"}) for i in range(60)]
+    words = {s: sum(len(d.text.split()) for d in documents if d.metadata["source"] == s) for s in "ab"}
+    target = words["a"]  # wants half of a (downsample) and 1/2 * target of b = 2.5x b (upsample)
+    step = build_step("mix", {"weights": {"a": 0.5, "b": 0.5}, "target_tokens": target, "max_repeats": 2})
+    out = step(documents)
+    realised = {s: sum(len(d.text.split()) for d in out if d.metadata["source"] == s) for s in "ab"}
+    assert abs(realised["a"] / (target / 2) - 1) < 0.15
+    assert realised["b"] == 2 * words["b"]  # capped at 2 repeats
+    assert sum(1 for d in out if "#rep" in d.id) == 60
+    again = build_step("mix", {"weights": {"a": 0.5, "b": 0.5}, "target_tokens": target, "max_repeats": 2})
+    assert [d.id for d in again(list(reversed(documents)))] != [] and sorted(d.id for d in again(documents)) == sorted(d.id for d in out)
+    with pytest.raises(ValueError, match="mix.weights"):
+        build_step("mix", {"target_tokens": 10})
+
+
+def test_classifier_trains_scores_and_filters(tmp_path):
+    from data_pipeline.steps.classifier import train_classifier
+
+    import random
+
+    rng = random.Random(0)
+    grammar = Grammar()
+    positive, negative = tmp_path / "pos.txt", tmp_path / "neg.txt"
+    positive.write_text("\n".join(t.replace("\n", " ") for t in generate_clean_documents(150, seed=8)) + "\n")
+    negative.write_text("\n".join(junk_document(rng, grammar, k).replace("\n", " ") for k in ["numbers", "symbols", "bullets"] * 50) + "\n")
+    model = train_classifier(str(positive), str(negative), str(tmp_path / "quality.bin"))
+    step = build_step("classifier", {"model_path": str(model), "threshold": 0.5})
+    test_junk = [junk_document(rng, grammar, k) for k in ["numbers", "symbols", "bullets"]]
+    out = step(docs(CLEAN[:10] + test_junk))
+    assert [d.id for d in out] == [f"d{i:03d}" for i in range(10)]
+    assert all(d.metadata["quality_score"] >= 0.5 for d in out)
+    assert len(step.context.scores["quality_score"]) == 13
+    with pytest.raises(ValueError, match="train-classifier"):
+        build_step("classifier", {"model_path": str(tmp_path / "missing.bin")})
+
+
+def test_lang_id_keeps_listed_languages(tmp_path):
+    import fasttext
+
+    # A tiny language-id model: "en" is the synthetic grammar, "xx" the same text reversed letter by letter.
+    train = tmp_path / "lid.txt"
+    texts = generate_clean_documents(100, seed=9)
+    train.write_text("".join(f"__label__en {t.replace(chr(10), ' ')}\n__label__xx {t[::-1].replace(chr(10), ' ')}\n" for t in texts))
+    fasttext.train_supervised(input=str(train), epoch=25, lr=1.0, minn=2, maxn=4, dim=16, thread=1, verbose=0).save_model(str(tmp_path / "lid.bin"))
+    step = build_step("lang_id", {"model_path": str(tmp_path / "lid.bin"), "languages": ["en"], "threshold": 0.6})
+    out = step(docs([CLEAN[0], CLEAN[1][::-1], CLEAN[2]]))
+    assert [d.id for d in out] == ["d000", "d002"]
+    assert out[0].metadata["language"] == "en" and out[0].metadata["language_score"] >= 0.6
+    assert step.context.excluded[0][1] == "language:xx"
+    with pytest.raises(ValueError, match="model_path"):
+        build_step("lang_id", {})
+
+
+def test_registry_errors_name_the_step_and_key():
+    with pytest.raises(ValueError, match="unknown step 'dedup'"):
+        build_step("dedup")
+    with pytest.raises(ValueError, match="normalize.*bogus"):
+        build_step("normalize", {"bogus": 1})
+
+
+def test_filter_step_records_the_reason_of_each_removal():
+    from data_pipeline.steps.base import FilterStep
+
+    class ShortDocuments(FilterStep):
+        name = "short_documents"
+
+        def filter(self, doc):
+            return None if len(doc.text.split()) >= 5 else "fewer_than_5_words"
+
+    step = ShortDocuments()
+    kept = step(docs(["one two three", CLEAN[0], "", CLEAN[1]]))
+    assert [d.id for d in kept] == ["d001", "d003"]
+    assert [(d.id, reason) for d, reason, _ in step.context.excluded] == [("d000", "fewer_than_5_words"), ("d002", "fewer_than_5_words")]
+    assert step.context.counters["excluded.fewer_than_5_words"] == 2
