@@ -23,8 +23,20 @@ def _loss_sums(
     if not with_z_loss:
         return ce_sum, torch.zeros((), device=logits.device)
     valid = labels != ignore_index
-    z_sum = (torch.logsumexp(logits, dim=-1).pow(2) * valid).sum()
+    log_partition = torch.logsumexp(logits, dim=-1)
+    z_sum = (log_partition.pow(2) * _like(valid, log_partition)).sum()
     return ce_sum, z_sum
+
+
+def _like(mask: torch.Tensor, other: torch.Tensor) -> torch.Tensor:
+    """`mask` (a plain tensor, identical on every rank) in a form that combines with `other`: under tensor
+    parallel's loss_parallel the logits are vocab-sharded DTensors, and DTensor refuses to mix with plain tensors."""
+    from torch.distributed.tensor import DTensor, Replicate
+
+    if not isinstance(other, DTensor):
+        return mask
+    mesh = other.device_mesh
+    return DTensor.from_local(mask, mesh, [Replicate()] * mesh.ndim, run_check=False)
 
 
 def _valid_count(labels: torch.Tensor, ignore_index: int) -> torch.Tensor:

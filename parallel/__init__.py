@@ -18,7 +18,7 @@ Typical use (the trainer):
     mesh = dims.build_mesh("cuda" or "cpu")
     model = parallelize(model, dims, pcfg, model_cfg=model_cfg, mesh=mesh)
     with loss_context(dims, pcfg):
-        loss = compute_loss(model, tokens, labels, dims, pcfg, model_cfg)
+        loss = compute_loss(model, tokens, labels, dims, pcfg, model_cfg, mesh=mesh)
         loss.backward()
 """
 from __future__ import annotations
@@ -136,26 +136,49 @@ def compute_loss(
     dims: ParallelDims,
     cfg: ParallelConfig,
     model_cfg: Optional["ModelConfig"] = None,
+    *,
+    mesh: Optional["DeviceMesh"] = None,
 ) -> torch.Tensor:
-    """The training loss; call inside `loss_context`. Under TP the model returns logits and the loss is computed
-    here with model.loss.cross_entropy_loss (the model's own chunked loss cannot slice DTensor logits)."""
+    """The training loss of this rank's data-parallel slice (tokens, labels [B, T]); call inside `loss_context`.
+
+    - Context parallel (cp > 1, needs `mesh`): the sequence is cut to this cp rank's chunks (zig-zag with
+      cp_load_balance) and the model gets their global positions. The returned loss is weighted by this rank's
+      share of the slice's non-ignored labels, so its mean over the cp ranks (what FSDP's gradient averaging over
+      dp_shard x cp and a logged mean over ranks compute) is exactly the loss of the whole sequences.
+    - Tensor parallel: the model returns vocab-sharded logits and the loss is computed here with
+      model.loss.cross_entropy_loss (the model's own chunked loss cannot slice DTensor logits)."""
+    forward_kwargs = {}
+    if dims.cp > 1:
+        if mesh is None:
+            raise ValueError(
+                f"parallel.cp={dims.cp}: compute_loss needs mesh=<the DeviceMesh from dims.build_mesh(...)> to split "
+                f"each sequence over the cp ranks"
+            )
+        from parallel.context import shard_for_context_parallel
+
+        cp_mesh = dims.submesh(mesh, "cp")
+        tokens, labels, forward_kwargs["positions"] = shard_for_context_parallel(tokens, labels, None, cp_mesh, cfg)
     if not loss_outside_model(dims, cfg):
-        return model(tokens, labels)
-    from torch.distributed.tensor import DTensor
+        loss = model(tokens, labels, **forward_kwargs)
+    else:
+        from model.loss import cross_entropy_loss
 
-    from model.loss import cross_entropy_loss
+        z_loss_weight = model_cfg.z_loss_weight if model_cfg is not None else 0.0
+        loss = cross_entropy_loss(model(tokens, **forward_kwargs), labels, z_loss_weight=z_loss_weight)
+    if dims.cp > 1:
+        loss = loss * _share_of_valid_labels(labels, cp_mesh)
+    return loss
 
-    z_loss_weight = model_cfg.z_loss_weight if model_cfg is not None else 0.0
-    logits = model(tokens)
-    if not isinstance(logits, DTensor) or z_loss_weight == 0:
-        return cross_entropy_loss(logits, labels, z_loss_weight=z_loss_weight)
-    # Vocab-sharded logits: model.loss's z-loss multiplies a DTensor by a plain mask, which DTensor refuses, so
-    # the z-loss is computed here on the per-token log-partition (one number per token is all that is gathered).
-    ce = cross_entropy_loss(logits, labels).full_tensor()
-    log_partition = torch.logsumexp(logits.float(), dim=-1).full_tensor()
-    valid = labels != -100
-    z_loss = (log_partition.pow(2) * valid).sum() / valid.sum().clamp(min=1)
-    return ce + z_loss_weight * z_loss
+
+def _share_of_valid_labels(labels: torch.Tensor, cp_mesh: "DeviceMesh") -> torch.Tensor:
+    """cp * (this rank's non-ignored labels) / (all cp ranks' non-ignored labels): 1 when every chunk counts the
+    same tokens, and what turns the mean of per-rank mean losses into the token mean when they do not."""
+    import torch.distributed as dist
+
+    count = (labels != -100).sum().to(torch.float32)
+    total = count.clone()
+    dist.all_reduce(total, group=cp_mesh.get_group())
+    return count * cp_mesh.size() / total.clamp(min=1)
 
 
 def scalar_loss(loss: torch.Tensor) -> float:

@@ -4,7 +4,8 @@ with fp32 gradient reduction and CPU offload.
 Each transformer block is its own FSDP unit so only one block's full weights are live at a time; the root unit
 holds the embeddings, final norm and output (and keeps tied embedding/output weights in one unit, which FSDP2
 requires). With context parallel the shard dimension is dp_shard x cp, as the cp ranks see different tokens and
-need their gradients reduced like data-parallel ones.
+need their gradients reduced like data-parallel ones. With expert parallel the routed experts (already split over
+the ep ranks) get their own FSDP units over the data-parallel ranks outside the ep group (parallel/expert.py).
 """
 from __future__ import annotations
 
@@ -46,14 +47,27 @@ def apply_fsdp(
             "parallel.fsdp_cpu_offload=true moves sharded params/grads/optimizer state from the accelerator to "
             "CPU, but this run has no accelerator (the model already lives on CPU): set it to false"
         )
-    kwargs = {
-        "mesh": fsdp_mesh(dims, mesh),
+    policies = {
         "mp_policy": MixedPrecisionPolicy(
             param_dtype=_DTYPES[cfg.fsdp_param_dtype], reduce_dtype=_DTYPES[cfg.fsdp_reduce_dtype]
         ),
     }
     if cfg.fsdp_cpu_offload:
-        kwargs["offload_policy"] = CPUOffloadPolicy()
+        policies["offload_policy"] = CPUOffloadPolicy()
+    kwargs = {"mesh": fsdp_mesh(dims, mesh), **policies}
+    if dims.ep > 1:
+        # The experts are already DTensors on the ep mesh, which overlaps dp_shard_cp: FSDP must shard them over
+        # the remaining data-parallel ranks first, so the blocks' fully_shard below leaves them alone.
+        from parallel.expert import ExpertParallel, fully_shard_experts
+
+        fully_shard_experts(model, dims, mesh, reshard_after_forward=cfg.reshard_after_forward, **policies)
+        if dims.submesh(mesh, "dp_shard_mod_ep").size() > 1:
+            # The experts' gradient divide factor (dp_shard * cp) is not their FSDP mesh size, for which FSDP picks
+            # a PREMUL_SUM reduce-scatter, which gloo lacks: sum, then divide. (Not on a 1-rank mesh, where FSDP
+            # skips the reduce-scatter and, with forced sums, divides twice: torch 2.13.)
+            for module in model.modules():
+                if isinstance(module, ExpertParallel):
+                    module.set_force_sum_reduction_for_comms(True)
     layers = getattr(model, "layers", None)
     if layers is not None:
         blocks = list(layers.values())

@@ -69,6 +69,9 @@ def apply_tensor_parallel(
 def _block_plan(block: nn.Module, sp: bool, stream) -> dict[str, object]:
     if getattr(block, "moe", None) is not None:
         raise ValueError("tensor parallel of MoE blocks is not supported: use parallel.ep, or parallel.tp=1")
+    if getattr(block.attention, "use_alibi", False):
+        # Attention.alibi_slopes holds one slope per global head, but each rank computes n_heads/tp local heads.
+        raise ValueError("tensor parallel does not support model.pos_embedding=alibi: use rope, or parallel.tp=1")
     # Without SP the stream is a plain (replicated) tensor, so plain norms work unchanged; with SP it is a
     # Shard(1) DTensor and the norms become SequenceParallel.
     local = not sp
