@@ -1,0 +1,195 @@
+"""Full training checkpoints: save every N steps and at the end, resume exactly, start from another run's weights.
+
+A checkpoint is one torch.distributed.checkpoint (DCP) save of {"model", "optimizer", "scheduler", "dataloader",
+"rng", "train_state"} in the layout of model/checkpoint_io.py. Model and optimizer state go through
+torch.distributed.checkpoint.state_dict (get/set_model_state_dict, get/set_optimizer_state_dict), which names
+everything by the unwrapped model's parameter names whatever the wrapping (DDP, FSDP2, TP), so a checkpoint
+reloads onto any other layout; every rank writes its own shards in parallel. RNG states are per rank (keyed by
+rank); the data position is global, so it means the same thing on any number of data-parallel ranks.
+"""
+from __future__ import annotations
+
+import logging
+import random
+import shutil
+from pathlib import Path
+from typing import Any, Optional
+
+import numpy as np
+import torch
+import torch.distributed as dist
+import torch.distributed.checkpoint as dcp
+from torch import nn
+from torch.distributed.checkpoint.state_dict import (
+    get_model_state_dict,
+    get_optimizer_state_dict,
+    set_model_state_dict,
+    set_optimizer_state_dict,
+)
+
+from launcher.distributed import DistEnv, barrier, broadcast_object
+from model.checkpoint_io import (
+    CHECKPOINTS_DIR,
+    MODEL_KEY,
+    CheckpointError,
+    checkpoint_step,
+    find_complete_checkpoints,
+    list_checkpoint_dirs,
+    publish_checkpoint,
+    resolve_checkpoint_dir,
+    single_process_dcp,
+    step_dir_name,
+    temporary_dir_for,
+    verify_checkpoint,
+    write_model_config,
+)
+
+log = logging.getLogger(__name__)
+
+
+def _rng_state(device: torch.device) -> dict[str, Any]:
+    state = {"python": random.getstate(), "numpy": np.random.get_state(), "torch": torch.get_rng_state()}
+    if device.type == "cuda":
+        state["cuda"] = torch.cuda.get_rng_state(device)
+    return state
+
+
+def _set_rng_state(state: dict[str, Any], device: torch.device) -> None:
+    random.setstate(state["python"])
+    np.random.set_state(state["numpy"])
+    torch.set_rng_state(state["torch"])
+    if device.type == "cuda" and "cuda" in state:
+        torch.cuda.set_rng_state(state["cuda"], device)
+
+
+class Checkpointer:
+    """Saves and restores the training state of one run directory."""
+
+    def __init__(
+        self,
+        run_dir: Path,
+        *,
+        env: DistEnv,
+        model: nn.Module,
+        optimizer: torch.optim.Optimizer,
+        scheduler: Any,
+        dataloader: Any,
+        model_cfg: Any,
+        config_yaml: str,
+        keep: int,
+    ) -> None:
+        self.run_dir = Path(run_dir)
+        self.root = self.run_dir / CHECKPOINTS_DIR
+        self.env = env
+        self.model = model
+        self.optimizer = optimizer
+        self.scheduler = scheduler
+        self.dataloader = dataloader
+        self.model_cfg = model_cfg
+        self.config_yaml = config_yaml
+        self.keep = keep
+        self.last_saved_step: Optional[int] = None
+
+    # ---------------------------------------------------------------------------------------------- save
+    def _rng_key(self) -> str:
+        return f"rank{self.env.rank}"
+
+    def save(self, step: int) -> Path:
+        final = self.root / step_dir_name(step)
+        tmp = temporary_dir_for(final)
+        if self.env.is_main:
+            shutil.rmtree(tmp, ignore_errors=True)
+            tmp.mkdir(parents=True)
+        barrier()
+        state = {
+            MODEL_KEY: get_model_state_dict(self.model),
+            "optimizer": get_optimizer_state_dict(self.model, self.optimizer),
+            "scheduler": self.scheduler.state_dict(),
+            "dataloader": self.dataloader.state_dict(),
+            "rng": {self._rng_key(): _rng_state(self.env.device)},
+            "train_state": {"step": step, "world_size": self.env.world_size, "config_yaml": self.config_yaml},
+        }
+        with single_process_dcp():
+            dcp.save(state, checkpoint_id=str(tmp), no_dist=not dist.is_initialized())
+        if self.env.is_main:
+            write_model_config(tmp, self.model_cfg)
+            publish_checkpoint(tmp, final, step)
+            self._prune()
+            log.info("saved checkpoint %s", final)
+        barrier()
+        self.last_saved_step = step
+        return final
+
+    def _prune(self) -> None:
+        for stale in self.root.glob(".tmp-step_*"):
+            shutil.rmtree(stale, ignore_errors=True)
+        if self.keep <= 0:
+            return
+        complete = find_complete_checkpoints(self.run_dir)
+        for old in complete[: -self.keep]:
+            shutil.rmtree(old, ignore_errors=True)
+
+    # ---------------------------------------------------------------------------------------------- load
+    def latest(self) -> Optional[Path]:
+        """Newest complete checkpoint, decided on rank 0 (torn/corrupt ones skipped with a warning) and shared."""
+        found = None
+        if self.env.is_main:
+            for candidate in list_checkpoint_dirs(self.run_dir):
+                try:
+                    verify_checkpoint(candidate)
+                except CheckpointError as exc:
+                    log.warning("refusing checkpoint %s: %s; falling back to an earlier one", candidate, exc)
+                    continue
+                found = str(candidate)
+        found = broadcast_object(found)
+        return Path(found) if found else None
+
+    def resume(self, directory: Path) -> int:
+        """Restore the whole training state from `directory`; returns the step it was saved at."""
+        metadata = dcp.FileSystemReader(str(directory)).read_metadata()
+        saved_keys = metadata.state_dict_metadata.keys()
+        state: dict[str, Any] = {
+            MODEL_KEY: get_model_state_dict(self.model),
+            "optimizer": get_optimizer_state_dict(self.model, self.optimizer),
+            "scheduler": self.scheduler.state_dict(),
+            "dataloader": self.dataloader.state_dict(),
+            "train_state": {"step": 0},
+        }
+        has_rng = any(k.startswith(f"rng.{self._rng_key()}.") for k in saved_keys)
+        if has_rng:
+            state["rng"] = {self._rng_key(): _rng_state(self.env.device)}
+        else:
+            log.warning("%s has no RNG state for rank %d (saved on another world size): RNG continues from the seed",
+                        directory, self.env.rank)
+        with single_process_dcp():
+            dcp.load(state, checkpoint_id=str(directory), no_dist=not dist.is_initialized())
+        set_model_state_dict(self.model, state[MODEL_KEY])
+        set_optimizer_state_dict(self.model, self.optimizer, state["optimizer"])
+        self.scheduler.load_state_dict(state["scheduler"])
+        # The optimizer state carries the lr of the saved schedule; recompute it from this run's schedule so a
+        # resumed run may change trainer.max_steps or the schedule (same schedule: the very same value).
+        for group, base_lr, multiplier in zip(self.optimizer.param_groups, self.scheduler.base_lrs,
+                                              self.scheduler.lr_lambdas):
+            group["lr"] = base_lr * multiplier(self.scheduler.last_epoch)
+        self.dataloader.load_state_dict(state["dataloader"])
+        if has_rng:
+            _set_rng_state(state["rng"][self._rng_key()], self.env.device)
+        step = int(state["train_state"]["step"])
+        if step != checkpoint_step(directory):
+            raise CheckpointError(f"{directory}: train_state.step={step} disagrees with the directory name")
+        self.last_saved_step = step
+        log.info("resumed from %s (step %d)", directory, step)
+        return step
+
+    def load_weights(self, source: str | Path) -> Path:
+        """Model weights only (trainer.init_from): a checkpoint dir, or a run dir's newest complete checkpoint."""
+        directory = resolve_checkpoint_dir(source)
+        verify_checkpoint(directory)
+        state = {MODEL_KEY: get_model_state_dict(self.model)}
+        with single_process_dcp():
+            dcp.load(state, checkpoint_id=str(directory), no_dist=not dist.is_initialized())
+        set_model_state_dict(self.model, state[MODEL_KEY])
+        log.info("initialised model weights from %s", directory)
+        return directory
+
+

@@ -1,0 +1,174 @@
+"""Training and evaluation batches from packed token shards, deterministic and resumable.
+
+Written by hand rather than with torch's DataLoader: the position in the data must be part of the checkpoint and
+mean the same thing on any number of data-parallel ranks (a run may resume on another layout), and reading a
+memory-mapped window is cheap enough that worker processes would only add start-up time. StatefulDataLoader
+(torchdata) would give the first but ties the state to the worker/rank layout.
+
+The token stream (all shards, in name order) is split into a training head and a held-out tail
+(`data.val_fraction`). Training samples are windows of seq_len + 1 tokens starting every seq_len tokens; each
+epoch visits them in a fresh permutation drawn from (seed, epoch). A step consumes `global_batch` consecutive
+windows of that permutation, and data-parallel rank r reads the r-th contiguous slice of them, so the ranks are
+disjoint and their union is exactly what one process would read with the same global batch.
+"""
+from __future__ import annotations
+
+import logging
+import os
+from pathlib import Path
+from typing import Any, Iterator, Optional
+
+import numpy as np
+import torch
+
+from data_pipeline.formats import PackedDataset, ShardFormatError
+
+log = logging.getLogger(__name__)
+
+
+class DataError(ValueError):
+    """The training data cannot serve this config (missing, too small, or changed since the checkpoint)."""
+
+
+def resolve_data_dir(data_cfg: Any) -> Path:
+    """The shard directory: `data.path` for data=packed; for data=embedded the generated corpus, built once.
+
+    Every rank calls this; build_default_corpus serialises concurrent callers on a file lock, so the first one
+    builds while the others wait and then find it cached.
+    """
+    if data_cfg.name == "packed":
+        path = Path(data_cfg.path)
+        if not path.is_dir():
+            raise DataError(f"data.path={data_cfg.path}: no such directory of packed shards")
+        return path
+    from data_pipeline.embedded import build_default_corpus
+
+    return Path(build_default_corpus(data_cfg.cache_dir))
+
+
+def open_dataset(data_dir: Path, vocab_size: int) -> PackedDataset:
+    try:
+        dataset = PackedDataset(data_dir)
+    except ShardFormatError as exc:
+        raise DataError(f"data: {exc}") from exc
+    if dataset.vocab_size > vocab_size:
+        raise DataError(
+            f"{data_dir}: shards use a vocabulary of {dataset.vocab_size} tokens but model.vocab_size={vocab_size}: "
+            f"set model.vocab_size >= {dataset.vocab_size}"
+        )
+    return dataset
+
+
+class TokenBatches:
+    """Per-rank training batches [local_batch, seq_len + 1] with a checkpointable position."""
+
+    def __init__(
+        self,
+        dataset: PackedDataset,
+        *,
+        seq_len: int,
+        global_batch: int,
+        dp_rank: int,
+        dp_degree: int,
+        seed: int,
+        val_fraction: float,
+    ) -> None:
+        if global_batch % dp_degree != 0:
+            raise DataError(f"global batch {global_batch} is not divisible by {dp_degree} data-parallel ranks")
+        self.dataset = dataset
+        self.seq_len = seq_len
+        self.global_batch = global_batch
+        self.local_batch = global_batch // dp_degree
+        self.dp_rank = dp_rank
+        self.dp_degree = dp_degree
+        self.seed = seed
+        self.val_tokens = max(seq_len + 1, int(dataset.n_tokens * val_fraction))
+        self.train_tokens = dataset.n_tokens - self.val_tokens
+        self.n_windows = max(0, (self.train_tokens - 1) // seq_len)
+        if self.n_windows < global_batch:
+            raise DataError(
+                f"{dataset.directory}: {self.train_tokens} training tokens make {self.n_windows} sequences of "
+                f"data.seq_len={seq_len}, fewer than one global batch of {global_batch}: use more data, a smaller "
+                f"batch or a shorter data.seq_len"
+            )
+        self.batches_per_epoch = self.n_windows // global_batch
+        self.epoch = 0
+        self.batch_in_epoch = 0
+        self._order_epoch = -1
+        self._order: Optional[np.ndarray] = None
+
+    def _permutation(self) -> np.ndarray:
+        if self._order_epoch != self.epoch:
+            rng = np.random.default_rng([self.seed, self.epoch])
+            self._order = rng.permutation(self.n_windows)
+            self._order_epoch = self.epoch
+        assert self._order is not None
+        return self._order
+
+    def next_batch(self) -> torch.Tensor:
+        order = self._permutation()
+        start = self.batch_in_epoch * self.global_batch + self.dp_rank * self.local_batch
+        windows = order[start : start + self.local_batch]
+        rows = np.stack([self.dataset.read(int(w) * self.seq_len, self.seq_len + 1) for w in windows])
+        self.batch_in_epoch += 1
+        if self.batch_in_epoch == self.batches_per_epoch:
+            self.epoch += 1
+            self.batch_in_epoch = 0
+        return torch.from_numpy(rows)
+
+    def __iter__(self) -> Iterator[torch.Tensor]:
+        while True:
+            yield self.next_batch()
+
+    # The position is global (samples consumed in the epoch), so it restores onto any dp layout.
+    def state_dict(self) -> dict[str, int]:
+        return {
+            "epoch": self.epoch,
+            "samples_in_epoch": self.batch_in_epoch * self.global_batch,
+            "seed": self.seed,
+            "seq_len": self.seq_len,
+            "n_windows": self.n_windows,
+        }
+
+    def load_state_dict(self, state: dict[str, int]) -> None:
+        for key in ("seed", "seq_len", "n_windows"):
+            if int(state[key]) != getattr(self, key):
+                raise DataError(
+                    f"the checkpoint's data position was saved with {key}={state[key]} but this run has "
+                    f"{getattr(self, key)}: resume with the same data, data.seq_len and seed (or start a new run_dir)"
+                )
+        samples = int(state["samples_in_epoch"])
+        if samples % self.global_batch != 0:
+            raise DataError(
+                f"the checkpoint stopped {samples} samples into an epoch, not a multiple of the global batch "
+                f"{self.global_batch}: resume with the batch size it was saved with"
+            )
+        self.epoch = int(state["epoch"])
+        self.batch_in_epoch = samples // self.global_batch
+
+    # ------------------------------------------------------------------------------------------ evaluation
+    def eval_batches(self, n_sequences: int, micro_batch: int) -> list[torch.Tensor]:
+        """This rank's share of the first `n_sequences` held-out windows (equal shares), in micro batches."""
+        n_val_windows = (self.val_tokens - 1) // self.seq_len
+        per_rank = min(n_sequences, n_val_windows) // self.dp_degree
+        first = self.dp_rank * per_rank
+        batches = []
+        for lo in range(first, first + per_rank, micro_batch):
+            hi = min(lo + micro_batch, first + per_rank)
+            rows = [self.dataset.read(self.train_tokens + w * self.seq_len, self.seq_len + 1) for w in range(lo, hi)]
+            batches.append(torch.from_numpy(np.stack(rows)))
+        return batches
+
+
+def load_tokenizer(data_dir: Path):
+    """The `tokenizers` Tokenizer saved next to the shards (tokenizer.json), or None when there is none."""
+    path = Path(data_dir) / "tokenizer.json"
+    if not path.is_file():
+        return None
+    from tokenizers import Tokenizer
+
+    try:
+        return Tokenizer.from_file(os.fspath(path))
+    except Exception as exc:  # noqa: BLE001 - a bad tokenizer only costs the decoded sample text
+        log.warning("cannot load %s (%s): samples will be logged as token ids", path, exc)
+        return None

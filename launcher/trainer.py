@@ -1,0 +1,320 @@
+"""The training loop, meant to be read top to bottom in one sitting (nanoGPT's train.py is the model).
+
+`train(cfg)` sets up processes, data, model, optimizer and checkpoints, then runs the loop. Everything that is
+not the loop lives in a small module of its own (config, data, optim, schedule, checkpoint, metrics, distributed,
+preemption); the parallel layout is `parallel.parallelize`'s business.
+
+One micro batch's forward and backward is `forward_backward`: pipeline parallelism and DeepSpeed ZeRO replace
+exactly that function (and `optimizer_step`), nothing else. Inside a step nothing waits for the device: the loss
+stays a device tensor and is read (`.item()`) only at log steps.
+"""
+from __future__ import annotations
+
+import contextlib
+import logging
+import math
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Optional
+
+import torch
+from omegaconf import DictConfig, OmegaConf
+from torch import nn
+from torch.nn.parallel import DistributedDataParallel
+
+import model as model_lib
+from launcher.checkpoint import Checkpointer
+from launcher.config import batch_plan, effective_parallel
+from launcher.data import TokenBatches, load_tokenizer, open_dataset, resolve_data_dir
+from launcher.distributed import DistEnv, any_rank, barrier, init_distributed, mean_over_ranks, shutdown, sum_over_ranks
+from launcher.metrics import (
+    ConsoleSink,
+    JsonlSink,
+    MetricsLogger,
+    ProgressBarSink,
+    SpeedMeter,
+    WandbSink,
+    write_plot,
+)
+from launcher.optim import build_optimizer
+from launcher.preemption import StopRequest
+from launcher.schedule import build_scheduler
+from parallel import ParallelDims, compute_loss, loss_context, parallelize
+from parallel import clip_grad_norm_ as parallel_clip_grad_norm_
+
+log = logging.getLogger("launcher")
+
+_AUTOCAST_DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16}
+
+
+@dataclass
+class StepContext:
+    """What a micro batch needs besides the model and the tokens."""
+
+    dims: ParallelDims
+    parallel_cfg: Any
+    model_cfg: Any
+    device: torch.device
+    precision: str
+    grad_accum: int
+    scaler: Optional[torch.amp.GradScaler]
+    mesh: Any = None  # the DeviceMesh (context parallel cuts sequences by it); None for one process
+
+    def autocast(self):
+        if self.precision == "fp32":
+            return contextlib.nullcontext()
+        return torch.autocast(self.device.type, dtype=_AUTOCAST_DTYPES[self.precision])
+
+
+def forward_backward(model: nn.Module, micro_batch: torch.Tensor, ctx: StepContext) -> torch.Tensor:
+    """Forward and backward of one micro batch [B, seq_len + 1]; returns its (unscaled, detached) mean loss.
+
+    The loss is divided by the accumulation steps so the summed gradient is the mean over the whole batch
+    (data-parallel averaging then makes it the mean over the global batch).
+    """
+    inputs, labels = micro_batch[:, :-1], micro_batch[:, 1:]
+    with loss_context(ctx.dims, ctx.parallel_cfg):
+        with ctx.autocast():
+            loss = compute_loss(model, inputs, labels, ctx.dims, ctx.parallel_cfg, ctx.model_cfg, mesh=ctx.mesh)
+        scaled = loss / ctx.grad_accum
+        if ctx.scaler is not None:
+            scaled = ctx.scaler.scale(scaled)
+        scaled.backward()
+    loss = loss.detach()
+    return loss.full_tensor() if hasattr(loss, "full_tensor") else loss  # a replicated DTensor under loss_parallel
+
+
+def optimizer_step(model: nn.Module, optimizer: torch.optim.Optimizer, ctx: StepContext, grad_clip: float) -> torch.Tensor:
+    """Clip by global norm (unscaling fp16 gradients first), step, zero the gradients; returns the grad norm."""
+    if ctx.scaler is not None:
+        ctx.scaler.unscale_(optimizer)
+    max_norm = grad_clip if grad_clip > 0 else math.inf
+    if ctx.dims.tp > 1 or ctx.dims.ep > 1:
+        # Gradients on several meshes (or plain + DTensor): parallel's clip combines them (with a host sync).
+        grad_norm = parallel_clip_grad_norm_(model.parameters(), max_norm)
+    else:
+        grad_norm = torch.nn.utils.clip_grad_norm_(model.parameters(), max_norm, foreach=True)
+    if hasattr(grad_norm, "full_tensor"):  # a DTensor under FSDP2
+        grad_norm = grad_norm.full_tensor()
+    if ctx.scaler is not None:
+        ctx.scaler.step(optimizer)
+        ctx.scaler.update()
+    else:
+        optimizer.step()
+    optimizer.zero_grad(set_to_none=True)
+    return grad_norm.detach()
+
+
+def gradient_sync(model: nn.Module, enabled: bool):
+    """DDP all-reduces gradients on every backward unless told not to: only the last micro batch syncs."""
+    if not enabled and isinstance(model, DistributedDataParallel):
+        return model.no_sync()
+    return contextlib.nullcontext()
+
+
+@torch.no_grad()
+def evaluate(model: nn.Module, batches: list[torch.Tensor], ctx: StepContext) -> tuple[float, float]:
+    """Validation loss (token-weighted mean over all ranks' held-out batches) and perplexity."""
+    model.eval()
+    total = torch.zeros(2, device=ctx.device, dtype=torch.float64)
+    for batch in batches:
+        batch = batch.to(ctx.device, non_blocking=True)
+        inputs, labels = batch[:, :-1], batch[:, 1:]
+        with loss_context(ctx.dims, ctx.parallel_cfg), ctx.autocast():
+            loss = compute_loss(model, inputs, labels, ctx.dims, ctx.parallel_cfg, ctx.model_cfg, mesh=ctx.mesh)
+        if hasattr(loss, "full_tensor"):
+            loss = loss.full_tensor()
+        total[0] += loss.double() * labels.numel()
+        total[1] += labels.numel()
+    model.train()
+    total = sum_over_ranks(total)
+    val_loss = (total[0] / total[1]).item() if total[1] > 0 else math.nan
+    return val_loss, math.exp(min(val_loss, 50.0))
+
+
+@torch.no_grad()
+def sample_text(model: nn.Module, tokenizer, prompt: str, max_new_tokens: int, max_seq_len: int,
+                eos_id: Optional[int]) -> str:
+    """Greedy continuation of the prompt, decoded when the shards come with a tokenizer.json, else token ids.
+    Every rank runs it (sharded layouts need all ranks in the forward); rank 0 logs it."""
+    from model.generate import generate
+
+    module = model.module if isinstance(model, DistributedDataParallel) else model
+    if tokenizer is not None:
+        prompt_ids = tokenizer.encode(prompt).ids or [eos_id or 0]
+    else:
+        prompt_ids = [eos_id if eos_id is not None else 0]
+    max_new_tokens = max(1, min(max_new_tokens, max_seq_len - len(prompt_ids)))
+    stop_tokens = (eos_id,) if eos_id is not None else ()
+    new_ids = generate(module, [prompt_ids], max_new_tokens, greedy=True, stop_tokens=stop_tokens)[0]
+    module.train()
+    if tokenizer is not None:
+        return prompt + tokenizer.decode(new_ids)
+    return " ".join(map(str, prompt_ids + list(new_ids)))
+
+
+def build_model(cfg: Any, dims: ParallelDims, env: DistEnv):
+    """Plain model, laid out by `parallelize`. Sharded layouts are built on the meta device and materialised
+    after sharding (each rank allocates only its shards); unsharded ones are built and initialised in place, so
+    every rank starts from the same seeded weights. Returns (model, device mesh or None)."""
+    torch.manual_seed(cfg.trainer.seed)
+    parallel_cfg = effective_parallel(cfg.parallel, env.world_size)
+    mesh = dims.build_mesh(env.device.type)
+    sharded = dims.fsdp_enabled or dims.tp > 1 or dims.cp > 1 or dims.ep > 1
+    if sharded:
+        with torch.device("meta"):
+            model = model_lib.build(_model_config(cfg))
+        model = parallelize(model, dims, parallel_cfg, model_cfg=_model_config(cfg), mesh=mesh)
+        model.to_empty(device=env.device)
+        with torch.no_grad():
+            (model.module if hasattr(model, "module") else model).init_weights()
+    else:
+        with torch.device(env.device):
+            model = model_lib.build(_model_config(cfg))
+        model.init_weights()
+        model = parallelize(model, dims, parallel_cfg, model_cfg=_model_config(cfg), mesh=mesh)
+    return model, mesh
+
+
+def _model_config(cfg: Any):
+    return OmegaConf.to_object(cfg.model) if OmegaConf.is_config(cfg.model) else cfg.model
+
+
+def train(cfg: DictConfig) -> None:
+    t = cfg.trainer
+    stop = StopRequest().install()  # first: a SIGTERM from here on means "save and exit", never a lost run
+    # ---- processes, run directory, logging
+    env = init_distributed(t.device, t.dist_timeout_s)
+    run_dir = Path(t.run_dir)
+    if env.is_main:
+        run_dir.mkdir(parents=True, exist_ok=True)
+        print(f"trainer.run_dir={run_dir}", flush=True)
+    else:
+        logging.getLogger().setLevel(logging.WARNING)
+    config_yaml = OmegaConf.to_yaml(cfg, resolve=True)
+    if env.is_main:
+        tmp = run_dir / ".config.yaml.tmp"
+        tmp.write_text(config_yaml)
+        tmp.replace(run_dir / "config.yaml")
+    model_cfg = _model_config(cfg)
+
+    # ---- layout and batch plan
+    parallel_cfg = effective_parallel(cfg.parallel, env.world_size)
+    dims = ParallelDims.from_config(parallel_cfg, env.world_size, model_cfg=model_cfg, seq_len=cfg.data.seq_len)
+    global_batch, grad_accum = batch_plan(cfg, dims.dp_degree)
+    seq_len, micro = cfg.data.seq_len, t.micro_batch_size
+
+    # ---- data
+    data_dir = resolve_data_dir(cfg.data)
+    dataset = open_dataset(data_dir, model_cfg.vocab_size)
+    model, mesh = build_model(cfg, dims, env)
+    dp_rank = dims.dp_rank(mesh)
+    loader = TokenBatches(
+        dataset,
+        seq_len=seq_len,
+        global_batch=global_batch,
+        dp_rank=dp_rank,
+        dp_degree=dims.dp_degree,
+        seed=cfg.data.seed if cfg.data.seed is not None else t.seed,
+        val_fraction=cfg.data.val_fraction,
+    )
+    eval_batches = loader.eval_batches(t.eval_batches * micro, micro) if t.eval_batches > 0 else []
+    tokenizer = load_tokenizer(data_dir)
+
+    # ---- optimizer, schedule, precision
+    optimizer = build_optimizer(model, cfg.optim, env.device.type)
+    scheduler = build_scheduler(optimizer, cfg.schedule, t.max_steps)
+    scaler = torch.amp.GradScaler(env.device.type) if t.precision == "fp16" else None
+    ctx = StepContext(dims, parallel_cfg, model_cfg, env.device, t.precision, grad_accum, scaler, mesh)
+
+    # ---- checkpoints: resume, or start from another run's weights
+    checkpointer = Checkpointer(
+        run_dir, env=env, model=model, optimizer=optimizer, scheduler=scheduler, dataloader=loader,
+        model_cfg=model_cfg, config_yaml=config_yaml, keep=t.keep_checkpoints,
+    )
+    start_step = 0
+    latest = checkpointer.latest() if t.resume == "auto" else None
+    if latest is not None:
+        start_step = checkpointer.resume(latest)
+    elif t.init_from:
+        checkpointer.load_weights(t.init_from)
+
+    # ---- metrics (sinks only on rank 0)
+    from model.estimate import count_parameters, flops_per_token, peak_flops
+
+    peak = peak_flops(torch.cuda.get_device_name(env.device)) if env.device.type == "cuda" else None
+    speed = SpeedMeter(flops_per_token=flops_per_token(model_cfg, seq_len), peak_flops_per_device=peak,
+                       world_size=env.world_size, device_type=env.device.type)
+    sinks: list = []
+    progress = None
+    if env.is_main:
+        sinks = [ConsoleSink(), JsonlSink(run_dir, start_step)]
+        if cfg.logging.wandb.mode != "disabled":
+            sinks.append(WandbSink(cfg.logging.wandb, run_dir, OmegaConf.to_container(cfg, resolve=True),
+                                   run_dir.name))
+        if t.progress_bar:
+            progress = ProgressBarSink(t.max_steps, start_step)
+    metrics = MetricsLogger(sinks, progress)
+    log.info("model %s: %.2fM parameters | global batch %d x %d tokens, %d micro batch(es) of %d per rank, "
+             "%d data-parallel rank(s) | steps %d -> %d",
+             model_cfg.name, count_parameters(model_cfg) / 1e6, global_batch, seq_len, grad_accum,
+             micro, dims.dp_degree, start_step, t.max_steps)
+
+    # Generation runs the model one token at a time, which sequence-sharded (TP+SP, CP) layouts cannot do.
+    can_sample = t.sample_every >= 0 and dims.tp == 1 and dims.cp == 1
+    if t.sample_every >= 0 and not can_sample:
+        log.info("sample generation is skipped under tensor/context parallel (parallel.tp/cp > 1)")
+
+    # ---- the loop
+    model.train()
+    step = start_step
+    speed.reset()
+    while step < t.max_steps:
+        step += 1
+        lr = optimizer.param_groups[0]["lr"]
+        micro_batches = loader.next_batch().to(env.device, non_blocking=True).split(micro)
+        loss_sum = torch.zeros((), device=env.device)
+        for i, micro_batch in enumerate(micro_batches):
+            with gradient_sync(model, enabled=i == len(micro_batches) - 1):
+                loss_sum += forward_backward(model, micro_batch, ctx)
+        grad_norm = optimizer_step(model, optimizer, ctx, cfg.optim.grad_clip)
+        scheduler.step()
+        speed.add_tokens(global_batch * seq_len)
+        metrics.advance(step)
+
+        last = step == t.max_steps
+        record: dict[str, Any] = {}
+        if step % t.log_every == 0 or last:
+            loss = mean_over_ranks((loss_sum / grad_accum).float().reshape(1)).item()
+            record = {"loss": loss, "lr": lr, "grad_norm": grad_norm.item(), **speed.measure()}
+            if scaler is not None:
+                record["loss_scale"] = scaler.get_scale()
+        if eval_batches and ((t.eval_every > 0 and step % t.eval_every == 0) or last):
+            record["val_loss"], record["val_ppl"] = evaluate(model, eval_batches, ctx)
+        if can_sample and ((t.sample_every > 0 and step % t.sample_every == 0) or (last and t.sample_tokens)):
+            record["sample"] = sample_text(model, tokenizer, t.sample_prompt, t.sample_tokens, model_cfg.max_seq_len,
+                                           dataset.tokenizer.get("eos_id"))
+        if record:
+            metrics.log(step, record)
+        if "loss" in record:
+            speed.reset()  # keep evaluation and sampling time out of the next throughput window
+
+        stopping = any_rank(stop.requested, env.device)
+        if stopping or last or (t.checkpoint_every > 0 and step % t.checkpoint_every == 0):
+            checkpointer.save(step)
+        if stopping:
+            log.warning("stop requested (%s): saved step %d, exiting", stop.signal_name or "another rank", step)
+            break
+
+    if start_step >= t.max_steps:
+        log.info("run already complete at step %d (trainer.max_steps=%d): nothing to do", start_step, t.max_steps)
+    metrics.close()
+    if env.is_main and cfg.logging.plot:
+        plot = write_plot(run_dir)
+        if plot is not None:
+            log.info("wrote %s", plot)
+    barrier()
+    shutdown()
+    sys.stdout.flush()
+

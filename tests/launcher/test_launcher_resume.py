@@ -1,0 +1,77 @@
+"""Exact resume: a run stopped at step k (SIGTERM, or kill -9 after a checkpoint) and resumed with
+trainer.resume=auto gives bitwise the same loss at every later step as an uninterrupted run (CPU, fp32)."""
+from __future__ import annotations
+
+import shutil
+import signal
+
+import pytest
+
+from launcher_testing import checkpoint_complete, losses, run_train, start_train, tiny_overrides, wait_for
+
+MAX_STEPS = 16
+
+
+def complete_steps(run_dir) -> list[int]:
+    return sorted(int(p.parent.name[5:]) for p in (run_dir / "checkpoints").glob("step_*/COMPLETE"))
+
+
+@pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGKILL], ids=["sigterm", "kill9"])
+def test_interrupted_run_resumes_bitwise(sig, shards, single_baseline, tmp_path):
+    run_dir = tmp_path / "run"
+    proc = start_train(tiny_overrides(shards, run_dir), tmp_path, "interrupted.log")
+    try:
+        wait_for(lambda: checkpoint_complete(run_dir, 4), 150, "the step-4 checkpoint", [proc])
+        proc.send_signal(sig)
+        rc = proc.wait(timeout=60)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    log = (tmp_path / "interrupted.log").read_text()
+    stopped_at = complete_steps(run_dir)[-1]
+    if sig == signal.SIGTERM:
+        assert rc == 0, log[-3000:]
+        assert "stop requested (SIGTERM)" in log
+        # The stop checkpoint is the step the signal arrived in, not a scheduled one at the end.
+        assert 4 <= stopped_at < MAX_STEPS, f"run was not stopped mid-way (last checkpoint {stopped_at})"
+    else:
+        assert rc == -signal.SIGKILL
+        assert stopped_at < MAX_STEPS, f"run finished before the kill (last checkpoint {stopped_at})"
+
+    result = run_train(tiny_overrides(shards, run_dir), tmp_path)
+    assert result.returncode == 0, result.stderr[-4000:]
+    assert f"resumed from {run_dir / 'checkpoints' / f'step_{stopped_at:08d}'}" in result.stdout + result.stderr
+
+    want, got = losses(single_baseline), losses(run_dir)
+    assert sorted(got) == list(range(1, MAX_STEPS + 1))
+    for step in range(stopped_at + 1, MAX_STEPS + 1):
+        assert got[step] == want[step], f"step {step}: resumed loss {got[step]!r} != uninterrupted {want[step]!r}"
+
+
+def test_corrupt_latest_checkpoint_falls_back_to_previous(shards, single_baseline, tmp_path):
+    run_dir = tmp_path / "run"
+    shutil.copytree(single_baseline, run_dir)
+    assert complete_steps(run_dir) == [12, 16]
+    latest = run_dir / "checkpoints" / "step_00000016"
+    shard = next(latest.glob("*.distcp"))
+    shard.write_bytes(shard.read_bytes()[:-100])  # truncated: size disagrees with COMPLETE
+
+    result = run_train(tiny_overrides(shards, run_dir), tmp_path)
+    assert result.returncode == 0, result.stderr[-4000:]
+    output = result.stdout + result.stderr
+    assert f"refusing checkpoint {latest}" in output and "corrupt" in output
+    assert f"resumed from {run_dir / 'checkpoints' / 'step_00000012'}" in result.stdout + result.stderr
+    want, got = losses(single_baseline), losses(run_dir)
+    for step in range(13, MAX_STEPS + 1):
+        assert got[step] == want[step]
+
+
+def test_init_from_loads_weights_but_not_the_training_state(shards, single_baseline, tmp_path):
+    run_dir = tmp_path / "run"
+    overrides = tiny_overrides(shards, run_dir, max_steps=3) + [f"trainer.init_from={single_baseline}"]
+    result = run_train(overrides, tmp_path)
+    assert result.returncode == 0, result.stderr[-4000:]
+    assert f"initialised model weights from {single_baseline / 'checkpoints' / 'step_00000016'}" in result.stdout
+    got, base = losses(run_dir), losses(single_baseline)
+    assert sorted(got) == [1, 2, 3]  # the step count starts again
+    assert got[1] < base[1] - 0.3, (got[1], base[1])  # but from trained weights, not a fresh init

@@ -1,0 +1,177 @@
+"""In-process checks of the launcher's pieces: schedules, the data order, parameter groups, checkpoint layout."""
+from __future__ import annotations
+
+import json
+import math
+from types import SimpleNamespace
+
+import numpy as np
+import pytest
+import torch
+
+from data_pipeline.formats import PackedDataset
+from launcher.data import DataError, TokenBatches
+from launcher.optim import parameter_groups
+from launcher.schedule import lr_multiplier
+from model.checkpoint_io import (
+    CheckpointError,
+    find_complete_checkpoints,
+    load_model_checkpoint,
+    read_model_config,
+    save_model_checkpoint,
+    step_dir_name,
+    verify_checkpoint,
+)
+from model.config import ModelConfig
+
+
+def schedule(name, warmup=10, floor=0.1, decay_fraction=0.2, shape="linear"):
+    return SimpleNamespace(name=name, warmup_steps=warmup, min_lr_ratio=floor, decay_fraction=decay_fraction,
+                           decay_shape=shape)
+
+
+def test_cosine_warms_up_linearly_then_decays_to_the_floor():
+    f = lr_multiplier(schedule("cosine"), max_steps=100)
+    assert [f(s) for s in range(3)] == pytest.approx([0.1, 0.2, 0.3])
+    assert f(9) == pytest.approx(1.0) and f(10) == pytest.approx(1.0)
+    assert f(55) == pytest.approx(0.1 + 0.9 * 0.5)
+    assert f(100) == pytest.approx(0.1)
+    assert all(f(s) >= f(s + 1) for s in range(10, 100))
+
+
+@pytest.mark.parametrize("shape, midpoint", [("linear", 0.5), ("cosine", 0.5), ("sqrt", 1 - math.sqrt(0.5))])
+def test_wsd_is_flat_then_anneals_over_the_decay_phase(shape, midpoint):
+    f = lr_multiplier(schedule("wsd", floor=0.0, decay_fraction=0.2, shape=shape), max_steps=100)
+    assert f(10) == f(50) == f(79) == 1.0  # stable phase
+    assert f(80) == pytest.approx(1.0)  # decay starts at 100 - 20
+    assert f(90) == pytest.approx(midpoint)
+    assert f(100) == pytest.approx(0.0)
+
+
+def test_constant_after_warmup():
+    f = lr_multiplier(schedule("constant", warmup=4), max_steps=50)
+    assert f(0) == pytest.approx(0.25) and f(3) == 1.0 and f(49) == 1.0
+
+
+def test_no_weight_decay_on_norms_biases_and_embeddings():
+    model = torch.nn.ModuleDict({
+        "emb": torch.nn.Embedding(10, 4), "lin": torch.nn.Linear(4, 4), "norm": torch.nn.LayerNorm(4),
+    })
+    cfg = SimpleNamespace(weight_decay=0.1, decay_norms_and_biases=False, decay_embeddings=False)
+    decay, no_decay = parameter_groups(model, cfg)
+    assert decay["weight_decay"] == 0.1 and no_decay["weight_decay"] == 0.0
+    assert {id(p) for p in decay["params"]} == {id(model["lin"].weight)}
+    assert len(no_decay["params"]) == 4  # embedding, linear bias, norm weight and bias
+    cfg.decay_embeddings = True
+    decay, _ = parameter_groups(model, cfg)
+    assert id(model["emb"].weight) in {id(p) for p in decay["params"]}
+
+
+def loader(shards, rank=0, degree=1, seed=0, batch=8):
+    return TokenBatches(PackedDataset(shards), seq_len=32, global_batch=batch, dp_rank=rank, dp_degree=degree,
+                        seed=seed, val_fraction=0.05)
+
+
+def test_batches_are_deterministic_and_ranks_split_the_global_batch(shards):
+    a, b = loader(shards), loader(shards)
+    first = [a.next_batch() for _ in range(3)]
+    assert all(torch.equal(x, y) for x, y in zip(first, [b.next_batch() for _ in range(3)]))
+    assert first[0].shape == (8, 33)
+    assert not torch.equal(loader(shards, seed=1).next_batch(), first[0])
+    r0, r1 = loader(shards, 0, 2), loader(shards, 1, 2)
+    for single in first:
+        assert torch.equal(torch.cat([r0.next_batch(), r1.next_batch()]), single)
+
+
+@pytest.fixture
+def counting_shards(tmp_path):
+    """Tokens 0, 1, 2, ... so a window's first token names it."""
+    from data_pipeline.formats import ShardWriter
+
+    with ShardWriter(tmp_path, "count", vocab_size=2**16, eos_id=None, tokenizer_id="count") as writer:
+        writer.add_document(np.arange(20_000))
+    return tmp_path
+
+
+def test_position_restores_mid_epoch_and_each_epoch_reshuffles(shards, counting_shards):
+    a = loader(shards)
+    for _ in range(5):
+        a.next_batch()
+    state = a.state_dict()
+    b = loader(shards, rank=1, degree=2)  # another layout resumes the same global position
+    b.load_state_dict(state)
+    assert torch.equal(b.next_batch(), a.next_batch()[4:])
+    c = loader(counting_shards)
+    epoch0 = [c.next_batch() for _ in range(c.batches_per_epoch)]
+    assert c.epoch == 1
+    epoch1 = [c.next_batch() for _ in range(c.batches_per_epoch)]
+    assert not torch.equal(epoch0[0], epoch1[0])
+    for epoch in (epoch0, epoch1):  # an epoch never repeats a window (the remainder batch is dropped)
+        starts = torch.cat(epoch)[:, 0].tolist()
+        assert len(set(starts)) == len(starts) == c.batches_per_epoch * 8
+        assert all(s % 32 == 0 for s in starts)
+
+
+def test_resuming_with_other_data_is_refused(shards):
+    state = loader(shards).state_dict()
+    other = TokenBatches(PackedDataset(shards), seq_len=16, global_batch=8, dp_rank=0, dp_degree=1, seed=0,
+                         val_fraction=0.05)
+    with pytest.raises(DataError, match="seq_len"):
+        other.load_state_dict(state)
+
+
+def test_eval_batches_are_held_out_and_split_across_ranks(counting_shards):
+    shards = counting_shards
+    a = loader(shards)
+    single = torch.cat(a.eval_batches(8, micro_batch=3))
+    assert single.shape == (8, 33)
+    split = torch.cat(loader(shards, 0, 2).eval_batches(8, 2) + loader(shards, 1, 2).eval_batches(8, 2))
+    assert torch.equal(split, single)
+    assert single[:, 0].min().item() >= a.train_tokens  # held out: after every training token
+    train_max = torch.cat([a.next_batch() for _ in range(a.batches_per_epoch)]).max().item()
+    assert train_max < a.train_tokens
+
+
+def test_too_little_data_for_one_batch_is_a_clear_error(shards):
+    with pytest.raises(DataError, match="fewer than one global batch"):
+        loader(shards, batch=100_000)
+
+
+# ---------------------------------------------------------------------------------------- checkpoint layout
+def small_state():
+    torch.manual_seed(0)
+    return {"tok_embeddings.weight": torch.randn(16, 8), "layers.0.attention.wq.weight": torch.randn(8, 8)}
+
+
+def test_model_checkpoint_round_trip_and_run_dir_lookup(tmp_path):
+    cfg = ModelConfig(vocab_size=16, dim=8, n_heads=2, n_layers=1)
+    for step in (1, 2):
+        save_model_checkpoint(small_state(), cfg, tmp_path / "checkpoints" / step_dir_name(step), step=step)
+    newest = tmp_path / "checkpoints" / "step_00000002"
+    marker = json.loads((newest / "COMPLETE").read_text())
+    assert marker["step"] == 2 and ".metadata" in marker["files"] and "model_config.json" in marker["files"]
+    assert not list((tmp_path / "checkpoints").glob(".tmp-*"))
+    state, loaded_cfg = load_model_checkpoint(tmp_path)
+    assert loaded_cfg == cfg and read_model_config(newest) == cfg
+    assert all(torch.equal(state[k], v) for k, v in small_state().items())
+    with pytest.raises(CheckpointError, match="already"):
+        save_model_checkpoint(small_state(), cfg, newest)
+
+
+@pytest.mark.parametrize("damage, reason", [
+    (lambda d: (d / "COMPLETE").unlink(), "no COMPLETE marker"),
+    (lambda d: (d / "model_config.json").write_text("{}"), "COMPLETE says"),
+    (lambda d: next(d.glob("*.distcp")).unlink(), "is missing"),
+    (lambda d: (d / ".metadata").write_bytes(b"x" * (d / ".metadata").stat().st_size), "unreadable DCP metadata"),
+])
+def test_torn_or_corrupt_checkpoints_are_skipped_with_the_reason(damage, reason, tmp_path, caplog):
+    cfg = ModelConfig(vocab_size=16, dim=8, n_heads=2, n_layers=1)
+    for step in (1, 2):
+        save_model_checkpoint(small_state(), cfg, tmp_path / "checkpoints" / step_dir_name(step), step=step)
+    newest = tmp_path / "checkpoints" / "step_00000002"
+    damage(newest)
+    with pytest.raises(CheckpointError, match=reason):
+        verify_checkpoint(newest)
+    with caplog.at_level("WARNING"):
+        assert find_complete_checkpoints(tmp_path) == [tmp_path / "checkpoints" / "step_00000001"]
+    assert str(newest) in caplog.text and reason in caplog.text
