@@ -4,8 +4,22 @@ from __future__ import annotations
 from dataclasses import fields
 from typing import Any
 
+from typing import TYPE_CHECKING
+
 from model.config import ModelConfig, MoEConfig, RopeScalingConfig, validate_model_config
-from model.transformer import Transformer
+
+if TYPE_CHECKING:
+    from model.transformer import Transformer
+
+
+def __getattr__(name: str):
+    # torch is imported on first use of the model, not by `import model.config`: the launcher validates a config
+    # (and rejects a bad one) before paying torch's ~1.5 s import.
+    if name == "Transformer":
+        from model.transformer import Transformer
+
+        return Transformer
+    raise AttributeError(f"module 'model' has no attribute {name!r}")
 
 
 def _as_model_config(cfg: Any) -> ModelConfig:
@@ -33,9 +47,11 @@ def _as_model_config(cfg: Any) -> ModelConfig:
     return cfg
 
 
-def build(cfg: Any) -> Transformer:
+def build(cfg: Any) -> "Transformer":
     """ModelConfig -> initialised Transformer on the current default device. Under `torch.device("meta")`
     nothing is allocated: `to_empty(device=...)` then `init_weights()` materialise it."""
+    from model.transformer import Transformer
+
     model = Transformer(_as_model_config(cfg))
     model.init_weights()  # a no-op on the meta device; call it again after `to_empty`
     return model

@@ -1,41 +1,25 @@
-"""Lay a plain `model.build()` Transformer out on a device mesh, so the model never knows how it is parallelised.
+"""Loom's parallelism, applied from outside the model: see parallel/api.py for `parallelize` and its fixed order.
 
-`parallelize` applies each technique in one fixed order, because each step wraps what the previous one produced:
-
-  1. tensor + sequence parallel (parallel/tensor.py)  - swaps Linear/Embedding weights for DTensors on the tp mesh
-  2. expert parallel (parallel/expert.py)              - all-to-all dispatch of MoE experts on the ep mesh
-  3. context parallel (parallel/context.py)            - swaps each block's inner attention for ring/Ulysses
-  4. activation checkpointing (parallel/checkpointing.py) - wraps whole blocks, or per-op policies
-  5. torch.compile per block (parallel/compile.py)    - compiles the (checkpointed) block
-  6. data parallel: FSDP2/HSDP (parallel/fsdp.py) or DDP (parallel/ddp.py); ZeRO is DeepSpeed's engine instead
-     (parallel/zero.py), built by the trainer because DeepSpeed also owns the optimizer.
-
-With pipeline parallel (pp > 1) parallel/pipeline.py splits the model into stages first and calls
-`parallelize_stage` on each; that file owns the pipeline schedule.
-
-Typical use (the trainer):
-    dims = ParallelDims.from_config(pcfg, world_size, model_cfg, seq_len)
-    mesh = dims.build_mesh("cuda" or "cpu")
-    model = parallelize(model, dims, pcfg, model_cfg=model_cfg, mesh=mesh)
-    with loss_context(dims, pcfg):
-        loss = compute_loss(model, tokens, labels, dims, pcfg, model_cfg, mesh=mesh)
-        loss.backward()
+The names below are imported on first use, so `import parallel.config` (the launcher validating a config before
+any work) does not pay torch's import.
 """
 from __future__ import annotations
 
-import contextlib
-from typing import TYPE_CHECKING, Optional
-
-import torch
-from torch import nn
+from typing import TYPE_CHECKING
 
 from parallel.config import ParallelConfig
 from parallel.dims import ParallelDims
 
 if TYPE_CHECKING:
-    from torch.distributed.device_mesh import DeviceMesh
-
-    from model.config import ModelConfig
+    from parallel.api import (  # noqa: F401
+        clip_grad_norm_,
+        compute_loss,
+        loss_context,
+        loss_outside_model,
+        parallelize,
+        parallelize_stage,
+        scalar_loss,
+    )
 
 __all__ = [
     "ParallelConfig",
@@ -48,177 +32,12 @@ __all__ = [
     "scalar_loss",
     "clip_grad_norm_",
 ]
+_LAZY = set(__all__) - {"ParallelConfig", "ParallelDims"}
 
 
-def parallelize(
-    model: nn.Module,
-    dims: ParallelDims,
-    cfg: ParallelConfig,
-    *,
-    model_cfg: Optional["ModelConfig"] = None,
-    mesh: Optional["DeviceMesh"] = None,
-):
-    """Return the laid-out model (or, with pp > 1, whatever parallel/pipeline.py returns: stages + schedule)."""
-    if dims.world_size > 1 and mesh is None:
-        raise ValueError(f"world size {dims.world_size} needs a DeviceMesh: pass mesh=dims.build_mesh(device_type)")
-    if dims.pp > 1:
-        try:
-            from parallel.pipeline import pipeline_parallelize
-        except ImportError as exc:  # the pipeline part is a separate file; say which piece is missing
-            raise ValueError(f"parallel.pp={dims.pp} needs parallel.pipeline.pipeline_parallelize: {exc}") from exc
-        return pipeline_parallelize(
-            model, dims, cfg, model_cfg=model_cfg, mesh=mesh, parallelize_stage=parallelize_stage
-        )
-    return parallelize_stage(model, dims, cfg, model_cfg=model_cfg, mesh=mesh)
+def __getattr__(name: str):
+    if name in _LAZY:
+        from parallel import api
 
-
-def parallelize_stage(
-    model: nn.Module,
-    dims: ParallelDims,
-    cfg: ParallelConfig,
-    *,
-    model_cfg: Optional["ModelConfig"] = None,
-    mesh: Optional["DeviceMesh"] = None,
-) -> nn.Module:
-    """Steps 1-6 of the module docstring on one module (the whole model, or one pipeline stage)."""
-    if dims.tp > 1:
-        from parallel.tensor import apply_tensor_parallel
-
-        apply_tensor_parallel(model, mesh["tp"], cfg, model_cfg)
-    if dims.ep > 1:
-        from parallel.expert import apply_expert_parallel
-
-        apply_expert_parallel(model, dims, cfg, mesh=mesh, model_cfg=model_cfg)
-    if dims.cp > 1:
-        from parallel.context import apply_context_parallel
-
-        apply_context_parallel(model, dims, cfg, mesh=mesh, model_cfg=model_cfg)
-    if cfg.ac_mode != "none":
-        from parallel.checkpointing import apply_activation_checkpointing
-
-        apply_activation_checkpointing(model, cfg)
-    if cfg.compile:
-        from parallel.compile import apply_compile
-
-        apply_compile(model, cfg)
-    if cfg.engine == "deepspeed":
-        return model  # parallel.zero.initialize_zero wraps it together with the optimizer
-    if dims.fsdp_enabled:
-        from parallel.fsdp import apply_fsdp
-
-        apply_fsdp(model, dims, cfg, mesh=mesh, model_cfg=model_cfg)
-    elif dims.ddp_enabled:
-        from parallel.ddp import apply_ddp
-
-        model = apply_ddp(model, mesh["dp_replicate"])
-    return model
-
-
-def loss_outside_model(dims: ParallelDims, cfg: ParallelConfig) -> bool:
-    """True when the trainer must get logits and compute the loss itself (tensor parallel: DTensor logits)."""
-    del cfg
-    return dims.tp > 1
-
-
-def loss_context(dims: ParallelDims, cfg: ParallelConfig):
-    """Context for forward *and* backward: `loss_parallel()` when the logits are vocab-sharded DTensors."""
-    if dims.tp > 1 and cfg.loss_parallel:
-        from torch.distributed.tensor.parallel import loss_parallel
-
-        return loss_parallel()
-    return contextlib.nullcontext()
-
-
-def compute_loss(
-    model: nn.Module,
-    tokens: torch.Tensor,
-    labels: torch.Tensor,
-    dims: ParallelDims,
-    cfg: ParallelConfig,
-    model_cfg: Optional["ModelConfig"] = None,
-    *,
-    mesh: Optional["DeviceMesh"] = None,
-) -> torch.Tensor:
-    """The training loss of this rank's data-parallel slice (tokens, labels [B, T]); call inside `loss_context`.
-
-    - Context parallel (cp > 1, needs `mesh`): the sequence is cut to this cp rank's chunks (zig-zag with
-      cp_load_balance) and the model gets their global positions. The returned loss is weighted by this rank's
-      share of the slice's non-ignored labels, so its mean over the cp ranks (what FSDP's gradient averaging over
-      dp_shard x cp and a logged mean over ranks compute) is exactly the loss of the whole sequences.
-    - Tensor parallel: the model returns vocab-sharded logits and the loss is computed here with
-      model.loss.cross_entropy_loss (the model's own chunked loss cannot slice DTensor logits)."""
-    forward_kwargs = {}
-    if dims.cp > 1:
-        if mesh is None:
-            raise ValueError(
-                f"parallel.cp={dims.cp}: compute_loss needs mesh=<the DeviceMesh from dims.build_mesh(...)> to split "
-                f"each sequence over the cp ranks"
-            )
-        from parallel.context import shard_for_context_parallel
-
-        cp_mesh = dims.submesh(mesh, "cp")
-        tokens, labels, forward_kwargs["positions"] = shard_for_context_parallel(tokens, labels, None, cp_mesh, cfg)
-    if not loss_outside_model(dims, cfg):
-        loss = model(tokens, labels, **forward_kwargs)
-    else:
-        from model.loss import cross_entropy_loss
-
-        z_loss_weight = model_cfg.z_loss_weight if model_cfg is not None else 0.0
-        loss = cross_entropy_loss(model(tokens, **forward_kwargs), labels, z_loss_weight=z_loss_weight)
-    if dims.cp > 1:
-        loss = loss * _share_of_valid_labels(labels, cp_mesh)
-    return loss
-
-
-def _share_of_valid_labels(labels: torch.Tensor, cp_mesh: "DeviceMesh") -> torch.Tensor:
-    """cp * (this rank's non-ignored labels) / (all cp ranks' non-ignored labels): 1 when every chunk counts the
-    same tokens, and what turns the mean of per-rank mean losses into the token mean when they do not."""
-    import torch.distributed as dist
-
-    count = (labels != -100).sum().to(torch.float32)
-    total = count.clone()
-    dist.all_reduce(total, group=cp_mesh.get_group())
-    return count * cp_mesh.size() / total.clamp(min=1)
-
-
-def scalar_loss(loss: torch.Tensor) -> float:
-    """A loss as a Python float, whether a plain tensor or a (replicated) DTensor from loss_parallel."""
-    from torch.distributed.tensor import DTensor
-
-    if isinstance(loss, DTensor):
-        loss = loss.full_tensor()
-    return float(loss.detach())
-
-
-@torch.no_grad()
-def clip_grad_norm_(parameters, max_norm: float, *, extra_group=None) -> torch.Tensor:
-    """Clip gradients to a global norm `max_norm` across every layout; returns the total norm (before clipping).
-
-    Written here because torch.nn.utils.clip_grad_norm_ stacks all gradient norms into one tensor, which fails
-    when a model mixes plain and DTensor gradients or DTensors on different meshes (TP without SP, FSDP x TP).
-    Norms are taken per mesh with torch.nn.utils.get_total_norm, DTensor norms made global with full_tensor(),
-    then combined. `extra_group`: a process group whose ranks hold *different* parameters (pipeline stages),
-    over which squared norms are summed."""
-    from torch.distributed.tensor import DTensor
-
-    grads = [p.grad for p in parameters if p.grad is not None]
-    groups: dict = {}
-    for g in grads:
-        key = id(g.device_mesh) if isinstance(g, DTensor) else None
-        groups.setdefault(key, []).append(g)
-    squared = torch.zeros((), dtype=torch.float64)
-    for group in groups.values():
-        norm = torch.nn.utils.get_total_norm(group, norm_type=2.0, foreach=False)
-        if isinstance(norm, DTensor):
-            norm = norm.full_tensor()
-        squared = squared + norm.detach().double().cpu() ** 2
-    if extra_group is not None:
-        import torch.distributed as dist
-
-        dist.all_reduce(squared, group=extra_group)
-    total = squared.sqrt()
-    coef = min(1.0, max_norm / (float(total) + 1e-6))
-    if coef < 1.0:
-        for g in grads:
-            g.mul_(coef)
-    return total
+        return getattr(api, name)
+    raise AttributeError(f"module 'parallel' has no attribute {name!r}")
