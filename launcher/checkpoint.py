@@ -6,6 +6,13 @@ torch.distributed.checkpoint.state_dict (get/set_model_state_dict, get/set_optim
 everything by the unwrapped model's parameter names whatever the wrapping (DDP, FSDP2, TP), so a checkpoint
 reloads onto any other layout; every rank writes its own shards in parallel. RNG states are per rank (keyed by
 rank); the data position is global, so it means the same thing on any number of data-parallel ranks.
+
+Pipeline parallel checkpoints its stage module: a stage keeps the full model's parameter names, so the DCP files
+are the same as any other layout's. DeepSpeed ZeRO (`ZeroCheckpointer`) saves the full model weights under
+"model" in the same DCP layout (so HF export, init_from and any other layout read them), and its optimizer state
+through DeepSpeed's own save_checkpoint in the subdirectory `deepspeed/`: ZeRO optimizer state resumes exactly
+under the same ZeRO stage and world size, and reshards only through DeepSpeed's own tools (e.g. its universal
+checkpoint conversion); a torch layout resuming from it gets the weights, not the optimizer state.
 """
 from __future__ import annotations
 
@@ -21,6 +28,7 @@ import torch.distributed as dist
 import torch.distributed.checkpoint as dcp
 from torch import nn
 from torch.distributed.checkpoint.state_dict import (
+    StateDictOptions,
     get_model_state_dict,
     get_optimizer_state_dict,
     set_model_state_dict,
@@ -45,6 +53,11 @@ from model.checkpoint_io import (
 )
 
 log = logging.getLogger(__name__)
+
+# Optimizer state keyed by parameter name ("state.<fqn>.exp_avg", "param_groups.<fqn>.lr"), not by param-group
+# index: pipeline stages hold different parameters, and an indexed "param_groups.0.params" list would collide
+# between them in one DCP save. Named keys also load onto any other layout.
+_FLAT_OPTIMIZER = StateDictOptions(flatten_optimizer_state_dict=True)
 
 
 def _rng_state(device: torch.device) -> dict[str, Any]:
@@ -102,8 +115,7 @@ class Checkpointer:
             tmp.mkdir(parents=True)
         barrier()
         state = {
-            MODEL_KEY: get_model_state_dict(self.model),
-            "optimizer": get_optimizer_state_dict(self.model, self.optimizer),
+            **self._model_and_optimizer_state(),
             "scheduler": self.scheduler.state_dict(),
             "dataloader": self.dataloader.state_dict(),
             "rng": {self._rng_key(): _rng_state(self.env.device)},
@@ -111,6 +123,7 @@ class Checkpointer:
         }
         with single_process_dcp():
             dcp.save(state, checkpoint_id=str(tmp), no_dist=not dist.is_initialized())
+        self._save_extra(tmp)
         if self.env.is_main:
             write_model_config(tmp, self.model_cfg)
             publish_checkpoint(tmp, final, step)
@@ -119,6 +132,19 @@ class Checkpointer:
         barrier()
         self.last_saved_step = step
         return final
+
+    def _model_and_optimizer_state(self) -> dict[str, Any]:
+        return {
+            MODEL_KEY: get_model_state_dict(self.model),
+            "optimizer": get_optimizer_state_dict(self.model, self.optimizer, options=_FLAT_OPTIMIZER),
+        }
+
+    def _save_extra(self, directory: Path) -> None:
+        """State saved outside DCP, into the temporary checkpoint directory (every rank calls it)."""
+
+    def _restore_model_and_optimizer(self, state: dict[str, Any], directory: Path) -> None:
+        set_model_state_dict(self.model, state[MODEL_KEY])
+        set_optimizer_state_dict(self.model, self.optimizer, state["optimizer"], options=_FLAT_OPTIMIZER)
 
     def _prune(self) -> None:
         for stale in self.root.glob(".tmp-step_*"):
@@ -149,8 +175,7 @@ class Checkpointer:
         metadata = dcp.FileSystemReader(str(directory)).read_metadata()
         saved_keys = metadata.state_dict_metadata.keys()
         state: dict[str, Any] = {
-            MODEL_KEY: get_model_state_dict(self.model),
-            "optimizer": get_optimizer_state_dict(self.model, self.optimizer),
+            **self._model_and_optimizer_state(),
             "scheduler": self.scheduler.state_dict(),
             "dataloader": self.dataloader.state_dict(),
             "train_state": {"step": 0},
@@ -163,12 +188,11 @@ class Checkpointer:
                         directory, self.env.rank)
         with single_process_dcp():
             dcp.load(state, checkpoint_id=str(directory), no_dist=not dist.is_initialized())
-        set_model_state_dict(self.model, state[MODEL_KEY])
-        set_optimizer_state_dict(self.model, self.optimizer, state["optimizer"])
+        self._restore_model_and_optimizer(state, directory)
         self.scheduler.load_state_dict(state["scheduler"])
         # The optimizer state carries the lr of the saved schedule; recompute it from this run's schedule so a
         # resumed run may change trainer.max_steps or the schedule (same schedule: the very same value).
-        for group, base_lr, multiplier in zip(self.optimizer.param_groups, self.scheduler.base_lrs,
+        for group, base_lr, multiplier in zip(self.scheduler.optimizer.param_groups, self.scheduler.base_lrs,
                                               self.scheduler.lr_lambdas):
             group["lr"] = base_lr * multiplier(self.scheduler.last_epoch)
         self.dataloader.load_state_dict(state["dataloader"])
@@ -183,13 +207,55 @@ class Checkpointer:
 
     def load_weights(self, source: str | Path) -> Path:
         """Model weights only (trainer.init_from): a checkpoint dir, or a run dir's newest complete checkpoint."""
-        directory = resolve_checkpoint_dir(source)
-        verify_checkpoint(directory)
-        state = {MODEL_KEY: get_model_state_dict(self.model)}
-        with single_process_dcp():
-            dcp.load(state, checkpoint_id=str(directory), no_dist=not dist.is_initialized())
-        set_model_state_dict(self.model, state[MODEL_KEY])
-        log.info("initialised model weights from %s", directory)
-        return directory
+        return load_model_weights(self.model, source)
 
 
+def load_model_weights(model: nn.Module, source: str | Path) -> Path:
+    """Load the "model" weights of a checkpoint (dir, or a run dir's newest complete one) into `model`, whatever
+    its layout; returns the checkpoint directory."""
+    directory = resolve_checkpoint_dir(source)
+    verify_checkpoint(directory)
+    state = {MODEL_KEY: get_model_state_dict(model)}
+    with single_process_dcp():
+        dcp.load(state, checkpoint_id=str(directory), no_dist=not dist.is_initialized())
+    set_model_state_dict(model, state[MODEL_KEY])
+    log.info("initialised model weights from %s", directory)
+    return directory
+
+
+class ZeroCheckpointer(Checkpointer):
+    """Checkpoints of a DeepSpeed ZeRO engine: full weights in DCP under "model" (gathered from the ZeRO
+    partitions, every rank taking part), optimizer and partitioned state through DeepSpeed in `deepspeed/`.
+    Resume restores weights and optimizer from DeepSpeed's files (same ZeRO stage and world size only: DeepSpeed
+    refuses another partitioning) and the rest (schedule, data position, RNG, step) from DCP."""
+
+    SUBDIR = "deepspeed"
+    TAG = "state"
+
+    def __init__(self, run_dir: Path, *, engine: Any, scheduler: Any, **kwargs: Any) -> None:
+        super().__init__(run_dir, model=engine, optimizer=engine.optimizer, scheduler=scheduler, **kwargs)
+        self.engine = engine
+
+    def _model_and_optimizer_state(self) -> dict[str, Any]:
+        from parallel.zero import full_model_state_dict
+
+        return {MODEL_KEY: full_model_state_dict(self.engine)}
+
+    def _save_extra(self, directory: Path) -> None:
+        self.engine.save_checkpoint(str(directory / self.SUBDIR), tag=self.TAG, save_latest=False)
+
+    def _restore_model_and_optimizer(self, state: dict[str, Any], directory: Path) -> None:
+        source = directory / self.SUBDIR
+        if not (source / self.TAG).is_dir():
+            raise CheckpointError(
+                f"{directory}: no DeepSpeed state in {source} (saved by a torch layout?): ZeRO resumes only its own "
+                f"checkpoints; start from its weights with trainer.init_from={directory} trainer.resume=never"
+            )
+        load_path, _ = self.engine.load_checkpoint(str(source), tag=self.TAG, load_optimizer_states=True,
+                                                   load_lr_scheduler_states=False)
+        if load_path is None:
+            raise CheckpointError(f"{source}: DeepSpeed could not load its checkpoint (tag {self.TAG!r})")
+
+    def load_weights(self, source: str | Path) -> Path:
+        raise CheckpointError("under DeepSpeed ZeRO, trainer.init_from is loaded into the plain model before the "
+                              "engine is built (launcher.checkpoint.load_model_weights)")

@@ -4,9 +4,11 @@
 not the loop lives in a small module of its own (config, data, optim, schedule, checkpoint, metrics, distributed,
 preemption); the parallel layout is `parallel.parallelize`'s business.
 
-One micro batch's forward and backward is `forward_backward`: pipeline parallelism and DeepSpeed ZeRO replace
-exactly that function (and `optimizer_step`), nothing else. Inside a step nothing waits for the device: the loss
-stays a device tensor and is read (`.item()`) only at log steps.
+One micro batch's forward and backward is `forward_backward`, and `TorchStep` runs them and `optimizer_step` for
+one global batch: pipeline parallelism and DeepSpeed ZeRO replace exactly that step with their own
+(launcher/engines.py: `PipelineStep`, `ZeroStep`), nothing else. Inside a step the host waits for the device only
+in gradient clipping (parallel.clip_grad_norm_ reads the global norm): the loss stays a device tensor and is read
+(`.item()`) only at log steps.
 """
 from __future__ import annotations
 
@@ -21,13 +23,15 @@ from typing import Any, Optional
 import torch
 from omegaconf import DictConfig, OmegaConf
 from torch import nn
+from torch.distributed.checkpoint.state_dict import StateDictOptions, set_model_state_dict
 from torch.nn.parallel import DistributedDataParallel
 
 import model as model_lib
-from launcher.checkpoint import Checkpointer
+from launcher.checkpoint import Checkpointer, ZeroCheckpointer, load_model_weights
 from launcher.config import batch_plan, effective_parallel
 from launcher.data import TokenBatches, load_tokenizer, open_dataset, resolve_data_dir
 from launcher.distributed import DistEnv, any_rank, barrier, init_distributed, mean_over_ranks, shutdown, sum_over_ranks
+from launcher.engines import PipelineStep, ZeroStep
 from launcher.metrics import (
     ConsoleSink,
     JsonlSink,
@@ -90,13 +94,9 @@ def optimizer_step(model: nn.Module, optimizer: torch.optim.Optimizer, ctx: Step
     if ctx.scaler is not None:
         ctx.scaler.unscale_(optimizer)
     max_norm = grad_clip if grad_clip > 0 else math.inf
-    if ctx.dims.tp > 1 or ctx.dims.ep > 1:
-        # Gradients on several meshes (or plain + DTensor): parallel's clip combines them (with a host sync).
-        grad_norm = parallel_clip_grad_norm_(model.parameters(), max_norm)
-    else:
-        grad_norm = torch.nn.utils.clip_grad_norm_(model.parameters(), max_norm, foreach=True)
-    if hasattr(grad_norm, "full_tensor"):  # a DTensor under FSDP2
-        grad_norm = grad_norm.full_tensor()
+    # parallel's clip, not torch's: torch's stacks every norm into one tensor, which fails when gradients live on
+    # several meshes or mix plain tensors and DTensors (expert parallel, TP without SP). A host sync per step.
+    grad_norm = parallel_clip_grad_norm_(model.parameters(), max_norm)
     if ctx.scaler is not None:
         ctx.scaler.step(optimizer)
         ctx.scaler.update()
@@ -104,6 +104,26 @@ def optimizer_step(model: nn.Module, optimizer: torch.optim.Optimizer, ctx: Step
         optimizer.step()
     optimizer.zero_grad(set_to_none=True)
     return grad_norm.detach()
+
+
+class TorchStep:
+    """One optimizer step of the torch layouts: the micro batches through `forward_backward` (DDP syncing only on
+    the last), then `optimizer_step` and the lr schedule. Returns (this rank's mean loss, grad norm)."""
+
+    def __init__(self, model: nn.Module, optimizer: torch.optim.Optimizer, scheduler: Any, ctx: StepContext,
+                 micro_batch_size: int, grad_clip: float) -> None:
+        self.model, self.optimizer, self.scheduler, self.ctx = model, optimizer, scheduler, ctx
+        self.micro_batch_size, self.grad_clip = micro_batch_size, grad_clip
+
+    def train_step(self, batch: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        micro_batches = batch.split(self.micro_batch_size)
+        loss_sum = torch.zeros((), device=batch.device)
+        for i, micro_batch in enumerate(micro_batches):
+            with gradient_sync(self.model, enabled=i == len(micro_batches) - 1):
+                loss_sum += forward_backward(self.model, micro_batch, self.ctx)
+        grad_norm = optimizer_step(self.model, self.optimizer, self.ctx, self.grad_clip)
+        self.scheduler.step()
+        return loss_sum / len(micro_batches), grad_norm
 
 
 def gradient_sync(model: nn.Module, enabled: bool):
@@ -140,7 +160,7 @@ def sample_text(model: nn.Module, tokenizer, prompt: str, max_new_tokens: int, m
     Every rank runs it (sharded layouts need all ranks in the forward); rank 0 logs it."""
     from model.generate import generate
 
-    module = model.module if isinstance(model, DistributedDataParallel) else model
+    module = getattr(model, "module", model)  # under DDP or a DeepSpeed engine
     if tokenizer is not None:
         prompt_ids = tokenizer.encode(prompt).ids or [eos_id or 0]
     else:
@@ -155,26 +175,73 @@ def sample_text(model: nn.Module, tokenizer, prompt: str, max_new_tokens: int, m
 
 
 def build_model(cfg: Any, dims: ParallelDims, env: DistEnv):
-    """Plain model, laid out by `parallelize`. Sharded layouts are built on the meta device and materialised
-    after sharding (each rank allocates only its shards); unsharded ones are built and initialised in place, so
-    every rank starts from the same seeded weights. Returns (model, device mesh or None)."""
+    """Plain model, laid out by `parallelize`. Returns (model, device mesh or None); with pp > 1 the "model" is
+    parallel.pipeline's `Pipeline` (schedule + this rank's stage modules).
+
+    Unsharded layouts (single, DDP, DeepSpeed ZeRO, which partitions by itself) build and initialise the model in
+    place from the seed. Sharded ones (FSDP, TP, CP, EP, PP) build on the meta device and materialise only their
+    shards; their weights are then the single-process run's: rank 0 initialises the full model on CPU from the
+    same seed and `set_model_state_dict(broadcast_from_rank0=True)` scatters it into every rank's shards (a
+    sharded random init would give other weights on every layout). That costs one full fp32 copy of the model in
+    rank 0's host memory at start-up."""
     torch.manual_seed(cfg.trainer.seed)
     parallel_cfg = effective_parallel(cfg.parallel, env.world_size)
+    model_cfg = _model_config(cfg)
     mesh = dims.build_mesh(env.device.type)
-    sharded = dims.fsdp_enabled or dims.tp > 1 or dims.cp > 1 or dims.ep > 1
-    if sharded:
-        with torch.device("meta"):
-            model = model_lib.build(_model_config(cfg))
-        model = parallelize(model, dims, parallel_cfg, model_cfg=_model_config(cfg), mesh=mesh)
-        model.to_empty(device=env.device)
-        with torch.no_grad():
-            (model.module if hasattr(model, "module") else model).init_weights()
-    else:
+    sharded = dims.fsdp_enabled or dims.tp > 1 or dims.cp > 1 or dims.ep > 1 or dims.pp > 1
+    if not sharded or parallel_cfg.engine == "deepspeed":
         with torch.device(env.device):
-            model = model_lib.build(_model_config(cfg))
+            model = model_lib.build(model_cfg)
         model.init_weights()
-        model = parallelize(model, dims, parallel_cfg, model_cfg=_model_config(cfg), mesh=mesh)
+        return parallelize(model, dims, parallel_cfg, model_cfg=model_cfg, mesh=mesh), mesh
+
+    with torch.device("meta"):
+        model = model_lib.build(model_cfg)
+    model = parallelize(model, dims, parallel_cfg, model_cfg=model_cfg, mesh=mesh)
+    full = None
+    if env.is_main:
+        torch.manual_seed(cfg.trainer.seed)
+        with torch.device("cpu"):
+            reference = model_lib.build(model_cfg)
+        reference.init_weights()
+        full = reference.state_dict()
+    modules = model.stages if dims.pp > 1 else [model]
+    for module in modules:
+        module.to_empty(device=env.device)
+        with torch.no_grad():
+            (module.module if hasattr(module, "module") else module).init_weights()  # buffers (RoPE tables)
+        set_model_state_dict(module, full if full is not None else {},
+                             options=StateDictOptions(full_state_dict=True, broadcast_from_rank0=True,
+                                                      strict=dims.pp == 1))
     return model, mesh
+
+
+def build_training_step(cfg: Any, model: Any, ctx: StepContext, env: DistEnv, loader: TokenBatches,
+                        config_yaml: str):
+    """The optimizer, lr schedule, step and checkpointer of this layout: DeepSpeed's engine for ZeRO, the pipeline
+    schedule for pp > 1, else torch's AdamW around `forward_backward`. Returns (the module that is trained,
+    evaluated and checkpointed, the step, the checkpointer)."""
+    t, dims, parallel_cfg = cfg.trainer, ctx.dims, ctx.parallel_cfg
+    checkpoint_args = dict(env=env, dataloader=loader, model_cfg=ctx.model_cfg, config_yaml=config_yaml,
+                           keep=t.keep_checkpoints)
+    if parallel_cfg.engine == "deepspeed":
+        if t.init_from:  # into the plain model, before DeepSpeed copies it into its partitions (a resume overrides)
+            load_model_weights(model, t.init_from)
+        step = ZeroStep(model, cfg, dims, parallel_cfg, grad_accum=ctx.grad_accum, device=env.device)
+        return step.engine, step, ZeroCheckpointer(Path(t.run_dir), engine=step.engine, scheduler=step.scheduler,
+                                                   **checkpoint_args)
+    if dims.pp > 1:
+        pipeline, model = model, model.stages[0]  # a stage keeps the full model's names: checkpoints stay layout-free
+        optimizer = build_optimizer(model, cfg.optim, env.device.type)
+        scheduler = build_scheduler(optimizer, cfg.schedule, t.max_steps)
+        step = PipelineStep(pipeline, optimizer, scheduler, dims, parallel_cfg, ctx.mesh, precision=t.precision,
+                            device=env.device, grad_clip=cfg.optim.grad_clip)
+    else:
+        optimizer = build_optimizer(model, cfg.optim, env.device.type)
+        scheduler = build_scheduler(optimizer, cfg.schedule, t.max_steps)
+        step = TorchStep(model, optimizer, scheduler, ctx, t.micro_batch_size, cfg.optim.grad_clip)
+    return model, step, Checkpointer(Path(t.run_dir), model=model, optimizer=optimizer, scheduler=scheduler,
+                                     **checkpoint_args)
 
 
 def _model_config(cfg: Any):
@@ -204,6 +271,10 @@ def train(cfg: DictConfig) -> None:
     dims = ParallelDims.from_config(parallel_cfg, env.world_size, model_cfg=model_cfg, seq_len=cfg.data.seq_len)
     global_batch, grad_accum = batch_plan(cfg, dims.dp_degree)
     seq_len, micro = cfg.data.seq_len, t.micro_batch_size
+    if dims.pp > 1 and parallel_cfg.pp_stages_per_rank != 1:
+        raise ValueError(f"parallel.pp_stages_per_rank={parallel_cfg.pp_stages_per_rank}: the launcher trains and "
+                         f"checkpoints one pipeline stage per rank; use pp_schedule=GPipe or 1F1B with "
+                         f"pp_stages_per_rank=1")
 
     # ---- data
     data_dir = resolve_data_dir(cfg.data)
@@ -222,22 +293,22 @@ def train(cfg: DictConfig) -> None:
     eval_batches = loader.eval_batches(t.eval_batches * micro, micro) if t.eval_batches > 0 else []
     tokenizer = load_tokenizer(data_dir)
 
-    # ---- optimizer, schedule, precision
-    optimizer = build_optimizer(model, cfg.optim, env.device.type)
-    scheduler = build_scheduler(optimizer, cfg.schedule, t.max_steps)
-    scaler = torch.amp.GradScaler(env.device.type) if t.precision == "fp16" else None
+    # ---- the training step of this layout (optimizer, schedule, precision) and its checkpoints
+    scaler = torch.amp.GradScaler(env.device.type) if t.precision == "fp16" and parallel_cfg.engine == "torch" else None
     ctx = StepContext(dims, parallel_cfg, model_cfg, env.device, t.precision, grad_accum, scaler, mesh)
+    model, layout_step, checkpointer = build_training_step(cfg, model, ctx, env, loader, config_yaml)
+    scheduler = layout_step.scheduler
+    if dims.pp > 1 and eval_batches:
+        log.info("evaluation is skipped under pipeline parallel (parallel.pp > 1): the launcher has no eval pass "
+                 "through the pipeline schedule")
+        eval_batches = []
 
     # ---- checkpoints: resume, or start from another run's weights
-    checkpointer = Checkpointer(
-        run_dir, env=env, model=model, optimizer=optimizer, scheduler=scheduler, dataloader=loader,
-        model_cfg=model_cfg, config_yaml=config_yaml, keep=t.keep_checkpoints,
-    )
     start_step = 0
     latest = checkpointer.latest() if t.resume == "auto" else None
     if latest is not None:
         start_step = checkpointer.resume(latest)
-    elif t.init_from:
+    elif t.init_from and parallel_cfg.engine != "deepspeed":
         checkpointer.load_weights(t.init_from)
 
     # ---- metrics (sinks only on rank 0)
@@ -256,15 +327,20 @@ def train(cfg: DictConfig) -> None:
         if t.progress_bar:
             progress = ProgressBarSink(t.max_steps, start_step)
     metrics = MetricsLogger(sinks, progress)
-    log.info("model %s: %.2fM parameters | global batch %d x %d tokens, %d micro batch(es) of %d per rank, "
-             "%d data-parallel rank(s) | steps %d -> %d",
-             model_cfg.name, count_parameters(model_cfg) / 1e6, global_batch, seq_len, grad_accum,
-             micro, dims.dp_degree, start_step, t.max_steps)
+    per_rank = global_batch // dims.dp_degree
+    if dims.pp > 1:  # the schedule cuts each rank's batch into its own microbatches
+        micro_plan = f"{parallel_cfg.pp_microbatches} pipeline microbatches of {per_rank // parallel_cfg.pp_microbatches}"
+    else:
+        micro_plan = f"{grad_accum} micro batch(es) of {micro}"
+    log.info("model %s: %.2fM parameters | global batch %d x %d tokens, %s per rank, %d data-parallel rank(s) | "
+             "steps %d -> %d", model_cfg.name, count_parameters(model_cfg) / 1e6, global_batch, seq_len, micro_plan,
+             dims.dp_degree, start_step, t.max_steps)
 
     # Generation runs the model one token at a time, which sequence-sharded (TP+SP, CP) layouts cannot do.
-    can_sample = t.sample_every >= 0 and dims.tp == 1 and dims.cp == 1
+    # Pipeline stages hold part of the model each.
+    can_sample = t.sample_every >= 0 and dims.tp == 1 and dims.cp == 1 and dims.pp == 1
     if t.sample_every >= 0 and not can_sample:
-        log.info("sample generation is skipped under tensor/context parallel (parallel.tp/cp > 1)")
+        log.info("sample generation is skipped under tensor/context/pipeline parallel (parallel.tp/cp/pp > 1)")
 
     # ---- the loop
     model.train()
@@ -272,22 +348,15 @@ def train(cfg: DictConfig) -> None:
     speed.reset()
     while step < t.max_steps:
         step += 1
-        lr = optimizer.param_groups[0]["lr"]
-        micro_batches = loader.next_batch().to(env.device, non_blocking=True).split(micro)
-        loss_sum = torch.zeros((), device=env.device)
-        for i, micro_batch in enumerate(micro_batches):
-            with gradient_sync(model, enabled=i == len(micro_batches) - 1):
-                loss_sum += forward_backward(model, micro_batch, ctx)
-        grad_norm = optimizer_step(model, optimizer, ctx, cfg.optim.grad_clip)
-        scheduler.step()
+        lr = scheduler.get_last_lr()[0]
+        loss, grad_norm = layout_step.train_step(loader.next_batch().to(env.device, non_blocking=True))
         speed.add_tokens(global_batch * seq_len)
         metrics.advance(step)
 
         last = step == t.max_steps
         record: dict[str, Any] = {}
         if step % t.log_every == 0 or last:
-            loss = mean_over_ranks((loss_sum / grad_accum).float().reshape(1)).item()
-            record = {"loss": loss, "lr": lr, "grad_norm": grad_norm.item(), **speed.measure()}
+            record = {"loss": mean_over_ranks(loss.float().reshape(1)).item(), "lr": lr, "grad_norm": grad_norm.item(), **speed.measure()}
             if scaler is not None:
                 record["loss_scale"] = scaler.get_scale()
         if eval_batches and ((t.eval_every > 0 and step % t.eval_every == 0) or last):

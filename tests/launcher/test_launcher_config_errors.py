@@ -34,8 +34,7 @@ MORE_BAD_CONFIGS = [
     ("missing_init_from", ["trainer.init_from=/nonexistent/run"], "trainer.init_from"),
     ("tp_on_one_process", ["parallel.tp=2"], "world size"),
     ("empty_micro_batch", ["trainer.micro_batch_size=0"], "trainer.micro_batch_size"),
-    ("deepspeed_not_in_loop", ["parallel=zero2"], "parallel.engine=deepspeed"),
-    ("pipeline_not_in_loop", ["parallel.pp=2"], "parallel.pp=2"),
+    ("pp_stages_per_rank", ["parallel=pp", "parallel.pp_stages_per_rank=2"], "parallel.pp_stages_per_rank"),
 ]
 
 
