@@ -95,7 +95,7 @@ def optimizer_step(model: nn.Module, optimizer: torch.optim.Optimizer, ctx: Step
         ctx.scaler.unscale_(optimizer)
     max_norm = grad_clip if grad_clip > 0 else math.inf
     # parallel's clip, not torch's: torch's stacks every norm into one tensor, which fails when gradients live on
-    # several meshes or mix plain tensors and DTensors (expert parallel, TP without SP). A host sync per step.
+    # several meshes or mix plain tensors and DTensors (expert parallel, TP without SP). No host sync.
     grad_norm = parallel_clip_grad_norm_(model.parameters(), max_norm)
     if ctx.scaler is not None:
         ctx.scaler.step(optimizer)
