@@ -230,15 +230,15 @@ def build_training_step(cfg: Any, model: Any, ctx: StepContext, env: DistEnv, lo
         step = ZeroStep(model, cfg, dims, parallel_cfg, grad_accum=ctx.grad_accum, device=env.device)
         return step.engine, step, ZeroCheckpointer(Path(t.run_dir), engine=step.engine, scheduler=step.scheduler,
                                                    **checkpoint_args)
-    if dims.pp > 1:
-        pipeline, model = model, model.stages[0]  # a stage keeps the full model's names: checkpoints stay layout-free
-        optimizer = build_optimizer(model, cfg.optim, env.device.type)
-        scheduler = build_scheduler(optimizer, cfg.schedule, t.max_steps)
+    pipeline = model if dims.pp > 1 else None
+    if pipeline is not None:
+        model = pipeline.stages[0]  # a stage keeps the full model's names: checkpoints stay layout-free
+    optimizer = build_optimizer(model, cfg.optim, env.device.type)
+    scheduler = build_scheduler(optimizer, cfg.schedule, t.max_steps)
+    if pipeline is not None:
         step = PipelineStep(pipeline, optimizer, scheduler, dims, parallel_cfg, ctx.mesh, precision=t.precision,
                             device=env.device, grad_clip=cfg.optim.grad_clip)
     else:
-        optimizer = build_optimizer(model, cfg.optim, env.device.type)
-        scheduler = build_scheduler(optimizer, cfg.schedule, t.max_steps)
         step = TorchStep(model, optimizer, scheduler, ctx, t.micro_batch_size, cfg.optim.grad_clip)
     return model, step, Checkpointer(Path(t.run_dir), model=model, optimizer=optimizer, scheduler=scheduler,
                                      **checkpoint_args)

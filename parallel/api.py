@@ -37,18 +37,6 @@ if TYPE_CHECKING:
 
     from model.config import ModelConfig
 
-__all__ = [
-    "ParallelConfig",
-    "ParallelDims",
-    "parallelize",
-    "parallelize_stage",
-    "loss_context",
-    "compute_loss",
-    "loss_outside_model",
-    "scalar_loss",
-    "clip_grad_norm_",
-]
-
 
 def parallelize(
     model: nn.Module,
@@ -62,10 +50,8 @@ def parallelize(
     if dims.world_size > 1 and mesh is None:
         raise ValueError(f"world size {dims.world_size} needs a DeviceMesh: pass mesh=dims.build_mesh(device_type)")
     if dims.pp > 1:
-        try:
-            from parallel.pipeline import pipeline_parallelize
-        except ImportError as exc:  # the pipeline part is a separate file; say which piece is missing
-            raise ValueError(f"parallel.pp={dims.pp} needs parallel.pipeline.pipeline_parallelize: {exc}") from exc
+        from parallel.pipeline import pipeline_parallelize
+
         return pipeline_parallelize(
             model, dims, cfg, model_cfg=model_cfg, mesh=mesh, parallelize_stage=parallelize_stage
         )
