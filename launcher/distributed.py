@@ -78,15 +78,6 @@ def broadcast_object(obj: object, src: int = 0) -> object:
     return box[0]
 
 
-def any_rank(flag: bool, device: torch.device) -> bool:
-    """True on every rank if `flag` is true on any (an all-reduce MAX; a host sync)."""
-    if not dist.is_initialized():
-        return flag
-    t = torch.tensor([1.0 if flag else 0.0], device=device)
-    dist.all_reduce(t, op=dist.ReduceOp.MAX)
-    return bool(t.item())
-
-
 def mean_over_ranks(values: torch.Tensor) -> torch.Tensor:
     if dist.is_initialized():
         values = values.clone()

@@ -6,9 +6,11 @@ preemption); the parallel layout is `parallel.parallelize`'s business.
 
 One micro batch's forward and backward is `forward_backward`, and `TorchStep` runs them and `optimizer_step` for
 one global batch: pipeline parallelism and DeepSpeed ZeRO replace exactly that step with their own
-(launcher/engines.py: `PipelineStep`, `ZeroStep`), nothing else. Inside a step the host waits for the device only
-in gradient clipping (parallel.clip_grad_norm_ reads the global norm): the loss stays a device tensor and is read
-(`.item()`) only at log steps.
+(launcher/engines.py: `PipelineStep`, `ZeroStep`), nothing else. The host never waits for the device inside a
+torch-layout step: the loss and gradient norm stay device tensors, read (`.item()`) only at log steps; the batch
+is copied from pinned memory on CUDA; ranks agree to stop through an asynchronous CPU all-reduce
+(launcher/preemption.py).
+(fp16's GradScaler and DeepSpeed's reported grad norm read device values: their libraries' choice.)
 """
 from __future__ import annotations
 
@@ -30,7 +32,7 @@ import model as model_lib
 from launcher.checkpoint import Checkpointer, ZeroCheckpointer, load_model_weights
 from launcher.config import batch_plan, effective_parallel
 from launcher.data import TokenBatches, load_tokenizer, open_dataset, resolve_data_dir
-from launcher.distributed import DistEnv, any_rank, barrier, init_distributed, mean_over_ranks, shutdown, sum_over_ranks
+from launcher.distributed import DistEnv, barrier, init_distributed, mean_over_ranks, shutdown, sum_over_ranks
 from launcher.engines import PipelineStep, ZeroStep
 from launcher.metrics import (
     ConsoleSink,
@@ -42,7 +44,7 @@ from launcher.metrics import (
     write_plot,
 )
 from launcher.optim import build_optimizer
-from launcher.preemption import StopRequest
+from launcher.preemption import StopAgreement, StopRequest
 from launcher.schedule import build_scheduler
 from parallel import ParallelDims, compute_loss, loss_context, parallelize
 from parallel import clip_grad_norm_ as parallel_clip_grad_norm_
@@ -124,6 +126,14 @@ class TorchStep:
         grad_norm = optimizer_step(self.model, self.optimizer, self.ctx, self.grad_clip)
         self.scheduler.step()
         return loss_sum / len(micro_batches), grad_norm
+
+
+def to_device(batch: torch.Tensor, device: torch.device) -> torch.Tensor:
+    """A host batch onto the device. On CUDA it is pinned first, so the copy is an asynchronous DMA queued behind
+    the step's kernels (from pageable memory torch copies through a staging buffer, with the host taking part)."""
+    if device.type == "cuda":
+        return batch.pin_memory().to(device, non_blocking=True)
+    return batch.to(device)
 
 
 def gradient_sync(model: nn.Module, enabled: bool):
@@ -345,11 +355,12 @@ def train(cfg: DictConfig) -> None:
     # ---- the loop
     model.train()
     step = start_step
+    stop_agreement = StopAgreement(stop)  # every rank stops at the same step, without a host sync in the step
     speed.reset()
     while step < t.max_steps:
         step += 1
         lr = scheduler.get_last_lr()[0]
-        loss, grad_norm = layout_step.train_step(loader.next_batch().to(env.device, non_blocking=True))
+        loss, grad_norm = layout_step.train_step(to_device(loader.next_batch(), env.device))
         speed.add_tokens(global_batch * seq_len)
         metrics.advance(step)
 
@@ -369,7 +380,7 @@ def train(cfg: DictConfig) -> None:
         if "loss" in record:
             speed.reset()  # keep evaluation and sampling time out of the next throughput window
 
-        stopping = any_rank(stop.requested, env.device)
+        stopping = stop_agreement.poll()
         if stopping or last or (t.checkpoint_every > 0 and step % t.checkpoint_every == 0):
             checkpointer.save(step)
         if stopping:
@@ -378,6 +389,7 @@ def train(cfg: DictConfig) -> None:
 
     if start_step >= t.max_steps:
         log.info("run already complete at step %d (trainer.max_steps=%d): nothing to do", start_step, t.max_steps)
+    stop_agreement.close()
     metrics.close()
     if env.is_main and cfg.logging.plot:
         plot = write_plot(run_dir)
