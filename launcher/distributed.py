@@ -1,6 +1,7 @@
 """Process-group setup from the launcher's environment: torchrun (RANK/WORLD_SIZE/LOCAL_RANK/MASTER_*) or a
 plain `srun` (SLURM_PROCID/SLURM_STEP_NUM_TASKS/SLURM_LOCALID, with MASTER_ADDR/MASTER_PORT exported by the
-job script). gloo on CPU, NCCL on GPU. A single process gets no process group at all.
+job script). gloo on CPU, NCCL on GPU. A single process gets no process group, unless its layout needs a mesh
+(FSDP on one device: `init_one_rank_group`).
 """
 from __future__ import annotations
 
@@ -63,6 +64,22 @@ def init_distributed(device_pref: str, timeout_s: int) -> DistEnv:
             device_id=device if use_cuda else None,
         )
     return DistEnv(rank, local_rank, world_size, device)
+
+
+def init_one_rank_group(env: DistEnv, timeout_s: int) -> None:
+    """A process group of this one process (FSDP on one device needs a DeviceMesh, hence a group). An in-memory
+    store: there is nobody to meet, so no address or port is needed."""
+    if dist.is_initialized():
+        return
+    use_cuda = env.device.type == "cuda"
+    dist.init_process_group(
+        backend="nccl" if use_cuda else "gloo",
+        store=dist.HashStore(),
+        rank=0,
+        world_size=1,
+        timeout=datetime.timedelta(seconds=timeout_s),
+        device_id=env.device if use_cuda else None,
+    )
 
 
 def barrier() -> None:

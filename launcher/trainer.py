@@ -32,7 +32,8 @@ import model as model_lib
 from launcher.checkpoint import Checkpointer, ZeroCheckpointer, load_model_weights
 from launcher.config import batch_plan, effective_parallel
 from launcher.data import TokenBatches, load_tokenizer, open_dataset, resolve_data_dir
-from launcher.distributed import DistEnv, barrier, init_distributed, mean_over_ranks, shutdown, sum_over_ranks
+from launcher.distributed import (DistEnv, barrier, init_distributed, init_one_rank_group, mean_over_ranks, shutdown,
+                                  sum_over_ranks)
 from launcher.engines import PipelineStep, ZeroStep
 from launcher.metrics import (
     ConsoleSink,
@@ -177,7 +178,10 @@ def sample_text(model: nn.Module, tokenizer, prompt: str, max_new_tokens: int, m
         prompt_ids = [eos_id if eos_id is not None else 0]
     max_new_tokens = max(1, min(max_new_tokens, max_seq_len - len(prompt_ids)))
     stop_tokens = (eos_id,) if eos_id is not None else ()
-    new_ids = generate(module, [prompt_ids], max_new_tokens, greedy=True, stop_tokens=stop_tokens)[0]
+    # Eager even under parallel.compile: every decode length would be a new graph for the compiled blocks, and
+    # a short diagnostic sample is not worth compiling.
+    with torch.compiler.set_stance("force_eager"):
+        new_ids = generate(module, [prompt_ids], max_new_tokens, greedy=True, stop_tokens=stop_tokens)[0]
     module.train()
     if tokenizer is not None:
         return prompt + tokenizer.decode(new_ids)
@@ -279,6 +283,8 @@ def train(cfg: DictConfig) -> None:
     # ---- layout and batch plan
     parallel_cfg = effective_parallel(cfg.parallel, env.world_size)
     dims = ParallelDims.from_config(parallel_cfg, env.world_size, model_cfg=model_cfg, seq_len=cfg.data.seq_len)
+    if dims.needs_mesh and not env.distributed:
+        init_one_rank_group(env, t.dist_timeout_s)  # FSDP on one device
     global_batch, grad_accum = batch_plan(cfg, dims.dp_degree)
     seq_len, micro = cfg.data.seq_len, t.micro_batch_size
     if dims.pp > 1 and parallel_cfg.pp_stages_per_rank != 1:

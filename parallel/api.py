@@ -47,8 +47,9 @@ def parallelize(
     mesh: Optional["DeviceMesh"] = None,
 ):
     """Return the laid-out model (or, with pp > 1, whatever parallel/pipeline.py returns: stages + schedule)."""
-    if dims.world_size > 1 and mesh is None:
-        raise ValueError(f"world size {dims.world_size} needs a DeviceMesh: pass mesh=dims.build_mesh(device_type)")
+    if dims.needs_mesh and mesh is None:
+        raise ValueError(f"world size {dims.world_size} (FSDP: {dims.fsdp_enabled}) needs a DeviceMesh: pass "
+                         f"mesh=dims.build_mesh(device_type)")
     if dims.pp > 1:
         from parallel.pipeline import pipeline_parallelize
 

@@ -38,6 +38,10 @@ class ParallelDims:
     pp: int
     ep: int
     world_size: int
+    # parallel.dp_shard=-1 on one process: FSDP2 over a 1-rank mesh rather than no FSDP at all, so an FSDP config
+    # keeps its mixed-precision policy (bf16 params, fp32 master weights and reduction) and CPU offload on one
+    # GPU, and one device runs the very code path that N devices run.
+    fsdp_one_rank: bool = False
     # Flattened sub-meshes made by build_mesh, kept here because slicing them back out of the root mesh is
     # deprecated from torch 2.11 on ("users need to bookkeep the flattened mesh directly").
     _flat: dict = field(default_factory=dict, init=False, repr=False, compare=False)
@@ -89,7 +93,8 @@ class ParallelDims:
                 f"cp={cfg.cp} * tp={cfg.tp} * pp={cfg.pp}) but the world size is {world_size}: launch {product} "
                 f"processes, or change the degrees (parallel.dp_shard=-1 takes whatever the others leave)"
             )
-        dims = cls(dp_replicate, dp_shard, cfg.cp, cfg.tp, cfg.pp, cfg.ep, world_size)
+        fsdp_one_rank = world_size == 1 and cfg.dp_shard == -1 and cfg.engine == "torch"
+        dims = cls(dp_replicate, dp_shard, cfg.cp, cfg.tp, cfg.pp, cfg.ep, world_size, fsdp_one_rank)
         dims._check_engine(cfg)
         dims._check_expert_parallel()
         if model_cfg is not None:
@@ -112,8 +117,15 @@ class ParallelDims:
                 f"parallel.zero_stage={cfg.zero_stage} / zero_offload={cfg.zero_offload} need "
                 f"parallel.engine=deepspeed (engine=torch uses FSDP2: set zero_stage=0 and zero_offload=false)"
             )
-        if cfg.fsdp_cpu_offload and not self.fsdp_enabled:
-            raise ValueError("parallel.fsdp_cpu_offload=true needs FSDP: set parallel.dp_shard > 1")
+        if not self.fsdp_enabled or cfg.engine != "torch":
+            for key, default in (("fsdp_cpu_offload", False), ("fsdp_param_dtype", "float32"),
+                                 ("fsdp_reduce_dtype", "float32")):
+                if getattr(cfg, key) != default:
+                    raise ValueError(
+                        f"parallel.{key}={getattr(cfg, key)} is an FSDP2 option but this layout does not use FSDP: "
+                        f"set parallel.dp_shard=-1 (or > 1) with engine=torch, or leave {key}={default} (for mixed "
+                        f"precision without FSDP use trainer.precision=bf16)"
+                    )
 
     def _check_expert_parallel(self) -> None:
         # Expert parallel borrows ranks from dp_shard x cp (torchtitan's layout): ep = dp_shard_in_ep * cp.
@@ -185,7 +197,12 @@ class ParallelDims:
     @property
     def fsdp_enabled(self) -> bool:
         """FSDP2: sharding over dp_shard x cp, or replication of a TP/EP model through the HSDP mesh."""
-        return self.dp_shard * self.cp > 1 or (self.dp_replicate > 1 and not self.ddp_enabled)
+        return self.dp_shard * self.cp > 1 or (self.dp_replicate > 1 and not self.ddp_enabled) or self.fsdp_one_rank
+
+    @property
+    def needs_mesh(self) -> bool:
+        """True when the layout needs a process group and a DeviceMesh: several ranks, or FSDP on one."""
+        return self.world_size > 1 or self.fsdp_one_rank
 
     @property
     def hsdp_enabled(self) -> bool:
@@ -206,8 +223,9 @@ class ParallelDims:
 
     # ------------------------------------------------------------------ mesh
     def build_mesh(self, device_type: str) -> Optional["DeviceMesh"]:
-        """World DeviceMesh with every named dimension; None for a single process (nothing to lay out)."""
-        if self.world_size == 1:
+        """World DeviceMesh with every named dimension; None for a single process with nothing to lay out (one
+        process with FSDP gets a 1-rank mesh: initialise a 1-rank process group first)."""
+        if not self.needs_mesh:
             return None
         from torch.distributed.device_mesh import init_device_mesh
 

@@ -150,6 +150,9 @@ class Attention(nn.Module):
         q_start = 0
         if cache is not None:
             k, v, q_start = cache.update(k, v)
+            # The cache keeps the parameters' dtype; the step may compute in another (autocast, or FSDP's bf16
+            # parameters over fp32 masters), and SDPA takes one dtype.
+            k, v = k.to(q.dtype), v.to(q.dtype)
         key_padding_mask = None
         if attention_mask is not None:
             key_padding_mask = attention_mask[:, : k.shape[2]]

@@ -262,7 +262,8 @@ def run_reference(spec: RunSpec) -> RunResult:
 
 
 def run_layout(spec: RunSpec, strategy: Optional[Strategy] = None) -> RunResult:
-    """`spec` under its layout in `spec.world_size` spawned gloo processes (or in-process for world size 1)."""
+    """`spec` under its layout in `spec.world_size` spawned gloo processes (in-process for one process that needs
+    no process group)."""
     result = run_layouts([spec], [strategy])[0]
     if isinstance(result, str):
         raise AssertionError(f"layout {spec.layout} failed:\n{result}")
@@ -279,7 +280,7 @@ def run_layouts(specs: list[RunSpec], strategies: Optional[list] = None) -> list
     if any(s.world_size != world_size for s in specs):
         raise ValueError(f"run_layouts needs one world size, got {[s.world_size for s in specs]}")
     strategies = strategies if strategies is not None else [None] * len(specs)
-    if world_size == 1:
+    if world_size == 1 and not any(_needs_process_group(spec) for spec in specs):
         return [_run_one(spec, strategy, 1) for spec, strategy in zip(specs, strategies)]
     import torch.multiprocessing as mp
 
@@ -296,6 +297,13 @@ def run_layouts(specs: list[RunSpec], strategies: Optional[list] = None) -> list
         saved = torch.load(out, weights_only=False)
     del store
     return saved
+
+
+def _needs_process_group(spec: RunSpec) -> bool:
+    """FSDP on one process (parallel=fsdp, dp_shard=-1) runs on a 1-rank mesh, so it needs a process group."""
+    from parallel import ParallelDims
+
+    return ParallelDims.from_config(spec.parallel_config(), spec.world_size).needs_mesh
 
 
 def _run_one(spec: RunSpec, strategy: Optional[Strategy], world_size: int):

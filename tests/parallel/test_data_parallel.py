@@ -15,6 +15,9 @@ LAYOUTS = {
     ),
 }
 BF16 = plan(RunSpec(layout="fsdp", world_size=2, overrides={"fsdp_param_dtype": "bfloat16"}, steps=5))
+# parallel=fsdp on one process: FSDP2 on a 1-rank mesh (what one GPU runs), not silently no FSDP.
+FSDP_ONE_RANK = plan(RunSpec(layout="fsdp", world_size=1, steps=STEPS, grad_clip=1.0))
+BF16_ONE_RANK = plan(RunSpec(layout="fsdp", world_size=1, overrides={"fsdp_param_dtype": "bfloat16"}, steps=5))
 
 
 @pytest.mark.parametrize("name", list(LAYOUTS))
@@ -29,6 +32,29 @@ def test_fsdp_bf16_params_fp32_reduce_tracks_fp32(reference_run):
     for a, b in zip(got.losses, ref.losses):
         assert abs(a - b) <= 2e-3 * abs(b), (got.losses, ref.losses)
     assert got.losses != ref.losses, "bf16 parameters gave bit-identical fp32 losses: mixed precision not applied"
+
+
+def test_fsdp_on_one_rank_is_fsdp_and_matches_single_process(reference_run):
+    got = planned_result(FSDP_ONE_RANK)
+    assert got.rank_info[0]["mesh_dims"]["dp_shard"] == 1  # laid out on a (1-rank) mesh, not left plain
+    assert_runs_match(got, reference_run(FSDP_ONE_RANK), rtol=1e-5)
+    bf16, fp32 = planned_result(BF16_ONE_RANK), reference_run(BF16_ONE_RANK)
+    for a, b in zip(bf16.losses, fp32.losses):
+        assert abs(a - b) <= 2e-3 * abs(b), (bf16.losses, fp32.losses)
+    assert bf16.losses != fp32.losses, "fsdp_param_dtype=bfloat16 on one rank gave fp32 losses: FSDP not applied"
+
+
+def test_fsdp_options_without_fsdp_fail_clearly():
+    from parallel import ParallelDims
+    from harness import load_parallel_config
+
+    for layout, world_size, key, value in (("ddp", 2, "fsdp_param_dtype", "bfloat16"),
+                                           ("single", 1, "fsdp_reduce_dtype", "bfloat16"),
+                                           ("zero2", 2, "fsdp_param_dtype", "bfloat16")):
+        with pytest.raises(ValueError, match=rf"parallel\.{key}=.*does not use FSDP"):
+            ParallelDims.from_config(load_parallel_config(layout, **{key: value}), world_size)
+    assert ParallelDims.from_config(load_parallel_config("fsdp"), 1).fsdp_enabled
+    assert not ParallelDims.from_config(load_parallel_config("single"), 1).needs_mesh
 
 
 def test_fsdp_cpu_offload_without_accelerator_fails_clearly():
