@@ -27,7 +27,7 @@ class ConfigError(ValueError):
 
 @dataclass
 class DataConfig:
-    name: str = "embedded"  # embedded (generated corpus, built on first use) | packed (shards at `path`)
+    name: str = "embedded"  # embedded (generated corpus, built on first use) | packed (shards at `path`) | synthetic
     path: Optional[str] = None  # directory of packed shards (data=packed)
     cache_dir: str = ".cache/loom/embedded"  # where data=embedded builds its shards
     seq_len: int = 128  # tokens per training sequence (each sample reads seq_len + 1 tokens)
@@ -113,7 +113,7 @@ def register_configs() -> None:
 
 
 _CHOICES = {
-    "data.name": ("embedded", "packed"),
+    "data.name": ("embedded", "packed", "synthetic"),
     "optim.name": ("adamw",),
     "schedule.name": ("cosine", "wsd", "constant"),
     "schedule.decay_shape": ("linear", "cosine", "sqrt"),

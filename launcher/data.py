@@ -5,6 +5,9 @@ mean the same thing on any number of data-parallel ranks (a run may resume on an
 memory-mapped window is cheap enough that worker processes would only add start-up time. StatefulDataLoader
 (torchdata) would give the first but ties the state to the worker/rank layout.
 
+`data=synthetic` replaces the shards with uniform random tokens (`SyntheticBatches`, same surface) for throughput
+measurements, where reading data must not be what is measured.
+
 The token stream (all shards, in name order) is split into a training head and a held-out tail
 (`data.val_fraction`). Training samples are windows of seq_len + 1 tokens starting every seq_len tokens; each
 epoch visits them in a fresh permutation drawn from (seed, epoch). A step consumes `global_batch` consecutive
@@ -16,7 +19,8 @@ from __future__ import annotations
 import logging
 import os
 from pathlib import Path
-from typing import Any, Iterator, Optional
+from dataclasses import dataclass
+from typing import Any, Iterator, Optional, Union
 
 import numpy as np
 import torch
@@ -158,6 +162,84 @@ class TokenBatches:
             rows = [self.dataset.read(self.train_tokens + w * self.seq_len, self.seq_len + 1) for w in range(lo, hi)]
             batches.append(torch.from_numpy(np.stack(rows)))
         return batches
+
+
+class SyntheticBatches:
+    """Uniform random tokens of the model's vocabulary (data=synthetic), for benchmarks: there is nothing to learn
+    (the loss stays near ln(vocab)), and no file is read. Row i of step s is drawn from its own stream
+    (seed, s, i), so every data-parallel layout reads exactly the same global batch, and the position (steps
+    drawn) checkpoints and resumes like TokenBatches'. Held-out rows come from a stream of their own."""
+
+    _TRAIN, _VAL = 0, 1
+
+    def __init__(self, *, vocab_size: int, seq_len: int, global_batch: int, dp_rank: int, dp_degree: int,
+                 seed: int) -> None:
+        if global_batch % dp_degree != 0:
+            raise DataError(f"global batch {global_batch} is not divisible by {dp_degree} data-parallel ranks")
+        self.vocab_size, self.seq_len, self.seed = vocab_size, seq_len, seed
+        self.global_batch, self.local_batch = global_batch, global_batch // dp_degree
+        self.dp_rank, self.dp_degree = dp_rank, dp_degree
+        self.step = 0
+
+    def _row(self, *key: int) -> np.ndarray:
+        rng = np.random.default_rng([self.seed, *key])
+        return rng.integers(0, self.vocab_size, size=self.seq_len + 1, dtype=np.int64)
+
+    def next_batch(self) -> torch.Tensor:
+        first = self.dp_rank * self.local_batch
+        rows = [self._row(self._TRAIN, self.step, i) for i in range(first, first + self.local_batch)]
+        self.step += 1
+        return torch.from_numpy(np.stack(rows))
+
+    def __iter__(self) -> Iterator[torch.Tensor]:
+        while True:
+            yield self.next_batch()
+
+    def state_dict(self) -> dict[str, int]:
+        return {"synthetic_steps": self.step, "seed": self.seed, "seq_len": self.seq_len,
+                "vocab_size": self.vocab_size}
+
+    def load_state_dict(self, state: dict[str, int]) -> None:
+        for key in ("seed", "seq_len", "vocab_size"):
+            if int(state[key]) != getattr(self, key):
+                raise DataError(
+                    f"the checkpoint's synthetic data was drawn with {key}={state[key]} but this run has "
+                    f"{getattr(self, key)}: resume with the same settings (or start a new run_dir)"
+                )
+        self.step = int(state["synthetic_steps"])
+
+    def eval_batches(self, n_sequences: int, micro_batch: int) -> list[torch.Tensor]:
+        """This rank's equal share of `n_sequences` held-out rows, in micro batches (as TokenBatches does)."""
+        per_rank = n_sequences // self.dp_degree
+        first = self.dp_rank * per_rank
+        return [torch.from_numpy(np.stack([self._row(self._VAL, i) for i in range(lo, min(lo + micro_batch,
+                                                                                           first + per_rank))]))
+                for lo in range(first, first + per_rank, micro_batch)]
+
+
+@dataclass
+class TrainingData:
+    """What the trainer reads: the batches, and the tokenizer and end-of-text id when the data has them (for
+    decoded samples)."""
+
+    batches: Union[TokenBatches, SyntheticBatches]
+    tokenizer: Any
+    eos_id: Optional[int]
+
+
+def open_training_data(data_cfg: Any, *, vocab_size: int, global_batch: int, dp_rank: int, dp_degree: int,
+                       seed: int) -> TrainingData:
+    """The configured data for this data-parallel rank: packed shards (data=packed or the embedded corpus) or
+    synthetic tokens."""
+    if data_cfg.name == "synthetic":
+        batches = SyntheticBatches(vocab_size=vocab_size, seq_len=data_cfg.seq_len, global_batch=global_batch,
+                                   dp_rank=dp_rank, dp_degree=dp_degree, seed=seed)
+        return TrainingData(batches, tokenizer=None, eos_id=None)
+    data_dir = resolve_data_dir(data_cfg)
+    dataset = open_dataset(data_dir, vocab_size)
+    batches = TokenBatches(dataset, seq_len=data_cfg.seq_len, global_batch=global_batch, dp_rank=dp_rank,
+                           dp_degree=dp_degree, seed=seed, val_fraction=data_cfg.val_fraction)
+    return TrainingData(batches, load_tokenizer(data_dir), dataset.tokenizer.get("eos_id"))
 
 
 def load_tokenizer(data_dir: Path):

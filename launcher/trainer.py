@@ -20,7 +20,7 @@ import math
 import sys
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Optional
+from typing import Any, Optional, Union
 
 import torch
 from omegaconf import DictConfig, OmegaConf
@@ -31,7 +31,7 @@ from torch.nn.parallel import DistributedDataParallel
 import model as model_lib
 from launcher.checkpoint import Checkpointer, ZeroCheckpointer, load_model_weights
 from launcher.config import batch_plan, effective_parallel
-from launcher.data import TokenBatches, load_tokenizer, open_dataset, resolve_data_dir
+from launcher.data import SyntheticBatches, TokenBatches, open_training_data
 from launcher.distributed import (DistEnv, barrier, init_distributed, init_one_rank_group, mean_over_ranks, shutdown,
                                   sum_over_ranks)
 from launcher.engines import PipelineStep, ZeroStep
@@ -230,8 +230,8 @@ def build_model(cfg: Any, dims: ParallelDims, env: DistEnv):
     return model, mesh
 
 
-def build_training_step(cfg: Any, model: Any, ctx: StepContext, env: DistEnv, loader: TokenBatches,
-                        config_yaml: str):
+def build_training_step(cfg: Any, model: Any, ctx: StepContext, env: DistEnv,
+                        loader: Union[TokenBatches, SyntheticBatches], config_yaml: str):
     """The optimizer, lr schedule, step and checkpointer of this layout: DeepSpeed's engine for ZeRO, the pipeline
     schedule for pp > 1, else torch's AdamW around `forward_backward`. Returns (the module that is trained,
     evaluated and checkpointed, the step, the checkpointer)."""
@@ -293,21 +293,12 @@ def train(cfg: DictConfig) -> None:
                          f"pp_stages_per_rank=1")
 
     # ---- data
-    data_dir = resolve_data_dir(cfg.data)
-    dataset = open_dataset(data_dir, model_cfg.vocab_size)
     model, mesh = build_model(cfg, dims, env)
-    dp_rank = dims.dp_rank(mesh)
-    loader = TokenBatches(
-        dataset,
-        seq_len=seq_len,
-        global_batch=global_batch,
-        dp_rank=dp_rank,
-        dp_degree=dims.dp_degree,
-        seed=cfg.data.seed if cfg.data.seed is not None else t.seed,
-        val_fraction=cfg.data.val_fraction,
-    )
+    data = open_training_data(cfg.data, vocab_size=model_cfg.vocab_size, global_batch=global_batch,
+                              dp_rank=dims.dp_rank(mesh), dp_degree=dims.dp_degree,
+                              seed=cfg.data.seed if cfg.data.seed is not None else t.seed)
+    loader = data.batches
     eval_batches = loader.eval_batches(t.eval_batches * micro, micro) if t.eval_batches > 0 else []
-    tokenizer = load_tokenizer(data_dir)
 
     # ---- the training step of this layout (optimizer, schedule, precision) and its checkpoints
     scaler = torch.amp.GradScaler(env.device.type) if t.precision == "fp16" and parallel_cfg.engine == "torch" else None
@@ -379,8 +370,8 @@ def train(cfg: DictConfig) -> None:
         if eval_batches and ((t.eval_every > 0 and step % t.eval_every == 0) or last):
             record["val_loss"], record["val_ppl"] = evaluate(model, eval_batches, ctx)
         if can_sample and ((t.sample_every > 0 and step % t.sample_every == 0) or (last and t.sample_tokens)):
-            record["sample"] = sample_text(model, tokenizer, t.sample_prompt, t.sample_tokens, model_cfg.max_seq_len,
-                                           dataset.tokenizer.get("eos_id"))
+            record["sample"] = sample_text(model, data.tokenizer, t.sample_prompt, t.sample_tokens,
+                                           model_cfg.max_seq_len, data.eos_id)
         if record:
             metrics.log(step, record)
         if "loss" in record:

@@ -10,7 +10,7 @@ import pytest
 import torch
 
 from data_pipeline.formats import PackedDataset
-from launcher.data import DataError, TokenBatches
+from launcher.data import DataError, SyntheticBatches, TokenBatches
 from launcher.optim import parameter_groups
 from launcher.schedule import lr_multiplier
 from model.checkpoint_io import (
@@ -141,6 +141,28 @@ def test_too_little_data_for_one_batch_is_a_clear_error(shards):
 def small_state():
     torch.manual_seed(0)
     return {"tok_embeddings.weight": torch.randn(16, 8), "layers.0.attention.wq.weight": torch.randn(8, 8)}
+
+
+def test_synthetic_batches_split_ranks_resume_and_hold_out():
+    def batches(dp_rank=0, dp_degree=1, seed=5):
+        return SyntheticBatches(vocab_size=300, seq_len=16, global_batch=4, dp_rank=dp_rank, dp_degree=dp_degree,
+                                seed=seed)
+
+    one = batches()
+    steps = [one.next_batch() for _ in range(3)]
+    assert steps[0].shape == (4, 17) and steps[0].dtype == torch.int64
+    assert 0 <= int(torch.cat(steps).min()) and int(torch.cat(steps).max()) < 300
+    assert not torch.equal(steps[0], steps[1])  # a fresh batch every step
+    ranks = [batches(r, 2) for r in range(2)]
+    assert torch.equal(torch.cat([r.next_batch() for r in ranks]), steps[0])  # the same global batch on 2 ranks
+    resumed = batches()
+    resumed.load_state_dict(one.state_dict())
+    assert torch.equal(resumed.next_batch(), one.next_batch())
+    with pytest.raises(DataError, match="seed=5 but this run has 6"):
+        batches(seed=6).load_state_dict(one.state_dict())
+    held_out = torch.cat(batches().eval_batches(4, 2))
+    assert held_out.shape == (4, 17) and not any(torch.equal(held_out, s) for s in steps)
+    assert torch.equal(torch.cat(batches(1, 2).eval_batches(4, 2)), held_out[2:])
 
 
 def test_model_checkpoint_round_trip_and_run_dir_lookup(tmp_path):
