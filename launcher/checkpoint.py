@@ -7,12 +7,16 @@ everything by the unwrapped model's parameter names whatever the wrapping (DDP, 
 reloads onto any other layout; every rank writes its own shards in parallel. RNG states are per rank (keyed by
 rank); the data position is global, so it means the same thing on any number of data-parallel ranks.
 
-Pipeline parallel checkpoints its stage module: a stage keeps the full model's parameter names, so the DCP files
-are the same as any other layout's. DeepSpeed ZeRO (`ZeroCheckpointer`) saves the full model weights under
-"model" in the same DCP layout (so HF export, init_from and any other layout read them), and its optimizer state
-through DeepSpeed's own save_checkpoint in the subdirectory `deepspeed/`: ZeRO optimizer state resumes exactly
-under the same ZeRO stage and world size, and reshards only through DeepSpeed's own tools (e.g. its universal
-checkpoint conversion); a torch layout resuming from it gets the weights, not the optimizer state.
+Pipeline parallel (`PipelineCheckpointer`) checkpoints this rank's stage modules, one or several (interleaved and
+V schedules), each with its own optimizer: a stage keeps the full model's parameter names and stages hold
+disjoint parameters, so the per-stage model and optimizer state dicts merge into the same DCP files as any other
+layout's (a run saved under pp with several stages per rank resumes under one process, and vice versa).
+
+DeepSpeed ZeRO (`ZeroCheckpointer`) saves the full model weights under "model" in the same DCP layout (so HF
+export, init_from and any other layout read them), and its optimizer state through DeepSpeed's own
+save_checkpoint in the subdirectory `deepspeed/`: ZeRO optimizer state resumes exactly under the same ZeRO stage
+and world size, and reshards only through DeepSpeed's own tools (e.g. its universal checkpoint conversion); a torch
+layout resuming from it gets the weights, not the optimizer state.
 """
 from __future__ import annotations
 
@@ -191,10 +195,12 @@ class Checkpointer:
         self._restore_model_and_optimizer(state, directory)
         self.scheduler.load_state_dict(state["scheduler"])
         # The optimizer state carries the lr of the saved schedule; recompute it from this run's schedule so a
-        # resumed run may change trainer.max_steps or the schedule (same schedule: the very same value).
-        for group, base_lr, multiplier in zip(self.scheduler.optimizer.param_groups, self.scheduler.base_lrs,
-                                              self.scheduler.lr_lambdas):
-            group["lr"] = base_lr * multiplier(self.scheduler.last_epoch)
+        # resumed run may change trainer.max_steps or the schedule (same schedule: the very same value). Pipeline
+        # stages have one schedule per stage optimizer (launcher.engines.StageSchedulers).
+        for scheduler in getattr(self.scheduler, "schedulers", [self.scheduler]):
+            for group, base_lr, multiplier in zip(scheduler.optimizer.param_groups, scheduler.base_lrs,
+                                                  scheduler.lr_lambdas):
+                group["lr"] = base_lr * multiplier(scheduler.last_epoch)
         self.dataloader.load_state_dict(state["dataloader"])
         if has_rng:
             _set_rng_state(state["rng"][self._rng_key()], self.env.device)
@@ -210,17 +216,67 @@ class Checkpointer:
         return load_model_weights(self.model, source)
 
 
-def load_model_weights(model: nn.Module, source: str | Path) -> Path:
-    """Load the "model" weights of a checkpoint (dir, or a run dir's newest complete one) into `model`, whatever
-    its layout; returns the checkpoint directory."""
+def load_model_weights(model: nn.Module | list[nn.Module], source: str | Path) -> Path:
+    """Load the "model" weights of a checkpoint (dir, or a run dir's newest complete one) into `model` (or into
+    each of a list of pipeline stage modules), whatever its layout; returns the checkpoint directory."""
+    modules = list(model) if isinstance(model, (list, tuple)) else [model]
     directory = resolve_checkpoint_dir(source)
     verify_checkpoint(directory)
-    state = {MODEL_KEY: get_model_state_dict(model)}
+    own = [get_model_state_dict(module) for module in modules]
+    state = {MODEL_KEY: merge_disjoint(own, MODEL_KEY)}
     with single_process_dcp():
         dcp.load(state, checkpoint_id=str(directory), no_dist=not dist.is_initialized())
-    set_model_state_dict(model, state[MODEL_KEY])
+    for module, keys in zip(modules, own):
+        set_model_state_dict(module, {key: state[MODEL_KEY][key] for key in keys})
     log.info("initialised model weights from %s", directory)
     return directory
+
+
+def merge_disjoint(state_dicts: list[dict[str, Any]], what: str) -> dict[str, Any]:
+    """One flat state dict from several modules' (pipeline stages hold disjoint parameters, named as in the full
+    model); a name held twice would make one module's state overwrite another's, so it is an error."""
+    if len(state_dicts) == 1:
+        return state_dicts[0]
+    merged: dict[str, Any] = {}
+    for state in state_dicts:
+        for key, value in state.items():
+            if key in merged:
+                raise CheckpointError(f"{what} key {key!r} is held by two pipeline stage modules of one rank")
+            merged[key] = value
+    return merged
+
+
+class PipelineCheckpointer(Checkpointer):
+    """Checkpoints of this rank's pipeline stage modules, each with its own optimizer (launcher.optim
+    .StageOptimizers). Per-stage `get_model_state_dict` and flattened (name-keyed) `get_optimizer_state_dict` are
+    merged into the "model" and "optimizer" entries every layout writes, and split back per stage on restore."""
+
+    def __init__(self, run_dir: Path, *, stages: list[nn.Module], optimizers: Any, **kwargs: Any) -> None:
+        super().__init__(run_dir, model=stages[0], optimizer=optimizers, **kwargs)
+        self.stages = list(stages)
+        self.stage_optimizers = list(optimizers.optimizers)
+        if len(self.stages) != len(self.stage_optimizers):
+            raise ValueError(f"{len(self.stages)} pipeline stage modules but {len(self.stage_optimizers)} optimizers")
+
+    def _per_stage_state(self) -> list[tuple[dict[str, Any], dict[str, Any]]]:
+        return [(get_model_state_dict(stage), get_optimizer_state_dict(stage, optimizer, options=_FLAT_OPTIMIZER))
+                for stage, optimizer in zip(self.stages, self.stage_optimizers)]
+
+    def _model_and_optimizer_state(self) -> dict[str, Any]:
+        per_stage = self._per_stage_state()
+        return {MODEL_KEY: merge_disjoint([model for model, _ in per_stage], MODEL_KEY),
+                "optimizer": merge_disjoint([optim for _, optim in per_stage], "optimizer")}
+
+    def _restore_model_and_optimizer(self, state: dict[str, Any], directory: Path) -> None:
+        # Which loaded entries belong to which stage: the names of each stage's own state dicts.
+        for (stage, optimizer), (model_keys, optim_keys) in zip(zip(self.stages, self.stage_optimizers),
+                                                                 self._per_stage_state()):
+            set_model_state_dict(stage, {key: state[MODEL_KEY][key] for key in model_keys})
+            set_optimizer_state_dict(stage, optimizer, {key: state["optimizer"][key] for key in optim_keys},
+                                     options=_FLAT_OPTIMIZER)
+
+    def load_weights(self, source: str | Path) -> Path:
+        return load_model_weights(self.stages, source)
 
 
 class ZeroCheckpointer(Checkpointer):

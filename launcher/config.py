@@ -253,9 +253,6 @@ def validate(cfg: Any, world_size: int) -> None:
     if not t.run_dir:
         raise ConfigError("trainer.run_dir is empty: give a directory, or leave the default (outputs/<name>-<id>)")
 
-    if cfg.parallel.pp > 1 and cfg.parallel.pp_stages_per_rank != 1:
-        raise ConfigError(f"parallel.pp_stages_per_rank={cfg.parallel.pp_stages_per_rank}: the launcher drives one "
-                          "pipeline stage per rank; set parallel.pp_stages_per_rank=1 (GPipe or 1F1B schedules)")
     # The model's own invariants (heads divide dim, ...): building the dataclass runs its validation.
     model_cfg = _to_object(cfg.model, "model")
     parallel = effective_parallel(_to_object(cfg.parallel, "parallel"), world_size)

@@ -7,7 +7,9 @@ HSDP, TP, CP, EP and their combinations. Two layouts replace that step as a whol
   backward (gradient partitioning and reduction), clipping and the step; it also steps our lr schedule.
 - `PipelineStep`: pipeline parallel (parallel.pp > 1). The schedule runs the whole per-rank batch in
   parallel.pp_microbatches microbatches (trainer.micro_batch_size does not apply) and only the last stage sees
-  the loss.
+  the loss. A rank holds one stage module, or several (interleaved and V schedules: parallel.pp_stages_per_rank),
+  each with its own optimizer and lr schedule (launcher/optim.py `StageOptimizers`, `StageSchedulers` here),
+  stepped together. `evaluate_pipeline` is its held-out loss: forward only through the same schedule.
 
 Both expose the same small surface as the trainer's step: `train_step(batch) -> (loss, grad_norm)` where `loss`
 is this rank's term of the logged loss (`mean_over_ranks` of it is the global-batch loss), plus `scheduler`.
@@ -22,7 +24,8 @@ from typing import Any, Optional
 import torch
 from torch import nn
 
-from launcher.optim import parameter_groups
+from launcher.distributed import sum_over_ranks
+from launcher.optim import StageOptimizers, parameter_groups
 from launcher.schedule import build_scheduler
 from parallel import ParallelDims, clip_grad_norm_, loss_context
 
@@ -92,14 +95,47 @@ class ZeroStep:
         return loss_sum / len(micro_batches), grad_norm.detach().cpu()
 
 
+class StageSchedulers:
+    """One lr schedule (launcher/schedule.py's LambdaLR) per stage optimizer, stepped together.
+
+    They all count the same steps with the same multiplier, so `state_dict` is the first one's: exactly what a
+    single-process run saves under "scheduler", which keeps checkpoints layout-free. `load_state_dict` restores
+    every schedule's step count but keeps each one's own base lrs (one per param group of its optimizer: stages
+    need not have the same groups, e.g. only the first holds the embeddings), and sets the last lr to the
+    schedule's value at that step, as LambdaLR.step would."""
+
+    _OWN_KEYS = ("base_lrs", "_last_lr", "lr_lambdas")
+
+    def __init__(self, optimizers: StageOptimizers, schedule_cfg: Any, max_steps: int) -> None:
+        self.schedulers = [build_scheduler(optimizer, schedule_cfg, max_steps) for optimizer in optimizers.optimizers]
+
+    def step(self) -> None:
+        for scheduler in self.schedulers:
+            scheduler.step()
+
+    def get_last_lr(self) -> list[float]:
+        return self.schedulers[0].get_last_lr()
+
+    def state_dict(self) -> dict[str, Any]:
+        return self.schedulers[0].state_dict()
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        for scheduler in self.schedulers:
+            merged = scheduler.state_dict()
+            merged.update({k: v for k, v in state.items() if k not in self._OWN_KEYS})
+            scheduler.load_state_dict(merged)
+            scheduler._last_lr = [base * multiplier(scheduler.last_epoch)
+                                  for base, multiplier in zip(scheduler.base_lrs, scheduler.lr_lambdas)]
+
+
 class PipelineStep:
     """Pipeline parallel: `Pipeline.step` over this rank's whole batch, then clip over all stages and step.
 
     Every pp rank of a data-parallel group reads the same batch (dims.dp_rank ignores pp), the first stage feeds
-    the tokens, the last stage computes the loss. The gradient norm sums squared norms over the pp group, so it is
-    the norm of the whole model's gradient."""
+    the tokens, the last stage computes the loss. The gradient norm sums squared norms over the pp group (and over
+    this rank's stage modules), so it is the norm of the whole model's gradient."""
 
-    def __init__(self, pipeline: Any, optimizer: torch.optim.Optimizer, scheduler: Any, dims: ParallelDims,
+    def __init__(self, pipeline: Any, optimizer: StageOptimizers, scheduler: StageSchedulers, dims: ParallelDims,
                  parallel_cfg: Any, mesh: Any, *, precision: str, device: torch.device, grad_clip: float) -> None:
         if precision == "fp16":
             raise ValueError("trainer.precision=fp16 (dynamic loss scaling) is not supported with parallel.pp > 1: "
@@ -129,3 +165,46 @@ class PipelineStep:
         else:
             local = loss.detach().float().to(self.device) * self.dims.pp
         return local, grad_norm
+
+
+def pipeline_eval_batches(batches: list[torch.Tensor], rows_per_batch: int, global_batch: int = 0,
+                          micro_batch: int = 0) -> list[torch.Tensor]:
+    """This rank's held-out rows regrouped into batches of the training per-rank batch size (global batch /
+    data-parallel degree): pipeline stages fix their receive-buffer shapes at the first step, so evaluation must
+    send the same shape. An incomplete last batch is dropped; no rows or too few give an empty list (logged with
+    the setting to raise when `global_batch` and `micro_batch` are given)."""
+    if not batches or rows_per_batch < 1:
+        return []
+    rows = torch.cat(batches)
+    held_out, whole = rows.shape[0], rows.shape[0] // rows_per_batch
+    if not whole and global_batch and micro_batch:
+        log.info("evaluation is skipped under pipeline parallel: it runs whole per-rank batches of %d rows (the "
+                 "training shape) but this rank has %d held-out rows; set trainer.eval_batches >= %d (x "
+                 "trainer.micro_batch_size=%d rows, >= the global batch) with enough held-out data "
+                 "(data.val_fraction)", rows_per_batch, held_out, -(-global_batch // micro_batch), micro_batch)
+    elif held_out % rows_per_batch and whole:
+        log.info("pipeline-parallel evaluation uses %d of this rank's %d held-out rows (whole batches of %d)",
+                 whole * rows_per_batch, held_out, rows_per_batch)
+    return list(rows[: whole * rows_per_batch].split(rows_per_batch)) if whole else []
+
+
+@torch.no_grad()
+def evaluate_pipeline(pipeline: Any, batches: list[torch.Tensor], ctx: Any) -> tuple[float, float]:
+    """Validation loss and perplexity through the pipeline schedule's forward-only pass (`Pipeline.eval_loss`),
+    stages in eval mode. Only last-stage ranks hold a loss: they add loss x tokens and tokens, the others nothing,
+    so the sum over all ranks is the token-weighted mean over every data-parallel rank's held-out rows, as
+    launcher.trainer.evaluate computes for the other layouts. `ctx` is the trainer's StepContext."""
+    pipeline.eval()
+    total = torch.zeros(2, device=ctx.device, dtype=torch.float64)
+    for batch in batches:
+        batch = batch.to(ctx.device, non_blocking=True)
+        inputs, labels = batch[:, :-1], batch[:, 1:]
+        with loss_context(ctx.dims, ctx.parallel_cfg), ctx.autocast():
+            loss = pipeline.eval_loss(inputs, labels)
+        if loss is not None:
+            total[0] += loss.double() * labels.numel()
+            total[1] += labels.numel()
+    pipeline.train()
+    total = sum_over_ranks(total)
+    val_loss = (total[0] / total[1]).item() if total[1] > 0 else math.nan
+    return val_loss, math.exp(min(val_loss, 50.0))

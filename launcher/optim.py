@@ -41,3 +41,31 @@ def build_optimizer(model: nn.Module, cfg: Any, device_type: str) -> torch.optim
         fused=fused or None,
         foreach=None if fused else True,
     )
+
+
+class StageOptimizers:
+    """One AdamW per pipeline stage module of this rank, stepped together.
+
+    Under pipeline parallel a rank may hold several stage modules (interleaved and V schedules). Each gets its own
+    optimizer, so torch.distributed.checkpoint.state_dict can name its state by that module's parameter names (a
+    stage keeps the full model's names, so they are layout-free); one optimizer over several modules would have no
+    module to name them by. This container has the part of the torch.optim.Optimizer surface the training step
+    uses (step, zero_grad, param_groups); checkpoints go through `optimizers` one by one."""
+
+    def __init__(self, modules: list[nn.Module], cfg: Any, device_type: str) -> None:
+        if not modules:
+            raise ValueError("StageOptimizers needs at least one stage module")
+        self.modules = list(modules)
+        self.optimizers = [build_optimizer(module, cfg, device_type) for module in self.modules]
+
+    @property
+    def param_groups(self) -> list[dict[str, Any]]:
+        return [group for optimizer in self.optimizers for group in optimizer.param_groups]
+
+    def step(self) -> None:
+        for optimizer in self.optimizers:
+            optimizer.step()
+
+    def zero_grad(self, set_to_none: bool = True) -> None:
+        for optimizer in self.optimizers:
+            optimizer.zero_grad(set_to_none=set_to_none)

@@ -29,12 +29,12 @@ from torch.distributed.checkpoint.state_dict import StateDictOptions, set_model_
 from torch.nn.parallel import DistributedDataParallel
 
 import model as model_lib
-from launcher.checkpoint import Checkpointer, ZeroCheckpointer, load_model_weights
+from launcher.checkpoint import Checkpointer, PipelineCheckpointer, ZeroCheckpointer, load_model_weights
 from launcher.config import batch_plan, effective_parallel
 from launcher.data import SyntheticBatches, TokenBatches, open_training_data
 from launcher.distributed import (DistEnv, barrier, init_distributed, init_one_rank_group, mean_over_ranks, shutdown,
                                   sum_over_ranks)
-from launcher.engines import PipelineStep, ZeroStep
+from launcher.engines import PipelineStep, StageSchedulers, ZeroStep, evaluate_pipeline, pipeline_eval_batches
 from launcher.metrics import (
     ConsoleSink,
     JsonlSink,
@@ -44,11 +44,12 @@ from launcher.metrics import (
     WandbSink,
     write_plot,
 )
-from launcher.optim import build_optimizer
+from launcher.optim import StageOptimizers, build_optimizer
 from launcher.preemption import StopAgreement, StopRequest
 from launcher.schedule import build_scheduler
 from parallel import ParallelDims, compute_loss, loss_context, parallelize
 from parallel import clip_grad_norm_ as parallel_clip_grad_norm_
+from parallel.pipeline import Pipeline
 
 log = logging.getLogger("launcher")
 
@@ -92,7 +93,8 @@ def forward_backward(model: nn.Module, micro_batch: torch.Tensor, ctx: StepConte
     return loss.full_tensor() if hasattr(loss, "full_tensor") else loss  # a replicated DTensor under loss_parallel
 
 
-def optimizer_step(model: nn.Module, optimizer: torch.optim.Optimizer, ctx: StepContext, grad_clip: float) -> torch.Tensor:
+def optimizer_step(model: nn.Module, optimizer: torch.optim.Optimizer, ctx: StepContext,
+                   grad_clip: float) -> torch.Tensor:
     """Clip by global norm (unscaling fp16 gradients first), step, zero the gradients; returns the grad norm."""
     if ctx.scaler is not None:
         ctx.scaler.unscale_(optimizer)
@@ -146,7 +148,10 @@ def gradient_sync(model: nn.Module, enabled: bool):
 
 @torch.no_grad()
 def evaluate(model: nn.Module, batches: list[torch.Tensor], ctx: StepContext) -> tuple[float, float]:
-    """Validation loss (token-weighted mean over all ranks' held-out batches) and perplexity."""
+    """Validation loss (token-weighted mean over all ranks' held-out batches) and perplexity. Under pipeline
+    parallel `model` is the Pipeline, evaluated through its schedule (launcher/engines.py `evaluate_pipeline`)."""
+    if isinstance(model, Pipeline):
+        return evaluate_pipeline(model, batches, ctx)
     model.eval()
     total = torch.zeros(2, device=ctx.device, dtype=torch.float64)
     for batch in batches:
@@ -224,7 +229,9 @@ def build_model(cfg: Any, dims: ParallelDims, env: DistEnv):
         module.to_empty(device=env.device)
         with torch.no_grad():
             (module.module if hasattr(module, "module") else module).init_weights()  # buffers (RoPE tables)
-        set_model_state_dict(module, full if full is not None else {},
+        # A copy per stage: set_model_state_dict writes the module's own (sharded) tensors back into the dict it
+        # is given, and rank 0 would then broadcast those, not the full ones, to the next stage.
+        set_model_state_dict(module, dict(full) if full is not None else {},
                              options=StateDictOptions(full_state_dict=True, broadcast_from_rank0=True,
                                                       strict=dims.pp == 1))
     return model, mesh
@@ -233,8 +240,9 @@ def build_model(cfg: Any, dims: ParallelDims, env: DistEnv):
 def build_training_step(cfg: Any, model: Any, ctx: StepContext, env: DistEnv,
                         loader: Union[TokenBatches, SyntheticBatches], config_yaml: str):
     """The optimizer, lr schedule, step and checkpointer of this layout: DeepSpeed's engine for ZeRO, the pipeline
-    schedule for pp > 1, else torch's AdamW around `forward_backward`. Returns (the module that is trained,
-    evaluated and checkpointed, the step, the checkpointer)."""
+    schedule for pp > 1 (one AdamW and lr schedule per stage module of this rank), else torch's AdamW around
+    `forward_backward`. Returns (what is trained, evaluated and checkpointed: the module, DeepSpeed's engine or the
+    Pipeline; the step; the checkpointer)."""
     t, dims, parallel_cfg = cfg.trainer, ctx.dims, ctx.parallel_cfg
     checkpoint_args = dict(env=env, dataloader=loader, model_cfg=ctx.model_cfg, config_yaml=config_yaml,
                            keep=t.keep_checkpoints)
@@ -244,16 +252,16 @@ def build_training_step(cfg: Any, model: Any, ctx: StepContext, env: DistEnv,
         step = ZeroStep(model, cfg, dims, parallel_cfg, grad_accum=ctx.grad_accum, device=env.device)
         return step.engine, step, ZeroCheckpointer(Path(t.run_dir), engine=step.engine, scheduler=step.scheduler,
                                                    **checkpoint_args)
-    pipeline = model if dims.pp > 1 else None
-    if pipeline is not None:
-        model = pipeline.stages[0]  # a stage keeps the full model's names: checkpoints stay layout-free
+    if dims.pp > 1:  # stages keep the full model's names: per-stage state merges into layout-free checkpoints
+        optimizers = StageOptimizers(model.stages, cfg.optim, env.device.type)
+        schedulers = StageSchedulers(optimizers, cfg.schedule, t.max_steps)
+        step = PipelineStep(model, optimizers, schedulers, dims, parallel_cfg, ctx.mesh, precision=t.precision,
+                            device=env.device, grad_clip=cfg.optim.grad_clip)
+        return model, step, PipelineCheckpointer(Path(t.run_dir), stages=model.stages, optimizers=optimizers,
+                                                 scheduler=schedulers, **checkpoint_args)
     optimizer = build_optimizer(model, cfg.optim, env.device.type)
     scheduler = build_scheduler(optimizer, cfg.schedule, t.max_steps)
-    if pipeline is not None:
-        step = PipelineStep(pipeline, optimizer, scheduler, dims, parallel_cfg, ctx.mesh, precision=t.precision,
-                            device=env.device, grad_clip=cfg.optim.grad_clip)
-    else:
-        step = TorchStep(model, optimizer, scheduler, ctx, t.micro_batch_size, cfg.optim.grad_clip)
+    step = TorchStep(model, optimizer, scheduler, ctx, t.micro_batch_size, cfg.optim.grad_clip)
     return model, step, Checkpointer(Path(t.run_dir), model=model, optimizer=optimizer, scheduler=scheduler,
                                      **checkpoint_args)
 
@@ -287,10 +295,6 @@ def train(cfg: DictConfig) -> None:
         init_one_rank_group(env, t.dist_timeout_s)  # FSDP on one device
     global_batch, grad_accum = batch_plan(cfg, dims.dp_degree)
     seq_len, micro = cfg.data.seq_len, t.micro_batch_size
-    if dims.pp > 1 and parallel_cfg.pp_stages_per_rank != 1:
-        raise ValueError(f"parallel.pp_stages_per_rank={parallel_cfg.pp_stages_per_rank}: the launcher trains and "
-                         f"checkpoints one pipeline stage per rank; use pp_schedule=GPipe or 1F1B with "
-                         f"pp_stages_per_rank=1")
 
     # ---- data
     model, mesh = build_model(cfg, dims, env)
@@ -305,10 +309,8 @@ def train(cfg: DictConfig) -> None:
     ctx = StepContext(dims, parallel_cfg, model_cfg, env.device, t.precision, grad_accum, scaler, mesh)
     model, layout_step, checkpointer = build_training_step(cfg, model, ctx, env, loader, config_yaml)
     scheduler = layout_step.scheduler
-    if dims.pp > 1 and eval_batches:
-        log.info("evaluation is skipped under pipeline parallel (parallel.pp > 1): the launcher has no eval pass "
-                 "through the pipeline schedule")
-        eval_batches = []
+    if dims.pp > 1 and eval_batches:  # whole per-rank batches, the shape the pipeline stages were built for
+        eval_batches = pipeline_eval_batches(eval_batches, global_batch // dims.dp_degree, global_batch, micro)
 
     # ---- checkpoints: resume, or start from another run's weights
     start_step = 0
@@ -336,7 +338,8 @@ def train(cfg: DictConfig) -> None:
     metrics = MetricsLogger(sinks, progress)
     per_rank = global_batch // dims.dp_degree
     if dims.pp > 1:  # the schedule cuts each rank's batch into its own microbatches
-        micro_plan = f"{parallel_cfg.pp_microbatches} pipeline microbatches of {per_rank // parallel_cfg.pp_microbatches}"
+        n_micro = parallel_cfg.pp_microbatches
+        micro_plan = f"{n_micro} pipeline microbatches of {per_rank // n_micro}"
     else:
         micro_plan = f"{grad_accum} micro batch(es) of {micro}"
     log.info("model %s: %.2fM parameters | global batch %d x %d tokens, %s per rank, %d data-parallel rank(s) | "
@@ -364,7 +367,8 @@ def train(cfg: DictConfig) -> None:
         last = step == t.max_steps
         record: dict[str, Any] = {}
         if step % t.log_every == 0 or last:
-            record = {"loss": mean_over_ranks(loss.float().reshape(1)).item(), "lr": lr, "grad_norm": grad_norm.item(), **speed.measure()}
+            record = {"loss": mean_over_ranks(loss.float().reshape(1)).item(), "lr": lr,
+                      "grad_norm": grad_norm.item(), **speed.measure()}
             if scaler is not None:
                 record["loss_scale"] = scaler.get_scale()
         if eval_batches and ((t.eval_every > 0 and step % t.eval_every == 0) or last):

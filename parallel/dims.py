@@ -269,3 +269,17 @@ def _check_options(cfg: "ParallelConfig") -> None:
         )
     if cfg.pp_microbatches < 1 or cfg.pp_stages_per_rank < 1:
         raise ValueError("parallel.pp_microbatches and parallel.pp_stages_per_rank must be >= 1")
+    # The schedule decides how many stages a rank holds (parallel/pipeline.py stage_ids_for_rank says the same at
+    # build time; checked here too so the launcher refuses it before starting any process group).
+    if cfg.pp > 1:
+        stages = cfg.pp_stages_per_rank
+        if cfg.pp_schedule in ("GPipe", "1F1B") and stages != 1:
+            raise ValueError(
+                f"parallel.pp_schedule={cfg.pp_schedule} runs one stage per rank but parallel.pp_stages_per_rank="
+                f"{stages}: set pp_stages_per_rank=1, or use Interleaved1F1B / InterleavedZeroBubble for several"
+            )
+        if cfg.pp_schedule == "ZBVZeroBubble" and stages != 2:
+            raise ValueError(
+                f"parallel.pp_schedule=ZBVZeroBubble places two stages per rank in a V but parallel."
+                f"pp_stages_per_rank={stages}: set pp_stages_per_rank=2"
+            )

@@ -11,13 +11,18 @@ a loop (interleaved schedules) or in a V (ZBVZeroBubble: rank r holds stages r a
 The schedule computes the loss on the last stage (model.loss.cross_entropy_loss per microbatch; gradients are the
 mean over microbatches), so the model's own loss is not used: MoE router losses, which the model adds only when it
 computes the loss itself, are therefore refused under pipeline parallel rather than silently dropped.
+
+`Pipeline.eval_loss` is the held-out loss through the same schedule, forward only. The zero-bubble schedules
+(InterleavedZeroBubble, ZBVZeroBubble) run pipeline parallel alone: with FSDP/DDP or tensor parallel stages torch
+computes wrong gradients or fails, so those combinations are refused.
 """
 from __future__ import annotations
 
+import contextlib
 import copy
 import functools
 from dataclasses import dataclass
-from typing import Callable, Optional
+from typing import Callable, Iterator, Optional
 
 import torch
 from torch import nn
@@ -29,6 +34,7 @@ from parallel.config import ParallelConfig
 
 SCHEDULES = ("GPipe", "1F1B", "Interleaved1F1B", "InterleavedZeroBubble", "ZBVZeroBubble")
 V_SCHEDULES = ("ZBVZeroBubble",)
+ZERO_BUBBLE_SCHEDULES = ("InterleavedZeroBubble", "ZBVZeroBubble")  # backward split into input and weight passes
 
 
 # ---------------------------------------------------------------------------------------------- the cut
@@ -141,6 +147,38 @@ class Pipeline:
         for stage in self.stages:
             yield from stage.parameters()
 
+    def train(self, mode: bool = True) -> "Pipeline":
+        for stage in self.stages:
+            stage.train(mode)
+        return self
+
+    def eval(self) -> "Pipeline":
+        return self.train(False)
+
+    @torch.no_grad()
+    def eval_loss(self, tokens: torch.Tensor, labels: torch.Tensor) -> Optional[torch.Tensor]:
+        """Forward only through the schedule (no backward, no gradients): the batch loss (mean over microbatches)
+        on the rank holding the last stage, else None. The batch must have the training batch's shape: stages fix
+        their receive buffers at the first step. Stages are not switched to eval mode here (the caller does)."""
+        losses: list[torch.Tensor] = []
+        inputs = (tokens,) if self.has_first else ()
+        forward_only = getattr(self.schedule, "eval", None) or self._forward_only_step
+        with _forward_actions_only(self.schedule):
+            if self.has_last:
+                forward_only(*inputs, target=labels, losses=losses)
+                return torch.stack([_plain(loss.detach()) for loss in losses]).mean()
+            forward_only(*inputs)
+        return None
+
+    def _forward_only_step(self, *args, **kwargs):
+        """What `schedule.eval` does where a torch lacks it: `step` with the backward switched off."""
+        saved = self.schedule._has_backward
+        self.schedule._has_backward = False
+        try:
+            return self.schedule.step(*args, **kwargs)
+        finally:
+            self.schedule._has_backward = saved
+
     def step(self, tokens: torch.Tensor, labels: torch.Tensor) -> Optional[torch.Tensor]:
         """Forward and backward of one batch through the pipeline (every pp rank calls it with the same batch;
         under tensor parallel inside parallel.loss_context, as the loss is computed here). Returns the batch loss
@@ -152,6 +190,37 @@ class Pipeline:
             return torch.stack([_plain(loss.detach()) for loss in losses]).mean()
         self.schedule.step(*inputs)
         return None
+
+
+# Actions of a multi-stage schedule's program (torch's _ComputationType values) that forward-only evaluation runs.
+_FORWARD_ACTIONS = frozenset({"F", "SEND_F", "RECV_F", "UNSHARD", "RESHARD"})
+
+
+@contextlib.contextmanager
+def _forward_actions_only(schedule) -> Iterator[None]:
+    """Run a multi-stage schedule's per-rank program with its backward actions (B, I, W, SEND_B, RECV_B,
+    REDUCE_GRAD) left out, the forward ones in their training order.
+
+    torch's forward-only pass (`schedule.eval`) keeps the whole program and only switches the backward off, but a
+    V schedule (ZBVZeroBubble) hands gradients between the two adjacent stages of one rank inside its backward
+    actions and asserts that the stage has a backward (torch 2.13: "can't steal_bwd_input if this stage doesn't
+    have backward"). The forward actions alone keep their order and dependencies, so they run as in training.
+    Single-stage schedules have no such program and run unchanged."""
+    program = getattr(schedule, "pipeline_order_with_comms", None)
+    if not program:
+        yield
+        return
+
+    def kind(action) -> str:
+        return getattr(action.computation_type, "value", action.computation_type)
+
+    schedule.pipeline_order_with_comms = {
+        rank: [a for a in actions if a is not None and kind(a) in _FORWARD_ACTIONS] for rank, actions in program.items()
+    }
+    try:
+        yield
+    finally:
+        schedule.pipeline_order_with_comms = program
 
 
 def _plain(loss: torch.Tensor) -> torch.Tensor:
@@ -283,6 +352,15 @@ def pipeline_parallelize(model: nn.Module, dims, cfg: ParallelConfig, *, model_c
         raise ValueError("parallel.pp > 1 does not combine with parallel.engine=deepspeed: use engine=torch (FSDP)")
     if dims.cp > 1:  # stages get no positions argument, so RoPE would see chunk-local positions
         raise ValueError("parallel.pp > 1 with parallel.cp > 1 is not supported: set one of them to 1")
+    if cfg.pp_schedule in ZERO_BUBBLE_SCHEDULES and (dims.fsdp_enabled or dims.ddp_enabled or dims.tp > 1):
+        # Measured through the launcher on torch 2.13 (4 CPU ranks): with FSDP on the stages both schedules train
+        # with other gradients than one process (step-1 grad norm 0.488 vs 0.651), with tensor parallel they fail
+        # in the input backward ("Can't detach views in-place"); DDP is pytorch/pytorch#144530.
+        raise ValueError(
+            f"parallel.pp_schedule={cfg.pp_schedule} splits the backward into input and weight passes, which torch's "
+            f"pipelining does not combine with data parallel (FSDP/DDP) or tensor parallel stages: use "
+            f"pp_schedule=Interleaved1F1B (or 1F1B), or pipeline parallel alone"
+        )
 
     def lay_out(stage: nn.Module) -> nn.Module:
         # PipelineStage knows FSDP2 and DDP modules (it defers their gradient sync to the last microbatch).

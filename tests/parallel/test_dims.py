@@ -50,7 +50,15 @@ def test_pipeline_larger_than_layers():
     with pytest.raises(ValueError, match=r"parallel\.pp=4 .* model\.n_layers=2"):
         dims("single", 4, tiny_model_config(n_layers=2), pp=4)
     with pytest.raises(ValueError, match=r"pp_stages_per_rank=2 = 4 pipeline stages"):
-        dims("single", 2, tiny_model_config(n_layers=3), pp=2, pp_stages_per_rank=2)
+        dims("single", 2, tiny_model_config(n_layers=3), pp=2, pp_stages_per_rank=2, pp_schedule="Interleaved1F1B")
+
+
+def test_schedule_and_stages_per_rank_must_agree():
+    with pytest.raises(ValueError, match=r"pp_schedule=1F1B runs one stage per rank .*pp_stages_per_rank=2"):
+        dims("pp", 2, pp_stages_per_rank=2)
+    with pytest.raises(ValueError, match=r"ZBVZeroBubble .*pp_stages_per_rank=3"):
+        dims("pp", 2, tiny_model_config(n_layers=6), pp_schedule="ZBVZeroBubble", pp_stages_per_rank=3)
+    assert dims("pp", 2, tiny_model_config(n_layers=4), pp_schedule="Interleaved1F1B", pp_stages_per_rank=2).pp == 2
 
 
 def test_expert_and_context_parallel_checks():
