@@ -9,7 +9,8 @@ HSDP, TP, CP, EP and their combinations. Two layouts replace that step as a whol
   parallel.pp_microbatches microbatches (trainer.micro_batch_size does not apply) and only the last stage sees
   the loss. A rank holds one stage module, or several (interleaved and V schedules: parallel.pp_stages_per_rank),
   each with its own optimizer and lr schedule (launcher/optim.py `StageOptimizers`, `StageSchedulers` here),
-  stepped together. `evaluate_pipeline` is its held-out loss: forward only through the same schedule.
+  stepped together. Its held-out loss goes forward only through the same schedule (`Pipeline.eval_loss`,
+  called by launcher.trainer.evaluate; `pipeline_eval_batches` gives it batches of the training shape).
 
 Both expose the same small surface as the trainer's step: `train_step(batch) -> (loss, grad_norm)` where `loss`
 is this rank's term of the logged loss (`mean_over_ranks` of it is the global-batch loss), plus `scheduler`.
@@ -24,7 +25,6 @@ from typing import Any, Optional
 import torch
 from torch import nn
 
-from launcher.distributed import sum_over_ranks
 from launcher.optim import StageOptimizers, parameter_groups
 from launcher.schedule import build_scheduler
 from parallel import ParallelDims, clip_grad_norm_, loss_context
@@ -186,25 +186,3 @@ def pipeline_eval_batches(batches: list[torch.Tensor], rows_per_batch: int, glob
         log.info("pipeline-parallel evaluation uses %d of this rank's %d held-out rows (whole batches of %d)",
                  whole * rows_per_batch, held_out, rows_per_batch)
     return list(rows[: whole * rows_per_batch].split(rows_per_batch)) if whole else []
-
-
-@torch.no_grad()
-def evaluate_pipeline(pipeline: Any, batches: list[torch.Tensor], ctx: Any) -> tuple[float, float]:
-    """Validation loss and perplexity through the pipeline schedule's forward-only pass (`Pipeline.eval_loss`),
-    stages in eval mode. Only last-stage ranks hold a loss: they add loss x tokens and tokens, the others nothing,
-    so the sum over all ranks is the token-weighted mean over every data-parallel rank's held-out rows, as
-    launcher.trainer.evaluate computes for the other layouts. `ctx` is the trainer's StepContext."""
-    pipeline.eval()
-    total = torch.zeros(2, device=ctx.device, dtype=torch.float64)
-    for batch in batches:
-        batch = batch.to(ctx.device, non_blocking=True)
-        inputs, labels = batch[:, :-1], batch[:, 1:]
-        with loss_context(ctx.dims, ctx.parallel_cfg), ctx.autocast():
-            loss = pipeline.eval_loss(inputs, labels)
-        if loss is not None:
-            total[0] += loss.double() * labels.numel()
-            total[1] += labels.numel()
-    pipeline.train()
-    total = sum_over_ranks(total)
-    val_loss = (total[0] / total[1]).item() if total[1] > 0 else math.nan
-    return val_loss, math.exp(min(val_loss, 50.0))

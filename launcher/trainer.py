@@ -34,7 +34,7 @@ from launcher.config import batch_plan, effective_parallel
 from launcher.data import SyntheticBatches, TokenBatches, open_training_data
 from launcher.distributed import (DistEnv, barrier, init_distributed, init_one_rank_group, mean_over_ranks, shutdown,
                                   sum_over_ranks)
-from launcher.engines import PipelineStep, StageSchedulers, ZeroStep, evaluate_pipeline, pipeline_eval_batches
+from launcher.engines import PipelineStep, StageSchedulers, ZeroStep, pipeline_eval_batches
 from launcher.metrics import (
     ConsoleSink,
     JsonlSink,
@@ -147,22 +147,28 @@ def gradient_sync(model: nn.Module, enabled: bool):
 
 
 @torch.no_grad()
-def evaluate(model: nn.Module, batches: list[torch.Tensor], ctx: StepContext) -> tuple[float, float]:
-    """Validation loss (token-weighted mean over all ranks' held-out batches) and perplexity. Under pipeline
-    parallel `model` is the Pipeline, evaluated through its schedule (launcher/engines.py `evaluate_pipeline`)."""
+def evaluate(model: Any, batches: list[torch.Tensor], ctx: StepContext) -> tuple[float, float]:
+    """Validation loss (token-weighted mean over all ranks' held-out batches) and perplexity.
+
+    Under pipeline parallel `model` is the Pipeline: each batch goes through its schedule's forward-only pass
+    (`Pipeline.eval_loss`) and only last-stage ranks get a loss; the others add nothing, so the sum over all ranks
+    still weights every data-parallel rank's rows once."""
     if isinstance(model, Pipeline):
-        return evaluate_pipeline(model, batches, ctx)
+        batch_loss = model.eval_loss
+    else:
+        def batch_loss(inputs: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+            loss = compute_loss(model, inputs, labels, ctx.dims, ctx.parallel_cfg, ctx.model_cfg, mesh=ctx.mesh)
+            return loss.full_tensor() if hasattr(loss, "full_tensor") else loss
     model.eval()
     total = torch.zeros(2, device=ctx.device, dtype=torch.float64)
     for batch in batches:
         batch = batch.to(ctx.device, non_blocking=True)
         inputs, labels = batch[:, :-1], batch[:, 1:]
         with loss_context(ctx.dims, ctx.parallel_cfg), ctx.autocast():
-            loss = compute_loss(model, inputs, labels, ctx.dims, ctx.parallel_cfg, ctx.model_cfg, mesh=ctx.mesh)
-        if hasattr(loss, "full_tensor"):
-            loss = loss.full_tensor()
-        total[0] += loss.double() * labels.numel()
-        total[1] += labels.numel()
+            loss = batch_loss(inputs, labels)
+        if loss is not None:
+            total[0] += loss.double() * labels.numel()
+            total[1] += labels.numel()
     model.train()
     total = sum_over_ranks(total)
     val_loss = (total[0] / total[1]).item() if total[1] > 0 else math.nan
