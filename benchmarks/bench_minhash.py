@@ -95,7 +95,10 @@ def decisions(n_clean: int, perms: int) -> dict:
 
     ours = deduplicate([docs], params)
     theirs = deduplicate([docs], params, signer=datasketch_signer)
-    jaccard = {p["b"]: p["jaccard"] for p in corpus.near_pairs} | {p["a"]: p["jaccard"] for p in corpus.near_pairs}
+    jaccard: dict[str, float] = {}  # a document's closest planted partner (a document may sit in several pairs)
+    for pair in corpus.near_pairs:
+        for doc in (pair["a"], pair["b"]):
+            jaccard[doc] = max(jaccard.get(doc, 0.0), pair["jaccard"])
     differ = sorted(set(ours) ^ set(theirs))
 
     def pair_errors(removed: dict) -> int:
