@@ -20,7 +20,7 @@ import logging
 import os
 from pathlib import Path
 from dataclasses import dataclass
-from typing import Any, Iterator, Optional, Union
+from typing import Any, Callable, Iterator, Optional, Union
 
 import numpy as np
 import torch
@@ -135,12 +135,8 @@ class TokenBatches:
         }
 
     def load_state_dict(self, state: dict[str, int]) -> None:
-        for key in ("seed", "seq_len", "n_windows"):
-            if int(state[key]) != getattr(self, key):
-                raise DataError(
-                    f"the checkpoint's data position was saved with {key}={state[key]} but this run has "
-                    f"{getattr(self, key)}: resume with the same data, data.seq_len and seed (or start a new run_dir)"
-                )
+        _check_saved_with(state, self, ("seed", "seq_len", "n_windows"), "data position was saved",
+                          "resume with the same data, data.seq_len and seed (or start a new run_dir)")
         samples = int(state["samples_in_epoch"])
         if samples % self.global_batch != 0:
             raise DataError(
@@ -154,14 +150,30 @@ class TokenBatches:
     def eval_batches(self, n_sequences: int, micro_batch: int) -> list[torch.Tensor]:
         """This rank's share of the first `n_sequences` held-out windows (equal shares), in micro batches."""
         n_val_windows = (self.val_tokens - 1) // self.seq_len
-        per_rank = min(n_sequences, n_val_windows) // self.dp_degree
-        first = self.dp_rank * per_rank
-        batches = []
-        for lo in range(first, first + per_rank, micro_batch):
-            hi = min(lo + micro_batch, first + per_rank)
-            rows = [self.dataset.read(self.train_tokens + w * self.seq_len, self.seq_len + 1) for w in range(lo, hi)]
-            batches.append(torch.from_numpy(np.stack(rows)))
-        return batches
+        return _rank_share_in_micro_batches(
+            min(n_sequences, n_val_windows), self.dp_rank, self.dp_degree, micro_batch,
+            lambda w: self.dataset.read(self.train_tokens + w * self.seq_len, self.seq_len + 1),
+        )
+
+
+def _rank_share_in_micro_batches(n_rows: int, dp_rank: int, dp_degree: int, micro_batch: int,
+                                 read_row: Callable[[int], np.ndarray]) -> list[torch.Tensor]:
+    """Rows [r * n_rows // dp_degree, (r + 1) * n_rows // dp_degree) of a held-out set (r = dp_rank), read one by
+    one with `read_row(index)` and stacked into micro batches of `micro_batch` rows (the last may be short)."""
+    per_rank = n_rows // dp_degree
+    first = dp_rank * per_rank
+    end = first + per_rank
+    return [torch.from_numpy(np.stack([read_row(i) for i in range(lo, min(lo + micro_batch, end))]))
+            for lo in range(first, end, micro_batch)]
+
+
+def _check_saved_with(state: dict[str, int], current: Any, keys: tuple[str, ...], what: str, fix: str) -> None:
+    """DataError unless the checkpoint's data `state` has this run's values for `keys`."""
+    for key in keys:
+        if int(state[key]) != getattr(current, key):
+            raise DataError(
+                f"the checkpoint's {what} with {key}={state[key]} but this run has {getattr(current, key)}: {fix}"
+            )
 
 
 class SyntheticBatches:
@@ -200,21 +212,14 @@ class SyntheticBatches:
                 "vocab_size": self.vocab_size}
 
     def load_state_dict(self, state: dict[str, int]) -> None:
-        for key in ("seed", "seq_len", "vocab_size"):
-            if int(state[key]) != getattr(self, key):
-                raise DataError(
-                    f"the checkpoint's synthetic data was drawn with {key}={state[key]} but this run has "
-                    f"{getattr(self, key)}: resume with the same settings (or start a new run_dir)"
-                )
+        _check_saved_with(state, self, ("seed", "seq_len", "vocab_size"), "synthetic data was drawn",
+                          "resume with the same settings (or start a new run_dir)")
         self.step = int(state["synthetic_steps"])
 
     def eval_batches(self, n_sequences: int, micro_batch: int) -> list[torch.Tensor]:
         """This rank's equal share of `n_sequences` held-out rows, in micro batches (as TokenBatches does)."""
-        per_rank = n_sequences // self.dp_degree
-        first = self.dp_rank * per_rank
-        return [torch.from_numpy(np.stack([self._row(self._VAL, i) for i in range(lo, min(lo + micro_batch,
-                                                                                           first + per_rank))]))
-                for lo in range(first, first + per_rank, micro_batch)]
+        return _rank_share_in_micro_batches(n_sequences, self.dp_rank, self.dp_degree, micro_batch,
+                                            lambda i: self._row(self._VAL, i))
 
 
 @dataclass
