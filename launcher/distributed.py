@@ -1,7 +1,7 @@
 """Process-group setup from the launcher's environment: torchrun (RANK/WORLD_SIZE/LOCAL_RANK/MASTER_*) or a
 plain `srun` (SLURM_PROCID/SLURM_STEP_NUM_TASKS/SLURM_LOCALID, with MASTER_ADDR/MASTER_PORT exported by the
 job script). gloo on CPU, NCCL on GPU. A single process gets no process group, unless its layout needs a mesh
-(FSDP on one device: `init_one_rank_group`).
+(FSDP on one device).
 """
 from __future__ import annotations
 
@@ -44,7 +44,10 @@ def _from_env() -> tuple[int, int, int]:
     return 0, 0, 1
 
 
-def init_distributed(device_pref: str, timeout_s: int) -> DistEnv:
+def init_distributed(device_pref: str, timeout_s: int, *, one_rank_group: bool = False) -> DistEnv:
+    """This process's rank, world and device, with the process group joined (gloo on CPU, NCCL on GPU). A single
+    process gets a group only with `one_rank_group` (FSDP on one device needs a DeviceMesh), from an in-memory
+    store: there is nobody to meet, so no address or port is needed."""
     rank, local_rank, world_size = _from_env()
     use_cuda = device_pref == "cuda" or (device_pref == "auto" and torch.cuda.is_available())
     if use_cuda and not torch.cuda.is_available():
@@ -54,32 +57,17 @@ def init_distributed(device_pref: str, timeout_s: int) -> DistEnv:
         device = torch.device("cuda", local_rank)
     else:
         device = torch.device("cpu")
-    if world_size > 1 and not dist.is_initialized():
+    if (world_size > 1 or one_rank_group) and not dist.is_initialized():
+        store = {"init_method": "env://"} if world_size > 1 else {"store": dist.HashStore()}
         dist.init_process_group(
             backend="nccl" if use_cuda else "gloo",
-            init_method="env://",
             rank=rank,
             world_size=world_size,
             timeout=datetime.timedelta(seconds=timeout_s),
             device_id=device if use_cuda else None,
+            **store,
         )
     return DistEnv(rank, local_rank, world_size, device)
-
-
-def init_one_rank_group(env: DistEnv, timeout_s: int) -> None:
-    """A process group of this one process (FSDP on one device needs a DeviceMesh, hence a group). An in-memory
-    store: there is nobody to meet, so no address or port is needed."""
-    if dist.is_initialized():
-        return
-    use_cuda = env.device.type == "cuda"
-    dist.init_process_group(
-        backend="nccl" if use_cuda else "gloo",
-        store=dist.HashStore(),
-        rank=0,
-        world_size=1,
-        timeout=datetime.timedelta(seconds=timeout_s),
-        device_id=env.device if use_cuda else None,
-    )
 
 
 def barrier() -> None:

@@ -1,7 +1,13 @@
-"""AdamW with decoupled weight decay applied only to matrices that are not embeddings.
+"""AdamW over a train module's model parts, with decay only on matrices that are not embeddings.
 
 Decaying norm gains, biases and embedding rows pulls them towards zero for no regularisation benefit (the usual
 practice since GPT-2/Llama); both exclusions are switchable in the `optim` config.
+
+`Optimizers` is torchtitan's container idea: one torch optimizer per model part (a pipeline rank may hold several
+stage modules; every other layout has one part), stepped together, checkpointed by parameter name through
+torch.distributed.checkpoint.state_dict so the state is layout-free. Only the optimizer's tensors (moments, step
+counts) are checkpointed; its hyperparameters come from this run's config, so a deliberately changed `optim.lr`
+takes effect on resume (launcher/schedule.py sets the lr of the resumed step).
 """
 from __future__ import annotations
 
@@ -9,6 +15,16 @@ from typing import Any
 
 import torch
 from torch import nn
+from torch.distributed.checkpoint.state_dict import (
+    StateDictOptions,
+    get_optimizer_state_dict,
+    set_optimizer_state_dict,
+)
+
+# Optimizer state keyed by parameter name ("state.<fqn>.exp_avg"), not by param-group index: pipeline stages hold
+# different parameters, and an indexed list would collide between them; named keys also load onto any layout.
+_FLAT = StateDictOptions(flatten_optimizer_state_dict=True)
+_STATE_PREFIX = "state."
 
 
 def parameter_groups(model: nn.Module, cfg: Any) -> list[dict[str, Any]]:
@@ -32,40 +48,68 @@ def parameter_groups(model: nn.Module, cfg: Any) -> list[dict[str, Any]]:
 
 
 def build_optimizer(model: nn.Module, cfg: Any, device_type: str) -> torch.optim.Optimizer:
+    """AdamW, fused on CUDA (optim.fused), else multi-tensor (foreach) where the parameters allow it: foreach
+    kernels take one kind of tensor, and tensor parallel without sequence parallel leaves the norms plain tensors
+    beside DTensor weights, which only the per-parameter loop handles."""
+    groups = parameter_groups(model, cfg)
     fused = cfg.fused if cfg.fused is not None else device_type == "cuda"
     return torch.optim.AdamW(
-        parameter_groups(model, cfg),
+        groups,
         lr=cfg.lr,
         betas=(cfg.beta1, cfg.beta2),
         eps=cfg.eps,
         fused=fused or None,
-        foreach=None if fused else True,
+        foreach=None if fused else _one_tensor_kind(groups),
     )
 
 
-class StageOptimizers:
-    """One AdamW per pipeline stage module of this rank, stepped together.
+def _one_tensor_kind(groups: list[dict[str, Any]]) -> bool:
+    """True unless plain tensors and DTensors are mixed (torch: "got mixed torch.Tensor and DTensor")."""
+    from torch.distributed.tensor import DTensor
 
-    Under pipeline parallel a rank may hold several stage modules (interleaved and V schedules). Each gets its own
-    optimizer, so torch.distributed.checkpoint.state_dict can name its state by that module's parameter names (a
-    stage keeps the full model's names, so they are layout-free); one optimizer over several modules would have no
-    module to name them by. This container has the part of the torch.optim.Optimizer surface the training step
-    uses (step, zero_grad, param_groups); checkpoints go through `optimizers` one by one."""
+    return len({isinstance(p, DTensor) for group in groups for p in group["params"]}) <= 1
 
-    def __init__(self, modules: list[nn.Module], cfg: Any, device_type: str) -> None:
-        if not modules:
-            raise ValueError("StageOptimizers needs at least one stage module")
-        self.modules = list(modules)
-        self.optimizers = [build_optimizer(module, cfg, device_type) for module in self.modules]
 
-    @property
-    def param_groups(self) -> list[dict[str, Any]]:
-        return [group for optimizer in self.optimizers for group in optimizer.param_groups]
+class Optimizers:
+    """One AdamW per model part, stepped together; state dicts merged by parameter name."""
+
+    def __init__(self, model_parts: list[nn.Module], cfg: Any, device_type: str) -> None:
+        self.model_parts = list(model_parts)
+        self.optimizers = [build_optimizer(part, cfg, device_type) for part in self.model_parts]
 
     def step(self) -> None:
         for optimizer in self.optimizers:
             optimizer.step()
 
-    def zero_grad(self, set_to_none: bool = True) -> None:
+    def zero_grad(self) -> None:
         for optimizer in self.optimizers:
-            optimizer.zero_grad(set_to_none=set_to_none)
+            optimizer.zero_grad(set_to_none=True)
+
+    def _flat_states(self) -> list[dict[str, Any]]:
+        return [get_optimizer_state_dict(part, optimizer, options=_FLAT)
+                for part, optimizer in zip(self.model_parts, self.optimizers)]
+
+    def state_dict(self) -> dict[str, Any]:
+        """The tensors of every part's optimizer state ("state.<parameter name>.<key>"), merged."""
+        return merge_disjoint([{k: v for k, v in flat.items() if k.startswith(_STATE_PREFIX)}
+                               for flat in self._flat_states()], "optimizer")
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        """Each part takes its parameters' entries of `state`; hyperparameters stay this run's."""
+        for part, optimizer, flat in zip(self.model_parts, self.optimizers, self._flat_states()):
+            flat.update({k: state[k] for k in flat if k.startswith(_STATE_PREFIX)})
+            set_optimizer_state_dict(part, optimizer, flat, options=_FLAT)
+
+
+def merge_disjoint(state_dicts: list[dict[str, Any]], what: str) -> dict[str, Any]:
+    """One flat state dict from several modules' (pipeline stages hold disjoint parameters, named as in the full
+    model); a name held twice would make one module's state overwrite another's, so it is an error."""
+    if len(state_dicts) == 1:
+        return state_dicts[0]
+    merged: dict[str, Any] = {}
+    for state in state_dicts:
+        for key, value in state.items():
+            if key in merged:
+                raise ValueError(f"{what} key {key!r} is held by two model parts of one rank")
+            merged[key] = value
+    return merged

@@ -1,7 +1,9 @@
 """`python -m launcher.train`: compose the Hydra config, reject a bad one within seconds, then train.
 
-The same command runs under torchrun or srun (see launcher/distributed.py). Heavy imports (the model, data and
-parallel code) happen only after `validate` has passed, so a typo costs a second, not a model build.
+This file is the command-line entry (Hydra's `@hydra.main`); launcher/trainer.py is the training loop it calls.
+The same command runs under torchrun or srun (see launcher/distributed.py), and as a Hydra multirun sweep (`-m
+optim.lr=1e-3,3e-3`, each job in its own run directory: launcher/run_dir.py). Heavy imports (torch, the model,
+data and parallel code) happen only after `validate` has passed, so a typo costs a second, not a model build.
 """
 from __future__ import annotations
 
@@ -11,26 +13,29 @@ import sys
 import hydra
 from omegaconf import DictConfig, OmegaConf
 
-from launcher.config import ConfigError, default_run_dir, register_configs, validate, world_size_from_env
+from launcher.config import register_configs
+from launcher.run_dir import RunDirError, check_same_run, register_resolvers, world_size_from_env
+from launcher.validation import ConfigError, validate
 
 log = logging.getLogger("launcher")
 
 register_configs()
-if not OmegaConf.has_resolver("loom_run_dir"):
-    OmegaConf.register_new_resolver("loom_run_dir", default_run_dir)
+register_resolvers()
 
 
 @hydra.main(version_base="1.3", config_path="../configs", config_name="train")
 def main(cfg: DictConfig) -> None:
     try:
-        validate(cfg, world_size_from_env())
-    except ConfigError as exc:
+        plan = validate(cfg, world_size_from_env())
+        config = OmegaConf.to_container(cfg, resolve=True)
+        check_same_run(plan.cfg.trainer.run_dir, config, plan.cfg.trainer.resume_allow)
+    except (ConfigError, RunDirError) as exc:
         print(f"config error: {exc}", file=sys.stderr, flush=True)
         sys.exit(2)
-    logging.getLogger().setLevel(cfg.logging.level)
+    logging.getLogger().setLevel(plan.cfg.logging.level)
     from launcher.trainer import train
 
-    train(cfg)
+    train(plan, config)
 
 
 if __name__ == "__main__":

@@ -118,7 +118,7 @@ def _listed_files(directory: Path) -> dict[str, int]:
     }
 
 
-def _atomic_write_text(path: Path, text: str) -> None:
+def atomic_write_text(path: Path, text: str) -> None:
     tmp = path.with_name(f".{path.name}.tmp.{os.getpid()}")
     with open(tmp, "w") as f:
         f.write(text)
@@ -128,7 +128,7 @@ def _atomic_write_text(path: Path, text: str) -> None:
 
 
 def write_model_config(directory: str | os.PathLike, model_cfg: ModelConfig) -> None:
-    _atomic_write_text(Path(directory) / MODEL_CONFIG_FILE, json.dumps(model_config_to_dict(model_cfg), indent=2))
+    atomic_write_text(Path(directory) / MODEL_CONFIG_FILE, json.dumps(model_config_to_dict(model_cfg), indent=2))
 
 
 def publish_checkpoint(tmp_dir: str | os.PathLike, final_dir: str | os.PathLike, step: int) -> Path:
@@ -138,7 +138,7 @@ def publish_checkpoint(tmp_dir: str | os.PathLike, final_dir: str | os.PathLike,
     """
     tmp_dir, final_dir = Path(tmp_dir), Path(final_dir)
     marker = {"step": int(step), "time": time.time(), "files": _listed_files(tmp_dir)}
-    _atomic_write_text(tmp_dir / COMPLETE_MARKER, json.dumps(marker, indent=2))
+    atomic_write_text(tmp_dir / COMPLETE_MARKER, json.dumps(marker, indent=2))
     stale = None
     if final_dir.exists():
         stale = final_dir.with_name(f".stale-{final_dir.name}-{os.getpid()}")

@@ -48,7 +48,7 @@ class MoEConfig:
 
 @dataclass
 class ModelConfig:
-    name: str = "tiny"
+    name: str = "custom"  # the model's name (configs/model/<name>.yaml)
     vocab_size: int = 2048
     dim: int = 128
     n_layers: int = 4

@@ -13,73 +13,56 @@
 With pipeline parallel (pp > 1) parallel/pipeline.py splits the model into stages first and calls
 `parallelize_stage` on each; that file owns the pipeline schedule.
 
-Typical use (the trainer):
-    dims = ParallelDims.from_config(pcfg, world_size, model_cfg, seq_len)
-    mesh = dims.build_mesh("cuda" or "cpu")
-    model = parallelize(model, dims, pcfg, model_cfg=model_cfg, mesh=mesh)
-    with loss_context(dims, pcfg):
-        loss = compute_loss(model, tokens, labels, dims, pcfg, model_cfg, mesh=mesh)
+Typical use (the launcher's train modules):
+    dims = ParallelDims.from_config(pcfg, world_size, model_cfg, seq_len)   # every layout rule, no torch
+    dims.build_mesh("cuda" or "cpu")                                       # once; the dims keep it
+    model = parallelize(model, dims)
+    with loss_context(dims):
+        loss = compute_loss(model, tokens, labels, dims)
         loss.backward()
 """
 from __future__ import annotations
 
 import contextlib
-from typing import TYPE_CHECKING, Optional
+from typing import TYPE_CHECKING
 
 import torch
 from torch import nn
 
-from parallel.config import ParallelConfig
 from parallel.dims import ParallelDims
 
 if TYPE_CHECKING:
     from torch.distributed.device_mesh import DeviceMesh
 
-    from model.config import ModelConfig
 
-
-def parallelize(
-    model: nn.Module,
-    dims: ParallelDims,
-    cfg: ParallelConfig,
-    *,
-    model_cfg: Optional["ModelConfig"] = None,
-    mesh: Optional["DeviceMesh"] = None,
-):
-    """Return the laid-out model (or, with pp > 1, whatever parallel/pipeline.py returns: stages + schedule)."""
-    if dims.needs_mesh and mesh is None:
-        raise ValueError(f"world size {dims.world_size} (FSDP: {dims.fsdp_enabled}) needs a DeviceMesh: pass "
-                         f"mesh=dims.build_mesh(device_type)")
+def parallelize(model: nn.Module, dims: ParallelDims):
+    """Return the laid-out model (or, with pp > 1, parallel/pipeline.py's `Pipeline`: stages + schedule). `model`
+    is a plain `model.build()` Transformer; the layout is `dims` (its config and mesh)."""
+    if dims.needs_mesh and dims.mesh is None:
+        raise ValueError(f"world size {dims.world_size} (FSDP: {dims.fsdp_enabled}) needs a DeviceMesh: call "
+                         f"dims.build_mesh(device_type) first")
     if dims.pp > 1:
         from parallel.pipeline import pipeline_parallelize
 
-        return pipeline_parallelize(
-            model, dims, cfg, model_cfg=model_cfg, mesh=mesh, parallelize_stage=parallelize_stage
-        )
-    return parallelize_stage(model, dims, cfg, model_cfg=model_cfg, mesh=mesh)
+        return pipeline_parallelize(model, dims, parallelize_stage)
+    return parallelize_stage(model, dims)
 
 
-def parallelize_stage(
-    model: nn.Module,
-    dims: ParallelDims,
-    cfg: ParallelConfig,
-    *,
-    model_cfg: Optional["ModelConfig"] = None,
-    mesh: Optional["DeviceMesh"] = None,
-) -> nn.Module:
+def parallelize_stage(model: nn.Module, dims: ParallelDims) -> nn.Module:
     """Steps 1-6 of the module docstring on one module (the whole model, or one pipeline stage)."""
+    cfg, model_cfg, mesh = dims.cfg, model.cfg, dims.mesh
     if dims.tp > 1:
         from parallel.tensor import apply_tensor_parallel
 
-        apply_tensor_parallel(model, mesh["tp"], cfg, model_cfg)
+        apply_tensor_parallel(model, dims.submesh("tp"), cfg, model_cfg)
     if dims.ep > 1:
         from parallel.expert import apply_expert_parallel
 
-        apply_expert_parallel(model, dims, cfg, mesh=mesh, model_cfg=model_cfg)
+        apply_expert_parallel(model, dims.submesh("ep"))
     if dims.cp > 1:
         from parallel.context import apply_context_parallel
 
-        apply_context_parallel(model, dims, cfg, mesh=mesh, model_cfg=model_cfg)
+        apply_context_parallel(model, dims.submesh("cp"), cfg)
     if cfg.ac_mode != "none":
         from parallel.checkpointing import apply_activation_checkpointing
 
@@ -89,11 +72,11 @@ def parallelize_stage(
 
         apply_compile(model, cfg)
     if cfg.engine == "deepspeed":
-        return model  # parallel.zero.initialize_zero wraps it together with the optimizer
+        return model  # DeepSpeed's engine wraps it together with the optimizer (launcher/train_modules/zero.py)
     if dims.fsdp_enabled:
         from parallel.fsdp import apply_fsdp
 
-        apply_fsdp(model, dims, cfg, mesh=mesh, model_cfg=model_cfg)
+        apply_fsdp(model, dims)
     elif dims.ddp_enabled:
         from parallel.ddp import apply_ddp
 
@@ -101,56 +84,42 @@ def parallelize_stage(
     return model
 
 
-def loss_outside_model(dims: ParallelDims, cfg: ParallelConfig) -> bool:
-    """True when the trainer must get logits and compute the loss itself (tensor parallel: DTensor logits)."""
-    del cfg
+def loss_outside_model(dims: ParallelDims) -> bool:
+    """True when the loss must be computed from the logits outside the model (tensor parallel: DTensor logits)."""
     return dims.tp > 1
 
 
-def loss_context(dims: ParallelDims, cfg: ParallelConfig):
+def loss_context(dims: ParallelDims):
     """Context for forward *and* backward: `loss_parallel()` when the logits are vocab-sharded DTensors."""
-    if dims.tp > 1 and cfg.loss_parallel:
+    if dims.tp > 1 and dims.cfg.loss_parallel:
         from torch.distributed.tensor.parallel import loss_parallel
 
         return loss_parallel()
     return contextlib.nullcontext()
 
 
-def compute_loss(
-    model: nn.Module,
-    tokens: torch.Tensor,
-    labels: torch.Tensor,
-    dims: ParallelDims,
-    cfg: ParallelConfig,
-    model_cfg: Optional["ModelConfig"] = None,
-    *,
-    mesh: Optional["DeviceMesh"] = None,
-) -> torch.Tensor:
+def compute_loss(model: nn.Module, tokens: torch.Tensor, labels: torch.Tensor, dims: ParallelDims) -> torch.Tensor:
     """The training loss of this rank's data-parallel slice (tokens, labels [B, T]); call inside `loss_context`.
 
-    - Context parallel (cp > 1, needs `mesh`): the sequence is cut to this cp rank's chunks (zig-zag with
-      cp_load_balance) and the model gets their global positions. The returned loss is weighted by this rank's
-      share of the slice's non-ignored labels, so its mean over the cp ranks (what FSDP's gradient averaging over
-      dp_shard x cp and a logged mean over ranks compute) is exactly the loss of the whole sequences.
+    - Context parallel (cp > 1): the sequence is cut to this cp rank's chunks (zig-zag with cp_load_balance) and
+      the model gets their global positions. The returned loss is weighted by this rank's share of the slice's
+      non-ignored labels, so its mean over the cp ranks (what FSDP's gradient averaging over dp_shard x cp and a
+      logged mean over ranks compute) is exactly the loss of the whole sequences.
     - Tensor parallel: the model returns vocab-sharded logits and the loss is computed here with
       model.loss.cross_entropy_loss (the model's own chunked loss cannot slice DTensor logits)."""
     forward_kwargs = {}
     if dims.cp > 1:
-        if mesh is None:
-            raise ValueError(
-                f"parallel.cp={dims.cp}: compute_loss needs mesh=<the DeviceMesh from dims.build_mesh(...)> to split "
-                f"each sequence over the cp ranks"
-            )
         from parallel.context import shard_for_context_parallel
 
-        cp_mesh = dims.submesh(mesh, "cp")
-        tokens, labels, forward_kwargs["positions"] = shard_for_context_parallel(tokens, labels, None, cp_mesh, cfg)
-    if not loss_outside_model(dims, cfg):
+        cp_mesh = dims.submesh("cp")
+        tokens, labels, forward_kwargs["positions"] = shard_for_context_parallel(tokens, labels, None, cp_mesh,
+                                                                                  dims.cfg)
+    if not loss_outside_model(dims):
         loss = model(tokens, labels, **forward_kwargs)
     else:
         from model.loss import cross_entropy_loss
 
-        z_loss_weight = model_cfg.z_loss_weight if model_cfg is not None else 0.0
+        z_loss_weight = getattr(model, "module", model).cfg.z_loss_weight
         loss = cross_entropy_loss(model(tokens, **forward_kwargs), labels, z_loss_weight=z_loss_weight)
     if dims.cp > 1:
         loss = loss * _share_of_valid_labels(labels, cp_mesh)

@@ -25,7 +25,6 @@ from parallel.config import ParallelConfig
 from parallel.ring_attention import chunk_positions, ring_attention
 from parallel.ulysses import heads_to_sequence, sequence_to_heads
 
-CP_METHODS = ("ring", "ulysses")
 
 
 def _check_cp_mesh(cp_mesh: DeviceMesh) -> None:
@@ -112,40 +111,15 @@ class ContextParallelAttention(nn.Module):
         return heads_to_sequence(out, group, self.load_balance)
 
 
-def cp_submesh(cp_mesh_or_dims, mesh: Optional[DeviceMesh]) -> DeviceMesh:
-    """The 1-D cp mesh, given either itself or (as parallelize() passes them) ParallelDims plus the world mesh."""
-    if isinstance(cp_mesh_or_dims, DeviceMesh):
-        return cp_mesh_or_dims
-    if mesh is None:
-        raise ValueError("apply_context_parallel(model, dims, cfg) needs mesh=<the world DeviceMesh with a 'cp' dim>")
-    return cp_mesh_or_dims.submesh(mesh, "cp")
-
-
-def apply_context_parallel(
-    model: nn.Module, cp_mesh, cfg: ParallelConfig, *, mesh: Optional[DeviceMesh] = None, model_cfg=None
-) -> nn.Module:
-    """Swap each block's `attention.inner_attention` for ring or Ulysses attention over the cp mesh (in place).
-
-    `cp_mesh` is the 1-D cp DeviceMesh, or ParallelDims together with `mesh=` the world mesh (parallelize()'s
-    calling convention); `model_cfg` is accepted for that convention and not needed."""
-    del model_cfg
-    cp_mesh = cp_submesh(cp_mesh, mesh)
+def apply_context_parallel(model: nn.Module, cp_mesh: DeviceMesh, cfg: ParallelConfig) -> nn.Module:
+    """Swap each block's `attention.inner_attention` for ring or Ulysses attention over the 1-D cp mesh (in place).
+    What context parallel cannot carry (ALiBi, Ulysses with heads not divisible by cp) was refused by
+    ParallelDims.from_config."""
     _check_cp_mesh(cp_mesh)
-    if cfg.cp_method not in CP_METHODS:
-        raise ValueError(f"parallel.cp_method={cfg.cp_method!r} is not one of {list(CP_METHODS)}")
-    cp = cp_mesh.size()
-    for name, block in model.layers.items():
+    for block in model.layers.values():
         attention = block.attention
-        if getattr(attention, "use_alibi", False):
-            raise ValueError("context parallel does not support model.pos_embedding=alibi: use rope or learned")
-        if cfg.cp_method == "ulysses" and attention.n_heads % cp != 0:
-            raise ValueError(
-                f"Ulysses needs model.n_heads={attention.n_heads} divisible by parallel.cp={cp} "
-                f"(layer {name}): change parallel.cp or use parallel.cp_method=ring"
+        if not isinstance(attention.inner_attention, ContextParallelAttention):
+            attention.inner_attention = ContextParallelAttention(
+                attention.inner_attention, cp_mesh, cfg.cp_method, cfg.cp_load_balance
             )
-        if isinstance(attention.inner_attention, ContextParallelAttention):
-            raise ValueError(f"layer {name} already has context parallel attention")
-        attention.inner_attention = ContextParallelAttention(
-            attention.inner_attention, cp_mesh, cfg.cp_method, cfg.cp_load_balance
-        )
     return model

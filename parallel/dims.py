@@ -1,32 +1,36 @@
-"""Parallel degrees, checked once against the world size and the model, and the DeviceMesh they imply.
+"""Parallel degrees, every layout rule, and the DeviceMesh they imply.
 
-Every other part of `parallel` (and the launcher) asks this object which ranks it talks to, so a bad layout is
-caught here, before any process group is built or any weight is allocated, with a message that names the key to
-change. The mesh always carries every named dimension ("pp", "dp_replicate", "dp_shard", "cp", "tp"), size 1
-where unused, plus torchtitan's flattened views ("dp", "dp_shard_cp", "dp_cp", and "ep" when expert parallel is
-on), so callers can slice by name without first asking whether a dimension is enabled.
+`ParallelDims.from_config` is the one validation pass of a layout: it resolves `-1` degrees against the world
+size and checks every rule that ties the `parallel.*` keys to each other, to the model, the sequence length and
+the precision (divisibility, DeepSpeed's limits, pipeline schedules, what pipeline/tensor/expert parallel cannot
+carry). It imports no torch and builds nothing, so the launcher runs it before any process group or model exists
+and a bad layout fails in about a second with a message naming the key to change. The code that builds a layout
+(parallel/pipeline.py, fsdp.py, ...) trusts it and only builds.
+
+The dims then own the layout's DeviceMesh (`build_mesh`, once): it carries every named dimension ("pp",
+"dp_replicate", "dp_shard", "cp", "tp"), size 1 where unused, plus torchtitan's flattened views ("dp",
+"dp_shard_cp", "dp_cp", and "ep" when expert parallel is on), so callers slice by name (`dims.submesh("tp")`)
+without asking whether a dimension is enabled.
 """
 from __future__ import annotations
 
-from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Optional
+from dataclasses import dataclass, field, replace
+from typing import TYPE_CHECKING, Any, Optional
+
+from parallel.config import (
+    AC_SELECTIVE_OPS,
+    CHOICES,
+    PP_SINGLE_STAGE_SCHEDULES,
+    PP_V_SCHEDULES,
+    PP_ZERO_BUBBLE_SCHEDULES,
+    ParallelConfig,
+)
+from parallel.stage_plan import parse_layer_split
 
 if TYPE_CHECKING:
     from torch.distributed.device_mesh import DeviceMesh
 
     from model.config import ModelConfig
-    from parallel.config import ParallelConfig
-
-_CHOICES = {
-    "engine": ("torch", "deepspeed"),
-    "ac_mode": ("none", "full", "selective"),
-    "cp_method": ("ring", "ulysses"),
-    "fsdp_param_dtype": ("float32", "bfloat16", "float16"),
-    "fsdp_reduce_dtype": ("float32", "bfloat16", "float16"),
-    "pp_schedule": ("GPipe", "1F1B", "Interleaved1F1B", "ZBVZeroBubble", "InterleavedZeroBubble"),
-    "compile_backend": ("inductor", "aot_eager", "eager"),
-}
-_SELECTIVE_OPS = ("mm", "sdpa")
 
 
 @dataclass(frozen=True)
@@ -42,66 +46,43 @@ class ParallelDims:
     # keeps its mixed-precision policy (bf16 params, fp32 master weights and reduction) and CPU offload on one
     # GPU, and one device runs the very code path that N devices run.
     fsdp_one_rank: bool = False
-    # Flattened sub-meshes made by build_mesh, kept here because slicing them back out of the root mesh is
-    # deprecated from torch 2.11 on ("users need to bookkeep the flattened mesh directly").
-    _flat: dict = field(default_factory=dict, init=False, repr=False, compare=False)
+    cfg: ParallelConfig = field(default_factory=ParallelConfig, compare=False, repr=False)
+    # The mesh and its flattened sub-meshes, made once by build_mesh (slicing flattened dims back out of the root
+    # mesh is deprecated from torch 2.11 on: "users need to bookkeep the flattened mesh directly").
+    _meshes: dict = field(default_factory=dict, init=False, repr=False, compare=False)
 
-    # ------------------------------------------------------------------ construction and validation
+    # ------------------------------------------------------------------ construction and every rule
     @classmethod
     def from_config(
         cls,
-        cfg: "ParallelConfig",
+        cfg: ParallelConfig,
         world_size: int,
         model_cfg: Optional["ModelConfig"] = None,
         seq_len: Optional[int] = None,
+        precision: Optional[str] = None,
     ) -> "ParallelDims":
-        """Resolve `dp_shard=-1` and validate; raises ValueError naming the `parallel.*` key and the fix."""
+        """Resolve `-1` degrees and check every layout rule; raises ValueError naming the key and the fix.
+
+        An all-ones torch layout (parallel=single, the default) on N > 1 processes means plain DDP over all of
+        them, so the same command works under torchrun."""
         if world_size < 1:
             raise ValueError(f"world size must be >= 1, got {world_size}")
         _check_options(cfg)
-        for key in ("cp", "tp", "pp", "ep"):
-            if getattr(cfg, key) < 1:
-                raise ValueError(f"parallel.{key}={getattr(cfg, key)} must be >= 1")
-        dp_replicate, dp_shard = cfg.dp_replicate, cfg.dp_shard
-        if dp_replicate == -1:  # plain DDP configs: replicate over whatever the others leave
-            if dp_shard == -1:
-                raise ValueError("parallel.dp_replicate and parallel.dp_shard cannot both be -1: fix one of them")
-            rest = dp_shard * cfg.cp * cfg.tp * cfg.pp
-            if dp_shard < 1 or world_size % rest != 0:
-                raise ValueError(
-                    f"world size {world_size} is not divisible by parallel.dp_shard*cp*tp*pp = {rest}: launch a "
-                    f"multiple of {rest} processes or change those degrees"
-                )
-            dp_replicate = world_size // rest
-        elif dp_replicate < 1:
-            raise ValueError(f"parallel.dp_replicate={dp_replicate} must be >= 1, or -1 for the rest of the world size")
-        others = dp_replicate * cfg.cp * cfg.tp * cfg.pp
-        if dp_shard == -1:
-            if world_size % others != 0:
-                raise ValueError(
-                    f"world size {world_size} is not divisible by parallel.dp_replicate*cp*tp*pp = "
-                    f"{dp_replicate}*{cfg.cp}*{cfg.tp}*{cfg.pp} = {others}: launch a multiple of {others} "
-                    f"processes or lower those degrees"
-                )
-            dp_shard = world_size // others
-        elif dp_shard < 1:
-            raise ValueError(f"parallel.dp_shard={dp_shard} must be >= 1, or -1 for the rest of the world size")
-        product = others * dp_shard
-        if product != world_size:
-            raise ValueError(
-                f"parallel degrees multiply to {product} (dp_replicate={dp_replicate} * dp_shard={dp_shard} * "
-                f"cp={cfg.cp} * tp={cfg.tp} * pp={cfg.pp}) but the world size is {world_size}: launch {product} "
-                f"processes, or change the degrees (parallel.dp_shard=-1 takes whatever the others leave)"
-            )
+        if world_size > 1 and cfg.engine == "torch" and all(
+                d == 1 for d in (cfg.dp_replicate, cfg.dp_shard, cfg.cp, cfg.tp, cfg.pp)):
+            cfg = replace(cfg, dp_replicate=world_size)
+        dp_replicate, dp_shard = _resolve_data_parallel(cfg, world_size)
         fsdp_one_rank = world_size == 1 and cfg.dp_shard == -1 and cfg.engine == "torch"
-        dims = cls(dp_replicate, dp_shard, cfg.cp, cfg.tp, cfg.pp, cfg.ep, world_size, fsdp_one_rank)
-        dims._check_engine(cfg)
+        dims = cls(dp_replicate, dp_shard, cfg.cp, cfg.tp, cfg.pp, cfg.ep, world_size, fsdp_one_rank, cfg)
+        dims._check_engine()
         dims._check_expert_parallel()
+        dims._check_pipeline(precision)
         if model_cfg is not None:
-            dims._check_model(cfg, model_cfg, seq_len)
+            dims._check_model(model_cfg, seq_len)
         return dims
 
-    def _check_engine(self, cfg: "ParallelConfig") -> None:
+    def _check_engine(self) -> None:
+        cfg = self.cfg
         if cfg.engine == "deepspeed":
             if cfg.zero_stage not in (1, 2, 3):
                 raise ValueError(
@@ -118,19 +99,23 @@ class ParallelDims:
                 f"parallel.engine=deepspeed (engine=torch uses FSDP2: set zero_stage=0 and zero_offload=false)"
             )
         if not self.fsdp_enabled or cfg.engine != "torch":
-            for key, default in (("fsdp_cpu_offload", False), ("fsdp_param_dtype", "float32"),
-                                 ("fsdp_reduce_dtype", "float32")):
-                if getattr(cfg, key) != default:
+            defaults = ParallelConfig()
+            for key in ("fsdp_cpu_offload", "fsdp_param_dtype", "fsdp_reduce_dtype"):
+                if getattr(cfg, key) != getattr(defaults, key):
                     raise ValueError(
                         f"parallel.{key}={getattr(cfg, key)} is an FSDP2 option but this layout does not use FSDP: "
-                        f"set parallel.dp_shard=-1 (or > 1) with engine=torch, or leave {key}={default} (for mixed "
-                        f"precision without FSDP use trainer.precision=bf16)"
+                        f"set parallel.dp_shard=-1 (or > 1) with engine=torch, or leave {key}="
+                        f"{getattr(defaults, key)} (for mixed precision without FSDP use trainer.precision=bf16)"
                     )
 
     def _check_expert_parallel(self) -> None:
         # Expert parallel borrows ranks from dp_shard x cp (torchtitan's layout): ep = dp_shard_in_ep * cp.
         if self.ep == 1:
             return
+        if self.dp_replicate > 1:
+            raise ValueError(
+                "expert parallel with dp_replicate > 1 (HSDP/DDP) is not supported: set parallel.dp_replicate=1"
+            )
         if self.ep % self.cp != 0 or (self.dp_shard * self.cp) % self.ep != 0:
             raise ValueError(
                 f"parallel.ep={self.ep} must be a multiple of parallel.cp={self.cp} and divide "
@@ -138,8 +123,40 @@ class ParallelDims:
                 f"ranks; raise parallel.dp_shard or lower parallel.ep"
             )
 
-    def _check_model(self, cfg: "ParallelConfig", model_cfg: "ModelConfig", seq_len: Optional[int]) -> None:
-        tp = self.tp
+    def _check_pipeline(self, precision: Optional[str]) -> None:
+        cfg = self.cfg
+        if self.pp == 1:
+            return
+        stages = cfg.pp_stages_per_rank
+        # torch's schedules check these when they are built, i.e. after the process groups: checked here first.
+        micro = cfg.pp_microbatches
+        if cfg.pp_schedule == "1F1B" and micro < self.pp:
+            raise ValueError(f"parallel.pp_schedule=1F1B needs parallel.pp_microbatches={micro} >= parallel.pp="
+                             f"{self.pp} (one microbatch in flight per stage): raise pp_microbatches")
+        rounds = max(1, micro // self.pp)
+        if stages > 1 and cfg.pp_schedule not in PP_V_SCHEDULES and micro % rounds != 0:
+            raise ValueError(
+                f"parallel.pp_schedule={cfg.pp_schedule} runs microbatches in rounds of parallel.pp={self.pp}: "
+                f"parallel.pp_microbatches={micro} must be a multiple of {rounds} rounds; use a multiple of "
+                f"{self.pp}"
+            )
+        if self.cp > 1:  # stages get no positions argument, so RoPE would see chunk-local positions
+            raise ValueError("parallel.pp > 1 with parallel.cp > 1 is not supported: set one of them to 1")
+        if cfg.pp_schedule in PP_ZERO_BUBBLE_SCHEDULES and (self.fsdp_enabled or self.ddp_enabled or self.tp > 1):
+            # Measured through the launcher on torch 2.13 (4 CPU ranks): with FSDP on the stages both schedules
+            # train with other gradients than one process (step-1 grad norm 0.488 vs 0.651), with tensor parallel
+            # they fail in the input backward ("Can't detach views in-place"); DDP is pytorch/pytorch#144530.
+            raise ValueError(
+                f"parallel.pp_schedule={cfg.pp_schedule} splits the backward into input and weight passes, which "
+                f"torch's pipelining does not combine with data parallel (FSDP/DDP) or tensor parallel stages: use "
+                f"pp_schedule=Interleaved1F1B (or 1F1B), or pipeline parallel alone"
+            )
+        if precision == "fp16":
+            raise ValueError("trainer.precision=fp16 (dynamic loss scaling) is not supported with parallel.pp > 1: "
+                             "use trainer.precision=bf16 or fp32")
+
+    def _check_model(self, model_cfg: "ModelConfig", seq_len: Optional[int]) -> None:
+        cfg, tp = self.cfg, self.tp
         if tp > 1:
             for key, value in (
                 ("n_heads", model_cfg.n_heads),
@@ -159,20 +176,42 @@ class ParallelDims:
                 )
             if model_cfg.moe is not None:
                 raise ValueError("tensor parallel of MoE layers is not supported: use parallel.ep, or parallel.tp=1")
-        stages = self.pp * (cfg.pp_stages_per_rank if self.pp > 1 else 1)
+        stages = self.num_pipeline_stages
         if stages > model_cfg.n_layers:
             raise ValueError(
                 f"parallel.pp={self.pp} x pp_stages_per_rank={cfg.pp_stages_per_rank} = {stages} pipeline stages but "
                 f"model.n_layers={model_cfg.n_layers}: every stage needs at least one layer; lower parallel.pp"
             )
+        if self.pp > 1 and cfg.pp_layer_split:
+            parse_layer_split(cfg.pp_layer_split, model_cfg.n_layers, stages)
+        if self.pp > 1:
+            if model_cfg.tie_embeddings:
+                raise ValueError(
+                    "model.tie_embeddings=true puts one weight on the first and the last pipeline stage, which "
+                    "pipeline parallel does not synchronise: set model.tie_embeddings=false or parallel.pp=1"
+                )
+            moe = model_cfg.moe
+            if moe is not None and (moe.aux_loss_weight > 0 or moe.router_z_loss_weight > 0):
+                raise ValueError(
+                    "pipeline parallel computes the loss outside the model and would drop the MoE router losses: "
+                    "set model.moe.aux_loss_weight=0 and model.moe.router_z_loss_weight=0, or parallel.pp=1"
+                )
         if self.ep > 1:
             if model_cfg.moe is None:
                 raise ValueError(f"parallel.ep={self.ep} needs an MoE model (model.moe is null): set parallel.ep=1")
-            moe = model_cfg.moe  # a MoEConfig, or a plain dict before model.build() normalises it
-            num_experts = moe["num_experts"] if isinstance(moe, dict) else moe.num_experts
-            if num_experts % self.ep != 0:
+            if model_cfg.moe.num_experts % self.ep != 0:
                 raise ValueError(
-                    f"model.moe.num_experts={num_experts} is not divisible by parallel.ep={self.ep}: change one"
+                    f"model.moe.num_experts={model_cfg.moe.num_experts} is not divisible by parallel.ep={self.ep}: "
+                    f"change one"
+                )
+        if self.cp > 1:
+            if model_cfg.pos_embedding == "alibi":
+                raise ValueError("context parallel does not support model.pos_embedding=alibi: use rope or learned, "
+                                 "or parallel.cp=1")
+            if cfg.cp_method == "ulysses" and model_cfg.n_heads % self.cp != 0:
+                raise ValueError(
+                    f"Ulysses needs model.n_heads={model_cfg.n_heads} divisible by parallel.cp={self.cp}: change "
+                    f"parallel.cp or use parallel.cp_method=ring"
                 )
         if self.cp > 1 and seq_len is not None:
             chunks = 2 * self.cp if cfg.cp_load_balance else self.cp
@@ -190,6 +229,10 @@ class ParallelDims:
         return self.dp_replicate * self.dp_shard
 
     @property
+    def num_pipeline_stages(self) -> int:
+        return self.pp * (self.cfg.pp_stages_per_rank if self.pp > 1 else 1)
+
+    @property
     def ddp_enabled(self) -> bool:
         """torch DDP: only pure replication, since DDP does not take DTensor (TP/EP) parameters."""
         return self.dp_replicate > 1 and self.dp_shard * self.cp == 1 and self.tp == 1 and self.ep == 1
@@ -200,33 +243,44 @@ class ParallelDims:
         return self.dp_shard * self.cp > 1 or (self.dp_replicate > 1 and not self.ddp_enabled) or self.fsdp_one_rank
 
     @property
+    def hsdp_enabled(self) -> bool:
+        return self.dp_replicate > 1 and self.fsdp_enabled
+
+    @property
+    def shards_parameters(self) -> bool:
+        """True when no rank holds the whole model as plain tensors (FSDP, TP, CP, EP or PP): it is built on the
+        meta device and each rank materialises its own part."""
+        return self.fsdp_enabled or self.tp > 1 or self.cp > 1 or self.ep > 1 or self.pp > 1
+
+    @property
     def needs_mesh(self) -> bool:
         """True when the layout needs a process group and a DeviceMesh: several ranks, or FSDP on one."""
         return self.world_size > 1 or self.fsdp_one_rank
 
+    # ------------------------------------------------------------------ mesh
     @property
-    def hsdp_enabled(self) -> bool:
-        return self.dp_replicate > 1 and self.fsdp_enabled
+    def mesh(self) -> Optional["DeviceMesh"]:
+        """The world DeviceMesh from build_mesh (None for one process with nothing to lay out)."""
+        return self._meshes.get("root")
 
-    def dp_rank(self, mesh: Optional["DeviceMesh"]) -> int:
+    def dp_rank(self) -> int:
         """Index of the data-parallel slice this rank reads (0..dp_degree-1)."""
-        if mesh is None or self.dp_degree == 1:
+        if self.mesh is None or self.dp_degree == 1:
             return 0
-        return self.submesh(mesh, "dp").get_local_rank()
+        return self.submesh("dp").get_local_rank()
 
-    def submesh(self, mesh: "DeviceMesh", name: str) -> "DeviceMesh":
+    def submesh(self, name: str) -> "DeviceMesh":
         """1-D mesh by name: a real dimension ("tp", "cp", ...) or a flattened one ("dp", "dp_shard_cp", "dp_cp",
         "ep", and "dp_shard" when ep > 1)."""
-        if name in self._flat:
-            return self._flat[name]
-        return mesh[name]
+        if self.mesh is None:
+            raise ValueError(f"no device mesh for {name!r}: call dims.build_mesh(device_type) first")
+        return self._meshes[name] if name in self._meshes else self.mesh[name]
 
-    # ------------------------------------------------------------------ mesh
     def build_mesh(self, device_type: str) -> Optional["DeviceMesh"]:
-        """World DeviceMesh with every named dimension; None for a single process with nothing to lay out (one
-        process with FSDP gets a 1-rank mesh: initialise a 1-rank process group first)."""
-        if not self.needs_mesh:
-            return None
+        """Build (once) and keep the world DeviceMesh with every named dimension; None for a single process with
+        nothing to lay out (one process with FSDP gets a 1-rank mesh: initialise a 1-rank process group first)."""
+        if not self.needs_mesh or self.mesh is not None:
+            return self.mesh
         from torch.distributed.device_mesh import init_device_mesh
 
         if self.ep > 1:
@@ -240,46 +294,82 @@ class ParallelDims:
             shard_dims = ("dp_shard",)
         mesh = init_device_mesh(device_type, sizes, mesh_dim_names=names)
         # Flattened views (DeviceMesh._flatten is what torchtitan uses; there is no public equivalent in 2.11).
-        flat = {
+        flat: dict[str, Any] = {
             "dp": ("dp_replicate", *shard_dims),
             "dp_shard_cp": (*shard_dims, "cp"),
             "dp_cp": ("dp_replicate", *shard_dims, "cp"),
         }
         if self.ep > 1:
             flat.update(dp_shard=shard_dims, ep=("dp_shard_in_ep", "cp"))
-        self._flat.clear()
+        self._meshes["root"] = mesh
         for name, parts in flat.items():
-            self._flat[name] = mesh[parts]._flatten(mesh_dim_name=name)
+            self._meshes[name] = mesh[parts]._flatten(mesh_dim_name=name)
         return mesh
 
 
-def _check_options(cfg: "ParallelConfig") -> None:
-    for key, allowed in _CHOICES.items():
+def _resolve_data_parallel(cfg: ParallelConfig, world_size: int) -> tuple[int, int]:
+    """(dp_replicate, dp_shard) with -1 resolved against the world size, checked to multiply to it."""
+    for key in ("cp", "tp", "pp", "ep"):
+        if getattr(cfg, key) < 1:
+            raise ValueError(f"parallel.{key}={getattr(cfg, key)} must be >= 1")
+    dp_replicate, dp_shard = cfg.dp_replicate, cfg.dp_shard
+    if dp_replicate == -1:  # plain DDP configs: replicate over whatever the others leave
+        if dp_shard == -1:
+            raise ValueError("parallel.dp_replicate and parallel.dp_shard cannot both be -1: fix one of them")
+        rest = dp_shard * cfg.cp * cfg.tp * cfg.pp
+        if dp_shard < 1 or world_size % rest != 0:
+            raise ValueError(
+                f"world size {world_size} is not divisible by parallel.dp_shard*cp*tp*pp = {rest}: launch a "
+                f"multiple of {rest} processes or change those degrees"
+            )
+        dp_replicate = world_size // rest
+    elif dp_replicate < 1:
+        raise ValueError(f"parallel.dp_replicate={dp_replicate} must be >= 1, or -1 for the rest of the world size")
+    others = dp_replicate * cfg.cp * cfg.tp * cfg.pp
+    if dp_shard == -1:
+        if world_size % others != 0:
+            raise ValueError(
+                f"world size {world_size} is not divisible by parallel.dp_replicate*cp*tp*pp = "
+                f"{dp_replicate}*{cfg.cp}*{cfg.tp}*{cfg.pp} = {others}: launch a multiple of {others} "
+                f"processes or lower those degrees"
+            )
+        dp_shard = world_size // others
+    elif dp_shard < 1:
+        raise ValueError(f"parallel.dp_shard={dp_shard} must be >= 1, or -1 for the rest of the world size")
+    product = others * dp_shard
+    if product != world_size:
+        raise ValueError(
+            f"parallel degrees multiply to {product} (dp_replicate={dp_replicate} * dp_shard={dp_shard} * "
+            f"cp={cfg.cp} * tp={cfg.tp} * pp={cfg.pp}) but the world size is {world_size}: launch {product} "
+            f"processes, or change the degrees (parallel.dp_shard=-1 takes whatever the others leave)"
+        )
+    return dp_replicate, dp_shard
+
+
+def _check_options(cfg: ParallelConfig) -> None:
+    for key, allowed in CHOICES.items():
         value = getattr(cfg, key)
         if value not in allowed:
             raise ValueError(f"parallel.{key}={value!r} is not one of {list(allowed)}")
     if cfg.ac_every < 1:
         raise ValueError(f"parallel.ac_every={cfg.ac_every} must be >= 1 (checkpoint every k-th block)")
     ops = [op.strip() for op in cfg.ac_selective_ops.split(",") if op.strip()]
-    bad = [op for op in ops if op not in _SELECTIVE_OPS]
+    bad = [op for op in ops if op not in AC_SELECTIVE_OPS]
     if bad or not ops:
         raise ValueError(
             f"parallel.ac_selective_ops={cfg.ac_selective_ops!r}: give a comma-separated subset of "
-            f"{list(_SELECTIVE_OPS)}"
+            f"{list(AC_SELECTIVE_OPS)}"
         )
     if cfg.pp_microbatches < 1 or cfg.pp_stages_per_rank < 1:
         raise ValueError("parallel.pp_microbatches and parallel.pp_stages_per_rank must be >= 1")
-    # The schedule decides how many stages a rank holds (parallel/pipeline.py stage_ids_for_rank says the same at
-    # build time; checked here too so the launcher refuses it before starting any process group).
-    if cfg.pp > 1:
-        stages = cfg.pp_stages_per_rank
-        if cfg.pp_schedule in ("GPipe", "1F1B") and stages != 1:
-            raise ValueError(
-                f"parallel.pp_schedule={cfg.pp_schedule} runs one stage per rank but parallel.pp_stages_per_rank="
-                f"{stages}: set pp_stages_per_rank=1, or use Interleaved1F1B / InterleavedZeroBubble for several"
-            )
-        if cfg.pp_schedule == "ZBVZeroBubble" and stages != 2:
-            raise ValueError(
-                f"parallel.pp_schedule=ZBVZeroBubble places two stages per rank in a V but parallel."
-                f"pp_stages_per_rank={stages}: set pp_stages_per_rank=2"
-            )
+    stages = cfg.pp_stages_per_rank
+    if cfg.pp > 1 and cfg.pp_schedule in PP_SINGLE_STAGE_SCHEDULES and stages != 1:
+        raise ValueError(
+            f"parallel.pp_schedule={cfg.pp_schedule} runs one stage per rank but parallel.pp_stages_per_rank="
+            f"{stages}: set pp_stages_per_rank=1, or use Interleaved1F1B / InterleavedZeroBubble for several"
+        )
+    if cfg.pp > 1 and cfg.pp_schedule in PP_V_SCHEDULES and stages != 2:
+        raise ValueError(
+            f"parallel.pp_schedule={cfg.pp_schedule} places two stages per rank in a V but parallel."
+            f"pp_stages_per_rank={stages}: set pp_stages_per_rank=2"
+        )

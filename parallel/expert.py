@@ -13,8 +13,8 @@ Its stacked weights w1/w3/w2 [E, ...] become DTensors sharded on dim 0 (Shard(0)
 
 Gradients of the expert weights are the *sum* over the ep ranks' losses (the all-to-all backward brings every
 rank's contribution to the expert's owner). The data-parallel wrapper must divide them by the data-parallel x cp
-degree, as it averages every other gradient (torchtitan's FSDP gradient_divide_factor): `fully_shard_experts` is
-the FSDP2 side of that (call it before fully_shard on the blocks), `scale_expert_gradients` the manual one.
+degree, as it averages every other gradient (torchtitan's FSDP gradient_divide_factor): `fully_shard_experts`
+does that (parallel/fsdp.py calls it before fully_shard on the blocks).
 """
 from __future__ import annotations
 
@@ -91,57 +91,18 @@ def _make_expert_parallel(experts: nn.Module, ep_mesh: DeviceMesh) -> None:
     experts.__class__ = type(f"ExpertParallel{cls.__name__}", (ExpertParallel, cls), {})
 
 
-def ep_submesh(ep_mesh_or_dims, mesh: Optional[DeviceMesh]) -> DeviceMesh:
-    """The 1-D ep mesh, given either itself or (as parallelize() passes them) ParallelDims plus the world mesh."""
-    if isinstance(ep_mesh_or_dims, DeviceMesh):
-        return ep_mesh_or_dims
-    if mesh is None:
-        raise ValueError("apply_expert_parallel(model, dims, cfg) needs mesh=<the world DeviceMesh with an 'ep' dim>")
-    return ep_mesh_or_dims.submesh(mesh, "ep")  # "ep" is a flattened dim: ParallelDims keeps it
-
-
-def apply_expert_parallel(
-    model: nn.Module, ep_mesh, cfg: ParallelConfig, *, mesh: Optional[DeviceMesh] = None, model_cfg=None
-) -> nn.Module:
-    """Shard every MoE layer's routed experts over the ep mesh and dispatch tokens to them by all-to-all (in place).
-
-    `ep_mesh` is the 1-D ep DeviceMesh, or ParallelDims with `mesh=` the world mesh (parallelize()'s convention)."""
-    del cfg, model_cfg
-    ep_mesh = ep_submesh(ep_mesh, mesh)
-    if ep_mesh.ndim != 1:
-        raise ValueError(f"expert parallel needs a 1-D ep mesh, got {ep_mesh.ndim} dims ({ep_mesh.mesh_dim_names})")
-    found = False
+def apply_expert_parallel(model: nn.Module, ep_mesh: DeviceMesh) -> nn.Module:
+    """Shard every MoE layer's routed experts over the 1-D ep mesh and dispatch tokens to them by all-to-all (in
+    place). The layout (an MoE model, ep dividing the experts and the data-parallel ranks) was checked by
+    ParallelDims.from_config."""
     for block in model.layers.values():
         moe = getattr(block, "moe", None)
-        if moe is None:
-            continue
-        if isinstance(moe.experts, ExpertParallel):
-            raise ValueError("apply_expert_parallel was already applied to this model")
-        _make_expert_parallel(moe.experts, ep_mesh)
-        found = True
-    if not found:
-        raise ValueError("parallel.ep > 1 but the model has no MoE layers (model.moe is null): set parallel.ep=1")
+        if moe is not None and not isinstance(moe.experts, ExpertParallel):
+            _make_expert_parallel(moe.experts, ep_mesh)
     return model
 
 
-def expert_parameters(model: nn.Module) -> list[nn.Parameter]:
-    """The expert-parallel (ep-sharded) parameters, which data parallel must not average like the others."""
-    params = []
-    for module in model.modules():
-        if isinstance(module, ExpertParallel):
-            params.extend(getattr(module, name) for name in EXPERT_WEIGHTS)
-    return params
-
-
-@torch.no_grad()
-def scale_expert_gradients(model: nn.Module, data_parallel_degree: int) -> None:
-    """Divide the expert gradients (sums over the ranks' losses) by the number of ranks whose losses are averaged."""
-    for param in expert_parameters(model):
-        if param.grad is not None:
-            param.grad.div_(data_parallel_degree)
-
-
-def fully_shard_experts(model: nn.Module, dims, mesh: DeviceMesh, **fsdp_kwargs) -> None:
+def fully_shard_experts(model: nn.Module, dims, **fsdp_kwargs) -> None:
     """FSDP2 for the ep-sharded experts, to be called before `fully_shard` on the blocks.
 
     The experts are already split over the ep ranks, so FSDP may only shard them over the data-parallel ranks
@@ -150,11 +111,7 @@ def fully_shard_experts(model: nn.Module, dims, mesh: DeviceMesh, **fsdp_kwargs)
     already FSDP modules are left alone, so calling this twice is harmless."""
     from torch.distributed.fsdp import FSDPModule, fully_shard
 
-    if dims.dp_replicate > 1:
-        raise ValueError(
-            "expert parallel with dp_replicate > 1 (HSDP/DDP) is not supported: set parallel.dp_replicate=1"
-        )
-    experts_mesh = dims.submesh(mesh, "dp_shard_mod_ep")
+    experts_mesh = dims.submesh("dp_shard_mod_ep")
     for module in model.modules():
         if isinstance(module, ExpertParallel) and not isinstance(module, FSDPModule):
             fully_shard(module, mesh=experts_mesh, **fsdp_kwargs)

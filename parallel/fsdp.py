@@ -9,39 +9,25 @@ the ep ranks) get their own FSDP units over the data-parallel ranks outside the 
 """
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Optional
-
 import torch
 from torch import nn
 from torch.distributed.device_mesh import DeviceMesh
 from torch.distributed.fsdp import CPUOffloadPolicy, MixedPrecisionPolicy, fully_shard
 
-from parallel.config import ParallelConfig
+from model.dtypes import torch_dtype
 from parallel.dims import ParallelDims
 
-if TYPE_CHECKING:
-    from model.config import ModelConfig
 
-_DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
-
-
-def fsdp_mesh(dims: ParallelDims, mesh: DeviceMesh) -> DeviceMesh:
+def fsdp_mesh(dims: ParallelDims) -> DeviceMesh:
     """1-D shard mesh, or 2-D (dp_replicate, dp_shard_cp) for HSDP."""
     if dims.dp_replicate > 1:
         # Slicing a flattened dim together with a real one from the root mesh is what torchtitan does for HSDP x CP.
-        return mesh["dp_replicate", "dp_shard" if dims.cp == 1 and dims.ep == 1 else "dp_shard_cp"]
-    return dims.submesh(mesh, "dp_shard_cp")
+        return dims.mesh["dp_replicate", "dp_shard" if dims.cp == 1 and dims.ep == 1 else "dp_shard_cp"]
+    return dims.submesh("dp_shard_cp")
 
 
-def apply_fsdp(
-    model: nn.Module,
-    dims: ParallelDims,
-    cfg: ParallelConfig,
-    *,
-    mesh: DeviceMesh,
-    model_cfg: Optional["ModelConfig"] = None,
-) -> nn.Module:
-    del model_cfg
+def apply_fsdp(model: nn.Module, dims: ParallelDims) -> nn.Module:
+    cfg = dims.cfg
     if cfg.fsdp_cpu_offload and not torch.accelerator.is_available():
         raise ValueError(
             "parallel.fsdp_cpu_offload=true moves sharded params/grads/optimizer state from the accelerator to "
@@ -49,19 +35,19 @@ def apply_fsdp(
         )
     policies = {
         "mp_policy": MixedPrecisionPolicy(
-            param_dtype=_DTYPES[cfg.fsdp_param_dtype], reduce_dtype=_DTYPES[cfg.fsdp_reduce_dtype]
+            param_dtype=torch_dtype(cfg.fsdp_param_dtype), reduce_dtype=torch_dtype(cfg.fsdp_reduce_dtype)
         ),
     }
     if cfg.fsdp_cpu_offload:
         policies["offload_policy"] = CPUOffloadPolicy()
-    kwargs = {"mesh": fsdp_mesh(dims, mesh), **policies}
+    kwargs = {"mesh": fsdp_mesh(dims), **policies}
     if dims.ep > 1:
         # The experts are already DTensors on the ep mesh, which overlaps dp_shard_cp: FSDP must shard them over
         # the remaining data-parallel ranks first, so the blocks' fully_shard below leaves them alone.
         from parallel.expert import ExpertParallel, fully_shard_experts
 
-        fully_shard_experts(model, dims, mesh, reshard_after_forward=cfg.reshard_after_forward, **policies)
-        if dims.submesh(mesh, "dp_shard_mod_ep").size() > 1:
+        fully_shard_experts(model, dims, reshard_after_forward=cfg.reshard_after_forward, **policies)
+        if dims.submesh("dp_shard_mod_ep").size() > 1:
             # The experts' gradient divide factor (dp_shard * cp) is not their FSDP mesh size, for which FSDP picks
             # a PREMUL_SUM reduce-scatter, which gloo lacks: sum, then divide. (Not on a 1-rank mesh, where FSDP
             # skips the reduce-scatter and, with forced sums, divides twice: torch 2.13.)

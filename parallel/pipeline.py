@@ -3,18 +3,14 @@
 
 A stage is the same `Transformer` class with the other stages' layers deleted, `tok_embeddings` kept only on the
 first stage and `norm`/`output` only on the last (see model/transformer.py), so parameter names - and therefore
-checkpoints - are the same as the unsplit model's. The cut is balanced by the closed-form cost of each layer
-(model/estimate.py: training FLOPs per token; MoE and dense layers differ), with the output projection's cost on the
-last stage, unless `parallel.pp_layer_split` pins it. With several stages per rank the stages go round the ranks in
-a loop (interleaved schedules) or in a V (ZBVZeroBubble: rank r holds stages r and 2*pp-1-r).
+checkpoints - are the same as the unsplit model's. Which layers and stages go where is parallel/stage_plan.py;
+what pipeline parallel cannot carry (pp x cp, zero-bubble schedules with FSDP/DDP/TP stages, tied embeddings, MoE
+router losses, fp16, more stages than layers) is refused by ParallelDims.from_config before anything is built, so
+this file only builds.
 
 The schedule computes the loss on the last stage (model.loss.cross_entropy_loss per microbatch; gradients are the
-mean over microbatches), so the model's own loss is not used: MoE router losses, which the model adds only when it
-computes the loss itself, are therefore refused under pipeline parallel rather than silently dropped.
-
-`Pipeline.eval_loss` is the held-out loss through the same schedule, forward only. The zero-bubble schedules
-(InterleavedZeroBubble, ZBVZeroBubble) run pipeline parallel alone: with FSDP/DDP or tensor parallel stages torch
-computes wrong gradients or fails, so those combinations are refused.
+mean over microbatches), so the model's own loss is not used. `Pipeline.eval_loss` is the held-out loss through the
+same schedule, forward only.
 """
 from __future__ import annotations
 
@@ -30,93 +26,9 @@ from torch.distributed.device_mesh import DeviceMesh
 from torch.distributed.pipelining import PipelineStage
 from torch.distributed.pipelining.schedules import PipelineScheduleSingle, get_schedule_class
 
-from parallel.config import ParallelConfig
+from model.loss import cross_entropy_loss
+from parallel.stage_plan import balanced_layer_split, layer_costs, parse_layer_split, stage_ids_for_rank
 
-SCHEDULES = ("GPipe", "1F1B", "Interleaved1F1B", "InterleavedZeroBubble", "ZBVZeroBubble")
-V_SCHEDULES = ("ZBVZeroBubble",)
-ZERO_BUBBLE_SCHEDULES = ("InterleavedZeroBubble", "ZBVZeroBubble")  # backward split into input and weight passes
-
-
-# ---------------------------------------------------------------------------------------------- the cut
-def layer_costs(model_cfg, seq_len: Optional[int] = None) -> list[float]:
-    """Training FLOPs per token of each layer (6 x active matmul params + attention over the context)."""
-    from model.estimate import attention_context, layer_params
-
-    context = attention_context(model_cfg, seq_len or model_cfg.max_seq_len)
-    d_attn = model_cfg.n_heads * model_cfg.attn_head_dim
-    return [6.0 * layer_params(model_cfg, i).active + 12.0 * d_attn * context for i in range(model_cfg.n_layers)]
-
-
-def balanced_layer_split(costs: list[float], num_stages: int, last_stage_extra: float = 0.0) -> list[range]:
-    """Contiguous ranges of layers, one per stage, minimising the most expensive stage.
-
-    A small exact dynamic programme over (layers, stages): a greedy cut misplaces the boundary when costs are
-    uneven (MoE every other layer, a heavy output head), and no library does this partition for us."""
-    n = len(costs)
-    if not 1 <= num_stages <= n:
-        raise ValueError(f"cannot split {n} layers into {num_stages} pipeline stages: every stage needs a layer")
-    prefix = [0.0]
-    for c in costs:
-        prefix.append(prefix[-1] + c)
-
-    def stage_cost(start: int, end: int, stage: int) -> float:
-        return prefix[end] - prefix[start] + (last_stage_extra if stage == num_stages - 1 else 0.0)
-
-    inf = float("inf")
-    # best[s][e]: the smallest max-stage cost placing layers [0, e) on stages [0, s]; cut[s][e] where stage s starts.
-    best = [[inf] * (n + 1) for _ in range(num_stages)]
-    cut = [[0] * (n + 1) for _ in range(num_stages)]
-    for end in range(1, n + 1):
-        best[0][end] = stage_cost(0, end, 0)
-    for s in range(1, num_stages):
-        for end in range(s + 1, n + 1):
-            for start in range(s, end):
-                value = max(best[s - 1][start], stage_cost(start, end, s))
-                if value < best[s][end]:
-                    best[s][end], cut[s][end] = value, start
-    ranges, end = [], n
-    for s in range(num_stages - 1, -1, -1):
-        start = cut[s][end] if s > 0 else 0
-        ranges.append(range(start, end))
-        end = start
-    return ranges[::-1]
-
-
-def parse_layer_split(spec: str, n_layers: int, num_stages: int) -> list[range]:
-    """'0-3,4-7' (inclusive ranges) -> [range(0, 4), range(4, 8)], checked to cover every layer once, in order."""
-    ranges = []
-    try:
-        for part in spec.split(","):
-            first, last = (int(x) for x in part.strip().split("-"))
-            ranges.append(range(first, last + 1))
-    except ValueError as exc:
-        raise ValueError(f"parallel.pp_layer_split={spec!r}: expected inclusive ranges like '0-3,4-7'") from exc
-    if len(ranges) != num_stages:
-        raise ValueError(f"parallel.pp_layer_split={spec!r} has {len(ranges)} ranges for {num_stages} stages")
-    expected = 0
-    for r in ranges:
-        if r.start != expected or len(r) == 0:
-            raise ValueError(
-                f"parallel.pp_layer_split={spec!r} must cover layers 0..{n_layers - 1} in order, each stage non-empty"
-            )
-        expected = r.stop
-    if expected != n_layers:
-        raise ValueError(f"parallel.pp_layer_split={spec!r} covers {expected} layers but model.n_layers={n_layers}")
-    return ranges
-
-
-def stage_ids_for_rank(pp_rank: int, pp: int, stages_per_rank: int, schedule: str) -> list[int]:
-    """Which stages this pipeline rank holds: one; a loop (r, r+pp, ...); or a V (r, 2*pp-1-r)."""
-    if schedule in V_SCHEDULES:
-        if stages_per_rank != 2:
-            raise ValueError(f"parallel.pp_schedule={schedule} needs parallel.pp_stages_per_rank=2 (a V of stages)")
-        return [pp_rank, 2 * pp - 1 - pp_rank]
-    if issubclass(get_schedule_class(schedule), PipelineScheduleSingle) and stages_per_rank != 1:
-        raise ValueError(
-            f"parallel.pp_schedule={schedule} runs one stage per rank: set parallel.pp_stages_per_rank=1, or use "
-            f"Interleaved1F1B / InterleavedZeroBubble / ZBVZeroBubble for several"
-        )
-    return [pp_rank + i * pp for i in range(stages_per_rank)]
 
 
 def split_stage(model: nn.Module, layers: range, is_first: bool, is_last: bool) -> nn.Module:
@@ -230,84 +142,11 @@ def _plain(loss: torch.Tensor) -> torch.Tensor:
     return loss.full_tensor() if isinstance(loss, DTensor) else loss
 
 
-def _check_supported(model_cfg, num_stages: int) -> None:
-    if model_cfg is None:
-        return
-    if model_cfg.tie_embeddings and num_stages > 1:
-        raise ValueError(
-            "model.tie_embeddings=true puts one weight on the first and the last pipeline stage, which pipeline "
-            "parallel does not synchronise: set model.tie_embeddings=false or parallel.pp=1"
-        )
-    moe = model_cfg.moe
-    if moe is not None and (moe.aux_loss_weight > 0 or moe.router_z_loss_weight > 0):
-        raise ValueError(
-            "pipeline parallel computes the loss outside the model and would drop the MoE router losses: set "
-            "model.moe.aux_loss_weight=0 and model.moe.router_z_loss_weight=0, or parallel.pp=1"
-        )
-
-
 def _device_for(mesh: DeviceMesh) -> torch.device:
     if mesh.device_type == "cpu":
         return torch.device("cpu")
     module = getattr(torch, mesh.device_type)
     return torch.device(mesh.device_type, module.current_device())
-
-
-def build_pipeline(
-    model: nn.Module,
-    pp_mesh: DeviceMesh,
-    cfg: ParallelConfig,
-    model_cfg,
-    *,
-    loss_fn: Callable[[torch.Tensor, torch.Tensor], torch.Tensor],
-    microbatches: int,
-    stage_transform: Optional[Callable[[nn.Module], nn.Module]] = None,
-    seq_len: Optional[int] = None,
-):
-    """Split `model` into stages for this pp rank and build the schedule.
-
-    Returns (schedule, stage_modules, has_first, has_last). `stage_transform` is applied to each stage module
-    before it is wrapped (TP/FSDP/AC via parallelize_stage); `seq_len` refines the attention part of the cost."""
-    if cfg.pp_schedule not in SCHEDULES:
-        raise ValueError(f"parallel.pp_schedule={cfg.pp_schedule!r} is not one of {list(SCHEDULES)}")
-    if pp_mesh.ndim != 1:
-        raise ValueError(f"pipeline parallel needs a 1-D pp mesh, got {pp_mesh.ndim} dims ({pp_mesh.mesh_dim_names})")
-    pp, pp_rank = pp_mesh.size(), pp_mesh.get_local_rank()
-    num_stages = pp * cfg.pp_stages_per_rank
-    n_layers = len(model.layers)
-    _check_supported(model_cfg, num_stages)
-    if num_stages > n_layers:
-        raise ValueError(
-            f"{num_stages} pipeline stages (parallel.pp={pp} x pp_stages_per_rank={cfg.pp_stages_per_rank}) but "
-            f"only {n_layers} layers: lower parallel.pp or pp_stages_per_rank"
-        )
-    if cfg.pp_layer_split:
-        ranges = parse_layer_split(cfg.pp_layer_split, n_layers, num_stages)
-    else:
-        if model_cfg is None:
-            raise ValueError("build_pipeline needs model_cfg for the cost-balanced split (or parallel.pp_layer_split)")
-        output_cost = 6.0 * model_cfg.vocab_size * model_cfg.dim
-        ranges = balanced_layer_split(layer_costs(model_cfg, seq_len), num_stages, last_stage_extra=output_cost)
-
-    stage_ids = stage_ids_for_rank(pp_rank, pp, cfg.pp_stages_per_rank, cfg.pp_schedule)
-    device = _device_for(pp_mesh)
-    group = pp_mesh.get_group()
-    stage_modules, pipeline_stages = [], []
-    for i, stage_id in enumerate(stage_ids):
-        # The last local stage takes the model itself; the others a copy (built on meta, a copy costs nothing).
-        source = model if i == len(stage_ids) - 1 else copy.deepcopy(model)
-        module = split_stage(source, ranges[stage_id], stage_id == 0, stage_id == num_stages - 1)
-        if stage_transform is not None:
-            module = stage_transform(module)
-        stage_modules.append(module)
-        pipeline_stages.append(PipelineStage(module, stage_id, num_stages, device, group=group))
-
-    schedule_cls = get_schedule_class(cfg.pp_schedule)
-    if issubclass(schedule_cls, PipelineScheduleSingle):
-        schedule = schedule_cls(pipeline_stages[0], n_microbatches=microbatches, loss_fn=loss_fn)
-    else:
-        schedule = schedule_cls(pipeline_stages, n_microbatches=microbatches, loss_fn=loss_fn)
-    return schedule, stage_modules, 0 in stage_ids, num_stages - 1 in stage_ids
 
 
 def plain_tensors_between_stages(stage: nn.Module, tp_mesh: DeviceMesh) -> None:
@@ -336,41 +175,38 @@ def plain_tensors_between_stages(stage: nn.Module, tp_mesh: DeviceMesh) -> None:
         stage.register_forward_hook(to_local)
 
 
-def pipeline_loss_fn(model_cfg) -> Callable[[torch.Tensor, torch.Tensor], torch.Tensor]:
-    """The last stage's loss: model.loss.cross_entropy_loss with the model's z-loss weight."""
-    from model.loss import cross_entropy_loss
-
-    z_loss_weight = model_cfg.z_loss_weight if model_cfg is not None else 0.0
-    return functools.partial(cross_entropy_loss, z_loss_weight=z_loss_weight)
-
-
-def pipeline_parallelize(model: nn.Module, dims, cfg: ParallelConfig, *, model_cfg, mesh: DeviceMesh,
-                         parallelize_stage: Callable, seq_len: Optional[int] = None) -> Pipeline:
-    """parallelize()'s pp > 1 branch: split, lay out each stage with `parallelize_stage` (TP, CP, AC, compile,
-    FSDP on the non-pp dims), then wrap the stages in the configured schedule."""
-    if cfg.engine == "deepspeed":
-        raise ValueError("parallel.pp > 1 does not combine with parallel.engine=deepspeed: use engine=torch (FSDP)")
-    if dims.cp > 1:  # stages get no positions argument, so RoPE would see chunk-local positions
-        raise ValueError("parallel.pp > 1 with parallel.cp > 1 is not supported: set one of them to 1")
-    if cfg.pp_schedule in ZERO_BUBBLE_SCHEDULES and (dims.fsdp_enabled or dims.ddp_enabled or dims.tp > 1):
-        # Measured through the launcher on torch 2.13 (4 CPU ranks): with FSDP on the stages both schedules train
-        # with other gradients than one process (step-1 grad norm 0.488 vs 0.651), with tensor parallel they fail
-        # in the input backward ("Can't detach views in-place"); DDP is pytorch/pytorch#144530.
-        raise ValueError(
-            f"parallel.pp_schedule={cfg.pp_schedule} splits the backward into input and weight passes, which torch's "
-            f"pipelining does not combine with data parallel (FSDP/DDP) or tensor parallel stages: use "
-            f"pp_schedule=Interleaved1F1B (or 1F1B), or pipeline parallel alone"
-        )
-
-    def lay_out(stage: nn.Module) -> nn.Module:
+def pipeline_parallelize(model: nn.Module, dims, parallelize_stage: Callable,
+                         seq_len: Optional[int] = None) -> Pipeline:
+    """parallelize()'s pp > 1 branch: split `model` (a plain Transformer, usually on the meta device) into this pp
+    rank's stages, lay each out with `parallelize_stage` (TP, AC, compile, FSDP on the non-pp dims), and wrap them
+    in the configured schedule. `seq_len` refines the attention part of the balancing cost."""
+    cfg, model_cfg = dims.cfg, model.cfg
+    pp_mesh = dims.submesh("pp")
+    num_stages = dims.num_pipeline_stages
+    if cfg.pp_layer_split:
+        ranges = parse_layer_split(cfg.pp_layer_split, model_cfg.n_layers, num_stages)
+    else:
+        output_cost = 6.0 * model_cfg.vocab_size * model_cfg.dim
+        ranges = balanced_layer_split(layer_costs(model_cfg, seq_len), num_stages, last_stage_extra=output_cost)
+    stage_ids = stage_ids_for_rank(pp_mesh.get_local_rank(), pp_mesh.size(), cfg.pp_stages_per_rank,
+                                   cfg.pp_schedule)
+    device, group = _device_for(pp_mesh), pp_mesh.get_group()
+    stage_modules, pipeline_stages = [], []
+    for i, stage_id in enumerate(stage_ids):
+        # The last local stage takes the model itself; the others a copy (built on meta, a copy costs nothing).
+        source = model if i == len(stage_ids) - 1 else copy.deepcopy(model)
+        module = split_stage(source, ranges[stage_id], stage_id == 0, stage_id == num_stages - 1)
         # PipelineStage knows FSDP2 and DDP modules (it defers their gradient sync to the last microbatch).
-        laid_out = parallelize_stage(stage, dims, cfg, model_cfg=model_cfg, mesh=mesh)
+        module = parallelize_stage(module, dims)
         if dims.tp > 1 and cfg.sequence_parallel:
-            plain_tensors_between_stages(laid_out, dims.submesh(mesh, "tp"))
-        return laid_out
+            plain_tensors_between_stages(module, dims.submesh("tp"))
+        stage_modules.append(module)
+        pipeline_stages.append(PipelineStage(module, stage_id, num_stages, device, group=group))
 
-    schedule, stages, has_first, has_last = build_pipeline(
-        model, dims.submesh(mesh, "pp"), cfg, model_cfg, loss_fn=pipeline_loss_fn(model_cfg),
-        microbatches=cfg.pp_microbatches, stage_transform=lay_out, seq_len=seq_len,
-    )
-    return Pipeline(schedule, stages, has_first, has_last)
+    loss_fn = functools.partial(cross_entropy_loss, z_loss_weight=model_cfg.z_loss_weight)
+    schedule_cls = get_schedule_class(cfg.pp_schedule)
+    if issubclass(schedule_cls, PipelineScheduleSingle):
+        schedule = schedule_cls(pipeline_stages[0], n_microbatches=cfg.pp_microbatches, loss_fn=loss_fn)
+    else:
+        schedule = schedule_cls(pipeline_stages, n_microbatches=cfg.pp_microbatches, loss_fn=loss_fn)
+    return Pipeline(schedule, stage_modules, 0 in stage_ids, num_stages - 1 in stage_ids)

@@ -1,64 +1,49 @@
 """DeepSpeed ZeRO 1/2/3 (and ZeRO-Offload) as an alternative data-parallel engine (parallel.engine=deepspeed).
 
 DeepSpeed's engine owns the optimizer, the backward (gradient partitioning and reduction) and the step, so the
-trainer builds it here instead of creating its own optimizer:
-
-    engine = initialize_zero(model, pcfg, dims, micro_batch_size=..., grad_accum_steps=..., optimizer=settings,
-                             precision="bfloat16")
-    loss = engine(tokens, labels)      # the model's own forward, on this rank's micro-batch
-    engine.backward(loss)              # scaled by 1/grad_accum_steps inside DeepSpeed
-    engine.step()                      # steps the optimizer (and lr_scheduler) at accumulation boundaries
-
-Everything DeepSpeed needs is generated from our configs (`deepspeed_config`), so there is no separate JSON to
-keep in sync. The optimizer is torch's AdamW through DeepSpeed's `torch_adam` switch: DeepSpeed's fused and CPU
-Adam kernels are JIT-compiled C++/CUDA extensions (about a minute on first use) and give the same result.
-On CPU set DS_ACCELERATOR=cpu (DeepSpeed then communicates over gloo) and TORCH_EXTENSIONS_DIR to a cache dir.
+launcher's ZeRO train module (launcher/train_modules/zero.py) builds it with `deepspeed.initialize` instead of
+creating its own optimizer. Everything DeepSpeed needs is generated from our configs (`deepspeed_config`), so
+there is no separate JSON to keep in sync. The optimizer is torch's AdamW through DeepSpeed's `torch_adam`
+switch: DeepSpeed's fused and CPU Adam kernels are JIT-compiled C++/CUDA extensions (about a minute on first use)
+and give the same result. On CPU, DS_ACCELERATOR=cpu (DeepSpeed then communicates over gloo) and
+TORCH_EXTENSIONS_DIR pointing at a cache dir (`prepare_deepspeed_env`).
 """
 from __future__ import annotations
 
-from dataclasses import dataclass
-from typing import Any, Callable, Optional
+import os
+from typing import Any
 
 import torch
-from torch import nn
 
-from parallel.config import ParallelConfig
+from model.dtypes import PRECISIONS
 from parallel.dims import ParallelDims
 
-_PRECISIONS = ("float32", "bfloat16", "float16")
 _NEVER = 2**31 - 1  # DeepSpeed's steps_per_print: we log through launcher.metrics, not DeepSpeed's logger
 
 
-@dataclass
-class OptimizerSettings:
-    lr: float = 3e-4
-    betas: tuple = (0.9, 0.95)
-    eps: float = 1e-8
-    weight_decay: float = 0.1
-    grad_clip: float = 1.0  # global gradient-norm clipping; 0 disables it
+def prepare_deepspeed_env(device_type: str) -> None:
+    """Environment DeepSpeed needs before its first use.
+
+    - On CPU, DS_ACCELERATOR=cpu (DeepSpeed then communicates over gloo).
+    - TORCH_EXTENSIONS_DIR defaults to .cache/torch_extensions under the working directory, so ops DeepSpeed
+      JIT-builds are cached per checkout, not in $HOME.
+    - LOOM_DEEPSPEED_SHM_COMM=0 marks DeepSpeed's shared-memory CPU all-reduce kernel unavailable: it only speeds
+      up CPU collectives and costs a ~30-170 s C++ build on first use (tests set it; DeepSpeed has no switch).
+    """
+    if device_type == "cpu":
+        os.environ.setdefault("DS_ACCELERATOR", "cpu")
+    os.environ.setdefault("TORCH_EXTENSIONS_DIR", os.path.abspath(os.path.join(".cache", "torch_extensions")))
+    if os.environ.get("LOOM_DEEPSPEED_SHM_COMM", "1") == "0":
+        import deepspeed.ops
+
+        deepspeed.ops.__compatible_ops__["deepspeed_shm_comm"] = False
 
 
-def deepspeed_config(
-    cfg: ParallelConfig,
-    dims: ParallelDims,
-    *,
-    micro_batch_size: int,
-    grad_accum_steps: int,
-    optimizer: OptimizerSettings,
-    precision: str = "bfloat16",
-) -> dict[str, Any]:
-    """The DeepSpeed config dict for this run; raises ValueError naming the key and the fix."""
-    if cfg.engine != "deepspeed" or cfg.zero_stage not in (1, 2, 3):
-        raise ValueError(
-            f"parallel.engine={cfg.engine!r}, zero_stage={cfg.zero_stage}: DeepSpeed ZeRO needs engine=deepspeed and "
-            f"zero_stage 1, 2 or 3 (configs/parallel/zero1.yaml ...)"
-        )
-    if precision not in _PRECISIONS:
-        raise ValueError(f"precision {precision!r} is not one of {list(_PRECISIONS)}")
-    if micro_batch_size < 1 or grad_accum_steps < 1:
-        raise ValueError(
-            f"micro batch size ({micro_batch_size}) and grad accumulation ({grad_accum_steps}) must be >= 1"
-        )
+def deepspeed_config(dims: ParallelDims, *, micro_batch_size: int, grad_accum_steps: int, precision: str, lr: float,
+                     betas: tuple[float, float], eps: float, weight_decay: float, grad_clip: float) -> dict[str, Any]:
+    """The DeepSpeed config dict for this run (precision: model.dtypes' fp32 | bf16 | fp16; the layout and the
+    batch plan were checked by the launcher's validation)."""
+    cfg = dims.cfg
     zero: dict[str, Any] = {"stage": cfg.zero_stage}
     if cfg.zero_offload:
         zero["offload_optimizer"] = {"device": "cpu", "pin_memory": torch.cuda.is_available()}
@@ -68,51 +53,20 @@ def deepspeed_config(
         "train_batch_size": micro_batch_size * grad_accum_steps * dims.dp_degree,
         "train_micro_batch_size_per_gpu": micro_batch_size,
         "gradient_accumulation_steps": grad_accum_steps,
-        "gradient_clipping": float(optimizer.grad_clip),
+        "gradient_clipping": float(grad_clip),
         "optimizer": {
             "type": "AdamW",
-            "params": {
-                "lr": optimizer.lr,
-                "betas": list(optimizer.betas),
-                "eps": optimizer.eps,
-                "weight_decay": optimizer.weight_decay,
-                "torch_adam": True,
-                "adam_w_mode": True,
-            },
+            "params": {"lr": lr, "betas": list(betas), "eps": eps, "weight_decay": weight_decay, "torch_adam": True,
+                       "adam_w_mode": True},
         },
-        "bf16": {"enabled": precision == "bfloat16"},
-        "fp16": {"enabled": precision == "float16"},
+        # DeepSpeed's mixed-precision sections are named like our precisions: {"bf16": {"enabled": ...}, ...}
+        **{name: {"enabled": precision == name} for name in PRECISIONS if name != "fp32"},
         "zero_optimization": zero,
         # torch AdamW on offloaded (CPU) states instead of DeepSpeedCPUAdam, which would need a C++ build.
         "zero_force_ds_cpu_optimizer": False,
         "steps_per_print": _NEVER,
         "wall_clock_breakdown": False,
     }
-
-
-def initialize_zero(
-    model: nn.Module,
-    cfg: ParallelConfig,
-    dims: ParallelDims,
-    *,
-    micro_batch_size: int,
-    grad_accum_steps: int,
-    optimizer: OptimizerSettings,
-    precision: str = "bfloat16",
-    lr_scheduler: Optional[Callable] = None,
-):
-    """deepspeed.initialize on the already-initialised torch.distributed world; returns the engine."""
-    import deepspeed
-
-    config = deepspeed_config(
-        cfg, dims, micro_batch_size=micro_batch_size, grad_accum_steps=grad_accum_steps, optimizer=optimizer,
-        precision=precision,
-    )
-    engine, _, _, _ = deepspeed.initialize(
-        model=model, model_parameters=list(model.parameters()), config=config, lr_scheduler=lr_scheduler,
-        dist_init_required=False,
-    )
-    return engine
 
 
 def full_model_state_dict(engine) -> dict[str, torch.Tensor]:

@@ -39,7 +39,8 @@ MORE_BAD_CONFIGS = [
 
 
 # Modules only the training path imports: seeing one means the run got past validation.
-WORK_MODULES = ("launcher.trainer", "launcher.data", "launcher.checkpoint", "data_pipeline.embedded")
+WORK_MODULES = ("launcher.trainer", "launcher.data", "launcher.checkpoint", "launcher.train_modules",
+                "data_pipeline.embedded")
 
 
 @pytest.fixture(scope="module")
@@ -81,7 +82,7 @@ def test_more_bad_configs_are_rejected_by_validate(overrides, expected, shards, 
     from hydra import compose, initialize_config_dir
 
     import launcher.train  # noqa: F401 - registers the schema and the run-dir resolver, as the entry point does
-    from launcher.config import ConfigError, validate
+    from launcher.validation import ConfigError, validate
 
     with initialize_config_dir(config_dir=str(REPO / "configs"), version_base="1.3"):
         cfg = compose("train", overrides=tiny_overrides(shards, tmp_path / "run") + overrides)
@@ -93,7 +94,7 @@ def test_the_tiny_config_itself_is_valid(shards, tmp_path):
     from hydra import compose, initialize_config_dir
 
     import launcher.train  # noqa: F401
-    from launcher.config import validate
+    from launcher.validation import validate
 
     with initialize_config_dir(config_dir=str(REPO / "configs"), version_base="1.3"):
         validate(compose("train", overrides=tiny_overrides(shards, tmp_path / "run")), world_size=1)

@@ -202,64 +202,52 @@ def test_checkpoint_moves_between_interleaved_pipeline_and_one_process(runs, sha
 
 
 # ---------------------------------------------------------------------------------------------- in-process units
-def _optim_cfg(**overrides):
-    from types import SimpleNamespace
-
-    base = dict(lr=1e-3, beta1=0.9, beta2=0.95, eps=1e-8, weight_decay=0.1, fused=False, decay_embeddings=False,
-                decay_norms_and_biases=False)
-    return SimpleNamespace(**{**base, **overrides})
-
-
 SCHEDULE = {"name": "cosine", "warmup_steps": 2, "min_lr_ratio": 0.1, "decay_fraction": 0.2, "decay_shape": "linear"}
 
 
-def test_stage_schedulers_resume_a_single_process_schedule():
-    """The pipeline's per-stage lr schedules save what one process saves and resume from it, though the stages'
-    optimizers have other numbers of param groups than the saved one (each keeps its own base lrs)."""
-    from types import SimpleNamespace
-
+def test_lr_schedulers_resume_the_step_with_this_runs_base_lr():
+    """The lr schedules of a train module's parts (pipeline stages: optimizers with other numbers of param groups)
+    checkpoint only the step count; resumed, each optimizer takes the schedule's lr at that step from this run's
+    optim.lr, so a deliberately changed lr takes effect at once."""
     from torch import nn
 
-    from launcher.engines import StageSchedulers
-    from launcher.optim import StageOptimizers, build_optimizer
-    from launcher.schedule import build_scheduler
+    from launcher.config import OptimConfig, ScheduleConfig
+    from launcher.optim import Optimizers
+    from launcher.schedule import LRSchedulers, lr_multiplier
 
-    schedule_cfg = SimpleNamespace(**SCHEDULE)
+    schedule_cfg = ScheduleConfig(**SCHEDULE)
     whole = nn.Sequential(nn.Embedding(8, 4), nn.Linear(4, 4, bias=False), nn.LayerNorm(4))
-    single = build_scheduler(build_optimizer(whole, _optim_cfg(), "cpu"), schedule_cfg, 10)
+    single_opt = Optimizers([whole], OptimConfig(lr=1e-3), "cpu")
+    single = LRSchedulers(single_opt.optimizers, schedule_cfg, 10)
     for _ in range(3):
-        single.optimizer.step()
+        single_opt.step()
         single.step()
+    assert single.state_dict() == {"steps_done": 3}
 
     stages = [nn.Sequential(nn.Embedding(8, 4), nn.LayerNorm(4)), nn.Linear(4, 4, bias=False)]
-    optimizers = StageOptimizers(stages, _optim_cfg(), "cpu")
+    optimizers = Optimizers(stages, OptimConfig(lr=2e-3), "cpu")
     assert [len(o.param_groups) for o in optimizers.optimizers] == [2, 1]
-    assert optimizers.param_groups == optimizers.optimizers[0].param_groups + optimizers.optimizers[1].param_groups
-    schedulers = StageSchedulers(optimizers, schedule_cfg, 10)
-    assert schedulers.state_dict().keys() == single.state_dict().keys()
+    schedulers = LRSchedulers(optimizers.optimizers, schedule_cfg, 10)
     schedulers.load_state_dict(single.state_dict())
-    for scheduler in schedulers.schedulers:
-        assert scheduler.last_epoch == 3
-        assert len(scheduler.base_lrs) == len(scheduler.optimizer.param_groups)
-        assert scheduler.get_last_lr() == [single.get_last_lr()[0]] * len(scheduler.base_lrs)
-    assert schedulers.get_last_lr()[0] == single.get_last_lr()[0]
-    single.step()
+    expected = 2e-3 * lr_multiplier(schedule_cfg, 10)(3)
+    assert schedulers.last_lr == pytest.approx(expected) and single.last_lr == pytest.approx(expected / 2)
+    assert all(g["lr"] == pytest.approx(expected) for o in optimizers.optimizers for g in o.param_groups)
     optimizers.step()
     schedulers.step()
-    assert [s.get_last_lr()[-1] for s in schedulers.schedulers] == [single.get_last_lr()[0]] * 2
-    assert all(g["lr"] == single.get_last_lr()[0] for g in optimizers.param_groups)
+    assert schedulers.steps_done == 4
+    assert schedulers.last_lr == pytest.approx(2e-3 * lr_multiplier(schedule_cfg, 10)(4))
 
 
 def test_pipeline_eval_batches_are_whole_training_batches():
     import torch
 
-    from launcher.engines import pipeline_eval_batches
+    from launcher.train_modules.pipeline import whole_batches
 
     rows = [torch.arange(i * 3, i * 3 + 3).reshape(1, 3).repeat(2, 1) + torch.tensor([[0], [100]]) for i in range(3)]
-    got = pipeline_eval_batches(rows, 4)  # 6 rows -> one batch of 4, the last 2 dropped
+    got = whole_batches(rows, 4)  # 6 rows -> one batch of 4, the last 2 dropped
     assert len(got) == 1 and torch.equal(got[0], torch.cat(rows)[:4])
-    assert [b.shape[0] for b in pipeline_eval_batches(rows, 3)] == [3, 3]
-    assert pipeline_eval_batches(rows, 8) == [] and pipeline_eval_batches([], 4) == []
+    assert [b.shape[0] for b in whole_batches(rows, 3)] == [3, 3]
+    assert whole_batches(rows, 8) == [] and whole_batches([], 4) == []
 
 
 class _RecordingSchedule:
@@ -292,14 +280,17 @@ class _RecordingSchedule:
             losses.extend([torch.tensor(self.batch_losses.pop(0))] * 2)
 
 
-def _eval_context():
-    import torch
+class _PipelineOnly:
+    """The part of the pipeline train module evaluate() uses, around a bare Pipeline (no process group)."""
 
-    from launcher.trainer import StepContext
-    from parallel import ParallelConfig, ParallelDims
+    def __init__(self, pipeline):
+        self.pipeline = pipeline
 
-    cfg = ParallelConfig()
-    return StepContext(ParallelDims.from_config(cfg, 1), cfg, None, torch.device("cpu"), "fp32", 1, None)
+    def train(self, mode=True):
+        self.pipeline.train(mode)
+
+    def eval_loss(self, inputs, labels):
+        return self.pipeline.eval_loss(inputs, labels)
 
 
 @pytest.mark.parametrize("with_eval", [True, False], ids=["schedule_eval", "torch_without_eval"])
@@ -318,7 +309,7 @@ def test_pipeline_evaluation_is_forward_only_in_eval_mode_and_token_weighted(wit
     pipeline = Pipeline(schedule, stages, has_first=True, has_last=True)
     pipeline.train()
     batches = [torch.zeros(2, 5, dtype=torch.long), torch.zeros(4, 5, dtype=torch.long)]
-    val_loss, val_ppl = evaluate(pipeline, batches, _eval_context())
+    val_loss, val_ppl = evaluate(_PipelineOnly(pipeline), batches, torch.device("cpu"))
     assert val_loss == pytest.approx(3.0) and val_ppl == pytest.approx(math.exp(3.0))
     steps = [c for c in schedule.calls if c != "eval"]
     assert steps == [(False, [False, False], False, None)] * 2
@@ -345,22 +336,8 @@ def test_pipeline_evaluation_runs_only_the_forward_actions_of_a_multi_stage_prog
     stages = [nn.Linear(2, 2)]
     schedule = _RecordingSchedule(stages, [], with_eval=True, program=program)
     pipeline = Pipeline(schedule, stages, has_first=True, has_last=False)
-    val_loss, _ = evaluate(pipeline, [torch.zeros(2, 5, dtype=torch.long)], _eval_context())
+    val_loss, _ = evaluate(_PipelineOnly(pipeline), [torch.zeros(2, 5, dtype=torch.long)], torch.device("cpu"))
     assert math.isnan(val_loss)  # one process holding no last stage: no loss anywhere
     ran = schedule.calls[1][3][0]
     assert ran == [Kind(k) for k in ("UNSHARD", "F", "SEND_F", "RECV_F", "RESHARD")]
     assert schedule.pipeline_order_with_comms is program
-
-
-@pytest.mark.parametrize("schedule", ["InterleavedZeroBubble", "ZBVZeroBubble"])
-@pytest.mark.parametrize("degrees,world_size", [({"dp_shard": -1}, 4), ({"dp_replicate": -1}, 4), ({"tp": 2}, 4)],
-                         ids=["fsdp", "ddp", "tp"])
-def test_zero_bubble_schedules_refuse_data_and_tensor_parallel_stages(schedule, degrees, world_size):
-    """Zero-bubble schedules with FSDP/DDP/TP stages train wrongly or crash inside torch: refused up front."""
-    from parallel import ParallelConfig, ParallelDims
-    from parallel.pipeline import pipeline_parallelize
-
-    cfg = ParallelConfig(**{"pp": 2, "dp_shard": 1, "pp_schedule": schedule, "pp_stages_per_rank": 2, **degrees})
-    dims = ParallelDims.from_config(cfg, world_size)
-    with pytest.raises(ValueError, match=f"parallel.pp_schedule={schedule} splits the backward"):
-        pipeline_parallelize(None, dims, cfg, model_cfg=None, mesh=None, parallelize_stage=None)

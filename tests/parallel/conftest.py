@@ -26,7 +26,7 @@ def reference_run():
 
     def get(spec: "harness.RunSpec") -> "harness.RunResult":
         key = repr((spec.model_overrides, spec.steps, spec.global_batch, spec.seq_len, spec.seed, spec.lr,
-                    spec.weight_decay, spec.betas, spec.eps, spec.grad_clip, spec.start_step))
+                    spec.weight_decay, spec.betas, spec.eps, spec.grad_clip, spec.start_step, spec.ignore_prefix))
         if key not in _REFERENCES:
             _REFERENCES[key] = harness.run_reference(spec)
         return _REFERENCES[key]

@@ -1,14 +1,13 @@
-"""Run a few training steps of a tiny model under any parallel layout and under a single process, so a layout test
-is "same losses, same final weights" in a few lines.
+"""Run a few training steps of a tiny model under any parallel layout and under a single process, through the
+production train modules (launcher/train_modules/), so a layout test is "same losses, same final weights" in a
+few lines and tests exactly what `python -m launcher.train` runs.
 
-Every run builds the model on CPU from the same seed (so all ranks and the reference start from identical
-weights), then parallelizes it, and trains with AdamW on the same global batch each step; each data-parallel rank
-takes its rows of that batch. Distributed runs are `torch.multiprocessing` spawns over gloo with a short process
-group timeout; rank 0 writes the per-step losses and the full (unsharded) parameters to a file the parent reads.
-
-A layout whose training step is not "forward, backward, optimizer step on one module" (pipeline schedules, context
-parallel sharding of the sequence, DeepSpeed engines) plugs in a `Strategy` subclass (a module-level class, so
-it pickles into the spawned processes) and overrides `setup`, `train_step` or `full_state_dict`.
+A `RunSpec` becomes a real `TrainConfig` (model, layout, AdamW, constant lr, synthetic tokens), validated by the
+launcher's own validation into a `RunPlan`; `launcher.train_modules.build_train_module` then builds the model from
+the seed (sharded layouts scatter the single-process weights), and each step feeds the step's global batch (the
+same in every process) to `train_step`, each data-parallel rank its rows. Checkpoints go through the production
+`Checkpointer`. Distributed runs are `torch.multiprocessing` spawns over gloo with a short process-group timeout;
+rank 0 returns the per-step losses (mean over ranks, as the trainer logs them) and the full (unsharded) weights.
 
 Starting processes and importing torch costs more than training the tiny model, so `run_layouts` runs several
 specs in one spawn, and tests `plan()` their specs at import time so `planned_result()` runs every planned spec
@@ -19,7 +18,6 @@ from __future__ import annotations
 import dataclasses
 import gc
 import os
-import socket
 import tempfile
 import traceback
 from dataclasses import dataclass, field
@@ -45,7 +43,7 @@ def load_parallel_config(name: str, **overrides: Any):
     path = LAYOUTS / f"{name}.yaml"
     if not path.exists():
         raise FileNotFoundError(f"no parallel layout {path}; known: {sorted(p.stem for p in LAYOUTS.glob('*.yaml'))}")
-    merged = OmegaConf.merge(OmegaConf.structured(ParallelConfig), OmegaConf.load(path), overrides)
+    merged = OmegaConf.merge(OmegaConf.structured(ParallelConfig), OmegaConf.load(path) or {}, overrides)
     return OmegaConf.to_object(merged)
 
 
@@ -77,8 +75,9 @@ class RunSpec:
     betas: tuple = (0.9, 0.95)
     eps: float = 1e-8
     grad_clip: float = 0.0  # 0: no clipping
-    load_from: Optional[str] = None  # DCP checkpoint directory to resume from (model + optimizer)
-    save_to: Optional[str] = None  # DCP checkpoint directory to write after the last step
+    ignore_prefix: int = 0  # labels at positions < ignore_prefix are ignored (-100) in every sequence
+    load_from: Optional[str] = None  # run dir whose newest checkpoint this run resumes (model, optimizer, schedule)
+    save_to: Optional[str] = None  # run dir to checkpoint into after the last step
     start_step: int = 0  # step index of the first batch (so a resumed run sees the batches the reference saw)
 
     def model_config(self):
@@ -86,6 +85,22 @@ class RunSpec:
 
     def parallel_config(self):
         return load_parallel_config(self.layout, **self.overrides)
+
+    def train_config(self):
+        """The launcher's TrainConfig of this spec: one micro batch per rank per step, a constant lr."""
+        from launcher.config import DataConfig, OptimConfig, ScheduleConfig, TrainConfig, TrainerConfig
+
+        return TrainConfig(
+            model=self.model_config(),
+            parallel=self.parallel_config(),
+            data=DataConfig(name="synthetic", seq_len=self.seq_len),
+            optim=OptimConfig(lr=self.lr, beta1=self.betas[0], beta2=self.betas[1], eps=self.eps,
+                              weight_decay=self.weight_decay, grad_clip=self.grad_clip),
+            schedule=ScheduleConfig(name="constant", warmup_steps=0),
+            trainer=TrainerConfig(run_dir="harness", seed=self.seed, max_steps=self.start_step + self.steps,
+                                  global_batch_size=self.global_batch, micro_batch_size=self.global_batch,
+                                  precision="fp32", device="cpu"),
+        )
 
 
 @dataclass
@@ -100,177 +115,120 @@ def global_batch(spec: RunSpec, step: int) -> tuple[torch.Tensor, torch.Tensor]:
     gen = torch.Generator().manual_seed(1000 * spec.seed + step)
     vocab = spec.model_config().vocab_size
     seq = torch.randint(0, vocab, (spec.global_batch, spec.seq_len + 1), generator=gen)
-    return seq[:, :-1].contiguous(), seq[:, 1:].contiguous()
+    tokens, labels = seq[:, :-1].contiguous(), seq[:, 1:].contiguous()
+    if spec.ignore_prefix:
+        labels[:, : spec.ignore_prefix] = -100
+    return tokens, labels
 
 
 def build_model(spec: RunSpec):
-    """Meta-device construction, then CPU materialisation and init from the seed: the same weights everywhere."""
+    """The plain model of the spec, initialised from its seed on CPU (for tests of a single technique)."""
     import model as model_pkg
 
-    cfg = spec.model_config()
-    with torch.device("meta"):
-        net = model_pkg.build(cfg)
-    net.to_empty(device="cpu")
     torch.manual_seed(spec.seed)
+    net = model_pkg.build(spec.model_config())
     net.init_weights()
     return net
 
 
-# ---------------------------------------------------------------------------------------------- strategies
-class Strategy:
-    """The default training step: parallelize(), AdamW, forward/backward/step, DCP for checkpoints."""
+def plan_for(spec: RunSpec, world_size: int):
+    """The launcher's validated RunPlan of the spec (every layout rule checked, as before a real launch)."""
+    from launcher.validation import validate
 
-    def setup(self, spec: RunSpec, net, dims, pcfg, mesh) -> Any:
-        from parallel import parallelize
+    # The micro batch is the whole per-rank batch: one micro batch per step, whatever the data-parallel degree.
+    from parallel import ParallelDims
 
-        self.dims, self.pcfg, self.mesh, self.model_cfg = dims, pcfg, mesh, spec.model_config()
-        self.model = parallelize(net, dims, pcfg, model_cfg=self.model_cfg, mesh=mesh)
-        self.optimizer = torch.optim.AdamW(
-            self.model.parameters(), lr=spec.lr, betas=spec.betas, eps=spec.eps, weight_decay=spec.weight_decay,
-            foreach=False,
-        )
-        return self.model
-
-    def local_batch(self, tokens: torch.Tensor, labels: torch.Tensor):
-        dp, rank = self.dims.dp_degree, self.dims.dp_rank(self.mesh)
-        rows = tokens.shape[0] // dp
-        return tokens[rank * rows : (rank + 1) * rows], labels[rank * rows : (rank + 1) * rows]
-
-    def train_step(self, spec: RunSpec, tokens: torch.Tensor, labels: torch.Tensor) -> float:
-        """One optimizer step; returns the loss averaged over data-parallel ranks (the global-batch loss)."""
-        from parallel import compute_loss, loss_context, scalar_loss
-
-        tokens, labels = self.local_batch(tokens, labels)
-        self.optimizer.zero_grad(set_to_none=True)
-        with loss_context(self.dims, self.pcfg):
-            loss = compute_loss(self.model, tokens, labels, self.dims, self.pcfg, self.model_cfg)
-            loss.backward()
-        if spec.grad_clip > 0:
-            from parallel import clip_grad_norm_
-
-            clip_grad_norm_(self.model.parameters(), spec.grad_clip)
-        self.optimizer.step()
-        return self.average_over_dp(scalar_loss(loss))
-
-    def average_over_dp(self, value: float) -> float:
-        if self.mesh is None or self.dims.dp_degree * self.dims.cp == 1:
-            return value
-        t = torch.tensor([value], dtype=torch.float64)
-        dist.all_reduce(t, group=self.dims.submesh(self.mesh, "dp_cp").get_group())
-        return float(t) / (self.dims.dp_degree * self.dims.cp)
-
-    def full_state_dict(self) -> dict[str, torch.Tensor]:
-        """Unsharded parameters on every rank (a collective: every rank must call it)."""
-        from torch.distributed.checkpoint.state_dict import StateDictOptions, get_model_state_dict
-
-        sd = get_model_state_dict(self.model, options=StateDictOptions(full_state_dict=True))
-        return {k: v.detach().clone() for k, v in sd.items()}
-
-    def save(self, path: str) -> None:
-        import torch.distributed.checkpoint as dcp
-        from torch.distributed.checkpoint.state_dict import get_state_dict
-
-        model_sd, optim_sd = get_state_dict(self.model, self.optimizer)
-        dcp.save({"model": model_sd, "optim": optim_sd}, checkpoint_id=path)
-
-    def load(self, path: str) -> None:
-        import torch.distributed.checkpoint as dcp
-        from torch.distributed.checkpoint.state_dict import get_state_dict, set_state_dict
-
-        model_sd, optim_sd = get_state_dict(self.model, self.optimizer)
-        state = {"model": model_sd, "optim": optim_sd}
-        dcp.load(state, checkpoint_id=path)
-        set_state_dict(self.model, self.optimizer, model_state_dict=state["model"], optim_state_dict=state["optim"])
+    dp = ParallelDims.from_config(spec.parallel_config(), world_size).dp_degree
+    config = spec.train_config()
+    config.trainer.micro_batch_size = spec.global_batch // dp
+    return validate(config, world_size)
 
 
-class ZeroStrategy(Strategy):
-    """DeepSpeed ZeRO: the engine owns the optimizer and the backward."""
+class _NoData:
+    """The data position a harness checkpoint saves: the harness feeds batches itself."""
 
-    def setup(self, spec: RunSpec, net, dims, pcfg, mesh) -> Any:
-        import deepspeed.ops
+    def state_dict(self) -> dict:
+        return {}
 
-        from parallel.zero import OptimizerSettings, initialize_zero
-
-        # DeepSpeed's CPU backend JIT-compiles a shared-memory all-reduce kernel (30-170 s here) when it can; it
-        # only speeds up CPU collectives, so tests mark it unavailable and DeepSpeed uses plain gloo.
-        deepspeed.ops.__compatible_ops__["deepspeed_shm_comm"] = False
-        self.dims, self.pcfg, self.mesh, self.model_cfg = dims, pcfg, mesh, spec.model_config()
-        settings = OptimizerSettings(
-            lr=spec.lr, betas=spec.betas, eps=spec.eps, weight_decay=spec.weight_decay, grad_clip=spec.grad_clip
-        )
-        self.engine = initialize_zero(
-            net, pcfg, dims, micro_batch_size=spec.global_batch // dims.dp_degree, grad_accum_steps=1,
-            optimizer=settings, precision="float32",
-        )
-        return self.engine
-
-    def train_step(self, spec: RunSpec, tokens: torch.Tensor, labels: torch.Tensor) -> float:
-        tokens, labels = self.local_batch(tokens, labels)
-        loss = self.engine(tokens, labels)
-        self.engine.backward(loss)
-        self.engine.step()
-        return self.average_over_dp(float(loss.detach()))
-
-    def full_state_dict(self) -> dict[str, torch.Tensor]:
-        from parallel.zero import full_model_state_dict
-
-        return full_model_state_dict(self.engine)
+    def load_state_dict(self, state: dict) -> None:
+        pass
 
 
-def default_strategy(pcfg) -> Strategy:
-    return ZeroStrategy() if pcfg.engine == "deepspeed" else Strategy()
+def full_state_dict(module) -> dict[str, torch.Tensor]:
+    """Unsharded weights of the whole model on every rank (a collective), gathered over pipeline stages."""
+    from torch.distributed.checkpoint.state_dict import StateDictOptions, get_model_state_dict
+
+    from launcher.train_modules.zero import ZeroTrainModule
+
+    if isinstance(module, ZeroTrainModule):
+        return {k: v.detach().clone() for k, v in module.model_state_dict().items()}
+    local = {}
+    for part in module.model_parts:
+        state = get_model_state_dict(part, options=StateDictOptions(full_state_dict=True))
+        local.update({k: v.detach().clone() for k, v in state.items()})
+    if module.dims.pp == 1:
+        return local
+    gathered = [None] * module.dims.pp
+    dist.all_gather_object(gathered, local, group=module.dims.submesh("pp").get_group())
+    return {k: v for part in gathered for k, v in part.items()}
 
 
 # ---------------------------------------------------------------------------------------------- running
-def train(spec: RunSpec, strategy: Optional[Strategy] = None, *, world_size: int = 1) -> RunResult:
-    """Build, parallelize and train in this process (rank `dist.get_rank()` of `world_size`, or alone)."""
-    from parallel import ParallelDims
+def train(spec: RunSpec, *, world_size: int = 1) -> RunResult:
+    """Build the spec's production train module and train it in this process (rank `dist.get_rank()` of
+    `world_size`, or alone)."""
+    from launcher.checkpoint import Checkpointer
+    from launcher.distributed import DistEnv, mean_over_ranks
+    from launcher.train_modules import build_train_module
 
-    torch.manual_seed(spec.seed)
-    pcfg = spec.parallel_config()
-    dims = ParallelDims.from_config(pcfg, world_size, spec.model_config(), spec.seq_len)
-    mesh = dims.build_mesh("cpu")
-    strategy = strategy if strategy is not None else default_strategy(pcfg)
-    strategy.setup(spec, build_model(spec), dims, pcfg, mesh)
+    plan = plan_for(spec, world_size)
+    rank = dist.get_rank() if dist.is_initialized() else 0
+    env = DistEnv(rank, rank, world_size, torch.device("cpu"))
+    dims = plan.dims
+    dims.build_mesh("cpu")
+    module = build_train_module(plan, env)
     if spec.load_from:
-        strategy.load(spec.load_from)
+        checkpointer = Checkpointer(Path(spec.load_from), env, keep=0)
+        checkpointer.resume(checkpointer.latest(), module, _NoData())
+    rows, first = plan.rank_batch, dims.dp_rank() * plan.rank_batch
     losses = []
     for step in range(spec.start_step, spec.start_step + spec.steps):
         tokens, labels = global_batch(spec, step)
-        losses.append(strategy.train_step(spec, tokens, labels))
+        out = module.train_step(tokens[first:first + rows], labels[first:first + rows])
+        losses.append(float(mean_over_ranks(out.loss.detach().double().reshape(1))))
     if spec.save_to:
-        strategy.save(spec.save_to)
+        Checkpointer(Path(spec.save_to), env, keep=0).save(spec.start_step + spec.steps, module, _NoData(), {})
     rank_info = [{"dp_rank": 0, "tp_rank": 0, "mesh_dims": {}}]
-    if mesh is not None:
+    if dims.mesh is not None:
         rank_info = [None] * world_size
-        dist.all_gather_object(rank_info, rank_info_local(dims, mesh))
-    return RunResult(losses=losses, params=strategy.full_state_dict(), rank_info=rank_info)
+        dist.all_gather_object(rank_info, rank_info_local(dims))
+    return RunResult(losses=losses, params=full_state_dict(module), rank_info=rank_info)
 
 
-def rank_info_local(dims, mesh) -> dict:
+def rank_info_local(dims) -> dict:
     return {
-        "dp_rank": dims.dp_rank(mesh),
-        "tp_rank": mesh["tp"].get_local_rank(),
-        "mesh_dims": dict(zip(mesh.mesh_dim_names, mesh.shape)),
+        "dp_rank": dims.dp_rank(),
+        "tp_rank": dims.mesh["tp"].get_local_rank(),
+        "mesh_dims": dict(zip(dims.mesh.mesh_dim_names, dims.mesh.shape)),
     }
 
 
 def run_reference(spec: RunSpec) -> RunResult:
-    """The single-process run the layouts are compared against: the plain model, no parallelize()."""
+    """The single-process run the layouts are compared against."""
     ref = dataclasses.replace(spec, layout="single", world_size=1, overrides={}, load_from=None, save_to=None)
-    return train(ref, Strategy())
+    return train(ref)
 
 
-def run_layout(spec: RunSpec, strategy: Optional[Strategy] = None) -> RunResult:
+def run_layout(spec: RunSpec) -> RunResult:
     """`spec` under its layout in `spec.world_size` spawned gloo processes (in-process for one process that needs
     no process group)."""
-    result = run_layouts([spec], [strategy])[0]
+    result = run_layouts([spec])[0]
     if isinstance(result, str):
         raise AssertionError(f"layout {spec.layout} failed:\n{result}")
     return result
 
 
-def run_layouts(specs: list[RunSpec], strategies: Optional[list] = None) -> list:
+def run_layouts(specs: list[RunSpec]) -> list:
     """Several specs (same world size) one after another in ONE set of spawned processes, since starting
     processes and importing torch costs more than training the tiny model. Returns, per spec, its RunResult or
     the formatted traceback of its failure, so one broken layout does not hide the others' results."""
@@ -279,9 +237,8 @@ def run_layouts(specs: list[RunSpec], strategies: Optional[list] = None) -> list
     world_size = specs[0].world_size
     if any(s.world_size != world_size for s in specs):
         raise ValueError(f"run_layouts needs one world size, got {[s.world_size for s in specs]}")
-    strategies = strategies if strategies is not None else [None] * len(specs)
     if world_size == 1 and not any(_needs_process_group(spec) for spec in specs):
-        return [_run_one(spec, strategy, 1) for spec, strategy in zip(specs, strategies)]
+        return [_run_one(spec, 1) for spec in specs]
     import torch.multiprocessing as mp
 
     # The rendezvous store lives in this process on a port the OS picked, so concurrent tests never race for a
@@ -291,10 +248,9 @@ def run_layouts(specs: list[RunSpec], strategies: Optional[list] = None) -> list
     )
     with tempfile.TemporaryDirectory(prefix="loom-harness-") as tmp:
         out = os.path.join(tmp, "results.pt")
-        mp.start_processes(
-            _worker, args=(specs, strategies, store.port, out), nprocs=world_size, start_method="spawn", join=True
-        )
-        saved = torch.load(out, weights_only=False)
+        mp.start_processes(_worker, args=(specs, store.port, out), nprocs=world_size, start_method="spawn",
+                           join=True)
+        saved = torch.load(out, weights_only=False)  # written by this test's own workers
     del store
     return saved
 
@@ -306,34 +262,36 @@ def _needs_process_group(spec: RunSpec) -> bool:
     return ParallelDims.from_config(spec.parallel_config(), spec.world_size).needs_mesh
 
 
-def _run_one(spec: RunSpec, strategy: Optional[Strategy], world_size: int):
+def _run_one(spec: RunSpec, world_size: int):
     try:
-        return train(spec, strategy, world_size=world_size)
+        return train(spec, world_size=world_size)
     except Exception:  # reported per spec; the test of that spec fails with this traceback
         return traceback.format_exc()
 
 
 def free_port() -> int:
     """A currently free TCP port (for tests that start their own processes; racy if another test grabs it)."""
+    import socket
+
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
         s.bind(("127.0.0.1", 0))
         return s.getsockname()[1]
 
 
-def _worker(rank: int, specs: list, strategies: list, port: int, out: str) -> None:
+def _worker(rank: int, specs: list, port: int, out: str) -> None:
     world_size = specs[0].world_size
     torch.set_num_threads(1)
     os.environ.update(
         MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), RANK=str(rank), LOCAL_RANK=str(rank),
-        WORLD_SIZE=str(world_size), LOCAL_WORLD_SIZE=str(world_size),
+        WORLD_SIZE=str(world_size), LOCAL_WORLD_SIZE=str(world_size), LOOM_DEEPSPEED_SHM_COMM="0",
     )
     timeout = timedelta(seconds=PG_TIMEOUT_S)
     store = dist.TCPStore("127.0.0.1", port, is_master=False, timeout=timeout)
     dist.init_process_group("gloo", rank=rank, world_size=world_size, timeout=timeout, store=store)
     try:
         results = []
-        for spec, strategy in zip(specs, strategies):
-            results.append(_run_one(spec, strategy, world_size))
+        for spec in specs:
+            results.append(_run_one(spec, world_size))
             gc.collect()
         if rank == 0:
             tmp = out + ".tmp"

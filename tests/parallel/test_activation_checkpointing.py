@@ -62,7 +62,7 @@ class LiveTensorBytes(TorchDispatchMode):
 def _activation_memory(overrides: dict) -> tuple[int, int]:
     """(bytes alive after forward = saved for backward, peak bytes over forward + backward) of one step."""
     spec = RunSpec(overrides=overrides, model_overrides={"n_layers": 4}, global_batch=4, seq_len=64)
-    model = parallelize(build_model(spec), ParallelDims.from_config(spec.parallel_config(), 1), spec.parallel_config())
+    model = parallelize(build_model(spec), ParallelDims.from_config(spec.parallel_config(), 1))
     tokens, labels = global_batch(spec, 0)
     tracker = LiveTensorBytes()
     with tracker:

@@ -14,29 +14,13 @@ import pytest
 import torch
 import torch.distributed as dist
 
-from harness import RunSpec, Strategy, assert_runs_match, free_port, run_layouts
+from harness import RunSpec, assert_runs_match, free_port, run_layouts
 
 # Adam's eps at the scale of the gradients, so an update depends on the gradient's size and a wrong gradient
 # scale (a missing 1/dp, 1/cp or 1/microbatches) changes the weights; with eps=1e-8 Adam would hide it.
 ADAM_EPS = 1e-4
 
 pytestmark = pytest.mark.distributed
-
-
-class ContextParallelStrategy(Strategy):
-    """The default step, with each sequence cut to this cp rank's chunks and their global positions."""
-
-    def train_step(self, spec, tokens, labels):
-        from parallel.context import shard_for_context_parallel
-
-        tokens, labels = self.local_batch(tokens, labels)
-        cp_mesh = self.dims.submesh(self.mesh, "cp")
-        tokens, labels, positions = shard_for_context_parallel(tokens, labels, None, cp_mesh, self.pcfg)
-        self.optimizer.zero_grad(set_to_none=True)
-        loss = self.model(tokens, labels, positions=positions)
-        loss.backward()
-        self.optimizer.step()
-        return self.average_over_dp(float(loss.detach()))
 
 
 CASES = {
@@ -54,7 +38,7 @@ SPECS = {name: RunSpec(layout="cp", world_size=2, steps=10, global_batch=2, seq_
 @pytest.fixture(scope="module")
 def cp_results():
     """Every case in one set of spawned processes (starting them costs more than the training)."""
-    return dict(zip(SPECS, run_layouts(list(SPECS.values()), [ContextParallelStrategy() for _ in SPECS])))
+    return dict(zip(SPECS, run_layouts(list(SPECS.values()))))
 
 
 @pytest.mark.timeout(300)

@@ -66,8 +66,8 @@ def test_fsdp_cpu_offload_without_accelerator_fails_clearly():
     if torch.accelerator.is_available():
         pytest.skip("this checks the CPU-only error; with an accelerator offload is a real option")
     pcfg = load_parallel_config("fsdp", fsdp_cpu_offload=True)
-    dims = ParallelDims(1, 2, 1, 1, 1, 1, 2)  # shape only: the error comes before any mesh is touched
+    dims = ParallelDims(1, 2, 1, 1, 1, 1, 2, cfg=pcfg)  # shape only: the error comes before any mesh is touched
     with pytest.raises(ValueError, match="fsdp_cpu_offload"):
         from parallel.fsdp import apply_fsdp
 
-        apply_fsdp(build_model(RunSpec()), dims, pcfg, mesh=None)
+        apply_fsdp(build_model(RunSpec()), dims)

@@ -4,6 +4,7 @@ import pytest
 import torch.distributed as dist
 from harness import RunSpec, load_parallel_config, tiny_model_config, train
 
+from model.config import MoEConfig
 from parallel import ParallelDims
 
 
@@ -24,7 +25,7 @@ def test_minus_one_takes_the_rest_of_the_world():
 
 def test_single_process_has_no_mesh_and_reads_slice_zero():
     d = dims("single", 1)
-    assert d.build_mesh("cpu") is None and d.dp_rank(None) == 0 and d.dp_degree == 1
+    assert d.build_mesh("cpu") is None and d.dp_rank() == 0 and d.dp_degree == 1
 
 
 def test_world_size_3_for_tp_2_fails_before_any_work():
@@ -64,7 +65,7 @@ def test_schedule_and_stages_per_rank_must_agree():
 def test_expert_and_context_parallel_checks():
     with pytest.raises(ValueError, match="needs an MoE model"):
         dims("fsdp", 2, tiny_model_config(), ep=2)
-    moe = tiny_model_config(moe={"num_experts": 3, "top_k": 1})
+    moe = tiny_model_config(moe=MoEConfig(num_experts=3, top_k=1))
     with pytest.raises(ValueError, match=r"num_experts=3 is not divisible by parallel\.ep=2"):
         dims("fsdp", 2, moe, ep=2)
     with pytest.raises(ValueError, match=r"ep=4 must be a multiple of parallel\.cp=1 and divide dp_shard\*cp=2"):

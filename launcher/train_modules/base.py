@@ -1,0 +1,183 @@
+"""What every train module is: the training of one layout family, owned in one object (OLMo-core's train module).
+
+A train module holds its model parts (one module, or a pipeline rank's stage modules), their optimizers and lr
+schedules (launcher/optim.py, launcher/schedule.py: containers over the parts, torchtitan's shape), and answers
+everything the loop and the checkpointer ask: one optimizer step over a batch, the held-out loss of a batch, its
+state to checkpoint and restore, initial weights from another run, and the module to sample from. The loop in
+launcher/trainer.py talks only to this surface, so it never branches on the layout.
+
+Families (launcher/train_modules/__init__.py picks one):
+- torch_layouts.py: single process, DDP, FSDP2/HSDP, TP(+SP), CP, EP and their mixes: forward/backward per micro
+  batch on one module, torch's AdamW.
+- pipeline.py: pipeline parallel: the schedule runs forward/backward over several stage modules per rank.
+- zero.py: DeepSpeed ZeRO 1/2/3: DeepSpeed's engine owns the optimizer and the backward.
+"""
+from __future__ import annotations
+
+import contextlib
+import logging
+import math
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Optional
+
+import torch
+from torch import nn
+from torch.distributed.checkpoint.state_dict import (
+    StateDictOptions,
+    get_model_state_dict,
+    set_model_state_dict,
+)
+
+import model as model_lib
+from launcher.distributed import DistEnv
+from launcher.optim import merge_disjoint
+from launcher.validation import RunPlan
+from model.dtypes import torch_dtype
+from parallel import parallelize
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class StepOutput:
+    """One optimizer step's figures, as device tensors (read on log steps only, so the step never waits)."""
+
+    loss: torch.Tensor  # this rank's term of the global-batch loss: its mean over ranks is the logged loss
+    grad_norm: torch.Tensor  # global gradient norm before clipping
+    extra: dict[str, torch.Tensor] = field(default_factory=dict)  # e.g. MoE auxiliary losses (means over ranks)
+
+
+def autocast(precision: str, device: torch.device):
+    """torch.autocast for bf16/fp16 training; nothing for fp32."""
+    if precision == "fp32":
+        return contextlib.nullcontext()
+    return torch.autocast(device.type, dtype=torch_dtype(precision))
+
+
+def max_grad_norm(grad_clip: float) -> float:
+    """optim.grad_clip as a clipping bound: 0 disables clipping (the norm is still measured)."""
+    return grad_clip if grad_clip > 0 else math.inf
+
+
+class TrainModule:
+    """Base of the three families; see the module docstring. Subclasses set `model_parts`, `optimizers` and
+    `schedulers` and implement `train_step`."""
+
+    model_parts: list[nn.Module]
+    optimizers: Any  # launcher.optim.Optimizers, or the ZeRO engine's adapter
+    schedulers: Any  # launcher.schedule.LRSchedulers
+
+    def __init__(self, plan: RunPlan, env: DistEnv) -> None:
+        self.plan, self.env = plan, env
+        self.cfg, self.dims = plan.cfg, plan.dims
+
+    # ------------------------------------------------------------------------------------------ training
+    def train_step(self, inputs: torch.Tensor, labels: torch.Tensor) -> StepOutput:
+        """One optimizer step over this rank's batch (inputs, labels [rank batch, seq_len])."""
+        raise NotImplementedError
+
+    @property
+    def lr(self) -> float:
+        """The learning rate the next step uses."""
+        return self.schedulers.last_lr
+
+    def train(self, mode: bool = True) -> None:
+        for part in self.model_parts:
+            part.train(mode)
+
+    def log_extras(self) -> dict[str, float]:
+        """Host values to log at log steps only (reading them may wait for the device)."""
+        return {}
+
+    def batch_plan_text(self) -> str:
+        return f"{self.plan.grad_accum} micro batch(es) of {self.cfg.trainer.micro_batch_size}"
+
+    # ------------------------------------------------------------------------------------------ evaluation
+    def eval_batches(self, batches: list[torch.Tensor]) -> list[torch.Tensor]:
+        """This rank's held-out batches in the shape `eval_loss` takes (unchanged but for pipeline parallel)."""
+        return batches
+
+    def eval_loss(self, inputs: torch.Tensor, labels: torch.Tensor) -> Optional[torch.Tensor]:
+        """Mean loss of one held-out batch on this rank, or None where this rank computes none."""
+        raise NotImplementedError
+
+    def generation_model(self) -> tuple[Optional[nn.Module], str]:
+        """(the plain module to sample from, "") or (None, why this layout cannot sample)."""
+        return None, "this layout cannot generate"
+
+    # ------------------------------------------------------------------------------------------ state
+    def model_state_dict(self) -> dict[str, Any]:
+        """The model's weights by unwrapped parameter name (sharded DTensors stay sharded), all parts merged."""
+        return merge_disjoint([get_model_state_dict(part) for part in self.model_parts], "model")
+
+    def load_model_state_dict(self, state: dict[str, Any]) -> None:
+        for part in self.model_parts:
+            own = get_model_state_dict(part)
+            set_model_state_dict(part, {key: state[key] for key in own})
+
+    def state_dict(self) -> dict[str, Any]:
+        """Everything a checkpoint holds of this module: tensors under "model"/"optimizer", plain values under
+        "schedule" (the checkpointer writes tensors with DCP and plain values as JSON)."""
+        return {"model": self.model_state_dict(), "optimizer": self.optimizers.state_dict(),
+                "schedule": self.schedulers.state_dict()}
+
+    def load_state_dict(self, state: dict[str, Any], directory: Path) -> None:
+        """Restore `state` (loaded from the checkpoint in `directory`); the lr schedule last, so the lr of the
+        resumed step is this run's."""
+        self.load_model_state_dict(state["model"])
+        self.optimizers.load_state_dict(state["optimizer"])
+        self.load_native(directory)
+        self.schedulers.load_state_dict(state["schedule"])
+
+    def save_native(self, directory: Path) -> None:
+        """State kept outside DCP, written into the checkpoint being saved (every rank calls it)."""
+
+    def load_native(self, directory: Path) -> None:
+        """Restore what save_native wrote."""
+
+
+def materialize_model(plan: RunPlan, env: DistEnv, init_from: Optional[Path]):
+    """The plain model built from the seed and laid out by `parallelize` (with pp > 1: a parallel.pipeline
+    .Pipeline of this rank's stages), holding the single-process run's initial weights, or `init_from`'s.
+
+    Unsharded layouts (single, DDP) build and initialise the model in place from the seed. Sharded ones (FSDP, TP,
+    CP, EP, PP) build on the meta device and materialise only their shards; rank 0 initialises the full model on
+    CPU from the same seed and `set_model_state_dict(broadcast_from_rank0=True)` scatters it into every rank's
+    shards (a sharded random init would give other weights on every layout). That costs one full fp32 copy of the
+    model in rank 0's host memory at start-up."""
+    from launcher.checkpoint import load_model_weights
+
+    cfg, dims = plan.cfg, plan.dims
+    torch.manual_seed(cfg.trainer.seed)
+    if not dims.shards_parameters:
+        with torch.device(env.device):
+            model = model_lib.build(cfg.model)
+        model.init_weights()
+        if init_from is not None:
+            load_model_weights([model], init_from)
+        return parallelize(model, dims)
+
+    with torch.device("meta"):
+        model = model_lib.build(cfg.model)
+    laid_out = parallelize(model, dims)
+    parts = getattr(laid_out, "stages", [laid_out])
+    full = None
+    if env.is_main:
+        torch.manual_seed(cfg.trainer.seed)
+        with torch.device("cpu"):
+            reference = model_lib.build(cfg.model)
+        reference.init_weights()
+        full = reference.state_dict()
+    for part in parts:
+        part.to_empty(device=env.device)
+        with torch.no_grad():
+            (part.module if hasattr(part, "module") else part).init_weights()  # buffers (RoPE tables)
+        # A copy per stage: set_model_state_dict writes the module's own (sharded) tensors back into the dict it
+        # is given, and rank 0 would then broadcast those, not the full ones, to the next stage.
+        set_model_state_dict(part, dict(full) if full is not None else {},
+                             options=StateDictOptions(full_state_dict=True, broadcast_from_rank0=True,
+                                                      strict=dims.pp == 1))
+    if init_from is not None:
+        load_model_weights(parts, init_from)
+    return laid_out

@@ -1,0 +1,194 @@
+"""The one validation pass of a training config, before any process group, model or data exists.
+
+`validate(cfg, world_size)` turns the composed Hydra config into the typed `TrainConfig` once (running the
+dataclasses' own checks: model invariants, dtype spellings), checks what types cannot express (ranges, choices,
+files that must exist), asks `ParallelDims.from_config` for every layout rule (divisibility, pipeline schedules,
+what pipeline/tensor/expert/context parallel cannot carry, DeepSpeed's limits, fp16 under pp) and works out the
+batch plan. It returns the `RunPlan` the trainer then runs, so what was checked is exactly what runs. Any problem
+is a ConfigError naming the key and the fix. Nothing here imports torch, so a bad config fails in about a second.
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from launcher.config import CHOICES, TrainConfig
+from parallel.dims import ParallelDims
+
+
+class ConfigError(ValueError):
+    """A training config that cannot run; the message names the key and how to fix it."""
+
+
+@dataclass(frozen=True)
+class RunPlan:
+    """A validated config and what follows from it on this world size."""
+
+    cfg: TrainConfig
+    dims: ParallelDims
+    global_batch: int  # sequences per optimizer step
+    grad_accum: int  # micro batches per rank per step (torch layouts and ZeRO)
+
+    @property
+    def tokens_per_step(self) -> int:
+        return self.global_batch * self.cfg.data.seq_len
+
+    @property
+    def rank_batch(self) -> int:
+        """Sequences each data-parallel rank reads per step."""
+        return self.global_batch // self.dims.dp_degree
+
+
+def validate(cfg: Any, world_size: int) -> RunPlan:
+    """The RunPlan of `cfg` (a composed DictConfig, or a TrainConfig) on `world_size` processes, or ConfigError."""
+    config = to_train_config(cfg)
+    _check_choices(config)
+    _check_trainer(config)
+    _check_schedule(config)
+    _check_optim(config)
+    _check_data(config)
+    try:
+        dims = ParallelDims.from_config(config.parallel, world_size, model_cfg=config.model,
+                                        seq_len=config.data.seq_len, precision=config.trainer.precision)
+    except ValueError as exc:
+        raise ConfigError(str(exc)) from exc
+    global_batch, grad_accum = batch_plan(config, dims)
+    return RunPlan(config, dims, global_batch, grad_accum)
+
+
+def to_train_config(cfg: Any) -> TrainConfig:
+    """The typed TrainConfig behind a composed config (interpolations resolved, __post_init__ checks run)."""
+    if isinstance(cfg, TrainConfig):
+        return cfg
+    from omegaconf import OmegaConf
+    from omegaconf.errors import OmegaConfBaseException
+
+    try:
+        return OmegaConf.to_object(cfg)
+    except ValueError as exc:
+        raise ConfigError(str(exc)) from exc
+    except OmegaConfBaseException as exc:  # e.g. a missing mandatory value: the message names the key
+        raise ConfigError(str(exc).splitlines()[0]) from exc
+
+
+def _get(cfg: Any, dotted: str) -> Any:
+    for part in dotted.split("."):
+        cfg = getattr(cfg, part)
+    return cfg
+
+
+def _check_choices(cfg: TrainConfig) -> None:
+    for key, allowed in CHOICES.items():
+        value = _get(cfg, key)
+        if value not in allowed:
+            raise ConfigError(f"{key}={value!r} is not one of {list(allowed)}")
+
+
+def _check_trainer(cfg: TrainConfig) -> None:
+    t = cfg.trainer
+    for key in ("max_steps", "log_every", "dist_timeout_s"):
+        if getattr(t, key) <= 0:
+            raise ConfigError(f"trainer.{key} must be positive, got {getattr(t, key)}")
+    for key in ("eval_every", "eval_batches", "checkpoint_every", "keep_checkpoints", "sample_tokens"):
+        if getattr(t, key) < 0:
+            raise ConfigError(f"trainer.{key} must be >= 0 (0 disables), got {getattr(t, key)}")
+    if t.init_from is not None and not Path(t.init_from).exists():
+        raise ConfigError(f"trainer.init_from={t.init_from}: no such checkpoint or run directory")
+    if not t.run_dir:
+        raise ConfigError("trainer.run_dir is empty: give a directory, or leave the default (outputs/<name>-<id>)")
+
+
+def _check_schedule(cfg: TrainConfig) -> None:
+    s, max_steps = cfg.schedule, cfg.trainer.max_steps
+    if s.warmup_steps < 0:
+        raise ConfigError(f"schedule.warmup_steps must be >= 0, got {s.warmup_steps}")
+    if 0 < max_steps <= s.warmup_steps:
+        raise ConfigError(
+            f"schedule.warmup_steps={s.warmup_steps} is not shorter than trainer.max_steps={max_steps}: "
+            f"lower the warmup or train longer"
+        )
+    if not 0.0 <= s.min_lr_ratio <= 1.0:
+        raise ConfigError(f"schedule.min_lr_ratio={s.min_lr_ratio} must be in [0, 1]")
+    if s.name == "wsd":
+        if not 0.0 < s.decay_fraction <= 1.0:
+            raise ConfigError(f"schedule.decay_fraction={s.decay_fraction} must be in (0, 1] for schedule=wsd")
+        decay_steps = math.ceil(s.decay_fraction * max_steps)
+        if s.warmup_steps + decay_steps > max_steps:
+            raise ConfigError(
+                f"schedule.warmup_steps={s.warmup_steps} + decay phase {decay_steps} steps "
+                f"(schedule.decay_fraction={s.decay_fraction} x trainer.max_steps={max_steps}) exceed the run: "
+                f"lower one of them"
+            )
+
+
+def _check_optim(cfg: TrainConfig) -> None:
+    o = cfg.optim
+    if o.lr <= 0:
+        raise ConfigError(f"optim.lr must be positive, got {o.lr}")
+    if not (0.0 <= o.beta1 < 1.0 and 0.0 <= o.beta2 < 1.0):
+        raise ConfigError(f"optim.beta1={o.beta1} and optim.beta2={o.beta2} must be in [0, 1)")
+    if o.weight_decay < 0 or o.grad_clip < 0 or o.eps <= 0:
+        raise ConfigError("optim.weight_decay and optim.grad_clip must be >= 0 and optim.eps > 0")
+
+
+def _check_data(cfg: TrainConfig) -> None:
+    d = cfg.data
+    if d.seq_len <= 0:
+        raise ConfigError(f"data.seq_len must be positive, got {d.seq_len}")
+    if d.seq_len > cfg.model.max_seq_len:
+        raise ConfigError(
+            f"data.seq_len={d.seq_len} exceeds model.max_seq_len={cfg.model.max_seq_len}: lower data.seq_len or "
+            f"raise model.max_seq_len"
+        )
+    if not 0.0 < d.val_fraction < 1.0:
+        raise ConfigError(f"data.val_fraction={d.val_fraction} must be in (0, 1)")
+    if d.name == "packed":
+        if not d.path:
+            raise ConfigError("data=packed needs data.path=<directory of packed shards> (it is null)")
+        path = Path(d.path)
+        if not path.is_dir():
+            raise ConfigError(f"data.path={d.path}: no such directory; point it at the data pipeline's shard output")
+        from data_pipeline.formats import list_shards
+
+        if not list_shards(path):
+            raise ConfigError(f"data.path={d.path}: no packed shards (*.json headers) in it; run the tokenize step")
+
+
+def batch_plan(cfg: TrainConfig, dims: ParallelDims) -> tuple[int, int]:
+    """(global batch in sequences, gradient accumulation steps); ConfigError if the numbers do not divide."""
+    t, seq_len = cfg.trainer, cfg.data.seq_len
+    if (t.global_batch_size is None) == (t.global_batch_tokens is None):
+        raise ConfigError(
+            "set exactly one of trainer.global_batch_size (sequences) and trainer.global_batch_tokens "
+            f"(got {t.global_batch_size} and {t.global_batch_tokens}); set the other to null"
+        )
+    if t.global_batch_tokens is not None:
+        if t.global_batch_tokens <= 0 or t.global_batch_tokens % seq_len != 0:
+            raise ConfigError(
+                f"trainer.global_batch_tokens={t.global_batch_tokens} must be a positive multiple of "
+                f"data.seq_len={seq_len}"
+            )
+        global_batch, key = t.global_batch_tokens // seq_len, "trainer.global_batch_tokens"
+    else:
+        global_batch, key = t.global_batch_size, "trainer.global_batch_size"
+    if global_batch <= 0:
+        raise ConfigError(f"{key} must be positive, got {global_batch}")
+    if t.micro_batch_size <= 0:
+        raise ConfigError(f"trainer.micro_batch_size must be positive, got {t.micro_batch_size}")
+    per_step = t.micro_batch_size * dims.dp_degree
+    if global_batch % per_step != 0:
+        raise ConfigError(
+            f"{key} gives {global_batch} sequences per step, not divisible by trainer.micro_batch_size="
+            f"{t.micro_batch_size} x {dims.dp_degree} data-parallel ranks = {per_step}: make the global batch a "
+            f"multiple of {per_step} or change trainer.micro_batch_size"
+        )
+    if dims.pp > 1:  # the schedule cuts each rank's batch into parallel.pp_microbatches microbatches
+        rank_batch, micro = global_batch // dims.dp_degree, dims.cfg.pp_microbatches
+        if rank_batch % micro != 0:
+            raise ConfigError(
+                f"parallel.pp_microbatches={micro} does not divide each data-parallel rank's batch of {rank_batch} "
+                f"sequences ({key}={global_batch} over {dims.dp_degree} rank(s)): change one of them"
+            )
+    return global_batch, global_batch // per_step

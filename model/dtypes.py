@@ -1,0 +1,30 @@
+"""The one table of floating-point precisions Loom knows, and their one spelling: fp32 | bf16 | fp16.
+
+Every config key that names a dtype (trainer.precision, parallel.fsdp_param_dtype, parallel.fsdp_reduce_dtype,
+`model.hf export --dtype`) takes these names; torch's long names (float32, bfloat16, float16) are accepted as
+aliases and normalised here, so no other module keeps a table of its own. Importing this module does not import
+torch (configs are checked before torch loads).
+"""
+from __future__ import annotations
+
+PRECISIONS = ("fp32", "bf16", "fp16")
+_ALIASES = {"float32": "fp32", "bfloat16": "bf16", "float16": "fp16"}
+BYTES = {"fp32": 4, "bf16": 2, "fp16": 2}
+
+
+def canonical_precision(name: str, key: str = "precision") -> str:
+    """`name` in Loom's spelling (an alias becomes its short name); ValueError naming `key` otherwise."""
+    short = _ALIASES.get(name, name)
+    if short not in PRECISIONS:
+        raise ValueError(
+            f"{key}={name!r} is not one of {list(PRECISIONS)} (torch's long names {sorted(_ALIASES)} are accepted "
+            f"too)"
+        )
+    return short
+
+
+def torch_dtype(name: str):
+    """The torch dtype of a precision name (either spelling)."""
+    import torch
+
+    return {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}[canonical_precision(name)]
