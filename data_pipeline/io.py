@@ -21,6 +21,7 @@ from __future__ import annotations
 import glob
 import json
 import os
+import re
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Iterable, Iterator, Mapping, Optional, Union
@@ -35,6 +36,9 @@ PARQUET_SUFFIXES = (".parquet",)
 OUTPUT_FORMATS = ("jsonl", "parquet")
 RAW_PREVIEW_CHARS = 2000
 BOM = b"\xef\xbb\xbf"
+# In a line that decoded as UTF-8, only a \uD800-\uDFFF or \u0000 escape can put a lone surrogate or a NUL into a
+# parsed string (raw NUL is invalid JSON), so lines without one skip the walk over every field.
+_SUSPECT_ESCAPE = re.compile(r"\\u(?:[dD][89a-fA-F][0-9a-fA-F]{2}|0000)")
 
 
 @dataclass
@@ -151,10 +155,10 @@ def _unwritable_field(record: dict, first: tuple[str, ...] = ()) -> Optional[tup
     return None
 
 
-def _record_to_row(record: Any, spec: InputSpec, source: str, line: int, raw: str) -> Row:
+def _record_to_row(record: Any, spec: InputSpec, source: str, line: int, raw: str, check_strings: bool = True) -> Row:
     if not isinstance(record, dict):
         return Quarantined("not_an_object", source, line, _preview(raw))
-    unwritable = _unwritable_field(record, first=(spec.text_key, spec.id_key))
+    unwritable = _unwritable_field(record, first=(spec.text_key, spec.id_key)) if check_strings else None
     if unwritable is not None:
         return Quarantined(f"{unwritable[0]}:{unwritable[1]}", source, line, _preview(raw))
     if spec.text_key not in record:
@@ -203,7 +207,7 @@ def _line_to_row(raw: bytes, spec: InputSpec, source: str, line_no: int) -> Row:
     record, error = _parse_json(line)
     if error is not None:
         return Quarantined(error, source, line_no, _preview(line))
-    return _record_to_row(record, spec, source, line_no, line)
+    return _record_to_row(record, spec, source, line_no, line, check_strings=_SUSPECT_ESCAPE.search(line) is not None)
 
 
 def _jsonl_rows(path: Path, spec: InputSpec, source: str) -> Iterator[Row]:
