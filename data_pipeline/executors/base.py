@@ -142,10 +142,7 @@ def save_plan_checked(plan: PipelinePlan) -> None:
                 f"output={plan.root} holds a run with a different configuration ({path}); "
                 "use a new output directory, or delete this one to start over"
             )
-        if recorded is None:
-            log.warning("%s predates input fingerprints: a changed input cannot be detected on this resume", path)
-            recorded = {}
-        else:
+        if recorded is not None:
             changes = describe_changes(recorded, files)
             if changes:
                 shown = "; ".join(changes[:MAX_CHANGES_SHOWN]) + (f"; and {len(changes) - MAX_CHANGES_SHOWN} more" if len(changes) > MAX_CHANGES_SHOWN else "")
@@ -153,13 +150,16 @@ def save_plan_checked(plan: PipelinePlan) -> None:
                     f"output={plan.root} holds a run started on other input (input={plan.input.path}; fingerprints in "
                     f"{path}): {shown}. Resuming would mix documents of both; {START_OVER}"
                 )
-        plan.input_files = recorded
-    else:
-        if not files:
-            log.warning("input=%s is a hub dataset: it has no files to fingerprint, so a resume cannot detect a change", plan.input.path)
-        start = time.perf_counter()
-        plan.input_files = fingerprint_files(files)
-        log.info("fingerprinted %d input files in %.1f s", len(files), time.perf_counter() - start)
+            plan.input_files = recorded
+            plan.save(path)
+            return
+        log.warning("%s predates input fingerprints: a change made before this resume cannot be detected; "
+                    "recording the input as it is now", path)
+    if not files:
+        log.warning("input=%s is a hub dataset: it has no files to fingerprint, so a resume cannot detect a change", plan.input.path)
+    start = time.perf_counter()
+    plan.input_files = fingerprint_files(files)
+    log.info("fingerprinted %d input files in %.1f s", len(files), time.perf_counter() - start)
     plan.save(path)
 
 
