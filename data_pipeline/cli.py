@@ -42,9 +42,9 @@ class PipelineStepsConfig:
 @dataclass
 class SlurmConfig:
     partition: Optional[str] = None  # None: the cluster's default partition
-    account: Optional[str] = None
+    account: Optional[str] = None  # account to charge; None: the user's default
     time: str = "01:00:00"  # time limit of each job
-    cpus_per_task: int = 1
+    cpus_per_task: int = 1  # CPUs of each task
     mem: str = "4G"  # memory per task
     max_parallel: int = 0  # at most this many array tasks at once (sbatch --array=...%N); 0: no limit
     python: Optional[str] = None  # interpreter on the compute nodes; None: the one running this command
@@ -55,9 +55,7 @@ class SlurmConfig:
 @dataclass
 class PipelineRunConfig:
     pipeline: PipelineStepsConfig = field(default_factory=PipelineStepsConfig)  # group: configs/pipeline/*.yaml
-    # JSONL (.jsonl/.gz/.zst), Parquet or .txt files (a file, a directory, a glob), a saved `datasets` dataset, or a
-    # hub dataset name
-    input: str = MISSING
+    input: str = MISSING  # .jsonl[.gz|.zst]/.parquet/.txt file, directory or glob; a saved `datasets` dir; a hub name
     output: str = MISSING  # output directory (its layout: data_pipeline/executors/base.py)
     text_key: str = "text"  # field holding a document's text
     id_key: str = "id"  # field holding its id; absent: "<file>:<line>"
@@ -67,12 +65,12 @@ class PipelineRunConfig:
     workers: int = 1  # local processes
     output_format: str = "jsonl"  # jsonl | parquet
     executor: str = "local"  # local | slurm
-    seed: int = 0
-    eval_sets: list[str] = field(default_factory=list)  # files for decontaminate (JSONL with text_key, or one example per line)
+    seed: int = 0  # passed to every task (TaskContext.seed) for steps that draw at random
+    eval_sets: list[str] = field(default_factory=list)  # decontaminate's files: JSONL with text_key, or one per line
     step_params: dict[str, Any] = field(default_factory=dict)  # parameters of the step when running a single step
     report: bool = True  # write report.md/.html, summary.json and plots at the end
     wandb: bool = False  # also log the report to Weights & Biases
-    wandb_project: str = "loom-data"
+    wandb_project: str = "loom-data"  # W&B project when wandb=true
     slurm: SlurmConfig = field(default_factory=SlurmConfig)  # executor=slurm only
 
 

@@ -201,7 +201,8 @@ def _line_to_row(raw: bytes, spec: InputSpec, source: str, line_no: int) -> Row:
     try:
         line = raw.decode("utf-8")
     except UnicodeDecodeError as exc:
-        return Quarantined(_invalid_utf8(raw, exc), source, line_no, raw[:RAW_PREVIEW_CHARS].decode("utf-8", "backslashreplace"))
+        preview = raw[:RAW_PREVIEW_CHARS].decode("utf-8", "backslashreplace")
+        return Quarantined(_invalid_utf8(raw, exc), source, line_no, preview)
     if not line.strip():
         return Quarantined("empty_line", source, line_no, "")
     record, error = _parse_json(line)
@@ -224,7 +225,8 @@ def _text_rows(path: Path, spec: InputSpec, source: str) -> Iterator[Row]:
     try:
         text = data.decode("utf-8-sig")
     except UnicodeDecodeError as exc:
-        yield Quarantined(f"invalid_utf8:{exc.reason} (byte {exc.start})", source, 1, data[:RAW_PREVIEW_CHARS].decode("utf-8", "backslashreplace"))
+        preview = data[:RAW_PREVIEW_CHARS].decode("utf-8", "backslashreplace")
+        yield Quarantined(f"invalid_utf8:{exc.reason} (byte {exc.start})", source, 1, preview)
         return
     yield _record_to_row({spec.text_key: text, spec.id_key: source}, spec, source, 1, text)
 
@@ -295,7 +297,9 @@ def describe_input(spec: InputSpec) -> str:
 def _check_unchanged(files: Mapping[str, Path], fingerprints: Mapping[str, Any], input_path: str) -> None:
     if set(files) != set(fingerprints):
         added, removed = sorted(set(files) - set(fingerprints)), sorted(set(fingerprints) - set(files))
-        raise InputChanged(f"input={input_path}: files changed since this run started (added {added}, removed {removed}); {START_OVER}")
+        raise InputChanged(
+            f"input={input_path}: files changed since this run started (added {added}, removed {removed}); {START_OVER}"
+        )
     for name, path in files.items():
         check_before_reading(name, path, fingerprints[name])
 
