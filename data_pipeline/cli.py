@@ -2,12 +2,15 @@
 
 Configuration is Hydra (configs/pipeline.yaml and configs/pipeline/*.yaml) composed with the compose API rather
 than `@hydra.main`, because the first argument is a sub-command and because a data run should not create
-Hydra's timestamped output directories. A structured schema makes a misspelt key fail at start.
+Hydra's timestamped output directories. The dataclasses below are the one source of every run key: its type, its
+default and a one-line doc; the YAML files hold only what a choice changes (the steps of each pipeline). A
+misspelt key fails at start; `--cfg job` prints the composed config, as Hydra does.
 """
 from __future__ import annotations
 
 import logging
 import sys
+import traceback
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Optional
@@ -16,7 +19,7 @@ from omegaconf import MISSING, DictConfig, OmegaConf
 from hydra.errors import HydraException
 from omegaconf.errors import OmegaConfBaseException
 
-from data_pipeline.executors.base import PipelinePlan, StepSpec
+from data_pipeline.executors.base import PipelinePlan, StepSpec, TaskFailed
 from data_pipeline.io import InputSpec, describe_input
 from data_pipeline.steps import STEP_NAMES, build_step
 
@@ -26,49 +29,49 @@ CONFIG_DIR = Path(__file__).resolve().parents[1] / "configs"
 
 @dataclass
 class StepConfig:
-    name: str = MISSING
-    params: dict[str, Any] = field(default_factory=dict)
+    name: str = MISSING  # a step of data_pipeline/steps (normalize, exact_dedup, ..., tokenize)
+    params: dict[str, Any] = field(default_factory=dict)  # keyword arguments of the step's class
 
 
 @dataclass
 class PipelineStepsConfig:
-    name: str = "default"
-    steps: list[StepConfig] = field(default_factory=list)
+    name: str = MISSING  # the pipeline's name, as its file configs/pipeline/<name>.yaml
+    steps: list[StepConfig] = field(default_factory=list)  # run in this order, each reading the previous one's output
 
 
 @dataclass
 class SlurmConfig:
-    partition: Optional[str] = None
-    account: Optional[str] = None
-    time: str = "01:00:00"
-    cpus_per_task: int = 1
-    mem: str = "4G"
-    max_parallel: int = 0
-    python: Optional[str] = None
-    sbatch_args: list[str] = field(default_factory=list)
-    dry_run: bool = False
+    partition: Optional[str] = None  # None: the cluster's default partition
+    account: Optional[str] = None  # account to charge; None: the user's default
+    time: str = "01:00:00"  # time limit of each job
+    cpus_per_task: int = 1  # CPUs of each task
+    mem: str = "4G"  # memory per task
+    max_parallel: int = 0  # at most this many array tasks at once (sbatch --array=...%N); 0: no limit
+    python: Optional[str] = None  # interpreter on the compute nodes; None: the one running this command
+    sbatch_args: list[str] = field(default_factory=list)  # extra sbatch arguments, verbatim
+    dry_run: bool = False  # print the sbatch commands without submitting
 
 
 @dataclass
 class PipelineRunConfig:
-    pipeline: PipelineStepsConfig = field(default_factory=PipelineStepsConfig)
-    input: str = MISSING
-    output: str = MISSING
-    text_key: str = "text"
-    id_key: str = "id"
-    input_split: str = "train"
-    max_doc_chars: int = 1_000_000
-    tasks: int = 4
-    workers: int = 1
-    output_format: str = "jsonl"
-    executor: str = "local"
-    seed: int = 0
-    eval_sets: list[str] = field(default_factory=list)
-    step_params: dict[str, Any] = field(default_factory=dict)
-    report: bool = True
-    wandb: bool = False
-    wandb_project: str = "loom-data"
-    slurm: SlurmConfig = field(default_factory=SlurmConfig)
+    pipeline: PipelineStepsConfig = field(default_factory=PipelineStepsConfig)  # group: configs/pipeline/*.yaml
+    input: str = MISSING  # .jsonl[.gz|.zst]/.parquet/.txt file, directory or glob; a saved `datasets` dir; a hub name
+    output: str = MISSING  # output directory (its layout: data_pipeline/executors/base.py)
+    text_key: str = "text"  # field holding a document's text
+    id_key: str = "id"  # field holding its id; absent: "<file>:<line>"
+    input_split: str = "train"  # split of a DatasetDict / hub dataset
+    max_doc_chars: int = 1_000_000  # longer documents are quarantined
+    tasks: int = 4  # shards; fixed for a run (results depend on it, not on workers)
+    workers: int = 1  # local processes
+    output_format: str = "jsonl"  # jsonl | parquet
+    executor: str = "local"  # local | slurm
+    seed: int = 0  # passed to every task (TaskContext.seed) for steps that draw at random
+    eval_sets: list[str] = field(default_factory=list)  # decontaminate's files: JSONL with text_key, or one per line
+    step_params: dict[str, Any] = field(default_factory=dict)  # parameters of the step when running a single step
+    report: bool = True  # write report.md/.html, summary.json and plots at the end
+    wandb: bool = False  # also log the report to Weights & Biases
+    wandb_project: str = "loom-data"  # W&B project when wandb=true
+    slurm: SlurmConfig = field(default_factory=SlurmConfig)  # executor=slurm only
 
 
 def _register_schema() -> None:
@@ -155,10 +158,28 @@ USAGE = f"""usage: python -m data_pipeline COMMAND [key=value ...]
 commands:
   run                 run a pipeline: pipeline=default input=PATH output=DIR [tasks=4 workers=4 executor=slurm ...]
   {' | '.join(STEP_NAMES)}
-                      run one step: input=PATH output=DIR [step_params.KEY=VALUE ...]
+                      run one step: input=PATH output=DIR [+step_params.KEY=VALUE ...]
   train-classifier    positive=FILE negative=FILE output=MODEL.bin [text_key=text epoch=10]
   generate            write the synthetic corpus: output=DIR [n_clean=1000 seed=0 files=1]
-Overrides are Hydra syntax; see configs/pipeline.yaml for every key."""
+Overrides are Hydra syntax. Every key, its default and its meaning: PipelineRunConfig in data_pipeline/cli.py.
+`run --cfg job [--resolve] [key=value ...]` (or a step name instead of run) prints the composed config and exits."""
+
+
+def _inspect_flags(args: list[str]) -> tuple[list[str], bool, bool]:
+    """Hydra's `--cfg job` (print the composed config, run nothing) and `--resolve`, taken out of the overrides."""
+    rest, show, resolve = [], False, False
+    it = iter(args)
+    for arg in it:
+        if arg in ("--cfg", "-c") or arg.startswith("--cfg="):
+            value = arg.partition("=")[2] if "=" in arg else next(it, None)
+            if value != "job":
+                raise ValueError(f"--cfg {value}: only `--cfg job` (the run's config) exists here")
+            show = True
+        elif arg == "--resolve":
+            resolve = True
+        else:
+            rest.append(arg)
+    return rest, show, resolve
 
 
 def main(argv: Optional[list[str]] = None) -> int:
@@ -169,10 +190,13 @@ def main(argv: Optional[list[str]] = None) -> int:
         return 0 if argv else 2
     command, args = argv[0], argv[1:]
     try:
-        if command == "run":
-            run_pipeline(compose_config(args))
-        elif command in STEP_NAMES:
-            run_pipeline(compose_config(args), single_step=command)
+        if command == "run" or command in STEP_NAMES:
+            overrides, show, resolve = _inspect_flags(args)
+            cfg = compose_config(overrides)
+            if show:
+                print(OmegaConf.to_yaml(cfg, resolve=resolve), end="")
+                return 0
+            run_pipeline(cfg, single_step=None if command == "run" else command)
         elif command == "train-classifier":
             from data_pipeline.steps.classifier import train_classifier
 
@@ -193,5 +217,9 @@ def main(argv: Optional[list[str]] = None) -> int:
         if isinstance(exc, HydraException) and exc.__cause__ is not None:
             message += f": {str(exc.__cause__).splitlines()[0]}"
         print(f"error: {message}", file=sys.stderr)
+        return 1
+    except TaskFailed as exc:  # a bug or an environment failure inside a task: the traceback, then where it was
+        traceback.print_exception(exc)
+        print(f"error: {exc}", file=sys.stderr)
         return 1
     return 0

@@ -1,44 +1,61 @@
 """Reading raw inputs into Documents (with quarantine of bad rows) and writing shards atomically.
 
-Raw inputs are messy, so the reader never raises on a bad row: it yields a `Quarantined` record with the
-reason, and the executor writes it to the quarantine output. Every reader streams, so a shard never has to fit
-in memory (except Parquet output, which is written in one go per shard).
+Raw inputs are messy, so the reader never raises on a bad row: it yields a `Quarantined` record naming the file,
+the 1-based line (row for Parquet and datasets) and the reason, and the executor writes it to the quarantine
+output. Bad rows are: invalid UTF-8, invalid JSON (also numbers too long to parse and nesting too deep), not an
+object, a missing/non-string/empty/too large text, and any string in text, id or metadata (keys included, at any
+depth) holding a lone surrogate (`"\\ud800"` is valid JSON but cannot be written as UTF-8) or a NUL character. A
+UTF-8 byte order mark at the start of a line is dropped. A truncated or corrupt .gz/.zst file yields its readable
+lines, then one record with the compressed byte offset where it broke (data_pipeline/compressed.py); a corrupt
+Parquet file yields its readable rows, then one record. Every reader streams, so a shard never has to fit in
+memory (except Parquet output, which is written in one go per shard).
 
 Inputs are split into `tasks` shards deterministically: with at least as many files as tasks, whole files go
 to tasks round-robin; otherwise every task reads all files and keeps every `tasks`-th row. The split depends
 only on the input and `tasks`, never on the number of worker processes, so results do not depend on workers.
+Given the plan's fingerprints, a task refuses to read a file that changed (or a file list that changed) since the
+run started (data_pipeline/fingerprint.py).
 """
 from __future__ import annotations
 
 import glob
-import gzip
-import io as _io
 import json
 import os
+import re
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Iterable, Iterator, Optional, Union
+from typing import Any, Iterable, Iterator, Mapping, Optional, Union
 
+from data_pipeline.compressed import StreamDamage, read_lines
 from data_pipeline.document import Document
+from data_pipeline.fingerprint import InputChanged, START_OVER, check_before_reading
 
 JSONL_SUFFIXES = (".jsonl", ".json", ".ndjson", ".jsonl.gz", ".json.gz", ".jsonl.zst", ".json.zst", ".ndjson.gz")
 TEXT_SUFFIXES = (".txt", ".md")
 PARQUET_SUFFIXES = (".parquet",)
 OUTPUT_FORMATS = ("jsonl", "parquet")
 RAW_PREVIEW_CHARS = 2000
+BOM = b"\xef\xbb\xbf"
+# In a line that decoded as UTF-8, only a \uD800-\uDFFF or \u0000 escape can put a lone surrogate or a NUL into a
+# parsed string (raw NUL is invalid JSON), so lines without one skip the walk over every field.
+_SUSPECT_ESCAPE = re.compile(r"\\u(?:[dD][89a-fA-F][0-9a-fA-F]{2}|0000)")
 
 
 @dataclass
 class Quarantined:
-    """A row that could not become a Document: why, and where it came from."""
+    """A row that could not become a Document: why, and where it came from (`line` is 1-based)."""
 
     reason: str
     source: str
     line: int
     raw: str
+    byte_offset: Optional[int] = None  # a broken compressed file: the compressed offset where decoding stopped
 
     def to_record(self) -> dict[str, Any]:
-        return {"reason": self.reason, "source": self.source, "line": self.line, "raw": self.raw}
+        record = {"reason": self.reason, "source": self.source, "line": self.line, "raw": self.raw}
+        if self.byte_offset is not None:
+            record["byte_offset"] = self.byte_offset
+        return record
 
 
 Row = Union[Document, Quarantined]
@@ -76,71 +93,156 @@ def list_input_files(path: str) -> list[Path]:
     return files
 
 
-def _open_binary(path: Path):
-    name = path.name.lower()
-    if name.endswith(".gz"):
-        return gzip.open(path, "rb")
-    if name.endswith(".zst"):
-        import zstandard
+def input_files(spec: InputSpec) -> dict[str, Path]:
+    """Source name -> path of every file the input reads; {} for a hub name. Source names (in quarantine records
+    and in the ids of documents without one) are relative to the input directory, to a glob's leading literal
+    directories, or the file name of a single file."""
+    path = Path(spec.path)
+    if _is_saved_dataset(path):
+        return {str(f.relative_to(path)): f for f in sorted(path.rglob("*")) if f.is_file() and not f.name.startswith("cache-")}
+    files = list_input_files(spec.path)
+    if path.is_dir():
+        return {str(f.relative_to(path)): f for f in files}
+    if path.is_file():
+        return {path.name: path}
+    magic = next(i for i, part in enumerate(path.parts + ("*",)) if any(c in part for c in "*?["))
+    root = Path(*path.parts[:magic]) if magic else None
+    return {(str(f.relative_to(root)) if root is not None else str(f)): f for f in files}
 
-        return _io.BufferedReader(zstandard.ZstdDecompressor().stream_reader(open(path, "rb"), closefd=True))
-    return open(path, "rb")
+
+def _preview(text: str) -> str:
+    """The start of a bad row, always writable as UTF-8 (lone surrogates shown as \\udXXX escapes)."""
+    return text[:RAW_PREVIEW_CHARS].encode("utf-8", "backslashreplace").decode("utf-8")
 
 
-def _record_to_row(record: Any, spec: InputSpec, source: str, line: int, raw: str) -> Row:
+def _string_problem(value: str) -> Optional[str]:
+    if "\x00" in value:
+        return "nul_character"
+    if not value.isascii():
+        try:
+            value.encode("utf-8")
+        except UnicodeEncodeError:
+            return "lone_surrogate"
+    return None
+
+
+def _unwritable_field(record: dict, first: tuple[str, ...] = ()) -> Optional[tuple[str, str]]:
+    """(problem, field path) of the first string, key or value at any depth, that is not clean UTF-8 text.
+
+    Fields named in `first` (text, id) are checked before the rest. Iterative: JSON nests deeper than recursion.
+    """
+    keys = [k for k in first if k in record] + [k for k in record if k not in first]
+    stack: list[tuple[str, Any]] = []
+    for key in reversed(keys):
+        problem = _string_problem(key) if isinstance(key, str) else None
+        if problem:
+            return problem, f"<key {_preview(key)!r}>"
+        stack.append((str(key), record[key]))
+    while stack:
+        path, value = stack.pop()
+        if isinstance(value, str):
+            problem = _string_problem(value)
+            if problem:
+                return problem, path
+        elif isinstance(value, dict):
+            for key, item in reversed(list(value.items())):
+                problem = _string_problem(key) if isinstance(key, str) else None
+                if problem:
+                    return problem, f"{path}.<key {_preview(key)!r}>"
+                stack.append((f"{path}.{key}", item))
+        elif isinstance(value, (list, tuple)):
+            stack.extend((f"{path}.{i}", item) for i, item in reversed(list(enumerate(value))))
+    return None
+
+
+def _record_to_row(record: Any, spec: InputSpec, source: str, line: int, raw: str, check_strings: bool = True) -> Row:
     if not isinstance(record, dict):
-        return Quarantined("not_an_object", source, line, raw[:RAW_PREVIEW_CHARS])
+        return Quarantined("not_an_object", source, line, _preview(raw))
+    unwritable = _unwritable_field(record, first=(spec.text_key, spec.id_key)) if check_strings else None
+    if unwritable is not None:
+        return Quarantined(f"{unwritable[0]}:{unwritable[1]}", source, line, _preview(raw))
     if spec.text_key not in record:
-        return Quarantined(f"missing_field:{spec.text_key}", source, line, raw[:RAW_PREVIEW_CHARS])
+        return Quarantined(f"missing_field:{spec.text_key}", source, line, _preview(raw))
     text = record[spec.text_key]
     if not isinstance(text, str):
-        return Quarantined(f"text_not_string:{type(text).__name__}", source, line, raw[:RAW_PREVIEW_CHARS])
+        return Quarantined(f"text_not_string:{type(text).__name__}", source, line, _preview(raw))
     if not text.strip():
-        return Quarantined("empty_document", source, line, raw[:RAW_PREVIEW_CHARS])
+        return Quarantined("empty_document", source, line, _preview(raw))
     if len(text) > spec.max_doc_chars:
-        return Quarantined(f"too_large:{len(text)}_chars", source, line, raw[:RAW_PREVIEW_CHARS])
+        return Quarantined(f"too_large:{len(text)}_chars", source, line, _preview(raw))
     doc_id = record.get(spec.id_key)
     metadata = {k: v for k, v in record.items() if k not in (spec.text_key, spec.id_key)}
     return Document(id=str(doc_id) if doc_id is not None else f"{source}:{line}", text=text, metadata=metadata)
 
 
+def _parse_json(line: str) -> tuple[Any, Optional[str]]:
+    try:
+        return json.loads(line), None
+    except json.JSONDecodeError as exc:
+        return None, f"invalid_json:{exc.msg} (char {exc.pos})"
+    except ValueError as exc:  # e.g. an integer longer than Python's int parsing limit
+        return None, f"invalid_json:{str(exc).splitlines()[0][:200]}"
+    except RecursionError:
+        return None, "invalid_json:nested too deeply"
+
+
+def _invalid_utf8(raw: bytes, exc: UnicodeDecodeError) -> str:
+    """The reason for a line that is not UTF-8, naming the field holding the bad bytes when the line is JSON."""
+    record, _ = _parse_json(raw.decode("utf-8", "surrogateescape"))  # bad bytes become lone surrogates
+    found = _unwritable_field(record) if isinstance(record, dict) else None
+    if found is not None and found[0] == "lone_surrogate":
+        return f"invalid_utf8:{found[1]}"
+    return f"invalid_utf8:{exc.reason} (byte {exc.start})"
+
+
+def _line_to_row(raw: bytes, spec: InputSpec, source: str, line_no: int) -> Row:
+    if raw.startswith(BOM):  # first line of a file saved with a BOM, or of one concatenated after another
+        raw = raw[len(BOM):]
+    try:
+        line = raw.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        preview = raw[:RAW_PREVIEW_CHARS].decode("utf-8", "backslashreplace")
+        return Quarantined(_invalid_utf8(raw, exc), source, line_no, preview)
+    if not line.strip():
+        return Quarantined("empty_line", source, line_no, "")
+    record, error = _parse_json(line)
+    if error is not None:
+        return Quarantined(error, source, line_no, _preview(line))
+    return _record_to_row(record, spec, source, line_no, line, check_strings=_SUSPECT_ESCAPE.search(line) is not None)
+
+
 def _jsonl_rows(path: Path, spec: InputSpec, source: str) -> Iterator[Row]:
-    with _open_binary(path) as raw_file:
-        for line_no, raw_line in enumerate(raw_file):
-            try:
-                line = raw_line.decode("utf-8")
-            except UnicodeDecodeError as exc:
-                yield Quarantined(f"invalid_utf8:{exc.reason}", source, line_no, raw_line[:RAW_PREVIEW_CHARS].decode("utf-8", "replace"))
-                continue
-            if not line.strip():
-                yield Quarantined("empty_line", source, line_no, "")
-                continue
-            try:
-                record = json.loads(line)
-            except json.JSONDecodeError as exc:
-                yield Quarantined(f"invalid_json:{exc.msg}", source, line_no, line[:RAW_PREVIEW_CHARS])
-                continue
-            yield _record_to_row(record, spec, source, line_no, line)
+    for line_no, item in enumerate(read_lines(path), start=1):
+        if isinstance(item, StreamDamage):  # the last record of a broken .gz/.zst: it stands for the cut line
+            raw = item.tail[:RAW_PREVIEW_CHARS].decode("utf-8", "backslashreplace")
+            yield Quarantined(item.reason, source, line_no, raw, byte_offset=item.byte_offset)
+            return
+        yield _line_to_row(item, spec, source, line_no)
 
 
 def _text_rows(path: Path, spec: InputSpec, source: str) -> Iterator[Row]:
     data = path.read_bytes()
     try:
-        text = data.decode("utf-8")
+        text = data.decode("utf-8-sig")
     except UnicodeDecodeError as exc:
-        yield Quarantined(f"invalid_utf8:{exc.reason}", source, 0, data[:RAW_PREVIEW_CHARS].decode("utf-8", "replace"))
+        preview = data[:RAW_PREVIEW_CHARS].decode("utf-8", "backslashreplace")
+        yield Quarantined(f"invalid_utf8:{exc.reason} (byte {exc.start})", source, 1, preview)
         return
-    yield _record_to_row({spec.text_key: text, spec.id_key: source}, spec, source, 0, text)
+    yield _record_to_row({spec.text_key: text, spec.id_key: source}, spec, source, 1, text)
 
 
 def _parquet_rows(path: Path, spec: InputSpec, source: str) -> Iterator[Row]:
+    import pyarrow as pa
     import pyarrow.parquet as pq
 
     line = 0
-    for batch in pq.ParquetFile(path).iter_batches(batch_size=1024):
-        for record in batch.to_pylist():
-            yield _record_to_row(record, spec, source, line, json.dumps(record, default=str)[:RAW_PREVIEW_CHARS])
-            line += 1
+    try:
+        for batch in pq.ParquetFile(path).iter_batches(batch_size=1024):
+            for record in batch.to_pylist():
+                line += 1
+                yield _record_to_row(record, spec, source, line, json.dumps(record, default=str))
+    except (pa.ArrowException, OSError) as exc:  # truncated or corrupt file: the rows read so far, then why
+        yield Quarantined(f"corrupt_parquet:{str(exc).splitlines()[0][:200]}", source, line + 1, "")
 
 
 def _file_rows(path: Path, spec: InputSpec, source: str) -> Iterator[Row]:
@@ -153,8 +255,8 @@ def _file_rows(path: Path, spec: InputSpec, source: str) -> Iterator[Row]:
 
 
 def _dataset_rows(dataset: Iterable[dict], spec: InputSpec, source: str) -> Iterator[Row]:
-    for line, record in enumerate(dataset):
-        yield _record_to_row(record, spec, source, line, json.dumps(record, default=str)[:RAW_PREVIEW_CHARS])
+    for line, record in enumerate(dataset, start=1):
+        yield _record_to_row(record, spec, source, line, json.dumps(record, default=str))
 
 
 def _load_dataset(spec: InputSpec):
@@ -192,28 +294,36 @@ def describe_input(spec: InputSpec) -> str:
     raise ValueError(f"input={spec.path}: no such file, directory or glob match")
 
 
-def read_input_shard(spec: InputSpec, rank: int, tasks: int) -> Iterator[Row]:
-    """Rows of shard `rank` of `tasks` of a raw input (see the module docstring for the split)."""
+def _check_unchanged(files: Mapping[str, Path], fingerprints: Mapping[str, Any], input_path: str) -> None:
+    if set(files) != set(fingerprints):
+        added, removed = sorted(set(files) - set(fingerprints)), sorted(set(fingerprints) - set(files))
+        raise InputChanged(
+            f"input={input_path}: files changed since this run started (added {added}, removed {removed}); {START_OVER}"
+        )
+    for name, path in files.items():
+        check_before_reading(name, path, fingerprints[name])
+
+
+def read_input_shard(spec: InputSpec, rank: int, tasks: int, fingerprints: Optional[Mapping[str, Any]] = None) -> Iterator[Row]:
+    """Rows of shard `rank` of `tasks` of a raw input (see the module docstring for the split and `fingerprints`)."""
     kind = describe_input(spec)
+    files = input_files(spec)
+    if fingerprints:
+        _check_unchanged(files, fingerprints, spec.path)
     if kind in ("saved_dataset", "hub"):
         rows = _dataset_rows(_load_dataset(spec), spec, Path(spec.path).name or spec.path)
         for i, row in enumerate(rows):
             if i % tasks == rank:
                 yield row
         return
-    files = list_input_files(spec.path)
-    root = Path(spec.path) if Path(spec.path).is_dir() else None
-
-    def source_name(f: Path) -> str:
-        return str(f.relative_to(root)) if root is not None else f.name
-
-    if len(files) >= tasks:
-        for f in files[rank::tasks]:
-            yield from _file_rows(f, spec, source_name(f))
+    names = list(files)
+    if len(names) >= tasks:
+        for name in names[rank::tasks]:
+            yield from _file_rows(files[name], spec, name)
         return
     index = 0
-    for f in files:
-        for row in _file_rows(f, spec, source_name(f)):
+    for name in names:
+        for row in _file_rows(files[name], spec, name):
             if index % tasks == rank:
                 yield row
             index += 1
@@ -229,8 +339,13 @@ def read_shard(path: Path) -> Iterator[Document]:
     if path.suffix == ".parquet":
         import pyarrow.parquet as pq
 
-        for batch in pq.ParquetFile(path).iter_batches(batch_size=1024):
+        parquet = pq.ParquetFile(path)
+        json_columns = json.loads((parquet.schema_arrow.metadata or {}).get(JSON_COLUMNS_KEY, b"[]"))
+        for batch in parquet.iter_batches(batch_size=1024):
             for record in batch.to_pylist():
+                for name in json_columns:
+                    if record[name] is not None:
+                        record[name] = json.loads(record[name])
                 yield Document.from_record(record)
     else:
         with open(path, "rb") as f:
@@ -271,17 +386,21 @@ class AtomicRecordWriter:
             self._rows.append(record)
 
     def commit(self) -> Path:
-        if self._file is not None:
-            self._file.flush()
-            os.fsync(self._file.fileno())
-            self._file.close()
-        else:
-            import pyarrow as pa
-            import pyarrow.parquet as pq
+        """Rename the finished file into place; on any failure (disk full, a row Parquet cannot hold) no
+        temporary file is left behind."""
+        try:
+            if self._file is not None:
+                self._file.flush()
+                os.fsync(self._file.fileno())
+                self._file.close()
+            else:
+                import pyarrow.parquet as pq
 
-            table = pa.Table.from_pylist(self._rows) if self._rows else pa.table({"id": pa.array([], pa.string()), "text": pa.array([], pa.string())})
-            pq.write_table(table, self.tmp)
-        os.replace(self.tmp, self.final)
+                pq.write_table(_parquet_table(self._rows), self.tmp)
+            os.replace(self.tmp, self.final)
+        except BaseException:
+            self.discard()
+            raise
         return self.final
 
     def discard(self) -> None:
@@ -290,15 +409,47 @@ class AtomicRecordWriter:
         self.tmp.unlink(missing_ok=True)
 
 
+JSON_COLUMNS_KEY = b"loom_json_columns"
+
+
+def _parquet_table(rows: list[dict]):
+    """Rows as an Arrow table. A metadata column whose values Arrow cannot hold in one type (an int in one row, a
+    string in another) is stored as JSON text and named in the schema metadata, so `read_shard` restores it."""
+    import pyarrow as pa
+
+    if not rows:
+        return pa.table({"id": pa.array([], pa.string()), "text": pa.array([], pa.string())})
+    try:
+        return pa.Table.from_pylist(rows)
+    except (pa.ArrowInvalid, pa.ArrowTypeError):
+        pass
+    columns: dict[str, Any] = {}
+    json_columns = []
+    for name in dict.fromkeys(key for row in rows for key in row):
+        values = [row.get(name) for row in rows]
+        try:
+            columns[name] = pa.array(values)
+        except (pa.ArrowInvalid, pa.ArrowTypeError):
+            columns[name] = pa.array([None if v is None else json.dumps(v, ensure_ascii=False, default=str) for v in values], pa.string())
+            json_columns.append(name)
+    return pa.table(columns).replace_schema_metadata({JSON_COLUMNS_KEY: json.dumps(json_columns)})
+
+
 def write_json_atomic(path: Path, obj: Any) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.name}.tmp.{os.getpid()}")
-    tmp.write_text(json.dumps(obj, indent=2, sort_keys=True, default=str))
-    os.replace(tmp, path)
+    try:
+        tmp.write_text(json.dumps(obj, indent=2, sort_keys=True, default=str))
+        os.replace(tmp, path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
 
 
-def remove_stale_temporaries(directory: Path) -> None:
-    """Temporary files left by a killed task (never read; removed so they do not accumulate)."""
+def remove_stale_temporaries(directory: Path, rank: Optional[int] = None) -> None:
+    """Temporary files (`.<name>.tmp.<pid>`) left by a killed task: never read, removed so they do not accumulate.
+    With `rank`, only that task's files directly in `directory` (their names hold the zero-padded rank)."""
     if directory.is_dir():
-        for tmp in directory.rglob(".*.tmp.*"):
+        found = directory.rglob(".*.tmp.*") if rank is None else directory.glob(f".*{rank:05d}*.tmp.*")
+        for tmp in list(found):
             tmp.unlink(missing_ok=True)

@@ -14,25 +14,32 @@ Layout under the output directory:
   tokens/                               packed shards (tokenize)
   .work/<step>/                         intermediate files of global steps
   .markers/<step>/<stage>/task-RRRRR    completion markers: a rerun skips tasks that have one
+  plan.json                             the plan, with a fingerprint of every input file
 Every file is written under a temporary name and renamed; the marker comes last, so a killed task leaves no
-output a rerun would trust.
+output a rerun would trust, and a task removes the temporary files a killed run of it left. A rerun resumes only
+the same plan on the same input: another configuration or a changed input file is refused (save_plan_checked).
+A task that fails raises TaskFailed naming the step, stage, task and the last document it read.
 """
 from __future__ import annotations
 
 import json
+import logging
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any, Iterator, Optional
 
 from data_pipeline.document import Document
+from data_pipeline.fingerprint import START_OVER, InputChanged, describe_changes, fingerprint_files
 from data_pipeline.io import (
     AtomicRecordWriter,
     InputSpec,
     Quarantined,
     find_shard,
+    input_files,
     read_input_shard,
     read_shard,
+    remove_stale_temporaries,
     shard_name,
     write_json_atomic,
 )
@@ -40,6 +47,13 @@ from data_pipeline.stats import TaskStats, merge_step_dir
 from data_pipeline.steps import Step, TaskContext, build_step
 
 TOKENS_DIR = "tokens"
+MAX_CHANGES_SHOWN = 10
+log = logging.getLogger(__name__)
+
+
+class TaskFailed(RuntimeError):
+    """A task raised: the message names the step, stage, task and the last document read (picklable, so it
+    crosses the process pool unchanged)."""
 
 
 @dataclass
@@ -58,6 +72,8 @@ class PipelinePlan:
     tasks: int = 4
     output_format: str = "jsonl"
     seed: int = 0
+    # name -> {size, mtime_ns, sha256} of every input file, filled by save_plan_checked (data_pipeline/fingerprint.py)
+    input_files: dict[str, dict[str, Any]] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         if self.tasks < 1:
@@ -90,6 +106,7 @@ class PipelinePlan:
             tasks=data["tasks"],
             output_format=data["output_format"],
             seed=data["seed"],
+            input_files=data.get("input_files", {}),
         )
 
     def save(self, path: Path) -> None:
@@ -112,16 +129,37 @@ class PipelinePlan:
 
 
 def save_plan_checked(plan: PipelinePlan) -> None:
-    """Save the plan in the output directory, refusing to resume a run that was started with another plan
-    (its completion markers would make the new configuration silently skip work)."""
+    """Save the plan in the output directory with a fingerprint of every input file, refusing to resume a run that
+    was started with another plan or on other input (its completion markers would make the new run silently skip
+    work, or mix documents of the old and the new files)."""
     path = plan.root / "plan.json"
+    files = input_files(plan.input)
     if path.exists():
         previous = json.loads(path.read_text())
-        if previous != json.loads(json.dumps(plan.to_json())):
+        recorded = previous.pop("input_files", None)
+        if previous != json.loads(json.dumps({k: v for k, v in plan.to_json().items() if k != "input_files"})):
             raise ValueError(
                 f"output={plan.root} holds a run with a different configuration ({path}); "
                 "use a new output directory, or delete this one to start over"
             )
+        if recorded is not None:
+            changes = describe_changes(recorded, files)
+            if changes:
+                shown = "; ".join(changes[:MAX_CHANGES_SHOWN]) + (f"; and {len(changes) - MAX_CHANGES_SHOWN} more" if len(changes) > MAX_CHANGES_SHOWN else "")
+                raise InputChanged(
+                    f"output={plan.root} holds a run started on other input (input={plan.input.path}; fingerprints in "
+                    f"{path}): {shown}. Resuming would mix documents of both; {START_OVER}"
+                )
+            plan.input_files = recorded
+            plan.save(path)
+            return
+        log.warning("%s predates input fingerprints: a change made before this resume cannot be detected; "
+                    "recording the input as it is now", path)
+    if not files:
+        log.warning("input=%s is a hub dataset: it has no files to fingerprint, so a resume cannot detect a change", plan.input.path)
+    start = time.perf_counter()
+    plan.input_files = fingerprint_files(files)
+    log.info("fingerprinted %d input files in %.1f s", len(files), time.perf_counter() - start)
     plan.save(path)
 
 
@@ -136,9 +174,22 @@ def _context(plan: PipelinePlan, step: Step, rank: int) -> TaskContext:
     )
 
 
+class _Reading:
+    """The rows of a task's input, remembering the last one read so that an error can say where it happened."""
+
+    def __init__(self, rows: Iterator[Document | Quarantined]) -> None:
+        self.rows = rows
+        self.last: Optional[str] = None
+
+    def __iter__(self) -> Iterator[Document | Quarantined]:
+        for row in self.rows:
+            self.last = f"document {row.id!r}" if isinstance(row, Document) else f"{row.source} line {row.line}"
+            yield row
+
+
 def _input_rows(plan: PipelinePlan, step_index: int, rank: int) -> Iterator[Document | Quarantined]:
     if step_index == 0:
-        return read_input_shard(plan.input, rank, plan.tasks)
+        return read_input_shard(plan.input, rank, plan.tasks, fingerprints=plan.input_files)
     previous = plan.steps[step_index - 1].name
     path = find_shard(plan.root / previous, rank)
     if path is None:
@@ -146,14 +197,16 @@ def _input_rows(plan: PipelinePlan, step_index: int, rank: int) -> Iterator[Docu
     return read_shard(path)
 
 
-def _documents_only(rows: Iterator[Document | Quarantined]) -> Iterator[Document]:
-    return (row for row in rows if isinstance(row, Document))
-
-
 def task_done(plan: PipelinePlan, step_index: int, stage_index: int, rank: int) -> bool:
     step = plan.steps[step_index].name
     stage = plan.build(step_index).stages()[stage_index].name
     return plan.marker(step, stage, rank).exists()
+
+
+def _task_directories(plan: PipelinePlan, step: str) -> list[Path]:
+    root = plan.root
+    return [root / step, root / "excluded" / step, root / "quarantine" / step, root / "stats" / step,
+            root / ".work" / step, root / TOKENS_DIR]
 
 
 def run_task(plan: PipelinePlan, step_index: int, stage_index: int, rank: int = 0) -> bool:
@@ -164,19 +217,32 @@ def run_task(plan: PipelinePlan, step_index: int, stage_index: int, rank: int = 
     marker = plan.marker(step.name, stage.name, rank)
     if marker.exists():
         return False
+    for directory in _task_directories(plan, step.name):  # what a killed earlier run of this task left
+        remove_stale_temporaries(directory, rank)
     context = _context(plan, step, rank)
     step.bind(context)
     start = time.perf_counter()
-    if stage_index == len(stages) - 1:
-        _run_output_stage(plan, step_index, step, stage.fn, rank, context)
-    else:
-        if not stage.per_shard:
+    reading = _Reading(iter(()))
+    try:
+        if stage_index == len(stages) - 1:
+            reading = _Reading(_input_rows(plan, step_index, rank))
+            _run_output_stage(plan, step, stage.fn, rank, context, reading)
+        elif not stage.per_shard:
             stage.fn(plan.tasks)
         else:
-            result = stage.fn(_documents_only(_input_rows(plan, step_index, rank)), rank, plan.tasks)
+            reading = _Reading(_input_rows(plan, step_index, rank))
+            result = stage.fn((row for row in reading if isinstance(row, Document)), rank, plan.tasks)
             if result is not None:
                 for _ in result:  # drain a generator-style stage
                     pass
+    except InputChanged:
+        raise
+    except Exception as exc:
+        where = f", after reading {reading.last}" if reading.last else ""
+        raise TaskFailed(
+            f"step {step.name}, stage {stage.name}, task {rank} of {plan.tasks}{where}: {type(exc).__name__}: {exc}"
+        ) from exc
+    if stage_index != len(stages) - 1:
         timing = {"stage": stage.name, "rank": rank, "time_s": time.perf_counter() - start}
         write_json_atomic(plan.root / "stats" / step.name / f"stage-{stage.name}-{rank:05d}.json", timing)
     marker.parent.mkdir(parents=True, exist_ok=True)
@@ -184,7 +250,7 @@ def run_task(plan: PipelinePlan, step_index: int, stage_index: int, rank: int = 
     return True
 
 
-def _run_output_stage(plan: PipelinePlan, step_index: int, step: Step, fn, rank: int, context: TaskContext) -> None:
+def _run_output_stage(plan: PipelinePlan, step: Step, fn, rank: int, context: TaskContext, rows: _Reading) -> None:
     root = plan.root
     stats = TaskStats(step=step.name, rank=rank)
     start = time.perf_counter()
@@ -204,10 +270,11 @@ def _run_output_stage(plan: PipelinePlan, step_index: int, step: Step, fn, rank:
     context.on_exclude = on_exclude
 
     def counted_documents() -> Iterator[Document]:
-        for row in _input_rows(plan, step_index, rank):
+        for row in rows:
             stats.docs_in += 1
             if isinstance(row, Quarantined):
                 stats.docs_quarantined += 1
+                context.count(f"quarantined.{row.reason.split(':')[0]}")
                 quarantine_writer.write(row.to_record())
                 continue
             stats.bytes_in += len(row.text.encode("utf-8"))
@@ -221,18 +288,18 @@ def _run_output_stage(plan: PipelinePlan, step_index: int, step: Step, fn, rank:
             stats.words_out += len(doc.text.split())
             if kept_writer is not None:
                 kept_writer.write(doc.to_record())
-    except BaseException:
+        stats.docs_added = context.counters.get("added_copies", 0)
+        stats.docs_kept = stats.docs_out - stats.docs_added
+        stats.time_s = time.perf_counter() - start
+        stats.counters = dict(context.counters)
+        stats.scores = {k: list(v) for k, v in context.scores.items()}
+        stats.check_accounting()
         for writer in writers:
+            writer.commit()
+    except BaseException:
+        for writer in writers:  # a committed writer has nothing left to discard
             writer.discard()
         raise
-    stats.docs_added = context.counters.get("added_copies", 0)
-    stats.docs_kept = stats.docs_out - stats.docs_added
-    stats.time_s = time.perf_counter() - start
-    stats.counters = dict(context.counters)
-    stats.scores = {k: list(v) for k, v in context.scores.items()}
-    stats.check_accounting()
-    for writer in writers:
-        writer.commit()
     write_json_atomic(plan.stats_file(step.name, rank), stats.to_json())
 
 
