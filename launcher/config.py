@@ -17,6 +17,7 @@ from typing import Any, Optional
 
 from hydra.core.config_store import ConfigStore
 
+from cluster.config import ClusterConfig
 from model.config import ModelConfig
 from parallel.config import ParallelConfig
 
@@ -106,6 +107,7 @@ class TrainConfig:
     parallel: ParallelConfig = field(default_factory=ParallelConfig)
     trainer: TrainerConfig = field(default_factory=TrainerConfig)
     logging: LoggingConfig = field(default_factory=LoggingConfig)
+    cluster: ClusterConfig = field(default_factory=ClusterConfig)  # where `launcher.submit` runs the job (Slurm)
 
 
 def register_configs() -> None:
