@@ -7,6 +7,7 @@ Hydra's timestamped output directories. A structured schema makes a misspelt key
 from __future__ import annotations
 
 import logging
+import os
 import sys
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -16,6 +17,7 @@ from omegaconf import MISSING, DictConfig, OmegaConf
 from hydra.errors import HydraException
 from omegaconf.errors import OmegaConfBaseException
 
+from cluster.config import ClusterConfig
 from data_pipeline.executors.base import PipelinePlan, StepSpec
 from data_pipeline.io import InputSpec, describe_input
 from data_pipeline.steps import STEP_NAMES, build_step
@@ -37,19 +39,6 @@ class PipelineStepsConfig:
 
 
 @dataclass
-class SlurmConfig:
-    partition: Optional[str] = None
-    account: Optional[str] = None
-    time: str = "01:00:00"
-    cpus_per_task: int = 1
-    mem: str = "4G"
-    max_parallel: int = 0
-    python: Optional[str] = None
-    sbatch_args: list[str] = field(default_factory=list)
-    dry_run: bool = False
-
-
-@dataclass
 class PipelineRunConfig:
     pipeline: PipelineStepsConfig = field(default_factory=PipelineStepsConfig)
     input: str = MISSING
@@ -68,7 +57,7 @@ class PipelineRunConfig:
     report: bool = True
     wandb: bool = False
     wandb_project: str = "loom-data"
-    slurm: SlurmConfig = field(default_factory=SlurmConfig)
+    cluster: ClusterConfig = field(default_factory=ClusterConfig)  # Slurm settings for executor=slurm
 
 
 def _register_schema() -> None:
@@ -92,6 +81,9 @@ def build_plan(cfg: DictConfig, single_step: Optional[str] = None) -> tuple[Pipe
     for key in ("input", "output"):
         if OmegaConf.is_missing(cfg, key):
             raise ValueError(f"{key}= is required (e.g. input=data/raw output=data/clean)")
+    # Absolute paths in the plan: Slurm tasks (and anything else reading plan.json) may run in another directory.
+    if cfg.eval_sets:
+        cfg.eval_sets = [os.path.abspath(p) for p in cfg.eval_sets]
     if single_step is not None:
         specs = [StepSpec(single_step, OmegaConf.to_container(cfg.step_params, resolve=True, throw_on_missing=True))]
     else:
@@ -104,7 +96,8 @@ def build_plan(cfg: DictConfig, single_step: Optional[str] = None) -> tuple[Pipe
     if not enabled:
         raise ValueError(f"every step is disabled by its configuration: {[s.name for s in skipped]}")
     input_spec = InputSpec(cfg.input, cfg.text_key, cfg.id_key, cfg.input_split, cfg.max_doc_chars)
-    describe_input(input_spec)  # a missing input fails here, before any task starts
+    if describe_input(input_spec) != "hub":  # a missing input fails here, before any task starts
+        input_spec.path = os.path.abspath(cfg.input)
     plan = PipelinePlan(
         input=input_spec,
         output=str(Path(cfg.output).resolve()),
@@ -116,7 +109,8 @@ def build_plan(cfg: DictConfig, single_step: Optional[str] = None) -> tuple[Pipe
     return plan, [s.name for s in skipped]
 
 
-def run_pipeline(cfg: DictConfig, single_step: Optional[str] = None) -> dict[str, dict]:
+def run_pipeline(cfg: DictConfig, single_step: Optional[str] = None, wait: bool = False,
+                 dry_run: bool = False) -> dict[str, dict]:
     plan, skipped = build_plan(cfg, single_step)
     for name in skipped:
         log.info("step %s skipped: disabled by its configuration", name)
@@ -125,9 +119,15 @@ def run_pipeline(cfg: DictConfig, single_step: Optional[str] = None) -> dict[str
 
         stats = LocalExecutor(plan, workers=cfg.workers).run()
     elif cfg.executor == "slurm":
-        from data_pipeline.executors.slurm import SlurmExecutor
+        from data_pipeline.executors.slurm import SlurmExecutor, wait_for_jobs
 
-        SlurmExecutor(plan, cfg.slurm, report=cfg.report).submit()
+        executor = SlurmExecutor(plan, OmegaConf.to_object(cfg.cluster), workers=cfg.workers, report=cfg.report)
+        jobs = executor.submit(dry_run=dry_run)
+        if not dry_run:
+            print(f"submitted {len(jobs)} job(s) {jobs[0].job_id}..{jobs[-1].job_id}; logs in {executor.log_dir}",
+                  flush=True)
+            if wait:
+                wait_for_jobs(plan, jobs)
         return {}
     else:
         raise ValueError(f"executor={cfg.executor!r}: use local or slurm")
@@ -154,6 +154,8 @@ def _key_values(args: list[str], allowed: dict[str, Any], command: str) -> dict[
 USAGE = f"""usage: python -m data_pipeline COMMAND [key=value ...]
 commands:
   run                 run a pipeline: pipeline=default input=PATH output=DIR [tasks=4 workers=4 executor=slurm ...]
+                      executor=slurm takes cluster=<name> cluster.KEY=VALUE, and --wait (follow the jobs, exit
+                      non-zero naming a task that failed) or --dry-run (print the sbatch commands)
   {' | '.join(STEP_NAMES)}
                       run one step: input=PATH output=DIR [step_params.KEY=VALUE ...]
   train-classifier    positive=FILE negative=FILE output=MODEL.bin [text_key=text epoch=10]
@@ -164,15 +166,20 @@ Overrides are Hydra syntax; see configs/pipeline.yaml for every key."""
 def main(argv: Optional[list[str]] = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
+    flags = {a for a in argv[1:] if a in ("--wait", "--dry-run")}  # executor=slurm: follow the chain / print it
+    argv = argv[:1] + [a for a in argv[1:] if a not in flags]
     if not argv or argv[0] in ("-h", "--help", "help"):
         print(USAGE)
         return 0 if argv else 2
     command, args = argv[0], argv[1:]
     try:
+        if flags and command != "run" and command not in STEP_NAMES:
+            raise ValueError(f"{' '.join(sorted(flags))}: only for `run` and single steps with executor=slurm")
         if command == "run":
-            run_pipeline(compose_config(args))
+            run_pipeline(compose_config(args), wait="--wait" in flags, dry_run="--dry-run" in flags)
         elif command in STEP_NAMES:
-            run_pipeline(compose_config(args), single_step=command)
+            run_pipeline(compose_config(args), single_step=command, wait="--wait" in flags,
+                         dry_run="--dry-run" in flags)
         elif command == "train-classifier":
             from data_pipeline.steps.classifier import train_classifier
 
@@ -187,6 +194,9 @@ def main(argv: Optional[list[str]] = None) -> int:
         else:
             print(f"unknown command {command!r}\n{USAGE}", file=sys.stderr)
             return 2
+    except RuntimeError as exc:  # a Slurm job failed for good (--wait), or sbatch refused a job
+        print(f"error: {exc}", file=sys.stderr)
+        return 1
     except (ValueError, OmegaConfBaseException, HydraException) as exc:  # bad configuration: name the key
         key = getattr(exc, "full_key", None)
         message = str(exc).splitlines()[0] + (f" (key: {key})" if key else "")
