@@ -338,7 +338,7 @@ def train(cfg: DictConfig) -> None:
         sinks = [ConsoleSink(), JsonlSink(run_dir, start_step)]
         if cfg.logging.wandb.mode != "disabled":
             sinks.append(WandbSink(cfg.logging.wandb, run_dir, OmegaConf.to_container(cfg, resolve=True),
-                                   run_dir.name))
+                                   run_dir.name, resume_step=start_step))
         if t.progress_bar:
             progress = ProgressBarSink(t.max_steps, start_step)
     metrics = MetricsLogger(sinks, progress)
