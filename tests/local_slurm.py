@@ -1,7 +1,7 @@
 """A real single-node Slurm (Debian's 22.05 packages) for the tests, started without systemd.
 
 `LocalSlurm.start()` installs slurmctld/slurmd/slurm-client/munge with apt-get when they are missing, starts a
-private `munged` (its own socket, run as the munge user), writes a slurm.conf for this machine (its real CPUs and
+private `munged` (its own socket in /run/munge, run as the munge user; auth/none if it cannot start), writes a slurm.conf for this machine (its real CPUs and
 memory, free TCP ports, state under a temporary directory) and starts `slurmctld` and `slurmd` in the foreground
 as child processes. `stop()` ends exactly those processes, by pid. Clients find the cluster through `SLURM_CONF`,
 which `env()` adds to a copy of the environment.

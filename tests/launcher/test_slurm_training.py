@@ -195,17 +195,16 @@ def test_slurm_preemption_checkpoints_requeues_and_resumes(preempted, torchrun_b
 
 def test_slurm_requeued_job_logs_one_wandb_run(preempted):
     """Decoded from the offline .wandb files with wandb's protobuf definitions (tests/launcher/wandb_records.py)."""
-    from wandb_records import config_values, history_steps, records, run_record
+    from wandb_records import config_values, history_steps, run_record, runs_in_order
 
     job, info, error = preempted["usr1"]
     if error is not None:
         pytest.fail(f"the USR1 scenario failed: {error}")
-    files = sorted((job.run_dir / "wandb").glob("offline-run-*/run-*.wandb"))
-    assert len(files) == 2, files  # the first job segment and the requeued one
+    runs = runs_in_order(job.run_dir / "wandb")
+    assert len(runs) == 2  # the first job segment and the requeued one
     run_id = (job.run_dir / "wandb_run_id").read_text().strip()
     steps, restarts = [], []
-    for path in files:
-        recs = records(path)
+    for recs in runs:
         assert run_record(recs).run_id == run_id
         steps += history_steps(recs)
         config = config_values(recs)

@@ -97,3 +97,10 @@ def config_values(recs: list[Any]) -> dict[str, Any]:
             key = item.key or "/".join(item.nested_key)
             values[key] = json.loads(item.value_json)
     return values
+
+
+def runs_in_order(wandb_dir) -> list[list[Any]]:
+    """The records of every offline run file under `wandb_dir`, oldest run first (by the run's start time: the
+    directory names have one-second resolution)."""
+    runs = [records(path) for path in Path(wandb_dir).glob("offline-run-*/run-*.wandb")]
+    return sorted(runs, key=lambda recs: run_record(recs).start_time.ToNanoseconds())
