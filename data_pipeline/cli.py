@@ -111,6 +111,8 @@ def build_plan(cfg: DictConfig, single_step: Optional[str] = None) -> tuple[Pipe
 
 def run_pipeline(cfg: DictConfig, single_step: Optional[str] = None, wait: bool = False,
                  dry_run: bool = False) -> dict[str, dict]:
+    if dry_run and cfg.executor != "slurm":
+        raise ValueError(f"--dry-run prints the sbatch commands of executor=slurm (executor={cfg.executor} has none)")
     plan, skipped = build_plan(cfg, single_step)
     for name in skipped:
         log.info("step %s skipped: disabled by its configuration", name)
