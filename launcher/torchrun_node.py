@@ -23,49 +23,64 @@ STOP_SIGNALS = (signal.SIGTERM, signal.SIGUSR1)
 TORCHRUN_HANDLES = "SIGINT,SIGHUP,SIGQUIT"  # torchrun's own handling, minus the two handled here
 
 
-class _StopBeforeStart(Exception):
-    """A stop signal arrived before torchrun's agent was running: no worker to tell."""
+class _Stopped(Exception):
+    """The node was told to stop (before its agent ran, or by the agent's SignalException)."""
 
 
 _received: list[signal.Signals] = []
-_agent_running = False
+_phase = "starting"  # starting -> running (torchrun's agent) -> done
 
 
 def _on_stop_signal(signum: int, frame) -> None:  # noqa: ARG001 - signal handler signature
-    if _received:
-        return  # already stopping: the agent is waiting for the workers, let it
+    if _received or _phase == "done":
+        return  # already stopping (the agent is waiting for the workers), or finished: nothing to do
     _received.append(signal.Signals(signum))
-    if not _agent_running:
-        raise _StopBeforeStart()
+    if _phase == "starting":
+        raise _Stopped()  # no worker yet: nothing to tell, nothing to save
     from torch.distributed.elastic.multiprocessing.api import SignalException
 
     raise SignalException(f"torchrun node got {signal.Signals(signum).name}", sigval=signal.Signals(signum))
 
 
+def _ignore_stop_signals() -> None:
+    """SIG_IGN, not a handler: Python resets its own handlers to "terminate" while the interpreter exits."""
+    for sig in STOP_SIGNALS:
+        signal.signal(sig, signal.SIG_IGN)
+
+
+def _launch(argv: list[str]) -> None:
+    global _phase
+    from torch.distributed.elastic.multiprocessing.api import SignalException
+    from torch.distributed.elastic.multiprocessing.errors import record
+    from torch.distributed.run import parse_args, run
+
+    args = parse_args([f"--signals-to-handle={TORCHRUN_HANDLES}", *argv])
+
+    @record  # a failing worker is reported the way torchrun reports it
+    def launch() -> None:
+        run(args)
+
+    _phase = "running"
+    try:
+        launch()
+    except SignalException as exc:
+        raise _Stopped() from exc
+    finally:
+        _phase = "done"
+
+
 def main(argv: Optional[list[str]] = None) -> int:
-    global _agent_running
     for sig in STOP_SIGNALS:  # first, before the seconds of importing torch
         signal.signal(sig, _on_stop_signal)
     argv = list(sys.argv[1:] if argv is None else argv)
     try:
-        from torch.distributed.elastic.multiprocessing.api import SignalException
-        from torch.distributed.elastic.multiprocessing.errors import record
-        from torch.distributed.run import parse_args, run
-
-        args = parse_args([f"--signals-to-handle={TORCHRUN_HANDLES}", *argv])
-
-        @record  # a failing worker is reported the way torchrun reports it
-        def launch() -> None:
-            run(args)
-
-        _agent_running = True
-        launch()
-    except (SignalException, _StopBeforeStart):
-        for sig in STOP_SIGNALS:  # ignored from here on: a Python handler would be reset to "terminate" at exit
-            signal.signal(sig, signal.SIG_IGN)
+        _launch(argv)
+    except _Stopped:
+        _ignore_stop_signals()
         print(f"loom: torchrun node stopped on {_received[0].name}: the workers were asked to checkpoint and exit",
               flush=True)
         return 0
+    _ignore_stop_signals()
     return 0
 
 
