@@ -9,6 +9,7 @@ misspelt key fails at start; `--cfg job` prints the composed config, as Hydra do
 from __future__ import annotations
 
 import logging
+import os
 import sys
 import traceback
 from dataclasses import dataclass, field
@@ -19,6 +20,7 @@ from omegaconf import MISSING, DictConfig, OmegaConf
 from hydra.errors import HydraException
 from omegaconf.errors import OmegaConfBaseException
 
+from cluster.config import ClusterConfig
 from data_pipeline.executors.base import PipelinePlan, StepSpec, TaskFailed
 from data_pipeline.io import InputSpec, describe_input
 from data_pipeline.steps import STEP_NAMES, build_step
@@ -40,19 +42,6 @@ class PipelineStepsConfig:
 
 
 @dataclass
-class SlurmConfig:
-    partition: Optional[str] = None  # None: the cluster's default partition
-    account: Optional[str] = None  # account to charge; None: the user's default
-    time: str = "01:00:00"  # time limit of each job
-    cpus_per_task: int = 1  # CPUs of each task
-    mem: str = "4G"  # memory per task
-    max_parallel: int = 0  # at most this many array tasks at once (sbatch --array=...%N); 0: no limit
-    python: Optional[str] = None  # interpreter on the compute nodes; None: the one running this command
-    sbatch_args: list[str] = field(default_factory=list)  # extra sbatch arguments, verbatim
-    dry_run: bool = False  # print the sbatch commands without submitting
-
-
-@dataclass
 class PipelineRunConfig:
     pipeline: PipelineStepsConfig = field(default_factory=PipelineStepsConfig)  # group: configs/pipeline/*.yaml
     input: str = MISSING  # .jsonl[.gz|.zst]/.parquet/.txt file, directory or glob; a saved `datasets` dir; a hub name
@@ -62,7 +51,7 @@ class PipelineRunConfig:
     input_split: str = "train"  # split of a DatasetDict / hub dataset
     max_doc_chars: int = 1_000_000  # longer documents are quarantined
     tasks: int = 4  # shards; fixed for a run (results depend on it, not on workers)
-    workers: int = 1  # local processes
+    workers: int = 1  # tasks running at once (local: processes; slurm: the array's % limit)
     output_format: str = "jsonl"  # jsonl | parquet
     executor: str = "local"  # local | slurm
     seed: int = 0  # passed to every task (TaskContext.seed) for steps that draw at random
@@ -71,7 +60,7 @@ class PipelineRunConfig:
     report: bool = True  # write report.md/.html, summary.json and plots at the end
     wandb: bool = False  # also log the report to Weights & Biases
     wandb_project: str = "loom-data"  # W&B project when wandb=true
-    slurm: SlurmConfig = field(default_factory=SlurmConfig)  # executor=slurm only
+    cluster: ClusterConfig = field(default_factory=ClusterConfig)  # group: configs/cluster/; executor=slurm only
 
 
 def _register_schema() -> None:
@@ -95,6 +84,9 @@ def build_plan(cfg: DictConfig, single_step: Optional[str] = None) -> tuple[Pipe
     for key in ("input", "output"):
         if OmegaConf.is_missing(cfg, key):
             raise ValueError(f"{key}= is required (e.g. input=data/raw output=data/clean)")
+    # Absolute paths in the plan: Slurm tasks (and anything else reading plan.json) may run in another directory.
+    if cfg.eval_sets:
+        cfg.eval_sets = [os.path.abspath(p) for p in cfg.eval_sets]
     if single_step is not None:
         specs = [StepSpec(single_step, OmegaConf.to_container(cfg.step_params, resolve=True, throw_on_missing=True))]
     else:
@@ -107,7 +99,8 @@ def build_plan(cfg: DictConfig, single_step: Optional[str] = None) -> tuple[Pipe
     if not enabled:
         raise ValueError(f"every step is disabled by its configuration: {[s.name for s in skipped]}")
     input_spec = InputSpec(cfg.input, cfg.text_key, cfg.id_key, cfg.input_split, cfg.max_doc_chars)
-    describe_input(input_spec)  # a missing input fails here, before any task starts
+    if describe_input(input_spec) != "hub":  # a missing input fails here, before any task starts
+        input_spec.path = os.path.abspath(cfg.input)
     plan = PipelinePlan(
         input=input_spec,
         output=str(Path(cfg.output).resolve()),
@@ -119,7 +112,10 @@ def build_plan(cfg: DictConfig, single_step: Optional[str] = None) -> tuple[Pipe
     return plan, [s.name for s in skipped]
 
 
-def run_pipeline(cfg: DictConfig, single_step: Optional[str] = None) -> dict[str, dict]:
+def run_pipeline(cfg: DictConfig, single_step: Optional[str] = None, wait: bool = False,
+                 dry_run: bool = False) -> dict[str, dict]:
+    if dry_run and cfg.executor != "slurm":
+        raise ValueError(f"--dry-run prints the sbatch commands of executor=slurm (executor={cfg.executor} has none)")
     plan, skipped = build_plan(cfg, single_step)
     for name in skipped:
         log.info("step %s skipped: disabled by its configuration", name)
@@ -128,9 +124,15 @@ def run_pipeline(cfg: DictConfig, single_step: Optional[str] = None) -> dict[str
 
         stats = LocalExecutor(plan, workers=cfg.workers).run()
     elif cfg.executor == "slurm":
-        from data_pipeline.executors.slurm import SlurmExecutor
+        from data_pipeline.executors.slurm import SlurmExecutor, wait_for_jobs
 
-        SlurmExecutor(plan, cfg.slurm, report=cfg.report).submit()
+        executor = SlurmExecutor(plan, OmegaConf.to_object(cfg.cluster), workers=cfg.workers, report=cfg.report)
+        jobs = executor.submit(dry_run=dry_run)
+        if not dry_run:
+            print(f"submitted {len(jobs)} job(s) {jobs[0].job_id}..{jobs[-1].job_id}; logs in {executor.log_dir}",
+                  flush=True)
+            if wait:
+                wait_for_jobs(plan, jobs)
         return {}
     else:
         raise ValueError(f"executor={cfg.executor!r}: use local or slurm")
@@ -157,6 +159,8 @@ def _key_values(args: list[str], allowed: dict[str, Any], command: str) -> dict[
 USAGE = f"""usage: python -m data_pipeline COMMAND [key=value ...]
 commands:
   run                 run a pipeline: pipeline=default input=PATH output=DIR [tasks=4 workers=4 executor=slurm ...]
+                      executor=slurm takes cluster=<name> cluster.KEY=VALUE, and --wait (follow the jobs, exit
+                      non-zero naming a task that failed) or --dry-run (print the sbatch commands)
   {' | '.join(STEP_NAMES)}
                       run one step: input=PATH output=DIR [+step_params.KEY=VALUE ...]
   train-classifier    positive=FILE negative=FILE output=MODEL.bin [text_key=text epoch=10]
@@ -185,18 +189,23 @@ def _inspect_flags(args: list[str]) -> tuple[list[str], bool, bool]:
 def main(argv: Optional[list[str]] = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
+    flags = {a for a in argv[1:] if a in ("--wait", "--dry-run")}  # executor=slurm: follow the chain / print it
+    argv = argv[:1] + [a for a in argv[1:] if a not in flags]
     if not argv or argv[0] in ("-h", "--help", "help"):
         print(USAGE)
         return 0 if argv else 2
     command, args = argv[0], argv[1:]
     try:
+        if flags and command != "run" and command not in STEP_NAMES:
+            raise ValueError(f"{' '.join(sorted(flags))}: only for `run` and single steps with executor=slurm")
         if command == "run" or command in STEP_NAMES:
             overrides, show, resolve = _inspect_flags(args)
             cfg = compose_config(overrides)
             if show:
                 print(OmegaConf.to_yaml(cfg, resolve=resolve), end="")
                 return 0
-            run_pipeline(cfg, single_step=None if command == "run" else command)
+            run_pipeline(cfg, single_step=None if command == "run" else command, wait="--wait" in flags,
+                         dry_run="--dry-run" in flags)
         elif command == "train-classifier":
             from data_pipeline.steps.classifier import train_classifier
 
@@ -211,15 +220,18 @@ def main(argv: Optional[list[str]] = None) -> int:
         else:
             print(f"unknown command {command!r}\n{USAGE}", file=sys.stderr)
             return 2
+    except TaskFailed as exc:  # a bug or an environment failure inside a task: the traceback, then where it was
+        traceback.print_exception(exc)
+        print(f"error: {exc}", file=sys.stderr)
+        return 1
+    except RuntimeError as exc:  # a Slurm job failed for good (--wait), or sbatch refused a job
+        print(f"error: {exc}", file=sys.stderr)
+        return 1
     except (ValueError, OmegaConfBaseException, HydraException) as exc:  # bad configuration: name the key
         key = getattr(exc, "full_key", None)
         message = str(exc).splitlines()[0] + (f" (key: {key})" if key else "")
         if isinstance(exc, HydraException) and exc.__cause__ is not None:
             message += f": {str(exc.__cause__).splitlines()[0]}"
         print(f"error: {message}", file=sys.stderr)
-        return 1
-    except TaskFailed as exc:  # a bug or an environment failure inside a task: the traceback, then where it was
-        traceback.print_exception(exc)
-        print(f"error: {exc}", file=sys.stderr)
         return 1
     return 0

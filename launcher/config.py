@@ -14,6 +14,7 @@ from typing import Optional
 
 from hydra.core.config_store import ConfigStore
 
+from cluster.config import ClusterConfig
 from model.config import ModelConfig
 from model.dtypes import canonical_precision
 from parallel.config import ParallelConfig
@@ -114,6 +115,7 @@ class TrainConfig:
     parallel: ParallelConfig = field(default_factory=ParallelConfig)
     trainer: TrainerConfig = field(default_factory=TrainerConfig)
     logging: LoggingConfig = field(default_factory=LoggingConfig)
+    cluster: ClusterConfig = field(default_factory=ClusterConfig)  # where `launcher.submit` runs the job (Slurm)
 
 
 # Choice keys checked by launcher/validation.py (model.* and parallel.* choices are checked by their own configs).

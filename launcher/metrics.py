@@ -109,9 +109,16 @@ def read_metrics(path: Path) -> list[dict[str, Any]]:
 
 class WandbSink:
     """wandb run in <run_dir>/wandb: online when WANDB_API_KEY is set, offline otherwise; logging.wandb.mode
-    (online | offline | disabled) overrides. A resumed run continues the same wandb run id."""
+    (online | offline | disabled) overrides.
 
-    def __init__(self, cfg: Any, run_dir: Path, config: dict[str, Any], run_name: str) -> None:
+    One run per run directory: its id is kept in <run_dir>/wandb_run_id, so a resumed or requeued job continues
+    the same run (a run started from step 0 gets a new one). The last step sent is kept beside it and steps up to
+    it are not sent again: a job that died after logging past its last checkpoint would otherwise repeat them, and
+    wandb history only moves forward. Under Slurm the run's config carries the job id, node count and restart
+    count (`slurm.*`), so every requeue shows which job wrote it."""
+
+    def __init__(self, cfg: Any, run_dir: Path, config: dict[str, Any], run_name: str,
+                 resume_step: Optional[int] = None) -> None:
         mode = cfg.mode
         if mode == "auto":
             mode = "online" if os.environ.get("WANDB_API_KEY") else "offline"
@@ -124,8 +131,12 @@ class WandbSink:
         import wandb
 
         id_file = Path(run_dir) / "wandb_run_id"
-        run_id = id_file.read_text().strip() if id_file.exists() else uuid.uuid4().hex[:12]
-        id_file.write_text(run_id)
+        self.last_step_file = Path(run_dir) / "wandb_last_step"
+        continuing = id_file.exists() and resume_step != 0
+        run_id = id_file.read_text().strip() if continuing else uuid.uuid4().hex[:12]
+        self.last_step = int(self.last_step_file.read_text()) if continuing and self.last_step_file.exists() else 0
+        _write_atomic(id_file, run_id)
+        _write_atomic(self.last_step_file, str(self.last_step))
         self.run = wandb.init(
             project=cfg.project,
             entity=cfg.entity,
@@ -136,12 +147,37 @@ class WandbSink:
             mode=mode,
             config=config,
         )
+        slurm = slurm_job_info()
+        if slurm:
+            self.run.config.update({"slurm": slurm}, allow_val_change=True)
 
     def log(self, step: int, metrics: dict[str, Any]) -> None:
+        if step <= self.last_step:
+            return  # already in this wandb run (logged before the crash this run resumed from)
+        self.last_step = step
+        _write_atomic(self.last_step_file, str(step))  # first: a kill between the two leaves a gap, never a repeat
         self.run.log({k: v for k, v in metrics.items() if isinstance(v, (int, float))}, step=step)
 
     def close(self) -> None:
         self.run.finish()
+
+
+def slurm_job_info() -> dict[str, Any]:
+    """The Slurm job this process belongs to (empty outside Slurm)."""
+    if not os.environ.get("SLURM_JOB_ID"):
+        return {}
+    return {
+        "job_id": os.environ["SLURM_JOB_ID"],
+        "job_name": os.environ.get("SLURM_JOB_NAME"),
+        "nodes": int(os.environ.get("SLURM_JOB_NUM_NODES") or os.environ.get("SLURM_NNODES") or 1),
+        "restart_count": int(os.environ.get("SLURM_RESTART_COUNT") or 0),
+    }
+
+
+def _write_atomic(path: Path, text: str) -> None:
+    tmp = path.with_name(f".{path.name}.tmp.{os.getpid()}")
+    tmp.write_text(text)
+    os.replace(tmp, path)
 
 
 def write_plot(run_dir: Path) -> Optional[Path]:

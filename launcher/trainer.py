@@ -125,7 +125,7 @@ def train(plan: RunPlan, config: dict[str, Any]) -> None:
     if env.is_main:
         sinks = [ConsoleSink(), JsonlSink(run_dir, start_step)]
         if cfg.logging.wandb.mode != "disabled":
-            sinks.append(WandbSink(cfg.logging.wandb, run_dir, config, run_dir.name))
+            sinks.append(WandbSink(cfg.logging.wandb, run_dir, config, run_dir.name, resume_step=start_step))
         if t.progress_bar:
             progress = ProgressBarSink(t.max_steps, start_step)
     metrics = MetricsLogger(sinks, progress)

@@ -33,6 +33,7 @@ from data_pipeline.document import Document
 from data_pipeline.fingerprint import START_OVER, InputChanged, describe_changes, fingerprint_files
 from data_pipeline.io import (
     AtomicRecordWriter,
+    OUTPUT_FORMATS,
     InputSpec,
     Quarantined,
     find_shard,
@@ -78,8 +79,8 @@ class PipelinePlan:
     def __post_init__(self) -> None:
         if self.tasks < 1:
             raise ValueError(f"tasks={self.tasks}: must be at least 1")
-        if self.output_format not in ("jsonl", "parquet"):
-            raise ValueError(f"output_format={self.output_format!r}: use jsonl or parquet")
+        if self.output_format not in OUTPUT_FORMATS:
+            raise ValueError(f"output_format={self.output_format!r}: use one of {list(OUTPUT_FORMATS)}")
         for i, spec in enumerate(self.steps):
             step = build_step(spec.name, spec.params)  # fails early on an unknown step or parameter
             stages = step.stages()

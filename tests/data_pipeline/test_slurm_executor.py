@@ -58,9 +58,10 @@ def test_slurm_jobs_match_local_run(tmp_path):
     os.environ["FAKE_SBATCH_LOG"] = str(log)
     try:
         cfg = compose_config(["pipeline=clean", f"input={paths['corpus']}", f"output={tmp_path / 'out'}",
-                              f"eval_sets=[{paths['eval']}]", "tasks=2", "executor=slurm", "slurm.max_parallel=1"])
+                              f"eval_sets=[{paths['eval']}]", "tasks=2", "executor=slurm", "workers=1"])
         plan, _ = build_plan(cfg)
-        job_ids = SlurmExecutor(plan, OmegaConf.to_container(cfg.slurm), sbatch=str(fake)).submit()
+        jobs = SlurmExecutor(plan, OmegaConf.to_object(cfg.cluster), workers=cfg.workers, sbatch=str(fake)).submit()
+        job_ids = [job.job_id for job in jobs]
     finally:
         del os.environ["FAKE_SBATCH_LOG"]
     submitted = [json.loads(line) for line in log.read_text().splitlines()]
@@ -78,11 +79,13 @@ def test_slurm_jobs_match_local_run(tmp_path):
 def test_slurm_dry_run_prints_commands(planted_corpus, tmp_path, capsys):
     _, paths = planted_corpus
     cfg = compose_config(["pipeline=clean", f"input={paths['corpus']}", f"output={tmp_path / 'out'}",
-                          "tasks=2", "executor=slurm", "slurm.dry_run=true", "slurm.partition=cpu"])
+                          "tasks=2", "executor=slurm", "workers=3", "cluster.partition=cpu"])
     plan, skipped = build_plan(cfg)
     assert skipped == ["decontaminate"]
-    assert SlurmExecutor(plan, OmegaConf.to_container(cfg.slurm)).submit() == []
+    jobs = SlurmExecutor(plan, OmegaConf.to_object(cfg.cluster), workers=cfg.workers).submit(dry_run=True)
+    assert [job.job_id for job in jobs] == [None] * 10
     lines = capsys.readouterr().out.splitlines()
     assert len(lines) == 10 and all("--partition=cpu" in line for line in lines)
     assert "pipeline.sbatch" in lines[0] and "--dependency=afterok:<job0>" in lines[1]
+    assert "--array=0-1%3" in lines[0]  # workers: array tasks running at once
     assert not (tmp_path / "out" / "normalize").exists()

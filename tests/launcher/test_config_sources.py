@@ -34,12 +34,10 @@ def _schemas() -> dict[str, type]:
     schemas = {"train.yaml": TrainConfig, "model": ModelConfig, "data": DataConfig, "optim": OptimConfig,
                "schedule": ScheduleConfig, "parallel": ParallelConfig, "trainer": TrainerConfig,
                "logging": LoggingConfig, "estimate.yaml": EstimateConfig}
-    try:
-        from launcher.cluster import ClusterConfig  # noqa: F401 - present once Slurm submission is in
+    from cluster.config import ClusterConfig
+    from data_pipeline.cli import PipelineRunConfig, PipelineStepsConfig
 
-        schemas["cluster"] = ClusterConfig
-    except ImportError:
-        pass
+    schemas.update({"cluster": ClusterConfig, "pipeline.yaml": PipelineRunConfig, "pipeline": PipelineStepsConfig})
     return schemas
 
 
