@@ -48,5 +48,18 @@ class ParallelConfig:
     ac_mode: str = "none"  # none | full | selective
     ac_every: int = 1  # with full: checkpoint every k-th block
     ac_selective_ops: str = "mm"  # with selective: save outputs of these ops (mm, sdpa) and recompute the rest
-    compile: bool = False  # per-block torch.compile
-    compile_backend: str = "inductor"  # torch.compile backend: inductor (fused kernels) | aot_eager (debugging)
+    compile: bool = False  # torch.compile, of what compile_scope names
+    compile_scope: str = "block"  # block: each transformer block (one shared graph) | model: the whole model
+    compile_backend: str = "inductor"  # torch.compile backend: inductor (fused kernels) | aot_eager | eager (debugging)
+
+    # Low precision
+    float8: str = "none"  # none | tensorwise | rowwise: float8 matmuls in the blocks' Linear layers (torchao)
+
+    def __post_init__(self) -> None:
+        # Checks of the options whose code lives in parallel/compile.py and parallel/float8.py, run when Hydra
+        # turns the config into this dataclass (before any process group exists).
+        from parallel.compile import check_compile_options
+        from parallel.float8 import check_float8_options
+
+        check_compile_options(self)
+        check_float8_options(self)
