@@ -102,9 +102,11 @@ class SyncRecorder:
 
 
 def loom_torch_step(model_cfg: Any, device: torch.device, *, layout: str = "single", precision: str = "fp32",
-                    micro_batch_size: int = 2, grad_accum: int = 2, max_steps: int = 100):
+                    micro_batch_size: int = 2, grad_accum: int = 2, max_steps: int = 100,
+                    parallel: Optional[dict] = None):
     """Loom's TorchStep as the launcher builds it for one process: the model (on `device`, or on a 1-rank FSDP
-    mesh with layout="fsdp", which needs a process group), AdamW (fused on CUDA), the lr schedule, clipping."""
+    mesh with layout="fsdp", which needs a process group) laid out by `parallelize` with `parallel` (more
+    ParallelConfig fields: compile, compile_scope, float8, ...), AdamW (fused), the lr schedule, clipping."""
     import model as model_lib
     from launcher.config import OptimConfig, ScheduleConfig
     from launcher.optim import build_optimizer
@@ -113,7 +115,7 @@ def loom_torch_step(model_cfg: Any, device: torch.device, *, layout: str = "sing
     from parallel import ParallelDims, parallelize
     from parallel.config import ParallelConfig
 
-    pcfg = ParallelConfig(name=layout, dp_shard=-1 if layout == "fsdp" else 1)
+    pcfg = ParallelConfig(name=layout, dp_shard=-1 if layout == "fsdp" else 1, **(parallel or {}))
     dims = ParallelDims.from_config(pcfg, 1, model_cfg=model_cfg)
     mesh = dims.build_mesh(device.type)
     torch.manual_seed(0)
