@@ -443,8 +443,9 @@ def host_sync_check(ctx: Context) -> tuple[bool, dict]:
     model_cfg = loom_model_config("tiny", CORRECTNESS_MODEL)
     found = {"single fp32": host_syncs_in_step(model_cfg, device, precision="fp32"),
              "single bf16": host_syncs_in_step(model_cfg, device, precision="bf16")}
-    dist.init_process_group("nccl" if device.type == "cuda" else "gloo", store=dist.HashStore(), rank=0,
-                            world_size=1, device_id=device if device.type == "cuda" else None)
+    cuda = device.type == "cuda"
+    dist.init_process_group("nccl" if cuda else "gloo", store=dist.HashStore(), rank=0, world_size=1,
+                            device_id=torch.device("cuda", torch.cuda.current_device()) if cuda else None)
     try:
         found["fsdp bf16"] = host_syncs_in_step(model_cfg, device, layout="fsdp", precision="bf16")
     finally:

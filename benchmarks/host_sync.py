@@ -94,8 +94,8 @@ class SyncRecorder:
 
     def __exit__(self, *exc: Any) -> None:
         if self.device is not None and self.device.type == "cuda":
-            torch.cuda.synchronize()
-            torch.cuda.set_sync_debug_mode("default")
+            torch.cuda.set_sync_debug_mode("default")  # first: the synchronize below is ours, not the step's
+            torch.cuda.synchronize()  # errors of the recorded kernels surface here, inside the check
         self._stack.close()
         if self.device is not None and self.device.type == "cuda":
             self.found.extend(f"CUDA: {w.message}" for w in self._warnings if "synchroniz" in str(w.message))

@@ -53,8 +53,9 @@ def main(argv=None) -> None:
     if args.layout == "fsdp":
         import torch.distributed as dist
 
-        dist.init_process_group("nccl" if device.type == "cuda" else "gloo", store=dist.HashStore(), rank=0,
-                                world_size=1, device_id=device if device.type == "cuda" else None)
+        cuda = device.type == "cuda"
+        dist.init_process_group("nccl" if cuda else "gloo", store=dist.HashStore(), rank=0, world_size=1,
+                                device_id=torch.device("cuda", torch.cuda.current_device()) if cuda else None)
     step = loom_torch_step(model_cfg, device, layout=args.layout, precision=args.precision,
                            micro_batch_size=args.batch, grad_accum=1, parallel=dict(args.parallel))
     from launcher.trainer import to_device
@@ -82,7 +83,7 @@ def main(argv=None) -> None:
     print(f"profiled {args.steps} steps of {args.model} batch {args.batch} seq {args.seq} {args.precision} "
           f"{dict(args.parallel)} on {torch.cuda.get_device_name(device) if device.type == 'cuda' else 'cpu'}: "
           f"{elapsed * 1000:.1f} ms/step under the profiler ({tokens / elapsed:,.0f} tokens/s)")
-    sort_by = "self_cuda_time_total" if device.type == "cuda" else "self_cpu_time_total"
+    sort_by = "self_device_time_total" if device.type == "cuda" else "self_cpu_time_total"
     print(prof.key_averages().table(sort_by=sort_by, row_limit=args.rows, max_name_column_width=70))
 
 
