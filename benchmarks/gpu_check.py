@@ -39,10 +39,8 @@ from __future__ import annotations
 import argparse
 import datetime
 import json
-import math
 import os
 import shutil
-import statistics
 import subprocess
 import sys
 import tempfile
@@ -50,7 +48,7 @@ import time
 import traceback
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Optional
+from typing import Callable, Optional
 
 REPO = Path(__file__).resolve().parents[1]
 BENCH = REPO / "benchmarks"
@@ -497,7 +495,8 @@ def run_loom(ctx: Context, shape: Shape, variant: str, timeout: float) -> dict:
     log = ctx.log_path(f"loom_{shape.config}_{variant.split(',')[0].replace(' ', '_')}_{len(ctx.logs)}")
     with open(log, "w") as handle:
         try:
-            summary = run_bench(overrides, warmup_windows=1, log=handle, timeout=timeout, env=child_env())
+            summary = run_bench(overrides, warmup_windows=1, log=handle, timeout=timeout, env=child_env(),
+                                stop_at_step=warmup + steps)
         except subprocess.TimeoutExpired as exc:
             raise RuntimeError(f"killed after {timeout:.0f} s:\n{tail(log)}") from exc
         except RuntimeError as exc:
@@ -510,6 +509,7 @@ def run_loom(ctx: Context, shape: Shape, variant: str, timeout: float) -> dict:
             "mfu_logged": summary["mfu"], "windows": summary["windows"], "timed_steps": steps,
             "wallclock_tokens_per_sec": summary["wallclock_tokens_per_sec"],
             "logged_vs_wallclock": summary["logged_vs_wallclock"],
+            "stopped_before_final_checkpoint": summary["stopped_before_final_checkpoint"],
             "params": count_parameters(loom_model_config(shape.config, shape.overrides)),
             "first_loss": summary["first_loss"], "last_loss": summary["last_loss"]}
 
@@ -524,58 +524,60 @@ class Job:
     why_not: Optional[str] = None  # set when the job cannot run on this machine at all
 
 
-def plan_jobs(ctx: Context, float8_problem: Optional[str]) -> list[Job]:
+def plan_jobs(ctx: Context, float8_problem: Optional[str]) -> tuple[list[Job], list[Job]]:
+    """(required jobs, optional jobs in the order they are worth running)."""
     shapes = TINY_SHAPES if ctx.tiny else GPU_SHAPES
-    jobs = []
+    required = []
     for shape in (s for s in shapes if s.required):
-        jobs.append(Job(f"{shape.config} reference", shape, "reference"))
-        jobs.append(Job(f"{shape.config} loom", shape, "loom", LOOM_PRIMARY))
+        required.append(Job(f"{shape.config} reference", shape, "reference"))
+        required.append(Job(f"{shape.config} loom", shape, "loom", LOOM_PRIMARY))
     first = shapes[0]
-    jobs.append(Job(f"{first.config} loom fsdp", first, "loom", "fsdp bf16 params, compile(block)", required=False))
     llama = next(s for s in shapes if s.config == "llama3_1b")
-    jobs.append(Job(f"{llama.config} loom float8", llama, "loom", "single, compile(model), float8 rowwise",
-                    required=False, why_not=float8_problem))
+    optional = [Job(f"{first.config} loom fsdp", first, "loom", "fsdp bf16 params, compile(block)", required=False),
+                Job(f"{llama.config} loom float8", llama, "loom", "single, compile(model), float8 rowwise",
+                    required=False, why_not=float8_problem)]
     for shape in (s for s in shapes if not s.required):
-        jobs.append(Job(f"{shape.config} reference", shape, "reference", required=False))
-        jobs.append(Job(f"{shape.config} loom", shape, "loom", LOOM_PRIMARY, required=False))
-    return jobs
+        optional.append(Job(f"{shape.config} reference", shape, "reference", required=False))
+        optional.append(Job(f"{shape.config} loom", shape, "loom", LOOM_PRIMARY, required=False))
+    return required, optional
 
 
-def run_throughput(ctx: Context, env: dict, float8_problem: Optional[str]) -> tuple[list[dict], list[dict]]:
+def run_throughput(ctx: Context, env: dict, jobs: list[Job]) -> tuple[list[dict], list[dict]]:
+    """Run `jobs` in order. A required job always gets a row (measured, failed, or not run for lack of time); an
+    optional one runs only when its estimate fits what is left of the budget, else it is listed as skipped."""
     rows, skipped = [], []
-    for job in plan_jobs(ctx, float8_problem):
+    for job in jobs:
         if not job.required and ctx.tiny:
             skipped.append({"job": job.name, "reason": "--tiny runs the required rows only"})
             continue
         if job.why_not:
             skipped.append({"job": job.name, "reason": job.why_not})
             continue
-        need = job.shape.estimate_s * (1.0 if job.required else 1.3)
-        if not job.required and ctx.budget.left() < need:
-            skipped.append({"job": job.name, "reason": f"time: {ctx.budget.left():.0f} s left of the budget, "
-                                                        f"~{need:.0f} s needed"})
-            continue
+        base = {"config": job.shape.config, "batch": job.shape.batch, "seq": job.shape.seq,
+                "model_overrides": job.shape.overrides, "required": job.required, "system": job.system,
+                "variant": job.variant, "tokens_per_sec": None, "peak_mem_gib": None, **env}
+        need = job.shape.estimate_s * 1.3
         timeout = min(max(2.5 * job.shape.estimate_s, 60.0), ctx.budget.left())
-        if timeout < 20:
-            skipped.append({"job": job.name, "reason": f"time: {ctx.budget.left():.0f} s left of the budget"})
+        if (not job.required and ctx.budget.left() < need) or timeout < 20:
+            reason = f"time: {ctx.budget.left():.0f} s left of the budget, ~{need:.0f} s needed"
+            if job.required:
+                rows.append({**base, "status": f"not run: {reason}", "seconds": 0.0})
+            else:
+                skipped.append({"job": job.name, "reason": reason})
             continue
         print(f"--- {job.name} ({job.variant or 'reference'}), timeout {timeout:.0f} s, "
               f"{ctx.budget.left():.0f} s left", flush=True)
-        base = {"config": job.shape.config, "batch": job.shape.batch, "seq": job.shape.seq,
-                "model_overrides": job.shape.overrides, "required": job.required, **env}
         started = time.monotonic()
         try:
             measured = (run_reference(ctx, job.shape, timeout) if job.system == "reference"
                         else run_loom(ctx, job.shape, job.variant, timeout))
             row = {**base, **measured, "status": "ok"}
         except Exception as exc:  # noqa: BLE001 - a failed row is recorded, the others still run
-            row = {**base, "system": job.system, "variant": job.variant, "status": f"failed: {exc}",
-                   "tokens_per_sec": None, "peak_mem_gib": None}
+            row = {**base, "status": f"failed: {exc}"}
         row["seconds"] = round(time.monotonic() - started, 1)
         rows.append(row)
         print(f"    {row['status'].splitlines()[0]}: {row.get('tokens_per_sec')} tokens/s in {row['seconds']} s",
               flush=True)
-    add_mfu_and_ratios(rows, env["peak_flops"])
     return rows, skipped
 
 
@@ -708,22 +710,28 @@ def main(argv: Optional[list[str]] = None) -> int:
 
     from parallel.float8 import float8_supported
 
-    float8_problem = float8_supported(args.device)
+    float8_problem = float8_supported(args.device) if args.device == "cuda" else "float8 rows are for GPUs"
     if float8_problem is None:
         import importlib.util
 
         float8_problem = None if importlib.util.find_spec("torchao") else "torchao is not installed"
 
     checks = run_correctness(ctx) if "correctness" in parts else []
-    rows, skipped = run_throughput(ctx, env, float8_problem) if "throughput" in parts else ([], [])
+    if args.device == "cuda":
+        torch.cuda.empty_cache()  # the correctness checks' blocks, before the timed runs share the device
+    required, optional = plan_jobs(ctx, float8_problem)
+    rows, skipped = run_throughput(ctx, env, required) if "throughput" in parts else ([], [])
     profile = None
-    if "profile" in parts:
-        shapes = TINY_SHAPES if ctx.tiny else GPU_SHAPES
-        shape = next(s for s in shapes if s.config == "llama3_1b")
+    if "profile" in parts:  # what limits Loom is worth more than another optional row
+        shape = next(s for s in (TINY_SHAPES if ctx.tiny else GPU_SHAPES) if s.config == "llama3_1b")
         if ctx.budget.left() >= shape.estimate_s:
             profile = run_profile(ctx, shape)
         else:
             skipped.append({"job": f"profile {shape.config}", "reason": f"time: {ctx.budget.left():.0f} s left"})
+    if "throughput" in parts:
+        more_rows, more_skipped = run_throughput(ctx, env, optional)
+        rows, skipped = rows + more_rows, skipped + more_skipped
+    add_mfu_and_ratios(rows, env["peak_flops"])
 
     correctness_passed = bool(checks) and all(c["passed"] for c in checks)
     required_ok = all(r["status"] == "ok" for r in rows if r["required"])

@@ -3,7 +3,6 @@ no host sync, alone and under FSDP2 on a 1-rank mesh, in fp32 and bf16: checked 
 would read device data on the host (benchmarks/host_sync.py); the GPU check adds CUDA's own sync debug mode."""
 from __future__ import annotations
 
-import pytest
 import torch
 import torch.distributed as dist
 
