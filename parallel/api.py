@@ -2,11 +2,12 @@
 
 `parallelize` applies each technique in one fixed order, because each step wraps what the previous one produced:
 
+  0. float8 Linear layers (parallel/float8.py)        - swaps the blocks' nn.Linear for torchao's Float8Linear
   1. tensor + sequence parallel (parallel/tensor.py)  - swaps Linear/Embedding weights for DTensors on the tp mesh
   2. expert parallel (parallel/expert.py)              - all-to-all dispatch of MoE experts on the ep mesh
   3. context parallel (parallel/context.py)            - swaps each block's inner attention for ring/Ulysses
   4. activation checkpointing (parallel/checkpointing.py) - wraps whole blocks, or per-op policies
-  5. torch.compile per block (parallel/compile.py)    - compiles the (checkpointed) block
+  5. torch.compile (parallel/compile.py)              - compiles each (checkpointed) block, or the whole model
   6. data parallel: FSDP2/HSDP (parallel/fsdp.py) or DDP (parallel/ddp.py); ZeRO is DeepSpeed's engine instead
      (parallel/zero.py), built by the trainer because DeepSpeed also owns the optimizer.
 
@@ -49,8 +50,12 @@ def parallelize(model: nn.Module, dims: ParallelDims):
 
 
 def parallelize_stage(model: nn.Module, dims: ParallelDims) -> nn.Module:
-    """Steps 1-6 of the module docstring on one module (the whole model, or one pipeline stage)."""
+    """Steps 0-6 of the module docstring on one module (the whole model, or one pipeline stage)."""
     cfg, model_cfg, mesh = dims.cfg, model.cfg, dims.mesh
+    if cfg.float8 != "none":
+        from parallel.float8 import apply_float8
+
+        apply_float8(model, cfg, mesh=mesh)
     if dims.tp > 1:
         from parallel.tensor import apply_tensor_parallel
 

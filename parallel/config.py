@@ -18,6 +18,8 @@ AC_MODES = ("none", "full", "selective")
 AC_SELECTIVE_OPS = ("mm", "sdpa")
 CP_METHODS = ("ring", "ulysses")
 COMPILE_BACKENDS = ("inductor", "aot_eager", "eager")
+COMPILE_SCOPES = ("block", "model")
+FLOAT8_RECIPES = ("none", "tensorwise", "rowwise")
 PP_SINGLE_STAGE_SCHEDULES = ("GPipe", "1F1B")  # one stage per rank
 PP_V_SCHEDULES = ("ZBVZeroBubble",)  # two stages per rank, placed in a V
 PP_ZERO_BUBBLE_SCHEDULES = ("InterleavedZeroBubble", *PP_V_SCHEDULES)  # backward split into input and weight passes
@@ -29,6 +31,8 @@ CHOICES = {
     "cp_method": CP_METHODS,
     "pp_schedule": PP_SCHEDULES,
     "compile_backend": COMPILE_BACKENDS,
+    "compile_scope": COMPILE_SCOPES,
+    "float8": FLOAT8_RECIPES,
 }
 
 
@@ -71,8 +75,12 @@ class ParallelConfig:
     ac_mode: str = "none"  # see AC_MODES
     ac_every: int = 1  # with full: checkpoint every k-th block
     ac_selective_ops: str = "mm"  # with selective: save outputs of these ops (AC_SELECTIVE_OPS), recompute the rest
-    compile: bool = False  # per-block torch.compile
+    compile: bool = False  # torch.compile, of what compile_scope names
+    compile_scope: str = "block"  # COMPILE_SCOPES: each transformer block (one shared graph) | the whole model
     compile_backend: str = "inductor"  # see COMPILE_BACKENDS; aot_eager for debugging
+
+    # Low precision
+    float8: str = "none"  # FLOAT8_RECIPES: float8 matmuls in the blocks' Linear layers (torchao; Ada/Hopper GPUs)
 
     def __post_init__(self) -> None:
         # One spelling for dtypes everywhere: torch's long names are accepted and normalised.

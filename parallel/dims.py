@@ -98,6 +98,12 @@ class ParallelDims:
                 f"parallel.zero_stage={cfg.zero_stage} / zero_offload={cfg.zero_offload} need "
                 f"parallel.engine=deepspeed (engine=torch uses FSDP2: set zero_stage=0 and zero_offload=false)"
             )
+        if cfg.float8 != "none" and (self.tp > 1 or cfg.engine == "deepspeed"):
+            raise ValueError(
+                f"parallel.float8={cfg.float8} is not wired to tensor parallel (it needs torchao's float8 TP plans) "
+                f"or DeepSpeed (its engine keeps its own copies of the modules): set parallel.float8=none, or use "
+                f"tp=1 with engine=torch"
+            )
         if not self.fsdp_enabled or cfg.engine != "torch":
             defaults = ParallelConfig()
             for key in ("fsdp_cpu_offload", "fsdp_param_dtype", "fsdp_reduce_dtype"):

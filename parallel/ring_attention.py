@@ -2,13 +2,19 @@
 
 Why our own: PyTorch's experimental `context_parallel` API dispatches to the CUDA flash/efficient SDPA kernels and
 their log-sum-exp outputs; on CPU/gloo there is no such path. Here every cp rank keeps its queries, the K/V chunks
-travel around the ring (one send/recv per step, overlappable with the block's compute on a real fabric), and the
-partial attention of each block is merged exactly with its log-sum-exp. The backward is plain autograd through the
-block math and through `_RingShift`, whose backward sends the gradient the opposite way round the ring, so the
-gradients are exact by construction (the price: autograd keeps each visited K/V block, as an all-gather would).
+travel around the ring (one send/recv per step, started before the block's compute so it can overlap with it), and
+the partial attention of each block is merged exactly with its log-sum-exp.
+
+Memory stays that of one K/V block, not of the whole sequence: the forward keeps only the local q, k, v, the
+merged output and its log-sum-exp for backward (autograd never sees the visited blocks), and the backward passes
+the K/V blocks round the ring a second time. Each block's dK/dV accumulator travels with it: every rank adds the
+gradient of its queries' attention to that block (the flash-attention backward with the saved global
+log-sum-exp), and after cp steps the accumulator arrives back at the block's owner. dQ stays local. This is the
+backward of ring-flash-attention; an all-gather of K/V (or autograd through the ring) would keep all cp blocks.
 
 Positions are global: with the zig-zag layout of `context.shard_for_context_parallel` rank r holds chunks r and
-2*cp-1-r, so causal work is even across ranks and blocks that are entirely in the future are skipped.
+2*cp-1-r, so causal work is even across ranks and blocks that are entirely in the future are skipped (the ring
+still turns: every rank takes part in every shift).
 """
 from __future__ import annotations
 
@@ -31,38 +37,22 @@ def chunk_positions(rank: int, cp: int, local_len: int, load_balance: bool, devi
     return torch.cat([first, second])
 
 
-def _send_recv(x: torch.Tensor, group: dist.ProcessGroup, shift: int) -> torch.Tensor:
-    """Send `x` to the rank `shift` places ahead in the group and receive the one from `shift` places behind."""
-    size = dist.get_world_size(group)
-    rank = dist.get_rank(group)
-    dst = dist.get_global_rank(group, (rank + shift) % size)
-    src = dist.get_global_rank(group, (rank - shift) % size)
-    x = x.contiguous()
-    received = torch.empty_like(x)
-    ops = [dist.P2POp(dist.isend, x, dst, group), dist.P2POp(dist.irecv, received, src, group)]
-    for work in dist.batch_isend_irecv(ops):
-        work.wait()
-    return received
+class _Shift:
+    """An asynchronous step round the ring: send `x` to the next rank, receive the previous rank's into a new
+    buffer. `wait()` returns that buffer; until then `x` must stay alive (it is being sent)."""
 
+    def __init__(self, x: torch.Tensor, group: dist.ProcessGroup) -> None:
+        size, rank = dist.get_world_size(group), dist.get_rank(group)
+        self.sent = x.contiguous()
+        self.received = torch.empty_like(self.sent)
+        ops = [dist.P2POp(dist.isend, self.sent, dist.get_global_rank(group, (rank + 1) % size), group),
+               dist.P2POp(dist.irecv, self.received, dist.get_global_rank(group, (rank - 1) % size), group)]
+        self.works = dist.batch_isend_irecv(ops)
 
-class _RingShift(torch.autograd.Function):
-    """One step around the ring; the gradient goes back one step the other way.
-
-    torch.distributed.nn.functional has autograd-aware collectives but no point-to-point ones, hence this Function.
-    """
-
-    @staticmethod
-    def forward(ctx, x: torch.Tensor, group: dist.ProcessGroup) -> torch.Tensor:
-        ctx.group = group
-        return _send_recv(x, group, shift=1)
-
-    @staticmethod
-    def backward(ctx, grad: torch.Tensor):
-        return _send_recv(grad, ctx.group, shift=-1), None
-
-
-def ring_shift(x: torch.Tensor, group: dist.ProcessGroup) -> torch.Tensor:
-    return _RingShift.apply(x, group)
+    def wait(self) -> torch.Tensor:
+        for work in self.works:
+            work.wait()
+        return self.received
 
 
 def _allowed(
@@ -80,20 +70,111 @@ def _allowed(
     return allowed
 
 
-def _block_attention(q, k, v, allowed, scale: float, softcap: Optional[float]):
-    """Attention of q over one K/V block: (output [B,H,Tq,D], log-sum-exp [B,H,Tq,1]), float32.
+class _Ring:
+    """What forward and backward share: the group, this rank's query positions and the block masks."""
 
-    Fully masked rows get a finite log-sum-exp near the float minimum, so their merge weight is exactly zero and no
-    NaN appears in forward or backward.
-    """
-    scores = torch.matmul(q, k.transpose(-2, -1)) * scale
-    if softcap is not None:
-        scores = softcap * torch.tanh(scores / softcap)
-    if allowed is not None:
-        scores = scores.masked_fill(~allowed, torch.finfo(scores.dtype).min)
-    lse = torch.logsumexp(scores, dim=-1, keepdim=True)
-    out = torch.matmul(torch.exp(scores - lse), v)
-    return out, lse
+    def __init__(self, group, local_len: int, load_balance: bool, causal: bool, sliding_window: Optional[int],
+                 softcap: Optional[float], scale: float, repeats: int) -> None:
+        self.group, self.cp, self.rank = group, dist.get_world_size(group), dist.get_rank(group)
+        self.local_len, self.load_balance = local_len, load_balance
+        self.causal, self.sliding_window, self.softcap, self.scale = causal, sliding_window, softcap, scale
+        self.repeats = repeats
+        # Masks are built on the CPU, so deciding to skip a block never waits on the accelerator.
+        self.q_pos = chunk_positions(self.rank, self.cp, local_len, load_balance)
+
+    def mask(self, step: int, device: torch.device) -> tuple[bool, Optional[torch.Tensor]]:
+        """(whether the block visited at `step` has any allowed key, its mask on `device` or None)."""
+        source = (self.rank - step) % self.cp
+        k_pos = chunk_positions(source, self.cp, self.local_len, self.load_balance)
+        allowed = _allowed(self.q_pos, k_pos, self.causal, self.sliding_window)
+        if allowed is None:
+            return True, None
+        if not bool(allowed.any()):
+            return False, None
+        return True, allowed.to(device, non_blocking=True)
+
+    def expand(self, kv: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """K and V of a travelling [2, B, H_kv, T, D] block as float32 [B, H, T, D] (GQA heads repeated)."""
+        return tuple(t.float().repeat_interleave(self.repeats, dim=1) for t in (kv[0], kv[1]))
+
+    def scores(self, q: torch.Tensor, k: torch.Tensor, allowed: Optional[torch.Tensor]):
+        """(masked scores, tanh of the soft-capped raw scores or None): the latter is what the backward needs."""
+        scores = torch.matmul(q, k.transpose(-2, -1)) * self.scale
+        capped = None
+        if self.softcap is not None:
+            capped = torch.tanh(scores / self.softcap)
+            scores = self.softcap * capped
+        if allowed is not None:
+            # A finite minimum, not -inf: a row with no allowed key in this block then gets merge weight exactly
+            # zero (forward) and probability zero (backward) without producing NaN.
+            scores = scores.masked_fill(~allowed, torch.finfo(scores.dtype).min)
+        return scores, capped
+
+    def reduce_heads(self, grad: torch.Tensor) -> torch.Tensor:
+        """[B, H, T, D] gradient of repeated K/V heads -> [B, H_kv, T, D] (sum over each KV head's query heads)."""
+        if self.repeats == 1:
+            return grad
+        b, h, t, d = grad.shape
+        return grad.view(b, h // self.repeats, self.repeats, t, d).sum(dim=2)
+
+
+class _RingAttention(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, q, k, v, ring: _Ring):
+        qf = q.float()
+        out = lse = None
+        kv = torch.stack([k, v])
+        for step in range(ring.cp):
+            shift = _Shift(kv, ring.group) if step < ring.cp - 1 else None  # overlaps this block's compute
+            visible, allowed = ring.mask(step, q.device)
+            if visible:
+                block_k, block_v = ring.expand(kv)
+                scores, _ = ring.scores(qf, block_k, allowed)
+                block_lse = torch.logsumexp(scores, dim=-1, keepdim=True)
+                block_out = torch.matmul(torch.exp(scores - block_lse), block_v)
+                if out is None:
+                    out, lse = block_out, block_lse
+                else:
+                    new_lse = torch.logaddexp(lse, block_lse)
+                    out = out * torch.exp(lse - new_lse) + block_out * torch.exp(block_lse - new_lse)
+                    lse = new_lse
+            if shift is not None:
+                kv = shift.wait()  # now the chunk of rank (rank - step - 1) % cp
+        ctx.ring = ring
+        ctx.save_for_backward(q, k, v, out, lse)
+        return out.to(q.dtype)
+
+    @staticmethod
+    def backward(ctx, grad_out):
+        ring: _Ring = ctx.ring
+        q, k, v, out, lse = ctx.saved_tensors
+        qf, dout = q.float(), grad_out.float()
+        delta = (dout * out).sum(dim=-1, keepdim=True)  # rowsum(dO * O), the softmax backward's correction
+        dq = torch.zeros_like(qf)
+        kv = torch.stack([k, v])
+        dkv = torch.zeros(kv.shape, dtype=torch.float32, device=kv.device)  # the travelling block's dK/dV
+        dkv_shift = None
+        for step in range(ring.cp):
+            kv_shift = _Shift(kv, ring.group) if step < ring.cp - 1 else None
+            if dkv_shift is not None:
+                dkv = dkv_shift.wait()  # the accumulator of the block now held, from the rank before
+            visible, allowed = ring.mask(step, q.device)
+            if visible:
+                block_k, block_v = ring.expand(kv)
+                scores, capped = ring.scores(qf, block_k, allowed)
+                probs = torch.exp(scores - lse)  # the global softmax restricted to this block
+                dscores = probs * (torch.matmul(dout, block_v.transpose(-2, -1)) - delta)
+                if capped is not None:
+                    dscores = dscores * (1 - capped * capped)
+                dscores = dscores * ring.scale
+                dq += torch.matmul(dscores, block_k)
+                dkv = dkv + torch.stack([ring.reduce_heads(torch.matmul(dscores.transpose(-2, -1), qf)),
+                                         ring.reduce_heads(torch.matmul(probs.transpose(-2, -1), dout))])
+            dkv_shift = _Shift(dkv, ring.group)  # on to the next rank, which holds this block from the next step
+            if kv_shift is not None:
+                kv = kv_shift.wait()
+        dkv = dkv_shift.wait()  # after cp shifts each accumulator is back with its block's owner
+        return dq.to(q.dtype), dkv[0].to(k.dtype), dkv[1].to(v.dtype), None
 
 
 def ring_attention(
@@ -112,42 +193,8 @@ def ring_attention(
 
     q: [B, H, T_local, D]; k, v: [B, H_kv, T_local, D] (GQA: H a multiple of H_kv). Returns [B, H, T_local, D].
     """
-    cp = dist.get_world_size(group)
-    rank = dist.get_rank(group)
-    local_len = q.shape[-2]
     if q.shape[1] % k.shape[1] != 0:
         raise ValueError(f"query heads {q.shape[1]} are not a multiple of key/value heads {k.shape[1]}")
-    repeats = q.shape[1] // k.shape[1]  # GQA: the ring carries the H_kv heads, each block repeats them
-    scale = scale if scale is not None else q.shape[-1] ** -0.5
-    out_dtype = q.dtype
-    qf = q.float()
-    # Masks are built on the CPU, so deciding to skip a block never waits on the accelerator.
-    q_pos = chunk_positions(rank, cp, local_len, load_balance)
-
-    out = lse = None
-    skipped_last = False
-    kv = torch.stack([k, v])
-    for step in range(cp):
-        if step > 0:
-            kv = ring_shift(kv, group)  # now holds the chunk of rank (rank - step) % cp
-        source = (rank - step) % cp
-        allowed = _allowed(q_pos, chunk_positions(source, cp, local_len, load_balance), causal, sliding_window)
-        if allowed is not None and not bool(allowed.any()):
-            skipped_last = True
-            continue  # a block entirely in the future (or out of the window): nothing to add
-        skipped_last = False
-        if allowed is not None:
-            allowed = allowed.to(q.device, non_blocking=True)
-        block_k, block_v = (t.float().repeat_interleave(repeats, dim=1) for t in (kv[0], kv[1]))
-        block_out, block_lse = _block_attention(qf, block_k, block_v, allowed, scale, softcap)
-        if out is None:
-            out, lse = block_out, block_lse
-        else:
-            new_lse = torch.logaddexp(lse, block_lse)
-            out = out * torch.exp(lse - new_lse) + block_out * torch.exp(block_lse - new_lse)
-            lse = new_lse
-    if skipped_last:
-        # Every rank must run the backward of every shift (its peers wait for it); a trailing skipped block would
-        # leave the last shifts out of the autograd graph, so tie the final K/V to the output with weight zero.
-        out = out + 0.0 * kv.float().sum()
-    return out.to(out_dtype)
+    ring = _Ring(group, q.shape[-2], load_balance, causal, sliding_window, softcap,
+                 scale if scale is not None else q.shape[-1] ** -0.5, q.shape[1] // k.shape[1])
+    return _RingAttention.apply(q, k, v, ring)
