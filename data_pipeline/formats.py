@@ -5,7 +5,8 @@ A shard named `<stem>` in a directory is three files:
   `<stem>.index`    little-endian uint64 document start offsets into `.tokens`, n_documents + 1 entries
                     (the last is n_tokens), so document i is tokens[index[i]:index[i + 1]];
   `<stem>.json`     header: format, version, dtype, n_tokens, n_documents, tokenizer (id, vocab_size,
-                    eos_id), sources (free-form counts by source).
+                    eos_id), sources (free-form counts by source), and the SHA-256 of the `.tokens` bytes
+                    (`tokens_sha256`), so a trainer can tell one corpus from another of the same size.
 The header is renamed into place last, after the two data files, so a shard without a header is incomplete and
 never read; every file is written under a temporary name first, so a killed writer leaves no partial shard.
 Readers memory-map, so opening a terabyte of shards costs nothing.
@@ -15,6 +16,7 @@ cross document boundaries, which Arrow's row layout does not give without copyin
 """
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 from dataclasses import dataclass
@@ -75,6 +77,7 @@ class ShardWriter:
         self._tmp_index = self.directory / f".{stem}{INDEX_SUFFIX}{suffix}"
         self._tmp_header = self.directory / f".{stem}{HEADER_SUFFIX}{suffix}"
         self._tokens_file = open(self._tmp_tokens, "wb")
+        self._tokens_hash = hashlib.sha256()
         self._offsets: list[int] = [0]
         self._closed = False
 
@@ -86,7 +89,9 @@ class ShardWriter:
             raise ShardFormatError(
                 f"token ids must be in [0, {self.vocab_size}), got range [{array.min()}, {array.max()}]"
             )
-        self._tokens_file.write(array.astype(self.dtype, copy=False).tobytes())
+        data = array.astype(self.dtype, copy=False).tobytes()
+        self._tokens_file.write(data)
+        self._tokens_hash.update(data)
         self._offsets.append(self._offsets[-1] + int(array.size))
 
     def add_documents(self, documents: Iterable[Sequence[int]]) -> None:
@@ -112,6 +117,7 @@ class ShardWriter:
             "n_documents": len(self._offsets) - 1,
             "tokenizer": {"id": self.tokenizer_id, "vocab_size": self.vocab_size, "eos_id": self.eos_id},
             "sources": self.sources,
+            "tokens_sha256": self._tokens_hash.hexdigest(),
         }
         self._tmp_header.write_text(json.dumps(header, indent=2))
         _atomic_replace(self._tmp_tokens, self.directory / f"{self.stem}{TOKENS_SUFFIX}")
@@ -240,6 +246,16 @@ class PackedDataset:
     @property
     def vocab_size(self) -> int:
         return int(self.tokenizer["vocab_size"])
+
+    def fingerprint(self) -> str:
+        """SHA-256 over every shard's name and header (with the content hash the writer recorded): equal for the
+        same tokens in the same shards, different for other data of the same size. Shards written before headers
+        carried `tokens_sha256` are fingerprinted by their header alone."""
+        digest = hashlib.sha256()
+        for shard in self.shards:
+            digest.update(shard.header_path.name.encode())
+            digest.update(json.dumps(shard.header, sort_keys=True).encode())
+        return digest.hexdigest()
 
     def read(self, start: int, length: int) -> np.ndarray:
         """Tokens [start, start+length) of the concatenated stream as int64 (crosses shard boundaries)."""

@@ -1,25 +1,34 @@
 """Training checkpoints for every layout: save every N steps and at the end, resume exactly, start from weights.
 
 One `Checkpointer` serves every train module: it asks the module for its state (`TrainModule.state_dict`) and
-gives it back (`load_state_dict`), so it never knows the layout. The directory format, its verification and its
-atomic publish are model/checkpoint_io.py (one definition, which `python -m model.hf` reads too without importing
-the launcher). A checkpoint `<run_dir>/checkpoints/step_<N:08d>/` holds:
+gives it back (`load_state_dict`), so it never knows the layout. The directory format, its manifest, verification
+and atomic publish are model/checkpoint_io.py (one definition, which `python -m model.hf` reads too without
+importing the launcher). A checkpoint `<run_dir>/checkpoints/step_<N:08d>/` holds:
 - a torch.distributed.checkpoint (DCP) save of the tensors: "model" (weights by unwrapped parameter name) and
-  "optimizer" (moments and step counts by parameter name). Through DCP and torch.distributed.checkpoint
-  .state_dict every rank writes its own shards in parallel, and a checkpoint reloads onto any other layout;
-- `train_state.json` (rank 0): the step, world size, lr-schedule position, data position and the resolved config;
-- `rng_rank<r>.json`: each rank's Python, NumPy and torch RNG states (a resume on another world size continues
-  the RNG from the seed on ranks that had none);
-- whatever the module keeps natively (DeepSpeed's partitioned state in deepspeed/);
-- model_config.json and, written last, the COMPLETE marker.
-Non-tensor state is JSON, never pickled.
+  "optimizer" (moments and step counts by parameter name). Every rank writes its own shards in parallel, and a
+  checkpoint reloads onto any other layout;
+- `train_state.json` (rank 0): step, world size, lr-schedule position, data position and fingerprint, and the
+  resolved config; `rng_rank<r>.json`: each rank's RNG states; what the module keeps natively (DeepSpeed's
+  partitioned state in deepspeed/); model_config.json; and, written last, the COMPLETE manifest (size and SHA-256
+  of every file). Non-tensor state is JSON, never pickled.
+
+Checkpoints are untrusted. Resume takes the newest checkpoint that verifies (manifest, checksums: the ranks share
+the hashing) and loads; any failure (a missing or corrupt file, an exception while loading) is logged and the next
+older one is tried. If checkpoints exist but none loads, the run refuses to start (nothing is overwritten);
+`trainer.resume=never` starts the run over with the old checkpoints set aside. A checkpoint is pruned only once a
+newer one has been saved and verified by reading it back. A resume whose config or data differ from the
+checkpoint's in what the run computes is refused naming every changed key (launcher/run_dir.py), unless
+trainer.resume_allow names them. Before a save, free space is compared with the previous checkpoint's size: a
+full disk gives "no space: need X, have Y at PATH" and leaves the last good checkpoint intact.
 """
 from __future__ import annotations
 
+import errno
 import json
 import logging
 import random
 import shutil
+import time
 from pathlib import Path
 from typing import Any, Optional
 
@@ -28,19 +37,24 @@ import torch
 import torch.distributed as dist
 import torch.distributed.checkpoint as dcp
 from torch import nn
+from torch.distributed.checkpoint.api import CheckpointException
 from torch.distributed.checkpoint.state_dict import get_model_state_dict, set_model_state_dict
 
 from launcher.distributed import DistEnv, barrier, broadcast_object
 from launcher.optim import merge_disjoint
+from launcher.run_dir import changed_keys
 from model.checkpoint_io import (
     CHECKPOINTS_DIR,
     MODEL_KEY,
     CheckpointError,
     atomic_write_text,
+    checkpoint_files,
     checkpoint_step,
-    find_complete_checkpoints,
+    describe_files,
     list_checkpoint_dirs,
+    load_tensors,
     publish_checkpoint,
+    read_manifest,
     resolve_checkpoint_dir,
     single_process_dcp,
     step_dir_name,
@@ -53,6 +67,16 @@ log = logging.getLogger(__name__)
 
 TRAIN_STATE_FILE = "train_state.json"
 _TENSOR_KEYS = (MODEL_KEY, "optimizer")
+_SPACE_MARGIN = 1.1  # a save needs the previous checkpoint's size, plus 10% ...
+_SPACE_SLACK = 16 * 2**20  # ... plus 16 MiB for the small files
+
+
+class NoSpaceError(OSError):
+    """The checkpoint does not fit on the disk (the message says how much is needed and free, where)."""
+
+
+class ResumeRefused(ValueError):
+    """The checkpoint belongs to a run with another config or other data: resuming would not continue it."""
 
 
 def _rng_state(device: torch.device) -> dict[str, Any]:
@@ -76,6 +100,30 @@ def _set_rng_state(state: dict[str, Any], device: torch.device) -> None:
         torch.cuda.set_rng_state(torch.tensor(state["cuda"], dtype=torch.uint8), device)
 
 
+def _gib(n: float) -> str:
+    return f"{n / 2**30:.2f} GiB" if n >= 2**30 else f"{n / 2**20:.1f} MiB"
+
+
+def _is_no_space(exc: BaseException) -> bool:
+    """True when an exception (or one it wraps, e.g. DCP's per-rank failures) is a full disk."""
+    seen: set[int] = set()
+    stack: list[Any] = [exc]
+    while stack:
+        error = stack.pop()
+        if isinstance(error, tuple):  # DCP's failures are (exception, traceback) pairs
+            stack += list(error)
+            continue
+        if not isinstance(error, BaseException) or id(error) in seen:
+            continue
+        seen.add(id(error))
+        if isinstance(error, OSError) and error.errno in (errno.ENOSPC, errno.EDQUOT):
+            return True
+        if "No space left" in str(error):
+            return True
+        stack += [error.__cause__, error.__context__, *getattr(error, "failures", {}).values()]
+    return False
+
+
 class Checkpointer:
     """Saves and restores the training state of one run directory, whatever the train module."""
 
@@ -85,82 +133,230 @@ class Checkpointer:
         self.env = env
         self.keep = keep
         self.last_saved_step: Optional[int] = None
+        self.verified: set[str] = set()  # checkpoint names this run has read back whole
 
-    def _rng_file(self, directory: Path) -> Path:
-        return directory / f"rng_rank{self.env.rank}.json"
+    # ---------------------------------------------------------------------------------------------- agreement
+    def _all(self, ok: bool) -> bool:
+        """True only if `ok` on every rank (a collective: every rank must call it)."""
+        if not dist.is_initialized():
+            return ok
+        flag = torch.tensor([1 if ok else 0], device=self.env.device if self.env.device.type == "cuda" else "cpu")
+        dist.all_reduce(flag, op=dist.ReduceOp.MIN)
+        return bool(flag.item())
+
+    def _verify(self, directory: Path) -> Optional[str]:
+        """None if `directory` verifies on every rank (each rank checksums its share of the files), else a reason
+        (a collective)."""
+        reason = None
+        try:
+            verify_checkpoint(directory, part=(self.env.rank, self.env.world_size), metadata=self.env.is_main)
+        except CheckpointError as exc:
+            reason = str(exc)
+        if self._all(reason is None):
+            return None
+        reasons = [None] * self.env.world_size if dist.is_initialized() else [reason]
+        if dist.is_initialized():
+            dist.all_gather_object(reasons, reason)
+        return "; ".join(r for r in reasons if r)
+
+    # ---------------------------------------------------------------------------------------------- start
+    def set_aside_old_run(self) -> None:
+        """trainer.resume=never on a run dir that holds checkpoints: move them (and the metrics) aside, never
+        delete them, so the new run starts from step 0 in this directory."""
+        if self.env.is_main and list_checkpoint_dirs(self.run_dir):
+            stamp = time.strftime("%Y%m%d-%H%M%S")
+            aside = self.run_dir / f"{CHECKPOINTS_DIR}.replaced-{stamp}"
+            self.root.rename(aside)
+            metrics = self.run_dir / "metrics.jsonl"
+            if metrics.exists():
+                metrics.rename(self.run_dir / f"metrics.jsonl.replaced-{stamp}")
+            log.warning("trainer.resume=never: the previous checkpoints are kept in %s; starting from step 0", aside)
+        barrier()
+
+    def remove_stale_temporaries(self) -> None:
+        """Partial saves a dead run left (they may hold a full disk's worth of bytes)."""
+        if self.env.is_main and self.root.is_dir():
+            for stale in [*self.root.glob(".tmp-step_*"), *self.root.glob(".stale-step_*")]:
+                log.warning("removing %s, left by a save that did not finish", stale)
+                shutil.rmtree(stale, ignore_errors=True)
+        barrier()
 
     # ---------------------------------------------------------------------------------------------- save
     def save(self, step: int, module: Any, loader: Any, config: dict[str, Any]) -> Path:
         final = self.root / step_dir_name(step)
         tmp = temporary_dir_for(final)
-        if self.env.is_main:
-            shutil.rmtree(tmp, ignore_errors=True)
-            tmp.mkdir(parents=True)
-        barrier()
         state = module.state_dict()
-        with single_process_dcp():
-            dcp.save({key: state[key] for key in _TENSOR_KEYS}, checkpoint_id=str(tmp),
-                     no_dist=not dist.is_initialized())
-        module.save_native(tmp)
-        atomic_write_text(self._rng_file(tmp), json.dumps(_rng_state(self.env.device)))
+        self._check_space(state, step)
+        try:
+            self._write(tmp, step, module, loader, config, state)
+        except BaseException as exc:
+            free = shutil.disk_usage(self.root).free if self.root.is_dir() else 0
+            if self.env.is_main:
+                shutil.rmtree(tmp, ignore_errors=True)
+            if _is_no_space(exc):
+                raise NoSpaceError(
+                    f"no space: saving step {step} into {self.root} failed with {free} bytes free "
+                    f"({type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}); the partial save was "
+                    f"removed and the last good checkpoint is intact: free space (or move trainer.run_dir) and "
+                    f"relaunch to resume"
+                ) from exc
+            raise
+        reason = self._verify(final)  # read back before anything older is pruned
+        if reason is not None:
+            raise CheckpointError(f"the checkpoint just saved does not verify: {reason}")
+        self.verified.add(final.name)
         if self.env.is_main:
-            train_state = {"step": step, "world_size": self.env.world_size, "schedule": state["schedule"],
-                           "dataloader": loader.state_dict(), "config": config}
-            atomic_write_text(tmp / TRAIN_STATE_FILE, json.dumps(train_state, indent=1))
-        barrier()  # every rank's files are in before the marker lists them
-        if self.env.is_main:
-            write_model_config(tmp, module.cfg.model)
-            publish_checkpoint(tmp, final, step)
             self._prune()
             log.info("saved checkpoint %s", final)
         barrier()
         self.last_saved_step = step
         return final
 
+    def _write(self, tmp: Path, step: int, module: Any, loader: Any, config: dict[str, Any],
+               state: dict[str, Any]) -> None:
+        if self.env.is_main:
+            shutil.rmtree(tmp, ignore_errors=True)
+            tmp.mkdir(parents=True)
+        barrier()
+        with single_process_dcp():
+            dcp.save({key: state[key] for key in _TENSOR_KEYS}, checkpoint_id=str(tmp),
+                     no_dist=not dist.is_initialized())
+        module.save_native(tmp)
+        atomic_write_text(tmp / f"rng_rank{self.env.rank}.json", json.dumps(_rng_state(self.env.device)))
+        if self.env.is_main:
+            train_state = {"step": step, "world_size": self.env.world_size, "schedule": state["schedule"],
+                           "dataloader": loader.state_dict(), "data_fingerprint": loader.fingerprint(),
+                           "config": config}
+            atomic_write_text(tmp / TRAIN_STATE_FILE, json.dumps(train_state, indent=1))
+            write_model_config(tmp, module.cfg.model)
+        barrier()  # every rank's files are in before they are hashed and listed
+        names = checkpoint_files(tmp)
+        share = describe_files(tmp, names[self.env.rank::self.env.world_size])
+        if dist.is_initialized():
+            shares = [None] * self.env.world_size
+            dist.all_gather_object(shares, share)
+            share = {name: entry for part in shares for name, entry in part.items()}
+        if self.env.is_main:
+            publish_checkpoint(tmp, self.root / step_dir_name(step), step, files=share)
+        barrier()
+
+    def _check_space(self, state: dict[str, Any], step: int) -> None:
+        """NoSpaceError before writing when the disk cannot hold the checkpoint: the previous checkpoint's size,
+        or before the first one this rank's tensor bytes times the ranks, plus a margin."""
+        need = None
+        if self.env.is_main:
+            self.root.mkdir(parents=True, exist_ok=True)
+            previous = [d for d in list_checkpoint_dirs(self.run_dir) if d.name in self.verified]
+            if previous:
+                size = sum(entry["size"] for entry in read_manifest(previous[-1]).values())
+            else:
+                tensors = [v for key in _TENSOR_KEYS for v in state[key].values() if isinstance(v, torch.Tensor)]
+                size = sum(_local_bytes(t) for t in tensors) * self.env.world_size
+            need = int(size * _SPACE_MARGIN) + _SPACE_SLACK
+            free = shutil.disk_usage(self.root).free
+            need = (need, free) if free < need else None
+        need = broadcast_object(need)
+        if need is not None:
+            raise NoSpaceError(f"no space: saving step {step} needs about {_gib(need[0])}, have {_gib(need[1])} at "
+                               f"{self.root}; nothing was written and the last good checkpoint is intact: free space "
+                               f"(or move trainer.run_dir) and relaunch to resume")
+
     def _prune(self) -> None:
-        for stale in self.root.glob(".tmp-step_*"):
-            shutil.rmtree(stale, ignore_errors=True)
+        """Delete checkpoints older than the `keep`-th newest that this run verified (never a good one before a
+        newer one verified)."""
         if self.keep <= 0:
             return
-        for old in find_complete_checkpoints(self.run_dir)[: -self.keep]:
-            shutil.rmtree(old, ignore_errors=True)
+        verified = [d for d in list_checkpoint_dirs(self.run_dir) if d.name in self.verified]
+        if len(verified) < self.keep:
+            return
+        oldest_kept = checkpoint_step(verified[-self.keep])
+        for old in list_checkpoint_dirs(self.run_dir):
+            if checkpoint_step(old) < oldest_kept:
+                shutil.rmtree(old, ignore_errors=True)
+                self.verified.discard(old.name)
 
-    # ---------------------------------------------------------------------------------------------- load
-    def latest(self) -> Optional[Path]:
-        """Newest complete checkpoint, decided on rank 0 (torn/corrupt ones skipped with a warning) and shared."""
-        found = None
-        if self.env.is_main:
-            for candidate in list_checkpoint_dirs(self.run_dir):
-                try:
-                    verify_checkpoint(candidate)
-                except CheckpointError as exc:
-                    log.warning("refusing checkpoint %s: %s; falling back to an earlier one", candidate, exc)
-                    continue
-                found = str(candidate)
-        found = broadcast_object(found)
-        return Path(found) if found else None
+    # ---------------------------------------------------------------------------------------------- resume
+    def restore(self, module: Any, loader: Any, config: dict[str, Any], allow: list[str]) -> int:
+        """Resume from the newest checkpoint that verifies and loads; returns its step (0 when the run dir has
+        none). CheckpointError when checkpoints exist but none loads; ResumeRefused on config or data drift."""
+        candidates = list(reversed(list_checkpoint_dirs(self.run_dir)))
+        failures = []
+        for directory in candidates:
+            reason = self._verify(directory)
+            if reason is None:
+                train_state = self._read_train_state(directory)
+                if isinstance(train_state, str):
+                    reason = train_state
+            if reason is None:
+                self._refuse_drift(directory, train_state, config, loader, allow)
+                reason = self._load(directory, train_state, module, loader)
+            if reason is None:
+                self.verified.add(directory.name)
+                self.last_saved_step = int(train_state["step"])
+                log.info("resumed from %s (step %d)", directory, self.last_saved_step)
+                return self.last_saved_step
+            log.warning("cannot resume from %s: %s; trying an older checkpoint", directory, reason)
+            failures.append(f"{directory.name}: {reason}")
+        if failures:
+            raise CheckpointError(
+                f"no checkpoint in {self.root} can be resumed, so nothing was changed:\n  " + "\n  ".join(failures)
+                + "\nTo start this run over from step 0 instead (the old checkpoints are moved aside, not deleted), "
+                  "relaunch with trainer.resume=never"
+            )
+        return 0
 
-    def resume(self, directory: Path, module: Any, loader: Any) -> int:
-        """Restore the module, the data position and this rank's RNG from `directory`; returns its step."""
-        train_state = read_train_state(directory)
-        state = module.state_dict()
-        tensors = {key: state[key] for key in _TENSOR_KEYS}
-        with single_process_dcp():
-            dcp.load(tensors, checkpoint_id=str(directory), no_dist=not dist.is_initialized())
-        module.load_state_dict({**tensors, "schedule": train_state["schedule"]}, directory)
-        loader.load_state_dict(train_state["dataloader"])
-        rng_file = self._rng_file(directory)
-        if rng_file.is_file():
-            _set_rng_state(json.loads(rng_file.read_text()), self.env.device)
-        else:
-            log.warning("%s has no RNG state for rank %d (saved on %d ranks): RNG continues from the seed",
-                        directory, self.env.rank, train_state["world_size"])
-        step = int(train_state["step"])
-        if step != checkpoint_step(directory):
-            raise CheckpointError(f"{directory}: {TRAIN_STATE_FILE} step={step} disagrees with the directory name")
-        self.last_saved_step = step
-        log.info("resumed from %s (step %d)", directory, step)
-        return step
+    def _read_train_state(self, directory: Path) -> dict[str, Any] | str:
+        """The checkpoint's train_state.json, or why it cannot be used (agreed by every rank)."""
+        state: dict[str, Any] | str
+        try:
+            state = read_train_state(directory)
+            if int(state["step"]) != checkpoint_step(directory):
+                raise CheckpointError(f"{TRAIN_STATE_FILE} step={state['step']} disagrees with the directory name")
+        except (CheckpointError, KeyError, TypeError, ValueError) as exc:
+            state = f"{type(exc).__name__}: {exc}"
+        if self._all(not isinstance(state, str)):
+            return state
+        return state if isinstance(state, str) else f"{TRAIN_STATE_FILE} is unreadable on another rank"
+
+    def _refuse_drift(self, directory: Path, train_state: dict[str, Any], config: dict[str, Any], loader: Any,
+                      allow: list[str]) -> None:
+        """ResumeRefused, naming every key, when the checkpoint's run computed something else than this config
+        would (model shape, data, batch, optimizer, schedule, seed...) and trainer.resume_allow does not list it."""
+        changes = changed_keys(train_state.get("config", {}), config, allow)
+        saved_data = train_state.get("data_fingerprint")
+        if saved_data != loader.fingerprint() and "data" not in allow:
+            changes.append(f"data (the shards' fingerprint): {saved_data} -> {loader.fingerprint()}")
+        if changes:
+            keys = [change.split(":")[0].split(" ")[0] for change in changes]
+            raise ResumeRefused(
+                f"{directory} was saved by a run with another config or data, so resuming would not continue it: "
+                + "; ".join(changes) + f". To resume with these changes anyway, add "
+                f"trainer.resume_allow=[{','.join(keys)}]; to start a new run, choose another trainer.run_dir"
+            )
+
+    def _load(self, directory: Path, train_state: dict[str, Any], module: Any, loader: Any) -> Optional[str]:
+        """Load everything from `directory`; None on success on every rank, else why not (a collective)."""
+        reason = None
+        try:
+            state = module.state_dict()
+            tensors = {key: state[key] for key in _TENSOR_KEYS}
+            load_tensors(tensors, directory, no_dist=not dist.is_initialized())
+            module.load_state_dict({**tensors, "schedule": train_state["schedule"]}, directory)
+            loader.load_state_dict(train_state["dataloader"])
+            rng_file = directory / f"rng_rank{self.env.rank}.json"
+            if rng_file.is_file():
+                _set_rng_state(json.loads(rng_file.read_text()), self.env.device)
+            else:
+                log.warning("%s has no RNG state for rank %d (saved on %d ranks): RNG continues from the seed",
+                            directory, self.env.rank, train_state["world_size"])
+        except (Exception, CheckpointException) as exc:  # noqa: BLE001 - any failure falls back to an older one
+            reason = f"{type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}"
+        return None if self._all(reason is None) else (reason or "loading failed on another rank")
+
+
+def _local_bytes(tensor: torch.Tensor) -> int:
+    local = tensor.to_local() if hasattr(tensor, "to_local") else tensor
+    return local.numel() * local.element_size()
 
 
 def read_train_state(directory: Path) -> dict[str, Any]:
@@ -172,14 +368,13 @@ def read_train_state(directory: Path) -> dict[str, Any]:
 
 
 def load_model_weights(modules: list[nn.Module], source: str | Path) -> Path:
-    """The "model" weights of a checkpoint (a checkpoint dir, or a run dir's newest complete one) into `modules`
-    (one model, or a pipeline rank's stage modules), whatever their layout; returns the checkpoint directory."""
+    """The "model" weights of a checkpoint (a checkpoint dir, or a run dir's newest one that verifies) into
+    `modules` (one model, or a pipeline rank's stage modules), whatever their layout; returns the directory."""
     directory = resolve_checkpoint_dir(source)
     verify_checkpoint(directory)
     own = [get_model_state_dict(module) for module in modules]
     state = {MODEL_KEY: merge_disjoint(own, MODEL_KEY)}
-    with single_process_dcp():
-        dcp.load(state, checkpoint_id=str(directory), no_dist=not dist.is_initialized())
+    load_tensors(state, directory, no_dist=not dist.is_initialized())
     for module, keys in zip(modules, own):
         set_model_state_dict(module, {key: state[MODEL_KEY][key] for key in keys})
     log.info("initialised model weights from %s", directory)

@@ -86,6 +86,7 @@ class TrainerConfig:
     resume_allow: list[str] = field(default_factory=list)
     init_from: Optional[str] = None  # checkpoint or run dir whose model weights start this run
     dist_timeout_s: int = 600  # process-group timeout
+    skip_nonfinite_steps: int = 0  # drop the update of up to N non-finite steps (a host sync per step); 0: stop
     progress_bar: bool = True  # a tqdm bar on rank 0
 
     def __post_init__(self) -> None:

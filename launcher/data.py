@@ -124,6 +124,10 @@ class TokenBatches:
         while True:
             yield self.next_batch()
 
+    def fingerprint(self) -> str:
+        """What identifies the data: the shards' fingerprint (names, headers and content hashes)."""
+        return f"packed:{self.dataset.fingerprint()}"
+
     # The position is global (samples consumed in the epoch), so it restores onto any dp layout.
     def state_dict(self) -> dict[str, int]:
         return {
@@ -206,6 +210,9 @@ class SyntheticBatches:
     def __iter__(self) -> Iterator[torch.Tensor]:
         while True:
             yield self.next_batch()
+
+    def fingerprint(self) -> str:
+        return f"synthetic:vocab={self.vocab_size}:seq_len={self.seq_len}:seed={self.seed}"
 
     def state_dict(self) -> dict[str, int]:
         return {"synthetic_steps": self.step, "seed": self.seed, "seq_len": self.seq_len,

@@ -44,6 +44,28 @@ def _from_env() -> tuple[int, int, int]:
     return 0, 0, 1
 
 
+def die_with_launcher(poll_s: float = 0.5) -> None:
+    """Under torchrun or srun, end this rank when the process that launched it dies (kill -9 of torchrun would
+    otherwise leave its ranks training and writing checkpoints). A daemon thread watches the parent pid: when the
+    parent is gone the process is re-parented, and the rank kills itself. A plain `python -m launcher.train` is
+    left alone (its parent is a shell the user may close on purpose, e.g. under nohup)."""
+    if "TORCHELASTIC_RUN_ID" not in os.environ and "SLURM_STEP_ID" not in os.environ:
+        return
+    import signal
+    import threading
+    import time
+
+    parent = os.getppid()
+
+    def watch() -> None:
+        while True:
+            time.sleep(poll_s)
+            if os.getppid() != parent:
+                os.kill(os.getpid(), signal.SIGKILL)
+
+    threading.Thread(target=watch, name="die-with-launcher", daemon=True).start()
+
+
 def init_distributed(device_pref: str, timeout_s: int, *, one_rank_group: bool = False) -> DistEnv:
     """This process's rank, world and device, with the process group joined (gloo on CPU, NCCL on GPU). A single
     process gets a group only with `one_rank_group` (FSDP on one device needs a DeviceMesh), from an in-memory

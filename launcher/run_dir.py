@@ -141,3 +141,38 @@ def check_same_run(run_dir: str | os.PathLike, config: dict[str, Any], allow: li
             + f". To resume that run with these changes anyway, add trainer.resume_allow=[{','.join(keys)}]; to "
             f"start a new run, choose another trainer.run_dir"
         )
+
+
+LOCK_FILE = ".lock"
+
+
+class RunLock:
+    """One writer per run directory: rank 0 holds an exclusive flock on <run_dir>/.lock for the run's lifetime
+    (the kernel drops it when the process dies, however it dies), with the holder's host and pid inside, so a
+    second launch on a live run directory fails at once naming the holder."""
+
+    def __init__(self, run_dir: str | os.PathLike) -> None:
+        import fcntl
+        import socket
+
+        Path(run_dir).mkdir(parents=True, exist_ok=True)
+        self.path = Path(run_dir) / LOCK_FILE
+        self.file = open(self.path, "a+")
+        try:
+            fcntl.flock(self.file.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            self.file.seek(0)
+            holder = self.file.read().strip() or "unknown holder"
+            self.file.close()
+            raise RunDirError(
+                f"trainer.run_dir={run_dir} is in use by another launch ({holder}): wait for it to finish or stop it, "
+                f"or choose another trainer.run_dir"
+            ) from None
+        self.file.seek(0)
+        self.file.truncate()
+        self.file.write(f"host {socket.gethostname()}, pid {os.getpid()}, since {time.strftime('%Y-%m-%d %H:%M:%S')}")
+        self.file.flush()
+
+    def release(self) -> None:
+        if not self.file.closed:
+            self.file.close()  # closing the descriptor releases the flock

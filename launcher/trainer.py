@@ -22,12 +22,15 @@ import torch
 from omegaconf import OmegaConf
 
 from launcher.checkpoint import Checkpointer
+from launcher.nonfinite import NonFiniteGuard
 from launcher.data import open_training_data
-from launcher.distributed import barrier, init_distributed, mean_over_ranks, shutdown, sum_over_ranks
+from launcher.distributed import (barrier, die_with_launcher, init_distributed, mean_over_ranks, shutdown,
+                                  sum_over_ranks)
 from launcher.metrics import ConsoleSink, JsonlSink, MetricsLogger, ProgressBarSink, SpeedMeter, WandbSink, write_plot
 from launcher.preemption import StopAgreement, StopRequest
 from launcher.train_modules import TrainModule, build_train_module
 from launcher.validation import RunPlan
+from model.checkpoint_io import atomic_write_text, list_checkpoint_dirs
 
 log = logging.getLogger("launcher")
 
@@ -88,15 +91,13 @@ def train(plan: RunPlan, config: dict[str, Any]) -> None:
     cfg, dims, t = plan.cfg, plan.dims, plan.cfg.trainer
     stop = StopRequest().install()  # first: a SIGTERM from here on means "save and exit", never a lost run
     # ---- processes, mesh, run directory
+    die_with_launcher()  # no orphan rank trains on after kill -9 of torchrun
     env = init_distributed(t.device, t.dist_timeout_s, one_rank_group=dims.needs_mesh)
     dims.build_mesh(env.device.type)
     run_dir = Path(t.run_dir)
     if env.is_main:
         run_dir.mkdir(parents=True, exist_ok=True)
         print(f"trainer.run_dir={run_dir}", flush=True)
-        tmp = run_dir / ".config.yaml.tmp"
-        tmp.write_text(OmegaConf.to_yaml(config))
-        tmp.replace(run_dir / "config.yaml")
     else:
         logging.getLogger().setLevel(logging.WARNING)
 
@@ -106,11 +107,16 @@ def train(plan: RunPlan, config: dict[str, Any]) -> None:
                               seed=cfg.data.seed if cfg.data.seed is not None else t.seed)
     loader = data.batches
 
-    # ---- the train module of this layout, resumed from the newest checkpoint or started from init_from
+    # ---- the train module of this layout, resumed from the newest good checkpoint or started from init_from
     checkpointer = Checkpointer(run_dir, env, keep=t.keep_checkpoints)
-    latest = checkpointer.latest() if t.resume == "auto" else None
-    module = build_train_module(plan, env, init_from=Path(t.init_from) if t.init_from and latest is None else None)
-    start_step = checkpointer.resume(latest, module, loader) if latest is not None else 0
+    checkpointer.remove_stale_temporaries()
+    if t.resume == "never":
+        checkpointer.set_aside_old_run()
+    fresh = not list_checkpoint_dirs(run_dir)
+    module = build_train_module(plan, env, init_from=Path(t.init_from) if t.init_from and fresh else None)
+    start_step = checkpointer.restore(module, loader, config, t.resume_allow)
+    if env.is_main:  # only now: a run that cannot resume changes nothing in its run dir
+        atomic_write_text(run_dir / "config.yaml", OmegaConf.to_yaml(config))
     micro = t.micro_batch_size
     eval_batches = module.eval_batches(loader.eval_batches(t.eval_batches * micro, micro)) if t.eval_batches else []
 
@@ -140,18 +146,25 @@ def train(plan: RunPlan, config: dict[str, Any]) -> None:
     module.train(True)
     step = start_step
     stop_agreement = StopAgreement(stop)  # every rank stops at the same step, without a host sync in the step
+    guard = NonFiniteGuard(env.device, start_step, t.skip_nonfinite_steps)
     speed.reset()
     while step < t.max_steps:
         step += 1
         lr = module.lr
         batch = to_device(loader.next_batch(), env.device)
         out = module.train_step(batch[:, :-1], batch[:, 1:])
+        guard.add(step, module.step_is_finite(out), out.skipped)
         speed.add_tokens(plan.tokens_per_step)
         metrics.advance(step)
 
         last = step == t.max_steps
+        stopping = stop_agreement.poll()
+        saving = stopping or last or (t.checkpoint_every > 0 and step % t.checkpoint_every == 0)
+        logging_step = step % t.log_every == 0 or last
+        if logging_step or saving:
+            guard.check(step, checkpointer.last_saved_step)  # never log or save what a NaN produced
         record: dict[str, Any] = {}
-        if step % t.log_every == 0 or last:
+        if logging_step:
             record = {"loss": mean_over_ranks(out.loss.float().reshape(1)).item(), "lr": lr,
                       "grad_norm": out.grad_norm.item(), **speed.measure()}
             record.update({name: mean_over_ranks(value.float().reshape(1)).item() for name, value in out.extra.items()})
@@ -167,8 +180,7 @@ def train(plan: RunPlan, config: dict[str, Any]) -> None:
         if "loss" in record:
             speed.reset()  # keep evaluation and sampling time out of the next throughput window
 
-        stopping = stop_agreement.poll()
-        if stopping or last or (t.checkpoint_every > 0 and step % t.checkpoint_every == 0):
+        if saving:
             checkpointer.save(step, module, loader, config)
         if stopping:
             log.warning("stop requested (%s): saved step %d, exiting", stop.signal_name or "another rank", step)

@@ -91,11 +91,15 @@ def _check_trainer(cfg: TrainConfig) -> None:
     for key in ("max_steps", "log_every", "dist_timeout_s"):
         if getattr(t, key) <= 0:
             raise ConfigError(f"trainer.{key} must be positive, got {getattr(t, key)}")
-    for key in ("eval_every", "eval_batches", "checkpoint_every", "keep_checkpoints", "sample_tokens"):
+    for key in ("eval_every", "eval_batches", "checkpoint_every", "keep_checkpoints", "sample_tokens",
+                "skip_nonfinite_steps"):
         if getattr(t, key) < 0:
             raise ConfigError(f"trainer.{key} must be >= 0 (0 disables), got {getattr(t, key)}")
     if t.init_from is not None and not Path(t.init_from).exists():
         raise ConfigError(f"trainer.init_from={t.init_from}: no such checkpoint or run directory")
+    if t.skip_nonfinite_steps and cfg.parallel.engine == "deepspeed":
+        raise ConfigError("trainer.skip_nonfinite_steps needs a torch layout: DeepSpeed's engine owns the step (its "
+                          "fp16 loss scaler skips overflowing steps itself); set it to 0")
     if not t.run_dir:
         raise ConfigError("trainer.run_dir is empty: give a directory, or leave the default (outputs/<name>-<id>)")
 

@@ -46,6 +46,7 @@ class StepOutput:
     loss: torch.Tensor  # this rank's term of the global-batch loss: its mean over ranks is the logged loss
     grad_norm: torch.Tensor  # global gradient norm before clipping
     extra: dict[str, torch.Tensor] = field(default_factory=dict)  # e.g. MoE auxiliary losses (means over ranks)
+    skipped: bool = False  # the update was dropped for a non-finite loss or gradient (trainer.skip_nonfinite_steps)
 
 
 def autocast(precision: str, device: torch.device):
@@ -85,6 +86,25 @@ class TrainModule:
     def train(self, mode: bool = True) -> None:
         for part in self.model_parts:
             part.train(mode)
+
+    def step_is_finite(self, out: StepOutput) -> torch.Tensor:
+        """A device flag: the step's loss and gradient norm are finite (launcher/nonfinite.py reads it lazily)."""
+        return torch.isfinite(out.loss).all() & torch.isfinite(out.grad_norm.to(out.loss.device)).all()
+
+    def skip_if_not_finite(self, loss: torch.Tensor, grad_norm: torch.Tensor) -> bool:
+        """With trainer.skip_nonfinite_steps > 0: True (after dropping the gradients and advancing the lr schedule)
+        when the step is not finite on any rank; reading that is a host sync, which the option accepts. Without it:
+        False, no sync."""
+        if self.cfg.trainer.skip_nonfinite_steps == 0:
+            return False
+        from launcher.distributed import sum_over_ranks
+
+        finite = torch.isfinite(loss).all() & torch.isfinite(grad_norm.to(loss.device)).all()
+        if sum_over_ranks((~finite).float().reshape(1)).item() == 0:
+            return False
+        self.optimizers.zero_grad()
+        self.schedulers.step()
+        return True
 
     def log_extras(self) -> dict[str, float]:
         """Host values to log at log steps only (reading them may wait for the device)."""

@@ -45,15 +45,17 @@ class PipelineTrainModule(TrainModule):
             loss: Optional[torch.Tensor] = self.pipeline.step(inputs, labels)
         grad_norm = clip_grad_norm_([p for part in self.model_parts for p in part.parameters()],
                                     max_grad_norm(self.cfg.optim.grad_clip), extra_group=self.pp_group)
-        self.optimizers.step()
-        self.optimizers.zero_grad()
-        self.schedulers.step()
         # Only last-stage ranks (world/pp of them) hold a loss: they contribute pp x loss, the others 0, so the
         # mean over all ranks is the mean over the last-stage ranks.
         if loss is None:
             local = torch.zeros((), device=self.env.device)
         else:
             local = loss.detach().float().to(self.env.device) * self.dims.pp
+        if self.skip_if_not_finite(local, grad_norm):
+            return StepOutput(local, grad_norm, skipped=True)
+        self.optimizers.step()
+        self.optimizers.zero_grad()
+        self.schedulers.step()
         return StepOutput(local, grad_norm)
 
     def eval_batches(self, batches: list[torch.Tensor]) -> list[torch.Tensor]:

@@ -63,6 +63,10 @@ class TorchTrainModule(TrainModule):
         # parallel's clip, not torch's: torch's stacks every norm into one tensor, which fails when gradients live
         # on several meshes or mix plain tensors and DTensors (expert parallel, TP without SP). No host sync.
         grad_norm = clip_grad_norm_(self.model.parameters(), max_grad_norm(self.cfg.optim.grad_clip))
+        loss = loss_sum / len(pieces)
+        extra = {name: total / len(pieces) for name, total in aux_sums.items()}
+        if self.scaler is None and self.skip_if_not_finite(loss, grad_norm):
+            return StepOutput(loss, grad_norm.detach(), extra, skipped=True)
         if self.scaler is not None:
             for optimizer in self.optimizers.optimizers:
                 self.scaler.step(optimizer)
@@ -71,8 +75,14 @@ class TorchTrainModule(TrainModule):
             self.optimizers.step()
         self.optimizers.zero_grad()
         self.schedulers.step()
-        extra = {name: total / len(pieces) for name, total in aux_sums.items()}
-        return StepOutput(loss_sum / len(pieces), grad_norm.detach(), extra)
+        return StepOutput(loss, grad_norm.detach(), extra)
+
+    def step_is_finite(self, out: StepOutput) -> torch.Tensor:
+        # Under fp16 an infinite gradient norm is the loss scaler's business (it skips that step and lowers the
+        # scale); the weights stay finite, so only the loss says whether the run broke.
+        if self.scaler is not None:
+            return torch.isfinite(out.loss).all()
+        return super().step_is_finite(out)
 
     def _gradient_sync(self, enabled: bool):
         """DDP all-reduces gradients on every backward unless told not to: only the last micro batch syncs."""

@@ -40,6 +40,34 @@ class _EngineOptimizer:
         pass
 
 
+# The non-tensor types DeepSpeed's ZeRO 1-3 checkpoints hold (seen in its optimizer-state files): unpickling may
+# build these and nothing else, so a crafted checkpoint cannot run code through DeepSpeed's loader.
+_DEEPSPEED_SAFE_GLOBALS = (
+    ("deepspeed.runtime.fp16.loss_scaler", "LossScaler"),
+    ("deepspeed.runtime.fp16.loss_scaler", "DynamicLossScaler"),
+    ("deepspeed.runtime.zero.config", "ZeroStageEnum"),
+    ("deepspeed.utils.tensor_fragment", "fragment_address"),
+)
+
+
+class _WeightsOnlyCheckpointEngine:
+    """DeepSpeed's checkpoint engine with `torch.load(weights_only=True)`: DeepSpeed's own engine unpickles its
+    files with weights_only=False, which would run whatever a crafted checkpoint holds."""
+
+    def __init__(self, inner: Any) -> None:
+        self.inner = inner
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self.inner, name)
+
+    def load(self, path: str, map_location=None):
+        import importlib
+
+        allowed = [getattr(importlib.import_module(module), name) for module, name in _DEEPSPEED_SAFE_GLOBALS]
+        with torch.serialization.safe_globals(allowed):
+            return torch.load(path, map_location=map_location, weights_only=True)
+
+
 class ZeroTrainModule(TrainModule):
     NATIVE_DIR = "deepspeed"
     TAG = "state"
@@ -65,6 +93,7 @@ class ZeroTrainModule(TrainModule):
         )
         self.model_parts = [self.engine.module]
         self.optimizers = _EngineOptimizer(self.engine)
+        self.engine.checkpoint_engine = _WeightsOnlyCheckpointEngine(self.engine.checkpoint_engine)
 
     def train_step(self, inputs: torch.Tensor, labels: torch.Tensor) -> StepOutput:
         micro = self.cfg.trainer.micro_batch_size
@@ -78,6 +107,11 @@ class ZeroTrainModule(TrainModule):
         grad_norm = self.engine.get_global_grad_norm()  # DeepSpeed reads it to the host: its choice
         grad_norm = torch.as_tensor(math.nan if grad_norm is None else grad_norm, dtype=torch.float64)
         return StepOutput(loss_sum / len(pieces), grad_norm.detach().cpu())
+
+    def step_is_finite(self, out: StepOutput) -> torch.Tensor:
+        if self.cfg.trainer.precision == "fp16":  # DeepSpeed's loss scaler skips overflowing steps itself
+            return torch.isfinite(out.loss).all()
+        return super().step_is_finite(out)
 
     def eval_loss(self, inputs: torch.Tensor, labels: torch.Tensor) -> Optional[torch.Tensor]:
         with autocast(self.cfg.trainer.precision, self.env.device):

@@ -22,7 +22,7 @@ def test_exported_then_imported_run_initialises_training_like_the_original(shard
 
     runs = {}
     for name, source in (("original", single_baseline), ("imported", imported)):
-        run_dir = tmp_path / name
+        run_dir = tmp_path / f"run_{name}"  # not the imported checkpoint's own directory
         result = run_train(tiny_overrides(shards, run_dir, max_steps=3) + [f"trainer.init_from={source}"], tmp_path)
         assert result.returncode == 0, result.stderr[-4000:]
         runs[name] = losses(run_dir)

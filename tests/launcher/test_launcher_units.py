@@ -180,12 +180,24 @@ def test_model_checkpoint_round_trip_and_run_dir_lookup(tmp_path):
         save_model_checkpoint(small_state(), cfg, newest)
 
 
+def _rehashed(directory, damage):
+    """Damage, then rewrite the manifest to match (what someone who tampers with a checkpoint would do)."""
+    from model.checkpoint_io import COMPLETE_MARKER, checkpoint_files, describe_files
+
+    damage(directory)
+    marker = json.loads((directory / COMPLETE_MARKER).read_text())
+    marker["files"] = describe_files(directory, checkpoint_files(directory))
+    (directory / COMPLETE_MARKER).write_text(json.dumps(marker))
+
+
 @pytest.mark.parametrize("damage, reason", [
     (lambda d: (d / "COMPLETE").unlink(), "no COMPLETE marker"),
     (lambda d: (d / "model_config.json").write_text("{}"), "COMPLETE says"),
-    (lambda d: next(d.glob("*.distcp")).unlink(), "is missing"),
-    (lambda d: (d / ".metadata").write_bytes(b"x" * (d / ".metadata").stat().st_size), "unreadable DCP metadata"),
-])
+    (lambda d: next(d.glob("*.distcp")).unlink(), "are missing"),
+    (lambda d: (d / ".metadata").write_bytes(b"x" * (d / ".metadata").stat().st_size), "does not match its SHA-256"),
+    (lambda d: (d / "extra.bin").write_bytes(b"x"), "not listed"),
+    (lambda d: _rehashed(d, lambda d: (d / ".metadata").write_bytes(b"x" * 10)), "unreadable DCP metadata"),
+], ids=["no_marker", "size", "missing", "checksum", "unlisted", "tampered_metadata"])
 def test_torn_or_corrupt_checkpoints_are_skipped_with_the_reason(damage, reason, tmp_path, caplog):
     cfg = ModelConfig(vocab_size=16, dim=8, n_heads=2, n_layers=1)
     for step in (1, 2):
