@@ -452,9 +452,17 @@ def host_sync_check(ctx: Context) -> tuple[bool, dict]:
 
 
 # ------------------------------------------------------------------------------------------------ throughput
+def model_json(ctx: Context, shape: Shape) -> Path:
+    """Loom's resolved model config of a shape (every key: ModelConfig holds the defaults), for the reference."""
+    import dataclasses
+
+    path = ctx.work / f"{shape.config}.model.json"
+    path.write_text(json.dumps(dataclasses.asdict(loom_model_config(shape.config, shape.overrides))))
+    return path
+
+
 def reference_command(ctx: Context, shape: Shape, warmup: int, steps: int) -> list[str]:
-    sets = [arg for k, v in shape.overrides.items() for arg in ("--set", f"{k}={v}")]
-    return [sys.executable, str(BENCH / "reference_train.py"), "--model", shape.config, *sets, "--batch",
+    return [sys.executable, str(BENCH / "reference_train.py"), "--model-json", str(model_json(ctx, shape)), "--batch",
             str(shape.batch), "--seq", str(shape.seq), "--warmup", str(warmup), "--steps", str(steps), "--device",
             ctx.device, "--compile-backend", ctx.compile_backend]
 

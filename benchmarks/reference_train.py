@@ -5,16 +5,17 @@ One file and no Loom import, so nothing of Loom's can make the yardstick slow or
 does for speed on one GPU is here: the whole model under one `torch.compile`, fused AdamW, SDPA's causal flash
 path (with `enable_gqa` instead of repeating K/V), fused QKV and gate/up projections, bf16 autocast, TF32 for any
 fp32 matmul, synthetic tokens already on the device, gradient clipping without a host sync, and no host sync in
-the timed loop. The model shapes are read from Loom's own configs/model/<name>.yaml (plus `--set key=value`
-overrides), the GPT-2 and Llama families only, so both sides train exactly the same architecture size
-(tests/benchmarks/test_gpu_check.py checks the parameter counts agree with Loom's).
+the timed loop. The model is given as Loom's resolved model config (`--model-json`: every key, as
+benchmarks/gpu_check.py writes it from Loom's ModelConfig, which holds the defaults), the GPT-2 and Llama families
+only, so both sides train exactly the same architecture size (tests/benchmarks/test_gpu_check.py checks the
+parameter counts agree with Loom's).
 
 Timing: `--warmup` steps (compilation, autotuning, allocator growth) are left out, then each of `--steps` steps is
 bracketed by CUDA events (on CPU, which runs synchronously, by the host clock); tokens/s is batch x seq over the
 median step time. Peak memory is torch's peak allocation for the whole run (what Loom's metrics report too).
 
-    python benchmarks/reference_train.py --model gpt2_124m --batch 32 --seq 1024
-    python benchmarks/reference_train.py --model llama3_1b --batch 8 --seq 2048
+    python benchmarks/reference_train.py --model-json gpt2_124m.json --batch 32 --seq 1024
+    python benchmarks/reference_train.py --model-json llama3_1b.json --batch 8 --seq 2048
 
 The last line printed is one JSON object with the figures.
 """
@@ -32,11 +33,8 @@ from typing import Any, Optional
 
 import torch
 import torch.nn.functional as F
-import yaml
 from torch import nn
 
-REPO = Path(__file__).resolve().parents[1]
-MODEL_CONFIGS = REPO / "configs" / "model"
 # Config keys whose non-default values this reference does not implement: refused rather than silently ignored.
 _UNSUPPORTED = {"sliding_window": None, "attn_logit_softcap": None, "final_logit_softcap": None, "qk_norm": False,
                 "moe": None, "norm_position": "pre"}
@@ -60,19 +58,17 @@ class Shape:
     rope_scaling: Optional[dict] = None
 
 
-def load_shape(name: str, overrides: dict[str, Any]) -> Shape:
-    """The shape of Loom's configs/model/<name>.yaml with `overrides` applied."""
-    path = MODEL_CONFIGS / f"{name}.yaml"
-    if not path.exists():
-        raise SystemExit(f"no model config {path}; known: {sorted(p.stem for p in MODEL_CONFIGS.glob('*.yaml'))}")
-    cfg = {**yaml.safe_load(path.read_text()), **overrides}
+def load_shape(cfg: dict[str, Any]) -> Shape:
+    """The shape of a model config given with every key resolved (Loom's ModelConfig as a dict: what
+    `--model-json` holds; benchmarks/gpu_check.py writes it), refusing what this loop does not implement."""
+    name = cfg.get("name", "model")
     for key, default in _UNSUPPORTED.items():
         if cfg.get(key, default) != default:
             raise SystemExit(f"{name}: {key}={cfg[key]!r} is not implemented by the reference loop")
-    if cfg.get("z_loss_weight", 0.0):
+    if cfg["z_loss_weight"]:
         raise SystemExit(f"{name}: z_loss_weight is not implemented by the reference loop")
-    gpt2 = (cfg.get("pos_embedding"), cfg.get("norm_type"), cfg.get("mlp_type")) == ("learned", "layernorm", "gelu")
-    llama = (cfg.get("pos_embedding"), cfg.get("norm_type"), cfg.get("mlp_type")) == ("rope", "rmsnorm", "swiglu")
+    gpt2 = (cfg["pos_embedding"], cfg["norm_type"], cfg["mlp_type"]) == ("learned", "layernorm", "gelu")
+    llama = (cfg["pos_embedding"], cfg["norm_type"], cfg["mlp_type"]) == ("rope", "rmsnorm", "swiglu")
     if not (gpt2 or llama):
         raise SystemExit(f"{name}: the reference loop knows GPT-2 (learned/layernorm/gelu) and Llama "
                          f"(rope/rmsnorm/swiglu) models only")
@@ -85,14 +81,14 @@ def load_shape(name: str, overrides: dict[str, Any]) -> Shape:
             hidden = int(2 * 4 * dim / 3)
             if cfg.get("ffn_dim_multiplier") is not None:
                 hidden = int(cfg["ffn_dim_multiplier"] * hidden)
-            multiple = cfg.get("multiple_of", 256)
+            multiple = cfg["multiple_of"]
             hidden = multiple * math.ceil(hidden / multiple)
     scaling = cfg.get("rope_scaling")
     return Shape(
         family="gpt2" if gpt2 else "llama", vocab_size=cfg["vocab_size"], dim=dim, n_layers=cfg["n_layers"],
         n_heads=n_heads, n_kv_heads=cfg.get("n_kv_heads") or n_heads, head_dim=cfg.get("head_dim") or dim // n_heads,
-        hidden_dim=hidden, norm_eps=cfg.get("norm_eps", 1e-5), tie_embeddings=cfg.get("tie_embeddings", False),
-        init_std=cfg.get("init_std", 0.02), max_seq_len=cfg["max_seq_len"], rope_theta=cfg.get("rope_theta", 10000.0),
+        hidden_dim=hidden, norm_eps=cfg["norm_eps"], tie_embeddings=cfg["tie_embeddings"],
+        init_std=cfg["init_std"], max_seq_len=cfg["max_seq_len"], rope_theta=cfg["rope_theta"],
         rope_scaling=scaling if scaling and scaling.get("type", "none") != "none" else None,
     )
 
@@ -228,7 +224,8 @@ def train(args: argparse.Namespace) -> dict[str, Any]:
         torch.backends.cuda.matmul.allow_tf32 = True
         torch.backends.cudnn.allow_tf32 = True
         torch.cuda.reset_peak_memory_stats()
-    shape = load_shape(args.model, dict(args.set))
+    model_cfg = json.loads(args.model_json.read_text())
+    shape = load_shape(model_cfg)
     model = GPT(shape, args.seq).to(device)
     decay = [p for p in model.parameters() if p.dim() >= 2]
     no_decay = [p for p in model.parameters() if p.dim() < 2]
@@ -279,7 +276,7 @@ def train(args: argparse.Namespace) -> dict[str, Any]:
     peak = (torch.cuda.max_memory_allocated() if device.type == "cuda"
             else _host_peak_bytes())
     return {
-        "system": "reference", "config": args.model, "overrides": dict(args.set), "batch": args.batch,
+        "system": "reference", "config": model_cfg.get("name"), "batch": args.batch,
         "seq": args.seq, "precision": args.precision, "compile": args.compile_backend if args.compile else None,
         "params": count_parameters(model), "warmup_steps": args.warmup, "timed_steps": args.steps,
         "step_time_median_s": statistics.median(times), "tokens_per_sec": tokens / statistics.median(times),
@@ -296,18 +293,11 @@ def _host_peak_bytes() -> int:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024  # ru_maxrss is KiB on Linux
 
 
-def _key_value(text: str) -> tuple[str, Any]:
-    key, sep, value = text.partition("=")
-    if not sep:
-        raise argparse.ArgumentTypeError(f"--set wants key=value, got {text!r}")
-    return key, yaml.safe_load(value)
-
-
 def main(argv: Optional[list[str]] = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--model", default="gpt2_124m", help="a configs/model/<name>.yaml of the GPT-2 or Llama family")
-    parser.add_argument("--set", type=_key_value, action="append", default=[], metavar="KEY=VALUE",
-                        help="override a model config key (as Loom's model.KEY=VALUE)")
+    parser.add_argument("--model-json", required=True, type=Path,
+                        help="the model config with every key resolved, as JSON (GPT-2 or Llama family): e.g. the "
+                             "`model` section of `python -m launcher.train model=gpt2_124m --cfg job --resolve`")
     parser.add_argument("--batch", type=int, default=32)
     parser.add_argument("--seq", type=int, default=1024)
     parser.add_argument("--warmup", type=int, default=10, help="steps left out of the timing")

@@ -113,11 +113,18 @@ def test_bf16_check_needs_a_real_bf16_run_that_learned():
     assert not gpu_check.bf16_check({s: 5.001 for s in flat}, flat)[0]  # nothing learned: 2% says nothing
 
 
+def resolved(name: str, **overrides) -> dict:
+    """Loom's model config with every key, as gpu_check hands it to the reference loop."""
+    import dataclasses
+
+    return dataclasses.asdict(gpu_check.loom_model_config(name, overrides))
+
+
 @pytest.mark.parametrize("name", ["gpt2_124m", "llama3_1b", "gpt2_1.5b"])
 def test_reference_model_has_loom_parameter_count(name):
     from model.estimate import count_parameters
 
-    shape = reference_train.load_shape(name, {})
+    shape = reference_train.load_shape(resolved(name))
     with torch.device("meta"):
         model = reference_train.GPT(shape, 1024)
     assert reference_train.count_parameters(model) == count_parameters(gpu_check.loom_model_config(name, {}))
@@ -127,17 +134,19 @@ def test_reference_rope_matches_loom_llama3_scaling():
     from model.blocks.rope import rope_cos_sin
 
     cfg = gpu_check.loom_model_config("llama3_1b", {})
-    cos, sin = reference_train.rope_tables(reference_train.load_shape("llama3_1b", {}), 4096)
+    cos, sin = reference_train.rope_tables(reference_train.load_shape(resolved("llama3_1b")), 4096)
     want_cos, want_sin = rope_cos_sin(cfg.attn_head_dim, 4096, cfg.rope_theta, cfg.rope_scaling)
     torch.testing.assert_close(cos, want_cos, atol=1e-3, rtol=0)
     torch.testing.assert_close(sin, want_sin, atol=1e-3, rtol=0)
 
 
-def test_reference_gpt2_family_trains(capsys):
+def test_reference_gpt2_family_trains(capsys, tmp_path):
     """The GPT-2 family (learned positions, LayerNorm, GELU, biases), which the tiny end-to-end run leaves out."""
-    reference_train.main(["--model", "gpt2_124m", "--set", "dim=32", "--set", "n_layers=1", "--set", "n_heads=2",
-                          "--set", "vocab_size=128", "--set", "hidden_dim=128", "--batch", "2", "--seq", "16", "--warmup", "1", "--steps", "2",
-                          "--no-compile", "--precision", "fp32", "--device", "cpu", "--lr", "1e-2"])
+    model_json = tmp_path / "gpt2.json"
+    model_json.write_text(json.dumps(resolved("gpt2_124m", dim=32, n_layers=1, n_heads=2, vocab_size=128,
+                                              hidden_dim=128)))
+    reference_train.main(["--model-json", str(model_json), "--batch", "2", "--seq", "16", "--warmup", "1", "--steps",
+                          "2", "--no-compile", "--precision", "fp32", "--device", "cpu", "--lr", "1e-2"])
     result = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
     assert result["params"] == 32 * 128 + 1024 * 32 + (4 * 32 * 32 + 4 * 32) + (8 * 32 * 32 + 5 * 32) + 3 * 64
     assert result["timed_steps"] == 2 and result["tokens_per_sec"] > 0 and math.isfinite(result["last_loss"])
@@ -146,6 +155,6 @@ def test_reference_gpt2_family_trains(capsys):
 
 def test_reference_refuses_what_it_does_not_implement():
     with pytest.raises(SystemExit, match="sliding_window"):
-        reference_train.load_shape("llama3_1b", {"sliding_window": 128})
+        reference_train.load_shape(resolved("llama3_1b", sliding_window=128))
     with pytest.raises(SystemExit, match="GPT-2"):
-        reference_train.load_shape("gpt2_124m", {"norm_type": "rmsnorm"})
+        reference_train.load_shape(resolved("gpt2_124m", norm_type="rmsnorm"))

@@ -58,13 +58,13 @@ def leaf_keys(node: Any, prefix: str = "") -> set[str]:
 
 
 def test_cfg_job_prints_every_resolved_key(tmp_path, capsys):
-    assert main(["run", "--cfg", "job", "--resolve", "input=raw", f"output={tmp_path}", "tasks=8", "slurm.mem=16G",
+    assert main(["run", "--cfg", "job", "--resolve", "input=raw", f"output={tmp_path}", "tasks=8", "cluster.mem=16G",
                  "eval_sets=[evals.jsonl]"]) == 0
     printed = yaml.safe_load(capsys.readouterr().out)
     schema = OmegaConf.to_container(OmegaConf.structured(PipelineRunConfig))
     schema_keys = {k for k in leaf_keys(schema) if not k.startswith("pipeline.")}
     assert schema_keys <= leaf_keys(printed)
-    assert printed["tasks"] == 8 and printed["slurm"]["mem"] == "16G" and printed["workers"] == 1
+    assert printed["tasks"] == 8 and printed["cluster"]["mem"] == "16G" and printed["workers"] == 1
     assert printed["pipeline"]["name"] == "default"
     decontaminate = next(s for s in printed["pipeline"]["steps"] if s["name"] == "decontaminate")
     assert decontaminate["params"]["eval_sets"] == ["evals.jsonl"]  # interpolation resolved
@@ -73,9 +73,9 @@ def test_cfg_job_prints_every_resolved_key(tmp_path, capsys):
 
 def test_documented_overrides_still_work(tmp_path):
     cfg = compose_config(["pipeline=web", "input=raw", f"output={tmp_path}", "pipeline.steps.1.params.model_path=lid.bin",
-                          "pipeline.steps.5.params.model_path=quality.bin", "slurm.partition=cpu", "executor=slurm",
+                          "pipeline.steps.5.params.model_path=quality.bin", "cluster.partition=cpu", "executor=slurm",
                           "+step_params.c4.min_sentences=3", "output_format=parquet", "max_doc_chars=10"])
     assert cfg.pipeline.steps[1].params.model_path == "lid.bin" and cfg.pipeline.steps[5].params.model_path == "quality.bin"
-    assert cfg.slurm.partition == "cpu" and cfg.executor == "slurm" and cfg.step_params.c4.min_sentences == 3
+    assert cfg.cluster.partition == "cpu" and cfg.executor == "slurm" and cfg.step_params.c4.min_sentences == 3
     assert cfg.output_format == "parquet" and cfg.max_doc_chars == 10
     assert [s.name for s in compose_config(["pipeline=clean", "input=a", "output=b"]).pipeline.steps][-1] == "decontaminate"

@@ -153,6 +153,9 @@ class _NoData:
     def load_state_dict(self, state: dict) -> None:
         pass
 
+    def fingerprint(self) -> str:
+        return "harness: batches fed by the test"
+
 
 def full_state_dict(module) -> dict[str, torch.Tensor]:
     """Unsharded weights of the whole model on every rank (a collective), gathered over pipeline stages."""
@@ -188,8 +191,8 @@ def train(spec: RunSpec, *, world_size: int = 1) -> RunResult:
     dims.build_mesh("cpu")
     module = build_train_module(plan, env)
     if spec.load_from:
-        checkpointer = Checkpointer(Path(spec.load_from), env, keep=0)
-        checkpointer.resume(checkpointer.latest(), module, _NoData())
+        step = Checkpointer(Path(spec.load_from), env, keep=0).restore(module, _NoData(), {}, allow=[])
+        assert step == spec.start_step, f"resumed at step {step}, expected {spec.start_step}"
     rows, first = plan.rank_batch, dims.dp_rank() * plan.rank_batch
     losses = []
     for step in range(spec.start_step, spec.start_step + spec.steps):
