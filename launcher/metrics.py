@@ -7,6 +7,7 @@ null) when the device's peak FLOP/s is unknown, e.g. on CPU, rather than a made-
 """
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import math
@@ -15,7 +16,7 @@ import resource
 import time
 import uuid
 from pathlib import Path
-from typing import Any, Optional, Protocol
+from typing import Any, Iterator, Optional, Protocol
 
 log = logging.getLogger(__name__)
 
@@ -256,6 +257,20 @@ class SpeedMeter:
     def reset(self) -> None:
         self.last_time = time.perf_counter()
         self.tokens = 0
+
+    @contextlib.contextmanager
+    def paused(self) -> Iterator[None]:
+        """Leave the time spent inside (evaluation, sampling, a checkpoint) out of tokens/s. The device is drained
+        first, so the training work still queued on it is counted, not hidden in the pause."""
+        if self.device_type == "cuda":
+            import torch
+
+            torch.cuda.synchronize()
+        start = time.perf_counter()
+        try:
+            yield
+        finally:
+            self.last_time += time.perf_counter() - start
 
     def measure(self) -> dict[str, Any]:
         now = time.perf_counter()

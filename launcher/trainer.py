@@ -169,19 +169,20 @@ def train(plan: RunPlan, config: dict[str, Any]) -> None:
                       "grad_norm": out.grad_norm.item(), **speed.measure()}
             record.update({name: mean_over_ranks(value.float().reshape(1)).item() for name, value in out.extra.items()})
             record.update(module.log_extras())
+        # Evaluation, sampling and checkpoints stay out of the throughput figures.
         if eval_batches and ((t.eval_every > 0 and step % t.eval_every == 0) or last):
-            record["val_loss"], record["val_ppl"] = evaluate(module, eval_batches, env.device)
+            with speed.paused():
+                record["val_loss"], record["val_ppl"] = evaluate(module, eval_batches, env.device)
         if sampler is not None and t.sample_every >= 0 and (
                 (t.sample_every > 0 and step % t.sample_every == 0) or (last and t.sample_tokens)):
-            record["sample"] = sample_text(sampler, data.tokenizer, t.sample_prompt, t.sample_tokens,
-                                           cfg.model.max_seq_len, data.eos_id)
+            with speed.paused():
+                record["sample"] = sample_text(sampler, data.tokenizer, t.sample_prompt, t.sample_tokens,
+                                               cfg.model.max_seq_len, data.eos_id)
         if record:
             metrics.log(step, record)
-        if "loss" in record:
-            speed.reset()  # keep evaluation and sampling time out of the next throughput window
-
         if saving:
-            checkpointer.save(step, module, loader, config)
+            with speed.paused():
+                checkpointer.save(step, module, loader, config)
         if stopping:
             log.warning("stop requested (%s): saved step %d, exiting", stop.signal_name or "another rank", step)
             break

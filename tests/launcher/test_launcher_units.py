@@ -209,3 +209,19 @@ def test_torn_or_corrupt_checkpoints_are_skipped_with_the_reason(damage, reason,
     with caplog.at_level("WARNING"):
         assert find_complete_checkpoints(tmp_path) == [tmp_path / "checkpoints" / "step_00000001"]
     assert str(newest) in caplog.text and reason in caplog.text
+
+
+def test_speed_meter_leaves_paused_time_out_of_tokens_per_sec():
+    """Evaluation, sampling and checkpoint saves run inside `paused()`: their time must not lower tokens/s."""
+    import time
+
+    from launcher.metrics import SpeedMeter
+
+    speed = SpeedMeter(flops_per_token=1.0, peak_flops_per_device=None, world_size=1, device_type="cpu")
+    speed.reset()
+    time.sleep(0.2)
+    speed.add_tokens(1000)
+    with speed.paused():
+        time.sleep(1.0)  # a checkpoint save
+    measured = speed.measure()["tokens_per_sec"]
+    assert 1000 / 0.6 < measured <= 1000 / 0.2, measured  # 5,000 tokens/s, not 833 with the save counted
