@@ -17,14 +17,10 @@ from model.blocks.kv_cache import KVCache
 __all__ = ["KVCache", "generate", "make_kv_caches", "filter_logits", "sample_next"]
 
 
-def make_kv_caches(model: nn.Module, batch_size: int, max_len: int) -> dict[str, KVCache]:
-    """One preallocated KVCache per layer of `model`, in its parameter dtype and device."""
-    cfg = model.cfg
-    param = next(model.parameters())
-    return {
-        name: KVCache(batch_size, cfg.kv_heads, max_len, cfg.attn_head_dim, dtype=param.dtype, device=param.device)
-        for name in model.layers
-    }
+def make_kv_caches(model: nn.Module, batch_size: int, max_len: int) -> dict:
+    """One preallocated cache per layer of `model` (KVCache, or LatentKVCache for latent attention), in its
+    parameter dtype and device."""
+    return model.new_caches(batch_size, max_len)
 
 
 def filter_logits(
