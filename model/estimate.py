@@ -43,7 +43,7 @@ import sys
 from dataclasses import asdict, dataclass, field
 from typing import Any, Optional
 
-from model.config import ModelConfig, MoEConfig, RopeScalingConfig
+from model.config import ModelConfig, MoEConfig
 
 GIB = 1024**3
 
@@ -85,29 +85,11 @@ def peak_flops(device_name: str) -> float | None:
 
 def _model_config(cfg: Any) -> ModelConfig:
     """Accept what callers hold: a ModelConfig, a Hydra/OmegaConf node of one, or a plain dict."""
-    if isinstance(cfg, ModelConfig):
-        return cfg
-    try:
-        from omegaconf import DictConfig, OmegaConf
-
-        if isinstance(cfg, DictConfig):
-            cfg = OmegaConf.to_container(cfg, resolve=True)
-    except ImportError:
-        pass
-    if isinstance(cfg, dict):
-        data = dict(cfg)
-        if isinstance(data.get("rope_scaling"), dict):
-            data["rope_scaling"] = RopeScalingConfig(**data["rope_scaling"])
-        if isinstance(data.get("moe"), dict):
-            data["moe"] = MoEConfig(**data["moe"])
-        return ModelConfig(**data)
-    raise TypeError(f"expected a ModelConfig (or a dict / DictConfig of one), got {type(cfg).__name__}")
+    return ModelConfig.coerce(cfg)
 
 
 def _moe(cfg: ModelConfig) -> MoEConfig | None:
-    if cfg.moe is None:
-        return None
-    return cfg.moe if isinstance(cfg.moe, MoEConfig) else MoEConfig(**dict(cfg.moe))
+    return cfg.moe
 
 
 def _norm_params(cfg: ModelConfig, width: int) -> int:
