@@ -151,3 +151,67 @@ def test_experts_with_no_tokens_are_fine():
         moe.router.weight[2].fill_(1.0)
     x = torch.rand(5, 16) + 0.1
     torch.testing.assert_close(moe(x), naive_moe(moe, x), rtol=1e-5, atol=1e-5)
+
+
+def _skewed_run(bias_update_rate: float, steps: int = 20) -> tuple[list[float], torch.nn.Module]:
+    """Train a tiny DeepSeek-V3-style MoE LM whose routers all favour experts 0 and 1 (a direction every token
+    embedding shares, which those two router rows point along), calling the model's balancing hook after each
+    optimizer step as the trainer does; returns the per-step load imbalance (max / mean load, 4 = all tokens on
+    2 of 8 experts, 1 = even)."""
+    from model import build
+    from model.config import ModelConfig
+
+    torch.manual_seed(0)
+    moe = dict(num_experts=8, top_k=2, score_func="sigmoid", expert_bias=True, bias_update_rate=bias_update_rate,
+               aux_loss_weight=0.0, router_z_loss_weight=0.0, expert_hidden_dim=16)
+    model = build(ModelConfig(vocab_size=64, dim=32, n_layers=2, n_heads=4, max_seq_len=32, hidden_dim=64, moe=moe))
+    with torch.no_grad():
+        shared = torch.randn(32)
+        shared /= shared.norm()
+        model.tok_embeddings.weight.add_(0.1 * shared)
+        for layer in model.layers.values():
+            layer.moe.router.weight[:2].add_(shared)
+    optimizer = torch.optim.AdamW(model.parameters(), lr=1e-3)
+    generator = torch.Generator().manual_seed(1)
+    imbalance = []
+    for _ in range(steps):
+        tokens = torch.randint(0, 64, (8, 17), generator=generator)
+        model(tokens[:, :-1], tokens[:, 1:]).backward()
+        optimizer.step()
+        optimizer.zero_grad()
+        imbalance.append(float(model.update_expert_biases()))
+    return imbalance, model
+
+
+def test_aux_loss_free_balancing_lowers_load_imbalance_on_a_skewed_router():
+    balanced, model = _skewed_run(0.02)
+    control, _ = _skewed_run(0.0)
+    assert balanced[0] == control[0] == pytest.approx(4.0, abs=0.05)  # both start fully collapsed
+    assert min(control[-5:]) > 3.9  # without the bias update nothing changes
+    assert sum(balanced[-5:]) / 5 < 0.75 * sum(control[-5:]) / 5, (balanced, control)
+    for layer in model.layers.values():
+        bias = layer.moe.expert_bias
+        assert abs(float(bias.sum())) < 1e-5 and bias[:2].max() < bias[2:].min()  # the favoured two pushed down
+
+
+def test_balancing_hook_reduces_loads_once_and_restarts_the_counts():
+    from model import build
+    from model.config import ModelConfig
+
+    model = build(ModelConfig(vocab_size=64, dim=32, n_layers=3, n_heads=4, max_seq_len=32, hidden_dim=64,
+                              moe=dict(num_experts=4, top_k=1, expert_bias=True, first_dense=1)))
+    tokens = torch.randint(0, 64, (2, 9))
+    model(tokens, tokens)  # training mode: counted
+    model.eval()
+    model(tokens)  # evaluation: not counted
+    seen = []
+
+    def reduce_load(loads):
+        seen.append(loads.clone())
+        return loads * 2  # as if another rank had routed the same tokens
+
+    imbalance = model.update_expert_biases(reduce_load)
+    assert len(seen) == 1 and seen[0].shape == (2, 4) and seen[0].sum(-1).tolist() == [18.0, 18.0]
+    assert float(imbalance) == pytest.approx(float((seen[0].max(-1).values / seen[0].mean(-1)).mean()))
+    assert all(float(layer.moe.tokens_per_expert.sum()) == 0 for layer in list(model.layers.values())[1:])
+    assert build(ModelConfig(vocab_size=64, dim=32, n_layers=1, n_heads=4)).update_expert_biases() is None
