@@ -31,7 +31,7 @@ from torch.nn.parallel import DistributedDataParallel
 import model as model_lib
 from launcher.checkpoint import Checkpointer, PipelineCheckpointer, ZeroCheckpointer, load_model_weights
 from launcher.config import batch_plan, effective_parallel
-from launcher.data import SyntheticBatches, TokenBatches, open_training_data
+from launcher.data import SyntheticBatches, TokenBatches, copy_tokenizer, open_training_data
 from launcher.distributed import (DistEnv, barrier, init_distributed, init_one_rank_group, mean_over_ranks, shutdown,
                                   sum_over_ranks)
 from launcher.engines import PipelineStep, StageSchedulers, ZeroStep, pipeline_eval_batches
@@ -292,6 +292,7 @@ def train(cfg: DictConfig) -> None:
         tmp = run_dir / ".config.yaml.tmp"
         tmp.write_text(config_yaml)
         tmp.replace(run_dir / "config.yaml")
+        copy_tokenizer(cfg.data, run_dir)  # <run_dir>/tokenizer.json: what exports and model.generate read
     model_cfg = _model_config(cfg)
 
     # ---- layout and batch plan
