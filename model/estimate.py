@@ -49,7 +49,7 @@ import sys
 from dataclasses import asdict, dataclass, field
 from typing import Any, Optional
 
-from model.config import ModelConfig, MoEConfig
+from model.config import ModelConfig
 
 GIB = 1024**3
 
@@ -94,10 +94,6 @@ def _model_config(cfg: Any) -> ModelConfig:
     return ModelConfig.coerce(cfg)
 
 
-def _moe(cfg: ModelConfig) -> MoEConfig | None:
-    return cfg.moe
-
-
 def _norm_params(cfg: ModelConfig, width: int) -> int:
     with_bias = cfg.norm_type == "layernorm" and cfg.norm_bias
     return width * (2 if with_bias else 1)
@@ -112,15 +108,6 @@ def _ffn_params(cfg: ModelConfig, hidden: int, mlp_type: str, bias: bool) -> int
     if mlp_type in ("swiglu", "geglu"):
         return 3 * cfg.dim * hidden + ((2 * hidden + cfg.dim) if bias else 0)
     return 2 * cfg.dim * hidden + ((hidden + cfg.dim) if bias else 0)
-
-
-def _expert_hidden(cfg: ModelConfig, moe: MoEConfig) -> int:
-    return cfg.expert_hidden_dim
-
-
-def _shared_hidden(cfg: ModelConfig, moe: MoEConfig) -> int:
-    """Width of the shared-expert FFN: the shared experts run as one FeedForward of num_shared * width."""
-    return cfg.shared_experts_hidden_dim
 
 
 @dataclass
@@ -175,12 +162,12 @@ def layer_params(cfg: ModelConfig, layer_idx: int) -> LayerParams:
     attention, replicated, attn_norms = _attention_params(cfg)
     n_block_norms = 4 if cfg.norm_position == "sandwich" else 2
     norms = n_block_norms * _norm_params(cfg, cfg.dim) + attn_norms
-    moe = _moe(cfg)
+    moe = cfg.moe
     if moe is None or not cfg.is_moe_layer(layer_idx):
         ffn = _ffn_params(cfg, cfg.ffn_hidden_dim, cfg.mlp_type, cfg.mlp_bias)
         return LayerParams(attention, norms, ffn, 0, 0, 0, replicated)
-    per_expert = 3 * cfg.dim * _expert_hidden(cfg, moe)
-    shared = _shared_hidden(cfg, moe)
+    per_expert = 3 * cfg.dim * cfg.expert_hidden_dim
+    shared = cfg.shared_experts_hidden_dim
     ffn = _ffn_params(cfg, shared, "swiglu", False) if shared else 0  # shared experts have no biases
     router = cfg.dim * moe.num_experts + (cfg.dim if moe.shared_expert_gate else 0)
     return LayerParams(attention, norms, ffn, router, moe.num_experts * per_expert, moe.top_k * per_expert,
@@ -313,7 +300,7 @@ def validate_layout(est: EstimateConfig) -> None:
         )
     if est.pp > cfg.n_layers:
         raise ValueError(f"pp={est.pp} is more stages than model.n_layers={cfg.n_layers}")
-    moe = _moe(cfg)
+    moe = cfg.moe
     if est.ep > 1:
         if moe is None:
             raise ValueError("ep > 1 needs an MoE model (model.moe is null)")
@@ -399,7 +386,7 @@ def _attention_activations(cfg: ModelConfig, mode: str) -> int:
 def _activation_elements_per_token(cfg: ModelConfig, layer_idx: int, mode: str) -> int:
     """Elements autograd keeps per token for one layer (see the module docstring)."""
     d = cfg.dim
-    moe = _moe(cfg)
+    moe = cfg.moe
     is_moe = moe is not None and cfg.is_moe_layer(layer_idx)
     gated = cfg.mlp_type in ("swiglu", "geglu")
     if mode == "full":
@@ -407,14 +394,14 @@ def _activation_elements_per_token(cfg: ModelConfig, layer_idx: int, mode: str) 
     attn = _attention_activations(cfg, mode)
     if mode == "selective":
         if is_moe:
-            mlp = moe.top_k * (2 * _expert_hidden(cfg, moe) + d) + 2 * _shared_hidden(cfg, moe) + d
+            mlp = moe.top_k * (2 * cfg.expert_hidden_dim + d) + 2 * cfg.shared_experts_hidden_dim + d
         elif gated:
             mlp = 2 * cfg.ffn_hidden_dim + d
         else:
             mlp = cfg.ffn_hidden_dim + d
         return attn + mlp
     if is_moe:
-        mlp = 2 * d + moe.top_k * (d + 3 * _expert_hidden(cfg, moe)) + 3 * _shared_hidden(cfg, moe)
+        mlp = 2 * d + moe.top_k * (d + 3 * cfg.expert_hidden_dim) + 3 * cfg.shared_experts_hidden_dim
     elif gated:
         mlp = 2 * d + 3 * cfg.ffn_hidden_dim
     else:

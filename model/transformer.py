@@ -211,10 +211,9 @@ class Transformer(nn.Module):
         moes = self._moe_modules()
         if not moes:
             return None
-        loads = torch.stack([m.tokens_per_expert for m in moes])
+        loads = torch.stack([m.take_load() for m in moes])
         if reduce_load is not None:
             loads = reduce_load(loads)
         for moe, load in zip(moes, loads):
             moe.update_expert_bias(load)
-            moe.tokens_per_expert.zero_()
         return (loads.max(dim=-1).values / loads.mean(dim=-1).clamp(min=1e-9)).mean()

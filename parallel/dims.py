@@ -139,6 +139,9 @@ class ParallelDims:
             )
 
     def _check_model(self, cfg: "ParallelConfig", model_cfg: "ModelConfig", seq_len: Optional[int]) -> None:
+        from model.config import ModelConfig
+
+        model_cfg = ModelConfig.coerce(model_cfg)  # a Hydra node or dict normalised once, nested sections included
         tp = self.tp
         if tp > 1:
             for key, value in (
@@ -158,7 +161,22 @@ class ParallelDims:
                     f"use rope or none, or parallel.tp=1"
                 )
             if model_cfg.moe is not None:
-                raise ValueError("tensor parallel of MoE layers is not supported: use parallel.ep, or parallel.tp=1")
+                if self.ep > 1:
+                    raise ValueError("tensor parallel together with expert parallel is not supported: set "
+                                     "parallel.tp=1 or parallel.ep=1")
+                if model_cfg.moe.aux_loss_weight > 0 or model_cfg.moe.router_z_loss_weight > 0:
+                    raise ValueError(
+                        "tensor parallel computes the loss outside the model (on vocab-sharded logits), without the "
+                        "MoE router losses: set model.moe.aux_loss_weight=0 and model.moe.router_z_loss_weight=0 "
+                        "(model.moe.expert_bias balances without a loss), or parallel.tp=1")
+                for key, value in (("moe expert width", model_cfg.expert_hidden_dim),
+                                   ("moe shared-experts width", model_cfg.shared_experts_hidden_dim)):
+                    if value % tp != 0:
+                        raise ValueError(f"model {key}={value} is not divisible by parallel.tp={tp}: tensor "
+                                         f"parallel splits it evenly across ranks; pick a tp that divides it")
+            if model_cfg.qk_norm and model_cfg.qk_norm_scope == "full" and model_cfg.mla is None:
+                raise ValueError("tensor parallel of full-width QK-norm (model.qk_norm_scope=full, OLMo 2) is not "
+                                 "supported: it normalises over every head's features; use parallel.tp=1")
         stages = self.pp * (cfg.pp_stages_per_rank if self.pp > 1 else 1)
         if stages > model_cfg.n_layers:
             raise ValueError(
@@ -168,12 +186,16 @@ class ParallelDims:
         if self.ep > 1:
             if model_cfg.moe is None:
                 raise ValueError(f"parallel.ep={self.ep} needs an MoE model (model.moe is null): set parallel.ep=1")
-            moe = model_cfg.moe  # a MoEConfig, or a plain dict before model.build() normalises it
-            num_experts = moe["num_experts"] if isinstance(moe, dict) else moe.num_experts
+            num_experts = model_cfg.moe.num_experts
             if num_experts % self.ep != 0:
                 raise ValueError(
                     f"model.moe.num_experts={num_experts} is not divisible by parallel.ep={self.ep}: change one"
                 )
+        if self.cp > 1 and model_cfg.rope_scaling.depends_on_length:
+            raise ValueError(
+                f"context parallel with model.rope_scaling.type={model_cfg.rope_scaling.type}: its frequencies depend "
+                f"on the longest position of a forward, which each cp rank sees differently; use parallel.cp=1"
+            )
         if self.cp > 1 and seq_len is not None:
             chunks = 2 * self.cp if cfg.cp_load_balance else self.cp
             if seq_len % chunks != 0:

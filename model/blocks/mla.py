@@ -50,6 +50,9 @@ class MultiHeadLatentAttention(nn.Module):
         self.kv_a_norm = RMSNorm(mla.kv_lora_rank, LATENT_NORM_EPS)
         self.wkv_b = nn.Linear(mla.kv_lora_rank, cfg.n_heads * (mla.qk_nope_head_dim + mla.v_head_dim), bias=False)
         self.wo = nn.Linear(cfg.n_heads * mla.v_head_dim, cfg.dim, bias=cfg.attn_out_bias)
+        # A seam, like inner_attention: the rotary key part every head shares passes through here, so tensor
+        # parallelism (each rank holding some heads) can sum its gradient over the ranks (parallel/tensor.py).
+        self.shared_rope_key = nn.Identity()
         self.inner_attention = ScaledDotProductAttention()
         self.sliding_window = cfg.layer_window(layer_idx)
         self.softcap = cfg.attn_logit_softcap
@@ -80,7 +83,7 @@ class MultiHeadLatentAttention(nn.Module):
         q_nope, q_rope = q.split([self.nope_dim, self.rope_dim], dim=-1)
         latent, k_rope = self.wkv_a(x).split([self.kv_lora_rank, self.rope_dim], dim=-1)
         latent = self.kv_a_norm(latent)
-        k_rope = k_rope.unsqueeze(2)  # one rotary key part, shared by every head
+        k_rope = self.shared_rope_key(k_rope).unsqueeze(2)  # one rotary key part, shared by every head
         if rope is not None:
             q_rope, k_rope = apply_rope(q_rope, *rope), apply_rope(k_rope, *rope)
         k_rope = k_rope.squeeze(2)

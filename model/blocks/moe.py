@@ -67,9 +67,9 @@ class MoE(nn.Module):
         self.register_buffer(
             "expert_bias", torch.zeros(cfg.num_experts, dtype=torch.float32) if cfg.expert_bias else None
         )
-        # Token-assignments per expert routed by training forwards since the last update_expert_bias.
-        self.register_buffer("tokens_per_expert", torch.zeros(cfg.num_experts, dtype=torch.float32),
-                             persistent=False)
+        # Token-assignments per expert [E] routed by training forwards since the last balancing update; a plain
+        # attribute, not a buffer, so data-parallel wrappers that broadcast buffers (DDP) keep each rank's own.
+        self.tokens_per_expert: Optional[torch.Tensor] = None
         # Losses of the last forward, as graph-holding tensors until the Transformer collects (and clears) them.
         # The Transformer turns `record_losses` off after collecting, so an activation-checkpoint recomputation
         # during backward neither leaves a fresh graph hanging on the module nor counts its tokens twice.
@@ -80,7 +80,15 @@ class MoE(nn.Module):
     def reset_buffers(self) -> None:
         if self.expert_bias is not None:
             self.expert_bias.zero_()
-        self.tokens_per_expert.zero_()
+        self.tokens_per_expert = None
+
+    def take_load(self) -> torch.Tensor:
+        """Token-assignments per expert [E] (fp32) since the last call, and restart the count."""
+        load = self.tokens_per_expert
+        self.tokens_per_expert = None
+        if load is None:
+            return torch.zeros(self.num_experts, dtype=torch.float32, device=self.router.weight.device)
+        return load
 
     def scores(self, logits: torch.Tensor) -> torch.Tensor:
         """fp32 routing scores [N, E] from router logits."""
@@ -143,7 +151,8 @@ class MoE(nn.Module):
         if self.record_losses:
             self.aux_loss, self.router_z_loss = aux_loss, router_z_loss
             if self.training:
-                self.tokens_per_expert += counts.detach().to(self.tokens_per_expert.dtype)
+                counts32 = counts.detach().to(torch.float32)
+                self.tokens_per_expert = counts32 if self.tokens_per_expert is None else self.tokens_per_expert + counts32
 
         order = torch.argsort(flat_experts, stable=True)
         token_of_assignment = order // self.top_k

@@ -161,6 +161,17 @@ VARIANTS = {
     "moe_shared_first_dense": dict(moe=MoEConfig(num_experts=4, top_k=2, num_shared_experts=1, expert_hidden_dim=40,
                                                  shared_expert_hidden_dim=24, first_dense=1, every=2), n_layers=5),
     "moe_default_widths_mlp_bias": dict(moe=MoEConfig(num_experts=3, top_k=1), mlp_bias=True),
+    "mla_full_rank_q_deepseek_moe": dict(
+        mla=dict(kv_lora_rank=16, q_lora_rank=None, qk_nope_head_dim=8, qk_rope_head_dim=8, v_head_dim=12),
+        qkv_bias=True, attn_out_bias=True,
+        moe=MoEConfig(num_experts=4, top_k=2, num_shared_experts=2, first_dense=1, score_func="sigmoid",
+                      expert_bias=True)),
+    "olmo2_full_qk_norm_branch_output": dict(norm_position="branch_output", qk_norm=True, qk_norm_scope="full",
+                                             n_kv_heads=2),
+    "gemma_geglu_unit_offset_gated_shared": dict(mlp_type="geglu", rmsnorm_unit_offset=True,
+                                                 norm_position="sandwich",
+                                                 moe=MoEConfig(num_experts=4, top_k=1, num_shared_experts=1,
+                                                               shared_expert_gate=True, every=2)),
 }
 
 
