@@ -53,7 +53,8 @@ class MoE(nn.Module):
         """`hidden_dim`: one routed expert's width; `shared_hidden_dim`: all shared experts together (0: none)."""
         super().__init__()
         if not 1 <= cfg.top_k <= cfg.num_experts:
-            raise ValueError(f"model.moe.top_k={cfg.top_k} must be between 1 and model.moe.num_experts={cfg.num_experts}")
+            raise ValueError(
+                f"model.moe.top_k={cfg.top_k} must be between 1 and model.moe.num_experts={cfg.num_experts}")
         self.cfg = cfg
         self.num_experts = cfg.num_experts
         self.top_k = cfg.top_k
@@ -152,7 +153,8 @@ class MoE(nn.Module):
             self.aux_loss, self.router_z_loss = aux_loss, router_z_loss
             if self.training:
                 counts32 = counts.detach().to(torch.float32)
-                self.tokens_per_expert = counts32 if self.tokens_per_expert is None else self.tokens_per_expert + counts32
+                seen = self.tokens_per_expert
+                self.tokens_per_expert = counts32 if seen is None else seen + counts32
 
         order = torch.argsort(flat_experts, stable=True)
         token_of_assignment = order // self.top_k

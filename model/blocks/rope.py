@@ -68,7 +68,9 @@ def dynamic_ntk_inv_freq(head_dim: int, theta: float, s: RopeScalingConfig, seq_
     return 1.0 / (base.float() ** _exponents(head_dim, seq_len.device))
 
 
-def rope_inv_freq(head_dim: int, theta: float, scaling: RopeScalingConfig, *, long: bool = False) -> tuple[torch.Tensor, float]:
+def rope_inv_freq(
+    head_dim: int, theta: float, scaling: RopeScalingConfig, *, long: bool = False
+) -> tuple[torch.Tensor, float]:
     """Inverse frequencies [head_dim // 2] (fp32) and the factor that multiplies cos and sin.
 
     Dynamic NTK gives its frequencies within the original context here (plain RoPE; longer forwards go through
@@ -126,6 +128,8 @@ class RotaryEmbedding(nn.Module):
     def reset_buffers(self) -> None:
         """(Re)compute the tables, on the device the buffers already live on (created on the default device)."""
         device = self.cos.device if self.cos is not None else None
+        if device is not None and device.type == "meta":
+            return  # nothing to compute on the meta device (to_empty + init_weights comes back here)
         tables = {"cos": None, "sin": None, "cos_long": None, "sin_long": None}
         tables["cos"], tables["sin"] = rope_cos_sin(self.dim, self.max_len, self.theta, self.scaling)
         if self.scaling.type == "longrope" and not self.scaling.is_plain:

@@ -216,3 +216,23 @@ def test_import_original_gpt2_naming(tmp_path: Path) -> None:
     ours.load_state_dict(loaded)
     with torch.no_grad():
         assert (ours(tokens()) - reference(tokens()).logits).abs().max().item() <= TOL
+
+
+def test_loom_moe_config_exports_to_the_hf_class_with_shared_experts(tmp_path: Path) -> None:
+    """configs/model/moe.yaml (ungated shared expert, softmax top-2 renormalised, first layer dense) is ERNIE 4.5
+    MoE's architecture: exported, transformers loads it with no missing or unexpected key and equal logits."""
+    from omegaconf import OmegaConf
+
+    from transformers import AutoModelForCausalLM
+
+    yaml = Path(__file__).resolve().parents[2] / "configs" / "model" / "moe.yaml"
+    cfg = OmegaConf.to_object(OmegaConf.merge(OmegaConf.structured(ModelConfig), OmegaConf.load(yaml)))
+    assert hf_model_type(cfg) == "ernie4_5_moe"
+    ours = random_loom_model(dataclasses.replace(cfg, n_layers=2))
+    save_model_checkpoint(ours.state_dict(), ours.cfg, tmp_path / "ckpt")
+    export_checkpoint(tmp_path / "ckpt", tmp_path / "hf")
+    reference, info = AutoModelForCausalLM.from_pretrained(tmp_path / "hf", output_loading_info=True)
+    assert type(reference).__name__ == "Ernie4_5_MoeForCausalLM" and not any(info.values()), info
+    batch = torch.randint(0, cfg.vocab_size, (2, 24), generator=torch.Generator().manual_seed(1))
+    with torch.no_grad():
+        assert (ours(batch) - reference.eval()(batch).logits).abs().max().item() <= TOL
