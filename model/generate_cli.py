@@ -36,7 +36,7 @@ class LoadedModel:
 
 
 def _is_hf_dir(path: Path) -> bool:
-    return (path / "config.json").is_file() and any(path.glob("*.safetensors*"))
+    return (path / "config.json").is_file()  # (its weights are checked when read: safetensors only)
 
 
 def _is_loom_checkpoint(path: Path) -> bool:
@@ -80,7 +80,7 @@ def load_model(path: str | os.PathLike, *, dtype: str = "float32", device: str =
     else:
         raise GenerateError(
             f"{path}: not a Loom run directory (with checkpoints/), a Loom checkpoint (with COMPLETE) or a Hugging "
-            f"Face model directory (with config.json and *.safetensors)"
+            f"Face model directory (with config.json and safetensors weights)"
         )
     with torch.device("meta"):
         model = build(cfg)

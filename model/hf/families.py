@@ -39,7 +39,6 @@ class Family:
     to_hf: Callable[[ModelConfig], dict]
     from_hf: Callable[[dict, str], ModelConfig]
     names: TensorNames = field(default_factory=TensorNames)
-    # The Loom->HF logits of these classes equal Loom's; the others are only loadable (none today).
 
 
 FAMILIES: dict[str, Family] = {}

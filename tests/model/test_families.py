@@ -111,3 +111,18 @@ def test_generate_cli_greedy_and_beam_equal_transformers(hf_models, name: str) -
             expected = reference.generate(ids, attention_mask=mask, max_new_tokens=16, do_sample=False,
                                           num_beams=beams, pad_token_id=0)[:, longest:].tolist()
         assert generate_cli(directory, beams) == expected, (name, beams)
+
+
+def test_generate_cli_sampling_is_seeded_and_text_needs_a_tokenizer(hf_models, capsys) -> None:
+    from model.generate_cli import main
+
+    directory = hf_models["qwen3"][1]
+    args = [str(directory), "--prompt-ids", "5 9 2; 7 3", "--max-new-tokens", "12", "--format", "json",
+            "--temperature", "1.5", "--top-k", "40", "--top-p", "0.95"]
+    runs = []
+    for seed in (1, 1, 2):
+        assert main(args + ["--seed", str(seed)]) == 0
+        runs.append(json.loads(capsys.readouterr().out)["ids"])
+    assert runs[0] == runs[1] != runs[2]
+    assert main([str(directory), "--prompt", "hello"]) == 2  # no tokenizer beside these random models
+    assert "--prompt-ids" in capsys.readouterr().err
