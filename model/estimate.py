@@ -89,11 +89,6 @@ def peak_flops(device_name: str) -> float | None:
 # Parameters
 
 
-def _model_config(cfg: Any) -> ModelConfig:
-    """Accept what callers hold: a ModelConfig, a Hydra/OmegaConf node of one, or a plain dict."""
-    return ModelConfig.coerce(cfg)
-
-
 def _norm_params(cfg: ModelConfig, width: int) -> int:
     with_bias = cfg.norm_type == "layernorm" and cfg.norm_bias
     return width * (2 if with_bias else 1)
@@ -189,7 +184,7 @@ class ParameterCounts:
 
 
 def parameter_counts(cfg: ModelConfig) -> ParameterCounts:
-    cfg = _model_config(cfg)
+    cfg = ModelConfig.coerce(cfg)  # a ModelConfig, a Hydra node or a dict
     layers = [layer_params(cfg, i) for i in range(cfg.n_layers)]
     embedding = cfg.vocab_size * cfg.dim + (cfg.max_seq_len * cfg.dim if cfg.pos_embedding == "learned" else 0)
     output = cfg.vocab_size * cfg.dim
@@ -228,7 +223,7 @@ def flops_per_token(cfg: ModelConfig, seq_len: int) -> float:
     """Training (forward + backward) FLOPs per token: 6*N + 12*L*d_attn*T (see the module docstring)."""
     if seq_len <= 0:
         raise ValueError(f"seq_len must be positive, got {seq_len}")
-    cfg = _model_config(cfg)
+    cfg = ModelConfig.coerce(cfg)  # a ModelConfig, a Hydra node or a dict
     n = parameter_counts(cfg).flops_params
     return float(6 * n + sum(attention_flops_per_token(cfg, seq_len, i) for i in range(cfg.n_layers)))
 
@@ -236,7 +231,7 @@ def flops_per_token(cfg: ModelConfig, seq_len: int) -> float:
 def kv_cache_elements_per_token(cfg: ModelConfig) -> int:
     """Numbers a decoding cache keeps per token, over all layers: 2 * kv_heads * head_dim per layer, or MLA's
     compressed latent (kv_lora_rank + qk_rope_head_dim)."""
-    cfg = _model_config(cfg)
+    cfg = ModelConfig.coerce(cfg)  # a ModelConfig, a Hydra node or a dict
     if cfg.mla is not None:
         per_layer = cfg.mla.kv_lora_rank + cfg.mla.qk_rope_head_dim
     else:
