@@ -12,7 +12,6 @@ frequencies from the positions of each forward with tensor ops only, so the step
 from __future__ import annotations
 
 import math
-from typing import Optional
 
 import torch
 from torch import nn

@@ -14,7 +14,6 @@ from model.hf.families import (
     TensorNames,
     check_activation,
     common_hf_fields,
-    moe_layers,
     moe_layout_from_layers,
     register,
     require,

@@ -186,10 +186,6 @@ def moe_layout_from_layers(moe_layers: list[int], n_layers: int) -> tuple[int, i
     return first, every
 
 
-def moe_layers(cfg: ModelConfig) -> list[int]:
-    return [i for i in range(cfg.n_layers) if cfg.is_moe_layer(i)]
-
-
 def base_config_from_hf(hf: dict, name: str, *, defaults: dict, max_seq_len: int, rope: tuple) -> dict:
     """ModelConfig fields every RoPE decoder family shares, from config.json (`defaults`: the transformers class's
     own defaults for keys a config.json may omit)."""
