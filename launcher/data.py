@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import logging
 import os
+import shutil
 from pathlib import Path
 from dataclasses import dataclass
 from typing import Any, Callable, Iterator, Optional, Union
@@ -252,6 +253,22 @@ def open_training_data(data_cfg: Any, *, vocab_size: int, global_batch: int, dp_
     batches = TokenBatches(dataset, seq_len=data_cfg.seq_len, global_batch=global_batch, dp_rank=dp_rank,
                            dp_degree=dp_degree, seed=seed, val_fraction=data_cfg.val_fraction)
     return TrainingData(batches, load_tokenizer(data_dir), dataset.tokenizer.get("eos_id"))
+
+
+def copy_tokenizer(data_cfg: Any, run_dir: str | os.PathLike) -> Optional[Path]:
+    """Copy the data's tokenizer.json (beside the packed shards) to `<run_dir>/tokenizer.json`, atomically, so the
+    run's checkpoints export to a complete Hugging Face directory and `python -m model.generate <run_dir>` takes
+    text. None (nothing copied) for synthetic data or shards that came without a tokenizer."""
+    if data_cfg.name == "synthetic":
+        return None
+    source = resolve_data_dir(data_cfg) / "tokenizer.json"
+    if not source.is_file():
+        return None
+    target = Path(run_dir) / "tokenizer.json"
+    tmp = target.with_name(f".tokenizer.json.tmp.{os.getpid()}")
+    shutil.copyfile(source, tmp)
+    os.replace(tmp, target)
+    return target
 
 
 def load_tokenizer(data_dir: Path):

@@ -23,7 +23,7 @@ from omegaconf import OmegaConf
 
 from launcher.checkpoint import Checkpointer
 from launcher.nonfinite import NonFiniteGuard
-from launcher.data import open_training_data
+from launcher.data import copy_tokenizer, open_training_data
 from launcher.distributed import (barrier, die_with_launcher, init_distributed, mean_over_ranks, shutdown,
                                   sum_over_ranks)
 from launcher.metrics import ConsoleSink, JsonlSink, MetricsLogger, ProgressBarSink, SpeedMeter, WandbSink, write_plot
@@ -117,6 +117,7 @@ def train(plan: RunPlan, config: dict[str, Any]) -> None:
     start_step = checkpointer.restore(module, loader, config, t.resume_allow)
     if env.is_main:  # only now: a run that cannot resume changes nothing in its run dir
         atomic_write_text(run_dir / "config.yaml", OmegaConf.to_yaml(config))
+        copy_tokenizer(cfg.data, run_dir)  # <run_dir>/tokenizer.json: what exports and model.generate read
     micro = t.micro_batch_size
     eval_batches = module.eval_batches(loader.eval_batches(t.eval_batches * micro, micro)) if t.eval_batches else []
 

@@ -30,14 +30,14 @@ import time
 import warnings
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any, Callable, Iterator, Optional
 
 import torch
 import torch.distributed.checkpoint as dcp
 from torch.distributed.checkpoint.metadata import Metadata, StorageMeta, TensorStorageMetadata
 from torch.distributed.checkpoint.planner import LoadItemType
 
-from model.config import ModelConfig, MoEConfig, RopeScalingConfig
+from model.config import ModelConfig
 
 log = logging.getLogger(__name__)
 
@@ -83,26 +83,9 @@ def single_process_dcp() -> Iterator[None]:
 # ----------------------------------------------------------------------------------------------- model config
 
 
-def model_config_to_dict(cfg: ModelConfig) -> dict[str, Any]:
-    if dataclasses.is_dataclass(cfg):
-        return dataclasses.asdict(cfg)
-    # An OmegaConf DictConfig built from the structured schema.
-    from omegaconf import OmegaConf
-
-    return OmegaConf.to_container(cfg, resolve=True)  # type: ignore[return-value]
-
-
-def model_config_from_dict(data: dict[str, Any], *, source: str = "model config") -> ModelConfig:
-    known = {f.name for f in dataclasses.fields(ModelConfig)}
-    unknown = sorted(set(data) - known)
-    if unknown:
-        raise CheckpointError(f"{source}: unknown ModelConfig keys {unknown} (written by a newer Loom?)")
-    data = dict(data)
-    if isinstance(data.get("rope_scaling"), dict):
-        data["rope_scaling"] = RopeScalingConfig(**data["rope_scaling"])
-    if isinstance(data.get("moe"), dict):
-        data["moe"] = MoEConfig(**data["moe"])
-    return ModelConfig(**data)
+def model_config_to_dict(cfg: Any) -> dict[str, Any]:
+    """The JSON-ready dict of a ModelConfig (or of a Hydra node / dict of one, normalised first)."""
+    return dataclasses.asdict(ModelConfig.coerce(cfg))
 
 
 def read_model_config(directory: str | os.PathLike) -> ModelConfig:
@@ -113,7 +96,10 @@ def read_model_config(directory: str | os.PathLike) -> ModelConfig:
         data = json.loads(path.read_text())
     except (OSError, json.JSONDecodeError) as exc:
         raise CheckpointError(f"{path}: unreadable model config ({exc})") from exc
-    return model_config_from_dict(data, source=str(path))
+    try:
+        return ModelConfig.coerce(data, source=str(path))
+    except (TypeError, ValueError) as exc:  # unknown keys (a newer Loom?) or values this Loom refuses
+        raise CheckpointError(f"{path}: {exc}") from exc
 
 
 # ------------------------------------------------------------------------------------------ manifest and verify
@@ -354,10 +340,12 @@ def resolve_checkpoint_dir(directory: str | os.PathLike) -> Path:
 
 
 def save_model_checkpoint(
-    model_state_dict: dict[str, torch.Tensor], model_cfg: ModelConfig, directory: str | os.PathLike, *, step: int = 0
+    model_state_dict: dict[str, torch.Tensor], model_cfg: ModelConfig, directory: str | os.PathLike, *, step: int = 0,
+    add_files: Optional[Callable[[Path], Any]] = None,
 ) -> Path:
     """Write a model-only checkpoint (DCP {"model": state dict}, model_config.json, COMPLETE) atomically.
 
+    `add_files(tmp_dir)` may put more files in before the marker lists them (an imported model's tokenizer).
     Single-process: runs without a process group even if one is initialised. Refuses to overwrite an existing
     complete checkpoint.
     """
@@ -373,6 +361,8 @@ def save_model_checkpoint(
         with single_process_dcp():
             dcp.save({MODEL_KEY: state}, checkpoint_id=str(tmp), no_dist=True)
         write_model_config(tmp, model_cfg)
+        if add_files is not None:
+            add_files(tmp)
         return publish_checkpoint(tmp, directory, step)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)

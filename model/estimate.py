@@ -22,16 +22,22 @@ Conventions (stated once, used everywhere):
   divides every parameter except norms and routers; expert parallelism divides the routed experts (which then
   shard over dp / ep). Pipeline stages get contiguous, balanced runs of layers; the first also holds the input
   embeddings, the last the final norm and output projection (a tied output is a second copy there when pp > 1).
+  Under tensor parallelism MLA's low-rank down-projections (wq_a, wkv_a) and latent norms stay replicated, as
+  parallel/tensor.py lays them out.
 - Activations are what autograd keeps per token (in `param_dtype`), assuming fused/flash attention (no T x T
   scores), sequence parallelism when tp > 1, 1F1B pipelining (the first stage holds pp micro-batches in flight),
   plus one chunk of fp32 logits and their gradient. Per layer and token, in elements:
     attention: 2*dim (norm input, norm output) + 2*q_dim + 2*kv_dim (q, k, v, attention output)
+    MLA attention: 2*dim + the q path (q_lora_rank twice if low-rank, then n_heads*qk) + the kv path
+      (kv_lora_rank + rope, kv_lora_rank normed, n_heads*(nope + v) up-projected) + n_heads*qk (keys) +
+      2*n_heads*v (values, attention output)
     SwiGLU MLP: 2*dim + 3*hidden; GELU MLP: 2*dim + 2*hidden
     MoE: 2*dim + top_k*(dim + 3*expert_hidden) + 3*shared_hidden
-    sandwich norms add dim for each post-norm input.
+    sandwich and branch-output norms add dim for each post-norm input.
   `activation_checkpointing=full` keeps only each layer's input (dim) plus one layer recomputed at a time;
   `selective` keeps matmul and attention outputs and recomputes norms and activation functions:
-    attention: dim + 2*q_dim + 2*kv_dim + dim; SwiGLU: 2*hidden + dim; GELU: hidden + dim;
+    attention: dim + 2*q_dim + 2*kv_dim + dim (MLA: dim + its projection outputs + attention output + dim);
+    SwiGLU/GeGLU: 2*hidden + dim; GELU: hidden + dim;
     MoE: top_k*(2*expert_hidden + dim) + 2*shared_hidden + dim.
   Framework overheads (CUDA context, allocator fragmentation, communication buffers) are not included.
 """
@@ -43,7 +49,7 @@ import sys
 from dataclasses import asdict, dataclass, field
 from typing import Any, Optional
 
-from model.config import ModelConfig, MoEConfig, RopeScalingConfig
+from model.config import ModelConfig
 
 GIB = 1024**3
 
@@ -83,33 +89,6 @@ def peak_flops(device_name: str) -> float | None:
 # Parameters
 
 
-def _model_config(cfg: Any) -> ModelConfig:
-    """Accept what callers hold: a ModelConfig, a Hydra/OmegaConf node of one, or a plain dict."""
-    if isinstance(cfg, ModelConfig):
-        return cfg
-    try:
-        from omegaconf import DictConfig, OmegaConf
-
-        if isinstance(cfg, DictConfig):
-            cfg = OmegaConf.to_container(cfg, resolve=True)
-    except ImportError:
-        pass
-    if isinstance(cfg, dict):
-        data = dict(cfg)
-        if isinstance(data.get("rope_scaling"), dict):
-            data["rope_scaling"] = RopeScalingConfig(**data["rope_scaling"])
-        if isinstance(data.get("moe"), dict):
-            data["moe"] = MoEConfig(**data["moe"])
-        return ModelConfig(**data)
-    raise TypeError(f"expected a ModelConfig (or a dict / DictConfig of one), got {type(cfg).__name__}")
-
-
-def _moe(cfg: ModelConfig) -> MoEConfig | None:
-    if cfg.moe is None:
-        return None
-    return cfg.moe if isinstance(cfg.moe, MoEConfig) else MoEConfig(**dict(cfg.moe))
-
-
 def _norm_params(cfg: ModelConfig, width: int) -> int:
     with_bias = cfg.norm_type == "layernorm" and cfg.norm_bias
     return width * (2 if with_bias else 1)
@@ -121,58 +100,73 @@ def _final_norm_params(cfg: ModelConfig) -> int:
 
 
 def _ffn_params(cfg: ModelConfig, hidden: int, mlp_type: str, bias: bool) -> int:
-    if mlp_type == "swiglu":
+    if mlp_type in ("swiglu", "geglu"):
         return 3 * cfg.dim * hidden + ((2 * hidden + cfg.dim) if bias else 0)
     return 2 * cfg.dim * hidden + ((hidden + cfg.dim) if bias else 0)
-
-
-def _expert_hidden(cfg: ModelConfig, moe: MoEConfig) -> int:
-    return moe.expert_hidden_dim if moe.expert_hidden_dim is not None else cfg.ffn_hidden_dim
-
-
-def _shared_hidden(cfg: ModelConfig, moe: MoEConfig) -> int:
-    """Width of the shared-expert FFN: the shared experts run as one FeedForward of num_shared * width."""
-    if moe.num_shared_experts == 0:
-        return 0
-    per_expert = moe.shared_expert_hidden_dim if moe.shared_expert_hidden_dim is not None else _expert_hidden(cfg, moe)
-    return moe.num_shared_experts * per_expert
 
 
 @dataclass
 class LayerParams:
     """Parameters of one TransformerBlock by how they are split across devices."""
 
-    attention: int  # wq/wk/wv/wo (+ biases): split by tp
-    norms: int  # block norms and QK-norms: replicated
+    attention: int  # wq/wk/wv/wo (+ biases), MLA's up-projections: split by tp
+    norms: int  # block norms, QK-norms, MLA's latent norms: replicated
     ffn: int  # dense FFN or shared experts: split by tp
-    router: int  # MoE router: replicated
+    router: int  # MoE router (and Qwen2-MoE's shared-expert gate): replicated
     experts: int  # routed experts (all of them): split by ep and tp
     experts_active: int  # the top_k of them a token goes through
+    attention_replicated: int = 0  # MLA's low-rank down-projections wq_a, wkv_a: replicated under tp
 
     @property
     def total(self) -> int:
-        return self.attention + self.norms + self.ffn + self.router + self.experts
+        return self.attention + self.attention_replicated + self.norms + self.ffn + self.router + self.experts
 
     @property
     def active(self) -> int:
-        return self.attention + self.norms + self.ffn + self.router + self.experts_active
+        return (self.attention + self.attention_replicated + self.norms + self.ffn + self.router
+                + self.experts_active)
+
+
+def _attention_params(cfg: ModelConfig) -> tuple[int, int, int]:
+    """(tp-split, replicated, norm) parameters of one layer's attention."""
+    if cfg.mla is not None:
+        mla, heads = cfg.mla, cfg.n_heads
+        split = heads * mla.v_head_dim * cfg.dim + (cfg.dim if cfg.attn_out_bias else 0)  # wo
+        split += mla.kv_lora_rank * heads * (mla.qk_nope_head_dim + mla.v_head_dim)  # wkv_b
+        kv_a = mla.kv_lora_rank + mla.qk_rope_head_dim
+        replicated = cfg.dim * kv_a + (kv_a if cfg.qkv_bias else 0)  # wkv_a
+        norms = mla.kv_lora_rank
+        if mla.q_lora_rank is None:
+            split += cfg.dim * heads * mla.qk_head_dim  # wq
+        else:
+            replicated += cfg.dim * mla.q_lora_rank + (mla.q_lora_rank if cfg.qkv_bias else 0)  # wq_a
+            split += mla.q_lora_rank * heads * mla.qk_head_dim  # wq_b
+            norms += mla.q_lora_rank
+        return split, replicated, norms
+    hd, q_dim, kv_dim = cfg.attn_head_dim, cfg.n_heads * cfg.attn_head_dim, cfg.kv_heads * cfg.attn_head_dim
+    split = cfg.dim * (q_dim + 2 * kv_dim) + q_dim * cfg.dim
+    split += (q_dim + 2 * kv_dim) if cfg.qkv_bias else 0
+    split += cfg.dim if cfg.attn_out_bias else 0
+    norms = 0
+    if cfg.qk_norm:
+        norms = q_dim + kv_dim if cfg.qk_norm_scope == "full" else 2 * hd
+    return split, 0, norms
 
 
 def layer_params(cfg: ModelConfig, layer_idx: int) -> LayerParams:
-    hd, q_dim, kv_dim = cfg.attn_head_dim, cfg.n_heads * cfg.attn_head_dim, cfg.kv_heads * cfg.attn_head_dim
-    attention = cfg.dim * (q_dim + 2 * kv_dim) + q_dim * cfg.dim
-    attention += (q_dim + 2 * kv_dim) if cfg.qkv_bias else 0
-    attention += cfg.dim if cfg.attn_out_bias else 0
+    attention, replicated, attn_norms = _attention_params(cfg)
     n_block_norms = 4 if cfg.norm_position == "sandwich" else 2
-    norms = n_block_norms * _norm_params(cfg, cfg.dim) + (2 * hd if cfg.qk_norm else 0)
-    moe = _moe(cfg)
+    norms = n_block_norms * _norm_params(cfg, cfg.dim) + attn_norms
+    moe = cfg.moe
     if moe is None or not cfg.is_moe_layer(layer_idx):
         ffn = _ffn_params(cfg, cfg.ffn_hidden_dim, cfg.mlp_type, cfg.mlp_bias)
-        return LayerParams(attention, norms, ffn, 0, 0, 0)
-    per_expert = 3 * cfg.dim * _expert_hidden(cfg, moe)
-    shared = _shared_hidden(cfg, moe)
+        return LayerParams(attention, norms, ffn, 0, 0, 0, replicated)
+    per_expert = 3 * cfg.dim * cfg.expert_hidden_dim
+    shared = cfg.shared_experts_hidden_dim
     ffn = _ffn_params(cfg, shared, "swiglu", False) if shared else 0  # shared experts have no biases
-    return LayerParams(attention, norms, ffn, cfg.dim * moe.num_experts, moe.num_experts * per_expert, moe.top_k * per_expert)
+    router = cfg.dim * moe.num_experts + (cfg.dim if moe.shared_expert_gate else 0)
+    return LayerParams(attention, norms, ffn, router, moe.num_experts * per_expert, moe.top_k * per_expert,
+                       replicated)
 
 
 @dataclass
@@ -190,7 +184,7 @@ class ParameterCounts:
 
 
 def parameter_counts(cfg: ModelConfig) -> ParameterCounts:
-    cfg = _model_config(cfg)
+    cfg = ModelConfig.coerce(cfg)  # a ModelConfig, a Hydra node or a dict
     layers = [layer_params(cfg, i) for i in range(cfg.n_layers)]
     embedding = cfg.vocab_size * cfg.dim + (cfg.max_seq_len * cfg.dim if cfg.pos_embedding == "learned" else 0)
     output = cfg.vocab_size * cfg.dim
@@ -212,18 +206,37 @@ def count_parameters(cfg: ModelConfig, *, active: bool = False, exclude_embeddin
     return n - counts.embedding if exclude_embedding else n
 
 
-def attention_context(cfg: ModelConfig, seq_len: int) -> int:
-    return min(seq_len, cfg.sliding_window) if cfg.sliding_window is not None else seq_len
+def attention_context(cfg: ModelConfig, seq_len: int, layer_idx: Optional[int] = None) -> int:
+    """Keys a query attends to: seq_len, or the sliding window when shorter (of layer `layer_idx`; None: the
+    window every sliding layer has)."""
+    window = cfg.sliding_window if layer_idx is None else cfg.layer_window(layer_idx)
+    return min(seq_len, window) if window is not None else seq_len
+
+
+def attention_flops_per_token(cfg: ModelConfig, seq_len: int, layer_idx: int) -> float:
+    """Training FLOPs per token of one layer's softmax(QK^T)V: 6 * T * (query/key width + value width)."""
+    widths = cfg.n_heads * (cfg.attn_head_dim + cfg.v_head_dim)
+    return 6.0 * attention_context(cfg, seq_len, layer_idx) * widths
 
 
 def flops_per_token(cfg: ModelConfig, seq_len: int) -> float:
     """Training (forward + backward) FLOPs per token: 6*N + 12*L*d_attn*T (see the module docstring)."""
     if seq_len <= 0:
         raise ValueError(f"seq_len must be positive, got {seq_len}")
-    cfg = _model_config(cfg)
+    cfg = ModelConfig.coerce(cfg)  # a ModelConfig, a Hydra node or a dict
     n = parameter_counts(cfg).flops_params
-    d_attn = cfg.n_heads * cfg.attn_head_dim
-    return float(6 * n + 12 * cfg.n_layers * d_attn * attention_context(cfg, seq_len))
+    return float(6 * n + sum(attention_flops_per_token(cfg, seq_len, i) for i in range(cfg.n_layers)))
+
+
+def kv_cache_elements_per_token(cfg: ModelConfig) -> int:
+    """Numbers a decoding cache keeps per token, over all layers: 2 * kv_heads * head_dim per layer, or MLA's
+    compressed latent (kv_lora_rank + qk_rope_head_dim)."""
+    cfg = ModelConfig.coerce(cfg)  # a ModelConfig, a Hydra node or a dict
+    if cfg.mla is not None:
+        per_layer = cfg.mla.kv_lora_rank + cfg.mla.qk_rope_head_dim
+    else:
+        per_layer = 2 * cfg.kv_heads * cfg.attn_head_dim
+    return per_layer * cfg.n_layers
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -282,7 +295,7 @@ def validate_layout(est: EstimateConfig) -> None:
         )
     if est.pp > cfg.n_layers:
         raise ValueError(f"pp={est.pp} is more stages than model.n_layers={cfg.n_layers}")
-    moe = _moe(cfg)
+    moe = cfg.moe
     if est.ep > 1:
         if moe is None:
             raise ValueError("ep > 1 needs an MoE model (model.moe is null)")
@@ -337,7 +350,7 @@ def stage_params(est: EstimateConfig, stage: int) -> StageParams:
     dense = experts = largest = 0.0
     for i in layers:
         p = layer_params(cfg, i)
-        layer_dense = (p.attention + p.ffn) / tp + p.norms + p.router
+        layer_dense = (p.attention + p.ffn) / tp + p.attention_replicated + p.norms + p.router
         layer_experts = p.experts / (tp * est.ep)
         dense += layer_dense
         experts += layer_experts
@@ -351,30 +364,44 @@ def stage_params(est: EstimateConfig, stage: int) -> StageParams:
     return StageParams(dense, experts, largest)
 
 
+def _attention_activations(cfg: ModelConfig, mode: str) -> int:
+    d = cfg.dim
+    if cfg.mla is None:
+        q_dim, kv_dim = cfg.n_heads * cfg.attn_head_dim, cfg.kv_heads * cfg.attn_head_dim
+        return d + 2 * q_dim + 2 * kv_dim + d if mode == "selective" else 2 * d + 2 * q_dim + 2 * kv_dim
+    mla, heads = cfg.mla, cfg.n_heads
+    q_path = heads * mla.qk_head_dim + (mla.q_lora_rank or 0)
+    kv_path = mla.kv_lora_rank + mla.qk_rope_head_dim + heads * (mla.qk_nope_head_dim + mla.v_head_dim)
+    if mode == "selective":  # projection outputs and the attention output
+        return d + q_path + kv_path + heads * mla.v_head_dim + d
+    return (2 * d + q_path + (mla.q_lora_rank or 0) + kv_path + mla.kv_lora_rank + heads * mla.qk_head_dim
+            + 2 * heads * mla.v_head_dim)
+
+
 def _activation_elements_per_token(cfg: ModelConfig, layer_idx: int, mode: str) -> int:
     """Elements autograd keeps per token for one layer (see the module docstring)."""
-    q_dim, kv_dim, d = cfg.n_heads * cfg.attn_head_dim, cfg.kv_heads * cfg.attn_head_dim, cfg.dim
-    moe = _moe(cfg)
+    d = cfg.dim
+    moe = cfg.moe
     is_moe = moe is not None and cfg.is_moe_layer(layer_idx)
+    gated = cfg.mlp_type in ("swiglu", "geglu")
     if mode == "full":
         return d
+    attn = _attention_activations(cfg, mode)
     if mode == "selective":
-        attn = d + 2 * q_dim + 2 * kv_dim + d
         if is_moe:
-            mlp = moe.top_k * (2 * _expert_hidden(cfg, moe) + d) + 2 * _shared_hidden(cfg, moe) + d
-        elif cfg.mlp_type == "swiglu":
+            mlp = moe.top_k * (2 * cfg.expert_hidden_dim + d) + 2 * cfg.shared_experts_hidden_dim + d
+        elif gated:
             mlp = 2 * cfg.ffn_hidden_dim + d
         else:
             mlp = cfg.ffn_hidden_dim + d
         return attn + mlp
-    attn = 2 * d + 2 * q_dim + 2 * kv_dim
     if is_moe:
-        mlp = 2 * d + moe.top_k * (d + 3 * _expert_hidden(cfg, moe)) + 3 * _shared_hidden(cfg, moe)
-    elif cfg.mlp_type == "swiglu":
+        mlp = 2 * d + moe.top_k * (d + 3 * cfg.expert_hidden_dim) + 3 * cfg.shared_experts_hidden_dim
+    elif gated:
         mlp = 2 * d + 3 * cfg.ffn_hidden_dim
     else:
         mlp = 2 * d + 2 * cfg.ffn_hidden_dim
-    post_norms = 2 * d if cfg.norm_position == "sandwich" else 0
+    post_norms = 2 * d if cfg.norm_position in ("sandwich", "branch_output") else 0
     return attn + mlp + post_norms
 
 
@@ -453,6 +480,7 @@ def estimate(est: EstimateConfig) -> dict[str, Any]:
         "params_flops": counts.flops_params,
         "seq_len": seq_len,
         "train_flops_per_token": fpt,
+        "kv_cache_bytes_per_token": kv_cache_elements_per_token(cfg) * _dtype_bytes("param_dtype", est.param_dtype),
         "layout": {
             "num_gpus": est.num_gpus,
             "dp": est.dp, "tp": est.tp, "pp": est.pp, "cp": est.cp, "ep": est.ep,

@@ -4,6 +4,10 @@ Prompts of different lengths are left-padded into one batch: every row then writ
 cache slot, an attention mask hides the padding, and per-row positions keep RoPE/learned positions as if each
 prompt were alone. One prefill over the padded prompts fills the cache; each decode step feeds one token per row.
 Beam search is written here rather than borrowed from `transformers` because that needs an HF model class.
+
+LongRoPE picks its short or long frequencies by the length of a forward, so keys cached with the short ones go
+stale once a sequence grows past the original context: at that step the whole sequence is run again into fresh
+caches (what transformers does for Phi-3). `python -m model.generate` is the command line (model/generate_cli.py).
 """
 from __future__ import annotations
 
@@ -17,14 +21,29 @@ from model.blocks.kv_cache import KVCache
 __all__ = ["KVCache", "generate", "make_kv_caches", "filter_logits", "sample_next"]
 
 
-def make_kv_caches(model: nn.Module, batch_size: int, max_len: int) -> dict[str, KVCache]:
-    """One preallocated KVCache per layer of `model`, in its parameter dtype and device."""
-    cfg = model.cfg
-    param = next(model.parameters())
-    return {
-        name: KVCache(batch_size, cfg.kv_heads, max_len, cfg.attn_head_dim, dtype=param.dtype, device=param.device)
-        for name in model.layers
-    }
+def _rerun_length(model: nn.Module) -> Optional[int]:
+    """The total length at which cached keys must be recomputed (LongRoPE switching to its long factors)."""
+    s = model.cfg.rope_scaling
+    return s.original_max_seq_len + 1 if s.type == "longrope" and not s.is_plain else None
+
+
+def _next_logits(model, next_token, step, lengths, cache, mask, prompt_tokens, generated):
+    """Last-position logits after feeding `next_token` (the step-th new token of each row); the whole sequence
+    again into fresh caches at the step LongRoPE switches factors."""
+    total = prompt_tokens.shape[1] + step + 1
+    if total == _rerun_length(model):
+        tokens = torch.cat([prompt_tokens, generated], dim=1)
+        positions = torch.clamp(mask[:, :total].long().cumsum(-1) - 1, min=0)
+        for name, fresh in make_kv_caches(model, tokens.shape[0], mask.shape[1]).items():
+            cache[name] = fresh
+        return model(tokens, positions=positions, cache=cache, attention_mask=mask)[:, -1]
+    return model(next_token[:, None], positions=(lengths + step)[:, None], cache=cache, attention_mask=mask)[:, -1]
+
+
+def make_kv_caches(model: nn.Module, batch_size: int, max_len: int) -> dict:
+    """One preallocated cache per layer of `model` (KVCache, or LatentKVCache for latent attention), in its
+    parameter dtype and device."""
+    return model.new_caches(batch_size, max_len)
 
 
 def filter_logits(
@@ -154,8 +173,8 @@ def _sample(model, prompts, max_new_tokens, temperature, top_k, top_p, greedy, s
         finished |= torch.isin(next_token, stops)
         if bool(finished.all()) or step == max_new_tokens - 1:
             break
-        logits = model(next_token[:, None], positions=(lengths + step)[:, None], cache=cache,
-                       attention_mask=mask)[:, -1]
+        generated = torch.stack([t for t, _ in steps], dim=1)
+        logits = _next_logits(model, next_token, step, lengths, cache, mask, tokens, generated)
     outputs: list[list[int]] = [[] for _ in prompts]
     for next_token, was_finished in steps:
         for row, (tok, done) in enumerate(zip(next_token.tolist(), was_finished.tolist())):
@@ -223,8 +242,7 @@ def _beam_search(model, prompts, max_new_tokens, num_beams, length_penalty, stop
             layer_cache.reorder(reorder)
         if all(done) or step == max_new_tokens - 1:
             break
-        logits = model(next_token[:, None], positions=(lengths + step)[:, None], cache=cache,
-                       attention_mask=mask)[:, -1]
+        logits = _next_logits(model, next_token, step, lengths, cache, mask, tokens, generated)
     results = []
     for b in range(n_prompts):
         hyps = list(finished_hyps[b])
@@ -236,3 +254,11 @@ def _beam_search(model, prompts, max_new_tokens, num_beams, length_penalty, stop
                     hyps.append((score / length**length_penalty, generated[b * num_beams + i].tolist()))
         results.append(max(hyps, key=lambda h: h[0])[1])
     return results
+
+
+if __name__ == "__main__":
+    import sys
+
+    from model.generate_cli import main
+
+    sys.exit(main())

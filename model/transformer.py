@@ -7,22 +7,29 @@ construction, so a large model can be built on the meta device and materialised 
 """
 from __future__ import annotations
 
+import functools
 import math
-from typing import Optional
+from typing import Any, Callable, Optional
 
 import torch
 from torch import nn
 
 from model.blocks.attention import Attention
 from model.blocks.block import TransformerBlock
-from model.blocks.kv_cache import KVCache
+from model.blocks.mla import MultiHeadLatentAttention
 from model.blocks.moe import GroupedExperts, MoE
 from model.blocks.norm import LayerNorm, RMSNorm, build_norm
-from model.blocks.rope import rope_cos_sin
-from model.config import ModelConfig
+from model.blocks.rope import RotaryEmbedding
+from model.config import ModelConfig, RopeScalingConfig
 from model.loss import chunked_cross_entropy
 
 _OUTPUT_PROJECTIONS = ("wo", "w2")  # residual-branch outputs, initialised smaller (GPT-2 / Megatron)
+
+
+@functools.lru_cache(maxsize=None)
+def _rounded(value: float, dtype: torch.dtype) -> float:
+    """`value` rounded to `dtype`, as a Python float (what multiplying by a tensor of that dtype would use)."""
+    return torch.tensor(value, dtype=dtype).item()
 
 
 class Transformer(nn.Module):
@@ -39,15 +46,18 @@ class Transformer(nn.Module):
         self.output: Optional[nn.Linear] = nn.Linear(cfg.dim, cfg.vocab_size, bias=False)
         if cfg.tie_embeddings:
             self.output.weight = self.tok_embeddings.weight
-        cos, sin = self._rope_tables() if cfg.pos_embedding == "rope" else (None, None)
-        self.register_buffer("rope_cos", cos, persistent=False)
-        self.register_buffer("rope_sin", sin, persistent=False)
+        # RoPE of the global layers, and Gemma 3's unscaled one of the sliding-window layers.
+        rope = cfg.pos_embedding == "rope"
+        self.rope = RotaryEmbedding(cfg.rope_dim, cfg.max_seq_len, cfg.rope_theta, cfg.rope_scaling) if rope else None
+        self.local_rope = (RotaryEmbedding(cfg.rope_dim, cfg.max_seq_len, cfg.local_rope_theta, RopeScalingConfig())
+                           if rope and cfg.local_rope_theta is not None else None)
+        self._local_layers = {str(i) for i in range(cfg.n_layers) if cfg.uses_local_rope(i)}
+        # Gemma multiplies the token embeddings by sqrt(dim) rounded to the compute dtype; a Python float (not a
+        # tensor) so a sequence-parallel DTensor stream takes it too.
+        self._embed_scale = math.sqrt(cfg.dim) if cfg.scale_embeddings else None
+        # The last forward's loss terms, detached, for logging: ce_loss, z_loss, moe_aux_loss, moe_router_z_loss
+        # (whichever apply). The returned loss is unchanged by reading them.
         self.last_aux_losses: dict[str, torch.Tensor] = {}
-
-    def _rope_tables(self, device: torch.device | None = None) -> tuple[torch.Tensor, torch.Tensor]:
-        cfg = self.cfg
-        cos, sin = rope_cos_sin(cfg.attn_head_dim, cfg.max_seq_len, cfg.rope_theta, cfg.rope_scaling)
-        return (cos, sin) if device is None else (cos.to(device), sin.to(device))
 
     def _apply(self, fn, recurse=True):
         # `to_empty()` from the meta device builds a new Parameter per module (meta and CPU tensors cannot share
@@ -61,7 +71,8 @@ class Transformer(nn.Module):
     @torch.no_grad()
     def init_weights(self) -> None:
         """Normal(0, init_std) weights, output projections (wo, w2) scaled by 1/sqrt(2 * n_layers), zero biases,
-        unit norms; recompute the RoPE/ALiBi buffers (needed after `to_empty` from the meta device)."""
+        unit norms (zero weights for Gemma's unit-offset norms), zero expert biases; recompute the RoPE/ALiBi
+        buffers (needed after `to_empty` from the meta device)."""
         std = self.cfg.init_std
         out_std = std / math.sqrt(2 * self.cfg.n_layers)
         for name, module in self.named_modules():
@@ -78,10 +89,16 @@ class Transformer(nn.Module):
                 nn.init.normal_(module.w2, mean=0.0, std=out_std)
             elif isinstance(module, (RMSNorm, LayerNorm)):
                 module.reset_parameters()
-            elif isinstance(module, Attention):
+            elif isinstance(module, (Attention, MultiHeadLatentAttention, MoE, RotaryEmbedding)):
                 module.reset_buffers()
-        if self.rope_cos is not None:
-            self.rope_cos, self.rope_sin = self._rope_tables(self.rope_cos.device)
+
+    def _ropes(self, positions: torch.Tensor) -> dict[str, tuple[torch.Tensor, torch.Tensor]]:
+        ropes = {}
+        if self.rope is not None:
+            ropes["global"] = self.rope(positions)
+        if self.local_rope is not None:
+            ropes["local"] = self.local_rope(positions)
+        return ropes
 
     def forward(
         self,
@@ -89,28 +106,34 @@ class Transformer(nn.Module):
         labels: Optional[torch.Tensor] = None,
         *,
         positions: Optional[torch.Tensor] = None,
-        cache: Optional[dict[str, KVCache]] = None,
+        cache: Optional[dict[str, Any]] = None,
         attention_mask: Optional[torch.Tensor] = None,
     ) -> torch.Tensor:
         """tokens [B, T] (or hidden [B, T, dim] when tok_embeddings is None); labels [B, T] (already shifted,
         -100 ignored) -> scalar loss, else logits [B, T, V] (hidden states when output is None).
 
         positions [T] or [B, T]: defaults to arange (continuing after the cache when decoding).
-        cache: {layer name: KVCache} for incremental decoding. attention_mask [B, keys] (1 real, 0 padding)
-        over every key slot attended (cached ones included)."""
-        h = self.tok_embeddings(tokens) if self.tok_embeddings is not None else tokens
+        cache: {layer name: its attention's cache (`new_caches`)} for incremental decoding.
+        attention_mask [B, keys] (1 real, 0 padding) over every key slot attended (cached ones included)."""
+        if self.tok_embeddings is not None:
+            h = self.tok_embeddings(tokens)
+            if self._embed_scale is not None:
+                h = h * _rounded(self._embed_scale, h.dtype)
+        else:
+            h = tokens
         seqlen = h.shape[1]
         if positions is None:
             start = next(iter(cache.values())).length if cache else 0
             positions = torch.arange(start, start + seqlen, device=h.device)
-        if seqlen > self.cfg.max_seq_len and (self.rope_cos is not None or self.pos_embeddings is not None):
+        if seqlen > self.cfg.max_seq_len and (self.rope is not None or self.pos_embeddings is not None):
             raise ValueError(f"sequence of {seqlen} tokens exceeds model.max_seq_len={self.cfg.max_seq_len}")
         if self.pos_embeddings is not None:
             h = h + self.pos_embeddings(positions)
-        rope = (self.rope_cos[positions], self.rope_sin[positions]) if self.rope_cos is not None else None
+        ropes = self._ropes(positions)
         self._record_moe_losses(True)
         for name, layer in self.layers.items():
             layer_cache = cache[name] if cache is not None else None
+            rope = ropes.get("local" if name in self._local_layers else "global")
             h = layer(h, rope, positions=positions, cache=layer_cache, attention_mask=attention_mask)
         moe_aux, moe_z = self._collect_moe_losses()
         if self.norm is not None:
@@ -166,3 +189,31 @@ class Transformer(nn.Module):
         if not aux:
             return None, None
         return torch.stack(aux).mean(), torch.stack(z).mean()
+
+    def new_caches(self, batch_size: int, max_len: int) -> dict[str, Any]:
+        """One empty decoding cache per layer (KVCache, or LatentKVCache for latent attention), in the
+        parameters' dtype and device."""
+        param = next(self.parameters())
+        return {name: layer.attention.new_cache(batch_size, max_len, dtype=param.dtype, device=param.device)
+                for name, layer in self.layers.items()}
+
+    @torch.no_grad()
+    def update_expert_biases(
+        self, reduce_load: Optional[Callable[[torch.Tensor], torch.Tensor]] = None
+    ) -> Optional[torch.Tensor]:
+        """Auxiliary-loss-free balancing, to be called once after every optimizer step: each MoE layer's
+        expert_bias moves against the load its experts took since the last call, and the counts restart.
+
+        The loads are this process's token-assignments [MoE layers, experts]; `reduce_load` (e.g.
+        parallel.expert.load_reducer) sums them over the data-parallel ranks so every rank applies the same update
+        from the global batch's load. Returns the mean over layers of (max load / mean load), 1 when balanced, as
+        a 0-dim tensor (no host sync), or None without MoE layers. Layers without expert_bias only reset counts."""
+        moes = self._moe_modules()
+        if not moes:
+            return None
+        loads = torch.stack([m.take_load() for m in moes])
+        if reduce_load is not None:
+            loads = reduce_load(loads)
+        for moe, load in zip(moes, loads):
+            moe.update_expert_bias(load)
+        return (loads.max(dim=-1).values / loads.mean(dim=-1).clamp(min=1e-9)).mean()

@@ -97,10 +97,17 @@ class ContextParallelAttention(nn.Module):
             raise ValueError("context parallel attention does not support an additive bias (ALiBi)")
         group = self.cp_mesh.get_group()
         if self.method == "ring":
+            # The ring carries keys and values stacked: latent attention's values (of another width than its
+            # queries and keys) travel zero-padded to a common width; zero query/key columns leave the scores as
+            # they are, zero value columns give zero outputs, cut off again.
+            v_width, width = v.shape[-1], max(v.shape[-1], k.shape[-1])
+            if v_width != k.shape[-1]:
+                scale = scale if scale is not None else q.shape[-1] ** -0.5
+                q, k, v = (torch.nn.functional.pad(t, (0, width - t.shape[-1])) for t in (q, k, v))
             return ring_attention(
                 q, k, v, group, load_balance=self.load_balance, causal=True, sliding_window=sliding_window,
                 softcap=softcap, scale=scale,
-            )
+            )[..., :v_width]
         cp = self.cp_mesh.size()
         if k.shape[1] % cp != 0:  # too few KV heads to split: share them out per query head instead
             n_rep = q.shape[1] // k.shape[1]

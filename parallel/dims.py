@@ -162,6 +162,9 @@ class ParallelDims:
                              "use trainer.precision=bf16 or fp32")
 
     def _check_model(self, model_cfg: "ModelConfig", seq_len: Optional[int]) -> None:
+        from model.config import ModelConfig
+
+        model_cfg = ModelConfig.coerce(model_cfg)  # a Hydra node or dict normalised once, nested sections included
         cfg, tp = self.cfg, self.tp
         if tp > 1:
             for key, value in (
@@ -181,7 +184,22 @@ class ParallelDims:
                     f"use rope or none, or parallel.tp=1"
                 )
             if model_cfg.moe is not None:
-                raise ValueError("tensor parallel of MoE layers is not supported: use parallel.ep, or parallel.tp=1")
+                if self.ep > 1:
+                    raise ValueError("tensor parallel together with expert parallel is not supported: set "
+                                     "parallel.tp=1 or parallel.ep=1")
+                if model_cfg.moe.aux_loss_weight > 0 or model_cfg.moe.router_z_loss_weight > 0:
+                    raise ValueError(
+                        "tensor parallel computes the loss outside the model (on vocab-sharded logits), without the "
+                        "MoE router losses: set model.moe.aux_loss_weight=0 and model.moe.router_z_loss_weight=0 "
+                        "(model.moe.expert_bias balances without a loss), or parallel.tp=1")
+                for key, value in (("moe expert width", model_cfg.expert_hidden_dim),
+                                   ("moe shared-experts width", model_cfg.shared_experts_hidden_dim)):
+                    if value % tp != 0:
+                        raise ValueError(f"model {key}={value} is not divisible by parallel.tp={tp}: tensor "
+                                         f"parallel splits it evenly across ranks; pick a tp that divides it")
+            if model_cfg.qk_norm and model_cfg.qk_norm_scope == "full" and model_cfg.mla is None:
+                raise ValueError("tensor parallel of full-width QK-norm (model.qk_norm_scope=full, OLMo 2) is not "
+                                 "supported: it normalises over every head's features; use parallel.tp=1")
         stages = self.num_pipeline_stages
         if stages > model_cfg.n_layers:
             raise ValueError(
@@ -219,6 +237,11 @@ class ParallelDims:
                     f"Ulysses needs model.n_heads={model_cfg.n_heads} divisible by parallel.cp={self.cp}: change "
                     f"parallel.cp or use parallel.cp_method=ring"
                 )
+        if self.cp > 1 and model_cfg.rope_scaling.depends_on_length:
+            raise ValueError(
+                f"context parallel with model.rope_scaling.type={model_cfg.rope_scaling.type}: its frequencies depend "
+                f"on the longest position of a forward, which each cp rank sees differently; use parallel.cp=1"
+            )
         if self.cp > 1 and seq_len is not None:
             chunks = 2 * self.cp if cfg.cp_load_balance else self.cp
             if seq_len % chunks != 0:

@@ -116,3 +116,38 @@ def fully_shard_experts(model: nn.Module, dims, **fsdp_kwargs) -> None:
         if isinstance(module, ExpertParallel) and not isinstance(module, FSDPModule):
             fully_shard(module, mesh=experts_mesh, **fsdp_kwargs)
             module.set_gradient_divide_factor(float(dims.dp_shard * dims.cp))
+
+
+# ---------------------------------------------------------------------------------------------- balancing
+def load_reducer(dims, mesh: Optional[DeviceMesh]):
+    """The sum of expert loads over the ranks that read different tokens (data parallel x context parallel), for
+    `Transformer.update_expert_biases`; None when this process sees every token (one process, or TP/PP only)."""
+    if mesh is None or dims.dp_degree * dims.cp == 1:
+        return None
+    group = dims.submesh(mesh, "dp_cp").get_group()
+
+    def reduce(loads: torch.Tensor) -> torch.Tensor:
+        dist.all_reduce(loads, group=group)
+        return loads
+
+    return reduce
+
+
+def update_expert_biases(model, dims=None, mesh: Optional[DeviceMesh] = None) -> Optional[torch.Tensor]:
+    """Auxiliary-loss-free balancing step, for the training loop to call once after every optimizer step (every
+    rank, every layout): each MoE layer's selection bias moves against its experts' load over the global batch.
+
+    `model` is what parallelize() returned (the module, DDP, a DeepSpeed engine, or a Pipeline of stage modules).
+    Returns the mean (max load / mean load) over this rank's MoE layers as a 0-dim tensor for logging (1 =
+    balanced), or None without MoE layers. One all-reduce of [MoE layers, experts] counts per stage module."""
+    reduce = load_reducer(dims, mesh) if dims is not None else None
+    modules = getattr(model, "stages", None) or [model]
+    results = []
+    for module in modules:
+        module = getattr(module, "module", module)  # DDP / DeepSpeed wrap the Transformer as .module
+        update = getattr(module, "update_expert_biases", None)
+        if update is not None:
+            value = update(reduce)
+            if value is not None:
+                results.append(value)
+    return torch.stack(results).mean() if results else None

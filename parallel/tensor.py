@@ -12,21 +12,34 @@ parallel.compute_loss / loss_context).
 
 With sequence parallel the residual stream stays a DTensor (use_local_output=False on the embedding and on wo/w2)
 so the model, which reads the sequence length from `h.shape[1]` to build RoPE positions, sees the global shape.
+
+Multi-head latent attention: the per-head up-projections (wq or wq_b, wkv_b) are column-parallel and wo
+row-parallel, so each rank holds n_heads/tp heads; the low-rank down-projections (wq_a, wkv_a) and their norms
+stay replicated (they are small, and their outputs feed every head). The rotary key part every head shares
+(`shared_rope_key`) gets its gradient summed over the tp ranks, each of which used it for its own heads only.
+
+MoE: routing, sorting and the weighted combine run replicated on every rank (the router, the shared-expert gate
+and the selection bias are replicated); the routed experts' hidden dimension is split over the tp ranks
+(w1/w3 Shard(1), w2 Shard(2)), their tokens enter with an identity-forward / all-reduce-backward and their
+partial outputs are all-reduced; the shared experts are column/row-parallel like a dense FFN.
 """
 from __future__ import annotations
 
 from typing import TYPE_CHECKING, Optional
 
+import torch
 from torch import nn
 from torch.distributed.device_mesh import DeviceMesh
-from torch.distributed.tensor import Replicate, Shard
+from torch.distributed.tensor import DTensor, Partial, Replicate, Shard, distribute_tensor
 from torch.distributed.tensor.parallel import (
     ColwiseParallel,
     PrepareModuleInput,
+    PrepareModuleInputOutput,
     RowwiseParallel,
     SequenceParallel,
     parallelize_module,
 )
+from torch.func import functional_call
 
 from parallel.config import ParallelConfig
 
@@ -58,6 +71,10 @@ def apply_tensor_parallel(
 
     for block in model.layers.values():
         parallelize_module(block, tp_mesh, _block_plan(block, sp, stream))
+        if getattr(block.attention, "shared_rope_key", None) is not None:
+            _sum_gradient_over(block.attention.shared_rope_key, tp_mesh)
+        if getattr(block, "moe", None) is not None:
+            _shard_experts_hidden(block.moe.experts, tp_mesh)
 
     tied = getattr(model, "output", None) is not None and getattr(model, "tok_embeddings", None) is not None
     if tied and model_cfg is not None and model_cfg.tie_embeddings:
@@ -66,37 +83,112 @@ def apply_tensor_parallel(
     return model
 
 
-def _block_plan(block: nn.Module, sp: bool, stream) -> dict[str, object]:
-    if getattr(block, "moe", None) is not None:
-        raise ValueError("tensor parallel of MoE blocks is not supported: use parallel.ep, or parallel.tp=1")
-    if getattr(block.attention, "use_alibi", False):
-        # Attention.alibi_slopes holds one slope per global head, but each rank computes n_heads/tp local heads.
-        raise ValueError("tensor parallel does not support model.pos_embedding=alibi: use rope, or parallel.tp=1")
-    # Without SP the stream is a plain (replicated) tensor, so plain norms work unchanged; with SP it is a
-    # Shard(1) DTensor and the norms become SequenceParallel.
+def _to_replicated_with_summed_grad(x: torch.Tensor, mesh: DeviceMesh) -> torch.Tensor:
+    """Identity forward; backward all-reduces the gradient over `mesh` (each rank held a partial one)."""
+    return DTensor.from_local(x, mesh, [Replicate()], run_check=False).to_local(grad_placements=[Partial()])
+
+
+def _sum_gradient_over(module: nn.Module, mesh: DeviceMesh) -> None:
+    module.register_forward_hook(lambda mod, inputs, output: _to_replicated_with_summed_grad(output, mesh))
+
+
+class TensorParallelExperts:
+    """Mixin put in front of a GroupedExperts class: its weights hold this rank's slice of every expert's hidden
+    dimension; tokens come in replicated and the partial outputs are all-reduced."""
+
+    tp_mesh: DeviceMesh
+
+    def forward(self, x_sorted: torch.Tensor, num_tokens_per_expert: torch.Tensor) -> torch.Tensor:
+        if not isinstance(self.w1, DTensor):  # called by functional_call below with the local slices
+            return super().forward(x_sorted, num_tokens_per_expert)
+        mesh = self.tp_mesh
+        x = _to_replicated_with_summed_grad(x_sorted, mesh)
+        local = {name: getattr(self, name).to_local() for name in ("w1", "w2", "w3")}
+        partial = functional_call(self, local, (x, num_tokens_per_expert))
+        return DTensor.from_local(partial, mesh, [Partial()], run_check=False).redistribute(
+            mesh, [Replicate()]).to_local()
+
+
+def _shard_experts_hidden(experts: nn.Module, tp_mesh: DeviceMesh) -> None:
+    hidden = experts.w1.shape[1]
+    if hidden % tp_mesh.size() != 0:
+        raise ValueError(f"model.moe expert width {hidden} is not divisible by parallel.tp={tp_mesh.size()}: "
+                         f"change model.moe.expert_hidden_dim or parallel.tp")
+    for name, dim in (("w1", 1), ("w3", 1), ("w2", 2)):
+        param = getattr(experts, name)
+        setattr(experts, name, nn.Parameter(distribute_tensor(param.detach(), tp_mesh, [Shard(dim)]),
+                                            requires_grad=param.requires_grad))
+    experts.tp_mesh = tp_mesh
+    cls = experts.__class__
+    experts.__class__ = type(f"TensorParallel{cls.__name__}", (TensorParallelExperts, cls), {})
+
+
+def _attention_plan(block: nn.Module, sp: bool, stream) -> dict[str, object]:
+    attention = block.attention
     local = not sp
-    plan: dict[str, object] = {
+    if getattr(attention, "wkv_b", None) is not None:  # multi-head latent attention
+        plan: dict[str, object] = {
+            "attention.wq" if attention.wq is not None else "attention.wq_b": ColwiseParallel(),
+            "attention.wkv_b": ColwiseParallel(),
+            "attention.wo": RowwiseParallel(output_layouts=stream, use_local_output=local),
+        }
+        if sp:  # the replicated down-projections take a plain tensor: gather the sequence and unwrap it
+            plan["attention"] = PrepareModuleInput(input_layouts=(stream, None), desired_input_layouts=(Replicate(), None),
+                                                   use_local_output=True)
+        return plan
+    if attention.q_norm is not None and getattr(attention, "qk_norm_full", False):
+        raise ValueError("tensor parallel of full-width QK-norm (model.qk_norm_scope=full, OLMo 2) is not supported: "
+                         "it normalises over every head's features; use parallel.tp=1")
+    plan = {
         "attention.wq": ColwiseParallel(),
         "attention.wk": ColwiseParallel(),
         "attention.wv": ColwiseParallel(),
         "attention.wo": RowwiseParallel(output_layouts=stream, use_local_output=local),
-        "feed_forward.w1": ColwiseParallel(),
-        "feed_forward.w2": RowwiseParallel(output_layouts=stream, use_local_output=local),
     }
-    if getattr(block.feed_forward, "w3", None) is not None:
-        plan["feed_forward.w3"] = ColwiseParallel()
-    if block.attention.q_norm is not None:
+    if attention.q_norm is not None:
         # QK-norm runs on the local heads [B, T, heads/tp, head_dim]: its weight is replicated and its gradient
         # must be summed over the tp ranks, which SequenceParallel on the head dim does.
         plan["attention.q_norm"] = SequenceParallel(sequence_dim=2, use_local_output=True)
         plan["attention.k_norm"] = SequenceParallel(sequence_dim=2, use_local_output=True)
     if sp:
-        # attention(x, rope, ...) and feed_forward(x) need x gathered along the sequence.
+        # attention(x, rope, ...) needs x gathered along the sequence.
         plan["attention"] = PrepareModuleInput(input_layouts=(stream, None), desired_input_layouts=(Replicate(), None))
-        plan["feed_forward"] = PrepareModuleInput(input_layouts=(stream,), desired_input_layouts=(Replicate(),))
-        norms = ["attention_norm", "ffn_norm"]
-        if hasattr(block, "post_attention_norm"):
-            norms += ["post_attention_norm", "post_ffn_norm"]
+    return plan
+
+
+def _ffn_plan(block: nn.Module, sp: bool, stream) -> dict[str, object]:
+    local = not sp
+    if block.moe is None:
+        plan: dict[str, object] = {
+            "feed_forward.w1": ColwiseParallel(),
+            "feed_forward.w2": RowwiseParallel(output_layouts=stream, use_local_output=local),
+        }
+        if getattr(block.feed_forward, "w3", None) is not None:
+            plan["feed_forward.w3"] = ColwiseParallel()
+        if sp:
+            plan["feed_forward"] = PrepareModuleInput(input_layouts=(stream,), desired_input_layouts=(Replicate(),))
+        return plan
+    plan = {}
+    if block.moe.shared_experts is not None:  # summed into the replicated routed output: a plain tensor
+        plan.update({"moe.shared_experts.w1": ColwiseParallel(), "moe.shared_experts.w3": ColwiseParallel(),
+                     "moe.shared_experts.w2": RowwiseParallel(output_layouts=Replicate(), use_local_output=True)})
+    if sp:  # routing and dispatch run on the whole (gathered) sequence as plain tensors, then back to the stream
+        plan["moe"] = PrepareModuleInputOutput(
+            input_layouts=(stream,), desired_input_layouts=(Replicate(),), use_local_input=True,
+            output_layouts=(Replicate(),), desired_output_layouts=(stream,), use_local_output=False)
+    return plan
+
+
+def _block_plan(block: nn.Module, sp: bool, stream) -> dict[str, object]:
+    if getattr(block.attention, "use_alibi", False):
+        # Attention.alibi_slopes holds one slope per global head, but each rank computes n_heads/tp local heads.
+        raise ValueError("tensor parallel does not support model.pos_embedding=alibi: use rope, or parallel.tp=1")
+    # Without SP the stream is a plain (replicated) tensor, so plain norms work unchanged; with SP it is a
+    # Shard(1) DTensor and the norms become SequenceParallel.
+    plan = {**_attention_plan(block, sp, stream), **_ffn_plan(block, sp, stream)}
+    if sp:
+        norms = [name for name in ("attention_norm", "ffn_norm", "post_attention_norm", "post_ffn_norm")
+                 if hasattr(block, name)]
         for name in norms:
             plan[name] = SequenceParallel()
     return plan

@@ -103,7 +103,10 @@ class ScaledDotProductAttention(nn.Module):
 
 
 class Attention(nn.Module):
-    def __init__(self, cfg: ModelConfig) -> None:
+    """MHA/GQA/MQA: q/k/v projections (optionally biased), optional QK-norm over each head (Qwen3, Gemma 3) or over
+    all heads together (OLMo 2), RoPE or ALiBi, the layer's sliding window, and the output projection."""
+
+    def __init__(self, cfg: ModelConfig, layer_idx: int = 0) -> None:
         super().__init__()
         self.head_dim = cfg.attn_head_dim
         self.n_heads = cfg.n_heads
@@ -112,11 +115,17 @@ class Attention(nn.Module):
         self.wk = nn.Linear(cfg.dim, self.n_kv_heads * self.head_dim, bias=cfg.qkv_bias)
         self.wv = nn.Linear(cfg.dim, self.n_kv_heads * self.head_dim, bias=cfg.qkv_bias)
         self.wo = nn.Linear(cfg.n_heads * self.head_dim, cfg.dim, bias=cfg.attn_out_bias)
-        self.q_norm = RMSNorm(self.head_dim, eps=cfg.norm_eps) if cfg.qk_norm else None
-        self.k_norm = RMSNorm(self.head_dim, eps=cfg.norm_eps) if cfg.qk_norm else None
+        # "head": one norm over head_dim shared by every head; "full": one over all heads' features (OLMo 2).
+        self.qk_norm_full = cfg.qk_norm and cfg.qk_norm_scope == "full"
+        q_width = cfg.n_heads * self.head_dim if self.qk_norm_full else self.head_dim
+        k_width = self.n_kv_heads * self.head_dim if self.qk_norm_full else self.head_dim
+        self.q_norm = RMSNorm(q_width, cfg.norm_eps, unit_offset=cfg.rmsnorm_unit_offset) if cfg.qk_norm else None
+        self.k_norm = RMSNorm(k_width, cfg.norm_eps, unit_offset=cfg.rmsnorm_unit_offset) if cfg.qk_norm else None
         self.inner_attention = ScaledDotProductAttention()
-        self.sliding_window = cfg.sliding_window
+        self.sliding_window = cfg.layer_window(layer_idx)
         self.softcap = cfg.attn_logit_softcap
+        default_scale = cfg.query_pre_attn_scalar is None and cfg.rope_scaling.softmax_scale_factor == 1.0
+        self.scale = None if default_scale else cfg.softmax_scale  # None: SDPA's own 1/sqrt(head_dim)
         self.use_alibi = cfg.pos_embedding == "alibi"
         # One slope per query head; under tensor parallelism this buffer must be sliced to the local heads.
         self.register_buffer(
@@ -126,6 +135,10 @@ class Attention(nn.Module):
     def reset_buffers(self) -> None:
         if self.use_alibi:
             self.alibi_slopes = alibi_slopes(self.n_heads).to(self.wq.weight.device)
+
+    def new_cache(self, batch_size: int, max_len: int, *, dtype: torch.dtype, device) -> KVCache:
+        """An empty cache for decoding `batch_size` sequences of up to `max_len` tokens with this layer."""
+        return KVCache(batch_size, self.n_kv_heads, max_len, self.head_dim, dtype=dtype, device=device)
 
     def forward(
         self,
@@ -139,10 +152,13 @@ class Attention(nn.Module):
         """x [B, T, dim]; rope: (cos, sin) at the tokens' positions; attention_mask [B, keys] (1 = real token)
         over all keys seen (cached ones included)."""
         bsz, seqlen, _ = x.shape
-        q = self.wq(x).view(bsz, seqlen, -1, self.head_dim)
-        k = self.wk(x).view(bsz, seqlen, -1, self.head_dim)
-        v = self.wv(x).view(bsz, seqlen, -1, self.head_dim)
-        if self.q_norm is not None:
+        q, k, v = self.wq(x), self.wk(x), self.wv(x)
+        if self.qk_norm_full:
+            q, k = self.q_norm(q), self.k_norm(k)
+        q = q.view(bsz, seqlen, -1, self.head_dim)
+        k = k.view(bsz, seqlen, -1, self.head_dim)
+        v = v.view(bsz, seqlen, -1, self.head_dim)
+        if self.q_norm is not None and not self.qk_norm_full:
             q, k = self.q_norm(q), self.k_norm(k)
         if rope is not None:
             q, k = apply_rope(q, *rope), apply_rope(k, *rope)
@@ -166,6 +182,6 @@ class Attention(nn.Module):
             attn_bias = alibi_bias(self.alibi_slopes, q_pos, k_pos)
         out = self.inner_attention(
             q, k, v, q_start=q_start, key_padding_mask=key_padding_mask, sliding_window=self.sliding_window,
-            softcap=self.softcap, attn_bias=attn_bias,
+            softcap=self.softcap, attn_bias=attn_bias, scale=self.scale,
         )
         return self.wo(out.transpose(1, 2).reshape(bsz, seqlen, -1))

@@ -1,8 +1,10 @@
-"""One decoder layer: attention then feed-forward (dense or MoE), each wrapped by the configured norm placement.
+"""One decoder layer: attention (standard or latent) then feed-forward (dense or MoE), each wrapped by the
+configured norm placement.
 
-pre (Llama):       h = x + attn(norm(x));            out = h + ffn(norm(h))
-post (BERT/orig.): h = norm(x + attn(x));            out = norm(h + ffn(h))
-sandwich (Gemma2): h = x + norm'(attn(norm(x)));     out = h + norm'(ffn(norm(h)))
+pre (Llama):            h = x + attn(norm(x));            out = h + ffn(norm(h))
+post (BERT/orig.):      h = norm(x + attn(x));            out = norm(h + ffn(h))
+sandwich (Gemma 2/3):   h = x + norm'(attn(norm(x)));     out = h + norm'(ffn(norm(h)))
+branch_output (OLMo 2): h = x + norm'(attn(x));           out = h + norm'(ffn(h))
 """
 from __future__ import annotations
 
@@ -12,7 +14,7 @@ import torch
 from torch import nn
 
 from model.blocks.attention import Attention
-from model.blocks.kv_cache import KVCache
+from model.blocks.mla import MultiHeadLatentAttention
 from model.blocks.mlp import FeedForward
 from model.blocks.moe import MoE
 from model.blocks.norm import build_norm
@@ -24,21 +26,20 @@ class TransformerBlock(nn.Module):
         super().__init__()
         self.layer_idx = layer_idx
         self.norm_position = cfg.norm_position
-        self.attention_norm = build_norm(cfg)
-        self.attention = Attention(cfg)
-        self.ffn_norm = build_norm(cfg)
+        pre_norms = cfg.norm_position != "branch_output"  # on the branch inputs (pre/sandwich) or after the add (post)
+        if pre_norms:
+            self.attention_norm = build_norm(cfg)
+        attention_cls = MultiHeadLatentAttention if cfg.mla is not None else Attention
+        self.attention = attention_cls(cfg, layer_idx)
+        if pre_norms:
+            self.ffn_norm = build_norm(cfg)
         if cfg.is_moe_layer(layer_idx):
-            moe = cfg.moe
-            hidden = moe.expert_hidden_dim or cfg.ffn_hidden_dim
-            self.moe = MoE(
-                cfg.dim, hidden, moe.num_experts, moe.top_k, norm_topk_prob=moe.norm_topk_prob,
-                num_shared_experts=moe.num_shared_experts, shared_hidden_dim=moe.shared_expert_hidden_dim,
-            )
+            self.moe = MoE(cfg.dim, cfg.moe, cfg.expert_hidden_dim, cfg.shared_experts_hidden_dim)
             self.feed_forward = None
         else:
             self.feed_forward = FeedForward(cfg.dim, cfg.ffn_hidden_dim, mlp_type=cfg.mlp_type, bias=cfg.mlp_bias)
             self.moe = None
-        if cfg.norm_position == "sandwich":
+        if cfg.norm_position in ("sandwich", "branch_output"):  # norms on the branch outputs
             self.post_attention_norm = build_norm(cfg)
             self.post_ffn_norm = build_norm(cfg)
 
@@ -51,7 +52,7 @@ class TransformerBlock(nn.Module):
         rope: Optional[tuple[torch.Tensor, torch.Tensor]] = None,
         *,
         positions: Optional[torch.Tensor] = None,
-        cache: Optional[KVCache] = None,
+        cache=None,
         attention_mask: Optional[torch.Tensor] = None,
     ) -> torch.Tensor:
         def attn(h: torch.Tensor) -> torch.Tensor:
@@ -63,5 +64,8 @@ class TransformerBlock(nn.Module):
         if self.norm_position == "post":
             h = self.attention_norm(x + attn(x))
             return self.ffn_norm(h + self._ffn(h))
-        h = x + self.post_attention_norm(attn(self.attention_norm(x)))
-        return h + self.post_ffn_norm(self._ffn(self.ffn_norm(h)))
+        if self.norm_position == "sandwich":
+            h = x + self.post_attention_norm(attn(self.attention_norm(x)))
+            return h + self.post_ffn_norm(self._ffn(self.ffn_norm(h)))
+        h = x + self.post_attention_norm(attn(x))
+        return h + self.post_ffn_norm(self._ffn(h))

@@ -175,3 +175,27 @@ def test_cli_table_and_bad_key() -> None:
     assert bad.returncode != 0 and "tp=5 must divide" in bad.stderr
     misspelt = run_cli("model=gpt2_124m", "micro_batch=2")
     assert misspelt.returncode != 0 and "micro_batch" in misspelt.stderr
+
+
+def test_latent_attention_parameters_flops_and_cache_by_hand() -> None:
+    from model.config import MLAConfig
+    from model.estimate import kv_cache_elements_per_token
+
+    cfg = ModelConfig(name="mla", vocab_size=100, dim=64, n_layers=1, n_heads=4, hidden_dim=32, max_seq_len=32,
+                      mla=MLAConfig(kv_lora_rank=16, q_lora_rank=24, qk_nope_head_dim=16, qk_rope_head_dim=8,
+                                    v_head_dim=12))
+    # split by tp: wo 4*12*64 = 3072, wkv_b 16*4*(16+12) = 1792, wq_b 24*4*(16+8) = 2304 -> 7168
+    # replicated: wkv_a 64*(16+8) = 1536, wq_a 64*24 = 1536 -> 3072; norms 2*64 + 16 + 24 = 168; FFN 3*64*32 = 6144
+    layer = 7168 + 3072 + 168 + 6144
+    assert count_parameters(cfg) == layer + 6400 + 64 + 6400
+    # 6 * (total - input embedding) + 6 * T * heads * (qk 24 + v 12) at T = 32
+    assert flops_per_token(cfg, 32) == 6 * (layer + 64 + 6400) + 6 * 32 * 4 * (24 + 12)
+    assert kv_cache_elements_per_token(cfg) == 16 + 8
+    assert kv_cache_elements_per_token(SMALL) == 2 * (2 * 4 * 16)
+
+
+def test_per_layer_windows_cap_each_layers_context() -> None:
+    # Gemma-style: layers 0 and 2 slide over 8 tokens, layer 1 (and 3) attend globally; T = 32
+    cfg = dataclasses.replace(SMALL, n_layers=4, sliding_window=8, sliding_window_pattern=2)
+    n = count_parameters(cfg) - 6400
+    assert flops_per_token(cfg, 32) == 6 * n + 12 * 64 * (8 + 32 + 8 + 32)

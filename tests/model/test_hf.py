@@ -150,12 +150,16 @@ def test_round_trip_through_cli_with_sharding_and_bf16(tmp_path: Path) -> None:
     "overrides, reason",
     [
         (dict(pos_embedding="alibi"), "alibi"),
-        (dict(qk_norm=True), "qk_norm"),
-        (dict(norm_position="sandwich"), "norm_position"),
+        (dict(qk_norm=True, qk_norm_scope="full"), "qwen3 needs qk_norm_scope='head'"),
+        (dict(norm_position="sandwich"), "gemma2 needs rmsnorm_unit_offset=True"),
+        (dict(norm_position="post"), "norm_position"),
         (dict(attn_logit_softcap=30.0), "softcap"),
-        (dict(qkv_bias=True), "attention_bias"),
+        (dict(qkv_bias=True, mlp_bias=True), "qwen2 needs mlp_bias=False"),
         (dict(rope_scaling=RopeScalingConfig(type="ntk", factor=2.0)), "ntk"),
-        (dict(moe=MoEConfig(num_experts=4, top_k=2, num_shared_experts=1)), "shared experts"),
+        (dict(moe=MoEConfig(num_experts=4, top_k=2, num_shared_experts=1, norm_topk_prob=False)),
+         "ernie4_5_moe needs moe.norm_topk_prob=True"),
+        (dict(moe=MoEConfig(num_experts=4, top_k=2, score_func="sigmoid")), "mixtral needs moe.score_func"),
+        (dict(mla=dict(kv_lora_rank=16, qk_nope_head_dim=8, qk_rope_head_dim=8, v_head_dim=8)), "set model.moe"),
         (dict(mlp_type="gelu"), "GPT-2 export needs"),
     ],
 )
@@ -189,7 +193,7 @@ def test_rope_scalings_export_and_import(scaling: RopeScalingConfig, tmp_path: P
     _, back = load_model_checkpoint(tmp_path / "back")
     assert back.rope_scaling.type == scaling.type
     assert back.rope_scaling.factor == pytest.approx(scaling.factor)
-    assert back.rope_scaling.mscale == pytest.approx(scaling.mscale)
+    assert back.rope_scaling.cos_sin_factor == pytest.approx(scaling.cos_sin_factor)
 
 
 def test_import_original_gpt2_naming(tmp_path: Path) -> None:
@@ -212,3 +216,23 @@ def test_import_original_gpt2_naming(tmp_path: Path) -> None:
     ours.load_state_dict(loaded)
     with torch.no_grad():
         assert (ours(tokens()) - reference(tokens()).logits).abs().max().item() <= TOL
+
+
+def test_loom_moe_config_exports_to_the_hf_class_with_shared_experts(tmp_path: Path) -> None:
+    """configs/model/moe.yaml (ungated shared expert, softmax top-2 renormalised, first layer dense) is ERNIE 4.5
+    MoE's architecture: exported, transformers loads it with no missing or unexpected key and equal logits."""
+    from omegaconf import OmegaConf
+
+    from transformers import AutoModelForCausalLM
+
+    yaml = Path(__file__).resolve().parents[2] / "configs" / "model" / "moe.yaml"
+    cfg = OmegaConf.to_object(OmegaConf.merge(OmegaConf.structured(ModelConfig), OmegaConf.load(yaml)))
+    assert hf_model_type(cfg) == "ernie4_5_moe"
+    ours = random_loom_model(dataclasses.replace(cfg, n_layers=2))
+    save_model_checkpoint(ours.state_dict(), ours.cfg, tmp_path / "ckpt")
+    export_checkpoint(tmp_path / "ckpt", tmp_path / "hf")
+    reference, info = AutoModelForCausalLM.from_pretrained(tmp_path / "hf", output_loading_info=True)
+    assert type(reference).__name__ == "Ernie4_5_MoeForCausalLM" and not any(info.values()), info
+    batch = torch.randint(0, cfg.vocab_size, (2, 24), generator=torch.Generator().manual_seed(1))
+    with torch.no_grad():
+        assert (ours(batch) - reference.eval()(batch).logits).abs().max().item() <= TOL

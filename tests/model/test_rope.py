@@ -104,3 +104,50 @@ def test_inverse_frequencies_match_hugging_face(hf_params, ours):
     inv_freq, attention_factor = rope_inv_freq(128 // 4, theta, ours)
     torch.testing.assert_close(inv_freq, hf_inv_freq, rtol=0, atol=0)
     assert attention_factor == pytest.approx(hf_attention_factor)
+
+
+def _hf_cos_sin(rotary_cls, config, length: int):
+    """transformers' cos/sin for a forward over positions 0..length-1 (a fresh module: dynamic RoPE is stateful)."""
+    rotary = rotary_cls(config)
+    x = torch.zeros(1, length, 8)
+    cos, sin = rotary(x, torch.arange(length)[None])
+    return cos[0], sin[0]
+
+
+@pytest.mark.parametrize("length", [20, 32, 33, 100])
+def test_dynamic_ntk_tables_equal_transformers(length):
+    """Plain RoPE up to the original context (32), a base growing with the length beyond it."""
+    transformers = pytest.importorskip("transformers")
+    from model.blocks.rope import RotaryEmbedding
+
+    config = transformers.LlamaConfig(hidden_size=128, num_attention_heads=4, max_position_embeddings=32,
+                                      rope_parameters={"rope_type": "dynamic", "factor": 4.0, "rope_theta": 10000.0})
+    hf_cos, hf_sin = _hf_cos_sin(transformers.models.llama.modeling_llama.LlamaRotaryEmbedding, config, length)
+    ours = RotaryEmbedding(32, 128, 10000.0, RopeScalingConfig(type="dynamic", factor=4.0, original_max_seq_len=32))
+    cos, sin = ours(torch.arange(length))
+    assert (cos - hf_cos).abs().max() <= 1e-6 and (sin - hf_sin).abs().max() <= 1e-6
+    if length > 32:  # the scaling really acted
+        plain_cos, _ = RotaryEmbedding(32, 128, 10000.0, RopeScalingConfig())(torch.arange(length))
+        assert (plain_cos - cos).abs().max() > 1e-2
+
+
+@pytest.mark.parametrize("length", [10, 16, 17, 60])
+def test_longrope_tables_equal_transformers(length):
+    """Short factors while the forward stays within the original context (16), long ones for every position of a
+    longer forward, cos/sin scaled by sqrt(1 + ln(factor) / ln(original))."""
+    transformers = pytest.importorskip("transformers")
+    from model.blocks.rope import RotaryEmbedding
+
+    long_factor = [1.0 + 0.37 * i for i in range(8)]
+    short_factor = [1.0 + 0.05 * i for i in range(8)]
+    config = transformers.Phi3Config(
+        hidden_size=64, num_attention_heads=4, max_position_embeddings=64, original_max_position_embeddings=16,
+        rope_parameters={"rope_type": "longrope", "rope_theta": 10000.0, "long_factor": long_factor,
+                         "short_factor": short_factor, "original_max_position_embeddings": 16},
+    )
+    hf_cos, hf_sin = _hf_cos_sin(transformers.models.phi3.modeling_phi3.Phi3RotaryEmbedding, config, length)
+    scaling = RopeScalingConfig(type="longrope", factor=4.0, original_max_seq_len=16, long_factor=long_factor,
+                                short_factor=short_factor)
+    cos, sin = RotaryEmbedding(16, 64, 10000.0, scaling)(torch.arange(length))
+    assert (cos - hf_cos).abs().max() <= 1e-6 and (sin - hf_sin).abs().max() <= 1e-6
+    assert cos[0, 0] == pytest.approx(math.sqrt(1 + math.log(4.0) / math.log(16)))

@@ -1,0 +1,146 @@
+"""Export a Loom checkpoint to a Hugging Face directory and import one back, and the command line for both.
+
+CLI:  python -m model.hf export <checkpoint_or_run_dir> <hf_dir> [--dtype bfloat16] [--model-type T]
+                                [--tokenizer DIR] [--overwrite]
+      python -m model.hf import <hf_dir> <checkpoint_dir> [--name NAME]
+"""
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+from pathlib import Path
+from typing import Optional
+
+import torch
+
+from model.config import ModelConfig
+from model.hf.common import DEFAULT_MAX_SHARD_BYTES, DTYPES, HFConversionError
+from model.hf.families import family, family_for
+from model.hf.files import (
+    copy_tokenizer_files,
+    find_tokenizer_dir,
+    read_hf_config,
+    read_hf_weights,
+    write_hf_dir,
+)
+from model.hf.weights import hf_to_loom_state, loom_to_hf_state
+
+
+def hf_model_type(cfg: ModelConfig) -> str:
+    """The transformers `model_type` that computes exactly what our model computes, or HFConversionError."""
+    return family_for(ModelConfig.coerce(cfg)).model_type
+
+
+def hf_config_dict(cfg: ModelConfig, dtype: torch.dtype = torch.float32, *, model_type: Optional[str] = None) -> dict:
+    """config.json contents for `cfg` (fields for both transformers 5.x and 4.x readers), no token ids."""
+    cfg = ModelConfig.coerce(cfg)
+    fam = family_for(cfg, model_type)
+    dtype_name = str(dtype).removeprefix("torch.")
+    return {**fam.to_hf(cfg), "dtype": dtype_name, "torch_dtype": dtype_name,
+            "bos_token_id": None, "eos_token_id": None, "pad_token_id": None}
+
+
+def model_config_from_hf(hf: dict, *, name: str = "hf_import") -> ModelConfig:
+    """ModelConfig computing what the HF architecture in `hf` (a config.json dict) computes."""
+    return family(hf.get("model_type")).from_hf(hf, name)
+
+
+def check_against_model(state: dict[str, torch.Tensor], cfg: ModelConfig, where: str) -> None:
+    """Names and shapes must be exactly those of `model.build(cfg)` (built on the meta device: no memory)."""
+    from model import build
+
+    with torch.device("meta"):
+        expected = {k: tuple(v.shape) for k, v in build(cfg).state_dict().items()}
+    got = {k: tuple(v.shape) for k, v in state.items()}
+    problems = [f"missing {k}" for k in sorted(set(expected) - set(got))]
+    problems += [f"unexpected {k}" for k in sorted(set(got) - set(expected))]
+    problems += [f"{k}: shape {got[k]} != {expected[k]}" for k in sorted(set(got) & set(expected))
+                 if got[k] != expected[k]]
+    if problems:
+        raise HFConversionError(f"{where} does not match the Loom model of its config: " + "; ".join(problems[:8]))
+
+
+def read_hf_model(hf_dir: str | os.PathLike, *, name: Optional[str] = None) -> tuple[dict[str, torch.Tensor], ModelConfig]:
+    """Loom state dict and ModelConfig of a Hugging Face model directory."""
+    hf_config = read_hf_config(hf_dir)
+    cfg = model_config_from_hf(hf_config, name=name or Path(hf_dir).resolve().name)
+    fam = family(hf_config["model_type"])
+    interleaved = hf_config.get("rope_interleave", True) if fam.model_type == "deepseek_v3" else None
+    state = hf_to_loom_state(read_hf_weights(hf_dir), cfg, fam, interleaved=interleaved)
+    check_against_model(state, cfg, f"{hf_dir}")
+    return state, cfg
+
+
+def export_checkpoint(
+    checkpoint: str | os.PathLike, hf_dir: str | os.PathLike, *, dtype: Optional[str] = None,
+    max_shard_bytes: int = DEFAULT_MAX_SHARD_BYTES, overwrite: bool = False, model_type: Optional[str] = None,
+    tokenizer: Optional[str | os.PathLike] = None,
+) -> Path:
+    """Loom checkpoint (or run dir: its newest complete checkpoint) -> HF directory that
+    `AutoModelForCausalLM.from_pretrained`, `AutoTokenizer.from_pretrained` and `pipeline("text-generation")`
+    load as it is. The tokenizer is `tokenizer` (a directory or its tokenizer.json), else the one beside the
+    checkpoint or in its run directory; without one the directory holds the model only.
+    `dtype`: float32 | bfloat16 | float16 (default: as stored); `model_type`: force a transformers family."""
+    from model.checkpoint_io import load_model_checkpoint, resolve_checkpoint_dir
+
+    state, cfg = load_model_checkpoint(checkpoint)
+    check_against_model(state, cfg, f"checkpoint {checkpoint}")
+    fam = family_for(cfg, model_type)
+    hf_state = loom_to_hf_state(state, cfg, fam)
+    if dtype is not None:
+        if dtype not in DTYPES:
+            raise HFConversionError(f"dtype={dtype!r} is not one of {sorted(DTYPES)}")
+        hf_state = {k: v.to(DTYPES[dtype]) for k, v in hf_state.items()}
+    if tokenizer is not None:
+        tokenizer_dir = Path(tokenizer).parent if Path(tokenizer).is_file() else Path(tokenizer)
+        if find_tokenizer_dir(tokenizer_dir) != tokenizer_dir:
+            raise HFConversionError(f"--tokenizer {tokenizer}: no tokenizer.json or tokenizer_config.json there")
+    else:
+        tokenizer_dir = find_tokenizer_dir(resolve_checkpoint_dir(checkpoint), checkpoint)
+    out_dtype = next(iter(hf_state.values())).dtype
+    return write_hf_dir(hf_state, hf_config_dict(cfg, out_dtype, model_type=fam.model_type), hf_dir,
+                        max_shard_bytes=max_shard_bytes, overwrite=overwrite, tokenizer_dir=tokenizer_dir)
+
+
+def import_checkpoint(hf_dir: str | os.PathLike, checkpoint_dir: str | os.PathLike, *, name: Optional[str] = None) -> Path:
+    """HF directory -> Loom model-only checkpoint (DCP {"model": ...} + model_config.json + COMPLETE), with the
+    HF directory's tokenizer files kept beside it."""
+    from model.checkpoint_io import save_model_checkpoint
+
+    state, cfg = read_hf_model(hf_dir, name=name)
+    return save_model_checkpoint(state, cfg, checkpoint_dir,
+                                 add_files=lambda tmp: copy_tokenizer_files(Path(hf_dir), Path(tmp)))
+
+
+def main(argv: Optional[list[str]] = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m model.hf", description="Loom <-> Hugging Face checkpoints")
+    sub = parser.add_subparsers(dest="command", required=True)
+    exp = sub.add_parser("export", help="Loom checkpoint or run dir -> Hugging Face directory")
+    exp.add_argument("checkpoint", help="a step_<N> checkpoint directory or a run directory (newest complete)")
+    exp.add_argument("hf_dir")
+    exp.add_argument("--dtype", choices=sorted(DTYPES), default=None, help="cast weights (default: as stored)")
+    exp.add_argument("--max-shard-gb", type=float, default=DEFAULT_MAX_SHARD_BYTES / 1000**3)
+    exp.add_argument("--model-type", default=None, help="transformers family to write (default: from the config)")
+    exp.add_argument("--tokenizer", default=None,
+                     help="tokenizer directory or tokenizer.json (default: beside the checkpoint or in its run dir)")
+    exp.add_argument("--overwrite", action="store_true", help="replace an existing hf_dir")
+    imp = sub.add_parser("import", help="Hugging Face directory -> Loom model-only checkpoint")
+    imp.add_argument("hf_dir")
+    imp.add_argument("checkpoint_dir", help="e.g. runs/base/checkpoints/step_00000000")
+    imp.add_argument("--name", default=None, help="model config name (default: the HF directory's name)")
+    args = parser.parse_args(argv)
+    from model.checkpoint_io import CheckpointError
+
+    try:
+        if args.command == "export":
+            out = export_checkpoint(args.checkpoint, args.hf_dir, dtype=args.dtype,
+                                    max_shard_bytes=int(args.max_shard_gb * 1000**3), overwrite=args.overwrite,
+                                    model_type=args.model_type, tokenizer=args.tokenizer)
+        else:
+            out = import_checkpoint(args.hf_dir, args.checkpoint_dir, name=args.name)
+    except (HFConversionError, FileExistsError, CheckpointError) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    print(out)
+    return 0

@@ -1,0 +1,223 @@
+"""Tensor names between Loom's state dict and each family's safetensors, as a table of rename rules.
+
+The rules are written here rather than taken from a library because they are a rename table over two specific
+layouts: ours (model/transformer.py) and transformers' on-disk format. What is more than a rename:
+- fused tensors: Phi-3's qkv_proj / gate_up_proj, GPT-2's c_attn (and its Conv1D [in, out] layout);
+- routed experts: stored per expert on disk (`experts.<e>.gate_proj.weight`, Mixtral `w1`), stacked [E, ...] in
+  Loom. transformers 5.x holds them fused in memory (`experts.gate_up_proj` [E, 2I, D], `down_proj` [E, D, I]),
+  and a state dict saved from memory is read too (`normalise_hf_state`);
+- interleaved RoPE (DeepSeek's rotary part of q and of the shared key, ERNIE's whole heads): those rows are
+  permuted to Loom's halves layout on import and back on export (model/hf/common.py interleaved_to_halves);
+- selection biases ERNIE stores as [1, E].
+"""
+from __future__ import annotations
+
+from typing import Optional
+
+import torch
+
+from model.config import ModelConfig
+from model.hf.common import HFConversionError, Rule, apply_rules, permuted, same, split_rows, transposed
+from model.hf.families import Family, TensorNames
+
+_NORM_NAMES = {  # Loom block norm -> transformers name, per norm placement
+    "pre": {"attention_norm": "input_layernorm", "ffn_norm": "post_attention_layernorm"},
+    "sandwich": {"attention_norm": "input_layernorm", "post_attention_norm": "post_attention_layernorm",
+                 "ffn_norm": "pre_feedforward_layernorm", "post_ffn_norm": "post_feedforward_layernorm"},
+    "branch_output": {"post_attention_norm": "post_attention_layernorm",
+                      "post_ffn_norm": "post_feedforward_layernorm"},
+}
+
+
+def _linear(hf: str, loom: str, bias: bool) -> list[Rule]:
+    return [same(f"{hf}.weight", f"{loom}.weight")] + ([same(f"{hf}.bias", f"{loom}.bias")] if bias else [])
+
+
+def _rotary(hf: str, loom: str, bias: bool, block: int, start: int, width: int, interleaved: bool) -> list[Rule]:
+    if not interleaved:
+        return _linear(hf, loom, bias)
+    rules = [permuted(f"{hf}.weight", f"{loom}.weight", block, start, width)]
+    return rules + ([permuted(f"{hf}.bias", f"{loom}.bias", block, start, width)] if bias else [])
+
+
+def _attention_rules(cfg: ModelConfig, names: TensorNames, h: str, l: str, interleaved: bool) -> list[Rule]:
+    hd, q_dim, kv_dim = cfg.attn_head_dim, cfg.n_heads * cfg.attn_head_dim, cfg.kv_heads * cfg.attn_head_dim
+    if names.fused_qkv:
+        rules = [split_rows(f"{h}qkv_proj.weight", (f"{l}wq.weight", f"{l}wk.weight", f"{l}wv.weight"),
+                            [q_dim, kv_dim, kv_dim])]
+        if cfg.qkv_bias:
+            rules.append(split_rows(f"{h}qkv_proj.bias", (f"{l}wq.bias", f"{l}wk.bias", f"{l}wv.bias"),
+                                    [q_dim, kv_dim, kv_dim]))
+    else:
+        rules = (_rotary(f"{h}q_proj", f"{l}wq", cfg.qkv_bias, hd, 0, hd, interleaved)
+                 + _rotary(f"{h}k_proj", f"{l}wk", cfg.qkv_bias, hd, 0, hd, interleaved)
+                 + _linear(f"{h}v_proj", f"{l}wv", cfg.qkv_bias))
+    rules += _linear(f"{h}o_proj", f"{l}wo", cfg.attn_out_bias)
+    if cfg.qk_norm:
+        rules += [same(f"{h}q_norm.weight", f"{l}q_norm.weight"), same(f"{h}k_norm.weight", f"{l}k_norm.weight")]
+    return rules
+
+
+def _mla_rules(cfg: ModelConfig, h: str, l: str, interleaved: bool) -> list[Rule]:
+    mla = cfg.mla
+    qk, nope, rope, rank = mla.qk_head_dim, mla.qk_nope_head_dim, mla.qk_rope_head_dim, mla.kv_lora_rank
+    if mla.q_lora_rank is None:
+        rules = _rotary(f"{h}q_proj", f"{l}wq", False, qk, nope, rope, interleaved)
+    else:
+        rules = (_linear(f"{h}q_a_proj", f"{l}wq_a", cfg.qkv_bias)
+                 + [same(f"{h}q_a_layernorm.weight", f"{l}q_a_norm.weight")]
+                 + _rotary(f"{h}q_b_proj", f"{l}wq_b", False, qk, nope, rope, interleaved))
+    rules += _rotary(f"{h}kv_a_proj_with_mqa", f"{l}wkv_a", cfg.qkv_bias, rank + rope, rank, rope, interleaved)
+    rules += [same(f"{h}kv_a_layernorm.weight", f"{l}kv_a_norm.weight")]
+    rules += _linear(f"{h}kv_b_proj", f"{l}wkv_b", False) + _linear(f"{h}o_proj", f"{l}wo", cfg.attn_out_bias)
+    return rules
+
+
+def _mlp_rules(names: TensorNames, h: str, l: str, hidden: int, bias: bool, gated: bool = True) -> list[Rule]:
+    if names.fused_gate_up:
+        rules = [split_rows(f"{h}gate_up_proj.weight", (f"{l}w1.weight", f"{l}w3.weight"), [hidden, hidden])]
+        return rules + _linear(f"{h}down_proj", f"{l}w2", bias)
+    rules = _linear(f"{h}gate_proj", f"{l}w1", bias) + _linear(f"{h}down_proj", f"{l}w2", bias)
+    return rules + (_linear(f"{h}up_proj", f"{l}w3", bias) if gated else [])
+
+
+def _moe_rules(cfg: ModelConfig, names: TensorNames, h: str, l: str) -> list[Rule]:
+    moe = cfg.moe
+    rules = [same(f"{h}gate.weight", f"{l}router.weight")]
+    for ours, theirs in zip(("w1", "w3", "w2"), names.expert_names):
+        per_expert = tuple(f"{h}experts.{e}.{theirs}.weight" for e in range(moe.num_experts))
+        rules.append(Rule(per_expert, (f"{l}experts.{ours}",),
+                          lambda ts: [t.clone() for t in ts[0].unbind(0)], lambda ts: [torch.stack(ts)]))
+    if moe.num_shared_experts:
+        plain = TensorNames()
+        rules += _mlp_rules(plain, f"{h}{names.shared_name}.", f"{l}shared_experts.", cfg.shared_experts_hidden_dim,
+                            False)
+    if moe.shared_expert_gate:
+        rules.append(same(f"{h}shared_expert_gate.weight", f"{l}shared_expert_gate.weight"))
+    if names.bias_name is not None:
+        if names.bias_2d:
+            rules.append(Rule((f"{h}{names.bias_name}",), (f"{l}expert_bias",),
+                              lambda ts: [ts[0].reshape(1, -1)], lambda ts: [ts[0].reshape(-1)]))
+        else:
+            rules.append(same(f"{h}{names.bias_name}", f"{l}expert_bias"))
+    return rules
+
+
+def _gpt2_rules(cfg: ModelConfig) -> list[Rule]:
+    dim = cfg.dim
+    rules = [
+        same("transformer.wte.weight", "tok_embeddings.weight"),
+        same("transformer.wpe.weight", "pos_embeddings.weight"),
+        same("transformer.ln_f.weight", "norm.weight"),
+        same("transformer.ln_f.bias", "norm.bias"),
+    ]
+    for i in range(cfg.n_layers):
+        h, l = f"transformer.h.{i}.", f"layers.{i}."
+        qkv = tuple(f"{l}attention.{w}" for w in ("wq", "wk", "wv"))
+        rules += [
+            same(f"{h}ln_1.weight", f"{l}attention_norm.weight"),
+            same(f"{h}ln_1.bias", f"{l}attention_norm.bias"),
+            same(f"{h}ln_2.weight", f"{l}ffn_norm.weight"),
+            same(f"{h}ln_2.bias", f"{l}ffn_norm.bias"),
+            Rule((f"{h}attn.c_attn.weight",), tuple(f"{k}.weight" for k in qkv),
+                 lambda ts: [torch.cat(ts, dim=0).t()], lambda ts: list(ts[0].t().split(dim, dim=0))),
+            Rule((f"{h}attn.c_attn.bias",), tuple(f"{k}.bias" for k in qkv),
+                 lambda ts: [torch.cat(ts, dim=0)], lambda ts: list(ts[0].split(dim, dim=0))),
+            transposed(f"{h}attn.c_proj.weight", f"{l}attention.wo.weight"),
+            same(f"{h}attn.c_proj.bias", f"{l}attention.wo.bias"),
+            transposed(f"{h}mlp.c_fc.weight", f"{l}feed_forward.w1.weight"),
+            same(f"{h}mlp.c_fc.bias", f"{l}feed_forward.w1.bias"),
+            transposed(f"{h}mlp.c_proj.weight", f"{l}feed_forward.w2.weight"),
+            same(f"{h}mlp.c_proj.bias", f"{l}feed_forward.w2.bias"),
+        ]
+    return rules
+
+
+def weight_rules(cfg: ModelConfig, fam: Family, *, interleaved: Optional[bool] = None) -> list[Rule]:
+    """Every rule of `cfg`'s tensors in family `fam`; `interleaved` overrides the family's RoPE row layout
+    (DeepSeek-V3 checkpoints say which in config.json: rope_interleave)."""
+    if fam.model_type == "gpt2":
+        return _gpt2_rules(cfg)
+    names = fam.names
+    interleaved = names.interleaved_rope if interleaved is None else interleaved
+    rules = [same("model.embed_tokens.weight", "tok_embeddings.weight"), same("model.norm.weight", "norm.weight")]
+    if not cfg.tie_embeddings:
+        rules.append(same("lm_head.weight", "output.weight"))
+    for i in range(cfg.n_layers):
+        h, l = f"model.layers.{i}.", f"layers.{i}."
+        rules += [same(f"{h}{theirs}.weight", f"{l}{ours}.weight")
+                  for ours, theirs in _NORM_NAMES[cfg.norm_position].items()]
+        if cfg.mla is not None:
+            rules += _mla_rules(cfg, f"{h}self_attn.", f"{l}attention.", interleaved)
+        else:
+            rules += _attention_rules(cfg, names, f"{h}self_attn.", f"{l}attention.", interleaved)
+        if cfg.is_moe_layer(i):
+            rules += _moe_rules(cfg, names, f"{h}{names.moe_prefix}.", f"{l}moe.")
+        else:
+            rules += _mlp_rules(names, f"{h}mlp.", f"{l}feed_forward.", cfg.ffn_hidden_dim, cfg.mlp_bias)
+    return rules
+
+
+def loom_to_hf_state(state: dict[str, torch.Tensor], cfg: ModelConfig, fam: Family) -> dict[str, torch.Tensor]:
+    state = dict(state)
+    if fam.names.bias_name is not None:  # the class always has the selection bias: a zero one selects the same
+        for i in range(cfg.n_layers):
+            key = f"layers.{i}.moe.expert_bias"
+            if cfg.is_moe_layer(i) and key not in state:
+                state[key] = torch.zeros(cfg.moe.num_experts, dtype=torch.float32)
+    rules = weight_rules(cfg, fam)
+    used = {k for rule in rules for k in rule.loom}
+    tied_output = {"output.weight"} if cfg.tie_embeddings else set()
+    unexpected = sorted(set(state) - used - tied_output)
+    if unexpected:
+        raise HFConversionError(f"Loom state dict has tensors with no {fam.model_type} equivalent: {unexpected[:8]}")
+    return apply_rules(rules, state, to_hf=True, where="Loom checkpoint")
+
+
+def normalise_hf_state(hf_state: dict[str, torch.Tensor], cfg: ModelConfig, fam: Family) -> dict[str, torch.Tensor]:
+    """A state dict as transformers keeps it in memory (fused experts, Mixtral's `mlp.` prefix, ERNIE's bias under
+    the router), or the OpenAI-converted GPT-2 naming, renamed to the on-disk layout the rules read."""
+    state = dict(hf_state)
+    if fam.model_type == "gpt2":
+        # The original OpenAI-converted files have no "transformer." prefix and carry causal-mask buffers.
+        return {(k if k.startswith(("transformer.", "lm_head.")) else f"transformer.{k}"): v
+                for k, v in state.items() if not k.endswith((".attn.bias", ".attn.masked_bias"))}
+    names = fam.names
+    if fam.model_type == "deepseek_v3":
+        # DeepSeek-V3 checkpoints carry their multi-token-prediction module as layer n_layers; transformers skips
+        # it on load too (no MTP in Loom).
+        mtp = f"model.layers.{cfg.n_layers}."
+        state = {k: v for k, v in state.items() if not k.startswith(mtp)}
+    for i in range(cfg.n_layers):
+        h, prefix = f"model.layers.{i}.", f"model.layers.{i}.{names.moe_prefix}."
+        gate_up = state.pop(f"{h}mlp.experts.gate_up_proj", None)
+        if gate_up is not None:
+            down = state.pop(f"{h}mlp.experts.down_proj")
+            gate, up = gate_up.chunk(2, dim=1)
+            for e in range(gate_up.shape[0]):
+                for name, tensor in zip(names.expert_names, (gate[e], up[e], down[e])):
+                    state[f"{prefix}experts.{e}.{name}.weight"] = tensor.clone()
+        if names.moe_prefix != "mlp" and f"{h}mlp.gate.weight" in state:
+            state[f"{prefix}gate.weight"] = state.pop(f"{h}mlp.gate.weight")
+        in_memory_bias = f"{h}mlp.gate.moe_statics.e_score_correction_bias"
+        if in_memory_bias in state and names.bias_name is not None:
+            state[f"{prefix}{names.bias_name}"] = state.pop(in_memory_bias)
+    return state
+
+
+def hf_to_loom_state(hf_state: dict[str, torch.Tensor], cfg: ModelConfig, fam: Family, *,
+                     interleaved: Optional[bool] = None) -> dict[str, torch.Tensor]:
+    hf_state = normalise_hf_state(hf_state, cfg, fam)
+    if cfg.tie_embeddings:
+        hf_state.pop("lm_head.weight", None)
+    rules = weight_rules(cfg, fam, interleaved=interleaved)
+    used = {k for rule in rules for k in rule.hf}
+    unexpected = sorted(set(hf_state) - used)
+    if unexpected:
+        raise HFConversionError(
+            f"HF checkpoint has tensors Loom's {fam.model_type} mapping does not know: {unexpected[:8]}"
+        )
+    state = apply_rules(rules, hf_state, to_hf=False, where="HF checkpoint")
+    if cfg.tie_embeddings:
+        state["output.weight"] = state["tok_embeddings.weight"]
+    return state
