@@ -285,12 +285,21 @@ class ModelConfig:
         return self.local_rope_theta is not None and self.layer_window(layer_idx) is not None
 
 
+NORM_TYPES = ("rmsnorm", "layernorm")
+BRANCH_NORM_POSITIONS = ("sandwich", "branch_output")  # a norm on each branch's output (Gemma 2/3, OLMo 2)
+NORM_POSITIONS = ("pre", "post", *BRANCH_NORM_POSITIONS)
+POS_EMBEDDINGS = ("rope", "alibi", "learned", "none")
+MLP_TYPES = ("swiglu", "geglu", "gelu")
+QK_NORM_SCOPES = ("head", "full")
+# Activation checkpointing modes: parallel applies them, the estimator sizes their memory (model/ is the lower layer).
+AC_MODES = ("none", "selective", "full")
+
 _CHOICES = {
-    "norm_type": ("rmsnorm", "layernorm"),
-    "norm_position": ("pre", "post", "sandwich", "branch_output"),
-    "pos_embedding": ("rope", "alibi", "learned", "none"),
-    "mlp_type": ("swiglu", "geglu", "gelu"),
-    "qk_norm_scope": ("head", "full"),
+    "norm_type": NORM_TYPES,
+    "norm_position": NORM_POSITIONS,
+    "pos_embedding": POS_EMBEDDINGS,
+    "mlp_type": MLP_TYPES,
+    "qk_norm_scope": QK_NORM_SCOPES,
 }
 _MOE_CHOICES = {"score_func": ("softmax", "sigmoid"), "group_score": ("max", "top2_sum")}
 

@@ -9,7 +9,8 @@ from __future__ import annotations
 
 PRECISIONS = ("fp32", "bf16", "fp16")
 _ALIASES = {"float32": "fp32", "bfloat16": "bf16", "float16": "fp16"}
-BYTES = {"fp32": 4, "bf16": 2, "fp16": 2}
+# Bytes per element, for sizing; fp8 is sized (the estimator, float8 matmuls) but is no training precision.
+BYTES = {"fp32": 4, "bf16": 2, "fp16": 2, "fp8": 1}
 
 
 def canonical_precision(name: str, key: str = "precision") -> str:
@@ -21,6 +22,16 @@ def canonical_precision(name: str, key: str = "precision") -> str:
             f"too)"
         )
     return short
+
+
+def dtype_bytes(name: str, key: str = "dtype") -> int:
+    """Bytes per element of a precision name (either spelling, or fp8); ValueError naming `key` otherwise."""
+    if name == "fp8":
+        return BYTES["fp8"]
+    try:
+        return BYTES[canonical_precision(name, key)]
+    except ValueError as exc:
+        raise ValueError(f"{exc}, or fp8") from None
 
 
 def torch_dtype(name: str):

@@ -49,7 +49,8 @@ import sys
 from dataclasses import asdict, dataclass, field
 from typing import Any, Optional
 
-from model.config import ModelConfig
+from model.config import AC_MODES, BRANCH_NORM_POSITIONS, ModelConfig
+from model.dtypes import dtype_bytes
 
 GIB = 1024**3
 
@@ -72,9 +73,6 @@ _PEAK_BF16_TFLOPS: tuple[tuple[str, float], ...] = (
     (r"mi300x", 1307.0),
     (r"mi250x", 383.0),
 )
-
-_DTYPE_BYTES = {"fp32": 4, "float32": 4, "bf16": 2, "bfloat16": 2, "fp16": 2, "float16": 2, "fp8": 1}
-
 
 def peak_flops(device_name: str) -> float | None:
     """Peak dense bf16 FLOP/s of one device, or None when unknown (CPU, unlisted GPU): MFU is then undefined."""
@@ -274,9 +272,7 @@ class EstimateConfig:
 
 
 def _dtype_bytes(key: str, value: str) -> int:
-    if value not in _DTYPE_BYTES:
-        raise ValueError(f"{key}={value!r} is not one of {sorted(_DTYPE_BYTES)}")
-    return _DTYPE_BYTES[value]
+    return dtype_bytes(value, key)
 
 
 def validate_layout(est: EstimateConfig) -> None:
@@ -306,10 +302,8 @@ def validate_layout(est: EstimateConfig) -> None:
         raise ValueError(f"seq_len={seq_len} exceeds model.max_seq_len={cfg.max_seq_len}")
     if seq_len % est.cp:
         raise ValueError(f"cp={est.cp} must divide seq_len={seq_len}")
-    if est.activation_checkpointing not in ("none", "selective", "full"):
-        raise ValueError(
-            f"activation_checkpointing={est.activation_checkpointing!r} is not one of none|selective|full"
-        )
+    if est.activation_checkpointing not in AC_MODES:
+        raise ValueError(f"activation_checkpointing={est.activation_checkpointing!r} is not one of {list(AC_MODES)}")
     for key in ("param_dtype", "grad_dtype", "optimizer_dtype"):
         _dtype_bytes(key, getattr(est, key))
     if not 0 < est.mfu <= 1:
@@ -401,7 +395,7 @@ def _activation_elements_per_token(cfg: ModelConfig, layer_idx: int, mode: str) 
         mlp = 2 * d + 3 * cfg.ffn_hidden_dim
     else:
         mlp = 2 * d + 2 * cfg.ffn_hidden_dim
-    post_norms = 2 * d if cfg.norm_position in ("sandwich", "branch_output") else 0
+    post_norms = 2 * d if cfg.norm_position in BRANCH_NORM_POSITIONS else 0
     return attn + mlp + post_norms
 
 

@@ -20,7 +20,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Optional
 
-DTYPES = ("float32", "bfloat16", "float16")
+from model.dtypes import PRECISIONS, canonical_precision, torch_dtype
 
 
 class GenerateError(ValueError):
@@ -56,7 +56,7 @@ def _eos_ids(directory: Path) -> list[int]:
     return []
 
 
-def load_model(path: str | os.PathLike, *, dtype: str = "float32", device: str = "cpu") -> LoadedModel:
+def load_model(path: str | os.PathLike, *, dtype: str = "fp32", device: str = "cpu") -> LoadedModel:
     """The model at `path` (run dir, checkpoint or HF dir), its tokenizer when one is beside it, and its stop ids."""
     import torch
 
@@ -87,7 +87,7 @@ def load_model(path: str | os.PathLike, *, dtype: str = "float32", device: str =
     model.to_empty(device=device)
     model.init_weights()  # buffers (RoPE tables) on the real device
     model.load_state_dict(state)
-    model = model.to(getattr(torch, dtype)).eval()
+    model = model.to(torch_dtype(dtype)).eval()
 
     tokenizer_dir = find_tokenizer_dir(*search)
     tokenizer = None
@@ -152,6 +152,13 @@ def run(args: argparse.Namespace) -> dict:
     return result
 
 
+def _precision(name: str) -> str:
+    try:
+        return canonical_precision(name, "--dtype")
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from exc
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="python -m model.generate", description=__doc__.split("\n\n")[0],
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -168,7 +175,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--length-penalty", type=float, default=1.0, help="beam score = log p / length ** this")
     parser.add_argument("--stop-ids", default=None, help='ids that end a sequence, e.g. "2 7" ("" for none; '
                                                           'default: the model\'s end-of-sequence ids)')
-    parser.add_argument("--dtype", choices=DTYPES, default="float32")
+    parser.add_argument("--dtype", type=_precision, default="fp32",
+                        help=f"{' | '.join(PRECISIONS)} (torch's long names too)")
     parser.add_argument("--device", default="cpu", help="cpu, cuda, cuda:1, ...")
     parser.add_argument("--format", choices=("text", "json"), default="text")
     return parser

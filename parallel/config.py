@@ -10,11 +10,11 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Optional
 
+from model.config import AC_MODES
 from model.dtypes import canonical_precision
 
 # The allowed values of each choice key, defined once (the implementations import them from here).
 ENGINES = ("torch", "deepspeed")
-AC_MODES = ("none", "full", "selective")
 AC_SELECTIVE_OPS = ("mm", "sdpa")
 CP_METHODS = ("ring", "ulysses")
 COMPILE_BACKENDS = ("inductor", "aot_eager", "eager")

@@ -28,9 +28,10 @@ from torch.distributed.device_mesh import DeviceMesh
 from torch.distributed.tensor import DTensor, Shard, distribute_tensor
 from torch.func import functional_call
 
+from model.blocks.moe import EXPERT_WEIGHTS
+
 from parallel.config import ParallelConfig
 
-EXPERT_WEIGHTS = ("w1", "w2", "w3")
 
 
 def _regroup_index(counts: torch.Tensor) -> torch.Tensor:
@@ -119,12 +120,12 @@ def fully_shard_experts(model: nn.Module, dims, **fsdp_kwargs) -> None:
 
 
 # ---------------------------------------------------------------------------------------------- balancing
-def load_reducer(dims, mesh: Optional[DeviceMesh]):
+def load_reducer(dims):
     """The sum of expert loads over the ranks that read different tokens (data parallel x context parallel), for
     `Transformer.update_expert_biases`; None when this process sees every token (one process, or TP/PP only)."""
-    if mesh is None or dims.dp_degree * dims.cp == 1:
+    if dims is None or dims.mesh is None or dims.dp_degree * dims.cp == 1:
         return None
-    group = dims.submesh(mesh, "dp_cp").get_group()
+    group = dims.submesh("dp_cp").get_group()
 
     def reduce(loads: torch.Tensor) -> torch.Tensor:
         dist.all_reduce(loads, group=group)
@@ -133,17 +134,16 @@ def load_reducer(dims, mesh: Optional[DeviceMesh]):
     return reduce
 
 
-def update_expert_biases(model, dims=None, mesh: Optional[DeviceMesh] = None) -> Optional[torch.Tensor]:
-    """Auxiliary-loss-free balancing step, for the training loop to call once after every optimizer step (every
+def update_expert_biases(model_parts: list[nn.Module], dims=None) -> Optional[torch.Tensor]:
+    """Auxiliary-loss-free balancing step, for the train modules to call once after every optimizer step (every
     rank, every layout): each MoE layer's selection bias moves against its experts' load over the global batch.
 
-    `model` is what parallelize() returned (the module, DDP, a DeepSpeed engine, or a Pipeline of stage modules).
-    Returns the mean (max load / mean load) over this rank's MoE layers as a 0-dim tensor for logging (1 =
-    balanced), or None without MoE layers. One all-reduce of [MoE layers, experts] counts per stage module."""
-    reduce = load_reducer(dims, mesh) if dims is not None else None
-    modules = getattr(model, "stages", None) or [model]
+    `model_parts` are a train module's parts (the laid-out module, DDP, DeepSpeed's module, or a pipeline rank's
+    stage modules). Returns the mean (max load / mean load) over this rank's MoE layers as a 0-dim tensor for
+    logging (1 = balanced), or None without MoE layers. One all-reduce of [MoE layers, experts] counts per part."""
+    reduce = load_reducer(dims)
     results = []
-    for module in modules:
+    for module in model_parts:
         module = getattr(module, "module", module)  # DDP / DeepSpeed wrap the Transformer as .module
         update = getattr(module, "update_expert_biases", None)
         if update is not None:

@@ -41,6 +41,7 @@ from torch.distributed.tensor.parallel import (
 )
 from torch.func import functional_call
 
+from model.blocks.moe import EXPERT_WEIGHTS
 from parallel.config import ParallelConfig
 
 if TYPE_CHECKING:
@@ -103,7 +104,7 @@ class TensorParallelExperts:
             return super().forward(x_sorted, num_tokens_per_expert)
         mesh = self.tp_mesh
         x = _to_replicated_with_summed_grad(x_sorted, mesh)
-        local = {name: getattr(self, name).to_local() for name in ("w1", "w2", "w3")}
+        local = {name: getattr(self, name).to_local() for name in EXPERT_WEIGHTS}
         partial = functional_call(self, local, (x, num_tokens_per_expert))
         return DTensor.from_local(partial, mesh, [Partial()], run_check=False).redistribute(
             mesh, [Replicate()]).to_local()
@@ -114,7 +115,7 @@ def _shard_experts_hidden(experts: nn.Module, tp_mesh: DeviceMesh) -> None:
     if hidden % tp_mesh.size() != 0:
         raise ValueError(f"model.moe expert width {hidden} is not divisible by parallel.tp={tp_mesh.size()}: "
                          f"change model.moe.expert_hidden_dim or parallel.tp")
-    for name, dim in (("w1", 1), ("w3", 1), ("w2", 2)):
+    for name, dim in zip(EXPERT_WEIGHTS, (1, 1, 2)):  # gate and up split on hidden (dim 1), down on dim 2
         param = getattr(experts, name)
         setattr(experts, name, nn.Parameter(distribute_tensor(param.detach(), tp_mesh, [Shard(dim)]),
                                             requires_grad=param.requires_grad))

@@ -106,6 +106,16 @@ class TrainModule:
         self.schedulers.step()
         return True
 
+    def balance_experts(self, extra: dict[str, torch.Tensor]) -> None:
+        """Auxiliary-loss-free MoE balancing (model.moe.expert_bias), once per optimizer step on every rank: each
+        layer's selection bias moves against its experts' load over the global batch; the load imbalance (max /
+        mean, 1 = balanced) joins the step's figures. Nothing for models without MoE layers."""
+        from parallel.expert import update_expert_biases
+
+        imbalance = update_expert_biases(self.model_parts, self.dims)
+        if imbalance is not None:
+            extra["moe_load_imbalance"] = imbalance.detach()
+
     def log_extras(self) -> dict[str, float]:
         """Host values to log at log steps only (reading them may wait for the device)."""
         return {}

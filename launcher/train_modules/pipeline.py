@@ -56,7 +56,9 @@ class PipelineTrainModule(TrainModule):
         self.optimizers.step()
         self.optimizers.zero_grad()
         self.schedulers.step()
-        return StepOutput(local, grad_norm)
+        extra: dict[str, torch.Tensor] = {}
+        self.balance_experts(extra)
+        return StepOutput(local, grad_norm, extra)
 
     def eval_batches(self, batches: list[torch.Tensor]) -> list[torch.Tensor]:
         """This rank's held-out rows in batches of the training per-rank batch size: pipeline stages fix their

@@ -75,6 +75,7 @@ class TorchTrainModule(TrainModule):
             self.optimizers.step()
         self.optimizers.zero_grad()
         self.schedulers.step()
+        self.balance_experts(extra)
         return StepOutput(loss, grad_norm.detach(), extra)
 
     def step_is_finite(self, out: StepOutput) -> torch.Tensor:

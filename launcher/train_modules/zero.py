@@ -106,7 +106,9 @@ class ZeroTrainModule(TrainModule):
             loss_sum += loss.detach().float()
         grad_norm = self.engine.get_global_grad_norm()  # DeepSpeed reads it to the host: its choice
         grad_norm = torch.as_tensor(math.nan if grad_norm is None else grad_norm, dtype=torch.float64)
-        return StepOutput(loss_sum / len(pieces), grad_norm.detach().cpu())
+        extra: dict[str, torch.Tensor] = {}
+        self.balance_experts(extra)
+        return StepOutput(loss_sum / len(pieces), grad_norm.detach().cpu(), extra)
 
     def step_is_finite(self, out: StepOutput) -> torch.Tensor:
         if self.cfg.trainer.precision == "fp16":  # DeepSpeed's loss scaler skips overflowing steps itself

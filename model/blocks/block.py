@@ -18,7 +18,7 @@ from model.blocks.mla import MultiHeadLatentAttention
 from model.blocks.mlp import FeedForward
 from model.blocks.moe import MoE
 from model.blocks.norm import build_norm
-from model.config import ModelConfig
+from model.config import BRANCH_NORM_POSITIONS, ModelConfig
 
 
 class TransformerBlock(nn.Module):
@@ -39,7 +39,7 @@ class TransformerBlock(nn.Module):
         else:
             self.feed_forward = FeedForward(cfg.dim, cfg.ffn_hidden_dim, mlp_type=cfg.mlp_type, bias=cfg.mlp_bias)
             self.moe = None
-        if cfg.norm_position in ("sandwich", "branch_output"):  # norms on the branch outputs
+        if cfg.norm_position in BRANCH_NORM_POSITIONS:  # norms on the branch outputs
             self.post_attention_norm = build_norm(cfg)
             self.post_ffn_norm = build_norm(cfg)
 

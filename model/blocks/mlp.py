@@ -5,7 +5,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-MLP_TYPES = ("swiglu", "geglu", "gelu")
+from model.config import MLP_TYPES
 
 
 class FeedForward(nn.Module):

@@ -27,6 +27,11 @@ from model.blocks.mlp import FeedForward
 from model.config import MoEConfig
 
 
+# The stacked expert weights, in gate, up, down order (E x dim x hidden, E x dim x hidden, E x hidden x dim): the
+# names every parallel plan and checkpoint converter refers to.
+EXPERT_WEIGHTS = ("w1", "w3", "w2")
+
+
 class GroupedExperts(nn.Module):
     """E SwiGLU experts stored as stacked weights w1/w3 [E, hidden, dim], w2 [E, dim, hidden]."""
 

@@ -6,6 +6,7 @@ The routing switches of MoEConfig each family fixes are listed in its `problems`
 interval, first_k_dense_replace)."""
 from __future__ import annotations
 
+from model.blocks.moe import EXPERT_WEIGHTS
 from model.config import MLAConfig, ModelConfig, MoEConfig
 from model.hf.arch_dense import ANY, loom_base, plain_problems, qwen_sliding_fields, qwen_windows, same_bias
 from model.hf.common import HFConversionError
@@ -86,7 +87,7 @@ MIXTRAL = register(Family(
     "mixtral", "MixtralForCausalLM",
     lambda cfg: plain_problems(cfg, "mixtral", moe=ANY, sliding_window=ANY) + moe_problems(cfg, "mixtral"),
     _mixtral_to_hf, _mixtral_from_hf,
-    TensorNames(moe_prefix="block_sparse_moe", expert_names=("w1", "w3", "w2")),
+    TensorNames(moe_prefix="block_sparse_moe", expert_names=EXPERT_WEIGHTS),  # Mixtral's names are ours
 ))
 
 

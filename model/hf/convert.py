@@ -15,7 +15,8 @@ from typing import Optional
 import torch
 
 from model.config import ModelConfig
-from model.hf.common import DEFAULT_MAX_SHARD_BYTES, DTYPES, HFConversionError
+from model.dtypes import PRECISIONS, canonical_precision, torch_dtype
+from model.hf.common import DEFAULT_MAX_SHARD_BYTES, HFConversionError
 from model.hf.families import family, family_for
 from model.hf.files import (
     copy_tokenizer_files,
@@ -89,9 +90,11 @@ def export_checkpoint(
     fam = family_for(cfg, model_type)
     hf_state = loom_to_hf_state(state, cfg, fam)
     if dtype is not None:
-        if dtype not in DTYPES:
-            raise HFConversionError(f"dtype={dtype!r} is not one of {sorted(DTYPES)}")
-        hf_state = {k: v.to(DTYPES[dtype]) for k, v in hf_state.items()}
+        try:
+            target = torch_dtype(dtype)
+        except ValueError as exc:
+            raise HFConversionError(str(exc)) from exc
+        hf_state = {k: v.to(target) for k, v in hf_state.items()}
     if tokenizer is not None:
         tokenizer_dir = Path(tokenizer).parent if Path(tokenizer).is_file() else Path(tokenizer)
         if find_tokenizer_dir(tokenizer_dir) != tokenizer_dir:
@@ -113,13 +116,21 @@ def import_checkpoint(hf_dir: str | os.PathLike, checkpoint_dir: str | os.PathLi
                                  add_files=lambda tmp: copy_tokenizer_files(Path(hf_dir), Path(tmp)))
 
 
+def _precision(name: str) -> str:
+    try:
+        return canonical_precision(name, "--dtype")
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from exc
+
+
 def main(argv: Optional[list[str]] = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m model.hf", description="Loom <-> Hugging Face checkpoints")
     sub = parser.add_subparsers(dest="command", required=True)
     exp = sub.add_parser("export", help="Loom checkpoint or run dir -> Hugging Face directory")
     exp.add_argument("checkpoint", help="a step_<N> checkpoint directory or a run directory (newest complete)")
     exp.add_argument("hf_dir")
-    exp.add_argument("--dtype", choices=sorted(DTYPES), default=None, help="cast weights (default: as stored)")
+    exp.add_argument("--dtype", type=_precision, default=None,
+                     help=f"cast weights: {' | '.join(PRECISIONS)} (torch's long names too; default: as stored)")
     exp.add_argument("--max-shard-gb", type=float, default=DEFAULT_MAX_SHARD_BYTES / 1000**3)
     exp.add_argument("--model-type", default=None, help="transformers family to write (default: from the config)")
     exp.add_argument("--tokenizer", default=None,

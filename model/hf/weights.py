@@ -16,6 +16,7 @@ from typing import Optional
 
 import torch
 
+from model.blocks.moe import EXPERT_WEIGHTS
 from model.config import ModelConfig
 from model.hf.common import HFConversionError, Rule, apply_rules, permuted, same, split_rows, transposed
 from model.hf.families import Family, TensorNames
@@ -84,7 +85,7 @@ def _mlp_rules(names: TensorNames, h: str, l: str, hidden: int, bias: bool, gate
 def _moe_rules(cfg: ModelConfig, names: TensorNames, h: str, l: str) -> list[Rule]:
     moe = cfg.moe
     rules = [same(f"{h}gate.weight", f"{l}router.weight")]
-    for ours, theirs in zip(("w1", "w3", "w2"), names.expert_names):
+    for ours, theirs in zip(EXPERT_WEIGHTS, names.expert_names):
         per_expert = tuple(f"{h}experts.{e}.{theirs}.weight" for e in range(moe.num_experts))
         rules.append(Rule(per_expert, (f"{l}experts.{ours}",),
                           lambda ts: [t.clone() for t in ts[0].unbind(0)], lambda ts: [torch.stack(ts)]))

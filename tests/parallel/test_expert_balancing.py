@@ -33,11 +33,11 @@ def _rank_main(rank: int, store_path: str, out: str) -> None:
     try:
         pcfg = load_parallel_config("fsdp")
         dims = ParallelDims.from_config(pcfg, 2, tiny_model_config(**MODEL), 16)
-        mesh = dims.build_mesh("cpu")
-        model = parallelize(_build(), dims, pcfg, model_cfg=tiny_model_config(**MODEL), mesh=mesh)
+        dims.build_mesh("cpu")
+        model = parallelize(_build(), dims)
         rows = BATCH[2 * rank: 2 * rank + 2]
         model(rows[:, :-1], rows[:, 1:])  # training mode: this rank's tokens are counted
-        imbalance = update_expert_biases(model, dims, mesh)
+        imbalance = update_expert_biases([model], dims)
         biases = torch.stack([layer.moe.expert_bias for layer in model.layers.values()])
         gathered = [torch.empty_like(biases) for _ in range(2)]
         dist.all_gather(gathered, biases)
