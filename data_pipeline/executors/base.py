@@ -166,7 +166,7 @@ def run_task(plan: PipelinePlan, step_index: int, stage_index: int, rank: int = 
         return False
     context = _context(plan, step, rank)
     step.bind(context)
-    start = time.perf_counter()
+    start, started, cpu_start = time.perf_counter(), time.time(), time.process_time()
     if stage_index == len(stages) - 1:
         _run_output_stage(plan, step_index, step, stage.fn, rank, context)
     else:
@@ -177,7 +177,8 @@ def run_task(plan: PipelinePlan, step_index: int, stage_index: int, rank: int = 
             if result is not None:
                 for _ in result:  # drain a generator-style stage
                     pass
-        timing = {"stage": stage.name, "rank": rank, "time_s": time.perf_counter() - start}
+        timing = {"stage": stage.name, "rank": rank, "time_s": time.perf_counter() - start,
+                  "cpu_s": time.process_time() - cpu_start, "started": started, "finished": time.time()}
         write_json_atomic(plan.root / "stats" / step.name / f"stage-{stage.name}-{rank:05d}.json", timing)
     marker.parent.mkdir(parents=True, exist_ok=True)
     marker.write_text(json.dumps({"finished": time.time()}))
@@ -186,8 +187,8 @@ def run_task(plan: PipelinePlan, step_index: int, stage_index: int, rank: int = 
 
 def _run_output_stage(plan: PipelinePlan, step_index: int, step: Step, fn, rank: int, context: TaskContext) -> None:
     root = plan.root
-    stats = TaskStats(step=step.name, rank=rank)
-    start = time.perf_counter()
+    stats = TaskStats(step=step.name, rank=rank, started=time.time())
+    start, cpu_start = time.perf_counter(), time.process_time()
     kept_writer = (
         AtomicRecordWriter(root / step.name / shard_name(rank, plan.output_format), plan.output_format)
         if step.writes_documents
@@ -228,6 +229,7 @@ def _run_output_stage(plan: PipelinePlan, step_index: int, step: Step, fn, rank:
     stats.docs_added = context.counters.get("added_copies", 0)
     stats.docs_kept = stats.docs_out - stats.docs_added
     stats.time_s = time.perf_counter() - start
+    stats.cpu_s, stats.finished = time.process_time() - cpu_start, time.time()
     stats.counters = dict(context.counters)
     stats.scores = {k: list(v) for k, v in context.scores.items()}
     stats.check_accounting()

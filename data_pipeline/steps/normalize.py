@@ -1,6 +1,9 @@
 """Unicode and whitespace normalisation, so later steps (dedup, heuristics, tokenizer) see one spelling of a text.
 
 Hand-written because it is a few lines of `unicodedata` and `re`; no library bundles exactly these rules.
+Emoji and other pictographic symbols (Unicode category So) are kept by default; `symbols: words` spells them
+out ("👍🏽" -> "thumbs up medium skin tone", with the `emoji` package's CLDR names; other symbols by
+their Unicode name, "★" -> "black star"), `symbols: remove` deletes them.
 """
 from __future__ import annotations
 
@@ -25,8 +28,24 @@ DEFAULT_BOILERPLATE = (
 )
 
 
-def normalize_text(text: str, form: str = "NFC", boilerplate: Sequence[re.Pattern] = ()) -> str:
-    text = unicodedata.normalize(form, text)
+SYMBOL_MODES = ("keep", "words", "remove")
+
+
+def map_symbols(text: str, mode: str) -> str:
+    """Emoji and other symbols kept, spelled out as words, or removed (see the module docstring)."""
+    if mode == "keep" or text.isascii():
+        return text
+    import emoji
+    import regex
+
+    if mode == "words":
+        text = emoji.replace_emoji(text, replace=lambda chars, data: f" {data['en'].strip(':').replace('_', ' ')} ")
+        return regex.sub(r"\p{So}", lambda m: f" {unicodedata.name(m.group(), 'symbol').lower()} ", text)
+    return regex.sub(r"\p{So}", "", emoji.replace_emoji(text, replace=""))
+
+
+def normalize_text(text: str, form: str = "NFC", boilerplate: Sequence[re.Pattern] = (), symbols: str = "keep") -> str:
+    text = map_symbols(unicodedata.normalize(form, text), symbols)
     text = text.replace("\r\n", "\n").replace("\r", "\n")
     text = _CONTROL.sub("", text)
     lines = []
@@ -41,8 +60,11 @@ def normalize_text(text: str, form: str = "NFC", boilerplate: Sequence[re.Patter
 class Normalize(Step):
     name = "normalize"
 
-    def __init__(self, form: str = "NFC", boilerplate_patterns: Optional[Sequence[str]] = None) -> None:
+    def __init__(self, form: str = "NFC", boilerplate_patterns: Optional[Sequence[str]] = None, symbols: str = "keep") -> None:
         super().__init__()
+        if symbols not in SYMBOL_MODES:
+            raise ValueError(f"normalize.symbols={symbols!r}: use one of {', '.join(SYMBOL_MODES)}")
+        self.symbols = symbols
         if form not in ("NFC", "NFKC", "NFD", "NFKD"):
             raise ValueError(f"normalize.form={form!r}: use NFC, NFKC, NFD or NFKD")
         patterns = DEFAULT_BOILERPLATE if boilerplate_patterns is None else boilerplate_patterns
@@ -54,9 +76,9 @@ class Normalize(Step):
 
     def run(self, documents: Iterable[Document], rank: int = 0, world_size: int = 1) -> Iterator[Document]:
         for doc in documents:
-            text = normalize_text(doc.text, self.form, self.boilerplate)
+            text = normalize_text(doc.text, self.form, self.boilerplate, self.symbols)
             if not text:
-                self.context.exclude(doc, "empty_after_normalize")
+                self.context.exclude(doc, "empty_after_normalize", 0, 1)
                 continue
             if text != doc.text:
                 self.context.count("changed")
