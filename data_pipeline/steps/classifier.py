@@ -10,8 +10,11 @@ to well under a few MB.
 """
 from __future__ import annotations
 
+import json
 import os
 import random
+import subprocess
+import sys
 import tempfile
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -58,14 +61,34 @@ def _write_lines(lines: list[str]) -> str:
         return f.name
 
 
+def _fit(train_file: str, output: str, options: dict, quantize_options: Optional[dict]) -> Optional[str]:
+    """Train (and quantize) a supervised fastText model and save it; the error message if fastText raised."""
+    import fasttext
+
+    try:
+        model = fasttext.train_supervised(input=train_file, **options)
+        if quantize_options is not None:
+            # qnorm and a retrain on the kept rows, as fastText's own quantize command recommends; the time grows
+            # with `cutoff` (k-means over the kept rows): 10k rows took ~4 s here.
+            model.quantize(input=train_file, **quantize_options)
+        model.save_model(output)
+    except RuntimeError as exc:  # e.g. "Encountered NaN." when training diverges
+        return str(exc)
+    return None
+
+
+def _fit_request() -> None:
+    """Entry point of the training subprocess: a JSON request on stdin; prints fastText's error, if any."""
+    request = json.loads(sys.stdin.read())
+    print(_fit(request["train_file"], request["output"], request["options"], request["quantize_options"]) or "")
+
+
 def train_classifier(
-    positive: str, negative: str, output: str, text_key: str = "text", epoch: int = 10, lr: float = 0.5,
+    positive: str, negative: str, output: str, text_key: str = "text", epoch: int = 10, lr: float = 0.1,
     word_ngrams: int = 2, dim: int = 32, bucket: int = 200_000, min_count: int = 1, quantize: bool = True,
     cutoff: int = 10_000, dsub: int = 2, holdout: float = 0.1, seed: int = 0,
 ) -> TrainingResult:
     """Train on `positive`/`negative` files (JSONL with `text_key`, or one example per line); save atomically."""
-    import fasttext
-
     for name, path in (("positive", positive), ("negative", negative)):
         if not Path(path).is_file():
             raise ValueError(f"train-classifier {name}={path}: file not found")
@@ -82,21 +105,26 @@ def train_classifier(
     output_path = Path(output)
     output_path.parent.mkdir(parents=True, exist_ok=True)
     train_file = _write_lines([f"{label} {text}" for label, text in train])
+    tmp = output_path.with_name(f".{output_path.name}.tmp.{os.getpid()}")
+    options = {"epoch": epoch, "lr": lr, "wordNgrams": word_ngrams, "dim": dim, "bucket": bucket, "minCount": min_count,
+               "seed": seed, "thread": 1, "verbose": 0}
+    quantize_options = {"qnorm": True, "retrain": True, "cutoff": cutoff, "dsub": dsub, "epoch": epoch, "lr": lr,
+                        "thread": 1, "verbose": 0} if quantize else None
     try:
-        model = fasttext.train_supervised(
-            input=train_file, epoch=epoch, lr=lr, wordNgrams=word_ngrams, dim=dim, bucket=bucket, minCount=min_count,
-            seed=seed, thread=1, verbose=0,
-        )
-        if quantize:
-            # qnorm and a retrain on the kept rows, as fastText's own quantize command recommends.
-            # Quantization time grows with `cutoff` (k-means over the kept rows): 10k rows took ~4 s here.
-            model.quantize(input=train_file, qnorm=True, retrain=True, cutoff=cutoff, dsub=dsub, epoch=epoch, lr=lr,
-                           thread=1, verbose=0)
-        tmp = output_path.with_name(f".{output_path.name}.tmp.{os.getpid()}")
-        model.save_model(str(tmp))
+        # In a fresh interpreter: in a process whose heap earlier work had used (a pipeline run, numpy arrays
+        # freed), fastText-numpy2 0.10.4's training hit "Encountered NaN" in 3 to 5 of 10 runs on the same data
+        # at lr 0.02-0.1; trained in a fresh interpreter, 0 of 20 (seen here, 2026-11-30).
+        request = json.dumps({"train_file": train_file, "output": str(tmp), "options": options, "quantize_options": quantize_options})
+        child = subprocess.run([sys.executable, "-c", "from data_pipeline.steps.classifier import _fit_request; _fit_request()"],
+                               input=request, capture_output=True, text=True, cwd=Path(__file__).resolve().parents[2])
+        error = child.stdout.strip() if child.returncode == 0 else f"exit {child.returncode}: {child.stderr.strip()[-2000:]}"
+        if error:
+            raise ValueError(f"train-classifier: fastText training failed with lr={lr}: {error}; try a lower lr")
         os.replace(tmp, output_path)
     finally:
         os.unlink(train_file)
+        tmp.unlink(missing_ok=True)
+    model = load_fasttext(output_path)
     true_pos = false_pos = false_neg = 0
     for label, text in heldout:
         predicted = model.predict(text, k=1)[0][0]
