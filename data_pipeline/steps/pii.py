@@ -26,6 +26,7 @@ _IPV6 = re.compile(r"(?<![\w:.])(?:[0-9A-Fa-f]{0,4}:){2,7}(?:[0-9A-Fa-f]{1,4}|(?
 _PHONE_CANDIDATE = re.compile(r"(?<![\w.])\+?\(?\d[\d\s().\-/]{5,}\d(?![\w])")
 _DIGIT = re.compile(r"\d")
 _GLOBAL_UNICAST = ipaddress.ip_network("2000::/3")
+_IPV6_HINT = re.compile(r"[0-9A-Fa-f]:[0-9A-Fa-f:]*:")  # cheap test before the IPv6 regex
 
 
 class Pii(Step):
@@ -93,15 +94,17 @@ class Pii(Step):
         counts = {"email": 0, "ip": 0, "phone": 0}
         if self.emails and "@" in text:
             text, counts["email"] = _EMAIL.subn(self.email_placeholder, text)
-        if self.ip_addresses and ("." in text or ":" in text):
+        has_digit = _DIGIT.search(text) is not None
+        if self.ip_addresses and has_digit and ("." in text or _IPV6_HINT.search(text)):
             def ip(match: re.Match) -> str:
                 if self._is_personal_ip(match.group()):
                     counts["ip"] += 1
                     return self.ip_placeholder
                 return match.group()
 
-            text = _IPV6.sub(ip, _IPV4.sub(ip, text))
-        if self.phone_numbers:
+            text = _IPV4.sub(ip, text) if "." in text else text
+            text = _IPV6.sub(ip, text) if _IPV6_HINT.search(text) else text
+        if self.phone_numbers and has_digit:
             spans = self._phone_spans(text)
             for start, end in reversed(spans):
                 text = text[:start] + self.phone_placeholder + text[end:]

@@ -74,11 +74,11 @@ class GopherQuality(FilterStep):
                 if count / max(len(tokens), 1) > self.max_symbol_word_ratio:
                     return reject(rule, round(count / max(len(tokens), 1), 4), self.max_symbol_word_ratio)
         n_lines = len(text.splitlines()) or 1
-        if self.max_bullet_lines_ratio is not None:
+        if self.max_bullet_lines_ratio is not None and any(b in text for b in BULLETS):
             ratio = len(self._bullet_line.findall(text)) / n_lines
             if ratio > self.max_bullet_lines_ratio:
                 return reject("bullet_lines_ratio", round(ratio, 4), self.max_bullet_lines_ratio)
-        if self.max_ellipsis_lines_ratio is not None:
+        if self.max_ellipsis_lines_ratio is not None and ("..." in text or "\u2026" in text):
             ratio = len(_ELLIPSIS_LINE.findall(text)) / n_lines
             if ratio > self.max_ellipsis_lines_ratio:
                 return reject("ellipsis_lines_ratio", round(ratio, 4), self.max_ellipsis_lines_ratio)
