@@ -43,7 +43,7 @@ def sentence_terminals() -> frozenset[str]:
     """
     import regex
 
-    candidates = "".join(chr(c) for c in range(0x20000) if not 0xD800 <= c <= 0xDFFF)
+    candidates = "".join(map(chr, range(0xD800))) + "".join(map(chr, range(0xE000, 0x20000)))  # no surrogates
     return frozenset(regex.findall(r"\p{Sentence_Terminal}", candidates))
 
 
