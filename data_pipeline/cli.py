@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import logging
 import os
+import re
 import sys
 import traceback
 from dataclasses import dataclass, field
@@ -69,6 +70,16 @@ def _register_schema() -> None:
     ConfigStore.instance().store(name="pipeline_schema", node=PipelineRunConfig)
 
 
+# Free-form parameter dicts (a step's keyword arguments): an override may add a key there without Hydra's `+`.
+_FREE_FORM = re.compile(r"^(step_params|pipeline\.steps\.\d+\.params)\.")
+
+
+def _allow_new_keys(overrides: list[str]) -> list[str]:
+    """`step_params.c4.min_sentences=3` -> `++step_params.c4.min_sentences=3` (add or override), so step
+    parameters are overridden as configs/pipeline.yaml documents; a wrong key still fails, in the step."""
+    return [f"++{o}" if _FREE_FORM.match(o) else o for o in overrides]
+
+
 def compose_config(overrides: list[str], config_dir: Path = CONFIG_DIR) -> DictConfig:
     from hydra import compose, initialize_config_dir
     from hydra.core.global_hydra import GlobalHydra
@@ -76,7 +87,7 @@ def compose_config(overrides: list[str], config_dir: Path = CONFIG_DIR) -> DictC
     _register_schema()
     GlobalHydra.instance().clear()
     with initialize_config_dir(config_dir=str(config_dir), version_base="1.3"):
-        return compose(config_name="pipeline", overrides=overrides)
+        return compose(config_name="pipeline", overrides=_allow_new_keys(overrides))
 
 
 def build_plan(cfg: DictConfig, single_step: Optional[str] = None) -> tuple[PipelinePlan, list[str]]:
@@ -149,7 +160,12 @@ def _key_values(args: list[str], allowed: dict[str, Any], command: str) -> dict[
         key, sep, value = arg.partition("=")
         if not sep or key not in allowed:
             raise ValueError(f"{command}: expected key=value with key in {sorted(allowed)}, got {arg!r}")
-        values[key] = type(allowed[key])(value) if allowed[key] is not None else value
+        if isinstance(allowed[key], bool):
+            if value.lower() not in ("true", "false"):
+                raise ValueError(f"{command}: {key}={value!r}: use true or false")
+            values[key] = value.lower() == "true"
+        else:
+            values[key] = type(allowed[key])(value) if allowed[key] is not None else value
     missing = [k for k, v in values.items() if v is None]
     if missing:
         raise ValueError(f"{command}: missing {', '.join(f'{k}=' for k in missing)}")
@@ -162,8 +178,9 @@ commands:
                       executor=slurm takes cluster=<name> cluster.KEY=VALUE, and --wait (follow the jobs, exit
                       non-zero naming a task that failed) or --dry-run (print the sbatch commands)
   {' | '.join(STEP_NAMES)}
-                      run one step: input=PATH output=DIR [+step_params.KEY=VALUE ...]
-  train-classifier    positive=FILE negative=FILE output=MODEL.bin [text_key=text epoch=10]
+                      run one step: input=PATH output=DIR [step_params.KEY=VALUE ...]
+  train-classifier    positive=FILE negative=FILE output=MODEL.bin [text_key=text epoch=10 dim=32 bucket=200000
+                      quantize=true cutoff=10000 holdout=0.1]; prints held-out precision and recall
   generate            write the synthetic corpus: output=DIR [n_clean=1000 seed=0 files=1]
 Overrides are Hydra syntax. Every key, its default and its meaning: PipelineRunConfig in data_pipeline/cli.py.
 `run --cfg job [--resolve] [key=value ...]` (or a step name instead of run) prints the composed config and exits."""
@@ -209,8 +226,9 @@ def main(argv: Optional[list[str]] = None) -> int:
         elif command == "train-classifier":
             from data_pipeline.steps.classifier import train_classifier
 
-            opts = _key_values(args, {"positive": None, "negative": None, "output": None, "text_key": "text", "epoch": 10}, command)
-            print(train_classifier(**opts))
+            opts = _key_values(args, {"positive": None, "negative": None, "output": None, "text_key": "text", "epoch": 10,
+                                      "dim": 32, "bucket": 200_000, "quantize": True, "cutoff": 10_000, "holdout": 0.1}, command)
+            print(train_classifier(**opts).summary())
         elif command == "generate":
             from data_pipeline.synthetic import generate_corpus, write_corpus
 

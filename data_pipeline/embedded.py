@@ -17,7 +17,7 @@ from pathlib import Path
 log = logging.getLogger(__name__)
 
 # Bump when the generator, its parameters or the default pipeline change, so stale caches are rebuilt.
-CORPUS_VERSION = "embedded-v2"
+CORPUS_VERSION = "embedded-v3"
 N_CLEAN_DOCUMENTS = 4000
 TASKS = 2
 

@@ -33,6 +33,7 @@ from data_pipeline.fingerprint import InputChanged, START_OVER, check_before_rea
 JSONL_SUFFIXES = (".jsonl", ".json", ".ndjson", ".jsonl.gz", ".json.gz", ".jsonl.zst", ".json.zst", ".ndjson.gz")
 TEXT_SUFFIXES = (".txt", ".md")
 PARQUET_SUFFIXES = (".parquet",)
+WARC_SUFFIXES = (".warc", ".warc.gz")  # HTML responses, one document each (data_pipeline/extraction.py)
 OUTPUT_FORMATS = ("jsonl", "parquet")
 RAW_PREVIEW_CHARS = 2000
 BOM = b"\xef\xbb\xbf"
@@ -78,7 +79,7 @@ def _is_saved_dataset(path: Path) -> bool:
 
 def _is_supported_file(path: Path) -> bool:
     name = path.name.lower()
-    return name.endswith(JSONL_SUFFIXES + TEXT_SUFFIXES + PARQUET_SUFFIXES)
+    return name.endswith(JSONL_SUFFIXES + TEXT_SUFFIXES + PARQUET_SUFFIXES + WARC_SUFFIXES)
 
 
 def list_input_files(path: str) -> list[Path]:
@@ -251,6 +252,10 @@ def _file_rows(path: Path, spec: InputSpec, source: str) -> Iterator[Row]:
         return _parquet_rows(path, spec, source)
     if name.endswith(TEXT_SUFFIXES):
         return _text_rows(path, spec, source)
+    if name.endswith(WARC_SUFFIXES):
+        from data_pipeline.extraction import warc_rows
+
+        return warc_rows(path, source, spec.max_doc_chars)
     return _jsonl_rows(path, spec, source)
 
 

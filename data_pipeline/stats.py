@@ -1,9 +1,13 @@
 """Per-task statistics and their merge into per-step totals.
 
 Each task writes one JSON file; the step's totals are a sum, so stats from tasks that ran on different machines
-(Slurm) or in different runs (a rerun after a kill) combine without coordination. Token counts here are
+(Slurm) or in different runs (a rerun after a kill) combine without coordination. Word counts here are
 whitespace-separated words (the tokenizer is usually trained later in the pipeline); the tokenize step adds
 real token counts as its own counters.
+
+Time comes three ways, never mixed up: `time_s` is the sum of the tasks' own wall times (task-seconds: with
+several workers it exceeds the run's wall time), `cpu_s` the sum of their CPU times, and `started`/`finished`
+the earliest start and latest end (Unix time), whose difference is the step's wall time.
 """
 from __future__ import annotations
 
@@ -27,6 +31,7 @@ SUMMED_FIELDS = (
     "words_in",
     "words_out",
     "time_s",
+    "cpu_s",
 )
 
 
@@ -44,7 +49,10 @@ class TaskStats:
     bytes_out: int = 0
     words_in: int = 0
     words_out: int = 0
-    time_s: float = 0.0
+    time_s: float = 0.0  # this task's wall time
+    cpu_s: float = 0.0  # this task's CPU time (user + system of its process)
+    started: float = 0.0  # Unix time
+    finished: float = 0.0
     counters: dict[str, int] = field(default_factory=dict)
     scores: dict[str, list[float]] = field(default_factory=dict)
 
@@ -68,15 +76,21 @@ def merge_task_stats(files: list[Path]) -> dict[str, Any]:
     counters: Counter = Counter()
     scores: dict[str, list[float]] = {}
     step = None
+    starts, ends = [], []
     for path in sorted(files):
         data = json.loads(path.read_text())
         step = data["step"]
         for name in SUMMED_FIELDS:
             total[name] += data.get(name, 0)
+        if data.get("started"):
+            starts.append(data["started"])
+            ends.append(data["finished"])
         counters.update(data.get("counters", {}))
         for key, values in data.get("scores", {}).items():
             scores.setdefault(key, []).extend(values)
     total["time_s"] = round(total["time_s"], 3)
+    total["cpu_s"] = round(total["cpu_s"], 3)
+    total.update(started=min(starts, default=0.0), finished=max(ends, default=0.0))
     total.update(step=step, tasks=len(files), counters=dict(sorted(counters.items())), scores=scores)
     return total
 
@@ -89,9 +103,16 @@ def merge_step_dir(directory: Path) -> dict[str, Any]:
     """
     merged = merge_task_stats(sorted(directory.glob("task-*.json")))
     stage_time: dict[str, float] = {}
+    stage_cpu = 0.0
     for path in sorted(directory.glob("stage-*.json")):
         data = json.loads(path.read_text())
         stage_time[data["stage"]] = stage_time.get(data["stage"], 0.0) + data["time_s"]
+        stage_cpu += data.get("cpu_s", 0.0)
+        if data.get("started"):
+            merged["started"] = min(merged["started"] or data["started"], data["started"])
+            merged["finished"] = max(merged["finished"], data["finished"])
     merged["stage_time_s"] = {k: round(v, 3) for k, v in stage_time.items()}
     merged["time_s"] = round(merged["time_s"] + sum(stage_time.values()), 3)
+    merged["cpu_s"] = round(merged["cpu_s"] + stage_cpu, 3)
+    merged["wall_s"] = round(merged["finished"] - merged["started"], 3) if merged["started"] else None
     return merged

@@ -222,7 +222,7 @@ def run_task(plan: PipelinePlan, step_index: int, stage_index: int, rank: int = 
         remove_stale_temporaries(directory, rank)
     context = _context(plan, step, rank)
     step.bind(context)
-    start = time.perf_counter()
+    start, started, cpu_start = time.perf_counter(), time.time(), time.process_time()
     reading = _Reading(iter(()))
     try:
         if stage_index == len(stages) - 1:
@@ -244,7 +244,8 @@ def run_task(plan: PipelinePlan, step_index: int, stage_index: int, rank: int = 
             f"step {step.name}, stage {stage.name}, task {rank} of {plan.tasks}{where}: {type(exc).__name__}: {exc}"
         ) from exc
     if stage_index != len(stages) - 1:
-        timing = {"stage": stage.name, "rank": rank, "time_s": time.perf_counter() - start}
+        timing = {"stage": stage.name, "rank": rank, "time_s": time.perf_counter() - start,
+                  "cpu_s": time.process_time() - cpu_start, "started": started, "finished": time.time()}
         write_json_atomic(plan.root / "stats" / step.name / f"stage-{stage.name}-{rank:05d}.json", timing)
     marker.parent.mkdir(parents=True, exist_ok=True)
     marker.write_text(json.dumps({"finished": time.time()}))
@@ -253,8 +254,8 @@ def run_task(plan: PipelinePlan, step_index: int, stage_index: int, rank: int = 
 
 def _run_output_stage(plan: PipelinePlan, step: Step, fn, rank: int, context: TaskContext, rows: _Reading) -> None:
     root = plan.root
-    stats = TaskStats(step=step.name, rank=rank)
-    start = time.perf_counter()
+    stats = TaskStats(step=step.name, rank=rank, started=time.time())
+    start, cpu_start = time.perf_counter(), time.process_time()
     kept_writer = (
         AtomicRecordWriter(root / step.name / shard_name(rank, plan.output_format), plan.output_format)
         if step.writes_documents
@@ -292,6 +293,7 @@ def _run_output_stage(plan: PipelinePlan, step: Step, fn, rank: int, context: Ta
         stats.docs_added = context.counters.get("added_copies", 0)
         stats.docs_kept = stats.docs_out - stats.docs_added
         stats.time_s = time.perf_counter() - start
+        stats.cpu_s, stats.finished = time.process_time() - cpu_start, time.time()
         stats.counters = dict(context.counters)
         stats.scores = {k: list(v) for k, v in context.scores.items()}
         stats.check_accounting()

@@ -8,15 +8,23 @@ from __future__ import annotations
 import importlib
 from typing import Any
 
-from data_pipeline.steps.base import FilterStep, Stage, Step, TaskContext
+from data_pipeline.steps.base import FilterStep, Stage, Step, TaskContext, reject
 
 # step name -> (module, class)
 STEP_CLASSES: dict[str, tuple[str, str]] = {
+    "url_filter": ("data_pipeline.steps.filters.url", "UrlFilter"),
+    "extract": ("data_pipeline.steps.extract", "Extract"),
     "normalize": ("data_pipeline.steps.normalize", "Normalize"),
     "lang_id": ("data_pipeline.steps.lang_id", "LangId"),
     "exact_dedup": ("data_pipeline.steps.exact_dedup", "ExactDedup"),
     "minhash_dedup": ("data_pipeline.steps.minhash_dedup", "MinHashDedup"),
+    "boilerplate_dedup": ("data_pipeline.steps.boilerplate_dedup", "BoilerplateDedup"),
     "heuristics": ("data_pipeline.steps.heuristics", "Heuristics"),
+    "gopher_repetition": ("data_pipeline.steps.filters.gopher_repetition", "GopherRepetition"),
+    "gopher_quality": ("data_pipeline.steps.filters.gopher_quality", "GopherQuality"),
+    "c4": ("data_pipeline.steps.filters.c4", "C4"),
+    "fineweb": ("data_pipeline.steps.filters.fineweb", "FineWeb"),
+    "pii": ("data_pipeline.steps.pii", "Pii"),
     "classifier": ("data_pipeline.steps.classifier", "Classifier"),
     "decontaminate": ("data_pipeline.steps.decontaminate", "Decontaminate"),
     "mix": ("data_pipeline.steps.mix", "Mix"),
@@ -52,4 +60,4 @@ def build_step(name: str, params: dict[str, Any] | None = None) -> Step:
         raise ValueError(f"step {name!r}: bad parameters {sorted(params)}: {exc}") from exc
 
 
-__all__ = ["FilterStep", "Stage", "Step", "TaskContext", "STEP_NAMES", "build_step", "get_step_class"]
+__all__ = ["FilterStep", "Stage", "Step", "TaskContext", "STEP_NAMES", "build_step", "get_step_class", "reject"]

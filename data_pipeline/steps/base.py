@@ -3,8 +3,13 @@
 A step turns the documents of one shard into the documents it keeps (`run(documents, rank, world_size)`). The
 executor owns everything around it: reading and writing shards, quarantine of bad input, the exclusion and
 stats files, completion markers and atomic output. A step talks to the executor only through `self.context`
-(a `TaskContext`): `exclude(doc, reason, **details)` records a removal, `count`/`score` feed the stats and the
+(a `TaskContext`): `exclude(doc, rule, value, threshold, **details)` records a removal with the rule that
+removed it, the value it measured and the threshold that value crossed; `count`/`score` feed the stats and the
 report, and `work_dir` is a scratch directory shared by all tasks and stages of the step.
+
+Filters (`FilterStep`) take datatrove's contract: `filter(doc)` returns True to keep the document, or
+`(False, reason, {"value": ..., "threshold": ...})` to drop it (`reject()` builds that tuple). The base class
+owns the counting and the exclusion record, so a filter holds only its measurement.
 
 Global steps (deduplication, mixing, tokenizer training) need to see every shard before deciding. They return
 several `Stage`s from `stages()`: per-shard stages run once per shard (they read documents and write
@@ -15,15 +20,20 @@ Used standalone (tests, notebooks), a step gets an in-memory context: `step.cont
 """
 from __future__ import annotations
 
+import math
 import os
 import tempfile
 import uuid
 from collections import Counter, defaultdict
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, ClassVar, Iterable, Iterator, Optional
+from typing import Any, Callable, ClassVar, Iterable, Iterator, Optional, Union
 
 from data_pipeline.document import Document
+
+# Score names under which the measured values of excluded documents are kept, one list per rule: the report draws
+# a histogram of each, with its threshold.
+EXCLUDED_VALUE_PREFIX = "excluded_value/"
 
 
 @dataclass(frozen=True)
@@ -51,13 +61,19 @@ class TaskContext:
     scores: dict[str, list[float]] = field(default_factory=lambda: defaultdict(list))
     on_exclude: Optional[Callable[[Document, str, dict], None]] = None
 
-    def exclude(self, doc: Document, reason: str, **details: Any) -> None:
-        """Record that `doc` was removed because of `reason` (details: e.g. cluster id, kept neighbour)."""
-        self.counters[f"excluded.{reason}"] += 1
+    def exclude(self, doc: Document, rule: str, value: Any, threshold: Any, **details: Any) -> None:
+        """Record that `rule` removed `doc`: the value it measured, the threshold it crossed, and any details
+        (e.g. the kept neighbour). The exclusion record carries them as `excluded_reason` (the rule),
+        `excluded_value`, `excluded_threshold` and `excluded_<detail>`."""
+        self.counters[f"excluded.{rule}"] += 1
+        self.counters[f"excluded_words.{rule}"] += len(doc.text.split())
+        if isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value):
+            self.scores[EXCLUDED_VALUE_PREFIX + rule].append(float(value))
+        details = {"value": value, "threshold": threshold, **details}
         if self.on_exclude is not None:
-            self.on_exclude(doc, reason, details)
+            self.on_exclude(doc, rule, details)
         else:
-            self.excluded.append((doc, reason, details))
+            self.excluded.append((doc, rule, details))
 
     def count(self, key: str, n: int = 1) -> None:
         self.counters[key] += n
@@ -117,16 +133,46 @@ class Step:
         return output
 
 
-class FilterStep(Step):
-    """A step that keeps or drops each document on its own: implement `filter(doc) -> reason or None`."""
+Verdict = Union[bool, tuple]
 
-    def filter(self, doc: Document) -> Optional[str]:
+
+def reject(reason: str, value: Any, threshold: Any, **details: Any) -> tuple[bool, str, dict[str, Any]]:
+    """The verdict of a filter that drops a document: `(False, reason, {"value", "threshold", ...details})`."""
+    return False, reason, {"value": value, "threshold": threshold, **details}
+
+
+class FilterStep(Step):
+    """A step that keeps or drops each document on its own: implement `filter(doc) -> Verdict`.
+
+    `filter` returns True (keep), or `(False, reason)` / `(False, reason, details)` (drop), as in datatrove;
+    details should hold the measured `value` and the `threshold` (use `reject`). A bare False is accepted and
+    recorded with value and threshold unknown (None). The rule recorded is `<step name>:<reason>`. A filter may
+    rewrite `doc.text` of a document it keeps (C4 drops lines): it is handed a copy, never the caller's object.
+    """
+
+    def filter(self, doc: Document) -> Verdict:
         raise NotImplementedError(f"{type(self).__name__} must implement filter()")
+
+    def exclusion(self, verdict: Verdict) -> Optional[tuple[str, Any, Any, dict[str, Any]]]:
+        """None to keep; else (rule, value, threshold, other details) for `TaskContext.exclude`."""
+        if verdict is True:
+            return None
+        if verdict is False:
+            return self.name, None, None, {}
+        if isinstance(verdict, tuple) and verdict and isinstance(verdict[0], bool):
+            if verdict[0]:
+                return None
+            reason = f"{self.name}:{verdict[1]}" if len(verdict) > 1 and verdict[1] else self.name
+            details = dict(verdict[2]) if len(verdict) > 2 and verdict[2] else {}
+            return reason, details.pop("value", None), details.pop("threshold", None), details
+        raise TypeError(f"{type(self).__name__}.filter returned {verdict!r}: expected True, False or (False, reason, details)")
 
     def run(self, documents: Iterable[Document], rank: int = 0, world_size: int = 1) -> Iterator[Document]:
         for doc in documents:
-            reason = self.filter(doc)
-            if reason is None:
+            doc = Document(doc.id, doc.text, doc.metadata)
+            excluded = self.exclusion(self.filter(doc))
+            if excluded is None:
                 yield doc
             else:
-                self.context.exclude(doc, reason)
+                rule, value, threshold, details = excluded
+                self.context.exclude(doc, rule, value, threshold, **details)

@@ -70,6 +70,7 @@ class Decontaminate(Step):
         for doc in documents:
             hit = next((index[g] for g in word_ngrams(doc.text, self.ngram) if g in index), None)
             if hit is not None:
-                self.context.exclude(doc, "contaminated", eval_set=hit)
+                shared = [g for g in word_ngrams(doc.text, self.ngram) if g in index]  # contaminated: rare
+                self.context.exclude(doc, "contaminated", len(shared), 0, eval_set=hit, ngram=" ".join(shared[0]))
             else:
                 yield doc

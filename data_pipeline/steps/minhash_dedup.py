@@ -97,4 +97,5 @@ class MinHashDedup(Step):
                 yield doc
             else:
                 self.context.score("minhash_similarity", info["similarity"])
-                self.context.exclude(doc, "near_duplicate", **info)
+                details = {k: v for k, v in info.items() if k != "similarity"}
+                self.context.exclude(doc, "near_duplicate", info["similarity"], self.params.threshold, **details)

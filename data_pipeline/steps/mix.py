@@ -80,12 +80,12 @@ class Mix(Step):
         for doc in documents:
             source = str(doc.metadata.get(self.source_key))
             if source not in rates:
-                self.context.exclude(doc, "source_not_in_mix")
+                self.context.exclude(doc, "source_not_in_mix", source, sorted(rates))
                 continue
             rate = rates[source]
             copies = math.floor(rate) + (1 if _unit_hash(self.seed, doc.id) < rate - math.floor(rate) else 0)
             if copies == 0:
-                self.context.exclude(doc, "downsampled")
+                self.context.exclude(doc, "downsampled", round(_unit_hash(self.seed, doc.id), 6), round(rate, 6))
                 continue
             words = len(doc.text.split())
             self.context.count(f"mix_tokens.{source}", words * copies)

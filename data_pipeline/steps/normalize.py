@@ -1,6 +1,9 @@
 """Unicode and whitespace normalisation, so later steps (dedup, heuristics, tokenizer) see one spelling of a text.
 
 Hand-written because it is a few lines of `unicodedata` and `re`; no library bundles exactly these rules.
+Emoji and other pictographic symbols (Unicode category So) are kept by default; `symbols: words` spells them
+out ("👍🏽" -> "thumbs up medium skin tone", with the `emoji` package's CLDR names; other symbols by
+their Unicode name, "★" -> "black star"), `symbols: remove` deletes them.
 """
 from __future__ import annotations
 
@@ -13,50 +16,68 @@ from data_pipeline.steps.base import Step
 
 # Cc/Cf characters other than newline and tab (zero-width spaces, BOM, escape sequences, NUL...).
 _CONTROL = re.compile(r"[\x00-\x08\x0b-\x1f\x7f-\x9f\u200b-\u200f\u2028\u2029\u202a-\u202e\u2060-\u2064\ufeff]")
-_INLINE_SPACE = re.compile(r"[ \t\u00a0\u1680\u2000-\u200a\u202f\u205f\u3000]+")
+_SPACES = "\t\u00a0\u1680\u2000-\u200a\u202f\u205f\u3000"
+# Runs that need rewriting only (a single plain space matches nothing): a run starting with another space
+# character, or a space followed by more.
+_INLINE_SPACE = re.compile(f"[{_SPACES}][ {_SPACES}]*| [ {_SPACES}]+")
 _MANY_BLANK_LINES = re.compile(r"\n{3,}")
+_SPACE_AROUND_NEWLINE = re.compile(r" \n ?|\n ")  # after inline runs became one space: strips every line
 
-DEFAULT_BOILERPLATE = (
-    r"(?i)^(we use|this (site|website) uses) cookies\b",
-    r"(?i)\ball rights reserved\b",
-    r"(?i)^(click|tap) here\b",
-    r"(?i)\b(please )?enable javascript\b",
-    r"(?i)^(share|follow us) on (facebook|twitter|x)\b",
-)
+# Lines to drop by pattern: none by default. Template text repeated across documents is boilerplate_dedup's job
+# and C4's line rules drop javascript and cookie/terms lines; give patterns for what a source needs beyond that.
+DEFAULT_BOILERPLATE: tuple[str, ...] = ()
 
 
-def normalize_text(text: str, form: str = "NFC", boilerplate: Sequence[re.Pattern] = ()) -> str:
-    text = unicodedata.normalize(form, text)
-    text = text.replace("\r\n", "\n").replace("\r", "\n")
-    text = _CONTROL.sub("", text)
-    lines = []
-    for line in text.split("\n"):
-        line = _INLINE_SPACE.sub(" ", line).strip()
-        if line and any(p.search(line) for p in boilerplate):
-            continue
-        lines.append(line)
-    return _MANY_BLANK_LINES.sub("\n\n", "\n".join(lines)).strip()
+SYMBOL_MODES = ("keep", "words", "remove")
+
+
+def map_symbols(text: str, mode: str) -> str:
+    """Emoji and other symbols kept, spelled out as words, or removed (see the module docstring)."""
+    if mode == "keep" or text.isascii():
+        return text
+    import emoji
+    import regex
+
+    if mode == "words":
+        text = emoji.replace_emoji(text, replace=lambda chars, data: f" {data['en'].strip(':').replace('_', ' ')} ")
+        return regex.sub(r"\p{So}", lambda m: f" {unicodedata.name(m.group(), 'symbol').lower()} ", text)
+    return regex.sub(r"\p{So}", "", emoji.replace_emoji(text, replace=""))
+
+
+def normalize_text(text: str, form: str = "NFC", boilerplate: Sequence[re.Pattern] = (), symbols: str = "keep") -> str:
+    """One spelling of `text`. `boilerplate` patterns are matched per line (compiled with re.MULTILINE, so `^` is a
+    line start); a line one matches is dropped. Whole-text regex passes: ~3x faster than a loop over lines."""
+    text = map_symbols(unicodedata.normalize(form, text), symbols)
+    if "\r" in text:
+        text = text.replace("\r\n", "\n").replace("\r", "\n")
+    text = _SPACE_AROUND_NEWLINE.sub("\n", _INLINE_SPACE.sub(" ", _CONTROL.sub("", text))).strip()
+    if any(p.search(text) for p in boilerplate):
+        text = "\n".join(line for line in text.split("\n") if not (line and any(p.search(line) for p in boilerplate)))
+    return _MANY_BLANK_LINES.sub("\n\n", text).strip() if "\n\n\n" in text else text
 
 
 class Normalize(Step):
     name = "normalize"
 
-    def __init__(self, form: str = "NFC", boilerplate_patterns: Optional[Sequence[str]] = None) -> None:
+    def __init__(self, form: str = "NFC", boilerplate_patterns: Optional[Sequence[str]] = None, symbols: str = "keep") -> None:
         super().__init__()
+        if symbols not in SYMBOL_MODES:
+            raise ValueError(f"normalize.symbols={symbols!r}: use one of {', '.join(SYMBOL_MODES)}")
+        self.symbols = symbols
         if form not in ("NFC", "NFKC", "NFD", "NFKD"):
             raise ValueError(f"normalize.form={form!r}: use NFC, NFKC, NFD or NFKD")
         patterns = DEFAULT_BOILERPLATE if boilerplate_patterns is None else boilerplate_patterns
         try:
-            self.boilerplate = [re.compile(p) for p in patterns]
+            self.boilerplate = [re.compile(p, re.MULTILINE) for p in patterns]
         except re.error as exc:
             raise ValueError(f"normalize.boilerplate_patterns: invalid regex ({exc})") from exc
         self.form = form
 
     def run(self, documents: Iterable[Document], rank: int = 0, world_size: int = 1) -> Iterator[Document]:
         for doc in documents:
-            text = normalize_text(doc.text, self.form, self.boilerplate)
+            text = normalize_text(doc.text, self.form, self.boilerplate, self.symbols)
             if not text:
-                self.context.exclude(doc, "empty_after_normalize")
+                self.context.exclude(doc, "empty_after_normalize", 0, 1)
                 continue
             if text != doc.text:
                 self.context.count("changed")

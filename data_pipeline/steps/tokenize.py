@@ -112,7 +112,8 @@ class Tokenize(Step):
             tokenizer_id=info.id, sources=None,
         ) as writer:
             while batch := list(islice(documents, self.batch_size)):
-                encodings = tokenizer.encode_batch([d.text for d in batch], add_special_tokens=False)
+                # encode_batch_fast: ids without character offsets, which nothing here uses (~1.3x faster)
+                encodings = tokenizer.encode_batch_fast([d.text for d in batch], add_special_tokens=False)
                 for doc, encoding in zip(batch, encodings):
                     writer.add_document(encoding.ids + [info.eos_id])
                     self.context.count("tokens", len(encoding.ids) + 1)

@@ -33,10 +33,10 @@ def test_run_subprocess_writes_outputs_and_report(small_corpus, tmp_path):
              "WANDB_CONFIG_DIR": str(tmp_path / "wcfg")},
     )
     assert result.returncode == 0, result.stderr[-2000:]
-    for step in ("normalize", "exact_dedup", "minhash_dedup", "heuristics", "decontaminate"):
+    for step in ("normalize", "exact_dedup", "minhash_dedup", "boilerplate_dedup", "heuristics", "pii", "decontaminate"):
         assert len(list((out / step).glob("shard-*.jsonl"))) == 2
     report = (out / "report.md").read_text()
-    assert "exact_duplicate 5" in report and "contaminated 4" in report
+    assert "| exact_dedup | exact_duplicate | 5 |" in report and "| decontaminate | contaminated | 4 |" in report
     assert (out / "funnel.png").stat().st_size > 1000 and (out / "report.html").exists()
     assert list(out.glob("hist_minhash_dedup_*.png"))
     summary = json.loads((out / "summary.json").read_text())
@@ -54,6 +54,13 @@ def test_single_step_takes_step_params(small_corpus, tmp_path, capsys):
     assert stats["docs_out"] == 0 and stats["docs_excluded"] == stats["docs_in"]
     assert main(["heuristics", f"input={small_corpus['corpus']}", f"output={tmp_path / 'o2'}",
                  "+step_params.c4.bogus=1"]) == 1
+    # As configs/pipeline.yaml documents: no `+` needed to set a step parameter.
+    assert main(["heuristics", f"input={small_corpus['corpus']}", f"output={tmp_path / 'o3'}", "tasks=1",
+                 "step_params.c4.min_sentences=3", "step_params.order=[c4,gopher_quality]"]) == 0
+    plan = json.loads((tmp_path / "o3" / "plan.json").read_text())
+    assert plan["steps"][0]["params"] == {"c4": {"min_sentences": 3}, "order": ["c4", "gopher_quality"]}
+    cfg = compose_config([f"input={small_corpus['corpus']}", f"output={tmp_path}", "pipeline.steps.4.params.c4.min_sentences=3"])
+    assert cfg.pipeline.steps[4].name == "heuristics" and cfg.pipeline.steps[4].params.c4.min_sentences == 3
     # Resuming into the same output with another configuration would skip work silently: refused.
     capsys.readouterr()
     assert main(["heuristics", f"input={small_corpus['corpus']}", f"output={out}", "tasks=1"]) == 1
@@ -63,7 +70,7 @@ def test_single_step_takes_step_params(small_corpus, tmp_path, capsys):
 def test_default_pipeline_composes_with_literature_defaults(small_corpus, tmp_path):
     cfg = compose_config([f"input={small_corpus['corpus']}", f"output={tmp_path}"])
     assert [s.name for s in cfg.pipeline.steps] == [
-        "normalize", "exact_dedup", "minhash_dedup", "heuristics", "decontaminate", "tokenize"]
+        "normalize", "exact_dedup", "minhash_dedup", "boilerplate_dedup", "heuristics", "pii", "decontaminate", "tokenize"]
     plan, skipped = build_plan(cfg)
     assert skipped == ["decontaminate"]  # no eval sets given
     cfg = compose_config([f"input={small_corpus['corpus']}", f"output={tmp_path}", f"eval_sets=[{small_corpus['eval']}]"])
@@ -87,8 +94,12 @@ def test_train_classifier_command(tmp_path, capsys):
     (tmp_path / "pos.txt").write_text("\n".join(t.replace("\n", " ") for t in texts[:20]) + "\n")
     (tmp_path / "neg.txt").write_text("\n".join(t.replace("\n", " ")[::-1] for t in texts[20:]) + "\n")
     assert main(["train-classifier", f"positive={tmp_path / 'pos.txt'}", f"negative={tmp_path / 'neg.txt'}",
-                 f"output={tmp_path / 'q.bin'}", "epoch=5"]) == 0
+                 f"output={tmp_path / 'q.bin'}", "epoch=5", "quantize=false", "bucket=20000", "holdout=0.2"]) == 0
     assert (tmp_path / "q.bin").stat().st_size > 0
+    printed = capsys.readouterr().out
+    assert "held-out (8): precision" in printed and "recall" in printed
+    assert main(["train-classifier", f"positive={tmp_path / 'pos.txt'}", f"negative={tmp_path / 'neg.txt'}",
+                 f"output={tmp_path / 'q.bin'}", "quantize=maybe"]) == 1
     assert main(["train-classifier", f"positive={tmp_path / 'pos.txt'}"]) == 1
 
 
@@ -116,36 +127,3 @@ def test_mix_step_across_shards_reports_realised_proportions(tmp_path):
         assert "realised mix" in (out / "report.md").read_text()
         outputs.append(sorted(json.loads(l)["id"] for p in sorted((out / "mix").glob("*.jsonl")) for l in p.read_text().splitlines()))
     assert outputs[0] == outputs[1]  # the sample depends on the seed and ids, not on the sharding
-
-
-def test_web_pipeline_with_language_and_quality_models(small_corpus, tmp_path, capsys):
-    import fasttext
-
-    from data_pipeline.steps.classifier import train_classifier
-    from data_pipeline.synthetic import generate_clean_documents
-
-    texts = [t.replace("\n", " ") for t in generate_clean_documents(60, seed=31)]
-    (tmp_path / "lid.txt").write_text("".join(f"__label__en {t}\n__label__xx {t[::-1]}\n" for t in texts))
-    fasttext.train_supervised(input=str(tmp_path / "lid.txt"), epoch=25, lr=1.0, minn=2, maxn=4, dim=16, thread=1,
-                              verbose=0).save_model(str(tmp_path / "lid.bin"))
-    (tmp_path / "pos.txt").write_text("\n".join(texts) + "\n")
-    (tmp_path / "neg.txt").write_text("\n".join(" ".join(sorted(t.split())) for t in texts) + "\n")  # word salad
-    train_classifier(str(tmp_path / "pos.txt"), str(tmp_path / "neg.txt"), str(tmp_path / "q.bin"))
-    args = ["run", "pipeline=web", f"input={small_corpus['corpus']}", f"output={tmp_path / 'out'}", "tasks=2"]
-    assert main(args) == 1
-    assert "pipeline.steps[1].params.model_path" in capsys.readouterr().err
-    assert main(args + [f"pipeline.steps.1.params.model_path={tmp_path / 'lid.bin'}",
-                        f"pipeline.steps.5.params.model_path={tmp_path / 'q.bin'}",
-                        "pipeline.steps.7.params.vocab_size=400"]) == 0
-    summary = json.loads((tmp_path / "out" / "summary.json").read_text())
-    assert list(summary) == ["normalize", "lang_id", "exact_dedup", "minhash_dedup", "heuristics", "classifier", "tokenize"]
-    truth = json.loads(small_corpus["truth"].read_text())["documents"]
-    dropped = [json.loads(line)["id"] for p in (tmp_path / "out" / "excluded" / "lang_id").glob("*.jsonl")
-               for line in p.read_text().splitlines()]
-    # Only junk (numbers, symbols) and upper-cased copies, which the toy language model never saw, are not "en".
-    assert {truth[i]["kind"] for i in dropped} <= {"junk", "exact_dup"}
-    assert any(truth[i]["kind"] == "junk" for i in dropped)
-    assert summary["tokenize"]["docs_out"] > 0
-    assert (tmp_path / "out" / "hist_lang_id_language_score.png").exists()
-    assert (tmp_path / "out" / "hist_classifier_quality_score.png").exists()
-    assert list((tmp_path / "out" / "tokens").glob("shard-*.tokens"))

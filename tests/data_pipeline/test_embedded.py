@@ -45,14 +45,17 @@ def test_default_corpus_builds_once_under_concurrency_and_trains(tmp_path):
 
     out = cache / CORPUS_VERSION / "out"
     summary = json.loads((out / "summary.json").read_text())
-    assert list(summary) == ["normalize", "exact_dedup", "minhash_dedup", "heuristics", "decontaminate", "tokenize"]
+    assert list(summary) == ["normalize", "exact_dedup", "minhash_dedup", "boilerplate_dedup", "heuristics", "pii",
+                             "decontaminate", "tokenize"]
     assert summary["exact_dedup"]["docs_excluded"] == 100  # every planted exact duplicate
     assert summary["decontaminate"]["docs_excluded"] == 20  # every contaminated document
     assert summary["heuristics"]["docs_excluded"] >= 60  # every junk document
     assert len(list(out.glob("*.png"))) >= 1 and (out / "report.md").exists()
 
     dataset = PackedDataset(tokens)
-    assert dataset.vocab_size == 2048 and dataset.n_documents == summary["tokenize"]["docs_out"]
+    # At most the 2,048 asked for: the synthetic lexicon runs out of merges first (every word becomes one token) since
+    # the ALL-CAPS copies that added vocabulary are removed by Gopher's stop-word rule (lower-case, as datatrove).
+    assert 1024 < dataset.vocab_size <= 2048 and dataset.n_documents == summary["tokenize"]["docs_out"]
     assert dataset.n_tokens > 500_000
 
     run = subprocess.run(

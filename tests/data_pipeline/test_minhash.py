@@ -265,7 +265,7 @@ def test_step_excludes_near_duplicates_with_their_cluster(tmp_path):
     for doc, reason, details in excluded:
         assert reason == "near_duplicate"
         assert details["kept_id"] in kept_ids and details["cluster_id"] == details["kept_id"]
-        assert details["cluster_size"] == 2 and details["similarity"] >= 0.8
+        assert details["cluster_size"] == 2 and details["value"] >= details["threshold"] == 0.8  # value: similarity
         assert id_sort_key(details["kept_id"]) < id_sort_key(doc.id)
     with pytest.raises(ValueError, match="bands and rows"):
         build_step("minhash_dedup", {"bands": 4})

@@ -65,8 +65,9 @@ def test_slurm_jobs_match_local_run(tmp_path):
     finally:
         del os.environ["FAKE_SBATCH_LOG"]
     submitted = [json.loads(line) for line in log.read_text().splitlines()]
-    # normalize 1 + exact 3 + minhash 4 + heuristics 1 + decontaminate 1 stages, then the report job
-    assert len(submitted) == len(job_ids) == 11
+    # normalize 1 + exact 3 + minhash 4 + boilerplate 3 + heuristics 1 + pii 1 + decontaminate 1 stages, then the
+    # report job
+    assert len(submitted) == len(job_ids) == 15
     assert job_ids[0] == "1001"
     for previous, args in zip(job_ids, submitted[1:]):
         assert f"--dependency=afterok:{previous}" in args
@@ -85,7 +86,7 @@ def test_slurm_dry_run_prints_commands(planted_corpus, tmp_path, capsys):
     jobs = SlurmExecutor(plan, OmegaConf.to_object(cfg.cluster), workers=cfg.workers).submit(dry_run=True)
     assert [job.job_id for job in jobs] == [None] * 10
     lines = capsys.readouterr().out.splitlines()
-    assert len(lines) == 10 and all("--partition=cpu" in line for line in lines)
+    assert len(lines) == 14 and all("--partition=cpu" in line for line in lines)
     assert "pipeline.sbatch" in lines[0] and "--dependency=afterok:<job0>" in lines[1]
     assert "--array=0-1%3" in lines[0]  # workers: array tasks running at once
     assert not (tmp_path / "out" / "normalize").exists()

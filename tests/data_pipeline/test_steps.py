@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import json
+import re
 
 import pytest
 
@@ -54,20 +55,27 @@ def test_heuristics_thresholds_are_configurable_and_checked():
     words = len(text.split())
     strict = build_step("heuristics", {"gopher_quality": {"min_words": words + 1}})
     assert strict(docs([text])) == []
-    assert strict.context.excluded[0][1] == "gopher_quality:min_words"
+    (_, rule, details), = strict.context.excluded
+    assert (rule, details["value"], details["threshold"]) == ("gopher_quality:min_words", words, words + 1)
     off = build_step("heuristics", {"gopher_quality": {"min_words": words + 1}, "c4": False})
-    assert off.rules["c4"] is None
+    assert [f.name for f in off.filters] == ["gopher_repetition", "gopher_quality", "fineweb"]
     with pytest.raises(ValueError, match="heuristics.c4.min_sentence"):
         build_step("heuristics", {"c4": {"min_sentence": 3}})
+    with pytest.raises(ValueError, match="heuristics.order"):
+        build_step("heuristics", {"order": ["c4", "gopher"]})
     dup = build_step("heuristics", {"gopher_repetition": {"dup_ngram_char_frac": {5: 0.0}}})
     repeated = CLEAN[1] + "\n\n" + CLEAN[1].split("\n\n")[0].split(". ")[0] + " and more words here."
     assert dup(docs([repeated])) == []
+    assert dup.context.excluded[0][1] == "gopher_repetition:dup_5gram_char_frac"
 
 
-def test_c4_drops_lines_without_terminal_punctuation():
+def test_c4_terminal_punctuation_rule_is_off_by_default_and_one_keyword_away():
     menu = "Home | About | Contact\n" + CLEAN[2] + "\nShare this\nuse javascript to see the page."
-    out = Heuristics(fineweb=False, gopher_repetition=False)(docs([menu]))
-    assert out[0].text == CLEAN[2]
+    fineweb_like = Heuristics(fineweb=False, gopher_repetition=False)(docs([menu]))
+    # Off (FineWeb's setting): only the short "Share this" line and the javascript line go.
+    assert fineweb_like[0].text == "Home | About | Contact\n" + CLEAN[2]
+    c4_default = Heuristics(fineweb=False, gopher_repetition=False, c4={"remove_no_terminal_punct_lines": True})
+    assert c4_default(docs([menu]))[0].text == CLEAN[2]
 
 
 def test_decontaminate_drops_shared_13_grams(tmp_path):
@@ -78,7 +86,9 @@ def test_decontaminate_drops_shared_13_grams(tmp_path):
     near_miss = " ".join(CLEAN[3].split()[10:22])  # 12 words only
     out = step(docs([CLEAN[3], CLEAN[4] + " " + near_miss, CLEAN[5]]))
     assert [d.id for d in out] == ["d001", "d002"]
-    assert step.context.excluded[0][2] == {"eval_set": "eval.jsonl"}
+    details = step.context.excluded[0][2]
+    assert (details["value"], details["threshold"], details["eval_set"]) == (1, 0, "eval.jsonl")
+    assert details["ngram"] == " ".join(re.findall(r"\w+", leak.lower()))
     assert not build_step("decontaminate", {"eval_sets": []}).enabled()
     with pytest.raises(ValueError, match="does not exist"):
         build_step("decontaminate", {"eval_sets": [str(tmp_path / "missing.jsonl")]})
@@ -101,25 +111,35 @@ def test_mix_hits_proportions_deterministically_with_a_repeat_cap():
         build_step("mix", {"target_tokens": 10})
 
 
-def test_classifier_trains_scores_and_filters(tmp_path):
+def test_classifier_trained_on_1200_documents_is_small_reports_heldout_precision_and_filters(tmp_path):
     from data_pipeline.steps.classifier import train_classifier
 
     import random
 
     rng = random.Random(0)
     grammar = Grammar()
+    good = generate_clean_documents(600, seed=8)
+    bad = [junk_document(rng, grammar, k) for k in ["numbers", "symbols", "bullets"] * 100]
+    bad += [" ".join(rng.sample(t.split(), len(t.split()))) for t in good[:300]]  # word salad of good text
     positive, negative = tmp_path / "pos.txt", tmp_path / "neg.txt"
-    positive.write_text("\n".join(t.replace("\n", " ") for t in generate_clean_documents(150, seed=8)) + "\n")
-    negative.write_text("\n".join(junk_document(rng, grammar, k).replace("\n", " ") for k in ["numbers", "symbols", "bullets"] * 50) + "\n")
-    model = train_classifier(str(positive), str(negative), str(tmp_path / "quality.bin"))
-    step = build_step("classifier", {"model_path": str(model), "threshold": 0.5})
+    positive.write_text("\n".join(t.replace("\n", " ") for t in good) + "\n")
+    negative.write_text("\n".join(t.replace("\n", " ") for t in bad) + "\n")
+    result = train_classifier(str(positive), str(negative), str(tmp_path / "quality.bin"))
+    assert result.quantized and result.train_examples + result.heldout_examples == 1200
+    assert result.heldout_examples == 120
+    assert result.size_bytes <= 20 * 2**20, result.summary()
+    assert result.precision is not None and result.precision >= 0.9 and result.recall >= 0.9, result.summary()
+    assert "precision" in result.summary() and "recall" in result.summary()
+    step = build_step("classifier", {"model_path": result.model, "threshold": 0.5})
     test_junk = [junk_document(rng, grammar, k) for k in ["numbers", "symbols", "bullets"]]
     out = step(docs(CLEAN[:10] + test_junk))
     assert [d.id for d in out] == [f"d{i:03d}" for i in range(10)]
     assert all(d.metadata["quality_score"] >= 0.5 for d in out)
     assert len(step.context.scores["quality_score"]) == 13
+    assert {x["threshold"] for _, _, x in step.context.excluded} == {0.5}
     with pytest.raises(ValueError, match="train-classifier"):
         build_step("classifier", {"model_path": str(tmp_path / "missing.bin")})
+    assert not build_step("classifier", {}).enabled()  # no model: the step is skipped
 
 
 def test_lang_id_keeps_listed_languages(tmp_path):
@@ -135,8 +155,9 @@ def test_lang_id_keeps_listed_languages(tmp_path):
     assert [d.id for d in out] == ["d000", "d002"]
     assert out[0].metadata["language"] == "en" and out[0].metadata["language_score"] >= 0.6
     assert step.context.excluded[0][1] == "language:xx"
+    assert step.context.excluded[0][2]["threshold"] == ["en"] and 0 < step.context.excluded[0][2]["value"] <= 1
     with pytest.raises(ValueError, match="model_path"):
-        build_step("lang_id", {})
+        build_step("lang_id", {"model_path": str(tmp_path / "missing.bin")})
 
 
 def test_registry_errors_name_the_step_and_key():
@@ -146,17 +167,30 @@ def test_registry_errors_name_the_step_and_key():
         build_step("normalize", {"bogus": 1})
 
 
-def test_filter_step_records_the_reason_of_each_removal():
-    from data_pipeline.steps.base import FilterStep
+def test_filter_step_takes_datatroves_contract_and_records_value_and_threshold():
+    from data_pipeline.steps.base import FilterStep, reject
 
     class ShortDocuments(FilterStep):
         name = "short_documents"
 
         def filter(self, doc):
-            return None if len(doc.text.split()) >= 5 else "fewer_than_5_words"
+            n = len(doc.text.split())
+            if n == 0:
+                return False  # datatrove's bare False: recorded with value and threshold unknown
+            return True if n >= 5 else reject("few_words", n, 5)
 
     step = ShortDocuments()
     kept = step(docs(["one two three", CLEAN[0], "", CLEAN[1]]))
     assert [d.id for d in kept] == ["d001", "d003"]
-    assert [(d.id, reason) for d, reason, _ in step.context.excluded] == [("d000", "fewer_than_5_words"), ("d002", "fewer_than_5_words")]
-    assert step.context.counters["excluded.fewer_than_5_words"] == 2
+    assert [(d.id, rule, x) for d, rule, x in step.context.excluded] == [
+        ("d000", "short_documents:few_words", {"value": 3, "threshold": 5}),
+        ("d002", "short_documents", {"value": None, "threshold": None})]
+    assert step.context.counters["excluded.short_documents:few_words"] == 1
+    assert step.context.scores["excluded_value/short_documents:few_words"] == [3.0]
+
+    class Broken(FilterStep):
+        def filter(self, doc):
+            return "not a verdict"
+
+    with pytest.raises(TypeError, match="Broken.filter returned"):
+        Broken()(docs(["x"]))
