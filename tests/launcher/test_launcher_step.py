@@ -77,7 +77,8 @@ def test_clipping_bounds_the_global_norm():
 def test_moe_auxiliary_losses_are_reported():
     train = module(moe=MoEConfig(num_experts=4, top_k=2, aux_loss_weight=0.01, router_z_loss_weight=0.001))
     out = train.train_step(*batch())
-    assert set(out.extra) == {"moe_aux_loss", "moe_router_z_loss"}
+    assert set(out.extra) == {"moe_aux_loss", "moe_router_z_loss", "moe_load_imbalance"}
+    assert out.extra["moe_load_imbalance"].item() >= 1.0  # max / mean expert load
     # Switch balancing loss is num_experts * sum f_i P_i: 1 when perfectly balanced, so near 1 at init.
     assert 0.5 < out.extra["moe_aux_loss"].item() < 4.0
     assert out.extra["moe_router_z_loss"].item() > 0

@@ -104,3 +104,17 @@ def runs_in_order(wandb_dir) -> list[list[Any]]:
     directory names have one-second resolution)."""
     runs = [records(path) for path in Path(wandb_dir).glob("offline-run-*/run-*.wandb")]
     return sorted(runs, key=lambda recs: run_record(recs).start_time.ToNanoseconds())
+
+
+def history_and_summary(path: Path) -> tuple[list[dict[str, Any]], dict[str, Any]]:
+    """The history rows (in order) and the final summary of one offline run file."""
+    history, summary = [], {}
+    for record in records(path):
+        kind = record.WhichOneof("record_type")
+        if kind == "history":
+            history.append({item.key or "/".join(item.nested_key): json.loads(item.value_json)
+                            for item in record.history.item})
+        elif kind == "summary":
+            summary.update({item.key or "/".join(item.nested_key): json.loads(item.value_json)
+                            for item in record.summary.update})
+    return history, summary
