@@ -42,7 +42,7 @@ from torch.distributed.checkpoint.state_dict import get_model_state_dict, set_mo
 
 from launcher.distributed import DistEnv, barrier, broadcast_object
 from launcher.optim import merge_disjoint
-from launcher.run_dir import changed_keys
+from launcher.run_dir import changed_keys, covers
 from model.checkpoint_io import (
     CHECKPOINTS_DIR,
     MODEL_KEY,
@@ -66,6 +66,7 @@ from model.checkpoint_io import (
 log = logging.getLogger(__name__)
 
 TRAIN_STATE_FILE = "train_state.json"
+DATA_FINGERPRINT = "data.fingerprint"  # the key a resume names (and trainer.resume_allow takes) for other data
 _TENSOR_KEYS = (MODEL_KEY, "optimizer")
 _SPACE_MARGIN = 1.1  # a save needs the previous checkpoint's size, plus 10% ...
 _SPACE_SLACK = 16 * 2**20  # ... plus 16 MiB for the small files
@@ -250,8 +251,9 @@ class Checkpointer:
             if previous:
                 size = sum(entry["size"] for entry in read_manifest(previous[-1]).values())
             else:
-                tensors = [v for key in _TENSOR_KEYS for v in state[key].values() if isinstance(v, torch.Tensor)]
-                size = sum(_local_bytes(t) for t in tensors) * self.env.world_size
+                # DTensor.numel() is the global size and DCP writes each shard once: the checkpoint's bytes.
+                size = sum(t.numel() * t.element_size() for key in _TENSOR_KEYS for t in state[key].values()
+                           if isinstance(t, torch.Tensor))
             need = int(size * _SPACE_MARGIN) + _SPACE_SLACK
             free = shutil.disk_usage(self.root).free
             need = (need, free) if free < need else None
@@ -324,8 +326,8 @@ class Checkpointer:
         would (model shape, data, batch, optimizer, schedule, seed...) and trainer.resume_allow does not list it."""
         changes = changed_keys(train_state.get("config", {}), config, allow)
         saved_data = train_state.get("data_fingerprint")
-        if saved_data != loader.fingerprint() and "data" not in allow:
-            changes.append(f"data (the shards' fingerprint): {saved_data} -> {loader.fingerprint()}")
+        if saved_data != loader.fingerprint() and not any(covers(entry, DATA_FINGERPRINT) for entry in allow):
+            changes.append(f"{DATA_FINGERPRINT} (the data's content): {saved_data} -> {loader.fingerprint()}")
         if changes:
             keys = [change.split(":")[0].split(" ")[0] for change in changes]
             raise ResumeRefused(
@@ -352,11 +354,6 @@ class Checkpointer:
         except (Exception, CheckpointException) as exc:  # noqa: BLE001 - any failure falls back to an older one
             reason = f"{type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}"
         return None if self._all(reason is None) else (reason or "loading failed on another rank")
-
-
-def _local_bytes(tensor: torch.Tensor) -> int:
-    local = tensor.to_local() if hasattr(tensor, "to_local") else tensor
-    return local.numel() * local.element_size()
 
 
 def read_train_state(directory: Path) -> dict[str, Any]:

@@ -106,15 +106,32 @@ def _flatten(node: Any, prefix: str = "") -> dict[str, Any]:
     return {prefix[:-1]: node}
 
 
+def covers(entry: str, key: str) -> bool:
+    """An OPERATIONAL_KEYS / resume_allow entry covers a key: itself, or every key under it ("parallel." or
+    "model" both cover model.dim / parallel.tp)."""
+    return key == entry or key.startswith(entry if entry.endswith(".") else entry + ".")
+
+
+def _schema_defaults() -> dict[str, Any]:
+    from launcher.config import TrainConfig
+
+    return _flatten(OmegaConf.to_container(OmegaConf.structured(TrainConfig), resolve=False))
+
+
 def changed_keys(saved: dict[str, Any], new: dict[str, Any], allow: list[str]) -> list[str]:
     """'key: old -> new' for every key that differs between two resolved configs and is neither operational nor
-    allowed (a key absent on one side counts as changed)."""
+    allowed. A key present on one side only (a config saved by another Loom version) counts as changed unless it
+    holds this version's default, or this version has no such key."""
     old_flat, new_flat = _flatten(saved), _flatten(new)
-    free = tuple(OPERATIONAL_KEYS) + tuple(allow)
+    defaults = _schema_defaults()
     changes = []
     for key in sorted(set(old_flat) | set(new_flat)):
-        if key.startswith(free) or key in allow:
+        if any(covers(entry, key) for entry in (*OPERATIONAL_KEYS, *allow)):
             continue
+        if key not in old_flat or key not in new_flat:
+            present = old_flat.get(key, new_flat.get(key))
+            if key not in defaults or defaults[key] == present:
+                continue
         old, value = old_flat.get(key, "<absent>"), new_flat.get(key, "<absent>")
         if old != value:
             changes.append(f"{key}: {old!r} -> {value!r}")

@@ -242,7 +242,8 @@ def test_other_data_of_the_same_size_is_refused(shards, single_baseline, tmp_pat
     shutil.copytree(single_baseline, run_dir)
     result = run_train(tiny_overrides(other, run_dir, max_steps=20), tmp_path)
     assert result.returncode == 1, result.stderr[-3000:]
-    assert "data (the shards' fingerprint)" in result.stderr and "trainer.resume_allow=[data]" in result.stderr
+    assert "data.fingerprint (the data's content)" in result.stderr
+    assert "trainer.resume_allow=[data.fingerprint]" in result.stderr
 
 
 # ---------------------------------------------------------------------------------------------- NaN

@@ -225,3 +225,23 @@ def test_speed_meter_leaves_paused_time_out_of_tokens_per_sec():
         time.sleep(1.0)  # a checkpoint save
     measured = speed.measure()["tokens_per_sec"]
     assert 1000 / 0.6 < measured <= 1000 / 0.2, measured  # 5,000 tokens/s, not 833 with the save counted
+
+
+def test_changed_keys_names_what_makes_another_run():
+    from launcher.run_dir import changed_keys
+
+    saved = {"model": {"dim": 32, "n_layers": 2}, "data": {"seq_len": 32, "path": "/a"},
+             "optim": {"lr": 3e-3}, "trainer": {"max_steps": 16}, "parallel": {"tp": 1}}
+    new = {"model": {"dim": 32, "n_layers": 1}, "data": {"seq_len": 64, "path": "/b"},
+           "optim": {"lr": 1e-2}, "trainer": {"max_steps": 32}, "parallel": {"tp": 2}}
+    # operational keys (data.path, trainer.max_steps, the layout) may change; the rest is another run
+    assert changed_keys(saved, new, []) == ["data.seq_len: 32 -> 64", "model.n_layers: 2 -> 1",
+                                            "optim.lr: 0.003 -> 0.01"]
+    assert changed_keys(saved, new, ["optim.lr", "model"]) == ["data.seq_len: 32 -> 64"]
+    # "data.fingerprint" allowed does not allow data.seq_len (entries cover themselves and what is under them)
+    assert changed_keys(saved, new, ["data.fingerprint"])[0] == "data.seq_len: 32 -> 64"
+    # a key one side lacks (another Loom version) is a change only if it is not this version's default
+    assert changed_keys({**saved, "model": {"dim": 32, "n_layers": 2}}, {**saved, "model": {
+        "dim": 32, "n_layers": 2, "qkv_bias": False}}, []) == []
+    assert changed_keys(saved, {**saved, "model": {"dim": 32, "n_layers": 2, "qkv_bias": True}}, []) == [
+        "model.qkv_bias: '<absent>' -> True"]
