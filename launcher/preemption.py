@@ -13,28 +13,14 @@ at the step the signal arrived in.
 from __future__ import annotations
 
 import logging
-import signal
 from typing import Any, Optional
 
 import torch
 import torch.distributed as dist
 
+from launcher.stop_request import StopRequest
+
 log = logging.getLogger(__name__)
-
-
-class StopRequest:
-    def __init__(self) -> None:
-        self.requested = False
-        self.signal_name = ""
-
-    def install(self) -> "StopRequest":
-        for sig in (signal.SIGTERM, signal.SIGUSR1):
-            signal.signal(sig, self._handle)
-        return self
-
-    def _handle(self, signum, frame) -> None:  # noqa: ARG002 - signal handler signature
-        self.requested = True
-        self.signal_name = signal.Signals(signum).name
 
 
 class StopAgreement:

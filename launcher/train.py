@@ -11,6 +11,11 @@ a non-zero exit, not a traceback.
 """
 from __future__ import annotations
 
+if __name__ == "__main__":  # a command: catch SIGTERM/USR1 from the start, while torch and the rest still import
+    from launcher.stop_request import StopRequest as _StopRequest
+
+    _EARLY_STOP = _StopRequest().install()
+
 import logging
 import os
 import sys
@@ -20,6 +25,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from launcher.config import register_configs
 from launcher.run_dir import RunDirError, RunLock, check_same_run, register_resolvers, world_size_from_env
+from launcher.stop_request import StopRequest
 from launcher.validation import ConfigError, validate
 
 log = logging.getLogger("launcher")
@@ -30,6 +36,8 @@ register_resolvers()
 
 @hydra.main(version_base="1.3", config_path="../configs", config_name="train")
 def main(cfg: DictConfig) -> None:
+    # A SIGTERM or USR1 from here on means "save and exit", never a crash (as a command: from the very start).
+    stop = globals().get("_EARLY_STOP") or StopRequest().install()
     lock = None
     try:
         plan = validate(cfg, world_size_from_env())
@@ -46,7 +54,7 @@ def main(cfg: DictConfig) -> None:
     from launcher.trainer import train
 
     try:
-        train(plan, config)
+        train(plan, config, stop)
     except (CheckpointError, NoSpaceError, ResumeRefused, NonFiniteError) as exc:
         log.error("%s", exc)
         print(f"error: {exc}", file=sys.stderr, flush=True)

@@ -27,7 +27,8 @@ from launcher.data import copy_tokenizer, open_training_data
 from launcher.distributed import (barrier, die_with_launcher, init_distributed, mean_over_ranks, shutdown,
                                   sum_over_ranks)
 from launcher.metrics import ConsoleSink, JsonlSink, MetricsLogger, ProgressBarSink, SpeedMeter, WandbSink, write_plot
-from launcher.preemption import StopAgreement, StopRequest
+from launcher.preemption import StopAgreement
+from launcher.stop_request import StopRequest
 from launcher.train_modules import TrainModule, build_train_module
 from launcher.validation import RunPlan
 from model.checkpoint_io import atomic_write_text, list_checkpoint_dirs
@@ -86,10 +87,11 @@ def sample_text(model: torch.nn.Module, tokenizer, prompt: str, max_new_tokens: 
     return " ".join(map(str, prompt_ids + list(new_ids)))
 
 
-def train(plan: RunPlan, config: dict[str, Any]) -> None:
-    """Train `plan` (its `config`: the resolved config as plain data, saved with the run and its checkpoints)."""
+def train(plan: RunPlan, config: dict[str, Any], stop: Optional[StopRequest] = None) -> None:
+    """Train `plan` (its `config`: the resolved config as plain data, saved with the run and its checkpoints).
+    `stop`: the signal flag the entry point installed before its imports (else installed here)."""
     cfg, dims, t = plan.cfg, plan.dims, plan.cfg.trainer
-    stop = StopRequest().install()  # first: a SIGTERM from here on means "save and exit", never a lost run
+    stop = stop or StopRequest().install()  # a SIGTERM from here on means "save and exit", never a lost run
     # ---- processes, mesh, run directory
     die_with_launcher()  # no orphan rank trains on after kill -9 of torchrun
     env = init_distributed(t.device, t.dist_timeout_s, one_rank_group=dims.needs_mesh)

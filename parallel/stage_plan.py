@@ -15,12 +15,13 @@ from parallel.config import PP_V_SCHEDULES
 
 
 def layer_costs(model_cfg, seq_len: Optional[int] = None) -> list[float]:
-    """Training FLOPs per token of each layer (6 x active matmul params + attention over the context)."""
-    from model.estimate import attention_context, layer_params
+    """Training FLOPs per token of each layer: 6 x active matmul params + its attention (model/estimate.py's,
+    which knows each layer's window and MLA's widths)."""
+    from model.estimate import attention_flops_per_token, layer_params
 
-    context = attention_context(model_cfg, seq_len or model_cfg.max_seq_len)
-    d_attn = model_cfg.n_heads * model_cfg.attn_head_dim
-    return [6.0 * layer_params(model_cfg, i).active + 12.0 * d_attn * context for i in range(model_cfg.n_layers)]
+    seq_len = seq_len or model_cfg.max_seq_len
+    return [6.0 * layer_params(model_cfg, i).active + attention_flops_per_token(model_cfg, seq_len, i)
+            for i in range(model_cfg.n_layers)]
 
 
 def balanced_layer_split(costs: list[float], num_stages: int, last_stage_extra: float = 0.0) -> list[range]:

@@ -57,3 +57,26 @@ def test_init_from_loads_weights_but_not_the_training_state(shards, single_basel
     got, base = losses(run_dir), losses(single_baseline)
     assert sorted(got) == [1, 2, 3]  # the step count starts again
     assert got[1] < base[1] - 0.3, (got[1], base[1])  # but from trained weights, not a fresh init
+
+
+def test_stop_signal_before_the_first_step_saves_and_resumes(shards, single_baseline, tmp_path):
+    """USR1 while the run is still starting (data, model, process groups: seconds on a cluster) is kept, not fatal:
+    the run saves at its first step, exits 0, and resumes from there bitwise."""
+    run_dir = tmp_path / "run"
+    proc = start_train(tiny_overrides(shards, run_dir), tmp_path, "early.log")
+    try:
+        wait_for(lambda: "trainer.run_dir=" in (tmp_path / "early.log").read_text(), 120, "the run to start", [proc])
+        proc.send_signal(signal.SIGUSR1)
+        rc = proc.wait(timeout=120)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    log = (tmp_path / "early.log").read_text()
+    assert rc == 0, log[-3000:]
+    assert "stop requested (SIGUSR1)" in log and "Traceback" not in log
+    stopped_at = complete_steps(run_dir)[-1]
+    assert stopped_at < MAX_STEPS
+    result = run_train(tiny_overrides(shards, run_dir), tmp_path)
+    assert result.returncode == 0, result.stderr[-4000:]
+    want, got = losses(single_baseline), losses(run_dir)
+    assert all(got[step] == want[step] for step in range(1, MAX_STEPS + 1)), (got, want)
