@@ -1,15 +1,19 @@
 """The model's speed options compute the same model: SDPA with grouped KV heads read in place, fused q/k/v and
 gate/up projections, attention masks built once per forward (sliding windows, document masks; SDPA or
 FlexAttention), a loss that never holds the whole batch's fp32 logits, and a vocabulary padded for the output
-head's matmul. Each is compared with the plain path (fp32, outputs and gradients) on CPU."""
+head's matmul. Each is compared with the plain path (fp32, outputs and gradients) on CPU; the layouts are in
+tests/parallel/test_speed_options_layouts.py."""
 from __future__ import annotations
 
 import dataclasses
+import weakref
 from pathlib import Path
 
 import pytest
 import torch
 import torch.nn.functional as F
+from torch.utils._python_dispatch import TorchDispatchMode
+from torch.utils._pytree import tree_flatten
 
 import model.blocks.attention as attention_module
 import model.blocks.attention_masks as masks_module
@@ -195,6 +199,73 @@ def test_flex_attention_backend_equals_sdpa_in_outputs_and_gradients(monkeypatch
 def test_document_ids_close_each_document_with_its_eos():
     tokens = torch.tensor([[4, 9, 0, 5, 0, 0, 6], [0, 1, 2, 3, 4, 5, 6]])
     assert masks_module.document_ids(tokens, 0).tolist() == [[0, 0, 0, 1, 1, 2, 3], [0, 1, 1, 1, 1, 1, 1]]
+
+
+# ------------------------------------------------------------------------------------------------ loss memory
+class Fp32LogitBytes(TorchDispatchMode):
+    """Bytes of fp32 tensors of logit width (last dim `width`) created by ops and still referenced, through the
+    dispatcher (current and peak), and the largest such tensor's element count."""
+
+    def __init__(self, width: int) -> None:
+        super().__init__()
+        self.width = width
+        self.live: dict[int, list] = {}  # storage data_ptr -> [bytes, tensors referencing it, logit-shaped]
+        self.current = self.peak = self.largest = 0
+
+    def _release(self, ptr: int) -> None:
+        entry = self.live[ptr]
+        entry[1] -= 1
+        if entry[1] == 0:
+            self.current -= entry[0] if entry[2] else 0
+            del self.live[ptr]
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        out = func(*args, **(kwargs or {}))
+        for t in tree_flatten(out)[0]:
+            if not isinstance(t, torch.Tensor) or not t.untyped_storage().data_ptr():
+                continue
+            ptr = t.untyped_storage().data_ptr()
+            logit = t.dtype == torch.float32 and t.dim() >= 1 and t.shape[-1] == self.width
+            if logit:
+                self.largest = max(self.largest, t.numel())
+            if ptr in self.live:
+                self.live[ptr][1] += 1
+            else:
+                self.live[ptr] = [t.untyped_storage().nbytes(), 1, logit]
+                if logit:
+                    self.current += self.live[ptr][0]
+                    self.peak = max(self.peak, self.current)
+            weakref.finalize(t, self._release, ptr)
+        return out
+
+
+def _fp32_logit_memory(chunk_size: int) -> tuple[Fp32LogitBytes, float]:
+    """One bf16-autocast training step (z-loss, final-logit softcap, vocabulary 2000 padded to 2048) on 4 x 64
+    tokens, traced."""
+    torch.manual_seed(0)
+    net = build(ModelConfig(vocab_size=2000, vocab_multiple=128, dim=32, n_layers=1, n_heads=2, hidden_dim=64,
+                            max_seq_len=64, loss_chunk_size=chunk_size, z_loss_weight=1e-3,
+                            final_logit_softcap=30.0))
+    net.init_weights()
+    tokens, labels = (torch.randint(0, 2000, (4, 64), generator=torch.Generator().manual_seed(s)) for s in (1, 2))
+    tracker = Fp32LogitBytes(2048)
+    with tracker:
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            loss = net(tokens, labels)
+        loss.backward()
+    return tracker, loss.item()
+
+
+def test_training_loss_never_holds_the_whole_batchs_fp32_logits():
+    """Chunks of 32 tokens: no fp32 logits tensor larger than one chunk exists in forward or backward, and the
+    peak of live fp32 logits is the number of chunks (8) times lower than with the whole batch as one chunk; the
+    loss is the same."""
+    chunked, chunked_loss = _fp32_logit_memory(32)
+    whole, whole_loss = _fp32_logit_memory(4096)
+    assert chunked.largest == 32 * 2048 and whole.largest == 256 * 2048
+    assert chunked.peak * 8 <= whole.peak, (chunked.peak, whole.peak)
+    assert chunked.peak <= 6 * 32 * 2048 * 4  # a few chunk-sized fp32 tensors: upcast, log-softmax, gradients
+    assert chunked_loss == pytest.approx(whole_loss, rel=1e-5)
 
 
 # ------------------------------------------------------------------------------------------------ vocab padding

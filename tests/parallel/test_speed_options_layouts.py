@@ -1,6 +1,11 @@
-"""model.fused_projections under tensor parallel (with and without sequence parallel), FSDP and FSDP x TP trains
-like one process with split projections, to 1e-4: the fused forward concatenates each rank's own shards, and the
-parameters (names, shapes, sharding) are those of the split model."""
+"""The model's speed options under the layouts that compute outside the plain model path, to 1e-4 against one
+process:
+
+- model.fused_projections under tensor parallel (with and without sequence parallel), FSDP and FSDP x TP, against
+  one process with split projections: the fused forward concatenates each rank's own shards, and the parameters
+  (names, shapes, sharding) are those of the split model.
+- the loss chunked outside the model (model.loss_chunk_size smaller than a batch) on tensor parallel's
+  vocab-sharded logits (with z-loss and the final-logit softcap) and on the last pipeline stage."""
 import dataclasses
 
 import pytest
@@ -18,6 +23,12 @@ LAYOUTS = {
     "fsdp": plan(RunSpec(layout="fsdp", world_size=2, model_overrides=FUSED, grad_clip=1.0)),
     "fsdp_tp": plan(RunSpec(layout="fsdp_tp", world_size=4, model_overrides=FUSED, grad_clip=1.0)),
 }
+# 4 sequences x 16 tokens per step: chunks of 24 tokens leave a short last chunk.
+CHUNKED = {"loss_chunk_size": 24, "z_loss_weight": 1e-3, "final_logit_softcap": 30.0}
+CHUNKED_LOSS = {
+    "tp-loss_parallel": plan(RunSpec(layout="tp", world_size=2, model_overrides=CHUNKED, grad_clip=1.0)),
+    "pp": plan(RunSpec(layout="pp", world_size=2, model_overrides=CHUNKED, grad_clip=1.0)),
+}
 
 
 @pytest.mark.parametrize("name", list(LAYOUTS))
@@ -26,3 +37,9 @@ def test_fused_layout_matches_split_single_process(reference_run, name):
     split = {k: v for k, v in spec.model_overrides.items() if k != "fused_projections"}
     assert_runs_match(planned_result(spec), reference_run(dataclasses.replace(spec, model_overrides=split)),
                       rtol=1e-4)
+
+
+@pytest.mark.parametrize("name", list(CHUNKED_LOSS))
+def test_loss_chunked_outside_the_model_matches_single_process(reference_run, name):
+    spec = CHUNKED_LOSS[name]
+    assert_runs_match(planned_result(spec), reference_run(spec), rtol=1e-4)
