@@ -13,8 +13,10 @@ building a [T, T] mask of its own. The masks come in the form of the attention b
   on CUDA); torch 2.13 refuses its backward on CPU (`flex_attention` raises NotImplementedError), so CPU runs
   train with sdpa.
 
-Document masking: a packed sequence holds several documents, each ending with the end-of-document token; a query
-attends only to keys of its own document (the end token belongs to the document it ends).
+Document masking (model.document_mask_eos_id): a packed sequence holds several documents, each ending with the
+end-of-document token; a query attends only to keys of its own document (the end token belongs to the document it
+ends). It applies to whole-sequence forwards (training, evaluation, uncached scoring); decoding with a KV cache or
+a padding mask attends across an end token inside the prompt, as the Hugging Face export of the model does.
 """
 from __future__ import annotations
 
