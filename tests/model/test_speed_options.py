@@ -196,6 +196,26 @@ def test_flex_attention_backend_equals_sdpa_in_outputs_and_gradients(monkeypatch
     assert_same_training(flex, sdpa, tokens, labels)
 
 
+def test_every_option_compiles_as_one_graph():
+    """The GPU rows run the whole model under torch.compile: with every option on (shared window and document
+    masks, softcap, fused projections, padded vocabulary) it traces without a graph break (fullgraph) and trains
+    like eager; FlexAttention's block masks trace too (forward: its CPU backward is refused, see above)."""
+    cfg = dict(sliding_window=8, sliding_window_pattern=2, attn_logit_softcap=20.0, document_mask_eos_id=5,
+               fused_projections=True, vocab_multiple=128)
+    tokens, labels = batch()
+    tokens[:, [7, 20]] = 5
+    eager, compiled = make(**cfg), make(**cfg)
+    compiled = torch.compile(compiled, backend="aot_eager", fullgraph=True)
+    want_loss, want_grads = loss_and_grads(eager, tokens, labels)
+    got_loss, got_grads = loss_and_grads(compiled, tokens, labels)
+    torch.testing.assert_close(got_loss, want_loss, **TOL)
+    for name, grad in want_grads.items():
+        torch.testing.assert_close(got_grads[f"_orig_mod.{name}"], grad, **TOL)
+    flex = torch.compile(make(attention_backend="flex", **cfg), backend="aot_eager", fullgraph=True)
+    with torch.no_grad():
+        torch.testing.assert_close(flex(tokens), eager(tokens), **TOL)
+
+
 def test_document_ids_close_each_document_with_its_eos():
     tokens = torch.tensor([[4, 9, 0, 5, 0, 0, 6], [0, 1, 2, 3, 4, 5, 6]])
     assert masks_module.document_ids(tokens, 0).tolist() == [[0, 0, 0, 1, 1, 2, 3], [0, 1, 1, 1, 1, 1, 1]]
