@@ -23,8 +23,13 @@ machine start included, and the run must leave time for a second try):
    and, if time allows, gpt2_1.5b batch 16 x 1024: tokens/s (median over timed steps after warm-up; Loom's are
    its own logged figures, checked against the wall clock), MFU over the device's dense bf16 peak
    (model/estimate.py), peak memory, Loom/reference.
-4. With time left: optional Loom variants (FSDP2 + per-block compile, float8) and one profiler summary
-   (benchmarks/profile_step.py). What does not fit is skipped, and said so in the results.
+4. With time left: one profiler summary (benchmarks/profile_step.py), then optional Loom variants, each against
+   Loom's primary row of the same shape (`ratio_vs_loom_primary`), in this order: FSDP2 + per-block compile,
+   float8; the model's speed options, which stay off by default until a run like this shows they pay
+   (model.fused_projections, model.vocab_multiple=128 on GPT-2's 50257-token vocabulary, and FlexAttention
+   against SDPA's shared dense mask on a sliding-window and a document-masked llama3_1b); then gpt2_1.5b. What
+   does not fit is skipped, and said so in the results; `--jobs` picks jobs by name for a second call (e.g.
+   `--parts throughput --jobs "llama3_1b window"`).
 
 It writes the results JSON (every row: config, batch, seq, tokens_per_sec, mfu, peak_mem_gib, ratio_vs_reference,
 device, torch, date, commit), a log of every run (--log-dir), and prints the RESULTS.md rows. Exit status 0 only
@@ -37,6 +42,7 @@ its figures mean nothing.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import datetime
 import json
 import os
@@ -78,6 +84,7 @@ class Shape:
     overrides: dict = field(default_factory=dict)  # model config keys (tiny mode shrinks the real configs)
     required: bool = True
     estimate_s: float = 120.0  # one run's guess (start, compile, steps) used to decide what fits the budget
+    label: str = ""  # what the shape changes in the named model (the masked-attention shapes)
 
 
 LOOM_PRIMARY = "single, compile(model)"
@@ -88,10 +95,21 @@ LOOM_VARIANTS = {
     "single, compile(model), float8 rowwise": ["parallel=single", "parallel.compile=true",
                                                "parallel.compile_scope=model", "parallel.float8=rowwise"],
 }
+# The model's speed options (model/config.py), each on top of the primary variant.
+SPEED_OPTIONS = {
+    "fused projections": "model.fused_projections=true",
+    "vocab padded to 128": "model.vocab_multiple=128",
+    "flex attention": "model.attention_backend=flex",
+}
+LOOM_VARIANTS.update({f"{LOOM_PRIMARY}, {name}": [*LOOM_VARIANTS[LOOM_PRIMARY], override]
+                      for name, override in SPEED_OPTIONS.items()})
 # Estimates are guesses made before any GPU run (process start ~15 s, Inductor compile ~40-90 s, 40 steps): replace
 # them with what the first run measures.
 GPU_SHAPES = [Shape("gpt2_124m", 32, 1024, estimate_s=100), Shape("llama3_1b", 8, 2048, estimate_s=130),
               Shape("gpt2_1.5b", 16, 1024, required=False, estimate_s=240)]
+# Masked attention, where FlexAttention may pay: a 512-token window in every layer, and document masking (the
+# synthetic tokens hold token 0 now and then, so rows hold a few documents; the masked path runs regardless).
+MASKED = {"window": {"sliding_window": 512}, "documents": {"document_mask_eos_id": 0}}
 _TINY_GPT2 = {"vocab_size": 256, "dim": 64, "n_layers": 2, "n_heads": 4, "hidden_dim": 256, "max_seq_len": 64}
 _TINY_LLAMA = {"vocab_size": 256, "dim": 64, "n_layers": 2, "n_heads": 4, "n_kv_heads": 2, "head_dim": 16,
                "hidden_dim": 128, "max_seq_len": 64}
@@ -541,13 +559,32 @@ def plan_jobs(ctx: Context, float8_problem: Optional[str]) -> tuple[list[Job], l
         required.append(Job(f"{shape.config} loom", shape, "loom", LOOM_PRIMARY))
     first = shapes[0]
     llama = next(s for s in shapes if s.config == "llama3_1b")
+    gpt2 = next(s for s in shapes if s.config == "gpt2_124m")
     optional = [Job(f"{first.config} loom fsdp", first, "loom", "fsdp bf16 params, compile(block)", required=False),
                 Job(f"{llama.config} loom float8", llama, "loom", "single, compile(model), float8 rowwise",
                     required=False, why_not=float8_problem)]
+
+    def option(shape: Shape, name: str, label: str = "") -> Job:
+        return Job(f"{shape.config}{label} loom {name}", shape, "loom", f"{LOOM_PRIMARY}, {name}", required=False)
+
+    optional += [option(gpt2, "fused projections"), option(gpt2, "vocab padded to 128"),
+                 option(llama, "fused projections")]
+    for label, overrides in MASKED.items():
+        masked = dataclasses.replace(llama, overrides={**llama.overrides, **overrides}, required=False, label=label)
+        optional += [Job(f"{llama.config} {label} loom", masked, "loom", LOOM_PRIMARY, required=False),
+                     option(masked, "flex attention", f" {label}")]
     for shape in (s for s in shapes if not s.required):
         optional.append(Job(f"{shape.config} reference", shape, "reference", required=False))
         optional.append(Job(f"{shape.config} loom", shape, "loom", LOOM_PRIMARY, required=False))
     return required, optional
+
+
+def select_jobs(jobs: list[Job], patterns: Optional[str]) -> list[Job]:
+    """The jobs whose name contains one of the comma-separated `patterns` (all of them without patterns)."""
+    if not patterns:
+        return jobs
+    wanted = [p.strip() for p in patterns.split(",") if p.strip()]
+    return [job for job in jobs if any(p in job.name for p in wanted)]
 
 
 def run_throughput(ctx: Context, env: dict, jobs: list[Job]) -> tuple[list[dict], list[dict]]:
@@ -561,7 +598,7 @@ def run_throughput(ctx: Context, env: dict, jobs: list[Job]) -> tuple[list[dict]
         if job.why_not:
             skipped.append({"job": job.name, "reason": job.why_not})
             continue
-        base = {"config": job.shape.config, "batch": job.shape.batch, "seq": job.shape.seq,
+        base = {"config": job.shape.config, "shape": job.shape.label, "batch": job.shape.batch, "seq": job.shape.seq,
                 "model_overrides": job.shape.overrides, "required": job.required, "system": job.system,
                 "variant": job.variant, "tokens_per_sec": None, "peak_mem_gib": None, **env}
         need = job.shape.estimate_s * 1.3
@@ -589,21 +626,28 @@ def run_throughput(ctx: Context, env: dict, jobs: list[Job]) -> tuple[list[dict]
     return rows, skipped
 
 
+def _shape_key(row: dict) -> tuple:
+    return row["config"], row["batch"], row["seq"], json.dumps(row["model_overrides"], sort_keys=True)
+
+
 def add_mfu_and_ratios(rows: list[dict], peak_flops: Optional[float]) -> None:
     """MFU from model.estimate's FLOPs per token (6N + attention) over the device's peak, for both sides alike;
-    each Loom row's tokens/s over its shape's reference row."""
+    each Loom row's tokens/s over its shape's reference row (the same model: masked shapes have none) and over
+    Loom's primary row of the same shape (what an option or a layout gains)."""
     from model.estimate import flops_per_token
 
-    reference = {(r["config"], r["batch"], r["seq"]): r["tokens_per_sec"] for r in rows if r["system"] == "reference"}
+    reference = {_shape_key(r): r["tokens_per_sec"] for r in rows if r["system"] == "reference"}
+    primary = {_shape_key(r): r["tokens_per_sec"] for r in rows if r["variant"] == LOOM_PRIMARY}
     for row in rows:
         tps = row.get("tokens_per_sec")
         row["mfu"] = None
         if tps and peak_flops:
             cfg = loom_model_config(row["config"], row["model_overrides"])
             row["mfu"] = flops_per_token(cfg, row["seq"]) * tps / peak_flops
-        ref = reference.get((row["config"], row["batch"], row["seq"]))
+        ref, base = reference.get(_shape_key(row)), primary.get(_shape_key(row))
         row["ratio_vs_reference"] = (tps / ref if tps and ref and row["system"] == "loom"
                                      else (1.0 if row["system"] == "reference" and tps else None))
+        row["ratio_vs_loom_primary"] = tps / base if tps and base and row["system"] == "loom" else None
 
 
 def run_profile(ctx: Context, shape: Shape) -> Optional[dict]:
@@ -639,15 +683,17 @@ def environment(args: argparse.Namespace) -> dict:
 
 def results_table(rows: list[dict]) -> str:
     lines = ["| date | device | config | batch x seq | system | tokens/s | MFU | peak mem (GiB) | Loom / reference "
-             "| torch, commit |", "|---|---|---|---|---|---|---|---|---|---|"]
+             "| Loom / Loom primary | torch, commit |", "|---|---|---|---|---|---|---|---|---|---|---|"]
     for r in rows:
         tps = f"{r['tokens_per_sec']:,.0f}" if r.get("tokens_per_sec") else r["status"].splitlines()[0]
         mfu = f"{100 * r['mfu']:.1f}%" if r.get("mfu") else "n/a"
         mem = f"{r['peak_mem_gib']:.1f}" if r.get("peak_mem_gib") else "n/a"
         ratio = f"{r['ratio_vs_reference']:.2f}x" if r.get("ratio_vs_reference") else "n/a"
+        gain = f"{r['ratio_vs_loom_primary']:.3f}x" if r.get("ratio_vs_loom_primary") else "n/a"
         system = r["system"] if r["system"] == "reference" else f"loom ({r['variant']})"
-        lines.append(f"| {r['date']} | {r['device']} | {r['config']} | {r['batch']} x {r['seq']} | {system} | {tps} | "
-                     f"{mfu} | {mem} | {ratio} | torch {r['torch']}, {r['commit']} |")
+        config = f"{r['config']} ({r['shape']})" if r.get("shape") else r["config"]
+        lines.append(f"| {r['date']} | {r['device']} | {config} | {r['batch']} x {r['seq']} | {system} | {tps} | "
+                     f"{mfu} | {mem} | {ratio} | {gain} | torch {r['torch']}, {r['commit']} |")
     return "\n".join(lines)
 
 
@@ -678,6 +724,9 @@ def parse_args(argv: Optional[list[str]]) -> argparse.Namespace:
     parser.add_argument("--budget-s", type=float, default=480.0, help="wall-clock budget for everything")
     parser.add_argument("--parts", default="correctness,throughput,profile",
                         help="comma-separated subset of correctness,throughput,profile")
+    parser.add_argument("--jobs", default=None,
+                        help="only the throughput jobs whose name contains one of these comma-separated strings "
+                             "(e.g. 'gpt2_124m loom,llama3_1b window'); the jobs are listed with their names")
     parser.add_argument("--out", type=Path, default=None,
                         help="results JSON (default benchmarks/gpu_results.json; with --tiny the log dir's)")
     parser.add_argument("--log-dir", type=Path, default=None, help="where the combined log goes (default: --out's)")
@@ -727,7 +776,9 @@ def main(argv: Optional[list[str]] = None) -> int:
     checks = run_correctness(ctx) if "correctness" in parts else []
     if args.device == "cuda":
         torch.cuda.empty_cache()  # the correctness checks' blocks, before the timed runs share the device
-    required, optional = plan_jobs(ctx, float8_problem)
+    required, optional = (select_jobs(jobs, args.jobs) for jobs in plan_jobs(ctx, float8_problem))
+    print(f"throughput jobs: required {[j.name for j in required]}, optional {[j.name for j in optional]}",
+          flush=True)
     rows, skipped = run_throughput(ctx, env, required) if "throughput" in parts else ([], [])
     profile = None
     if "profile" in parts:  # what limits Loom is worth more than another optional row

@@ -240,16 +240,35 @@ class TrainingData:
     eos_id: Optional[int]
 
 
+def check_document_ends(dataset: PackedDataset, eos_id: int, sample: int = 64) -> None:
+    """model.document_mask_eos_id must be the token that ends every document of the shards: the shards' eos_id,
+    and the last token of (the first `sample` of) each shard's documents."""
+    recorded = dataset.tokenizer.get("eos_id")
+    if recorded != eos_id:
+        raise DataError(f"model.document_mask_eos_id={eos_id} but the shards in {dataset.directory} record "
+                        f"eos_id={recorded}: set model.document_mask_eos_id={recorded}"
+                        + (" (or null)" if recorded is not None else " (null: these shards mark no document end)"))
+    for shard in dataset.shards:
+        for i in range(min(sample, shard.n_documents)):
+            document = shard.document(i)
+            if len(document) and int(document[-1]) != eos_id:
+                raise DataError(f"model.document_mask_eos_id={eos_id}: document {i} of {shard.header_path} ends "
+                                f"with token {int(document[-1])}, not eos_id {eos_id}, so the end-of-document tokens "
+                                f"do not mark the documents; set model.document_mask_eos_id=null")
+
+
 def open_training_data(data_cfg: Any, *, vocab_size: int, global_batch: int, dp_rank: int, dp_degree: int,
-                       seed: int) -> TrainingData:
+                       seed: int, document_mask_eos_id: Optional[int] = None) -> TrainingData:
     """The configured data for this data-parallel rank: packed shards (data=packed or the embedded corpus) or
-    synthetic tokens."""
+    synthetic tokens. `document_mask_eos_id` (model.document_mask_eos_id) is checked against the shards."""
     if data_cfg.name == "synthetic":
         batches = SyntheticBatches(vocab_size=vocab_size, seq_len=data_cfg.seq_len, global_batch=global_batch,
                                    dp_rank=dp_rank, dp_degree=dp_degree, seed=seed)
         return TrainingData(batches, tokenizer=None, eos_id=None)
     data_dir = resolve_data_dir(data_cfg)
     dataset = open_dataset(data_dir, vocab_size)
+    if document_mask_eos_id is not None:
+        check_document_ends(dataset, document_mask_eos_id)
     batches = TokenBatches(dataset, seq_len=data_cfg.seq_len, global_batch=global_batch, dp_rank=dp_rank,
                            dp_degree=dp_degree, seed=seed, val_fraction=data_cfg.val_fraction)
     return TrainingData(batches, load_tokenizer(data_dir), dataset.tokenizer.get("eos_id"))

@@ -106,7 +106,8 @@ def train(plan: RunPlan, config: dict[str, Any], stop: Optional[StopRequest] = N
     # ---- data
     data = open_training_data(cfg.data, vocab_size=cfg.model.vocab_size, global_batch=plan.global_batch,
                               dp_rank=dims.dp_rank(), dp_degree=dims.dp_degree,
-                              seed=cfg.data.seed if cfg.data.seed is not None else t.seed)
+                              seed=cfg.data.seed if cfg.data.seed is not None else t.seed,
+                              document_mask_eos_id=cfg.model.document_mask_eos_id)
     loader = data.batches
 
     # ---- the train module of this layout, resumed from the newest good checkpoint or started from init_from

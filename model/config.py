@@ -177,6 +177,14 @@ class ModelConfig:
 
     init_std: float = 0.02
     loss_chunk_size: int = 4096  # tokens per chunk when computing the loss, bounding fp32 logits memory
+
+    # Speed options: the same model and numbers (to float rounding) computed another way; off until a GPU run shows
+    # they pay (benchmarks/gpu_check.py measures each).
+    fused_projections: bool = False  # q/k/v and gate/up each as one matmul (the weights stay separate parameters)
+    attention_backend: str = "sdpa"  # ATTENTION_BACKENDS: sdpa | flex (FlexAttention block masks; CUDA training)
+    # Token id ending each packed document (the shards' eos_id): attention never crosses it; None: it does
+    document_mask_eos_id: Optional[int] = None
+    vocab_multiple: int = 1  # output-head logits over the vocabulary padded to a multiple of this (e.g. 128)
     # The Hugging Face model_type this model came from (set by import; export writes it again when the
     # architecture still fits it). None: export picks the architecture from the config.
     hf_model_type: Optional[str] = None
@@ -210,6 +218,12 @@ class ModelConfig:
         raise TypeError(f"{source}: expected a ModelConfig (or a dict / DictConfig of one), got {type(obj).__name__}")
 
     # ------------------------------------------------------------------ derived values
+    @property
+    def padded_vocab_size(self) -> int:
+        """Columns of the output head's matmul: vocab_size rounded up to vocab_multiple (the extra logits are masked;
+        parameters, checkpoints and exports keep vocab_size rows)."""
+        return -(-self.vocab_size // self.vocab_multiple) * self.vocab_multiple
+
     @property
     def kv_heads(self) -> int:
         if self.mla is not None:
@@ -291,6 +305,7 @@ NORM_POSITIONS = ("pre", "post", *BRANCH_NORM_POSITIONS)
 POS_EMBEDDINGS = ("rope", "alibi", "learned", "none")
 MLP_TYPES = ("swiglu", "geglu", "gelu")
 QK_NORM_SCOPES = ("head", "full")
+ATTENTION_BACKENDS = ("sdpa", "flex")
 # Activation checkpointing modes: parallel applies them, the estimator sizes their memory (model/ is the lower layer).
 AC_MODES = ("none", "selective", "full")
 
@@ -300,6 +315,7 @@ _CHOICES = {
     "pos_embedding": POS_EMBEDDINGS,
     "mlp_type": MLP_TYPES,
     "qk_norm_scope": QK_NORM_SCOPES,
+    "attention_backend": ATTENTION_BACKENDS,
 }
 _MOE_CHOICES = {"score_func": ("softmax", "sigmoid"), "group_score": ("max", "top2_sum")}
 
@@ -364,10 +380,26 @@ def validate_model_config(cfg: ModelConfig) -> None:
         raise ValueError(f"model.query_pre_attn_scalar must be positive, got {cfg.query_pre_attn_scalar}")
     if cfg.rmsnorm_unit_offset and cfg.norm_type != "rmsnorm":
         raise ValueError("model.rmsnorm_unit_offset needs norm_type=rmsnorm")
+    _validate_speed_options(cfg)
     if cfg.mla is not None:
         _validate_mla(cfg)
     if cfg.moe is not None:
         _validate_moe(cfg.moe)
+
+
+def _validate_speed_options(cfg: ModelConfig) -> None:
+    if cfg.vocab_multiple < 1:
+        raise ValueError(f"model.vocab_multiple must be >= 1 (1: no padding), got {cfg.vocab_multiple}")
+    eos = cfg.document_mask_eos_id
+    if eos is not None and not 0 <= eos < cfg.vocab_size:
+        raise ValueError(f"model.document_mask_eos_id={eos} is not a token id of model.vocab_size={cfg.vocab_size}")
+    # Latent attention and ALiBi take their masks and biases per layer (model/blocks/mla.py, alibi.py).
+    if cfg.mla is not None and (eos is not None or cfg.attention_backend != "sdpa"):
+        raise ValueError("model.mla (latent attention) supports neither model.document_mask_eos_id nor "
+                         "model.attention_backend=flex: leave them at null and sdpa")
+    if cfg.pos_embedding == "alibi" and cfg.attention_backend != "sdpa":
+        raise ValueError("model.attention_backend=flex does not carry ALiBi's bias: use attention_backend=sdpa, or "
+                         "pos_embedding=rope")
 
 
 def _validate_rope(cfg: ModelConfig) -> None:

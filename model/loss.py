@@ -2,11 +2,17 @@
 
 Chunking exists because fp32 logits are the largest activation of a small-dim / large-vocab model
 (batch x seq x vocab x 4 bytes). Each chunk's head + loss runs under activation checkpointing, so its logits are
-freed after the forward and recomputed in the backward: at most one chunk of fp32 logits is alive at a time.
+freed after the forward and recomputed in the backward: at most one chunk of fp32 logits is alive at a time (a few
+chunk-sized fp32 tensors at the peak: the upcast, log-softmax and their gradients), never the whole batch's.
+
+The model's own loss (Transformer.forward with labels) chunks the output head together with the loss, so even the
+bf16 logits exist one chunk at a time. Where the logits come out of the model whole (tensor parallel's
+vocab-sharded logits, the last pipeline stage), `cross_entropy_loss(..., chunk_size=)` still upcasts and
+normalises them one chunk at a time.
 """
 from __future__ import annotations
 
-from typing import Callable
+from typing import Callable, Optional
 
 import torch
 import torch.nn.functional as F
@@ -44,14 +50,24 @@ def _valid_count(labels: torch.Tensor, ignore_index: int) -> torch.Tensor:
 
 
 def cross_entropy_loss(
-    logits: torch.Tensor, labels: torch.Tensor, *, z_loss_weight: float = 0.0, ignore_index: int = -100
+    logits: torch.Tensor, labels: torch.Tensor, *, z_loss_weight: float = 0.0, ignore_index: int = -100,
+    chunk_size: Optional[int] = None,
 ) -> torch.Tensor:
-    """Mean next-token CE over labels != ignore_index (labels already shifted), plus z_loss_weight * mean(lse^2)."""
+    """Mean next-token CE over labels != ignore_index (labels already shifted), plus z_loss_weight * mean(lse^2);
+    `chunk_size` tokens at a time (model.loss_chunk_size) when given."""
     if logits.shape[:-1] != labels.shape:
         raise ValueError(f"logits {tuple(logits.shape)} and labels {tuple(labels.shape)} disagree on batch/sequence")
+    if chunk_size is not None and labels.numel() > chunk_size:
+        ce, z = chunked_cross_entropy(logits, labels, _identity, chunk_size=chunk_size,
+                                      with_z_loss=z_loss_weight > 0, ignore_index=ignore_index)
+        return ce + z_loss_weight * z if z_loss_weight > 0 else ce
     ce_sum, z_sum = _loss_sums(logits, labels, ignore_index, z_loss_weight > 0)
     count = _valid_count(labels, ignore_index)
     return (ce_sum + z_loss_weight * z_sum) / count
+
+
+def _identity(x: torch.Tensor) -> torch.Tensor:
+    return x
 
 
 def chunked_cross_entropy(
@@ -65,7 +81,8 @@ def chunked_cross_entropy(
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """(mean CE, mean z-loss) of head(hidden) against labels, `chunk_size` tokens at a time.
 
-    hidden [B, T, dim] (final-normed), labels [B, T]; head maps hidden -> logits."""
+    hidden [B, T, dim] (final-normed), labels [B, T]; head maps hidden -> logits (the identity when `hidden`
+    already holds the logits)."""
     if chunk_size <= 0:
         raise ValueError(f"model.loss_chunk_size must be positive, got {chunk_size}")
     flat_hidden = hidden.reshape(-1, hidden.shape[-1])

@@ -12,9 +12,11 @@ import math
 from typing import Any, Callable, Optional
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 from model.blocks.attention import Attention
+from model.blocks.attention_masks import document_ids, shared_masks
 from model.blocks.block import TransformerBlock
 from model.blocks.mla import MultiHeadLatentAttention
 from model.blocks.moe import GroupedExperts, MoE
@@ -130,11 +132,13 @@ class Transformer(nn.Module):
         if self.pos_embeddings is not None:
             h = h + self.pos_embeddings(positions)
         ropes = self._ropes(positions)
+        masks = self._shared_masks(tokens, h) if cache is None and attention_mask is None else None
+        extra = {"masks": masks} if masks is not None else {}
         self._record_moe_losses(True)
         for name, layer in self.layers.items():
             layer_cache = cache[name] if cache is not None else None
             rope = ropes.get("local" if name in self._local_layers else "global")
-            h = layer(h, rope, positions=positions, cache=layer_cache, attention_mask=attention_mask)
+            h = layer(h, rope, positions=positions, cache=layer_cache, attention_mask=attention_mask, **extra)
         moe_aux, moe_z = self._collect_moe_losses()
         if self.norm is not None:
             h = self.norm(h)
@@ -149,7 +153,7 @@ class Transformer(nn.Module):
             self.last_aux_losses = {k: v.detach() for k, v in aux.items()}
             return self.logits(h)
         ce, z = chunked_cross_entropy(
-            h, labels, self.logits, chunk_size=self.cfg.loss_chunk_size, with_z_loss=self.cfg.z_loss_weight > 0
+            h, labels, self._head, chunk_size=self.cfg.loss_chunk_size, with_z_loss=self.cfg.z_loss_weight > 0
         )
         loss = ce
         if self.cfg.z_loss_weight > 0:
@@ -161,12 +165,43 @@ class Transformer(nn.Module):
         self.last_aux_losses = {k: v.detach() for k, v in aux.items()}
         return loss
 
+    def _shared_masks(self, tokens: torch.Tensor, h: torch.Tensor) -> Optional[dict]:
+        """The attention masks of a whole-sequence forward, built once for every layer: sliding windows, document
+        boundaries (model.document_mask_eos_id) and soft-capped scores need one; plain causal layers do not."""
+        cfg = self.cfg
+        if cfg.mla is not None:  # latent attention builds its masks per layer
+            return None
+        docs = None
+        if cfg.document_mask_eos_id is not None:
+            if self.tok_embeddings is None:
+                raise ValueError("model.document_mask_eos_id needs the token ids, which a pipeline stage after the "
+                                 "first does not see: use parallel.pp=1")
+            docs = document_ids(tokens, cfg.document_mask_eos_id)
+        windows = [cfg.layer_window(int(name)) for name in self.layers]
+        return shared_masks(windows, h.shape[1], h.device, backend=cfg.attention_backend, docs=docs,
+                            softcap=cfg.attn_logit_softcap is not None)
+
     def logits(self, h: torch.Tensor) -> torch.Tensor:
-        """Output head (with the optional final-logit softcap) on final-normed hidden states."""
-        logits = self.output(h)
-        cap = self.cfg.final_logit_softcap
+        """Output head (with the optional final-logit softcap) on final-normed hidden states: [..., vocab_size]."""
+        logits = self._head(h)
+        return logits[..., : self.cfg.vocab_size] if logits.shape[-1] != self.cfg.vocab_size else logits
+
+    def _head(self, h: torch.Tensor) -> torch.Tensor:
+        """The output head over the vocabulary padded to model.vocab_multiple: the padded columns come from zero
+        weight rows added for this matmul only (parameters keep vocab_size rows) and are masked to -inf after the
+        softcap, so they never win an argmax, hold no probability and get no gradient."""
+        cfg = self.cfg
+        pad = cfg.padded_vocab_size - cfg.vocab_size
+        if pad:
+            logits = F.linear(h, F.pad(self.output.weight, (0, 0, 0, pad)))
+        else:
+            logits = self.output(h)
+        cap = cfg.final_logit_softcap
         if cap is not None:
             logits = cap * torch.tanh(logits / cap)
+        if pad:
+            padded = torch.arange(cfg.padded_vocab_size, device=logits.device) >= cfg.vocab_size
+            logits = logits.masked_fill(padded, float("-inf"))
         return logits
 
     def _moe_modules(self) -> list[MoE]:

@@ -124,8 +124,9 @@ def compute_loss(model: nn.Module, tokens: torch.Tensor, labels: torch.Tensor, d
     else:
         from model.loss import cross_entropy_loss
 
-        z_loss_weight = getattr(model, "module", model).cfg.z_loss_weight
-        loss = cross_entropy_loss(model(tokens, **forward_kwargs), labels, z_loss_weight=z_loss_weight)
+        model_cfg = getattr(model, "module", model).cfg
+        loss = cross_entropy_loss(model(tokens, **forward_kwargs), labels, z_loss_weight=model_cfg.z_loss_weight,
+                                  chunk_size=model_cfg.loss_chunk_size)
     if dims.cp > 1:
         loss = loss * _share_of_valid_labels(labels, cp_mesh)
     return loss

@@ -200,6 +200,7 @@ class ParallelDims:
             if model_cfg.qk_norm and model_cfg.qk_norm_scope == "full" and model_cfg.mla is None:
                 raise ValueError("tensor parallel of full-width QK-norm (model.qk_norm_scope=full, OLMo 2) is not "
                                  "supported: it normalises over every head's features; use parallel.tp=1")
+        self._check_speed_options(model_cfg)
         stages = self.num_pipeline_stages
         if stages > model_cfg.n_layers:
             raise ValueError(
@@ -250,6 +251,24 @@ class ParallelDims:
                     f"({'2*' if cfg.cp_load_balance else ''}parallel.cp={self.cp}): context parallel splits each "
                     f"sequence into that many equal chunks; change the sequence length or parallel.cp"
                 )
+
+    def _check_speed_options(self, model_cfg: "ModelConfig") -> None:
+        """The model's speed options (model/config.py) against the layouts that cannot carry them."""
+        if model_cfg.document_mask_eos_id is not None and (self.cp > 1 or self.pp > 1):
+            raise ValueError("model.document_mask_eos_id needs each layer to see whole sequences and their tokens, "
+                             "which context parallel (parallel.cp > 1) and later pipeline stages (parallel.pp > 1) "
+                             "do not: set it to null or use cp=1 and pp=1")
+        if model_cfg.attention_backend == "flex" and self.cp > 1:
+            raise ValueError("model.attention_backend=flex: context parallel computes attention itself (ring or "
+                             "Ulysses); use attention_backend=sdpa with parallel.cp > 1")
+        if model_cfg.vocab_multiple > 1 and self.tp > 1:
+            raise ValueError("model.vocab_multiple > 1 pads the output head's matmul outside its column-parallel "
+                             "plan: set model.vocab_multiple=1 with parallel.tp > 1 (the vocabulary already divides "
+                             "by tp there)")
+        if model_cfg.fused_projections and self.cfg.float8 != "none":
+            raise ValueError(f"model.fused_projections=true multiplies by concatenated weights, which "
+                             f"parallel.float8={self.cfg.float8} (a swap of each Linear) would not convert: set one "
+                             f"of them off")
 
     # ------------------------------------------------------------------ degrees
     @property

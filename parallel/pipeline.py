@@ -203,7 +203,8 @@ def pipeline_parallelize(model: nn.Module, dims, parallelize_stage: Callable,
         stage_modules.append(module)
         pipeline_stages.append(PipelineStage(module, stage_id, num_stages, device, group=group))
 
-    loss_fn = functools.partial(cross_entropy_loss, z_loss_weight=model_cfg.z_loss_weight)
+    loss_fn = functools.partial(cross_entropy_loss, z_loss_weight=model_cfg.z_loss_weight,
+                                chunk_size=model_cfg.loss_chunk_size)
     schedule_cls = get_schedule_class(cfg.pp_schedule)
     if issubclass(schedule_cls, PipelineScheduleSingle):
         schedule = schedule_cls(pipeline_stages[0], n_microbatches=cfg.pp_microbatches, loss_fn=loss_fn)

@@ -18,6 +18,10 @@ row-parallel, so each rank holds n_heads/tp heads; the low-rank down-projections
 stay replicated (they are small, and their outputs feed every head). The rotary key part every head shares
 (`shared_rope_key`) gets its gradient summed over the tp ranks, each of which used it for its own heads only.
 
+Fused projections (model.fused_projections): wq/wk/wv and w1/w3 are sharded exactly as when unfused; the module's
+`_project` is replaced so each rank concatenates its own shards (its heads' q, k and v rows; its channels' gate and
+up rows) and multiplies once, with one all-reduce of the input gradient instead of one per projection.
+
 MoE: routing, sorting and the weighted combine run replicated on every rank (the router, the shared-expert gate
 and the selection bias are replicated); the routed experts' hidden dimension is split over the tp ranks
 (w1/w3 Shard(1), w2 Shard(2)), their tokens enter with an identity-forward / all-reduce-backward and their
@@ -42,6 +46,7 @@ from torch.distributed.tensor.parallel import (
 from torch.func import functional_call
 
 from model.blocks.moe import EXPERT_WEIGHTS
+from model.blocks.projections import linear_group
 from parallel.config import ParallelConfig
 
 if TYPE_CHECKING:
@@ -72,6 +77,9 @@ def apply_tensor_parallel(
 
     for block in model.layers.values():
         parallelize_module(block, tp_mesh, _block_plan(block, sp, stream))
+        for part in (block.attention, getattr(block, "feed_forward", None)):
+            if getattr(part, "fused_projections", False):
+                _fuse_local_shards(part, tp_mesh)
         if getattr(block.attention, "shared_rope_key", None) is not None:
             _sum_gradient_over(block.attention.shared_rope_key, tp_mesh)
         if getattr(block, "moe", None) is not None:
@@ -91,6 +99,36 @@ def _to_replicated_with_summed_grad(x: torch.Tensor, mesh: DeviceMesh) -> torch.
 
 def _sum_gradient_over(module: nn.Module, mesh: DeviceMesh) -> None:
     module.register_forward_hook(lambda mod, inputs, output: _to_replicated_with_summed_grad(output, mesh))
+
+
+class TensorParallelProjections:
+    """Mixin put in front of a module with fused projections (model.blocks.projections.ProjectionGroups) whose
+    Linear weights are column-parallel DTensors: one matmul over this rank's concatenated shards."""
+
+    tp_mesh: DeviceMesh
+
+    def _project(self, x: torch.Tensor, linears) -> tuple[torch.Tensor, ...]:
+        # The input is replicated (a plain tensor, or a Replicate DTensor under sequence parallel); each rank's
+        # gradient for it covers only its own heads/channels, so the backward sums them over the tp ranks.
+        if isinstance(x, DTensor):
+            x = x.redistribute(self.tp_mesh, [Replicate()]).to_local(grad_placements=[Partial()])
+        else:
+            x = _to_replicated_with_summed_grad(x, self.tp_mesh)
+        return linear_group(x, [_LocalLinear(linear) for linear in linears])
+
+
+class _LocalLinear:
+    """A column-parallel Linear's local shards, seen as a Linear by linear_group."""
+
+    def __init__(self, linear: nn.Linear) -> None:
+        self.weight = linear.weight.to_local()
+        self.bias = linear.bias.to_local() if linear.bias is not None else None
+
+
+def _fuse_local_shards(module: nn.Module, tp_mesh: DeviceMesh) -> None:
+    module.tp_mesh = tp_mesh
+    cls = module.__class__
+    module.__class__ = type(f"TensorParallel{cls.__name__}", (TensorParallelProjections, cls), {})
 
 
 class TensorParallelExperts:

@@ -2,9 +2,20 @@
 
 The softmax(QK^T)V step lives in its own submodule, `inner_attention`, so context parallelism can swap it for
 ring or Ulysses attention without touching the projections. It takes the fast path (SDPA with `is_causal=True` and
-no mask, so flash kernels run on GPU) whenever nothing needs an explicit mask, and builds the mask only for sliding
-windows, ALiBi, padding and cache decoding. A logit softcap needs the scores themselves, which SDPA never exposes,
-so that case is computed explicitly.
+no mask, so flash kernels run on GPU, with `enable_gqa` so grouped KV heads are read in place, not repeated)
+whenever nothing needs an explicit mask. Sliding windows and document masks of a training forward come built once
+for all layers (model/blocks/attention_masks.py: a boolean mask for SDPA, or a FlexAttention block mask); ALiBi,
+padding and cache decoding build theirs here. A logit softcap needs the scores themselves, which SDPA never
+exposes, so that case is computed explicitly (or by FlexAttention's score_mod).
+
+Masked SDPA still repeats K/V: CUDA's memory-efficient kernel (the one that takes a mask) refuses grouped heads in
+older torch sources (current main accepts them; 2.11 was not checked), and a refusal means the math kernel, which
+materialises the scores.
+
+`model.fused_projections` computes q/k/v (and the MLP's gate/up) as one matmul over the concatenated weights of
+the separate Linear layers (`ProjectionGroups`): parameter names, shapes, initialisation, checkpoints, Hugging
+Face mapping and FSDP units stay those of the split layers; tensor parallel overrides `_project`
+(parallel/tensor.py).
 """
 from __future__ import annotations
 
@@ -15,8 +26,10 @@ import torch.nn.functional as F
 from torch import nn
 
 from model.blocks.alibi import alibi_bias, alibi_slopes
+from model.blocks.attention_masks import build_attention_mask, flex_attention
 from model.blocks.kv_cache import KVCache
 from model.blocks.norm import RMSNorm
+from model.blocks.projections import ProjectionGroups
 from model.blocks.rope import apply_rope
 from model.config import ModelConfig
 
@@ -29,39 +42,12 @@ def repeat_kv(x: torch.Tensor, n_rep: int) -> torch.Tensor:
     return x[:, :, None].expand(b, h_kv, n_rep, s, d).reshape(b, h_kv * n_rep, s, d)
 
 
-def build_attention_mask(
-    q_len: int,
-    k_len: int,
-    *,
-    q_start: int = 0,
-    sliding_window: Optional[int] = None,
-    key_padding_mask: Optional[torch.Tensor] = None,
-    device: torch.device | None = None,
-) -> torch.Tensor:
-    """Boolean mask [B or 1, 1, q_len, k_len], True where query i (at key slot q_start + i) may attend key j.
-
-    Causal, and with a sliding window Mistral's rule: q - window < j <= q. Padded keys (key_padding_mask False)
-    are hidden; a query that would then see nothing (a padding query) is allowed to see itself so its softmax
-    stays finite (its output is never used)."""
-    q_slot = torch.arange(q_start, q_start + q_len, device=device)[:, None]
-    k_slot = torch.arange(k_len, device=device)[None, :]
-    mask = k_slot <= q_slot
-    if sliding_window is not None:
-        mask = mask & (k_slot > q_slot - sliding_window)
-    mask = mask[None, None]
-    if key_padding_mask is not None:
-        if key_padding_mask.shape[-1] != k_len:
-            raise ValueError(f"attention_mask covers {key_padding_mask.shape[-1]} keys but attention sees {k_len}")
-        mask = mask & key_padding_mask.to(device=device, dtype=torch.bool)[:, None, None, :]
-        mask = mask | (k_slot == q_slot)[None, None]
-    return mask
-
-
 class ScaledDotProductAttention(nn.Module):
     """softmax(q k^T * scale + bias) v on [B, H, T, D] queries and [B, H_kv, S, D] keys/values (after RoPE).
 
-    Query i sits at key slot `q_start + i` (0 in training; the cache length when decoding). KV heads are
-    repeated to the query heads here, so a replacement (ring attention) receives the smaller KV tensors."""
+    Query i sits at key slot `q_start + i` (0 in training; the cache length when decoding). Grouped KV heads are
+    shared out here, so a replacement (ring attention) receives the smaller KV tensors. `masks` ({window: mask},
+    model/blocks/attention_masks.py) holds the masks a training forward built once for all layers."""
 
     def forward(
         self,
@@ -75,19 +61,26 @@ class ScaledDotProductAttention(nn.Module):
         softcap: Optional[float] = None,
         attn_bias: Optional[torch.Tensor] = None,
         scale: Optional[float] = None,
+        masks: Optional[dict] = None,
     ) -> torch.Tensor:
+        grouped = q.shape[1] != k.shape[1]
+        q_len, k_len = q.shape[2], k.shape[2]
+        shared = masks.get(sliding_window) if masks is not None else None
+        if shared is not None and not isinstance(shared, torch.Tensor):  # a FlexAttention BlockMask
+            return flex_attention(q, k, v, block_mask=shared, scale=scale, softcap=softcap)
+        plain = key_padding_mask is None and sliding_window is None and softcap is None and attn_bias is None
+        if plain and shared is None and q_start == 0 and q_len == k_len:
+            return F.scaled_dot_product_attention(q, k, v, is_causal=True, scale=scale, enable_gqa=grouped)
+        if plain and q_len == 1 and q_start == k_len - 1:  # one new token sees the whole cache
+            return F.scaled_dot_product_attention(q, k, v, scale=scale, enable_gqa=grouped)
         n_rep = q.shape[1] // k.shape[1]
         k, v = repeat_kv(k, n_rep), repeat_kv(v, n_rep)
-        q_len, k_len = q.shape[2], k.shape[2]
-        plain = key_padding_mask is None and sliding_window is None and softcap is None and attn_bias is None
-        if plain and q_start == 0 and q_len == k_len:
-            return F.scaled_dot_product_attention(q, k, v, is_causal=True, scale=scale)
-        if plain and q_len == 1 and q_start == k_len - 1:
-            return F.scaled_dot_product_attention(q, k, v, scale=scale)  # one new token sees the whole cache
-        mask = build_attention_mask(
-            q_len, k_len, q_start=q_start, sliding_window=sliding_window, key_padding_mask=key_padding_mask,
-            device=q.device,
-        )
+        mask = shared
+        if mask is None:
+            mask = build_attention_mask(
+                q_len, k_len, q_start=q_start, sliding_window=sliding_window, key_padding_mask=key_padding_mask,
+                device=q.device,
+            )
         if softcap is None:
             if attn_bias is not None:
                 mask = attn_bias.to(q.dtype).masked_fill(~mask, float("-inf"))
@@ -102,12 +95,14 @@ class ScaledDotProductAttention(nn.Module):
         return torch.matmul(probs, v)
 
 
-class Attention(nn.Module):
-    """MHA/GQA/MQA: q/k/v projections (optionally biased), optional QK-norm over each head (Qwen3, Gemma 3) or over
-    all heads together (OLMo 2), RoPE or ALiBi, the layer's sliding window, and the output projection."""
+class Attention(ProjectionGroups, nn.Module):
+    """MHA/GQA/MQA: q/k/v projections (optionally biased, optionally one matmul), optional QK-norm over each head
+    (Qwen3, Gemma 3) or over all heads together (OLMo 2), RoPE or ALiBi, the layer's sliding window, and the output
+    projection."""
 
     def __init__(self, cfg: ModelConfig, layer_idx: int = 0) -> None:
         super().__init__()
+        self.fused_projections = cfg.fused_projections
         self.head_dim = cfg.attn_head_dim
         self.n_heads = cfg.n_heads
         self.n_kv_heads = cfg.kv_heads
@@ -148,11 +143,12 @@ class Attention(nn.Module):
         positions: Optional[torch.Tensor] = None,
         cache: Optional[KVCache] = None,
         attention_mask: Optional[torch.Tensor] = None,
+        masks: Optional[dict] = None,
     ) -> torch.Tensor:
         """x [B, T, dim]; rope: (cos, sin) at the tokens' positions; attention_mask [B, keys] (1 = real token)
-        over all keys seen (cached ones included)."""
+        over all keys seen (cached ones included); masks: the forward's shared masks (Transformer.forward)."""
         bsz, seqlen, _ = x.shape
-        q, k, v = self.wq(x), self.wk(x), self.wv(x)
+        q, k, v = self._project(x, (self.wq, self.wk, self.wv))
         if self.qk_norm_full:
             q, k = self.q_norm(q), self.k_norm(k)
         q = q.view(bsz, seqlen, -1, self.head_dim)
@@ -180,8 +176,11 @@ class Attention(nn.Module):
                 q_pos = torch.arange(q_start, q_start + seqlen, device=x.device)
                 k_pos = torch.arange(k.shape[2], device=x.device)
             attn_bias = alibi_bias(self.alibi_slopes, q_pos, k_pos)
+        # Context parallel's replacement sees other sequence chunks than the shared masks describe: it builds its own
+        # window masks, and document masking with it is refused by the layout rules (parallel/dims.py).
+        extra = {"masks": masks} if masks is not None and type(self.inner_attention) is ScaledDotProductAttention else {}
         out = self.inner_attention(
             q, k, v, q_start=q_start, key_padding_mask=key_padding_mask, sliding_window=self.sliding_window,
-            softcap=self.softcap, attn_bias=attn_bias, scale=self.scale,
+            softcap=self.softcap, attn_bias=attn_bias, scale=self.scale, **extra,
         )
         return self.wo(out.transpose(1, 2).reshape(bsz, seqlen, -1))

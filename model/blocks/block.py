@@ -37,7 +37,8 @@ class TransformerBlock(nn.Module):
             self.moe = MoE(cfg.dim, cfg.moe, cfg.expert_hidden_dim, cfg.shared_experts_hidden_dim)
             self.feed_forward = None
         else:
-            self.feed_forward = FeedForward(cfg.dim, cfg.ffn_hidden_dim, mlp_type=cfg.mlp_type, bias=cfg.mlp_bias)
+            self.feed_forward = FeedForward(cfg.dim, cfg.ffn_hidden_dim, mlp_type=cfg.mlp_type, bias=cfg.mlp_bias,
+                                            fused=cfg.fused_projections)
             self.moe = None
         if cfg.norm_position in BRANCH_NORM_POSITIONS:  # norms on the branch outputs
             self.post_attention_norm = build_norm(cfg)
@@ -54,9 +55,13 @@ class TransformerBlock(nn.Module):
         positions: Optional[torch.Tensor] = None,
         cache=None,
         attention_mask: Optional[torch.Tensor] = None,
+        masks: Optional[dict] = None,
     ) -> torch.Tensor:
+        # `masks`: the attention masks of this forward, shared by every layer (Transformer.forward).
+        extra = {"masks": masks} if masks is not None else {}
+
         def attn(h: torch.Tensor) -> torch.Tensor:
-            return self.attention(h, rope, positions=positions, cache=cache, attention_mask=attention_mask)
+            return self.attention(h, rope, positions=positions, cache=cache, attention_mask=attention_mask, **extra)
 
         if self.norm_position == "pre":
             h = x + attn(self.attention_norm(x))
