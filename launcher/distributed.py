@@ -44,26 +44,16 @@ def _from_env() -> tuple[int, int, int]:
     return 0, 0, 1
 
 
-def die_with_launcher(poll_s: float = 0.5) -> None:
+def die_with_launcher() -> None:
     """Under torchrun or srun, end this rank when the process that launched it dies (kill -9 of torchrun would
-    otherwise leave its ranks training and writing checkpoints). A daemon thread watches the parent pid: when the
-    parent is gone the process is re-parented, and the rank kills itself. A plain `python -m launcher.train` is
-    left alone (its parent is a shell the user may close on purpose, e.g. under nohup)."""
+    otherwise leave its ranks training and writing checkpoints): data_pipeline/ownership.py's parent-death signal
+    and watchdog. A plain `python -m launcher.train` is left alone (its parent is a shell the user may close on
+    purpose, e.g. under nohup)."""
     if "TORCHELASTIC_RUN_ID" not in os.environ and "SLURM_STEP_ID" not in os.environ:
         return
-    import signal
-    import threading
-    import time
+    from data_pipeline.ownership import die_with_parent
 
-    parent = os.getppid()
-
-    def watch() -> None:
-        while True:
-            time.sleep(poll_s)
-            if os.getppid() != parent:
-                os.kill(os.getpid(), signal.SIGKILL)
-
-    threading.Thread(target=watch, name="die-with-launcher", daemon=True).start()
+    die_with_parent(os.getppid())
 
 
 def init_distributed(device_pref: str, timeout_s: int, *, one_rank_group: bool = False) -> DistEnv:

@@ -160,35 +160,18 @@ def check_same_run(run_dir: str | os.PathLike, config: dict[str, Any], allow: li
         )
 
 
-LOCK_FILE = ".lock"
-
-
 class RunLock:
-    """One writer per run directory: rank 0 holds an exclusive flock on <run_dir>/.lock for the run's lifetime
-    (the kernel drops it when the process dies, however it dies), with the holder's host and pid inside, so a
-    second launch on a live run directory fails at once naming the holder."""
+    """One writer per run directory: rank 0 holds <run_dir>/.lock for the run's lifetime (data_pipeline/ownership.py:
+    the kernel drops it however the process dies), so a second launch on a live run directory fails at once naming
+    the holder's host and pid."""
 
     def __init__(self, run_dir: str | os.PathLike) -> None:
-        import fcntl
-        import socket
+        from data_pipeline.ownership import DirectoryInUse, hold_lock
 
-        Path(run_dir).mkdir(parents=True, exist_ok=True)
-        self.path = Path(run_dir) / LOCK_FILE
-        self.file = open(self.path, "a+")
         try:
-            fcntl.flock(self.file.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            self.file.seek(0)
-            holder = self.file.read().strip() or "unknown holder"
-            self.file.close()
-            raise RunDirError(
-                f"trainer.run_dir={run_dir} is in use by another launch ({holder}): wait for it to finish or stop it, "
-                f"or choose another trainer.run_dir"
-            ) from None
-        self.file.seek(0)
-        self.file.truncate()
-        self.file.write(f"host {socket.gethostname()}, pid {os.getpid()}, since {time.strftime('%Y-%m-%d %H:%M:%S')}")
-        self.file.flush()
+            self.file = hold_lock(run_dir, f"trainer.run_dir={run_dir}")
+        except DirectoryInUse as exc:
+            raise RunDirError(str(exc)) from None
 
     def release(self) -> None:
         if not self.file.closed:

@@ -5,24 +5,16 @@ fixed by the plan (`tasks` shards), so workers=1 and workers=4 write identical o
 
 One run per output directory at a time: the run holds an exclusive lock on `<output>/.lock` (flock, released by the
 kernel however the process ends), so the temporary files swept at start can only be a dead run's. Pool workers
-exit when the main process dies, even by kill -9 (a parent-death signal, or a watchdog thread where there is
-none), so no orphan keeps writing into a directory a rerun is using.
+exit when the main process dies, even by kill -9, so no orphan keeps writing into a directory a rerun is using
+(both from data_pipeline/ownership.py).
 """
 from __future__ import annotations
 
-import ctypes
-import fcntl
 import logging
 import multiprocessing
 import os
-import signal
-import socket
-import sys
-import threading
-import time
 from concurrent.futures import ProcessPoolExecutor
-from pathlib import Path
-from typing import Any, Callable, Optional, TextIO
+from typing import Any, Callable, Optional
 
 from data_pipeline.executors.base import (
     PipelinePlan,
@@ -33,54 +25,14 @@ from data_pipeline.executors.base import (
     task_done,
 )
 from data_pipeline.io import remove_stale_temporaries
+from data_pipeline.ownership import die_with_parent, hold_lock
 
 log = logging.getLogger(__name__)
-PR_SET_PDEATHSIG = 1  # from <linux/prctl.h>
-WATCHDOG_INTERVAL_S = 0.5
 
 
 def _run_task_args(args: tuple) -> bool:
     plan_json, step_index, stage_index, rank = args
     return run_task(PipelinePlan.from_json(plan_json), step_index, stage_index, rank)
-
-
-def _watch_parent(parent_pid: int) -> None:
-    while True:
-        if os.getppid() != parent_pid:
-            os._exit(1)
-        time.sleep(WATCHDOG_INTERVAL_S)
-
-
-def exit_with_parent(parent_pid: int) -> None:
-    """Pool worker start-up: make this process die with `parent_pid`. On Linux the kernel sends SIGKILL when the
-    parent exits (prctl PR_SET_PDEATHSIG; the pool forks its workers from the main thread, whose exit is what the
-    signal follows); elsewhere a daemon thread polls the parent id."""
-    armed = False
-    if sys.platform.startswith("linux"):
-        libc = ctypes.CDLL(None, use_errno=True)
-        armed = libc.prctl(PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0) == 0
-    if os.getppid() != parent_pid:  # the parent died before the signal was armed
-        os._exit(1)
-    if not armed:
-        threading.Thread(target=_watch_parent, args=(parent_pid,), daemon=True, name="parent-watchdog").start()
-
-
-def lock_output(root: Path) -> TextIO:
-    """Hold `<root>/.lock` for the caller's lifetime; a second run on the same output fails at once, naming the
-    holder."""
-    lock = open(root / ".lock", "a+")
-    try:
-        fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
-    except BlockingIOError:
-        lock.seek(0)
-        holder = lock.read().strip() or "unknown"
-        lock.close()
-        raise ValueError(f"output={root} is in use by another run ({holder}): wait for it to end or stop it") from None
-    lock.seek(0)
-    lock.truncate()
-    lock.write(f"host {socket.gethostname()} pid {os.getpid()}\n")
-    lock.flush()
-    return lock
 
 
 class LocalExecutor:
@@ -95,7 +47,7 @@ class LocalExecutor:
         """Run every step; return the merged stats per step name."""
         plan = self.plan
         plan.root.mkdir(parents=True, exist_ok=True)
-        lock = lock_output(plan.root)
+        lock = hold_lock(plan.root, f"output={plan.root}")
         pool = None
         try:
             remove_stale_temporaries(plan.root)
@@ -106,7 +58,7 @@ class LocalExecutor:
                 method = "fork" if "fork" in multiprocessing.get_all_start_methods() else "spawn"
                 pool = ProcessPoolExecutor(
                     max_workers=self.workers, mp_context=multiprocessing.get_context(method),
-                    initializer=exit_with_parent, initargs=(os.getpid(),),
+                    initializer=die_with_parent, initargs=(os.getpid(),),
                 )
             for step_index, spec in enumerate(plan.steps):
                 for stage_index, (stage, per_shard) in enumerate(stage_names(plan, step_index)):

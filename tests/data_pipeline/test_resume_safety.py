@@ -12,7 +12,7 @@ from pipeline_testing import output_files
 
 from data_pipeline.cli import build_plan, compose_config, main
 from data_pipeline.executors.base import run_task, save_plan_checked
-from data_pipeline.executors.local import lock_output
+from data_pipeline.ownership import hold_lock
 from data_pipeline.fingerprint import InputChanged
 from data_pipeline.synthetic import generate_clean_documents
 
@@ -106,10 +106,10 @@ def test_second_run_on_the_same_output_is_refused(tmp_path, capsys):
     source, output = tmp_path / "in", tmp_path / "out"
     write_input(source)
     output.mkdir()
-    holder = lock_output(output)
+    holder = hold_lock(output, f"output={output}")
     try:
         assert normalize(source, output) == 1
-        assert f"in use by another run (host {os.uname().nodename} pid {os.getpid()})" in capsys.readouterr().err
+        assert f"in use by another run (host {os.uname().nodename}, pid {os.getpid()}," in capsys.readouterr().err
     finally:
         holder.close()
     assert normalize(source, output) == 0

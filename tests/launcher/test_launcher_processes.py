@@ -46,7 +46,7 @@ def test_second_launch_on_a_live_run_dir_fails_naming_the_holder(shards, tmp_pat
         first.kill()
         first.wait()
     assert second.returncode == 2, second.stderr[-2000:]
-    assert f"is in use by another launch (host {os.uname().nodename}, pid {first.pid}" in second.stderr
+    assert f"is in use by another run (host {os.uname().nodename}, pid {first.pid}" in second.stderr
     assert elapsed < 5, f"the second launch took {elapsed:.1f} s to fail"
     # The first launch's metrics are whole: one record per step, in order.
     steps = [json.loads(line)["step"] for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
