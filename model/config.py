@@ -172,6 +172,10 @@ class ModelConfig:
     tie_embeddings: bool = False
     final_logit_softcap: Optional[float] = None
     z_loss_weight: float = 0.0  # PaLM z-loss on the log-partition of the output logits
+    # Multi-token prediction (DeepSeek-V3): this many extra modules after the last layer, module k predicting the
+    # token k places beyond the next one; they share the embeddings and output head and are used in training only.
+    mtp_depth: int = 0
+    mtp_loss_weight: float = 0.3  # loss = next-token loss + this * the mean of the modules' losses (DeepSeek: 0.3)
 
     moe: Optional[MoEConfig] = None
 
@@ -381,6 +385,9 @@ def validate_model_config(cfg: ModelConfig) -> None:
     if cfg.rmsnorm_unit_offset and cfg.norm_type != "rmsnorm":
         raise ValueError("model.rmsnorm_unit_offset needs norm_type=rmsnorm")
     _validate_speed_options(cfg)
+    if cfg.mtp_depth < 0 or cfg.mtp_loss_weight < 0:
+        raise ValueError(f"model.mtp_depth ({cfg.mtp_depth}) and model.mtp_loss_weight ({cfg.mtp_loss_weight}) "
+                         "must be >= 0 (mtp_depth=0: no multi-token prediction)")
     if cfg.mla is not None:
         _validate_mla(cfg)
     if cfg.moe is not None:

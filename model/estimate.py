@@ -13,7 +13,9 @@ Conventions (stated once, used everywhere):
   all active parameters minus the input embedding tables, with the output projection counted even when it is tied
   (the lookup is free, the unembedding matmul is not); d_attn = n_heads * head_dim; T is the attention context,
   seq_len, or the sliding window when shorter (causal attention is not halved, as in PaLM). MoE layers count the
-  router, the top_k routed experts and the shared experts.
+  router, the top_k routed experts and the shared experts. Multi-token-prediction modules (`mtp_depth`, DeepSeek-V3)
+  count their norms, 2*dim x dim projection and decoder layer as parameters; in FLOPs each adds its layer's
+  attention and one more pass through the output head. In memory they sit on the last pipeline stage.
 - Memory per GPU (`estimate_memory`) is the worst pipeline stage under the layout:
   weights in `param_dtype`; gradients in `grad_dtype`; optimizer = AdamW's two moments in `optimizer_dtype` plus an
   fp32 master copy when `master_weights` and the weights are not fp32 (bf16 + fp32 AdamW = 2 + 2 + 12 = 16 bytes
@@ -181,15 +183,24 @@ class ParameterCounts:
         return self.active - self.embedding + (self.output if self.tied else 0)
 
 
+def mtp_module_params(cfg: ModelConfig, depth: int) -> tuple[int, int]:
+    """(total, active) parameters of multi-token-prediction module `depth` (0-based): its three norms, the
+    2*dim -> dim projection and its decoder layer (embedding and head are the model's)."""
+    layer = layer_params(cfg, cfg.n_layers + depth)
+    own = 3 * _norm_params(cfg, cfg.dim) + 2 * cfg.dim * cfg.dim
+    return own + layer.total, own + layer.active
+
+
 def parameter_counts(cfg: ModelConfig) -> ParameterCounts:
     cfg = ModelConfig.coerce(cfg)  # a ModelConfig, a Hydra node or a dict
     layers = [layer_params(cfg, i) for i in range(cfg.n_layers)]
+    mtp = [mtp_module_params(cfg, k) for k in range(cfg.mtp_depth)]
     embedding = cfg.vocab_size * cfg.dim + (cfg.max_seq_len * cfg.dim if cfg.pos_embedding == "learned" else 0)
     output = cfg.vocab_size * cfg.dim
     outside = embedding + _final_norm_params(cfg) + (0 if cfg.tie_embeddings else output)
     return ParameterCounts(
-        total=outside + sum(p.total for p in layers),
-        active=outside + sum(p.active for p in layers),
+        total=outside + sum(p.total for p in layers) + sum(total for total, _ in mtp),
+        active=outside + sum(p.active for p in layers) + sum(active for _, active in mtp),
         embedding=embedding,
         output=output,
         tied=cfg.tie_embeddings,
@@ -223,7 +234,9 @@ def flops_per_token(cfg: ModelConfig, seq_len: int) -> float:
         raise ValueError(f"seq_len must be positive, got {seq_len}")
     cfg = ModelConfig.coerce(cfg)  # a ModelConfig, a Hydra node or a dict
     n = parameter_counts(cfg).flops_params
-    return float(6 * n + sum(attention_flops_per_token(cfg, seq_len, i) for i in range(cfg.n_layers)))
+    n += cfg.mtp_depth * cfg.vocab_size * cfg.dim  # each MTP module goes through the shared output head once more
+    layers = range(cfg.n_layers + cfg.mtp_depth)  # the MTP modules' layers attend like the others
+    return float(6 * n + sum(attention_flops_per_token(cfg, seq_len, i) for i in layers))
 
 
 def kv_cache_elements_per_token(cfg: ModelConfig) -> int:
@@ -340,7 +353,10 @@ class StageParams:
 
 def stage_params(est: EstimateConfig, stage: int) -> StageParams:
     cfg, tp = est.model, est.tp
-    layers = stage_layers(cfg.n_layers, est.pp)[stage]
+    layers = list(stage_layers(cfg.n_layers, est.pp)[stage])
+    last = stage == est.pp - 1
+    if last:  # the MTP modules' layers
+        layers += range(cfg.n_layers, cfg.n_layers + cfg.mtp_depth)
     dense = experts = largest = 0.0
     for i in layers:
         p = layer_params(cfg, i)
@@ -351,8 +367,8 @@ def stage_params(est: EstimateConfig, stage: int) -> StageParams:
         largest = max(largest, layer_dense + layer_experts)  # FSDP gathers only the ep-local experts
     if stage == 0:
         dense += parameter_counts(cfg).embedding / tp
-    if stage == est.pp - 1:
-        dense += _final_norm_params(cfg)
+    if last:
+        dense += _final_norm_params(cfg) + cfg.mtp_depth * (3 * _norm_params(cfg, cfg.dim) + 2 * cfg.dim * cfg.dim)
         if not cfg.tie_embeddings or est.pp > 1:
             dense += cfg.vocab_size * cfg.dim / tp
     return StageParams(dense, experts, largest)
@@ -407,10 +423,13 @@ def activation_bytes(est: EstimateConfig, stage: int) -> float:
     layers = stage_layers(cfg.n_layers, est.pp)[stage]
     mode = est.activation_checkpointing
     kept = sum(_activation_elements_per_token(cfg, i, mode) for i in layers) * in_flight
+    if stage == est.pp - 1:  # MTP modules (never checkpointed): two normed inputs, their concat, the layer
+        mtp = range(cfg.n_layers, cfg.n_layers + cfg.mtp_depth)
+        kept += sum(6 * cfg.dim + _activation_elements_per_token(cfg, i, "none") for i in mtp) * in_flight
     if mode == "full" and len(layers):  # one layer recomputed at a time during backward
         kept += max(_activation_elements_per_token(cfg, i, "none") for i in layers)
     total = kept * tokens * act_bytes
-    if stage == est.pp - 1:  # one chunk of fp32 logits and their gradient
+    if stage == est.pp - 1:  # one chunk of fp32 logits and their gradient (the loss chunks are recomputed)
         chunk = min(est.micro_batch_size * resolved_seq_len(est) / est.cp, cfg.loss_chunk_size)
         total += 2 * chunk * cfg.vocab_size / est.tp * 4
     return total

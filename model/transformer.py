@@ -20,6 +20,7 @@ from model.blocks.attention_masks import document_ids, shared_masks
 from model.blocks.block import TransformerBlock
 from model.blocks.mla import MultiHeadLatentAttention
 from model.blocks.moe import GroupedExperts, MoE
+from model.blocks.mtp import MultiTokenPrediction
 from model.blocks.norm import LayerNorm, RMSNorm, build_norm
 from model.blocks.rope import RotaryEmbedding
 from model.config import ModelConfig, RopeScalingConfig
@@ -48,17 +49,22 @@ class Transformer(nn.Module):
         self.output: Optional[nn.Linear] = nn.Linear(cfg.dim, cfg.vocab_size, bias=False)
         if cfg.tie_embeddings:
             self.output.weight = self.tok_embeddings.weight
+        # Multi-token prediction modules (training only), after the output head in the data flow.
+        self.mtp: Optional[nn.ModuleDict] = (
+            nn.ModuleDict({str(k): MultiTokenPrediction(cfg, k) for k in range(cfg.mtp_depth)})
+            if cfg.mtp_depth else None
+        )
         # RoPE of the global layers, and Gemma 3's unscaled one of the sliding-window layers.
         rope = cfg.pos_embedding == "rope"
         self.rope = RotaryEmbedding(cfg.rope_dim, cfg.max_seq_len, cfg.rope_theta, cfg.rope_scaling) if rope else None
         self.local_rope = (RotaryEmbedding(cfg.rope_dim, cfg.max_seq_len, cfg.local_rope_theta, RopeScalingConfig())
                            if rope and cfg.local_rope_theta is not None else None)
-        self._local_layers = {str(i) for i in range(cfg.n_layers) if cfg.uses_local_rope(i)}
+        self._local_layers = {str(i) for i in range(cfg.n_layers + cfg.mtp_depth) if cfg.uses_local_rope(i)}
         # Gemma multiplies the token embeddings by sqrt(dim) rounded to the compute dtype; a Python float (not a
         # tensor) so a sequence-parallel DTensor stream takes it too.
         self._embed_scale = math.sqrt(cfg.dim) if cfg.scale_embeddings else None
-        # The last forward's loss terms, detached, for logging: ce_loss, z_loss, moe_aux_loss, moe_router_z_loss
-        # (whichever apply). The returned loss is unchanged by reading them.
+        # The last forward's loss terms, detached, for logging: ce_loss, z_loss, mtp_loss, moe_aux_loss,
+        # moe_router_z_loss (whichever apply). The returned loss is unchanged by reading them.
         self.last_aux_losses: dict[str, torch.Tensor] = {}
 
     def _apply(self, fn, recurse=True):
@@ -117,12 +123,7 @@ class Transformer(nn.Module):
         positions [T] or [B, T]: defaults to arange (continuing after the cache when decoding).
         cache: {layer name: its attention's cache (`new_caches`)} for incremental decoding.
         attention_mask [B, keys] (1 real, 0 padding) over every key slot attended (cached ones included)."""
-        if self.tok_embeddings is not None:
-            h = self.tok_embeddings(tokens)
-            if self._embed_scale is not None:
-                h = h * _rounded(self._embed_scale, h.dtype)
-        else:
-            h = tokens
+        h = self._embed(tokens) if self.tok_embeddings is not None else tokens
         seqlen = h.shape[1]
         if positions is None:
             start = next(iter(cache.values())).length if cache else 0
@@ -139,31 +140,52 @@ class Transformer(nn.Module):
             layer_cache = cache[name] if cache is not None else None
             rope = ropes.get("local" if name in self._local_layers else "global")
             h = layer(h, rope, positions=positions, cache=layer_cache, attention_mask=attention_mask, **extra)
-        moe_aux, moe_z = self._collect_moe_losses()
         if self.norm is not None:
             h = self.norm(h)
-        aux: dict[str, torch.Tensor] = {}
-        if moe_aux is not None:
-            aux["moe_aux_loss"], aux["moe_router_z_loss"] = moe_aux, moe_z
-        if self.output is None:
-            # An earlier pipeline stage: its MoE losses are logged but cannot join a loss computed elsewhere.
+        if self.output is None or labels is None:
+            # An earlier pipeline stage's MoE losses are logged but cannot join a loss computed elsewhere.
+            aux = self._moe_loss_terms()
             self.last_aux_losses = {k: v.detach() for k, v in aux.items()}
-            return h
-        if labels is None:
-            self.last_aux_losses = {k: v.detach() for k, v in aux.items()}
-            return self.logits(h)
+            return h if self.output is None else self.logits(h)
         ce, z = chunked_cross_entropy(
             h, labels, self._head, chunk_size=self.cfg.loss_chunk_size, with_z_loss=self.cfg.z_loss_weight > 0
         )
         loss = ce
+        aux = {}
         if self.cfg.z_loss_weight > 0:
             loss = loss + self.cfg.z_loss_weight * z
             aux["z_loss"] = z
-        if moe_aux is not None:
-            loss = loss + self.cfg.moe.aux_loss_weight * moe_aux + self.cfg.moe.router_z_loss_weight * moe_z
+        # Held-out evaluation (eval mode) measures the next-token loss alone, comparable with runs without it.
+        if self.mtp is not None and self.training:
+            aux["mtp_loss"] = self._mtp_loss(h, labels, ropes, positions, masks)
+            loss = loss + self.cfg.mtp_loss_weight * aux["mtp_loss"]
+        aux.update(self._moe_loss_terms())  # after the MTP modules, whose MoE layers count too
+        if "moe_aux_loss" in aux:
+            loss = (loss + self.cfg.moe.aux_loss_weight * aux["moe_aux_loss"]
+                    + self.cfg.moe.router_z_loss_weight * aux["moe_router_z_loss"])
         aux["ce_loss"] = ce
         self.last_aux_losses = {k: v.detach() for k, v in aux.items()}
         return loss
+
+    def _embed(self, tokens: torch.Tensor) -> torch.Tensor:
+        h = self.tok_embeddings(tokens)
+        return h * _rounded(self._embed_scale, h.dtype) if self._embed_scale is not None else h
+
+    def _mtp_loss(self, h: torch.Tensor, labels: torch.Tensor, ropes: dict, positions: torch.Tensor,
+                  masks: Optional[dict]) -> torch.Tensor:
+        """Mean over the MTP modules of their cross-entropy. Module k (1-based) at position i takes the previous
+        depth's state there with the embedding of token i + k (labels[i + k - 1]) and predicts token i + k + 1
+        (labels[i + k]); the last k positions, and those whose input token is an ignored label, have no target."""
+        losses = []
+        for name, module in self.mtp.items():
+            k = int(name) + 1
+            ahead = F.pad(labels[:, k - 1:], (0, k - 1), value=-100)
+            targets = F.pad(labels[:, k:], (0, k), value=-100).masked_fill(ahead == -100, -100)
+            rope = ropes.get("local" if str(self.cfg.n_layers + k - 1) in self._local_layers else "global")
+            h = module(h, self._embed(ahead.clamp(min=0)), rope, positions=positions, masks=masks)
+            loss, _ = chunked_cross_entropy(h, targets, self._head, chunk_size=self.cfg.loss_chunk_size)
+            losses.append(loss)
+        return torch.stack(losses).mean()
 
     def _shared_masks(self, tokens: torch.Tensor, h: torch.Tensor) -> Optional[dict]:
         """The attention masks of a whole-sequence forward, built once for every layer: sliding windows, document
@@ -177,7 +199,8 @@ class Transformer(nn.Module):
                 raise ValueError("model.document_mask_eos_id needs the token ids, which a pipeline stage after the "
                                  "first does not see: use parallel.pp=1")
             docs = document_ids(tokens, cfg.document_mask_eos_id)
-        windows = [cfg.layer_window(int(name)) for name in self.layers]
+        mtp_layers = [cfg.n_layers + k for k in range(cfg.mtp_depth)] if self.mtp is not None else []
+        windows = [cfg.layer_window(i) for i in [*map(int, self.layers), *mtp_layers]]
         return shared_masks(windows, h.shape[1], h.device, backend=cfg.attention_backend, docs=docs,
                             softcap=cfg.attn_logit_softcap is not None)
 
@@ -205,15 +228,16 @@ class Transformer(nn.Module):
         return logits
 
     def _moe_modules(self) -> list[MoE]:
-        return [m for m in self.layers.modules() if isinstance(m, MoE)]
+        blocks = [self.layers] if self.mtp is None else [self.layers, self.mtp]
+        return [m for part in blocks for m in part.modules() if isinstance(m, MoE)]
 
     def _record_moe_losses(self, on: bool) -> None:
         for moe in self._moe_modules():
             moe.record_losses = on
 
-    def _collect_moe_losses(self) -> tuple[Optional[torch.Tensor], Optional[torch.Tensor]]:
-        """Mean over this model's MoE layers of the losses their last forward left, cleared after reading so no
-        autograd graph outlives the step."""
+    def _moe_loss_terms(self) -> dict[str, torch.Tensor]:
+        """{moe_aux_loss, moe_router_z_loss}: the mean over this model's MoE layers of the losses their last
+        forward left, cleared after reading so no autograd graph outlives the step; {} without MoE layers."""
         aux, z = [], []
         for moe in self._moe_modules():
             if moe.aux_loss is not None:
@@ -222,8 +246,8 @@ class Transformer(nn.Module):
                 moe.aux_loss = moe.router_z_loss = None
         self._record_moe_losses(False)
         if not aux:
-            return None, None
-        return torch.stack(aux).mean(), torch.stack(z).mean()
+            return {}
+        return {"moe_aux_loss": torch.stack(aux).mean(), "moe_router_z_loss": torch.stack(z).mean()}
 
     def new_caches(self, batch_size: int, max_len: int) -> dict[str, Any]:
         """One empty decoding cache per layer (KVCache, or LatentKVCache for latent attention), in the

@@ -291,7 +291,7 @@ DEEPSEEK_V2 = register(Family(
 
 
 def _v3_to_hf(cfg: ModelConfig) -> dict:
-    return {**deepseek_to_hf(cfg, DEEPSEEK_V3), "rope_interleave": True}
+    return {**deepseek_to_hf(cfg, DEEPSEEK_V3), "rope_interleave": True, "num_nextn_predict_layers": cfg.mtp_depth}
 
 
 def _v3_from_hf(hf: dict, name: str) -> ModelConfig:
@@ -304,5 +304,5 @@ DEEPSEEK_V3 = register(Family(
     lambda cfg: deepseek_problems(cfg, "deepseek_v3", score_func="sigmoid", norm_topk_prob=ANY, expert_bias=ANY,
                                   group_score="top2_sum" if cfg.moe is not None and cfg.moe.n_groups > 1 else ANY),
     _v3_to_hf, _v3_from_hf,
-    TensorNames(bias_name="gate.e_score_correction_bias", interleaved_rope=True),
+    TensorNames(bias_name="gate.e_score_correction_bias", interleaved_rope=True, mtp_layers=True),
 ))

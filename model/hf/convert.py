@@ -7,6 +7,7 @@ CLI:  python -m model.hf export <checkpoint_or_run_dir> <hf_dir> [--dtype bfloat
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import os
 import sys
 from pathlib import Path
@@ -25,7 +26,7 @@ from model.hf.files import (
     read_hf_weights,
     write_hf_dir,
 )
-from model.hf.weights import hf_to_loom_state, loom_to_hf_state
+from model.hf.weights import hf_to_loom_state, loom_to_hf_state, mtp_layers_in
 
 
 def hf_model_type(cfg: ModelConfig) -> str:
@@ -68,7 +69,10 @@ def read_hf_model(hf_dir: str | os.PathLike, *, name: Optional[str] = None) -> t
     cfg = model_config_from_hf(hf_config, name=name or Path(hf_dir).resolve().name)
     fam = family(hf_config["model_type"])
     interleaved = hf_config.get("rope_interleave", True) if fam.model_type == "deepseek_v3" else None
-    state = hf_to_loom_state(read_hf_weights(hf_dir), cfg, fam, interleaved=interleaved)
+    weights = read_hf_weights(hf_dir)
+    if fam.names.mtp_layers:  # the modules the files hold (config.json may name one that was never saved)
+        cfg = dataclasses.replace(cfg, mtp_depth=mtp_layers_in(weights, cfg.n_layers))
+    state = hf_to_loom_state(weights, cfg, fam, interleaved=interleaved)
     check_against_model(state, cfg, f"{hf_dir}")
     return state, cfg
 

@@ -29,6 +29,9 @@ class TensorNames:
     bias_name: Optional[str] = None  # the selection-bias tensor under the MoE prefix
     bias_2d: bool = False  # ERNIE stores it as [1, E]
     interleaved_rope: bool = False  # q/k rotary rows stored as interleaved pairs (permuted on conversion)
+    # DeepSeek-V3: multi-token-prediction modules stored as layers n_layers, n_layers + 1, ... (enorm, hnorm,
+    # eh_proj, shared_head.norm beside the decoder layer's own tensors, plus copies of the embedding and head)
+    mtp_layers: bool = False
 
 
 @dataclass

@@ -8,10 +8,14 @@ layouts: ours (model/transformer.py) and transformers' on-disk format. What is m
   and a state dict saved from memory is read too (`normalise_hf_state`);
 - interleaved RoPE (DeepSeek's rotary part of q and of the shared key, ERNIE's whole heads): those rows are
   permuted to Loom's halves layout on import and back on export (model/hf/common.py interleaved_to_halves);
-- selection biases ERNIE stores as [1, E].
+- selection biases ERNIE stores as [1, E];
+- DeepSeek-V3's multi-token-prediction modules, stored as the layers after the last one with copies of the
+  embedding and head that Loom shares (written on export, checked and dropped on import). A family with no place
+  for them exports the main model and says that it left them out.
 """
 from __future__ import annotations
 
+import logging
 from typing import Optional
 
 import torch
@@ -20,6 +24,8 @@ from model.blocks.moe import EXPERT_WEIGHTS
 from model.config import ModelConfig
 from model.hf.common import HFConversionError, Rule, apply_rules, permuted, same, split_rows, transposed
 from model.hf.families import Family, TensorNames
+
+log = logging.getLogger(__name__)
 
 _NORM_NAMES = {  # Loom block norm -> transformers name, per norm placement
     "pre": {"attention_norm": "input_layernorm", "ffn_norm": "post_attention_layernorm"},
@@ -144,8 +150,14 @@ def weight_rules(cfg: ModelConfig, fam: Family, *, interleaved: Optional[bool] =
     rules = [same("model.embed_tokens.weight", "tok_embeddings.weight"), same("model.norm.weight", "norm.weight")]
     if not cfg.tie_embeddings:
         rules.append(same("lm_head.weight", "output.weight"))
-    for i in range(cfg.n_layers):
-        h, l = f"model.layers.{i}.", f"layers.{i}."
+    for k in range(_mtp_depth(cfg, fam)):
+        h, l = f"model.layers.{cfg.n_layers + k}.", f"mtp.{k}."
+        rules += [same(f"{h}enorm.weight", f"{l}embedding_norm.weight"),
+                  same(f"{h}hnorm.weight", f"{l}hidden_norm.weight"),
+                  same(f"{h}eh_proj.weight", f"{l}projection.weight"),
+                  same(f"{h}shared_head.norm.weight", f"{l}norm.weight")]
+    for i, l in _loom_layers(cfg, fam):
+        h = f"model.layers.{i}."
         rules += [same(f"{h}{theirs}.weight", f"{l}{ours}.weight")
                   for ours, theirs in _NORM_NAMES[cfg.norm_position].items()]
         if cfg.mla is not None:
@@ -159,11 +171,28 @@ def weight_rules(cfg: ModelConfig, fam: Family, *, interleaved: Optional[bool] =
     return rules
 
 
+def _mtp_depth(cfg: ModelConfig, fam: Family) -> int:
+    """How many multi-token-prediction modules the family's files hold for `cfg`."""
+    return cfg.mtp_depth if fam.names.mtp_layers else 0
+
+
+def _loom_layers(cfg: ModelConfig, fam: Family) -> list[tuple[int, str]]:
+    """(HF layer index, Loom prefix) of every decoder layer the files hold: the model's, then the MTP modules'."""
+    return ([(i, f"layers.{i}.") for i in range(cfg.n_layers)]
+            + [(cfg.n_layers + k, f"mtp.{k}.block.") for k in range(_mtp_depth(cfg, fam))])
+
+
 def loom_to_hf_state(state: dict[str, torch.Tensor], cfg: ModelConfig, fam: Family) -> dict[str, torch.Tensor]:
     state = dict(state)
+    if cfg.mtp_depth and not fam.names.mtp_layers:
+        left_out = [k for k in state if k.startswith("mtp.")]
+        log.warning("%s has no place for multi-token-prediction modules: exporting the main model without the "
+                    "%d MTP tensors (%d parameters); they only train", fam.model_type, len(left_out),
+                    sum(state[k].numel() for k in left_out))
+        state = {k: v for k, v in state.items() if k not in left_out}
     if fam.names.bias_name is not None:  # the class always has the selection bias: a zero one selects the same
-        for i in range(cfg.n_layers):
-            key = f"layers.{i}.moe.expert_bias"
+        for i, l in _loom_layers(cfg, fam):
+            key = f"{l}moe.expert_bias"
             if cfg.is_moe_layer(i) and key not in state:
                 state[key] = torch.zeros(cfg.moe.num_experts, dtype=torch.float32)
     rules = weight_rules(cfg, fam)
@@ -172,7 +201,12 @@ def loom_to_hf_state(state: dict[str, torch.Tensor], cfg: ModelConfig, fam: Fami
     unexpected = sorted(set(state) - used - tied_output)
     if unexpected:
         raise HFConversionError(f"Loom state dict has tensors with no {fam.model_type} equivalent: {unexpected[:8]}")
-    return apply_rules(rules, state, to_hf=True, where="Loom checkpoint")
+    hf_state = apply_rules(rules, state, to_hf=True, where="Loom checkpoint")
+    for k in range(_mtp_depth(cfg, fam)):  # as DeepSeek publishes them: each module with its own copies
+        h, embedding = f"model.layers.{cfg.n_layers + k}.", hf_state["model.embed_tokens.weight"]
+        hf_state[f"{h}embed_tokens.weight"] = embedding.clone()
+        hf_state[f"{h}shared_head.head.weight"] = hf_state.get("lm_head.weight", embedding).clone()
+    return hf_state
 
 
 def normalise_hf_state(hf_state: dict[str, torch.Tensor], cfg: ModelConfig, fam: Family) -> dict[str, torch.Tensor]:
@@ -184,12 +218,9 @@ def normalise_hf_state(hf_state: dict[str, torch.Tensor], cfg: ModelConfig, fam:
         return {(k if k.startswith(("transformer.", "lm_head.")) else f"transformer.{k}"): v
                 for k, v in state.items() if not k.endswith((".attn.bias", ".attn.masked_bias"))}
     names = fam.names
-    if fam.model_type == "deepseek_v3":
-        # DeepSeek-V3 checkpoints carry their multi-token-prediction module as layer n_layers; transformers skips
-        # it on load too (no MTP in Loom).
-        mtp = f"model.layers.{cfg.n_layers}."
-        state = {k: v for k, v in state.items() if not k.startswith(mtp)}
-    for i in range(cfg.n_layers):
+    if names.mtp_layers:
+        _drop_mtp_copies(state, cfg)
+    for i, _ in _loom_layers(cfg, fam):
         h, prefix = f"model.layers.{i}.", f"model.layers.{i}.{names.moe_prefix}."
         gate_up = state.pop(f"{h}mlp.experts.gate_up_proj", None)
         if gate_up is not None:
@@ -204,6 +235,31 @@ def normalise_hf_state(hf_state: dict[str, torch.Tensor], cfg: ModelConfig, fam:
         if in_memory_bias in state and names.bias_name is not None:
             state[f"{prefix}{names.bias_name}"] = state.pop(in_memory_bias)
     return state
+
+
+def mtp_layers_in(hf_state: dict[str, torch.Tensor], n_layers: int) -> int:
+    """The multi-token-prediction modules a DeepSeek-V3 state dict holds: its layers from `n_layers` on."""
+    depth = 0
+    while any(k.startswith(f"model.layers.{n_layers + depth}.") for k in hf_state):
+        depth += 1
+    return depth
+
+
+def _drop_mtp_copies(state: dict[str, torch.Tensor], cfg: ModelConfig) -> None:
+    """Remove the MTP modules' copies of the embedding and head (Loom shares the model's), and every layer past
+    the model and its `cfg.mtp_depth` modules."""
+    for k in range(cfg.mtp_depth):
+        h = f"model.layers.{cfg.n_layers + k}."
+        for copy, shared in ((f"{h}embed_tokens.weight", "model.embed_tokens.weight"),
+                             (f"{h}shared_head.head.weight", "lm_head.weight")):
+            tensor, reference = state.pop(copy, None), state.get(shared, state.get("model.embed_tokens.weight"))
+            if tensor is not None and not torch.equal(tensor, reference):
+                log.warning("%s differs from %s; Loom's multi-token-prediction modules share the model's, so the "
+                            "copy is not used", copy, shared)
+    beyond = cfg.n_layers + cfg.mtp_depth
+    for key in [k for k in state if k.startswith("model.layers.")]:
+        if int(key.split(".")[2]) >= beyond:
+            del state[key]
 
 
 def hf_to_loom_state(hf_state: dict[str, torch.Tensor], cfg: ModelConfig, fam: Family, *,

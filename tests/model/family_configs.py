@@ -77,3 +77,19 @@ def randomise(model: torch.nn.Module, seed: int) -> torch.nn.Module:
         head = model.get_output_embeddings().weight
         head.mul_(4.0)
     return model.eval()
+
+
+def randomised_loom_model(cfg, seed: int) -> torch.nn.Module:
+    """A Loom model of `cfg` (built after seeding) with every weight and selection bias moved off its
+    initialisation, so a tensor exported to the wrong place cannot hide."""
+    from model import build
+
+    torch.manual_seed(seed)
+    model = build(cfg)
+    with torch.no_grad():
+        for p in model.parameters():
+            p.add_(torch.randn_like(p) * 0.08)
+        for key, b in model.named_buffers():
+            if key.endswith("expert_bias"):
+                b.copy_(torch.randn_like(b) * 0.05)
+    return model

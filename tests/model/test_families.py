@@ -18,7 +18,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from family_configs import VOCAB, hf_configs, randomise
+from family_configs import VOCAB, hf_configs, randomise, randomised_loom_model
 from model import build
 from model.checkpoint_io import save_model_checkpoint
 from model.hf import export_checkpoint, hf_model_type, read_hf_model
@@ -71,14 +71,7 @@ def test_loom_to_hf_loads_without_missing_keys_and_equal_logits(hf_models, name:
     _, cfg = read_hf_model(hf_models[name][1])
     cfg = dataclasses.replace(cfg, name=f"loom_{name}", hf_model_type=None)  # the family is found, not remembered
     assert hf_model_type(cfg) == name
-    torch.manual_seed(7)
-    ours = build(cfg).eval()
-    with torch.no_grad():
-        for p in ours.parameters():
-            p.add_(torch.randn_like(p) * 0.08)
-        for key, b in ours.named_buffers():
-            if key.endswith("expert_bias"):
-                b.copy_(torch.randn_like(b) * 0.05)
+    ours = randomised_loom_model(cfg, seed=7).eval()
     save_model_checkpoint(ours.state_dict(), cfg, tmp_path / "ckpt")
     export_checkpoint(tmp_path / "ckpt", tmp_path / "hf")
     assert json.loads((tmp_path / "hf" / "config.json").read_text())["model_type"] == name

@@ -132,12 +132,23 @@ def test_published_parameter_counts(name: str) -> None:
     from transformers import AutoModelForCausalLM
 
     cfg = load_model_yaml(name)
-    assert count_parameters(cfg) == PUBLISHED[name]
     with torch.device("meta"):
         ours = build(cfg)
         reference = AutoModelForCausalLM.from_config(hf_reference_config(name))
-    assert meta_numel(ours) == PUBLISHED[name]
+        mtp = hf_mtp_parameters(reference, cfg.mtp_depth)
     assert meta_numel(reference) == PUBLISHED[name]
+    assert count_parameters(cfg) == meta_numel(ours) == PUBLISHED[name] + mtp
+
+
+def hf_mtp_parameters(main: torch.nn.Module, depth: int) -> int:
+    """Parameters of transformers' multi-token-prediction modules for `main` (DeepSeek-V3 publishes one), without
+    the embedding and head they share with it."""
+    if not depth:
+        return 0
+    from transformers.modeling_layers import MtpModel
+
+    mtp = MtpModel(main, depth)
+    return sum(p.numel() for n, p in mtp.named_parameters() if not n.startswith(("embed_tokens", "shared_head")))
 
 
 def test_published_shapes_details() -> None:
