@@ -201,6 +201,7 @@ class ParallelDims:
                 raise ValueError("tensor parallel of full-width QK-norm (model.qk_norm_scope=full, OLMo 2) is not "
                                  "supported: it normalises over every head's features; use parallel.tp=1")
         self._check_speed_options(model_cfg)
+        self._check_multi_token_prediction(model_cfg)
         stages = self.num_pipeline_stages
         if stages > model_cfg.n_layers:
             raise ValueError(
@@ -269,6 +270,17 @@ class ParallelDims:
             raise ValueError(f"model.fused_projections=true multiplies by concatenated weights, which "
                              f"parallel.float8={self.cfg.float8} (a swap of each Linear) would not convert: set one "
                              f"of them off")
+
+    def _check_multi_token_prediction(self, model_cfg: "ModelConfig") -> None:
+        """The MTP modules read tokens ahead of each position and sit after the output head: layouts that cut
+        the sequence (cp), the model (pp) or its layers (tp, ep) have no plan for them yet."""
+        split = {key: value for key, value in (("tp", self.tp), ("cp", self.cp), ("pp", self.pp), ("ep", self.ep))
+                 if value > 1}
+        if model_cfg.mtp_depth and split:
+            raise ValueError(
+                f"model.mtp_depth={model_cfg.mtp_depth} (multi-token prediction) runs with data parallel layouts "
+                f"(single, DDP, FSDP/HSDP, DeepSpeed ZeRO) only, not with "
+                f"{', '.join(f'parallel.{k}={v}' for k, v in split.items())}: set model.mtp_depth=0 or those to 1")
 
     # ------------------------------------------------------------------ degrees
     @property

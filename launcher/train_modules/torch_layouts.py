@@ -55,7 +55,7 @@ class TorchTrainModule(TrainModule):
             loss = loss.detach()
             loss_sum += loss.full_tensor() if hasattr(loss, "full_tensor") else loss  # DTensor under loss_parallel
             for name, value in getattr(self._plain(), "last_aux_losses", {}).items():
-                if name.startswith("moe_"):
+                if name.startswith("moe_") or name == "mtp_loss":
                     aux_sums[name] = aux_sums.get(name, 0) + value.float()
         if self.scaler is not None:
             for optimizer in self.optimizers.optimizers:

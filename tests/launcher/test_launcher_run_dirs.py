@@ -1,9 +1,10 @@
 """Run directories as Hydra users expect: a multirun sweep gives every job its own run dir (each trains to its last
 step), a run dir holding a different run is refused unless the change is allowed (and an allowed lr change takes
-effect), and a MoE run logs its auxiliary losses."""
+effect), a MoE run logs its auxiliary losses, and a multi-token-prediction run logs its loss and resumes exactly."""
 from __future__ import annotations
 
 import json
+import shutil
 import subprocess
 from pathlib import Path
 
@@ -67,3 +68,29 @@ def test_moe_run_logs_its_auxiliary_losses(shards, tmp_path):
     for record in logged:
         assert 0.5 < record["moe_aux_loss"] < 4.0, record  # Switch loss: 1 when balanced
         assert record["moe_router_z_loss"] > 0, record
+
+
+def test_multi_token_prediction_run_logs_its_loss_and_resumes(shards, tmp_path):
+    """model.mtp_depth=1 through the launcher: mtp_loss logged at every step and falling, a held-out loss, and a
+    run resumed from step 3 (MTP weights and optimizer state from the checkpoint) repeats steps 4-6 bit for bit."""
+    def overrides(run_dir):
+        return tiny_overrides(shards, run_dir, max_steps=6) + [
+            "model.mtp_depth=1", "trainer.checkpoint_every=3", "trainer.eval_every=3", "trainer.eval_batches=1"]
+
+    finished = tmp_path / "finished"
+    result = run_train(overrides(finished), tmp_path)
+    assert result.returncode == 0, result.stderr[-3000:]
+    want = {r["step"]: r for r in records(finished) if "loss" in r}
+    assert sorted(want) == list(range(1, 7))
+    assert all(r["mtp_loss"] > 0 for r in want.values()) and want[6]["mtp_loss"] < want[1]["mtp_loss"]
+    assert any("val_loss" in r for r in records(finished))
+
+    run_dir = tmp_path / "resumed"
+    shutil.copytree(finished, run_dir)
+    shutil.rmtree(run_dir / "checkpoints" / "step_00000006")
+    resumed = run_train(overrides(run_dir), tmp_path)
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    assert "resumed from" in resumed.stdout + resumed.stderr
+    got = {r["step"]: r for r in records(run_dir) if "loss" in r}
+    for step in (4, 5, 6):
+        assert (got[step]["loss"], got[step]["mtp_loss"]) == (want[step]["loss"], want[step]["mtp_loss"]), step
