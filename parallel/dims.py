@@ -273,13 +273,12 @@ class ParallelDims:
 
     def _check_multi_token_prediction(self, model_cfg: "ModelConfig") -> None:
         """The MTP modules read tokens ahead of each position and sit after the output head: layouts that cut
-        the sequence (cp), the model (pp) or its layers (tp, ep) have no plan for them yet."""
-        split = {key: value for key, value in (("tp", self.tp), ("cp", self.cp), ("pp", self.pp), ("ep", self.ep))
-                 if value > 1}
+        the sequence (cp) or the model (pp), or compute the loss outside it (tp), have no plan for them yet."""
+        split = {key: value for key, value in (("tp", self.tp), ("cp", self.cp), ("pp", self.pp)) if value > 1}
         if model_cfg.mtp_depth and split:
             raise ValueError(
                 f"model.mtp_depth={model_cfg.mtp_depth} (multi-token prediction) runs with data parallel layouts "
-                f"(single, DDP, FSDP/HSDP, DeepSpeed ZeRO) only, not with "
+                f"(single, DDP, FSDP/HSDP, DeepSpeed ZeRO) and expert parallel only, not with "
                 f"{', '.join(f'parallel.{k}={v}' for k, v in split.items())}: set model.mtp_depth=0 or those to 1")
 
     # ------------------------------------------------------------------ degrees

@@ -28,7 +28,7 @@ from torch.distributed.device_mesh import DeviceMesh
 from torch.distributed.tensor import DTensor, Shard, distribute_tensor
 from torch.func import functional_call
 
-from model.blocks.moe import EXPERT_WEIGHTS
+from model.blocks.moe import EXPERT_WEIGHTS, MoE
 
 from parallel.config import ParallelConfig
 
@@ -95,10 +95,9 @@ def _make_expert_parallel(experts: nn.Module, ep_mesh: DeviceMesh) -> None:
 def apply_expert_parallel(model: nn.Module, ep_mesh: DeviceMesh) -> nn.Module:
     """Shard every MoE layer's routed experts over the 1-D ep mesh and dispatch tokens to them by all-to-all (in
     place). The layout (an MoE model, ep dividing the experts and the data-parallel ranks) was checked by
-    ParallelDims.from_config."""
-    for block in model.layers.values():
-        moe = getattr(block, "moe", None)
-        if moe is not None and not isinstance(moe.experts, ExpertParallel):
+    ParallelDims.from_config. The multi-token-prediction modules' MoE layers (model.mtp) are sharded alike."""
+    for moe in [m for m in model.modules() if isinstance(m, MoE)]:
+        if not isinstance(moe.experts, ExpertParallel):
             _make_expert_parallel(moe.experts, ep_mesh)
     return model
 

@@ -68,7 +68,6 @@ RULES = [
     ("mtp_with_tp", 2, ["parallel=tp", "model.mtp_depth=1"], "model.mtp_depth=1"),
     ("mtp_with_cp", 2, ["parallel=cp", "model.mtp_depth=1"], "parallel.cp=2"),
     ("mtp_with_pp", 2, ["parallel=pp", "model.mtp_depth=1"], "parallel.pp=2"),
-    ("mtp_with_ep", 2, ["parallel=ep", *MOE, "model.mtp_depth=1"], "parallel.ep=2"),
     ("unknown_schedule", 2, ["parallel=pp", "parallel.pp_schedule=DualPipe"], "parallel.pp_schedule"),
     ("unknown_precision_spelling", 1, ["parallel=fsdp", "parallel.fsdp_param_dtype=half"],
      "parallel.fsdp_param_dtype"),

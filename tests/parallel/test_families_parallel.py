@@ -3,7 +3,8 @@ weights to 1e-4): a tiny DeepSeek-V3-like model (multi-head latent attention, gr
 2.5, a shared expert, a selection bias, a dense first layer) and a tiny Qwen3-MoE (per-head QK-norm, top-2 of 4
 renormalised), each under FSDP over 2 ranks, tensor + sequence parallel over 2 (latent attention's up-projections
 and the experts' hidden dimension split, loss_parallel) and expert parallel over 2; and the DeepSeek-V3-like model
-with one multi-token-prediction module under FSDP, DDP and DeepSpeed ZeRO-2 and ZeRO-3 over 2 ranks.
+with one multi-token-prediction module (an MoE layer) under FSDP, DDP, DeepSpeed ZeRO-2 and ZeRO-3, and
+expert parallel over 2 ranks.
 
 The router losses are off: the Switch load-balancing loss is a non-linear function of the whole batch, which no
 data-parallel layout reproduces from per-rank halves, and tensor parallel computes the loss outside the model,
@@ -43,7 +44,7 @@ SPECS = {
 MTP_SPECS = {
     layout: plan(RunSpec(layout=layout, world_size=2, steps=3, global_batch=4, seq_len=16, eps=ADAM_EPS,
                          grad_clip=1.0, model_overrides={**DEEPSEEK_V3_LIKE, "mtp_depth": 1}))
-    for layout in ("fsdp", "ddp", "zero2", "zero3")
+    for layout in ("fsdp", "ddp", "zero2", "zero3", "ep")
 }
 
 @pytest.mark.timeout(300)
