@@ -451,10 +451,27 @@ def write_json_atomic(path: Path, obj: Any) -> None:
         raise
 
 
+_FIRST_RANK_NUMBER = re.compile(r"(?<!\d)(\d{5})(?!\d)")
+
+
 def remove_stale_temporaries(directory: Path, rank: Optional[int] = None) -> None:
     """Temporary files (`.<name>.tmp.<pid>`) left by a killed task: never read, removed so they do not accumulate.
-    With `rank`, only that task's files directly in `directory` (their names hold the zero-padded rank)."""
-    if directory.is_dir():
-        found = directory.rglob(".*.tmp.*") if rank is None else directory.glob(f".*{rank:05d}*.tmp.*")
-        for tmp in list(found):
-            tmp.unlink(missing_ok=True)
+
+    With `rank`, only that task's files directly in `directory`, while the other tasks of the stage may be writing
+    theirs: a per-task file name starts its zero-padded numbers with the writer's rank (shard-00003,
+    stage-hash-00003, hashes-00003-00001 for the bucket 1 part written by task 3), so the first 5-digit number of
+    the name must be `rank`. Matching the rank anywhere in the name removed task 0's hashes-00000-00001 while it
+    was being written, when task 1 started."""
+    if not directory.is_dir():
+        return
+    if rank is None:
+        found = list(directory.rglob(".*.tmp.*"))
+    else:
+        found = [tmp for tmp in directory.glob(".*.tmp.*") if _writer_rank(tmp.name) == rank]
+    for tmp in found:
+        tmp.unlink(missing_ok=True)
+
+
+def _writer_rank(temporary_name: str) -> Optional[int]:
+    match = _FIRST_RANK_NUMBER.search(temporary_name.split(".tmp.")[0])
+    return int(match.group(1)) if match else None

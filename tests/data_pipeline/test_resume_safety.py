@@ -123,3 +123,24 @@ def test_failing_task_names_its_step_stage_and_task(tmp_path, capsys):
     rc = main(["tokenize", f"input={source}", f"output={tmp_path / 'out'}", "tasks=2", f"+step_params.tokenizer={broken}"])
     assert rc == 1
     assert "error: step tokenize, stage train, task 0 of 2" in capsys.readouterr().err
+
+
+def test_a_task_removes_only_its_own_stale_temporaries(tmp_path):
+    """A task starting (a Slurm retry, or the second worker) clears what an earlier run of *itself* left, while the
+    other tasks of the stage may be writing: task 0's part for bucket 1 (hashes-00000-00001) is not task 1's."""
+    from data_pipeline.io import remove_stale_temporaries
+
+    names = {
+        ".hashes-00000-00001.npy.tmp.17878": 0,  # task 0 writing its bucket-1 part (boilerplate_dedup)
+        ".hashes-00001-00000.npy.tmp.99999": 1,  # task 1's, left by a killed run
+        ".shard-00001.jsonl.tmp.12345": 1,
+        ".stage-hash-00001.json.tmp.4242": 1,
+        ".shard-00010.jsonl.tmp.00001": 10,  # a pid that looks like a rank does not count
+        ".shard-00000.jsonl.tmp.100001": 0,
+    }
+    for name in names:
+        (tmp_path / name).write_text("partial")
+    remove_stale_temporaries(tmp_path, rank=1)
+    assert sorted(p.name for p in tmp_path.iterdir()) == sorted(n for n, rank in names.items() if rank != 1)
+    remove_stale_temporaries(tmp_path)  # the whole-run sweep at start, under the output lock
+    assert list(tmp_path.iterdir()) == []
