@@ -76,7 +76,10 @@ def test_rendered_script_launches_one_torchrun_per_node(tmp_path, monkeypatch, c
     bin_dir.mkdir()
     for tool in ("srun", "scontrol", "scancel"):
         stub = bin_dir / tool
-        reply = 'printf "gpu-node-%03d\\n" 1 2 3' if tool == "scontrol" else "true"
+        # scontrol names the 16 nodes one write at a time: a script reading only its first line through
+        # `| head -n 1` under pipefail would die of SIGPIPE (141) on the second write
+        reply = ('for i in $(seq 1 16); do printf "gpu-node-%03d\\n" "$i"; sleep 0.02; done' if tool == "scontrol"
+                 else "true")
         stub.write_text(f'#!/bin/bash\nprintf "%s\\n" "$@" > "{tmp_path}/{tool}.args"\n{reply}\n')
         stub.chmod(0o755)
     script = tmp_path / "job.sbatch"
