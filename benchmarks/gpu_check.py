@@ -247,22 +247,6 @@ def check(name: str, fn: Callable[[], tuple[bool, dict]]) -> dict:
 
 
 # ------------------------------------------------------------------------------------------------ correctness
-def make_shards(directory: Path) -> Path:
-    """Arithmetic-progression documents over a 256-token vocabulary (learnable within 30 steps), packed."""
-    import numpy as np
-
-    from data_pipeline.formats import ShardWriter
-
-    rng = np.random.default_rng(0)
-    for s in range(2):
-        with ShardWriter(directory, f"part{s}", vocab_size=256, eos_id=0, tokenizer_id="gpu-check-arith") as writer:
-            for _ in range(150):
-                n = int(rng.integers(20, 200))
-                first, step = int(rng.integers(1, 256)), int(rng.integers(1, 5))
-                writer.add_document((first + step * np.arange(n)) % 255 + 1)
-    return directory
-
-
 def correctness_overrides(ctx: Context, shards: Path, run_dir: Path) -> list[str]:
     return [*(f"model.{k}={v}" for k, v in CORRECTNESS_MODEL.items()),
             "data=packed", f"data.path={shards}", "data.seq_len=32",
@@ -314,8 +298,10 @@ def launcher_cmd(overrides: list[str]) -> list[str]:
 def run_correctness(ctx: Context) -> list[dict]:
     """The launcher runs go at once (tiny models leave the device and cores mostly idle); the resumed run starts
     as soon as the fp32 run has published its step-15 checkpoint."""
+    from data_pipeline.synthetic import write_arithmetic_shards
+
     work = ctx.work / "correctness"
-    shards = make_shards(work / "shards")
+    shards = write_arithmetic_shards(work / "shards", "gpu-check-arith")
     runs = {
         "fp32": [],
         "fsdp": ["parallel=fsdp"],

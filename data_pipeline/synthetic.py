@@ -335,3 +335,21 @@ def write_corpus(corpus: SyntheticCorpus, directory: str | os.PathLike, files: i
     truth = {"documents": corpus.truth, "near_pairs": corpus.near_pairs}
     _write_lines_atomic(directory / "truth.json", [json.dumps(truth, indent=1)])
     return {"corpus": corpus_dir, "eval": directory / "eval.jsonl", "truth": directory / "truth.json"}
+
+
+def write_arithmetic_shards(directory: str | os.PathLike, tokenizer_id: str) -> Path:
+    """Two packed shards of 150 "arithmetic progression" documents each over a 256-token vocabulary (eos 0): a model
+    learns them within a few steps, so the launcher's tests and benchmarks/gpu_check.py can see a run learn."""
+    import numpy as np
+
+    from data_pipeline.formats import ShardWriter
+
+    directory = Path(directory)
+    rng = np.random.default_rng(0)
+    for s in range(2):
+        with ShardWriter(directory, f"part{s}", vocab_size=256, eos_id=0, tokenizer_id=tokenizer_id) as writer:
+            for _ in range(150):
+                n = int(rng.integers(20, 200))
+                first, step = int(rng.integers(1, 256)), int(rng.integers(1, 5))
+                writer.add_document((first + step * np.arange(n)) % 255 + 1)
+    return directory

@@ -3,24 +3,15 @@ from __future__ import annotations
 
 from pathlib import Path
 
-import numpy as np
 import pytest
 
 
 @pytest.fixture(scope="session")
 def shards(tmp_path_factory) -> Path:
     """Two shards of 'arithmetic progression' documents over a 256-token vocab: learnable in a few steps."""
-    from data_pipeline.formats import ShardWriter
+    from data_pipeline.synthetic import write_arithmetic_shards
 
-    directory = tmp_path_factory.mktemp("shards")
-    rng = np.random.default_rng(0)
-    for s in range(2):
-        with ShardWriter(directory, f"part{s}", vocab_size=256, eos_id=0, tokenizer_id="test-arith") as writer:
-            for _ in range(150):
-                n = int(rng.integers(20, 200))
-                start, inc = int(rng.integers(1, 256)), int(rng.integers(1, 5))
-                writer.add_document((start + inc * np.arange(n)) % 255 + 1)
-    return directory
+    return write_arithmetic_shards(tmp_path_factory.mktemp("shards"), "test-arith")
 
 
 @pytest.fixture(scope="session")
