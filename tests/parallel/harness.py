@@ -272,6 +272,23 @@ def _run_one(spec: RunSpec, world_size: int):
         return traceback.format_exc()
 
 
+def spawn_gloo_workers(worker, nprocs: int, out: str):
+    """Run `worker(rank, nprocs, port, out)` on `nprocs` spawned processes (each joins a gloo group at
+    tcp://127.0.0.1:port) and return what rank 0 published to `out` with `save_from_rank_0`."""
+    import torch.multiprocessing as mp
+
+    mp.start_processes(worker, args=(nprocs, free_port(), out), nprocs=nprocs, start_method="spawn", join=True)
+    return torch.load(out)
+
+
+def save_from_rank_0(obj, out: str, rank: int) -> None:
+    """Rank 0 publishes `obj` for `spawn_gloo_workers` (written aside, then renamed into place); all ranks wait."""
+    if rank == 0:
+        torch.save(obj, out + ".tmp")
+        os.replace(out + ".tmp", out)
+    dist.barrier()
+
+
 def free_port() -> int:
     """A currently free TCP port (for tests that start their own processes; racy if another test grabs it)."""
     import socket

@@ -7,14 +7,13 @@ including GQA, sliding windows and logit soft-capping, where a wrong mask or mer
 """
 from __future__ import annotations
 
-import os
 from datetime import timedelta
 
 import pytest
 import torch
 import torch.distributed as dist
 
-from harness import RunSpec, assert_runs_match, free_port, run_layouts
+from harness import RunSpec, assert_runs_match, run_layouts, save_from_rank_0, spawn_gloo_workers
 
 # Adam's eps at the scale of the gradients, so an update depends on the gradient's size and a wrong gradient
 # scale (a missing 1/dp, 1/cp or 1/microbatches) changes the weights; with eps=1e-8 Adam would hide it.
@@ -110,10 +109,7 @@ def _kernel_worker(rank, world, port, out):
         # every rank checks its own share: gather the worst error per case
         errors = torch.stack(all_errors)
         dist.all_reduce(errors, op=dist.ReduceOp.MAX)
-        if rank == 0:
-            torch.save(errors, out + ".tmp")
-            os.replace(out + ".tmp", out)
-        dist.barrier()
+        save_from_rank_0(errors, out, rank)
     finally:
         dist.destroy_process_group()
 
@@ -121,11 +117,7 @@ def _kernel_worker(rank, world, port, out):
 @pytest.mark.timeout(120)
 def test_attention_kernels_forward_and_backward(tmp_path):
     """Ring and Ulysses attention vs full causal attention: output and dq/dk/dv on every rank, several layouts."""
-    import torch.multiprocessing as mp
-
-    out = str(tmp_path / "errors.pt")
-    mp.start_processes(_kernel_worker, args=(4, free_port(), out), nprocs=4, start_method="spawn", join=True)
-    errors = torch.load(out)
+    errors = spawn_gloo_workers(_kernel_worker, 4, str(tmp_path / "errors.pt"))
     for case, case_errors in zip(KERNEL_CASES, errors):
         assert case_errors.max() < 1e-5, f"{case}: output/dq/dk/dv max errors {case_errors.tolist()}"
 

@@ -8,14 +8,13 @@ local K/V. Gradients are checked against full attention on one process at cp = 2
 """
 from __future__ import annotations
 
-import os
 from datetime import timedelta
 
 import pytest
 import torch
 import torch.distributed as dist
 
-from harness import free_port
+from harness import save_from_rank_0, spawn_gloo_workers
 
 pytestmark = pytest.mark.distributed
 
@@ -87,21 +86,14 @@ def _worker(rank, world, port, out):
             report[cp] = {"errors": errors, "ring_saved": ring_saved, "gathered_saved": gathered_saved}
         gathered = [None] * world
         dist.all_gather_object(gathered, report)
-        if rank == 0:
-            torch.save(gathered, out + ".tmp")
-            os.replace(out + ".tmp", out)
-        dist.barrier()
+        save_from_rank_0(gathered, out, rank)
     finally:
         dist.destroy_process_group()
 
 
 @pytest.mark.timeout(120)
 def test_ring_attention_backward_keeps_one_block_and_exact_gradients(tmp_path):
-    import torch.multiprocessing as mp
-
-    out = str(tmp_path / "report.pt")
-    mp.start_processes(_worker, args=(4, free_port(), out), nprocs=4, start_method="spawn", join=True)
-    reports = torch.load(out)
+    reports = spawn_gloo_workers(_worker, 4, str(tmp_path / "report.pt"))
     fp32 = 4
     qkv = (BATCH * HEADS + 2 * BATCH * KV_HEADS) * LOCAL_LEN * HEAD_DIM * fp32
     out_and_lse = BATCH * HEADS * LOCAL_LEN * (HEAD_DIM + 1) * fp32
