@@ -399,7 +399,7 @@ def generation_check(ctx: Context, run_dir: Path) -> tuple[bool, dict]:
     greedy decoding by a full forward pass over the whole sequence at every step."""
     import torch
 
-    from model.generate import generate
+    from model.generation import generate
 
     net = _load_trained(run_dir, ctx.device)
     prompts = [[7, 9, 11, 13, 15], [100, 101, 102, 103, 104, 105, 106, 107, 108]]

@@ -69,7 +69,7 @@ def sample_text(model: torch.nn.Module, tokenizer, prompt: str, max_new_tokens: 
                 eos_id: Optional[int]) -> str:
     """Greedy continuation of the prompt, decoded when the data comes with a tokenizer, else token ids. Every rank
     runs it (sharded layouts need all ranks in the forward); rank 0 logs it."""
-    from model.generate import generate
+    from model.generation import generate
 
     if tokenizer is not None:
         prompt_ids = tokenizer.encode(prompt).ids or [eos_id or 0]

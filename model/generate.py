@@ -1,264 +1,123 @@
-"""Autoregressive generation with a static KV cache: greedy, sampling (temperature, top-k, top-p) and beam search.
+"""`python -m model.generate PATH`: load a model and continue prompts through the KV cache.
 
-Prompts of different lengths are left-padded into one batch: every row then writes its next token into the same
-cache slot, an attention mask hides the padding, and per-row positions keep RoPE/learned positions as if each
-prompt were alone. One prefill over the padded prompts fills the cache; each decode step feeds one token per row.
-Beam search is written here rather than borrowed from `transformers` because that needs an HF model class.
+PATH is a Loom run directory (its newest complete checkpoint), a Loom checkpoint (step_<N>/) or a Hugging Face
+model directory (config.json + safetensors). Prompts are text (`--prompt`, encoded with the tokenizer found beside
+the model: the checkpoint, its run directory or the HF directory) or token ids (`--prompt-ids "1 2 3; 4 5"`,
+prompts separated by `;`); several prompts are left-padded into one batch. Decoding is greedy unless a sampling
+option (--temperature, --top-k, --top-p) is given; --num-beams > 1 runs beam search. Generation stops at the end-
+of-sequence ids of the model's generation config (HF) or tokenizer (Loom run), or --stop-ids.
 
-LongRoPE picks its short or long frequencies by the length of a forward, so keys cached with the short ones go
-stale once a sequence grows past the original context: at that step the whole sequence is run again into fresh
-caches (what transformers does for Phi-3). `python -m model.generate` is the command line (model/generate_cli.py).
+  python -m model.generate outputs/my_run --prompt "The" --max-new-tokens 32
+  python -m model.generate hf_dir --prompt-ids "1 2 3; 4 5" --format json
 """
 from __future__ import annotations
 
-from typing import Optional, Sequence
+import argparse
+import json
+import sys
+from typing import Optional
 
-import torch
-from torch import nn
-
-from model.blocks.kv_cache import KVCache
-
-__all__ = ["KVCache", "generate", "make_kv_caches", "filter_logits", "sample_next"]
-
-
-def _rerun_length(model: nn.Module) -> Optional[int]:
-    """The total length at which cached keys must be recomputed (LongRoPE switching to its long factors)."""
-    s = model.cfg.rope_scaling
-    return s.original_max_seq_len + 1 if s.type == "longrope" and not s.is_plain else None
+from model.dtypes import PRECISIONS, canonical_precision
+from model.loading import GenerateError, load_model
 
 
-def _next_logits(model, next_token, step, lengths, cache, mask, prompt_tokens, generated):
-    """Last-position logits after feeding `next_token` (the step-th new token of each row); the whole sequence
-    again into fresh caches at the step LongRoPE switches factors."""
-    total = prompt_tokens.shape[1] + step + 1
-    if total == _rerun_length(model):
-        tokens = torch.cat([prompt_tokens, generated], dim=1)
-        positions = torch.clamp(mask[:, :total].long().cumsum(-1) - 1, min=0)
-        for name, fresh in make_kv_caches(model, tokens.shape[0], mask.shape[1]).items():
-            cache[name] = fresh
-        return model(tokens, positions=positions, cache=cache, attention_mask=mask)[:, -1]
-    return model(next_token[:, None], positions=(lengths + step)[:, None], cache=cache, attention_mask=mask)[:, -1]
+def parse_prompt_ids(text: str) -> list[list[int]]:
+    prompts = []
+    for part in text.split(";"):
+        try:
+            ids = [int(tok) for tok in part.split()]
+        except ValueError as exc:
+            raise GenerateError(f"--prompt-ids {text!r}: token ids are integers separated by spaces ({exc})") from exc
+        if not ids:
+            raise GenerateError(f"--prompt-ids {text!r}: an empty prompt (prompts are separated by ';')")
+        prompts.append(ids)
+    return prompts
 
 
-def make_kv_caches(model: nn.Module, batch_size: int, max_len: int) -> dict:
-    """One preallocated cache per layer of `model` (KVCache, or LatentKVCache for latent attention), in its
-    parameter dtype and device."""
-    return model.new_caches(batch_size, max_len)
+def run(args: argparse.Namespace) -> dict:
+    import torch
+
+    from model.generation import generate
+
+    loaded = load_model(args.path, dtype=args.dtype, device=args.device)
+    if args.prompt_ids is not None:
+        prompts = parse_prompt_ids(args.prompt_ids)
+    else:
+        if loaded.tokenizer is None:
+            raise GenerateError(f"{args.path}: no tokenizer.json beside the model (checkpoint, run or HF directory): "
+                                f"give token ids with --prompt-ids")
+        prompts = [loaded.tokenizer.encode(text).ids for text in args.prompt]
+        if any(not p for p in prompts):
+            raise GenerateError("a --prompt encodes to no tokens: give some text")
+    stop_ids = loaded.stop_ids if args.stop_ids is None else [int(t) for t in args.stop_ids.split()]
+    sampling = args.temperature is not None or args.top_k is not None or args.top_p is not None
+    generator = torch.Generator(device=args.device).manual_seed(args.seed) if args.seed is not None else None
+    new_ids = generate(
+        loaded.model, prompts, args.max_new_tokens, greedy=not sampling and args.num_beams == 1,
+        temperature=args.temperature if args.temperature is not None else 1.0, top_k=args.top_k, top_p=args.top_p,
+        num_beams=args.num_beams, length_penalty=args.length_penalty, stop_tokens=stop_ids, pad_id=loaded.pad_id,
+        generator=generator,
+    )
+    result: dict = {"prompt_ids": prompts, "ids": new_ids}
+    if loaded.tokenizer is not None:
+        # The continuation as transformers' text-generation pipeline cuts it: the whole sequence decoded, minus
+        # the decoded prompt (byte-level BPE may only decode cleanly as a whole).
+        decode = lambda ids: loaded.tokenizer.decode(ids, skip_special_tokens=True)  # noqa: E731
+        result["full_text"] = [decode(p + n) for p, n in zip(prompts, new_ids)]
+        result["text"] = [full[len(decode(p)):] for full, p in zip(result["full_text"], prompts)]
+    return result
 
 
-def filter_logits(
-    logits: torch.Tensor, *, temperature: float = 1.0, top_k: Optional[int] = None, top_p: Optional[float] = None
-) -> torch.Tensor:
-    """fp32 logits / temperature with tokens outside the top-k, then outside the top-p nucleus, set to -inf
-    (the order and rules of HF's TopK/TopP warpers; the most probable token always survives)."""
-    logits = logits.float() / temperature
-    if top_k is not None and top_k < logits.shape[-1]:
-        kth = torch.topk(logits, top_k, dim=-1).values[..., -1:]
-        logits = logits.masked_fill(logits < kth, float("-inf"))
-    if top_p is not None and top_p < 1.0:
-        sorted_logits, order = torch.sort(logits, dim=-1, descending=False)
-        cumulative = torch.softmax(sorted_logits, dim=-1).cumsum(dim=-1)
-        drop_sorted = cumulative <= 1 - top_p
-        drop_sorted[..., -1] = False
-        drop = drop_sorted.scatter(-1, order, drop_sorted)
-        logits = logits.masked_fill(drop, float("-inf"))
-    return logits
-
-
-def sample_next(
-    logits: torch.Tensor,
-    *,
-    greedy: bool = False,
-    temperature: float = 1.0,
-    top_k: Optional[int] = None,
-    top_p: Optional[float] = None,
-    generator: Optional[torch.Generator] = None,
-) -> torch.Tensor:
-    """Next token [B] from last-position logits [B, V]."""
-    if greedy:
-        return logits.argmax(dim=-1)
-    probs = torch.softmax(filter_logits(logits, temperature=temperature, top_k=top_k, top_p=top_p), dim=-1)
-    return torch.multinomial(probs, 1, generator=generator).squeeze(-1)
-
-
-def _left_pad(
-    prompts: Sequence[Sequence[int]], pad_id: int, total_len: int, device: torch.device
-) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
-    """-> tokens [B, P], attention mask over all total_len slots [B, total_len] (False on padding), prompt
-    positions [B, P], prompt lengths [B]."""
-    longest = max(len(p) for p in prompts)
-    tokens = torch.full((len(prompts), longest), pad_id, dtype=torch.long)
-    mask = torch.ones(len(prompts), total_len, dtype=torch.bool)
-    for row, prompt in enumerate(prompts):
-        pad = longest - len(prompt)
-        tokens[row, pad:] = torch.tensor(list(prompt), dtype=torch.long)
-        mask[row, :pad] = False
-    positions = torch.clamp(mask[:, :longest].long().cumsum(-1) - 1, min=0)
-    lengths = torch.tensor([len(p) for p in prompts], dtype=torch.long)
-    return tokens.to(device), mask.to(device), positions.to(device), lengths.to(device)
-
-
-def _check_args(model, prompts, max_new_tokens, temperature, top_k, top_p, greedy, num_beams) -> None:
-    if not prompts or any(len(p) == 0 for p in prompts):
-        raise ValueError("generate() needs at least one prompt and every prompt needs at least one token")
-    if max_new_tokens < 1:
-        raise ValueError(f"max_new_tokens must be >= 1, got {max_new_tokens}")
-    vocab = model.cfg.vocab_size
-    for p in prompts:
-        if min(p) < 0 or max(p) >= vocab:
-            raise ValueError(f"prompt token ids must be in [0, {vocab}), got {min(p)}..{max(p)}")
-    needed = max(len(p) for p in prompts) + max_new_tokens
-    if model.cfg.pos_embedding in ("rope", "learned") and needed > model.cfg.max_seq_len:
-        raise ValueError(
-            f"longest prompt + max_new_tokens = {needed} exceeds model.max_seq_len={model.cfg.max_seq_len}"
-        )
-    if not greedy and num_beams == 1 and temperature <= 0:
-        raise ValueError(f"temperature must be > 0 when sampling (use greedy=True for argmax), got {temperature}")
-    if top_k is not None and top_k < 1:
-        raise ValueError(f"top_k must be >= 1 or None, got {top_k}")
-    if top_p is not None and not 0 < top_p <= 1:
-        raise ValueError(f"top_p must be in (0, 1] or None, got {top_p}")
-    if num_beams < 1:
-        raise ValueError(f"num_beams must be >= 1, got {num_beams}")
-    if num_beams > 1 and (top_k is not None or top_p is not None):
-        raise ValueError("beam search is deterministic: top_k/top_p apply only with num_beams=1")
-
-
-@torch.no_grad()
-def generate(
-    model: nn.Module,
-    prompts: list[list[int]],
-    max_new_tokens: int,
-    *,
-    temperature: float = 1.0,
-    top_k: Optional[int] = None,
-    top_p: Optional[float] = None,
-    greedy: bool = False,
-    num_beams: int = 1,
-    length_penalty: float = 1.0,
-    stop_tokens: Sequence[int] = (),
-    pad_id: int = 0,
-    generator: Optional[torch.Generator] = None,
-) -> list[list[int]]:
-    """New tokens for each prompt, each row ended at its first stop token (included) or after max_new_tokens.
-
-    num_beams > 1 runs beam search on log-probabilities, ranking finished beams by sum(log p) / length **
-    length_penalty (length = generated tokens)."""
-    _check_args(model, prompts, max_new_tokens, temperature, top_k, top_p, greedy, num_beams)
-    was_training = model.training
-    model.eval()
+def _precision(name: str) -> str:
     try:
-        if num_beams > 1:
-            return _beam_search(model, prompts, max_new_tokens, num_beams, length_penalty, stop_tokens, pad_id)
-        return _sample(model, prompts, max_new_tokens, temperature, top_k, top_p, greedy, stop_tokens, pad_id,
-                       generator)
-    finally:
-        model.train(was_training)
+        return canonical_precision(name, "--dtype")
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from exc
 
 
-def _sample(model, prompts, max_new_tokens, temperature, top_k, top_p, greedy, stop_tokens, pad_id, generator):
-    device = next(model.parameters()).device
-    longest = max(len(p) for p in prompts)
-    tokens, mask, positions, lengths = _left_pad(prompts, pad_id, longest + max_new_tokens, device)
-    cache = make_kv_caches(model, len(prompts), longest + max_new_tokens)
-    logits = model(tokens, positions=positions, cache=cache, attention_mask=mask)[:, -1]
-    stops = torch.tensor(list(stop_tokens), dtype=torch.long, device=device)
-    finished = torch.zeros(len(prompts), dtype=torch.bool, device=device)
-    steps = []
-    for step in range(max_new_tokens):
-        next_token = sample_next(logits, greedy=greedy, temperature=temperature, top_k=top_k, top_p=top_p,
-                                 generator=generator)
-        next_token = torch.where(finished, torch.full_like(next_token, pad_id), next_token)
-        steps.append((next_token, finished.clone()))
-        finished |= torch.isin(next_token, stops)
-        if bool(finished.all()) or step == max_new_tokens - 1:
-            break
-        generated = torch.stack([t for t, _ in steps], dim=1)
-        logits = _next_logits(model, next_token, step, lengths, cache, mask, tokens, generated)
-    outputs: list[list[int]] = [[] for _ in prompts]
-    for next_token, was_finished in steps:
-        for row, (tok, done) in enumerate(zip(next_token.tolist(), was_finished.tolist())):
-            if not done:
-                outputs[row].append(tok)
-    return outputs
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="python -m model.generate", description=__doc__.split("\n\n")[0],
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("path", help="Loom run directory, Loom checkpoint, or Hugging Face model directory")
+    prompt = parser.add_mutually_exclusive_group(required=True)
+    prompt.add_argument("--prompt", action="append", help="prompt text (repeat for a batch); needs a tokenizer")
+    prompt.add_argument("--prompt-ids", help='token ids, prompts separated by ";": "1 2 3; 4 5"')
+    parser.add_argument("--max-new-tokens", type=int, default=32)
+    parser.add_argument("--temperature", type=float, default=None, help="sample at this temperature")
+    parser.add_argument("--top-k", type=int, default=None, help="sample among the k most probable tokens")
+    parser.add_argument("--top-p", type=float, default=None, help="sample within this nucleus mass")
+    parser.add_argument("--seed", type=int, default=None, help="seed for sampling")
+    parser.add_argument("--num-beams", type=int, default=1, help="beam search with this many beams")
+    parser.add_argument("--length-penalty", type=float, default=1.0, help="beam score = log p / length ** this")
+    parser.add_argument("--stop-ids", default=None, help='ids that end a sequence, e.g. "2 7" ("" for none; '
+                                                          'default: the model\'s end-of-sequence ids)')
+    parser.add_argument("--dtype", type=_precision, default="fp32",
+                        help=f"{' | '.join(PRECISIONS)} (torch's long names too)")
+    parser.add_argument("--device", default="cpu", help="cpu, cuda, cuda:1, ...")
+    parser.add_argument("--format", choices=("text", "json"), default="text")
+    return parser
 
 
-def _beam_search(model, prompts, max_new_tokens, num_beams, length_penalty, stop_tokens, pad_id):
-    device = next(model.parameters()).device
-    n_prompts, n_rows = len(prompts), len(prompts) * num_beams
-    rows = [p for p in prompts for _ in range(num_beams)]
-    longest = max(len(p) for p in prompts)
-    tokens, mask, positions, lengths = _left_pad(rows, pad_id, longest + max_new_tokens, device)
-    cache = make_kv_caches(model, n_rows, longest + max_new_tokens)
-    logits = model(tokens, positions=positions, cache=cache, attention_mask=mask)[:, -1]
-    stops = set(stop_tokens)
-    # Only beam 0 of each prompt is live at the start, so the first step does not pick the same token num_beams times.
-    beam_scores = torch.full((n_prompts, num_beams), float("-inf"), device=device)
-    beam_scores[:, 0] = 0.0
-    generated = torch.empty(n_rows, 0, dtype=torch.long, device=device)
-    finished_hyps: list[list[tuple[float, list[int]]]] = [[] for _ in prompts]
-    done = [False] * n_prompts
-    for step in range(max_new_tokens):
-        length = step + 1
-        log_probs = torch.log_softmax(logits.float(), dim=-1)
-        vocab = log_probs.shape[-1]
-        candidates = (beam_scores.reshape(-1, 1) + log_probs).reshape(n_prompts, num_beams * vocab)
-        top_scores, top_ids = torch.topk(candidates, min(2 * num_beams, num_beams * vocab), dim=1)
-        new_scores, new_rows, new_tokens = [], [], []
-        for b in range(n_prompts):
-            if done[b]:  # keep feeding padding; these rows no longer matter
-                new_scores += [float("-inf")] * num_beams
-                new_rows += [b * num_beams + i for i in range(num_beams)]
-                new_tokens += [pad_id] * num_beams
-                continue
-            kept = []
-            for rank, (score, idx) in enumerate(zip(top_scores[b].tolist(), top_ids[b].tolist())):
-                source, token = divmod(idx, vocab)
-                if score == float("-inf"):
-                    break
-                if token in stops:
-                    if rank < num_beams:
-                        sequence = generated[b * num_beams + source].tolist() + [token]
-                        finished_hyps[b].append((score / length**length_penalty, sequence))
-                    continue
-                kept.append((score, b * num_beams + source, token))
-                if len(kept) == num_beams:
-                    break
-            while len(kept) < num_beams:  # fewer live candidates than beams (tiny vocab, first step)
-                kept.append((float("-inf"), b * num_beams, pad_id))
-            finished_hyps[b] = sorted(finished_hyps[b], key=lambda h: h[0], reverse=True)[:num_beams]
-            best_running = kept[0][0] / length**length_penalty
-            if len(finished_hyps[b]) == num_beams and finished_hyps[b][-1][0] >= best_running:
-                done[b] = True
-            for score, row, token in kept:
-                new_scores.append(score)
-                new_rows.append(row)
-                new_tokens.append(token)
-        beam_scores = torch.tensor(new_scores, device=device).reshape(n_prompts, num_beams)
-        reorder = torch.tensor(new_rows, dtype=torch.long, device=device)
-        next_token = torch.tensor(new_tokens, dtype=torch.long, device=device)
-        generated = torch.cat([generated[reorder], next_token[:, None]], dim=1)
-        for layer_cache in cache.values():
-            layer_cache.reorder(reorder)
-        if all(done) or step == max_new_tokens - 1:
-            break
-        logits = _next_logits(model, next_token, step, lengths, cache, mask, tokens, generated)
-    results = []
-    for b in range(n_prompts):
-        hyps = list(finished_hyps[b])
-        if not done[b]:
-            length = generated.shape[1]
-            for i in range(num_beams):
-                score = float(beam_scores[b, i])
-                if score > float("-inf"):
-                    hyps.append((score / length**length_penalty, generated[b * num_beams + i].tolist()))
-        results.append(max(hyps, key=lambda h: h[0])[1])
-    return results
+def main(argv: Optional[list[str]] = None) -> int:
+    args = build_parser().parse_args(argv)
+    from model.checkpoint_io import CheckpointError
+    from model.hf import HFConversionError
+
+    try:
+        result = run(args)
+    except (GenerateError, HFConversionError, CheckpointError, ValueError) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    if args.format == "json":
+        print(json.dumps({k: result[k] for k in ("ids", "text", "prompt_ids") if k in result}))
+    else:
+        for i, ids in enumerate(result["ids"]):
+            if "full_text" in result:
+                print(result["full_text"][i])
+            else:
+                print(" ".join(map(str, result["prompt_ids"][i] + ids)))
+    return 0
 
 
 if __name__ == "__main__":
-    import sys
-
-    from model.generate_cli import main
-
     sys.exit(main())

@@ -71,7 +71,7 @@ def test_exported_default_run_generates_through_the_hf_pipeline_like_model_gener
     assert hf_text.strip() and 1 <= len(result["ids"][0]) <= 16, "an empty continuation compares nothing"
 
     # Imported back, the checkpoint keeps the tokenizer beside it: text prompts work on it as on the run.
-    from model.generate_cli import main
+    from model.generate import main
     from model.hf import import_checkpoint
 
     imported = import_checkpoint(hf_dir, tmp_path / "imported")
@@ -83,7 +83,7 @@ def test_exported_default_run_generates_through_the_hf_pipeline_like_model_gener
 
 
 def test_generate_refuses_a_path_that_is_no_model(tmp_path):
-    from model.generate_cli import main
+    from model.generate import main
 
     (tmp_path / "empty").mkdir()
     assert main([str(tmp_path / "empty"), "--prompt-ids", "1 2"]) == 2

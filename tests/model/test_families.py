@@ -83,7 +83,7 @@ def test_loom_to_hf_loads_without_missing_keys_and_equal_logits(hf_models, name:
 
 
 def generate_cli(directory: Path, num_beams: int) -> list[list[int]]:
-    from model.generate_cli import main
+    from model.generate import main
 
     out = io.StringIO()
     with contextlib.redirect_stdout(out):
@@ -107,7 +107,7 @@ def test_generate_cli_greedy_and_beam_equal_transformers(hf_models, name: str) -
 
 
 def test_generate_cli_sampling_is_seeded_and_text_needs_a_tokenizer(hf_models, capsys) -> None:
-    from model.generate_cli import main
+    from model.generate import main
 
     directory = hf_models["qwen3"][1]
     args = [str(directory), "--prompt-ids", "5 9 2; 7 3", "--max-new-tokens", "12", "--format", "json",

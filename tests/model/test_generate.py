@@ -7,7 +7,7 @@ import torch
 
 from model import build
 from model.config import ModelConfig
-from model.generate import filter_logits, generate
+from model.generation import filter_logits, generate
 
 pytestmark = pytest.mark.usefixtures("single_thread")
 

@@ -6,7 +6,7 @@ import torch
 from model import build
 from model.blocks.kv_cache import KVCache, LatentKVCache
 from model.config import MLAConfig, ModelConfig
-from model.generate import generate
+from model.generation import generate
 
 pytestmark = pytest.mark.usefixtures("single_thread")
 
