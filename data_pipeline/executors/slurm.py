@@ -1,7 +1,7 @@
 """Run a pipeline plan on Slurm: every stage of every step is one sbatch job (an array over shards for per-shard
 stages), each submitted with --dependency=afterok on the previous one, then a last job merges stats and writes
 the report. The plan is saved as JSON in the output directory and the jobs run `slurm/pipeline.sbatch`, which
-calls back into this module (`task` / `finalize`).
+calls back into `python -m data_pipeline.executors.slurm_task` (`task` / `finalize`).
 
 Resources come from the `cluster` config group (the one training uses): time, CPUs, memory, partition, account,
 qos, extra sbatch options, exported variables and the interpreter. `workers` is honoured as on the local
@@ -17,7 +17,6 @@ import logging
 import os
 import shlex
 import subprocess
-import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -25,7 +24,7 @@ from typing import Optional
 
 from cluster.config import ClusterConfig
 from cluster.slurm import REPO, SLURM_DIR, TERMINAL_STATES, job_python, job_records, resource_options
-from data_pipeline.executors.base import PipelinePlan, merge_step_stats, run_task, save_plan_checked, stage_names
+from data_pipeline.executors.base import PipelinePlan, merge_step_stats, save_plan_checked, stage_names
 
 log = logging.getLogger(__name__)
 SBATCH_SCRIPT = SLURM_DIR / "pipeline.sbatch"
@@ -84,7 +83,7 @@ class SlurmExecutor:
         return jobs
 
     def command(self, job: StageJob, dependency: Optional[str]) -> list[str]:
-        output = f"%x-%A_%a.out" if job.array else "%x-%j.out"
+        output = "%x-%A_%a.out" if job.array else "%x-%j.out"
         args = [self.sbatch, "--parsable", f"--job-name={job.name}"]
         if dependency:
             args.append(f"--dependency=afterok:{dependency}")
@@ -188,22 +187,3 @@ def finalize(plan: PipelinePlan) -> None:
     for spec in plan.steps:
         merge_step_stats(plan, spec.name)
     write_report(plan.root, [s.name for s in plan.steps])
-
-
-def main(argv: Optional[list[str]] = None) -> int:
-    argv = list(sys.argv[1:] if argv is None else argv)
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
-    if len(argv) == 5 and argv[0] == "task":
-        plan = PipelinePlan.load(Path(argv[1]))
-        ran = run_task(plan, int(argv[2]), int(argv[3]), int(argv[4]))
-        log.info("task step=%s stage=%s rank=%s %s", argv[2], argv[3], argv[4], "done" if ran else "already done (skipped)")
-        return 0
-    if len(argv) == 2 and argv[0] == "finalize":
-        finalize(PipelinePlan.load(Path(argv[1])))
-        return 0
-    print("usage: python -m data_pipeline.executors.slurm task PLAN STEP STAGE RANK | finalize PLAN", file=sys.stderr)
-    return 2
-
-
-if __name__ == "__main__":
-    sys.exit(main())

@@ -24,7 +24,7 @@ from pipeline_testing import output_files
 
 STEPS = "pipeline.steps=[{name:normalize},{name:heuristics}]"
 FAILING_PYTHON = r'''#!/bin/bash
-# Arguments: -m data_pipeline.executors.slurm task PLAN STEP STAGE RANK (or finalize PLAN)
+# Arguments: -m data_pipeline.executors.slurm_task task PLAN STEP STAGE RANK (or finalize PLAN)
 echo "$PYTHONPATH" >> "{record}"
 if [[ "$3" == task && "$5" == 1 && "$7" == 1 ]] && {condition}; then
   echo "failing heuristics task 1 on purpose" >&2
