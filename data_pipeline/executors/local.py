@@ -24,7 +24,7 @@ from data_pipeline.executors.base import (
     stage_names,
     task_done,
 )
-from data_pipeline.io import remove_stale_temporaries
+from data_pipeline.shards import remove_stale_temporaries
 from data_pipeline.ownership import die_with_parent, hold_lock
 
 log = logging.getLogger(__name__)
