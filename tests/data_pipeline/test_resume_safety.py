@@ -10,9 +10,9 @@ from pathlib import Path
 import pytest
 from pipeline_testing import output_files
 
+from cluster.ownership import hold_lock
 from data_pipeline.cli import build_plan, compose_config, main
 from data_pipeline.executors.base import run_task, save_plan_checked
-from data_pipeline.ownership import hold_lock
 from data_pipeline.fingerprint import InputChanged
 from data_pipeline.synthetic import generate_clean_documents
 
