@@ -23,7 +23,7 @@ from omegaconf.errors import OmegaConfBaseException
 
 from cluster.config import ClusterConfig
 from data_pipeline.executors.base import PipelinePlan, StepSpec, TaskFailed
-from data_pipeline.io import InputSpec, describe_input
+from data_pipeline.readers import InputSpec, describe_input
 from data_pipeline.steps import STEP_NAMES, build_step
 
 log = logging.getLogger("data_pipeline")

@@ -46,12 +46,12 @@ def _from_env() -> tuple[int, int, int]:
 
 def die_with_launcher() -> None:
     """Under torchrun or srun, end this rank when the process that launched it dies (kill -9 of torchrun would
-    otherwise leave its ranks training and writing checkpoints): data_pipeline/ownership.py's parent-death signal
+    otherwise leave its ranks training and writing checkpoints): cluster/ownership.py's parent-death signal
     and watchdog. A plain `python -m launcher.train` is left alone (its parent is a shell the user may close on
     purpose, e.g. under nohup)."""
     if "TORCHELASTIC_RUN_ID" not in os.environ and "SLURM_STEP_ID" not in os.environ:
         return
-    from data_pipeline.ownership import die_with_parent
+    from cluster.ownership import die_with_parent
 
     die_with_parent(os.getppid())
 

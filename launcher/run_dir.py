@@ -161,12 +161,12 @@ def check_same_run(run_dir: str | os.PathLike, config: dict[str, Any], allow: li
 
 
 class RunLock:
-    """One writer per run directory: rank 0 holds <run_dir>/.lock for the run's lifetime (data_pipeline/ownership.py:
+    """One writer per run directory: rank 0 holds <run_dir>/.lock for the run's lifetime (cluster/ownership.py:
     the kernel drops it however the process dies), so a second launch on a live run directory fails at once naming
     the holder's host and pid."""
 
     def __init__(self, run_dir: str | os.PathLike) -> None:
-        from data_pipeline.ownership import DirectoryInUse, hold_lock
+        from cluster.ownership import DirectoryInUse, hold_lock
 
         try:
             self.file = hold_lock(run_dir, f"trainer.run_dir={run_dir}")

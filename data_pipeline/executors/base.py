@@ -31,14 +31,11 @@ from typing import Any, Iterator, Optional
 
 from data_pipeline.document import Document
 from data_pipeline.fingerprint import START_OVER, InputChanged, describe_changes, fingerprint_files
-from data_pipeline.io import (
-    AtomicRecordWriter,
+from data_pipeline.readers import InputSpec, Quarantined, input_files, read_input_shard
+from data_pipeline.shards import (
     OUTPUT_FORMATS,
-    InputSpec,
-    Quarantined,
+    AtomicRecordWriter,
     find_shard,
-    input_files,
-    read_input_shard,
     read_shard,
     remove_stale_temporaries,
     shard_name,

@@ -6,7 +6,7 @@ fixed by the plan (`tasks` shards), so workers=1 and workers=4 write identical o
 One run per output directory at a time: the run holds an exclusive lock on `<output>/.lock` (flock, released by the
 kernel however the process ends), so the temporary files swept at start can only be a dead run's. Pool workers
 exit when the main process dies, even by kill -9, so no orphan keeps writing into a directory a rerun is using
-(both from data_pipeline/ownership.py).
+(both from cluster/ownership.py).
 """
 from __future__ import annotations
 
@@ -16,6 +16,7 @@ import os
 from concurrent.futures import ProcessPoolExecutor
 from typing import Any, Callable, Optional
 
+from cluster.ownership import die_with_parent, hold_lock
 from data_pipeline.executors.base import (
     PipelinePlan,
     merge_step_stats,
@@ -24,8 +25,7 @@ from data_pipeline.executors.base import (
     stage_names,
     task_done,
 )
-from data_pipeline.io import remove_stale_temporaries
-from data_pipeline.ownership import die_with_parent, hold_lock
+from data_pipeline.shards import remove_stale_temporaries
 
 log = logging.getLogger(__name__)
 

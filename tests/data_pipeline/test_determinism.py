@@ -11,7 +11,7 @@ from pathlib import Path
 
 from pipeline_testing import output_files, run_clean_pipeline
 
-from data_pipeline.io import read_shard
+from data_pipeline.shards import read_shard
 
 REPO = Path(__file__).resolve().parents[2]
 

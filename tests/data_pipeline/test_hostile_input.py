@@ -17,7 +17,7 @@ from pathlib import Path
 import pytest
 from hostile_input import DOCUMENT, GZ, MIXED, write_hostile_input
 
-from data_pipeline.io import read_shard
+from data_pipeline.shards import read_shard
 
 REPO = Path(__file__).resolve().parents[2]
 # Steps of configs/pipeline/default.yaml that run here (decontaminate is skipped: no eval sets); tokenize writes

@@ -12,7 +12,8 @@ import pytest
 import zstandard
 
 from data_pipeline.cli import main
-from data_pipeline.io import InputSpec, Quarantined, read_input_shard, read_shard
+from data_pipeline.readers import InputSpec, Quarantined, read_input_shard
+from data_pipeline.shards import read_shard
 from data_pipeline.synthetic import generate_clean_documents
 
 GOOD = generate_clean_documents(6, seed=11)

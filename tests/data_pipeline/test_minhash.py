@@ -279,7 +279,7 @@ def _write_jsonl(path: Path, docs: list[tuple[str, str]]) -> Path:
 def _run_step(source: Path, output: Path, tasks: int, workers: int) -> Path:
     from data_pipeline.executors.base import PipelinePlan, StepSpec
     from data_pipeline.executors.local import LocalExecutor
-    from data_pipeline.io import InputSpec
+    from data_pipeline.readers import InputSpec
 
     plan = PipelinePlan(input=InputSpec(path=str(source)), output=str(output),
                         steps=[StepSpec("minhash_dedup", {})], tasks=tasks)

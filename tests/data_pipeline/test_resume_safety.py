@@ -10,9 +10,9 @@ from pathlib import Path
 import pytest
 from pipeline_testing import output_files
 
+from cluster.ownership import hold_lock
 from data_pipeline.cli import build_plan, compose_config, main
 from data_pipeline.executors.base import run_task, save_plan_checked
-from data_pipeline.ownership import hold_lock
 from data_pipeline.fingerprint import InputChanged
 from data_pipeline.synthetic import generate_clean_documents
 
@@ -90,7 +90,7 @@ def test_failed_commit_leaves_no_temporary_file_and_the_rerun_completes(tmp_path
     def disk_full(fd):
         raise OSError(errno.ENOSPC, "No space left on device")
 
-    monkeypatch.setattr("data_pipeline.io.os.fsync", disk_full)
+    monkeypatch.setattr("data_pipeline.shards.os.fsync", disk_full)
     assert normalize(source, output) == 1
     err = capsys.readouterr().err
     assert "step normalize, stage run, task 0 of 2" in err and "No space left on device" in err
@@ -128,7 +128,7 @@ def test_failing_task_names_its_step_stage_and_task(tmp_path, capsys):
 def test_a_task_removes_only_its_own_stale_temporaries(tmp_path):
     """A task starting (a Slurm retry, or the second worker) clears what an earlier run of *itself* left, while the
     other tasks of the stage may be writing: task 0's part for bucket 1 (hashes-00000-00001) is not task 1's."""
-    from data_pipeline.io import remove_stale_temporaries
+    from data_pipeline.shards import remove_stale_temporaries
 
     names = {
         ".hashes-00000-00001.npy.tmp.17878": 0,  # task 0 writing its bucket-1 part (boilerplate_dedup)

@@ -12,7 +12,7 @@ import pytest
 from data_pipeline.executors.base import PipelinePlan, StepSpec
 from data_pipeline.executors.local import LocalExecutor
 from data_pipeline.formats import PackedDataset, PackedShard
-from data_pipeline.io import InputSpec
+from data_pipeline.readers import InputSpec
 from data_pipeline.steps import build_step
 from data_pipeline.steps.normalize import normalize_text
 from data_pipeline.tokenizer import DEFAULT_EOS, TokenizerInfo, load_tokenizer, save_tokenizer, tokenizer_id, train_bpe

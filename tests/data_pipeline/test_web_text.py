@@ -76,7 +76,7 @@ def write_warc(path: Path, pages: dict[str, str]) -> None:
 
 
 def test_warc_written_with_warcio_is_read_record_by_record(tmp_path):
-    from data_pipeline.io import InputSpec, read_input_shard
+    from data_pipeline.readers import InputSpec, read_input_shard
 
     pages = {f"https://site{i}.example.com/post/{i}": page(name, paras) for i, (name, paras) in enumerate(ARTICLES.items())}
     pages["https://site0.example.com/logo.png"] = b"\x89PNG\r\n\x1a\n" + bytes(64)

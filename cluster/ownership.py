@@ -1,5 +1,6 @@
-"""One owner per directory, and no orphans: used by the data pipeline (its output directory, its pool workers)
-and by training (the run directory, the ranks torchrun or srun started).
+"""Process ownership shared by training and the data pipeline: one owner per directory, and no orphans. The data
+pipeline uses it for its output directory and its pool workers, training for the run directory and the ranks
+torchrun or srun started.
 
 - `hold_lock(directory, what)`: an exclusive flock on `<directory>/.lock` held for the holder's lifetime (the kernel
   drops it however the process ends, kill -9 included), with the holder's host, pid and start time inside, so a
@@ -9,7 +10,9 @@ and by training (the run directory, the ranks torchrun or srun started).
   the main thread for a process pool and for torchrun); a daemon thread watching the parent pid backs it up where
   prctl is missing, and covers the parent dying before the signal was armed.
 
-In data_pipeline/ because training already imports the data pipeline's shared modules and never the reverse.
+In cluster/, below both `launcher` and `data_pipeline`, because both need it: the data pipeline may not import the
+launcher, and the launcher imports the data pipeline only for the packed-shard format and the default corpus. Like
+the rest of cluster/ it imports neither of them (nor torch).
 """
 from __future__ import annotations
 

@@ -1,4 +1,5 @@
-"""Reading raw inputs into Documents (with quarantine of bad rows) and writing shards atomically.
+"""Reading raw inputs into Documents, with quarantine of bad rows: JSONL (also .gz/.zst), Parquet, text files,
+WARC files, a saved `datasets` dataset or a hub name.
 
 Raw inputs are messy, so the reader never raises on a bad row: it yields a `Quarantined` record naming the file,
 the 1-based line (row for Parquet and datasets) and the reason, and the executor writes it to the quarantine
@@ -8,19 +9,27 @@ depth) holding a lone surrogate (`"\\ud800"` is valid JSON but cannot be written
 UTF-8 byte order mark at the start of a line is dropped. A truncated or corrupt .gz/.zst file yields its readable
 lines, then one record with the compressed byte offset where it broke (data_pipeline/compressed.py); a corrupt
 Parquet file yields its readable rows, then one record. Every reader streams, so a shard never has to fit in
-memory (except Parquet output, which is written in one go per shard).
+memory.
 
 Inputs are split into `tasks` shards deterministically: with at least as many files as tasks, whole files go
 to tasks round-robin; otherwise every task reads all files and keeps every `tasks`-th row. The split depends
 only on the input and `tasks`, never on the number of worker processes, so results do not depend on workers.
 Given the plan's fingerprints, a task refuses to read a file that changed (or a file list that changed) since the
 run started (data_pipeline/fingerprint.py).
+
+A WARC file yields one document per HTML response (the page's HTML in `text`; main-text extraction is a later step,
+data_pipeline/extraction.py): records that are not HTTP responses with an HTML body (requests, metadata, images)
+are not documents and are skipped; a response whose body cannot be decoded becomes a quarantine record naming the
+file, the record and the reason.
+
+Every reader of the user's input lives here, and only those: the pipeline's own shards (well-formed by
+construction, written atomically) are data_pipeline/shards.py, and HTML extraction, which reads no input, is
+data_pipeline/extraction.py.
 """
 from __future__ import annotations
 
 import glob
 import json
-import os
 import re
 from dataclasses import dataclass
 from pathlib import Path
@@ -28,13 +37,14 @@ from typing import Any, Iterable, Iterator, Mapping, Optional, Union
 
 from data_pipeline.compressed import StreamDamage, read_lines
 from data_pipeline.document import Document
-from data_pipeline.fingerprint import InputChanged, START_OVER, check_before_reading
+from data_pipeline.extraction import decode_body
+from data_pipeline.fingerprint import START_OVER, InputChanged, check_before_reading
 
 JSONL_SUFFIXES = (".jsonl", ".json", ".ndjson", ".jsonl.gz", ".json.gz", ".jsonl.zst", ".json.zst", ".ndjson.gz")
 TEXT_SUFFIXES = (".txt", ".md")
 PARQUET_SUFFIXES = (".parquet",)
-WARC_SUFFIXES = (".warc", ".warc.gz")  # HTML responses, one document each (data_pipeline/extraction.py)
-OUTPUT_FORMATS = ("jsonl", "parquet")
+WARC_SUFFIXES = (".warc", ".warc.gz")  # HTML responses, one document each (warc_rows)
+HTML_TYPES = ("text/html", "application/xhtml+xml")
 RAW_PREVIEW_CHARS = 2000
 BOM = b"\xef\xbb\xbf"
 # In a line that decoded as UTF-8, only a \uD800-\uDFFF or \u0000 escape can put a lone surrogate or a NUL into a
@@ -246,6 +256,38 @@ def _parquet_rows(path: Path, spec: InputSpec, source: str) -> Iterator[Row]:
         yield Quarantined(f"corrupt_parquet:{str(exc).splitlines()[0][:200]}", source, line + 1, "")
 
 
+def warc_rows(path: Path, source: str, max_doc_chars: int = 1_000_000) -> Iterator[Row]:
+    """Documents (HTML in `text`, url/date/record id in metadata) of the HTML responses of one WARC file."""
+    from warcio.archiveiterator import ArchiveIterator
+    from warcio.exceptions import ArchiveLoadFailed
+
+    with open(path, "rb") as stream:
+        number = 0
+        try:
+            for record in ArchiveIterator(stream):
+                number += 1
+                if record.rec_type != "response" or record.http_headers is None:
+                    continue
+                content_type = record.http_headers.get_header("Content-Type") or ""
+                if not content_type.lower().startswith(HTML_TYPES):
+                    continue
+                url = record.rec_headers.get_header("WARC-Target-URI")
+                record_id = record.rec_headers.get_header("WARC-Record-ID") or f"{source}:{number}"
+                body = record.content_stream().read()
+                try:
+                    html = decode_body(body, content_type)
+                except UnicodeDecodeError as exc:
+                    yield Quarantined(f"undecodable_html:{exc.reason}", source, number, body[:RAW_PREVIEW_CHARS].decode("utf-8", "replace"))
+                    continue
+                if len(html) > max_doc_chars:
+                    yield Quarantined(f"too_large:{len(html)}_chars", source, number, html[:RAW_PREVIEW_CHARS])
+                    continue
+                metadata = {"url": url, "date": record.rec_headers.get_header("WARC-Date"), "content_type": content_type}
+                yield Document(id=record_id.strip("<>"), text=html, metadata=metadata)
+        except ArchiveLoadFailed as exc:
+            yield Quarantined(f"invalid_warc:{str(exc).splitlines()[0][:200]}", source, number + 1, "")
+
+
 def _file_rows(path: Path, spec: InputSpec, source: str) -> Iterator[Row]:
     name = path.name.lower()
     if name.endswith(PARQUET_SUFFIXES):
@@ -253,8 +295,6 @@ def _file_rows(path: Path, spec: InputSpec, source: str) -> Iterator[Row]:
     if name.endswith(TEXT_SUFFIXES):
         return _text_rows(path, spec, source)
     if name.endswith(WARC_SUFFIXES):
-        from data_pipeline.extraction import warc_rows
-
         return warc_rows(path, source, spec.max_doc_chars)
     return _jsonl_rows(path, spec, source)
 
@@ -332,146 +372,3 @@ def read_input_shard(spec: InputSpec, rank: int, tasks: int, fingerprints: Optio
             if index % tasks == rank:
                 yield row
             index += 1
-
-
-# ---------------------------------------------------------------------------------------------------- shards
-def shard_name(rank: int, fmt: str) -> str:
-    return f"shard-{rank:05d}.{fmt}"
-
-
-def read_shard(path: Path) -> Iterator[Document]:
-    """Documents of a shard written by `ShardWriterAtomic` (our own output: well-formed by construction)."""
-    if path.suffix == ".parquet":
-        import pyarrow.parquet as pq
-
-        parquet = pq.ParquetFile(path)
-        json_columns = json.loads((parquet.schema_arrow.metadata or {}).get(JSON_COLUMNS_KEY, b"[]"))
-        for batch in parquet.iter_batches(batch_size=1024):
-            for record in batch.to_pylist():
-                for name in json_columns:
-                    if record[name] is not None:
-                        record[name] = json.loads(record[name])
-                yield Document.from_record(record)
-    else:
-        with open(path, "rb") as f:
-            for line in f:
-                yield Document.from_record(json.loads(line))
-
-
-def find_shard(directory: Path, rank: int) -> Optional[Path]:
-    for fmt in OUTPUT_FORMATS:
-        candidate = directory / shard_name(rank, fmt)
-        if candidate.exists():
-            return candidate
-    return None
-
-
-class AtomicRecordWriter:
-    """Records to `<final>` via a temporary file; `commit()` renames into place, `discard()` removes it.
-
-    JSONL streams to disk; Parquet is buffered and written at commit (one row group per shard).
-    """
-
-    def __init__(self, final: Path, fmt: str = "jsonl") -> None:
-        if fmt not in OUTPUT_FORMATS:
-            raise ValueError(f"output_format={fmt!r} is not one of {OUTPUT_FORMATS}")
-        self.final = Path(final)
-        self.final.parent.mkdir(parents=True, exist_ok=True)
-        self.fmt = fmt
-        self.tmp = self.final.with_name(f".{self.final.name}.tmp.{os.getpid()}")
-        self.count = 0
-        self._rows: list[dict] = []
-        self._file = open(self.tmp, "w", encoding="utf-8") if fmt == "jsonl" else None
-
-    def write(self, record: dict) -> None:
-        self.count += 1
-        if self._file is not None:
-            self._file.write(json.dumps(record, ensure_ascii=False, default=str) + "\n")
-        else:
-            self._rows.append(record)
-
-    def commit(self) -> Path:
-        """Rename the finished file into place; on any failure (disk full, a row Parquet cannot hold) no
-        temporary file is left behind."""
-        try:
-            if self._file is not None:
-                self._file.flush()
-                os.fsync(self._file.fileno())
-                self._file.close()
-            else:
-                import pyarrow.parquet as pq
-
-                pq.write_table(_parquet_table(self._rows), self.tmp)
-            os.replace(self.tmp, self.final)
-        except BaseException:
-            self.discard()
-            raise
-        return self.final
-
-    def discard(self) -> None:
-        if self._file is not None and not self._file.closed:
-            self._file.close()
-        self.tmp.unlink(missing_ok=True)
-
-
-JSON_COLUMNS_KEY = b"loom_json_columns"
-
-
-def _parquet_table(rows: list[dict]):
-    """Rows as an Arrow table. A metadata column whose values Arrow cannot hold in one type (an int in one row, a
-    string in another) is stored as JSON text and named in the schema metadata, so `read_shard` restores it."""
-    import pyarrow as pa
-
-    if not rows:
-        return pa.table({"id": pa.array([], pa.string()), "text": pa.array([], pa.string())})
-    try:
-        return pa.Table.from_pylist(rows)
-    except (pa.ArrowInvalid, pa.ArrowTypeError):
-        pass
-    columns: dict[str, Any] = {}
-    json_columns = []
-    for name in dict.fromkeys(key for row in rows for key in row):
-        values = [row.get(name) for row in rows]
-        try:
-            columns[name] = pa.array(values)
-        except (pa.ArrowInvalid, pa.ArrowTypeError):
-            columns[name] = pa.array([None if v is None else json.dumps(v, ensure_ascii=False, default=str) for v in values], pa.string())
-            json_columns.append(name)
-    return pa.table(columns).replace_schema_metadata({JSON_COLUMNS_KEY: json.dumps(json_columns)})
-
-
-def write_json_atomic(path: Path, obj: Any) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp.{os.getpid()}")
-    try:
-        tmp.write_text(json.dumps(obj, indent=2, sort_keys=True, default=str))
-        os.replace(tmp, path)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
-
-
-_FIRST_RANK_NUMBER = re.compile(r"(?<!\d)(\d{5})(?!\d)")
-
-
-def remove_stale_temporaries(directory: Path, rank: Optional[int] = None) -> None:
-    """Temporary files (`.<name>.tmp.<pid>`) left by a killed task: never read, removed so they do not accumulate.
-
-    With `rank`, only that task's files directly in `directory`, while the other tasks of the stage may be writing
-    theirs: a per-task file name starts its zero-padded numbers with the writer's rank (shard-00003,
-    stage-hash-00003, hashes-00003-00001 for the bucket 1 part written by task 3), so the first 5-digit number of
-    the name must be `rank`. Matching the rank anywhere in the name removed task 0's hashes-00000-00001 while it
-    was being written, when task 1 started."""
-    if not directory.is_dir():
-        return
-    if rank is None:
-        found = list(directory.rglob(".*.tmp.*"))
-    else:
-        found = [tmp for tmp in directory.glob(".*.tmp.*") if _writer_rank(tmp.name) == rank]
-    for tmp in found:
-        tmp.unlink(missing_ok=True)
-
-
-def _writer_rank(temporary_name: str) -> Optional[int]:
-    match = _FIRST_RANK_NUMBER.search(temporary_name.split(".tmp.")[0])
-    return int(match.group(1)) if match else None
