@@ -4,7 +4,7 @@ PY := $(VENV)/bin/python
 PIP := $(VENV)/bin/pip
 STAMP := $(VENV)/.installed
 
-.PHONY: install train test test-all clean
+.PHONY: install train test test-fast test-all lint clean
 
 $(STAMP): pyproject.toml constraints.txt
 	test -x $(PY) || python3 -m venv $(VENV)
@@ -19,8 +19,17 @@ install: $(STAMP)
 train: $(STAMP)
 	$(PY) -m launcher.train $(ARGS)
 
+# The whole default suite (what CI runs), with the 25 slowest tests listed at the end.
 test: $(STAMP)
-	$(PY) -m pytest -q -m "not slow" $(ARGS)
+	$(PY) -m pytest -q -m "not slow" --durations=25 $(ARGS)
+
+# For edit-test loops: leaves out the multi-process (gloo) tests and the real-Slurm tests; not what CI runs.
+test-fast: $(STAMP)
+	$(PY) -m pytest -q -m "not slow and not distributed and not slurm" --durations=10 $(ARGS)
+
+lint: $(STAMP)
+	$(VENV)/bin/ruff check .
+	$(VENV)/bin/ruff format --check .
 
 test-all: $(STAMP)
 	$(PY) -m pytest -q $(ARGS)

@@ -4,6 +4,13 @@ from __future__ import annotations
 import pytest
 
 
+def pytest_collection_modifyitems(items) -> None:
+    """Tests that use the real Slurm fixture carry the `slurm` marker, so `make test-fast` can leave them out."""
+    for item in items:
+        if "slurm" in getattr(item, "fixturenames", ()):
+            item.add_marker(pytest.mark.slurm)
+
+
 @pytest.fixture(scope="session")
 def slurm(tmp_path_factory):
     """Debian's Slurm 22.05 on this machine, installed with apt-get when missing and started without systemd;
