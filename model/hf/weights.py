@@ -23,7 +23,7 @@ import torch
 from model.blocks.moe import EXPERT_WEIGHTS
 from model.config import ModelConfig
 from model.hf.common import HFConversionError, Rule, apply_rules, permuted, same, split_rows, transposed
-from model.hf.families import Family, TensorNames
+from model.hf.family import Family, TensorNames
 
 log = logging.getLogger(__name__)
 

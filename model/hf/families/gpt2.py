@@ -3,7 +3,8 @@ from __future__ import annotations
 
 from model.config import ModelConfig
 from model.hf.common import HFConversionError
-from model.hf.families import Family, register, require
+from model.hf.family import Family
+from model.hf.family_kit import require
 
 
 def _problems(cfg: ModelConfig) -> list[str]:
@@ -24,7 +25,7 @@ def _problems(cfg: ModelConfig) -> list[str]:
 
 
 def _to_hf(cfg: ModelConfig) -> dict:
-    return {"architectures": [GPT2.architecture], "model_type": "gpt2", "vocab_size": cfg.vocab_size,
+    return {"architectures": [FAMILY.architecture], "model_type": "gpt2", "vocab_size": cfg.vocab_size,
             "tie_word_embeddings": True, "initializer_range": cfg.init_std, "use_cache": True, "n_embd": cfg.dim,
             "n_layer": cfg.n_layers, "n_head": cfg.n_heads, "n_positions": cfg.max_seq_len,
             "n_inner": cfg.ffn_hidden_dim, "activation_function": "gelu_new", "layer_norm_epsilon": cfg.norm_eps,
@@ -52,4 +53,9 @@ def _from_hf(hf: dict, name: str) -> ModelConfig:
     )
 
 
-GPT2 = register(Family("gpt2", "GPT2LMHeadModel", _problems, _to_hf, _from_hf))
+FAMILY = Family(
+    "gpt2", "GPT2LMHeadModel", _problems, _to_hf, _from_hf,
+    # Any one of GPT-2's switches: no RoPE decoder family has learned positions, LayerNorm or a plain GELU MLP.
+    matches=lambda cfg: cfg.pos_embedding == "learned" or cfg.norm_type == "layernorm" or cfg.mlp_type == "gelu",
+    priority=140,  # tried first
+)
