@@ -4,8 +4,13 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
 from model.config import ModelConfig
+from model.hf.common import Rule
+
+if TYPE_CHECKING:
+    import torch
 
 
 @dataclass
@@ -29,11 +34,21 @@ class TensorNames:
 
 
 @dataclass
+class OwnLayout:
+    """Tensors laid out unlike transformers' RoPE decoders (`model.layers.<i>.self_attn...`; GPT-2's
+    `transformer.h.<i>.attn.c_attn...`): the family gives every rename rule itself, and the renaming of other
+    spellings of its state dict (older conversions, in-memory names) to the on-disk names its rules read."""
+
+    rules: Callable[[ModelConfig], list[Rule]]
+    normalise: Callable[[dict[str, torch.Tensor]], dict[str, torch.Tensor]]
+
+
+@dataclass
 class Family:
     """One transformers `model_type` Loom computes exactly.
 
     `problems`: why a Loom config cannot be this family (empty: it can); `to_hf`: its config.json fields;
-    `from_hf`: the Loom config of a config.json of this type; `names`: how its tensors are named.
+    `from_hf`: the Loom config of a config.json of this type; `names` (or `layout`): how its tensors are named.
     `matches` and `priority` say which configs export to this family when no model_type is asked for: the
     registry tries the families from the highest priority down and takes the first whose `matches` holds, so a
     predicate only needs to tell its family apart from those of lower priority (the more specific architecture
@@ -48,3 +63,4 @@ class Family:
     matches: Callable[[ModelConfig], bool]
     priority: int
     names: TensorNames = field(default_factory=TensorNames)
+    layout: OwnLayout | None = None  # None: the RoPE decoder layout model/hf/weights.py builds from `names`
