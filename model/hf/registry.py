@@ -19,7 +19,8 @@ FAMILIES_PACKAGE = "model.hf.families"
 
 
 class FamilyRegistry:
-    """Families by `model_type`, filled from the modules of `package` on first use (and by `register`)."""
+    """Families by `model_type`, filled from the modules of `package` on first use and by `register` (package
+    None: by `register` only)."""
 
     def __init__(self, package: str | None = FAMILIES_PACKAGE):
         self.package = package
