@@ -2,10 +2,12 @@
 tokenizer files), for every family Loom computes exactly: Llama, Mistral, Mixtral, GPT-2, Qwen2/2.5, Qwen3,
 Qwen2-MoE, Qwen3-MoE, DeepSeek-V2/V3, Gemma 2/3, OLMo 2, Phi-3 and ERNIE 4.5 MoE (Loom's own shared-expert MoE).
 
-The family is picked from the config's features (model/hf/families.py); anything the family's transformers class
+The family is picked from the config's features (model/hf/registry.py); anything the family's transformers class
 cannot compute identically is refused with the reason, never exported approximately. Parts: common.py (errors,
-rename rules), rope.py, families.py + arch_*.py (config mapping per family), weights.py (tensor names),
-files.py (directory layout and tokenizer files), convert.py (export, import, CLI).
+rename rules), rope.py, family.py (what a family declares), registry.py (finds the families, picks one),
+families/ (one module per family: its config mapping and how it recognises a config), family_kit.py (what the
+families share), weights.py (tensor names), files.py (directory layout and tokenizer files), convert.py (export,
+import, CLI).
 
 CLI:  python -m model.hf export <checkpoint_or_run_dir> <hf_dir> [--dtype bfloat16] [--overwrite]
       python -m model.hf import <hf_dir> <checkpoint_dir>

@@ -18,7 +18,6 @@ import torch
 from model.config import ModelConfig
 from model.dtypes import PRECISIONS, canonical_precision, torch_dtype
 from model.hf.common import DEFAULT_MAX_SHARD_BYTES, HFConversionError
-from model.hf.families import family, family_for
 from model.hf.files import (
     copy_tokenizer_files,
     find_tokenizer_dir,
@@ -26,6 +25,7 @@ from model.hf.files import (
     read_hf_weights,
     write_hf_dir,
 )
+from model.hf.registry import family, family_for
 from model.hf.weights import hf_to_loom_state, loom_to_hf_state, mtp_layers_in
 
 
@@ -68,7 +68,8 @@ def read_hf_model(hf_dir: str | os.PathLike, *, name: Optional[str] = None) -> t
     hf_config = read_hf_config(hf_dir)
     cfg = model_config_from_hf(hf_config, name=name or Path(hf_dir).resolve().name)
     fam = family(hf_config["model_type"])
-    interleaved = hf_config.get("rope_interleave", True) if fam.model_type == "deepseek_v3" else None
+    key = fam.names.interleave_key  # the checkpoint may say how its rotary rows are laid out
+    interleaved = hf_config.get(key, fam.names.interleaved_rope) if key is not None else None
     weights = read_hf_weights(hf_dir)
     if fam.names.mtp_layers:  # the modules the files hold (config.json may name one that was never saved)
         cfg = dataclasses.replace(cfg, mtp_depth=mtp_layers_in(weights, cfg.n_layers))

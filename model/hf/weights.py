@@ -2,7 +2,8 @@
 
 The rules are written here rather than taken from a library because they are a rename table over two specific
 layouts: ours (model/transformer.py) and transformers' on-disk format. What is more than a rename:
-- fused tensors: Phi-3's qkv_proj / gate_up_proj, GPT-2's c_attn (and its Conv1D [in, out] layout);
+- fused tensors: Phi-3's qkv_proj / gate_up_proj (GPT-2's c_attn, with its Conv1D [in, out] layout, is
+  model/hf/families/gpt2.py's own layout);
 - routed experts: stored per expert on disk (`experts.<e>.gate_proj.weight`, Mixtral `w1`), stacked [E, ...] in
   Loom. transformers 5.x holds them fused in memory (`experts.gate_up_proj` [E, 2I, D], `down_proj` [E, D, I]),
   and a state dict saved from memory is read too (`normalise_hf_state`);
@@ -22,8 +23,8 @@ import torch
 
 from model.blocks.moe import EXPERT_WEIGHTS
 from model.config import ModelConfig
-from model.hf.common import HFConversionError, Rule, apply_rules, permuted, same, split_rows, transposed
-from model.hf.families import Family, TensorNames
+from model.hf.common import HFConversionError, Rule, apply_rules, permuted, same, split_rows
+from model.hf.family import Family, TensorNames
 
 log = logging.getLogger(__name__)
 
@@ -110,41 +111,11 @@ def _moe_rules(cfg: ModelConfig, names: TensorNames, h: str, l: str) -> list[Rul
     return rules
 
 
-def _gpt2_rules(cfg: ModelConfig) -> list[Rule]:
-    dim = cfg.dim
-    rules = [
-        same("transformer.wte.weight", "tok_embeddings.weight"),
-        same("transformer.wpe.weight", "pos_embeddings.weight"),
-        same("transformer.ln_f.weight", "norm.weight"),
-        same("transformer.ln_f.bias", "norm.bias"),
-    ]
-    for i in range(cfg.n_layers):
-        h, l = f"transformer.h.{i}.", f"layers.{i}."
-        qkv = tuple(f"{l}attention.{w}" for w in ("wq", "wk", "wv"))
-        rules += [
-            same(f"{h}ln_1.weight", f"{l}attention_norm.weight"),
-            same(f"{h}ln_1.bias", f"{l}attention_norm.bias"),
-            same(f"{h}ln_2.weight", f"{l}ffn_norm.weight"),
-            same(f"{h}ln_2.bias", f"{l}ffn_norm.bias"),
-            Rule((f"{h}attn.c_attn.weight",), tuple(f"{k}.weight" for k in qkv),
-                 lambda ts: [torch.cat(ts, dim=0).t()], lambda ts: list(ts[0].t().split(dim, dim=0))),
-            Rule((f"{h}attn.c_attn.bias",), tuple(f"{k}.bias" for k in qkv),
-                 lambda ts: [torch.cat(ts, dim=0)], lambda ts: list(ts[0].split(dim, dim=0))),
-            transposed(f"{h}attn.c_proj.weight", f"{l}attention.wo.weight"),
-            same(f"{h}attn.c_proj.bias", f"{l}attention.wo.bias"),
-            transposed(f"{h}mlp.c_fc.weight", f"{l}feed_forward.w1.weight"),
-            same(f"{h}mlp.c_fc.bias", f"{l}feed_forward.w1.bias"),
-            transposed(f"{h}mlp.c_proj.weight", f"{l}feed_forward.w2.weight"),
-            same(f"{h}mlp.c_proj.bias", f"{l}feed_forward.w2.bias"),
-        ]
-    return rules
-
-
 def weight_rules(cfg: ModelConfig, fam: Family, *, interleaved: Optional[bool] = None) -> list[Rule]:
     """Every rule of `cfg`'s tensors in family `fam`; `interleaved` overrides the family's RoPE row layout
     (DeepSeek-V3 checkpoints say which in config.json: rope_interleave)."""
-    if fam.model_type == "gpt2":
-        return _gpt2_rules(cfg)
+    if fam.layout is not None:
+        return fam.layout.rules(cfg)
     names = fam.names
     interleaved = names.interleaved_rope if interleaved is None else interleaved
     rules = [same("model.embed_tokens.weight", "tok_embeddings.weight"), same("model.norm.weight", "norm.weight")]
@@ -211,12 +182,11 @@ def loom_to_hf_state(state: dict[str, torch.Tensor], cfg: ModelConfig, fam: Fami
 
 def normalise_hf_state(hf_state: dict[str, torch.Tensor], cfg: ModelConfig, fam: Family) -> dict[str, torch.Tensor]:
     """A state dict as transformers keeps it in memory (fused experts, Mixtral's `mlp.` prefix, ERNIE's bias under
-    the router), or the OpenAI-converted GPT-2 naming, renamed to the on-disk layout the rules read."""
+    the router), or another spelling a family with its own layout knows (GPT-2's OpenAI-converted names), renamed
+    to the on-disk layout the rules read."""
     state = dict(hf_state)
-    if fam.model_type == "gpt2":
-        # The original OpenAI-converted files have no "transformer." prefix and carry causal-mask buffers.
-        return {(k if k.startswith(("transformer.", "lm_head.")) else f"transformer.{k}"): v
-                for k, v in state.items() if not k.endswith((".attn.bias", ".attn.masked_bias"))}
+    if fam.layout is not None:
+        return fam.layout.normalise(state)
     names = fam.names
     if names.mtp_layers:
         _drop_mtp_copies(state, cfg)

@@ -1,9 +1,12 @@
 """GPT-2: learned positions, LayerNorm with biases, tanh-GELU MLP, biases everywhere, tied output."""
 from __future__ import annotations
 
+import torch
+
 from model.config import ModelConfig
-from model.hf.common import HFConversionError
-from model.hf.families import Family, register, require
+from model.hf.common import HFConversionError, Rule, same, transposed
+from model.hf.family import Family, OwnLayout
+from model.hf.family_kit import require
 
 
 def _problems(cfg: ModelConfig) -> list[str]:
@@ -24,7 +27,7 @@ def _problems(cfg: ModelConfig) -> list[str]:
 
 
 def _to_hf(cfg: ModelConfig) -> dict:
-    return {"architectures": [GPT2.architecture], "model_type": "gpt2", "vocab_size": cfg.vocab_size,
+    return {"architectures": [FAMILY.architecture], "model_type": "gpt2", "vocab_size": cfg.vocab_size,
             "tie_word_embeddings": True, "initializer_range": cfg.init_std, "use_cache": True, "n_embd": cfg.dim,
             "n_layer": cfg.n_layers, "n_head": cfg.n_heads, "n_positions": cfg.max_seq_len,
             "n_inner": cfg.ffn_hidden_dim, "activation_function": "gelu_new", "layer_norm_epsilon": cfg.norm_eps,
@@ -52,4 +55,47 @@ def _from_hf(hf: dict, name: str) -> ModelConfig:
     )
 
 
-GPT2 = register(Family("gpt2", "GPT2LMHeadModel", _problems, _to_hf, _from_hf))
+def _rules(cfg: ModelConfig) -> list[Rule]:
+    """GPT-2's tensors: no "model." prefix, q/k/v fused in c_attn, Conv1D weights stored [in, out]."""
+    dim = cfg.dim
+    rules = [
+        same("transformer.wte.weight", "tok_embeddings.weight"),
+        same("transformer.wpe.weight", "pos_embeddings.weight"),
+        same("transformer.ln_f.weight", "norm.weight"),
+        same("transformer.ln_f.bias", "norm.bias"),
+    ]
+    for i in range(cfg.n_layers):
+        h, loom = f"transformer.h.{i}.", f"layers.{i}."
+        qkv = tuple(f"{loom}attention.{w}" for w in ("wq", "wk", "wv"))
+        rules += [
+            same(f"{h}ln_1.weight", f"{loom}attention_norm.weight"),
+            same(f"{h}ln_1.bias", f"{loom}attention_norm.bias"),
+            same(f"{h}ln_2.weight", f"{loom}ffn_norm.weight"),
+            same(f"{h}ln_2.bias", f"{loom}ffn_norm.bias"),
+            Rule((f"{h}attn.c_attn.weight",), tuple(f"{k}.weight" for k in qkv),
+                 lambda ts: [torch.cat(ts, dim=0).t()], lambda ts: list(ts[0].t().split(dim, dim=0))),
+            Rule((f"{h}attn.c_attn.bias",), tuple(f"{k}.bias" for k in qkv),
+                 lambda ts: [torch.cat(ts, dim=0)], lambda ts: list(ts[0].split(dim, dim=0))),
+            transposed(f"{h}attn.c_proj.weight", f"{loom}attention.wo.weight"),
+            same(f"{h}attn.c_proj.bias", f"{loom}attention.wo.bias"),
+            transposed(f"{h}mlp.c_fc.weight", f"{loom}feed_forward.w1.weight"),
+            same(f"{h}mlp.c_fc.bias", f"{loom}feed_forward.w1.bias"),
+            transposed(f"{h}mlp.c_proj.weight", f"{loom}feed_forward.w2.weight"),
+            same(f"{h}mlp.c_proj.bias", f"{loom}feed_forward.w2.bias"),
+        ]
+    return rules
+
+
+def _normalise(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """The original OpenAI-converted files have no "transformer." prefix and carry causal-mask buffers."""
+    return {(k if k.startswith(("transformer.", "lm_head.")) else f"transformer.{k}"): v
+            for k, v in state.items() if not k.endswith((".attn.bias", ".attn.masked_bias"))}
+
+
+FAMILY = Family(
+    "gpt2", "GPT2LMHeadModel", _problems, _to_hf, _from_hf,
+    # Any one of GPT-2's switches: no RoPE decoder family has learned positions, LayerNorm or a plain GELU MLP.
+    matches=lambda cfg: cfg.pos_embedding == "learned" or cfg.norm_type == "layernorm" or cfg.mlp_type == "gelu",
+    priority=140,  # tried first
+    layout=OwnLayout(_rules, _normalise),
+)
