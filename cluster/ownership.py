@@ -14,6 +14,7 @@ In cluster/, below both `launcher` and `data_pipeline`, because both need it: th
 launcher, and the launcher imports the data pipeline only for the packed-shard format and the default corpus. Like
 the rest of cluster/ it imports neither of them (nor torch).
 """
+
 from __future__ import annotations
 
 import ctypes
@@ -47,8 +48,9 @@ def hold_lock(directory: str | os.PathLike, what: str) -> TextIO:
         lock.seek(0)
         holder = lock.read().strip() or "unknown holder"
         lock.close()
-        raise DirectoryInUse(f"{what} is in use by another run ({holder}): wait for it to finish or stop it, or "
-                             f"choose another directory") from None
+        raise DirectoryInUse(
+            f"{what} is in use by another run ({holder}): wait for it to finish or stop it, or choose another directory"
+        ) from None
     lock.seek(0)
     lock.truncate()
     lock.write(f"host {socket.gethostname()}, pid {os.getpid()}, since {time.strftime('%Y-%m-%d %H:%M:%S')}")

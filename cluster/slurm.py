@@ -2,6 +2,7 @@
 `cluster` config asks for, where the code and its interpreter live for the job, and job states from
 `scontrol show job` (no accounting database is needed, so it works on clusters without slurmdbd).
 """
+
 from __future__ import annotations
 
 import os
@@ -15,8 +16,20 @@ from cluster.config import ClusterConfig
 
 REPO = Path(__file__).resolve().parents[1]
 SLURM_DIR = REPO / "slurm"
-TERMINAL_STATES = frozenset({"COMPLETED", "FAILED", "CANCELLED", "TIMEOUT", "NODE_FAIL", "OUT_OF_MEMORY",
-                             "PREEMPTED", "BOOT_FAIL", "DEADLINE", "SPECIAL_EXIT"})
+TERMINAL_STATES = frozenset(
+    {
+        "COMPLETED",
+        "FAILED",
+        "CANCELLED",
+        "TIMEOUT",
+        "NODE_FAIL",
+        "OUT_OF_MEMORY",
+        "PREEMPTED",
+        "BOOT_FAIL",
+        "DEADLINE",
+        "SPECIAL_EXIT",
+    }
+)
 
 
 def resource_options(cluster: ClusterConfig, cpus_per_task: Optional[int]) -> list[str]:
@@ -51,8 +64,9 @@ def parse_scontrol_record(line: str) -> dict[str, str]:
 def job_records(job_id: str, env: Optional[dict[str, str]] = None) -> Optional[list[dict[str, str]]]:
     """`scontrol show job -o <id>`: one record per job (per array task or pending task range for an array);
     None when Slurm no longer knows the job (finished longer ago than MinJobAge)."""
-    result = subprocess.run(["scontrol", "show", "job", "-o", str(job_id)], capture_output=True, text=True,
-                            env=env, timeout=60)
+    result = subprocess.run(
+        ["scontrol", "show", "job", "-o", str(job_id)], capture_output=True, text=True, env=env, timeout=60
+    )
     if result.returncode != 0:
         if "Invalid job id" in result.stderr:
             return None

@@ -6,6 +6,7 @@ Hydra's timestamped output directories. The dataclasses below are the one source
 default and a one-line doc; the YAML files hold only what a choice changes (the steps of each pipeline). A
 misspelt key fails at start; `--cfg job` prints the composed config, as Hydra does.
 """
+
 from __future__ import annotations
 
 import logging
@@ -17,8 +18,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Optional
 
-from omegaconf import MISSING, DictConfig, OmegaConf
 from hydra.errors import HydraException
+from omegaconf import MISSING, DictConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
 from cluster.config import ClusterConfig
@@ -101,7 +102,10 @@ def build_plan(cfg: DictConfig, single_step: Optional[str] = None) -> tuple[Pipe
     if single_step is not None:
         specs = [StepSpec(single_step, OmegaConf.to_container(cfg.step_params, resolve=True, throw_on_missing=True))]
     else:
-        specs = [StepSpec(s.name, OmegaConf.to_container(s.params, resolve=True, throw_on_missing=True)) for s in cfg.pipeline.steps]
+        specs = [
+            StepSpec(s.name, OmegaConf.to_container(s.params, resolve=True, throw_on_missing=True))
+            for s in cfg.pipeline.steps
+        ]
         if not specs:
             raise ValueError(f"pipeline={cfg.pipeline.name} has no steps")
     enabled, skipped = [], []
@@ -123,8 +127,9 @@ def build_plan(cfg: DictConfig, single_step: Optional[str] = None) -> tuple[Pipe
     return plan, [s.name for s in skipped]
 
 
-def run_pipeline(cfg: DictConfig, single_step: Optional[str] = None, wait: bool = False,
-                 dry_run: bool = False) -> dict[str, dict]:
+def run_pipeline(
+    cfg: DictConfig, single_step: Optional[str] = None, wait: bool = False, dry_run: bool = False
+) -> dict[str, dict]:
     if dry_run and cfg.executor != "slurm":
         raise ValueError(f"--dry-run prints the sbatch commands of executor=slurm (executor={cfg.executor} has none)")
     plan, skipped = build_plan(cfg, single_step)
@@ -140,8 +145,10 @@ def run_pipeline(cfg: DictConfig, single_step: Optional[str] = None, wait: bool 
         executor = SlurmExecutor(plan, OmegaConf.to_object(cfg.cluster), workers=cfg.workers, report=cfg.report)
         jobs = executor.submit(dry_run=dry_run)
         if not dry_run:
-            print(f"submitted {len(jobs)} job(s) {jobs[0].job_id}..{jobs[-1].job_id}; logs in {executor.log_dir}",
-                  flush=True)
+            print(
+                f"submitted {len(jobs)} job(s) {jobs[0].job_id}..{jobs[-1].job_id}; logs in {executor.log_dir}",
+                flush=True,
+            )
             if wait:
                 wait_for_jobs(plan, jobs)
         return {}
@@ -150,7 +157,12 @@ def run_pipeline(cfg: DictConfig, single_step: Optional[str] = None, wait: bool 
     if cfg.report:
         from data_pipeline.report import write_report
 
-        write_report(plan.root, [s.name for s in plan.steps], skipped=skipped, wandb_project=cfg.wandb_project if cfg.wandb else None)
+        write_report(
+            plan.root,
+            [s.name for s in plan.steps],
+            skipped=skipped,
+            wandb_project=cfg.wandb_project if cfg.wandb else None,
+        )
     return stats
 
 
@@ -177,7 +189,7 @@ commands:
   run                 run a pipeline: pipeline=default input=PATH output=DIR [tasks=4 workers=4 executor=slurm ...]
                       executor=slurm takes cluster=<name> cluster.KEY=VALUE, and --wait (follow the jobs, exit
                       non-zero naming a task that failed) or --dry-run (print the sbatch commands)
-  {' | '.join(STEP_NAMES)}
+  {" | ".join(STEP_NAMES)}
                       run one step: input=PATH output=DIR [step_params.KEY=VALUE ...]
   train-classifier    positive=FILE negative=FILE output=MODEL.bin [text_key=text epoch=10 dim=32 bucket=200000
                       quantize=true cutoff=10000 holdout=0.1]; prints held-out precision and recall
@@ -221,19 +233,39 @@ def main(argv: Optional[list[str]] = None) -> int:
             if show:
                 print(OmegaConf.to_yaml(cfg, resolve=resolve), end="")
                 return 0
-            run_pipeline(cfg, single_step=None if command == "run" else command, wait="--wait" in flags,
-                         dry_run="--dry-run" in flags)
+            run_pipeline(
+                cfg,
+                single_step=None if command == "run" else command,
+                wait="--wait" in flags,
+                dry_run="--dry-run" in flags,
+            )
         elif command == "train-classifier":
             from data_pipeline.steps.classifier import train_classifier
 
-            opts = _key_values(args, {"positive": None, "negative": None, "output": None, "text_key": "text", "epoch": 10,
-                                      "dim": 32, "bucket": 200_000, "quantize": True, "cutoff": 10_000, "holdout": 0.1}, command)
+            opts = _key_values(
+                args,
+                {
+                    "positive": None,
+                    "negative": None,
+                    "output": None,
+                    "text_key": "text",
+                    "epoch": 10,
+                    "dim": 32,
+                    "bucket": 200_000,
+                    "quantize": True,
+                    "cutoff": 10_000,
+                    "holdout": 0.1,
+                },
+                command,
+            )
             print(train_classifier(**opts).summary())
         elif command == "generate":
             from data_pipeline.synthetic import generate_corpus, write_corpus
 
             opts = _key_values(args, {"output": None, "n_clean": 1000, "seed": 0, "files": 1}, command)
-            paths = write_corpus(generate_corpus(n_clean=opts["n_clean"], seed=opts["seed"]), opts["output"], files=opts["files"])
+            paths = write_corpus(
+                generate_corpus(n_clean=opts["n_clean"], seed=opts["seed"]), opts["output"], files=opts["files"]
+            )
             print({k: str(v) for k, v in paths.items()})
         else:
             print(f"unknown command {command!r}\n{USAGE}", file=sys.stderr)

@@ -10,6 +10,7 @@ Concatenated members (`cat a.gz b.gz`, multi-frame zstd) are read in turn, zero 
 ignored (as gzip does), other bytes there are damage. zstd frames without a checksum (zstandard's default) decode
 flipped bytes into wrong text without an error: those lines then fail as JSON or UTF-8, one by one.
 """
+
 from __future__ import annotations
 
 import zlib
@@ -71,7 +72,9 @@ def _starts_member(kind: str, data: bytes) -> bool:
     return data.startswith(ZSTD_MAGIC) or (len(data) >= 4 and data[1:4] == b"\x2a\x4d\x18" and data[0] & 0xF0 == 0x50)
 
 
-def _decode_until_failure(path: Path, kind: str, member_start: int, chunk_start: int, chunk_len: int) -> tuple[int, bytes]:
+def _decode_until_failure(
+    path: Path, kind: str, member_start: int, chunk_start: int, chunk_len: int
+) -> tuple[int, bytes]:
     """Where exactly the decoder fails inside a chunk, and what the chunk decodes to before that: decode the member
     again up to the chunk, then the chunk one byte at a time (run once, on the error path only)."""
     decoder, errors = _decoder(kind), _errors(kind)

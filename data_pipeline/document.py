@@ -3,6 +3,7 @@
 Steps never see file formats: readers turn rows into `Document`s and writers turn them back, so an id, the text
 and whatever metadata earlier steps attached (scores, source, language) travel together through the pipeline.
 """
+
 from __future__ import annotations
 
 from dataclasses import dataclass, field

@@ -5,6 +5,7 @@ against the generated eval set, BPE training and tokenization), so a training ru
 trains on pipeline output. It is built once per cache directory and version; concurrent callers (ranks, tests)
 serialise on a file lock and the later ones find it ready.
 """
+
 from __future__ import annotations
 
 import fcntl
@@ -56,13 +57,15 @@ def _build(root: Path, workers: int) -> Path:
         n_clean=N_CLEAN_DOCUMENTS, n_exact_dups=100, n_near_dups=100, n_junk=60, n_contaminated=20, seed=0
     )
     paths = write_corpus(corpus, source, files=TASKS)
-    cfg = compose_config([
-        "pipeline=default",
-        f"input={paths['corpus']}",
-        f"output={output}",
-        f"eval_sets=[{paths['eval']}]",
-        f"tasks={TASKS}",
-    ])
+    cfg = compose_config(
+        [
+            "pipeline=default",
+            f"input={paths['corpus']}",
+            f"output={output}",
+            f"eval_sets=[{paths['eval']}]",
+            f"tasks={TASKS}",
+        ]
+    )
     plan, skipped = build_plan(cfg)
     LocalExecutor(plan, workers=workers).run()
     write_report(plan.root, [s.name for s in plan.steps], skipped=skipped)

@@ -8,19 +8,31 @@ On its own, importing no reader, because it reads no file: the extract step (dat
 calls `extract_text` on documents already read, and the WARC reader (data_pipeline/readers.py) calls
 `decode_body` on each HTML response.
 """
+
 from __future__ import annotations
 
 from typing import Optional
 
 
-def extract_text(html: str, favor_precision: bool = True, include_tables: bool = True, include_comments: bool = False,
-                 deduplicate: bool = True) -> Optional[str]:
+def extract_text(
+    html: str,
+    favor_precision: bool = True,
+    include_tables: bool = True,
+    include_comments: bool = False,
+    deduplicate: bool = True,
+) -> Optional[str]:
     """The main text of a page, or None when trafilatura finds none."""
     import trafilatura
 
     return trafilatura.extract(
-        html, favor_precision=favor_precision, include_tables=include_tables, include_comments=include_comments,
-        deduplicate=deduplicate, include_links=False, include_images=False, output_format="txt",
+        html,
+        favor_precision=favor_precision,
+        include_tables=include_tables,
+        include_comments=include_comments,
+        deduplicate=deduplicate,
+        include_links=False,
+        include_images=False,
+        output_format="txt",
     )
 
 
@@ -43,4 +55,3 @@ def decode_body(body: bytes, content_type: str) -> str:
     if best is None:
         raise UnicodeDecodeError("unknown", body[:1], 0, 1, "no charset declared or detected decodes the body")
     return str(best)
-

@@ -11,6 +11,7 @@ differs, so a same-size rewrite that also restores the mtime to the nanosecond g
 or a coarse-mtime filesystem). Before reading a file, every task compares its size and mtime again (a stat), which
 catches a change in the middle of a run, e.g. between the stages of a Slurm run.
 """
+
 from __future__ import annotations
 
 import hashlib
@@ -20,7 +21,9 @@ from pathlib import Path
 from typing import Any, Mapping
 
 HASH = "sha256"
-START_OVER = "to start over, delete the output directory or choose a new output=; to resume, restore the input as it was"
+START_OVER = (
+    "to start over, delete the output directory or choose a new output=; to resume, restore the input as it was"
+)
 
 
 class InputChanged(ValueError):
@@ -56,7 +59,9 @@ def describe_changes(recorded: Mapping[str, Mapping[str, Any]], files: Mapping[s
         if now["size"] != before["size"]:
             changes.append(f"{name}: size {before['size']} -> {now['size']} bytes")
         elif _hash(files[name]) != before[HASH]:
-            changes.append(f"{name}: content changed ({HASH} differs; same size, mtime {before['mtime_ns']} -> {now['mtime_ns']})")
+            changes.append(
+                f"{name}: content changed ({HASH} differs; same size, mtime {before['mtime_ns']} -> {now['mtime_ns']})"
+            )
     return changes
 
 

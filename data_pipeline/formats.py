@@ -14,6 +14,7 @@ Readers memory-map, so opening a terabyte of shards costs nothing.
 Plain numpy memmaps rather than `datasets`/Arrow: the trainer needs O(1) random access to token windows that
 cross document boundaries, which Arrow's row layout does not give without copying.
 """
+
 from __future__ import annotations
 
 import hashlib
@@ -212,9 +213,7 @@ def list_shards(directory: str | os.PathLike) -> list[Path]:
     directory = Path(directory)
     if not directory.is_dir():
         raise ShardFormatError(f"{directory}: not a directory of packed shards")
-    return sorted(
-        p for p in directory.glob(f"*{HEADER_SUFFIX}") if not p.name.startswith(".") and _is_shard_header(p)
-    )
+    return sorted(p for p in directory.glob(f"*{HEADER_SUFFIX}") if not p.name.startswith(".") and _is_shard_header(p))
 
 
 class PackedDataset:

@@ -26,6 +26,7 @@ Every reader of the user's input lives here, and only those: the pipeline's own 
 construction, written atomically) are data_pipeline/shards.py, and HTML extraction, which reads no input, is
 data_pipeline/extraction.py.
 """
+
 from __future__ import annotations
 
 import glob
@@ -110,7 +111,11 @@ def input_files(spec: InputSpec) -> dict[str, Path]:
     directories, or the file name of a single file."""
     path = Path(spec.path)
     if _is_saved_dataset(path):
-        return {str(f.relative_to(path)): f for f in sorted(path.rglob("*")) if f.is_file() and not f.name.startswith("cache-")}
+        return {
+            str(f.relative_to(path)): f
+            for f in sorted(path.rglob("*"))
+            if f.is_file() and not f.name.startswith("cache-")
+        }
     files = list_input_files(spec.path)
     if path.is_dir():
         return {str(f.relative_to(path)): f for f in files}
@@ -208,7 +213,7 @@ def _invalid_utf8(raw: bytes, exc: UnicodeDecodeError) -> str:
 
 def _line_to_row(raw: bytes, spec: InputSpec, source: str, line_no: int) -> Row:
     if raw.startswith(BOM):  # first line of a file saved with a BOM, or of one concatenated after another
-        raw = raw[len(BOM):]
+        raw = raw[len(BOM) :]
     try:
         line = raw.decode("utf-8")
     except UnicodeDecodeError as exc:
@@ -277,12 +282,21 @@ def warc_rows(path: Path, source: str, max_doc_chars: int = 1_000_000) -> Iterat
                 try:
                     html = decode_body(body, content_type)
                 except UnicodeDecodeError as exc:
-                    yield Quarantined(f"undecodable_html:{exc.reason}", source, number, body[:RAW_PREVIEW_CHARS].decode("utf-8", "replace"))
+                    yield Quarantined(
+                        f"undecodable_html:{exc.reason}",
+                        source,
+                        number,
+                        body[:RAW_PREVIEW_CHARS].decode("utf-8", "replace"),
+                    )
                     continue
                 if len(html) > max_doc_chars:
                     yield Quarantined(f"too_large:{len(html)}_chars", source, number, html[:RAW_PREVIEW_CHARS])
                     continue
-                metadata = {"url": url, "date": record.rec_headers.get_header("WARC-Date"), "content_type": content_type}
+                metadata = {
+                    "url": url,
+                    "date": record.rec_headers.get_header("WARC-Date"),
+                    "content_type": content_type,
+                }
                 yield Document(id=record_id.strip("<>"), text=html, metadata=metadata)
         except ArchiveLoadFailed as exc:
             yield Quarantined(f"invalid_warc:{str(exc).splitlines()[0][:200]}", source, number + 1, "")
@@ -333,7 +347,9 @@ def describe_input(spec: InputSpec) -> str:
     if files:
         return "files"
     if path.exists():
-        raise ValueError(f"input={spec.path}: no readable files (expected .jsonl[.gz|.zst], .parquet, .txt, or a saved dataset)")
+        raise ValueError(
+            f"input={spec.path}: no readable files (expected .jsonl[.gz|.zst], .parquet, .txt, or a saved dataset)"
+        )
     if not spec.path.startswith(("/", ".", "~")) and not any(c in spec.path for c in "*?["):
         return "hub"  # "owner/name" or "name": tried on the hub, with an error naming both readings if absent
     raise ValueError(f"input={spec.path}: no such file, directory or glob match")
@@ -349,7 +365,9 @@ def _check_unchanged(files: Mapping[str, Path], fingerprints: Mapping[str, Any],
         check_before_reading(name, path, fingerprints[name])
 
 
-def read_input_shard(spec: InputSpec, rank: int, tasks: int, fingerprints: Optional[Mapping[str, Any]] = None) -> Iterator[Row]:
+def read_input_shard(
+    spec: InputSpec, rank: int, tasks: int, fingerprints: Optional[Mapping[str, Any]] = None
+) -> Iterator[Row]:
     """Rows of shard `rank` of `tasks` of a raw input (see the module docstring for the split and `fingerprints`)."""
     kind = describe_input(spec)
     files = input_files(spec)

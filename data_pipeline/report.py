@@ -1,11 +1,12 @@
 """The run's summary in words a data engineer reads first: how long it took (wall time of the run, CPU time,
 and task time, each named), the funnel in documents, words and bytes (tokens where the tokenize step ran), why
 documents went (per rule: documents, words, a histogram of the measured values with the threshold), and what
-the editing steps changed (lines, boilerplate, PII). Written as report.md, report.html, summary.json (per step), report.json (run totals and exclusions) and PNGs,
-optionally also to wandb (offline with no WANDB_API_KEY).
+the editing steps changed (lines, boilerplate, PII). Written as report.md, report.html, summary.json (per step),
+report.json (run totals and exclusions) and PNGs, optionally also to wandb (offline with no WANDB_API_KEY).
 
 Reads only files under the output directory, so it can be regenerated after a Slurm run finished.
 """
+
 from __future__ import annotations
 
 import html
@@ -51,11 +52,16 @@ def exclusions(root: Path, stats: list[dict[str, Any]]) -> list[dict[str, Any]]:
         thresholds = _thresholds(root / "excluded" / s["step"], set(rules))
         for rule, docs in sorted(rules.items(), key=lambda kv: -kv[1]):
             values = s.get("scores", {}).get(EXCLUDED_VALUE_PREFIX + rule, [])
-            rows.append({
-                "step": s["step"], "rule": rule, "documents": docs,
-                "words": s["counters"].get(f"excluded_words.{rule}", 0), "threshold": thresholds.get(rule),
-                "values": values,
-            })
+            rows.append(
+                {
+                    "step": s["step"],
+                    "rule": rule,
+                    "documents": docs,
+                    "words": s["counters"].get(f"excluded_words.{rule}", 0),
+                    "threshold": thresholds.get(rule),
+                    "values": values,
+                }
+            )
     return rows
 
 
@@ -83,7 +89,9 @@ def _safe(name: str) -> str:
     return re.sub(r"[^A-Za-z0-9_.-]+", "_", name)
 
 
-def _charts(root: Path, stats: list[dict[str, Any]], excluded: list[dict[str, Any]]) -> tuple[str, list[str], list[str]]:
+def _charts(
+    root: Path, stats: list[dict[str, Any]], excluded: list[dict[str, Any]]
+) -> tuple[str, list[str], list[str]]:
     import matplotlib
 
     matplotlib.use("Agg")
@@ -135,20 +143,48 @@ def _pct(part: float, whole: float) -> str:
 
 
 def _table(stats: list[dict[str, Any]]) -> list[list[str]]:
-    rows = [["step", "docs in", "docs out", "excluded", "quarantined", "words in", "words out", "words kept",
-             "MB out", "tokens", "wall s", "CPU s", "task s"]]
+    rows = [
+        [
+            "step",
+            "docs in",
+            "docs out",
+            "excluded",
+            "quarantined",
+            "words in",
+            "words out",
+            "words kept",
+            "MB out",
+            "tokens",
+            "wall s",
+            "CPU s",
+            "task s",
+        ]
+    ]
     for s in stats:
         tokens = s["counters"].get("tokens")
-        rows.append([
-            s["step"], f"{s['docs_in']:,}", f"{s['docs_out']:,}", f"{s['docs_excluded']:,}", f"{s['docs_quarantined']:,}",
-            f"{s['words_in']:,}", f"{s['words_out']:,}", _pct(s["words_out"], s["words_in"]), f"{s['bytes_out'] / 1e6:.2f}",
-            f"{tokens:,}" if tokens else "", f"{s['wall_s']:.1f}" if s.get("wall_s") is not None else "",
-            f"{s.get('cpu_s', 0.0):.1f}", f"{s['time_s']:.1f}",
-        ])
+        rows.append(
+            [
+                s["step"],
+                f"{s['docs_in']:,}",
+                f"{s['docs_out']:,}",
+                f"{s['docs_excluded']:,}",
+                f"{s['docs_quarantined']:,}",
+                f"{s['words_in']:,}",
+                f"{s['words_out']:,}",
+                _pct(s["words_out"], s["words_in"]),
+                f"{s['bytes_out'] / 1e6:.2f}",
+                f"{tokens:,}" if tokens else "",
+                f"{s['wall_s']:.1f}" if s.get("wall_s") is not None else "",
+                f"{s.get('cpu_s', 0.0):.1f}",
+                f"{s['time_s']:.1f}",
+            ]
+        )
     return rows
 
 
-def write_report(root: str | os.PathLike, steps: Sequence[str], skipped: Sequence[str] = (), wandb_project: Optional[str] = None) -> Path:
+def write_report(
+    root: str | os.PathLike, steps: Sequence[str], skipped: Sequence[str] = (), wandb_project: Optional[str] = None
+) -> Path:
     root = Path(root)
     stats = load_step_stats(root, steps)
     excluded = exclusions(root, stats)
@@ -159,23 +195,40 @@ def write_report(root: str | os.PathLike, steps: Sequence[str], skipped: Sequenc
     tokens = last["counters"].get("tokens")
     md = ["# Data pipeline report", "", f"Output: `{root}`", ""]
     wall = f"{times['wall_s']:.1f} s" if times["wall_s"] is not None else "unknown"
-    md += [f"**Time**: wall {wall} (first task start to last task end); CPU {times['cpu_s']:.1f} s and task time "
-           f"{times['task_s']:.1f} s, both summed over tasks (with several workers they exceed the wall time).", ""]
-    md += [f"**Funnel**: {first['docs_in']:,} documents in, {last['docs_out']:,} out ({_pct(last['docs_out'], first['docs_in'])}); "
-           f"{first['words_in']:,} words in, {last['words_out']:,} out ({_pct(last['words_out'], first['words_in'])}); "
-           f"{first['bytes_in'] / 1e6:.2f} MB in, {last['bytes_out'] / 1e6:.2f} MB out"
-           + (f"; {tokens:,} tokens written." if tokens else "."), ""]
+    md += [
+        f"**Time**: wall {wall} (first task start to last task end); CPU {times['cpu_s']:.1f} s and task time "
+        f"{times['task_s']:.1f} s, both summed over tasks (with several workers they exceed the wall time).",
+        "",
+    ]
+    md += [
+        f"**Funnel**: {first['docs_in']:,} documents in, {last['docs_out']:,} out "
+        f"({_pct(last['docs_out'], first['docs_in'])}); "
+        f"{first['words_in']:,} words in, {last['words_out']:,} out ({_pct(last['words_out'], first['words_in'])}); "
+        f"{first['bytes_in'] / 1e6:.2f} MB in, {last['bytes_out'] / 1e6:.2f} MB out"
+        + (f"; {tokens:,} tokens written." if tokens else "."),
+        "",
+    ]
     if skipped:
         md += [f"Skipped (disabled by configuration): {', '.join(skipped)}", ""]
     md += ["| " + " | ".join(rows[0]) + " |", "|" + "---|" * len(rows[0])]
     md += ["| " + " | ".join(r) + " |" for r in rows[1:]]
-    md += ["", "Words kept: words out over words in of the step (documents removed and text cut both count).", "",
-           f"![funnel]({funnel})", "", "## Why documents were removed", ""]
+    md += [
+        "",
+        "Words kept: words out over words in of the step (documents removed and text cut both count).",
+        "",
+        f"![funnel]({funnel})",
+        "",
+        "## Why documents were removed",
+        "",
+    ]
     if excluded:
         md += ["| step | rule | documents | words | threshold | histogram |", "|---|---|---|---|---|---|"]
         for row in excluded:
             chart = f"[values]({row['histogram']})" if row.get("histogram") else ""
-            md.append(f"| {row['step']} | {row['rule']} | {row['documents']:,} | {row['words']:,} | {row['threshold']} | {chart} |")
+            md.append(
+                f"| {row['step']} | {row['rule']} | {row['documents']:,} | {row['words']:,} | "
+                f"{row['threshold']} | {chart} |"
+            )
     else:
         md.append("Nothing was removed.")
     md += ["", "## What the steps changed", ""]
@@ -189,16 +242,30 @@ def write_report(root: str | os.PathLike, steps: Sequence[str], skipped: Sequenc
         mixed = {k.removeprefix("mix_tokens."): v for k, v in s["counters"].items() if k.startswith("mix_tokens.")}
         if mixed:
             total = sum(mixed.values()) or 1
-            md.append("  - realised mix (share of tokens): " + ", ".join(f"{k} {v / total:.3f}" for k, v in sorted(mixed.items())))
+            md.append(
+                "  - realised mix (share of tokens): "
+                + ", ".join(f"{k} {v / total:.3f}" for k, v in sorted(mixed.items()))
+            )
     if rule_charts:
         md += ["", "## Measured values of removed documents", ""] + [f"![{h}]({h})" for h in rule_charts]
     if score_charts:
         md += ["", "## Score histograms", ""] + [f"![{h}]({h})" for h in score_charts]
     _write_text(root / "report.md", "\n".join(md) + "\n")
     _write_html(root, rows, excluded, times, funnel, rule_charts + score_charts, skipped)
-    run = {**times, "docs_in": first["docs_in"], "docs_out": last["docs_out"], "words_in": first["words_in"],
-           "words_out": last["words_out"], "bytes_in": first["bytes_in"], "bytes_out": last["bytes_out"], "tokens": tokens}
-    _write_text(root / "summary.json", json.dumps({s["step"]: {k: v for k, v in s.items() if k != "scores"} for s in stats}, indent=2))
+    run = {
+        **times,
+        "docs_in": first["docs_in"],
+        "docs_out": last["docs_out"],
+        "words_in": first["words_in"],
+        "words_out": last["words_out"],
+        "bytes_in": first["bytes_in"],
+        "bytes_out": last["bytes_out"],
+        "tokens": tokens,
+    }
+    _write_text(
+        root / "summary.json",
+        json.dumps({s["step"]: {k: v for k, v in s.items() if k != "scores"} for s in stats}, indent=2),
+    )
     report = {"run": run, "exclusions": [{k: v for k, v in row.items() if k != "values"} for row in excluded]}
     _write_text(root / "report.json", json.dumps(report, indent=2, default=str))
     if wandb_project:
@@ -214,17 +281,28 @@ def _write_text(path: Path, text: str) -> None:
 
 def _write_html(root: Path, rows, excluded, times, funnel, charts, skipped) -> None:
     def table(head, body) -> str:
-        return ("<table border=1><tr>" + "".join(f"<th>{html.escape(str(c))}</th>" for c in head) + "</tr>"
-                + "".join("<tr>" + "".join(f"<td>{html.escape(str(c))}</td>" for c in r) + "</tr>" for r in body) + "</table>")
+        return (
+            "<table border=1><tr>"
+            + "".join(f"<th>{html.escape(str(c))}</th>" for c in head)
+            + "</tr>"
+            + "".join("<tr>" + "".join(f"<td>{html.escape(str(c))}</td>" for c in r) + "</tr>" for r in body)
+            + "</table>"
+        )
 
     note = f"<p>Skipped: {html.escape(', '.join(skipped))}</p>" if skipped else ""
-    timing = (f"<p>Wall {times['wall_s']} s (first task start to last task end); CPU {times['cpu_s']} s and task time "
-              f"{times['task_s']} s summed over tasks.</p>")
-    rules = table(["step", "rule", "documents", "words", "threshold"],
-                  [[r["step"], r["rule"], f"{r['documents']:,}", f"{r['words']:,}", r["threshold"]] for r in excluded])
+    timing = (
+        f"<p>Wall {times['wall_s']} s (first task start to last task end); CPU {times['cpu_s']} s and task time "
+        f"{times['task_s']} s summed over tasks.</p>"
+    )
+    rules = table(
+        ["step", "rule", "documents", "words", "threshold"],
+        [[r["step"], r["rule"], f"{r['documents']:,}", f"{r['words']:,}", r["threshold"]] for r in excluded],
+    )
     images = "".join(f'<p><img src="{html.escape(h)}"></p>' for h in [funnel] + charts)
-    doc = (f"<html><body><h1>Data pipeline report</h1>{note}{timing}{table(rows[0], rows[1:])}"
-           f"<h2>Why documents were removed</h2>{rules}{images}</body></html>")
+    doc = (
+        f"<html><body><h1>Data pipeline report</h1>{note}{timing}{table(rows[0], rows[1:])}"
+        f"<h2>Why documents were removed</h2>{rules}{images}</body></html>"
+    )
     _write_text(root / "report.html", doc)
 
 
@@ -238,22 +316,51 @@ def _log_wandb(root: Path, project: str, stats, rows, excluded, run_summary, ima
     import wandb
 
     mode = os.environ.get("WANDB_MODE") or ("online" if os.environ.get("WANDB_API_KEY") else "offline")
-    run = wandb.init(project=project, dir=str(root), job_type="data_pipeline", mode=mode,
-                     config={"output": str(root), "steps": [s["step"] for s in stats]})
+    run = wandb.init(
+        project=project,
+        dir=str(root),
+        job_type="data_pipeline",
+        mode=mode,
+        config={"output": str(root), "steps": [s["step"] for s in stats]},
+    )
     try:
         # Per pipeline step, in order: one history row each, so the funnel reads as a curve over the steps.
         for index, s in enumerate(stats):
-            run.log({"pipeline/step_index": index, "pipeline/docs_out": s["docs_out"], "pipeline/words_out": s["words_out"],
-                     "pipeline/bytes_out": s["bytes_out"], "pipeline/docs_excluded": s["docs_excluded"],
-                     "pipeline/cpu_s": s.get("cpu_s", 0.0), "pipeline/wall_s": s.get("wall_s") or 0.0}, step=index)
-        run.log({
-            "steps": wandb.Table(columns=rows[0], data=rows[1:]),
-            "exclusions": wandb.Table(columns=["step", "rule", "documents", "words", "threshold"],
-                                      data=[[r["step"], r["rule"], r["documents"], r["words"], str(r["threshold"])] for r in excluded]),
-            **{f"images/{name.removesuffix('.png')}": wandb.Image(str(root / name)) for name in images},
-        }, step=len(stats))
+            run.log(
+                {
+                    "pipeline/step_index": index,
+                    "pipeline/docs_out": s["docs_out"],
+                    "pipeline/words_out": s["words_out"],
+                    "pipeline/bytes_out": s["bytes_out"],
+                    "pipeline/docs_excluded": s["docs_excluded"],
+                    "pipeline/cpu_s": s.get("cpu_s", 0.0),
+                    "pipeline/wall_s": s.get("wall_s") or 0.0,
+                },
+                step=index,
+            )
+        run.log(
+            {
+                "steps": wandb.Table(columns=rows[0], data=rows[1:]),
+                "exclusions": wandb.Table(
+                    columns=["step", "rule", "documents", "words", "threshold"],
+                    data=[[r["step"], r["rule"], r["documents"], r["words"], str(r["threshold"])] for r in excluded],
+                ),
+                **{f"images/{name.removesuffix('.png')}": wandb.Image(str(root / name)) for name in images},
+            },
+            step=len(stats),
+        )
         for s in stats:
-            for key in ("docs_in", "docs_out", "docs_excluded", "words_in", "words_out", "bytes_out", "cpu_s", "wall_s", "time_s"):
+            for key in (
+                "docs_in",
+                "docs_out",
+                "docs_excluded",
+                "words_in",
+                "words_out",
+                "bytes_out",
+                "cpu_s",
+                "wall_s",
+                "time_s",
+            ):
                 run.summary[f"{s['step']}/{key}"] = s.get(key)
         for row in excluded:
             run.summary[f"excluded/{row['step']}/{row['rule']}"] = row["documents"]

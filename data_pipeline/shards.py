@@ -7,6 +7,7 @@ without checks. Every file goes to a temporary name (`.<name>.tmp.<pid>`) and is
 complete, so a killed task never leaves a file a rerun would trust. The packed token shards training reads are
 another format, in data_pipeline/formats.py.
 """
+
 from __future__ import annotations
 
 import json
@@ -120,7 +121,9 @@ def _parquet_table(rows: list[dict]):
         try:
             columns[name] = pa.array(values)
         except (pa.ArrowInvalid, pa.ArrowTypeError):
-            columns[name] = pa.array([None if v is None else json.dumps(v, ensure_ascii=False, default=str) for v in values], pa.string())
+            columns[name] = pa.array(
+                [None if v is None else json.dumps(v, ensure_ascii=False, default=str) for v in values], pa.string()
+            )
             json_columns.append(name)
     return pa.table(columns).replace_schema_metadata({JSON_COLUMNS_KEY: json.dumps(json_columns)})
 

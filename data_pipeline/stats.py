@@ -9,6 +9,7 @@ Time comes three ways, never mixed up: `time_s` is the sum of the tasks' own wal
 several workers it exceeds the run's wall time), `cpu_s` the sum of their CPU times, and `started`/`finished`
 the earliest start and latest end (Unix time), whose difference is the step's wall time.
 """
+
 from __future__ import annotations
 
 import json

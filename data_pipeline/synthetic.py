@@ -12,6 +12,7 @@ case/spacing changes), near-duplicates edited to a target word-5-gram Jaccard si
 measured and recorded), junk documents of several kinds that the heuristics must remove, and documents that
 share a 13-gram with a generated evaluation set.
 """
+
 from __future__ import annotations
 
 import json
@@ -21,7 +22,31 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Optional
 
-_ONSETS = ["b", "br", "d", "dr", "f", "g", "gr", "k", "kl", "l", "m", "n", "p", "pl", "r", "s", "st", "t", "tr", "v", "z", "sh", "th"]
+_ONSETS = [
+    "b",
+    "br",
+    "d",
+    "dr",
+    "f",
+    "g",
+    "gr",
+    "k",
+    "kl",
+    "l",
+    "m",
+    "n",
+    "p",
+    "pl",
+    "r",
+    "s",
+    "st",
+    "t",
+    "tr",
+    "v",
+    "z",
+    "sh",
+    "th",
+]
 _VOWELS = ["a", "e", "i", "o", "u", "ai", "ou", "ei"]
 _CODAS = ["", "", "n", "r", "l", "m", "k", "sk", "nd", "st"]
 _PARTICLES = ["toward", "across", "beside", "under", "over", "through", "against", "around", "beyond", "along"]
@@ -83,16 +108,24 @@ class Grammar:
     """Sentences and documents from the lexicon; all randomness comes from the `rng` passed in."""
 
     def __init__(
-        self, lexicon: Optional[Lexicon] = None, n_topics: int = 24, topic_seed: int = 99,
-        topic_sizes: tuple[int, int, int, int] = (30, 15, 15, 5), off_topic: float = 0.1,
+        self,
+        lexicon: Optional[Lexicon] = None,
+        n_topics: int = 24,
+        topic_seed: int = 99,
+        topic_sizes: tuple[int, int, int, int] = (30, 15, 15, 5),
+        off_topic: float = 0.1,
     ) -> None:
         self.lex = lexicon or Lexicon.build()
         self.off_topic = off_topic
         rng = random.Random(topic_seed)
         nouns, verbs, adjectives, names = topic_sizes
         self.topics = [
-            Topic(rng.sample(self.lex.nouns, nouns), rng.sample(self.lex.verbs, verbs),
-                  rng.sample(self.lex.adjectives, adjectives), rng.sample(self.lex.names, names))
+            Topic(
+                rng.sample(self.lex.nouns, nouns),
+                rng.sample(self.lex.verbs, verbs),
+                rng.sample(self.lex.adjectives, adjectives),
+                rng.sample(self.lex.names, names),
+            )
             for _ in range(n_topics)
         ]
 
@@ -155,7 +188,9 @@ class Grammar:
             text = f"{subject} {self.verb_phrase(rng, t, plural)} and {self.verb_phrase(rng, t, plural)}"
         elif form == 2:
             other, other_plural = self.noun_phrase(rng, t)
-            text = f"when {subject} {self.verb_phrase(rng, t, plural)}, {other} {self.verb_phrase(rng, t, other_plural)}"
+            text = (
+                f"when {subject} {self.verb_phrase(rng, t, plural)}, {other} {self.verb_phrase(rng, t, other_plural)}"
+            )
         elif form == 3:
             text = f"{self.name(rng, t)} said that {subject} {self.verb_phrase(rng, t, plural)}"
         else:
@@ -185,7 +220,9 @@ def jaccard(a: set, b: set) -> float:
     return len(a & b) / len(a | b) if a or b else 1.0
 
 
-def near_duplicate(text: str, target: float, rng: random.Random, vocabulary: list[str], n: int = 5) -> tuple[str, float]:
+def near_duplicate(
+    text: str, target: float, rng: random.Random, vocabulary: list[str], n: int = 5
+) -> tuple[str, float]:
     """Replace random words until the word-n-gram Jaccard with `text` drops to `target`; return (text, realised)."""
     lines = text.split("\n")
     positions = [(li, wi) for li, line in enumerate(lines) for wi in range(len(line.split()))]
@@ -197,12 +234,16 @@ def near_duplicate(text: str, target: float, rng: random.Random, vocabulary: lis
     for li, wi in order:
         word = words[li][wi]
         replacement = rng.choice(vocabulary)
-        words[li][wi] = replacement + word[len(word.rstrip(".,")):]  # keep trailing punctuation
+        words[li][wi] = replacement + word[len(word.rstrip(".,")) :]  # keep trailing punctuation
         candidate = "\n".join(" ".join(w) for w in words)
         candidate_similarity = jaccard(original, word_shingles(candidate, n))
         if candidate_similarity == 1.0:
             continue  # replaced a word by itself
-        if similarity < 1.0 and candidate_similarity < target and abs(candidate_similarity - target) > abs(similarity - target):
+        if (
+            similarity < 1.0
+            and candidate_similarity < target
+            and abs(candidate_similarity - target) > abs(similarity - target)
+        ):
             break
         current, similarity = candidate, candidate_similarity
         if similarity <= target:
@@ -225,7 +266,9 @@ def junk_document(rng: random.Random, grammar: Grammar, kind: str) -> str:
     if kind == "numbers":
         return " ".join(str(rng.randint(0, 99999)) for _ in range(rng.randint(80, 200))) + "."
     if kind == "bullets":
-        return "\n".join(f"- {rng.choice(grammar.lex.nouns)} {rng.choice(grammar.lex.verbs)}" for _ in range(rng.randint(20, 40)))
+        return "\n".join(
+            f"- {rng.choice(grammar.lex.nouns)} {rng.choice(grammar.lex.verbs)}" for _ in range(rng.randint(20, 40))
+        )
     raise ValueError(f"unknown junk kind {kind!r}")
 
 
@@ -258,7 +301,9 @@ def generate_corpus(
     clean = generate_clean_documents(n_clean, rng=rng, grammar=grammar)
     entries += [(text, {"kind": "clean", "index": i}) for i, text in enumerate(clean)]
     eval_rng = random.Random(seed + 10_007)
-    eval_set = [" ".join(grammar.sentence(eval_rng, eval_rng.choice(grammar.topics)) for _ in range(3)) for _ in range(n_eval)]
+    eval_set = [
+        " ".join(grammar.sentence(eval_rng, eval_rng.choice(grammar.topics)) for _ in range(3)) for _ in range(n_eval)
+    ]
     for _ in range(n_exact_dups):
         i = rng.randrange(n_clean)
         text = clean[i]

@@ -4,6 +4,7 @@ Byte-level (GPT-2 style pre-tokenisation, no normaliser) so every string round-t
 == t, and no text is ever mapped to an unknown token. The tokenizer is identified by a hash of its canonical
 tokenizer.json, which goes into every shard header, so shards from different tokenizers are never mixed.
 """
+
 from __future__ import annotations
 
 import hashlib

@@ -20,6 +20,7 @@ output a rerun would trust, and a task removes the temporary files a killed run 
 the same plan on the same input: another configuration or a changed input file is refused (save_plan_checked).
 A task that fails raises TaskFailed naming the step, stage, task and the last document it read.
 """
+
 from __future__ import annotations
 
 import json
@@ -143,7 +144,9 @@ def save_plan_checked(plan: PipelinePlan) -> None:
         if recorded is not None:
             changes = describe_changes(recorded, files)
             if changes:
-                shown = "; ".join(changes[:MAX_CHANGES_SHOWN]) + (f"; and {len(changes) - MAX_CHANGES_SHOWN} more" if len(changes) > MAX_CHANGES_SHOWN else "")
+                shown = "; ".join(changes[:MAX_CHANGES_SHOWN]) + (
+                    f"; and {len(changes) - MAX_CHANGES_SHOWN} more" if len(changes) > MAX_CHANGES_SHOWN else ""
+                )
                 raise InputChanged(
                     f"output={plan.root} holds a run started on other input (input={plan.input.path}; fingerprints in "
                     f"{path}): {shown}. Resuming would mix documents of both; {START_OVER}"
@@ -151,10 +154,16 @@ def save_plan_checked(plan: PipelinePlan) -> None:
             plan.input_files = recorded
             plan.save(path)
             return
-        log.warning("%s predates input fingerprints: a change made before this resume cannot be detected; "
-                    "recording the input as it is now", path)
+        log.warning(
+            "%s predates input fingerprints: a change made before this resume cannot be detected; "
+            "recording the input as it is now",
+            path,
+        )
     if not files:
-        log.warning("input=%s is a hub dataset: it has no files to fingerprint, so a resume cannot detect a change", plan.input.path)
+        log.warning(
+            "input=%s is a hub dataset: it has no files to fingerprint, so a resume cannot detect a change",
+            plan.input.path,
+        )
     start = time.perf_counter()
     plan.input_files = fingerprint_files(files)
     log.info("fingerprinted %d input files in %.1f s", len(files), time.perf_counter() - start)
@@ -203,8 +212,14 @@ def task_done(plan: PipelinePlan, step_index: int, stage_index: int, rank: int) 
 
 def _task_directories(plan: PipelinePlan, step: str) -> list[Path]:
     root = plan.root
-    return [root / step, root / "excluded" / step, root / "quarantine" / step, root / "stats" / step,
-            root / ".work" / step, root / TOKENS_DIR]
+    return [
+        root / step,
+        root / "excluded" / step,
+        root / "quarantine" / step,
+        root / "stats" / step,
+        root / ".work" / step,
+        root / TOKENS_DIR,
+    ]
 
 
 def run_task(plan: PipelinePlan, step_index: int, stage_index: int, rank: int = 0) -> bool:
@@ -241,8 +256,14 @@ def run_task(plan: PipelinePlan, step_index: int, stage_index: int, rank: int = 
             f"step {step.name}, stage {stage.name}, task {rank} of {plan.tasks}{where}: {type(exc).__name__}: {exc}"
         ) from exc
     if stage_index != len(stages) - 1:
-        timing = {"stage": stage.name, "rank": rank, "time_s": time.perf_counter() - start,
-                  "cpu_s": time.process_time() - cpu_start, "started": started, "finished": time.time()}
+        timing = {
+            "stage": stage.name,
+            "rank": rank,
+            "time_s": time.perf_counter() - start,
+            "cpu_s": time.process_time() - cpu_start,
+            "started": started,
+            "finished": time.time(),
+        }
         write_json_atomic(plan.root / "stats" / step.name / f"stage-{stage.name}-{rank:05d}.json", timing)
     marker.parent.mkdir(parents=True, exist_ok=True)
     marker.write_text(json.dumps({"finished": time.time()}))
@@ -264,7 +285,9 @@ def _run_output_stage(plan: PipelinePlan, step: Step, fn, rank: int, context: Ta
 
     def on_exclude(doc: Document, reason: str, details: dict) -> None:
         stats.docs_excluded += 1
-        excluded_writer.write({**doc.to_record(), "excluded_reason": reason, **{f"excluded_{k}": v for k, v in details.items()}})
+        excluded_writer.write(
+            {**doc.to_record(), "excluded_reason": reason, **{f"excluded_{k}": v for k, v in details.items()}}
+        )
 
     context.on_exclude = on_exclude
 

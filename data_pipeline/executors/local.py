@@ -8,6 +8,7 @@ kernel however the process ends), so the temporary files swept at start can only
 exit when the main process dies, even by kill -9, so no orphan keeps writing into a directory a rerun is using
 (both from cluster/ownership.py).
 """
+
 from __future__ import annotations
 
 import logging
@@ -57,8 +58,10 @@ class LocalExecutor:
                 # fork keeps start-up cheap on Linux; spawn elsewhere. Steps are rebuilt from the plan in the worker.
                 method = "fork" if "fork" in multiprocessing.get_all_start_methods() else "spawn"
                 pool = ProcessPoolExecutor(
-                    max_workers=self.workers, mp_context=multiprocessing.get_context(method),
-                    initializer=die_with_parent, initargs=(os.getpid(),),
+                    max_workers=self.workers,
+                    mp_context=multiprocessing.get_context(method),
+                    initializer=die_with_parent,
+                    initargs=(os.getpid(),),
                 )
             for step_index, spec in enumerate(plan.steps):
                 for stage_index, (stage, per_shard) in enumerate(stage_names(plan, step_index)):

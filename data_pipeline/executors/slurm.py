@@ -11,6 +11,7 @@ requeues itself alone (that index only) up to `cluster.task_retries` times; comp
 or resubmitted task skip finished work. `wait_for_jobs` follows the chain and names the step and task that
 failed for good, with its log, and cancels the jobs that can no longer run.
 """
+
 from __future__ import annotations
 
 import logging
@@ -53,8 +54,15 @@ class StageJob:
 
 
 class SlurmExecutor:
-    def __init__(self, plan: PipelinePlan, cluster: ClusterConfig, workers: int = 1, report: bool = True,
-                 sbatch: str = "sbatch", cwd: Optional[Path] = None) -> None:
+    def __init__(
+        self,
+        plan: PipelinePlan,
+        cluster: ClusterConfig,
+        workers: int = 1,
+        report: bool = True,
+        sbatch: str = "sbatch",
+        cwd: Optional[Path] = None,
+    ) -> None:
         if workers < 1:
             raise ValueError(f"workers={workers}: must be at least 1 (on Slurm: array tasks running at once)")
         if not SBATCH_SCRIPT.is_file():
@@ -75,9 +83,16 @@ class SlurmExecutor:
         jobs = []
         for step_index, spec in enumerate(self.plan.steps):
             for stage_index, (stage, per_shard) in enumerate(stage_names(self.plan, step_index)):
-                jobs.append(StageJob(f"loom-{spec.name}-{stage}", spec.name, stage,
-                                     self.plan.tasks if per_shard else 1, per_shard,
-                                     [plan_path, str(step_index), str(stage_index)]))
+                jobs.append(
+                    StageJob(
+                        f"loom-{spec.name}-{stage}",
+                        spec.name,
+                        stage,
+                        self.plan.tasks if per_shard else 1,
+                        per_shard,
+                        [plan_path, str(step_index), str(stage_index)],
+                    )
+                )
         if self.report:
             jobs.append(StageJob("loom-report", None, None, 1, False, ["finalize", plan_path]))
         return jobs
@@ -90,16 +105,23 @@ class SlurmExecutor:
         if job.array:
             args.append(f"--array=0-{job.tasks - 1}%{self.workers}")
         args += resource_options(self.cluster, self.cluster.cpus_per_task)
-        args += ["--requeue", "--open-mode=append", f"--chdir={self.cwd}", f"--output={self.log_dir / output}",
-                 "--export=ALL", *[str(a) for a in self.cluster.sbatch_args]]
+        args += [
+            "--requeue",
+            "--open-mode=append",
+            f"--chdir={self.cwd}",
+            f"--output={self.log_dir / output}",
+            "--export=ALL",
+            *[str(a) for a in self.cluster.sbatch_args],
+        ]
         return args + [str(SBATCH_SCRIPT), *job.script_args]
 
     def environment(self) -> dict[str, str]:
         """What the jobs need besides the submitter's environment (exported whole): the interpreter, the code
         (prepended to the job's PYTHONPATH by the script, never replacing it), the retry count, cluster.env."""
         env = dict(os.environ)
-        env.update(LOOM_PYTHON=job_python(self.cluster), LOOM_REPO=str(REPO),
-                   LOOM_TASK_RETRIES=str(self.cluster.task_retries))
+        env.update(
+            LOOM_PYTHON=job_python(self.cluster), LOOM_REPO=str(REPO), LOOM_TASK_RETRIES=str(self.cluster.task_retries)
+        )
         env.update({str(k): str(v) for k, v in self.cluster.env.items()})
         return env
 
@@ -120,8 +142,9 @@ class SlurmExecutor:
             command = self.command(job, previous)
             result = subprocess.run(command, capture_output=True, text=True, env=env, cwd=self.cwd)
             if result.returncode != 0:
-                raise RuntimeError(f"sbatch failed ({result.returncode}): {result.stderr.strip()}\n"
-                                   f"command: {shlex.join(command)}")
+                raise RuntimeError(
+                    f"sbatch failed ({result.returncode}): {result.stderr.strip()}\ncommand: {shlex.join(command)}"
+                )
             job.job_id = previous = result.stdout.strip().split(";")[0]
             log.info("submitted %s as job %s", job.name, job.job_id)
         return jobs
@@ -139,8 +162,9 @@ def _record_of_task(records: list[dict[str, str]], job: StageJob, rank: int) -> 
     return next((r for r in records if r.get("ArrayTaskId") == str(rank)), {})
 
 
-def wait_for_jobs(plan: PipelinePlan, jobs: list[StageJob], poll_s: float = 2.0,
-                  env: Optional[dict[str, str]] = None) -> None:
+def wait_for_jobs(
+    plan: PipelinePlan, jobs: list[StageJob], poll_s: float = 2.0, env: Optional[dict[str, str]] = None
+) -> None:
     """Follow the chain job by job until each has ended; raise PipelineJobFailed naming the first step, stage and
     task that did not complete (after its retries), after cancelling the jobs still queued behind it.
 
@@ -167,16 +191,21 @@ def wait_for_jobs(plan: PipelinePlan, jobs: list[StageJob], poll_s: float = 2.0,
             record = _record_of_task(records, job, rank)
             attempts = int(record.get("Restarts", "0") or 0) + 1 if record else None
             details.append(
-                f"task {rank}" + (f" of {job.tasks}" if job.array else "")
-                + (f": {record.get('JobState')} (exit code {record.get('ExitCode')}) after {attempts} attempt(s)"
-                   if record else ": no completion marker")
+                f"task {rank}"
+                + (f" of {job.tasks}" if job.array else "")
+                + (
+                    f": {record.get('JobState')} (exit code {record.get('ExitCode')}) after {attempts} attempt(s)"
+                    if record
+                    else ": no completion marker"
+                )
                 + (f"; log {record['StdOut']}" if record.get("StdOut") else "")
             )
-        later = [j.job_id for j in jobs[index + 1:] if j.job_id]
+        later = [j.job_id for j in jobs[index + 1 :] if j.job_id]
         if later:
             subprocess.run(["scancel", *later], capture_output=True, text=True, env=env)
         raise PipelineJobFailed(
-            f"{job.describe()} failed, job {job.job_id}: " + "; ".join(details)
+            f"{job.describe()} failed, job {job.job_id}: "
+            + "; ".join(details)
             + (f". Cancelled the {len(later)} job(s) after it." if later else "")
         )
 

@@ -2,6 +2,7 @@
 
 Pure functions independent of the pipeline framework; data_pipeline/steps/minhash_dedup.py wraps them as a step.
 """
+
 from data_pipeline.minhash.banding import band_keys, candidate_probability, detection_probability, optimal_bands
 from data_pipeline.minhash.clustering import choose_kept, components, id_sort_key, similarity, verified_pairs
 from data_pipeline.minhash.local import deduplicate

@@ -6,6 +6,7 @@ false-positive + false-negative areas under that curve, computed by datasketch's
 implementation of that optimisation); its public `b` and `r` are read back. Candidates are then verified
 against the threshold on the full signature (see clustering.py), so the default weights favour recall.
 """
+
 from __future__ import annotations
 
 from functools import lru_cache

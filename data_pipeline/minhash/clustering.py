@@ -7,6 +7,7 @@ quadratic work in a bucket's size; exact duplicates, which make the big buckets,
 first). Clusters are the connected components of the verified pairs, found with scipy's union-find based
 `connected_components` rather than a hand-written union-find. Each cluster keeps its lowest id.
 """
+
 from __future__ import annotations
 
 from typing import Callable, Sequence
@@ -52,9 +53,7 @@ def verified_pairs(members: np.ndarray, signatures: np.ndarray, threshold: float
     return np.concatenate(found) if found else np.zeros((0, 2), dtype=np.int64)
 
 
-def band_pairs(
-    keys: np.ndarray, fetch_signatures: Callable[[np.ndarray], np.ndarray], threshold: float
-) -> np.ndarray:
+def band_pairs(keys: np.ndarray, fetch_signatures: Callable[[np.ndarray], np.ndarray], threshold: float) -> np.ndarray:
     """Verified pairs (global positions) among documents sharing a bucket key in one band."""
     pairs = [verified_pairs(g, fetch_signatures(g), threshold) for g in bucket_groups(keys)]
     pairs = [p for p in pairs if len(p)]

@@ -3,6 +3,7 @@
 For tests, benchmarks and notebooks: the shards are given as lists, the stages run one after another in this
 process, and the result is the same decisions the distributed step would make on the same shards.
 """
+
 from __future__ import annotations
 
 import tempfile

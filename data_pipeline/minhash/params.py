@@ -1,4 +1,5 @@
 """MinHash dedup parameters in one place, validated early, shared by the step, the tests and the benchmark."""
+
 from __future__ import annotations
 
 from dataclasses import dataclass

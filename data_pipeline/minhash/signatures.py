@@ -17,6 +17,7 @@ whole batch is handled as flat numpy arrays, which is where the speed comes from
     (tests check the Jaccard estimate is unbiased against exact Jaccard).
 Signatures therefore differ bit-for-bit from datasketch's; dedup decisions agree (benchmarks/bench_minhash.py).
 """
+
 from __future__ import annotations
 
 from dataclasses import dataclass, field

@@ -10,6 +10,7 @@ Global positions (shard order, then row) are only an internal address: ids decid
 decisions do not depend on how the corpus was split into shards.
 Every file is written under a temporary name and renamed into place.
 """
+
 from __future__ import annotations
 
 import json

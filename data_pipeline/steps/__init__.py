@@ -3,6 +3,7 @@
 Modules are imported lazily by name so that a step whose module is missing or broken fails with a clear message
 when it is used, not when the package is imported.
 """
+
 from __future__ import annotations
 
 import importlib

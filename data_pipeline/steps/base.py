@@ -18,6 +18,7 @@ The executor puts a barrier between stages. The last stage must be per-shard: it
 
 Used standalone (tests, notebooks), a step gets an in-memory context: `step.context.excluded` lists removals.
 """
+
 from __future__ import annotations
 
 import math
@@ -165,7 +166,9 @@ class FilterStep(Step):
             reason = f"{self.name}:{verdict[1]}" if len(verdict) > 1 and verdict[1] else self.name
             details = dict(verdict[2]) if len(verdict) > 2 and verdict[2] else {}
             return reason, details.pop("value", None), details.pop("threshold", None), details
-        raise TypeError(f"{type(self).__name__}.filter returned {verdict!r}: expected True, False or (False, reason, details)")
+        raise TypeError(
+            f"{type(self).__name__}.filter returned {verdict!r}: expected True, False or (False, reason, details)"
+        )
 
     def run(self, documents: Iterable[Document], rank: int = 0, world_size: int = 1) -> Iterator[Document]:
         for doc in documents:

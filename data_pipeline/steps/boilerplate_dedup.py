@@ -13,6 +13,7 @@ Stages (each task's work is bounded, so it scales with the corpus like the MinHa
   count (per shard)   task r counts bucket r over every shard and writes the hashes seen in too many documents;
   run (per shard)     drops those spans; counters say how many spans, characters and documents it changed.
 """
+
 from __future__ import annotations
 
 import hashlib
@@ -71,7 +72,9 @@ class BoilerplateDedup(Step):
 
     # ------------------------------------------------------------------ stages
     def hash_shard(self, documents: Iterable[Document], rank: int, world_size: int) -> None:
-        per_document = [np.unique(np.array([h for h in self.hashes(doc.text) if h], dtype=np.uint64)) for doc in documents]
+        per_document = [
+            np.unique(np.array([h for h in self.hashes(doc.text) if h], dtype=np.uint64)) for doc in documents
+        ]
         hashes = np.concatenate(per_document) if per_document else np.zeros(0, dtype=np.uint64)
         buckets = hashes % np.uint64(world_size)
         for bucket in range(world_size):
@@ -85,7 +88,9 @@ class BoilerplateDedup(Step):
 
     def run(self, documents: Iterable[Document], rank: int = 0, world_size: int = 1) -> Iterator[Document]:
         boilerplate = set(
-            np.concatenate([np.load(self.context.work_path(f"boilerplate-{b:05d}.npy")) for b in range(world_size)]).tolist()
+            np.concatenate(
+                [np.load(self.context.work_path(f"boilerplate-{b:05d}.npy")) for b in range(world_size)]
+            ).tolist()
         )
         for doc in documents:
             spans = self.spans(doc.text)

@@ -8,6 +8,7 @@ buckets x `dim` floats is ~0.5 GB whatever the data (a 517 MB model from 1,913 d
 the 10k most important rows, `dsub` dimensions per code byte) bring a model trained on a few thousand documents
 to well under a few MB.
 """
+
 from __future__ import annotations
 
 import json
@@ -47,9 +48,11 @@ class TrainingResult:
         def pct(x: Optional[float]) -> str:
             return "n/a" if x is None else f"{x:.3f}"
 
-        return (f"model {self.model} ({self.size_bytes / 1e6:.2f} MB{', quantized' if self.quantized else ''}); "
-                f"trained on {self.train_examples} examples; held-out ({self.heldout_examples}): "
-                f"precision {pct(self.precision)}, recall {pct(self.recall)} (positive label)")
+        return (
+            f"model {self.model} ({self.size_bytes / 1e6:.2f} MB{', quantized' if self.quantized else ''}); "
+            f"trained on {self.train_examples} examples; held-out ({self.heldout_examples}): "
+            f"precision {pct(self.precision)}, recall {pct(self.recall)} (positive label)"
+        )
 
     def to_json(self) -> dict:
         return asdict(self)
@@ -84,9 +87,21 @@ def _fit_request() -> None:
 
 
 def train_classifier(
-    positive: str, negative: str, output: str, text_key: str = "text", epoch: int = 10, lr: float = 0.1,
-    word_ngrams: int = 2, dim: int = 32, bucket: int = 200_000, min_count: int = 1, quantize: bool = True,
-    cutoff: int = 10_000, dsub: int = 2, holdout: float = 0.1, seed: int = 0,
+    positive: str,
+    negative: str,
+    output: str,
+    text_key: str = "text",
+    epoch: int = 10,
+    lr: float = 0.1,
+    word_ngrams: int = 2,
+    dim: int = 32,
+    bucket: int = 200_000,
+    min_count: int = 1,
+    quantize: bool = True,
+    cutoff: int = 10_000,
+    dsub: int = 2,
+    holdout: float = 0.1,
+    seed: int = 0,
 ) -> TrainingResult:
     """Train on `positive`/`negative` files (JSONL with `text_key`, or one example per line); save atomically."""
     for name, path in (("positive", positive), ("negative", negative)):
@@ -94,9 +109,12 @@ def train_classifier(
             raise ValueError(f"train-classifier {name}={path}: file not found")
     if not 0.0 <= holdout < 1.0:
         raise ValueError(f"train-classifier holdout={holdout}: a fraction in [0, 1)")
-    examples = [(label, _one_line(text)) for label, path in ((POSITIVE, positive), (NEGATIVE, negative))
-                for text in read_eval_texts(Path(path), text_key)]
-    counts = {label: sum(1 for l, _ in examples if l == label) for label in (POSITIVE, NEGATIVE)}
+    examples = [
+        (label, _one_line(text))
+        for label, path in ((POSITIVE, positive), (NEGATIVE, negative))
+        for text in read_eval_texts(Path(path), text_key)
+    ]
+    counts = {label: sum(1 for tag, _ in examples if tag == label) for label in (POSITIVE, NEGATIVE)}
     if min(counts.values()) == 0:
         raise ValueError(f"train-classifier: need examples of both labels, got {counts}")
     random.Random(seed).shuffle(examples)
@@ -106,18 +124,50 @@ def train_classifier(
     output_path.parent.mkdir(parents=True, exist_ok=True)
     train_file = _write_lines([f"{label} {text}" for label, text in train])
     tmp = output_path.with_name(f".{output_path.name}.tmp.{os.getpid()}")
-    options = {"epoch": epoch, "lr": lr, "wordNgrams": word_ngrams, "dim": dim, "bucket": bucket, "minCount": min_count,
-               "seed": seed, "thread": 1, "verbose": 0}
-    quantize_options = {"qnorm": True, "retrain": True, "cutoff": cutoff, "dsub": dsub, "epoch": epoch, "lr": lr,
-                        "thread": 1, "verbose": 0} if quantize else None
+    options = {
+        "epoch": epoch,
+        "lr": lr,
+        "wordNgrams": word_ngrams,
+        "dim": dim,
+        "bucket": bucket,
+        "minCount": min_count,
+        "seed": seed,
+        "thread": 1,
+        "verbose": 0,
+    }
+    quantize_options = (
+        {
+            "qnorm": True,
+            "retrain": True,
+            "cutoff": cutoff,
+            "dsub": dsub,
+            "epoch": epoch,
+            "lr": lr,
+            "thread": 1,
+            "verbose": 0,
+        }
+        if quantize
+        else None
+    )
     try:
         # In a fresh interpreter: in a process whose heap earlier work had used (a pipeline run, numpy arrays
         # freed), fastText-numpy2 0.10.4's training hit "Encountered NaN" in 3 to 5 of 10 runs on the same data
         # at lr 0.02-0.1; trained in a fresh interpreter, 0 of 20 (seen here, 2026-11-30).
-        request = json.dumps({"train_file": train_file, "output": str(tmp), "options": options, "quantize_options": quantize_options})
-        child = subprocess.run([sys.executable, "-c", "from data_pipeline.steps.classifier import _fit_request; _fit_request()"],
-                               input=request, capture_output=True, text=True, cwd=Path(__file__).resolve().parents[2])
-        error = child.stdout.strip() if child.returncode == 0 else f"exit {child.returncode}: {child.stderr.strip()[-2000:]}"
+        request = json.dumps(
+            {"train_file": train_file, "output": str(tmp), "options": options, "quantize_options": quantize_options}
+        )
+        child = subprocess.run(
+            [sys.executable, "-c", "from data_pipeline.steps.classifier import _fit_request; _fit_request()"],
+            input=request,
+            capture_output=True,
+            text=True,
+            cwd=Path(__file__).resolve().parents[2],
+        )
+        error = (
+            child.stdout.strip()
+            if child.returncode == 0
+            else f"exit {child.returncode}: {child.stderr.strip()[-2000:]}"
+        )
         if error:
             raise ValueError(f"train-classifier: fastText training failed with lr={lr}: {error}; try a lower lr")
         os.replace(tmp, output_path)
@@ -132,17 +182,22 @@ def train_classifier(
         false_pos += predicted == POSITIVE and label == NEGATIVE
         false_neg += predicted != POSITIVE and label == POSITIVE
     return TrainingResult(
-        model=str(output_path), size_bytes=output_path.stat().st_size, train_examples=len(train),
+        model=str(output_path),
+        size_bytes=output_path.stat().st_size,
+        train_examples=len(train),
         heldout_examples=len(heldout),
         precision=true_pos / (true_pos + false_pos) if true_pos + false_pos else None,
-        recall=true_pos / (true_pos + false_neg) if true_pos + false_neg else None, quantized=quantize,
+        recall=true_pos / (true_pos + false_neg) if true_pos + false_neg else None,
+        quantized=quantize,
     )
 
 
 class Classifier(Step):
     name = "classifier"
 
-    def __init__(self, model_path: Optional[str] = None, threshold: float = 0.5, score_key: str = "quality_score") -> None:
+    def __init__(
+        self, model_path: Optional[str] = None, threshold: float = 0.5, score_key: str = "quality_score"
+    ) -> None:
         super().__init__()
         if model_path and not Path(model_path).is_file():
             raise ValueError(

@@ -3,6 +3,7 @@ so benchmark scores measure generalisation rather than memorisation.
 
 The eval n-grams go into a Python dict once per task; eval sets are small compared with the corpus.
 """
+
 from __future__ import annotations
 
 import json
@@ -33,7 +34,9 @@ def read_eval_texts(path: Path, text_key: str) -> Iterator[str]:
                     record = json.loads(line)
                     yield str(record[text_key])
                 except (json.JSONDecodeError, KeyError, TypeError) as exc:
-                    raise ValueError(f"{path}:{line_no + 1}: not a JSON object with field {text_key!r} ({exc})") from exc
+                    raise ValueError(
+                        f"{path}:{line_no + 1}: not a JSON object with field {text_key!r} ({exc})"
+                    ) from exc
             else:
                 yield line
 

@@ -4,6 +4,7 @@ Three stages: hash every document of a shard -> one reduce over all hashes picks
 each shard drops its non-keepers. The hash is of a canonical form (NFKC, case-folded, whitespace collapsed), so
 copies differing only in case or spacing count as duplicates.
 """
+
 from __future__ import annotations
 
 import hashlib

@@ -9,6 +9,7 @@ families to run, in order) and one entry per family: true (defaults), false/null
 arguments that override its defaults, e.g. `c4: {min_sentences: 3}`. The order used before FineWeb's
 (C4 first, with its terminal-punctuation rule) is `configs/pipeline/c4_first.yaml`.
 """
+
 from __future__ import annotations
 
 import inspect
@@ -61,7 +62,12 @@ class Heuristics(Step):
         unknown = [f for f in order if f not in FAMILIES]
         if unknown or len(set(order)) != len(order):
             raise ValueError(f"heuristics.order={list(order)}: each of {list(FAMILIES)} at most once")
-        settings = {"gopher_repetition": gopher_repetition, "gopher_quality": gopher_quality, "c4": c4, "fineweb": fineweb}
+        settings = {
+            "gopher_repetition": gopher_repetition,
+            "gopher_quality": gopher_quality,
+            "c4": c4,
+            "fineweb": fineweb,
+        }
         self.filters = [f for f in (build_family(name, settings[name]) for name in order) if f is not None]
         self.bind(self.context)
 

@@ -7,6 +7,7 @@ The predicted language and its probability are stored in the document's metadata
 `language:<label>` with its probability as the value; one in a listed language whose probability is below
 `threshold` as `language_score_below_threshold`.
 """
+
 from __future__ import annotations
 
 from pathlib import Path
@@ -64,7 +65,9 @@ class LangId(Step):
         super().__init__()
         self.model_path = Path(model_path) if model_path else None
         if self.model_path is not None and not self.model_path.is_file():
-            raise ValueError(f"lang_id.model_path={self.model_path}: file not found (unset it to use py3langid's bundled model)")
+            raise ValueError(
+                f"lang_id.model_path={self.model_path}: file not found (unset it to use py3langid's bundled model)"
+            )
         if not 0.0 <= float(threshold) <= 1.0:
             raise ValueError(f"lang_id.threshold={threshold}: a probability in [0, 1]")
         self.languages = set(languages)
@@ -86,7 +89,9 @@ class LangId(Step):
             language, score = self.identify(doc.text)
             self.context.score("language_score", score)
             self.context.count(f"language.{language}")
-            labelled = Document(doc.id, doc.text, {**doc.metadata, "language": language, "language_score": round(score, 4)})
+            labelled = Document(
+                doc.id, doc.text, {**doc.metadata, "language": language, "language_score": round(score, 4)}
+            )
             if self.languages and language not in self.languages:
                 self.context.exclude(labelled, f"language:{language}", round(score, 4), sorted(self.languages))
             elif score < self.threshold:

@@ -6,6 +6,7 @@ Stages (the algorithm lives in data_pipeline/minhash; see staged.py there for th
 Each removed document is excluded as `near_duplicate` with its cluster id, the kept document's id, the cluster
 size and its estimated Jaccard similarity to the kept document.
 """
+
 from __future__ import annotations
 
 import json

@@ -6,6 +6,7 @@ then left unfilled and reported) -> each shard keeps floor(rate) or ceil(rate) c
 chosen by a hash of (seed, id), so the result is deterministic for a seed and independent of shard order.
 Repeated copies get ids `<id>#rep<k>`; documents sampled out are excluded with reason `downsampled`.
 """
+
 from __future__ import annotations
 
 import hashlib
@@ -68,11 +69,18 @@ class Mix(Step):
             wanted = self.target_tokens * weight / total_weight
             have = available.get(source, 0)
             if have == 0 and wanted > 0:
-                raise ValueError(f"mix: source {source!r} has no documents (key {self.source_key!r}); present: {sorted(available)}")
+                raise ValueError(
+                    f"mix: source {source!r} has no documents (key {self.source_key!r}); present: {sorted(available)}"
+                )
             rate = min(wanted / have, self.max_repeats) if have else 0.0
             rates[source] = rate
-            report[source] = {"weight": weight / total_weight, "available_tokens": have, "wanted_tokens": wanted,
-                              "rate": rate, "capped": wanted / max(have, 1) > self.max_repeats}
+            report[source] = {
+                "weight": weight / total_weight,
+                "available_tokens": have,
+                "wanted_tokens": wanted,
+                "rate": rate,
+                "capped": wanted / max(have, 1) > self.max_repeats,
+            }
         self.context.write_atomic("plan.json", json.dumps({"rates": rates, "sources": report}, indent=2).encode())
 
     def run(self, documents: Iterable[Document], rank: int = 0, world_size: int = 1) -> Iterator[Document]:

@@ -5,6 +5,7 @@ Emoji and other pictographic symbols (Unicode category So) are kept by default; 
 out ("👍🏽" -> "thumbs up medium skin tone", with the `emoji` package's CLDR names; other symbols by
 their Unicode name, "★" -> "black star"), `symbols: remove` deletes them.
 """
+
 from __future__ import annotations
 
 import re
@@ -59,7 +60,9 @@ def normalize_text(text: str, form: str = "NFC", boilerplate: Sequence[re.Patter
 class Normalize(Step):
     name = "normalize"
 
-    def __init__(self, form: str = "NFC", boilerplate_patterns: Optional[Sequence[str]] = None, symbols: str = "keep") -> None:
+    def __init__(
+        self, form: str = "NFC", boilerplate_patterns: Optional[Sequence[str]] = None, symbols: str = "keep"
+    ) -> None:
         super().__init__()
         if symbols not in SYMBOL_MODES:
             raise ValueError(f"normalize.symbols={symbols!r}: use one of {', '.join(SYMBOL_MODES)}")

@@ -6,6 +6,7 @@ the standard library's `ipaddress`, phone numbers by `phonenumbers` (Google's li
 numbers (3.11.2), dates (2024-01-15), decimals (3.14159) and ISBNs stay as they are. The step keeps every
 document; counters `pii.email`, `pii.ip`, `pii.phone` and `pii.documents` say how much it replaced.
 """
+
 from __future__ import annotations
 
 import ipaddress
@@ -82,8 +83,12 @@ class Pii(Step):
             if len(_DIGIT.findall(candidate.group())) < 7:
                 continue
             for region in self.phone_regions:
-                found = [(candidate.start() + m.start, candidate.start() + m.end)
-                         for m in phonenumbers.PhoneNumberMatcher(candidate.group(), region, leniency=phonenumbers.Leniency.VALID)]
+                found = [
+                    (candidate.start() + m.start, candidate.start() + m.end)
+                    for m in phonenumbers.PhoneNumberMatcher(
+                        candidate.group(), region, leniency=phonenumbers.Leniency.VALID
+                    )
+                ]
                 if found:
                     spans.extend(found)
                     break
@@ -96,6 +101,7 @@ class Pii(Step):
             text, counts["email"] = _EMAIL.subn(self.email_placeholder, text)
         has_digit = _DIGIT.search(text) is not None
         if self.ip_addresses and has_digit and ("." in text or _IPV6_HINT.search(text)):
+
             def ip(match: re.Match) -> str:
                 if self._is_personal_ip(match.group()):
                     counts["ip"] += 1

@@ -9,6 +9,7 @@ Stages:
 Sampling by a hash of the id (a bottom-k sample) rather than by position makes the sample, and therefore the
 tokenizer, the same however the corpus is split into shards.
 """
+
 from __future__ import annotations
 
 import hashlib
@@ -108,8 +109,12 @@ class Tokenize(Step):
         sources: Counter = Counter()
         documents = iter(documents)
         with ShardWriter(
-            self.tokens_dir, f"shard-{rank:05d}", vocab_size=info.vocab_size, eos_id=info.eos_id,
-            tokenizer_id=info.id, sources=None,
+            self.tokens_dir,
+            f"shard-{rank:05d}",
+            vocab_size=info.vocab_size,
+            eos_id=info.eos_id,
+            tokenizer_id=info.id,
+            sources=None,
         ) as writer:
             while batch := list(islice(documents, self.batch_size)):
                 # encode_batch_fast: ids without character offsets, which nothing here uses (~1.3x faster)

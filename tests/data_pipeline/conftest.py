@@ -1,10 +1,11 @@
 """Shared fixtures: one generated corpus with planted defects and one cleaning run over it per test session."""
+
 from __future__ import annotations
 
 import pytest
+from pipeline_testing import run_clean_pipeline
 
 from data_pipeline.synthetic import generate_corpus, write_corpus
-from pipeline_testing import run_clean_pipeline
 
 
 @pytest.fixture(scope="session")

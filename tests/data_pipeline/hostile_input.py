@@ -5,6 +5,7 @@ Valid documents are paragraphs of CPython's own documentation (pydoc_data, real 
 project's procedural corpus. Each document's id names its file and line (`m<line>`, `g<line>`; documents without
 an id get `<file>:<line>` from the reader), so outputs can be traced back to the exact input line.
 """
+
 from __future__ import annotations
 
 import gzip
@@ -92,7 +93,10 @@ def write_hostile_input(directory: Path, seed: int = 0) -> HostileInput:
             line = slots.pop()
             planned[line] = _bad_rows(rng, texts[line % len(texts)])[kind]
     huge = slots.pop()
-    planned[huge] = (json.dumps({"id": "{id}", "text": ("ten megabytes " * (TEN_MB // 14 + 1))[:TEN_MB]}).encode(), "too_large")
+    planned[huge] = (
+        json.dumps({"id": "{id}", "text": ("ten megabytes " * (TEN_MB // 14 + 1))[:TEN_MB]}).encode(),
+        "too_large",
+    )
     lines: list[bytes] = []
     outcomes: dict[int, str] = {}
     duplicates = set(slots[:40])

@@ -1,4 +1,5 @@
 """Helpers shared by the data pipeline tests (a uniquely named module: every test directory has a conftest)."""
+
 from __future__ import annotations
 
 import json
@@ -10,7 +11,14 @@ from data_pipeline.executors.local import LocalExecutor
 
 def run_clean_pipeline(corpus_dir: Path, eval_path: Path, output: Path, tasks: int = 4, workers: int = 1, extra=()):
     cfg = compose_config(
-        ["pipeline=clean", f"input={corpus_dir}", f"output={output}", f"eval_sets=[{eval_path}]", f"tasks={tasks}", *extra]
+        [
+            "pipeline=clean",
+            f"input={corpus_dir}",
+            f"output={output}",
+            f"eval_sets=[{eval_path}]",
+            f"tasks={tasks}",
+            *extra,
+        ]
     )
     plan, _ = build_plan(cfg)
     return LocalExecutor(plan, workers=workers).run()

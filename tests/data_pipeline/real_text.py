@@ -2,6 +2,7 @@
 tests has: the long descriptions (READMEs) in the installed packages' metadata, the docstrings of Python's standard
 library, and Debian's /usr/share/common-licenses where present. Mostly hard-wrapped prose, the kind of text the
 old C4-first heuristics cut to pieces."""
+
 from __future__ import annotations
 
 import importlib
@@ -10,14 +11,75 @@ import inspect
 from pathlib import Path
 
 STDLIB_MODULES = (
-    "argparse", "asyncio", "bisect", "calendar", "collections", "concurrent.futures", "configparser", "contextlib",
-    "csv", "dataclasses", "datetime", "decimal", "difflib", "email", "enum", "fractions", "functools", "gettext",
-    "heapq", "http.client", "http.server", "imaplib", "inspect", "io", "ipaddress", "itertools", "json", "logging",
-    "mailbox", "multiprocessing", "optparse", "os", "pathlib", "pickle", "pdb", "pprint", "queue", "random", "re",
-    "sched", "secrets", "selectors", "shelve", "shlex", "shutil", "smtplib", "socket", "socketserver", "sqlite3",
-    "statistics", "string", "subprocess", "tarfile", "tempfile", "textwrap", "threading", "timeit", "tokenize",
-    "trace", "traceback", "typing", "unittest", "urllib.request", "uuid", "warnings", "weakref", "xml.dom.minidom",
-    "zipfile", "zipimport",
+    "argparse",
+    "asyncio",
+    "bisect",
+    "calendar",
+    "collections",
+    "concurrent.futures",
+    "configparser",
+    "contextlib",
+    "csv",
+    "dataclasses",
+    "datetime",
+    "decimal",
+    "difflib",
+    "email",
+    "enum",
+    "fractions",
+    "functools",
+    "gettext",
+    "heapq",
+    "http.client",
+    "http.server",
+    "imaplib",
+    "inspect",
+    "io",
+    "ipaddress",
+    "itertools",
+    "json",
+    "logging",
+    "mailbox",
+    "multiprocessing",
+    "optparse",
+    "os",
+    "pathlib",
+    "pickle",
+    "pdb",
+    "pprint",
+    "queue",
+    "random",
+    "re",
+    "sched",
+    "secrets",
+    "selectors",
+    "shelve",
+    "shlex",
+    "shutil",
+    "smtplib",
+    "socket",
+    "socketserver",
+    "sqlite3",
+    "statistics",
+    "string",
+    "subprocess",
+    "tarfile",
+    "tempfile",
+    "textwrap",
+    "threading",
+    "timeit",
+    "tokenize",
+    "trace",
+    "traceback",
+    "typing",
+    "unittest",
+    "urllib.request",
+    "uuid",
+    "warnings",
+    "weakref",
+    "xml.dom.minidom",
+    "zipfile",
+    "zipimport",
 )
 
 
@@ -44,8 +106,11 @@ def stdlib_docstrings(min_words: int = 80) -> list[tuple[str, str]]:
         except ImportError:
             continue
         docs = [(module_name, inspect.getdoc(module) or "")]
-        docs += [(f"{module_name}.{name}", inspect.getdoc(obj) or "") for name, obj in sorted(vars(module).items())
-                 if inspect.isclass(obj) and getattr(obj, "__module__", None) == module.__name__ and not name.startswith("_")]
+        docs += [
+            (f"{module_name}.{name}", inspect.getdoc(obj) or "")
+            for name, obj in sorted(vars(module).items())
+            if inspect.isclass(obj) and getattr(obj, "__module__", None) == module.__name__ and not name.startswith("_")
+        ]
         out += [(f"py:{name}", doc) for name, doc in docs if _words(doc) >= min_words]
     return out
 

@@ -1,5 +1,6 @@
 """Cross-document boilerplate removal across shards, and PII scrubbing that leaves numbers which are not personal
 data alone."""
+
 from __future__ import annotations
 
 import json
@@ -9,8 +10,10 @@ from data_pipeline.document import Document
 from data_pipeline.steps import build_step
 from data_pipeline.synthetic import generate_clean_documents
 
-BANNER = ("Subscribe to our newsletter to receive the latest articles, offers and event invitations every week, "
-          "straight to your inbox.")
+BANNER = (
+    "Subscribe to our newsletter to receive the latest articles, offers and event invitations every week, "
+    "straight to your inbox."
+)
 RARE = "This paragraph is quoted by exactly two documents in the whole corpus and is not boilerplate at all."
 
 
@@ -30,8 +33,11 @@ def test_boilerplate_in_200_documents_goes_and_a_paragraph_in_2_stays(tmp_path):
     source.write_text("".join(json.dumps(r) + "\n" for r in rows))
     out = tmp_path / "out"
     assert main(["boilerplate_dedup", f"input={source}", f"output={out}", "tasks=3", "workers=1"]) == 0
-    kept = {json.loads(line)["id"]: json.loads(line)["text"] for p in sorted((out / "boilerplate_dedup").glob("*.jsonl"))
-            for line in p.read_text().splitlines()}
+    kept = {
+        json.loads(line)["id"]: json.loads(line)["text"]
+        for p in sorted((out / "boilerplate_dedup").glob("*.jsonl"))
+        for line in p.read_text().splitlines()
+    }
     assert not any(BANNER.lower() in text.lower() for text in kept.values())
     assert [doc_id for doc_id, text in kept.items() if RARE in text] == ["doc0250", "doc0251"]
     original = {r["id"]: r["text"] for r in rows}
@@ -50,7 +56,10 @@ def test_boilerplate_in_200_documents_goes_and_a_paragraph_in_2_stays(tmp_path):
 def test_boilerplate_lines_for_web_text():
     step = build_step("boilerplate_dedup", {"unit": "line", "max_documents": 2})
     body = generate_clean_documents(4, seed=2)
-    docs = [Document(f"d{i}", "Skip to main content of this page right now\n" + b.replace("\n\n", "\n")) for i, b in enumerate(body)]
+    docs = [
+        Document(f"d{i}", "Skip to main content of this page right now\n" + b.replace("\n\n", "\n"))
+        for i, b in enumerate(body)
+    ]
     out = step(docs)
     assert [d.text for d in out] == [b.replace("\n\n", "\n") for b in body]
 
@@ -60,23 +69,44 @@ PLANTED = {
     "ip": ["8.8.8.8", "93.184.216.34", "2001:4860:4860::8888", "2606:4700:4700::1111"],
     "phone": ["+1 415-555-0132", "(212) 555-0199", "+44 20 7946 0958", "+49 30 901820"],
 }
-NOT_PII = ["3.11.2", "1.2.3.4.5", "2024-01-15", "15/01/2024", "3.14159265", "1,234,567", "v2.0.1", "12:30:45",
-           "127.0.0.1", "192.168.1.20", "ISBN 978-3-16-148410-0", "std::vector", "0.5", "10.0.0.1", "99.9%"]
+NOT_PII = [
+    "3.11.2",
+    "1.2.3.4.5",
+    "2024-01-15",
+    "15/01/2024",
+    "3.14159265",
+    "1,234,567",
+    "v2.0.1",
+    "12:30:45",
+    "127.0.0.1",
+    "192.168.1.20",
+    "ISBN 978-3-16-148410-0",
+    "std::vector",
+    "0.5",
+    "10.0.0.1",
+    "99.9%",
+]
 
 
 def test_pii_replaced_and_counted_numbers_that_are_not_pii_left_alone():
     step = build_step("pii")
-    sentences = [f"Reach the team at {PLANTED['email'][0]} or {PLANTED['email'][1]}; the archive is kept by {PLANTED['email'][2]}.",
-                 f"Our resolvers answer on {PLANTED['ip'][0]}, {PLANTED['ip'][1]}, {PLANTED['ip'][2]} and {PLANTED['ip'][3]}.",
-                 f"Call {PLANTED['phone'][0]}, {PLANTED['phone'][1]}, {PLANTED['phone'][2]} or {PLANTED['phone'][3]} during office hours.",
-                 "Python " + NOT_PII[0] + " came out; see " + ", ".join(NOT_PII[1:]) + " for the rest."]
+    sentences = [
+        f"Reach the team at {PLANTED['email'][0]} or {PLANTED['email'][1]}; "
+        f"the archive is kept by {PLANTED['email'][2]}.",
+        f"Our resolvers answer on {PLANTED['ip'][0]}, {PLANTED['ip'][1]}, {PLANTED['ip'][2]} and {PLANTED['ip'][3]}.",
+        f"Call {PLANTED['phone'][0]}, {PLANTED['phone'][1]}, {PLANTED['phone'][2]} or {PLANTED['phone'][3]} "
+        "during office hours.",
+        "Python " + NOT_PII[0] + " came out; see " + ", ".join(NOT_PII[1:]) + " for the rest.",
+    ]
     text = "\n".join(sentences)
     out = step([Document("a", text, {"url": "x"}), Document("b", "Nothing personal here, version 3.11.2.")])
     scrubbed = out[0].text
     for values in PLANTED.values():
         for value in values:
             assert value not in scrubbed, value
-    assert scrubbed.count("<EMAIL>") == 3 and scrubbed.count("<IP_ADDRESS>") == 4 and scrubbed.count("<PHONE_NUMBER>") == 4
+    assert (
+        scrubbed.count("<EMAIL>") == 3 and scrubbed.count("<IP_ADDRESS>") == 4 and scrubbed.count("<PHONE_NUMBER>") == 4
+    )
     for value in NOT_PII:
         assert value in scrubbed, value
     assert out[1].text == "Nothing personal here, version 3.11.2."

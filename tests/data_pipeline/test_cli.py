@@ -1,5 +1,6 @@
 """The command line: a whole pipeline with its report, one step with its own parameters, the classifier
 trainer, and clear errors for bad configuration."""
+
 from __future__ import annotations
 
 import json
@@ -26,14 +27,41 @@ def small_corpus(tmp_path_factory):
 def test_run_subprocess_writes_outputs_and_report(small_corpus, tmp_path):
     out = tmp_path / "out"
     result = subprocess.run(
-        [sys.executable, "-m", "data_pipeline", "run", "pipeline=clean", f"input={small_corpus['corpus']}",
-         f"output={out}", f"eval_sets=[{small_corpus['eval']}]", "tasks=2", "workers=2", "wandb=true"],
-        cwd=REPO, capture_output=True, text=True, timeout=300,
-        env={**os.environ, "WANDB_MODE": "offline", "WANDB_DIR": str(tmp_path), "WANDB_CACHE_DIR": str(tmp_path / "wc"),
-             "WANDB_CONFIG_DIR": str(tmp_path / "wcfg")},
+        [
+            sys.executable,
+            "-m",
+            "data_pipeline",
+            "run",
+            "pipeline=clean",
+            f"input={small_corpus['corpus']}",
+            f"output={out}",
+            f"eval_sets=[{small_corpus['eval']}]",
+            "tasks=2",
+            "workers=2",
+            "wandb=true",
+        ],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=300,
+        env={
+            **os.environ,
+            "WANDB_MODE": "offline",
+            "WANDB_DIR": str(tmp_path),
+            "WANDB_CACHE_DIR": str(tmp_path / "wc"),
+            "WANDB_CONFIG_DIR": str(tmp_path / "wcfg"),
+        },
     )
     assert result.returncode == 0, result.stderr[-2000:]
-    for step in ("normalize", "exact_dedup", "minhash_dedup", "boilerplate_dedup", "heuristics", "pii", "decontaminate"):
+    for step in (
+        "normalize",
+        "exact_dedup",
+        "minhash_dedup",
+        "boilerplate_dedup",
+        "heuristics",
+        "pii",
+        "decontaminate",
+    ):
         assert len(list((out / step).glob("shard-*.jsonl"))) == 2
     report = (out / "report.md").read_text()
     assert "| exact_dedup | exact_duplicate | 5 |" in report and "| decontaminate | contaminated | 4 |" in report
@@ -48,18 +76,43 @@ def test_run_subprocess_writes_outputs_and_report(small_corpus, tmp_path):
 
 def test_single_step_takes_step_params(small_corpus, tmp_path, capsys):
     out = tmp_path / "out"
-    assert main(["heuristics", f"input={small_corpus['corpus']}", f"output={out}", "tasks=1",
-                 "+step_params.gopher_quality.min_words=100000"]) == 0
+    assert (
+        main(
+            [
+                "heuristics",
+                f"input={small_corpus['corpus']}",
+                f"output={out}",
+                "tasks=1",
+                "+step_params.gopher_quality.min_words=100000",
+            ]
+        )
+        == 0
+    )
     stats = json.loads((out / "stats" / "heuristics.json").read_text())
     assert stats["docs_out"] == 0 and stats["docs_excluded"] == stats["docs_in"]
-    assert main(["heuristics", f"input={small_corpus['corpus']}", f"output={tmp_path / 'o2'}",
-                 "+step_params.c4.bogus=1"]) == 1
+    assert (
+        main(["heuristics", f"input={small_corpus['corpus']}", f"output={tmp_path / 'o2'}", "+step_params.c4.bogus=1"])
+        == 1
+    )
     # As configs/pipeline.yaml documents: no `+` needed to set a step parameter.
-    assert main(["heuristics", f"input={small_corpus['corpus']}", f"output={tmp_path / 'o3'}", "tasks=1",
-                 "step_params.c4.min_sentences=3", "step_params.order=[c4,gopher_quality]"]) == 0
+    assert (
+        main(
+            [
+                "heuristics",
+                f"input={small_corpus['corpus']}",
+                f"output={tmp_path / 'o3'}",
+                "tasks=1",
+                "step_params.c4.min_sentences=3",
+                "step_params.order=[c4,gopher_quality]",
+            ]
+        )
+        == 0
+    )
     plan = json.loads((tmp_path / "o3" / "plan.json").read_text())
     assert plan["steps"][0]["params"] == {"c4": {"min_sentences": 3}, "order": ["c4", "gopher_quality"]}
-    cfg = compose_config([f"input={small_corpus['corpus']}", f"output={tmp_path}", "pipeline.steps.4.params.c4.min_sentences=3"])
+    cfg = compose_config(
+        [f"input={small_corpus['corpus']}", f"output={tmp_path}", "pipeline.steps.4.params.c4.min_sentences=3"]
+    )
     assert cfg.pipeline.steps[4].name == "heuristics" and cfg.pipeline.steps[4].params.c4.min_sentences == 3
     # Resuming into the same output with another configuration would skip work silently: refused.
     capsys.readouterr()
@@ -70,10 +123,20 @@ def test_single_step_takes_step_params(small_corpus, tmp_path, capsys):
 def test_default_pipeline_composes_with_literature_defaults(small_corpus, tmp_path):
     cfg = compose_config([f"input={small_corpus['corpus']}", f"output={tmp_path}"])
     assert [s.name for s in cfg.pipeline.steps] == [
-        "normalize", "exact_dedup", "minhash_dedup", "boilerplate_dedup", "heuristics", "pii", "decontaminate", "tokenize"]
+        "normalize",
+        "exact_dedup",
+        "minhash_dedup",
+        "boilerplate_dedup",
+        "heuristics",
+        "pii",
+        "decontaminate",
+        "tokenize",
+    ]
     plan, skipped = build_plan(cfg)
     assert skipped == ["decontaminate"]  # no eval sets given
-    cfg = compose_config([f"input={small_corpus['corpus']}", f"output={tmp_path}", f"eval_sets=[{small_corpus['eval']}]"])
+    cfg = compose_config(
+        [f"input={small_corpus['corpus']}", f"output={tmp_path}", f"eval_sets=[{small_corpus['eval']}]"]
+    )
     assert [s.name for s in build_plan(cfg)[0].steps][-2:] == ["decontaminate", "tokenize"]
 
 
@@ -93,13 +156,36 @@ def test_train_classifier_command(tmp_path, capsys):
     texts = generate_clean_documents(40, seed=4)
     (tmp_path / "pos.txt").write_text("\n".join(t.replace("\n", " ") for t in texts[:20]) + "\n")
     (tmp_path / "neg.txt").write_text("\n".join(t.replace("\n", " ")[::-1] for t in texts[20:]) + "\n")
-    assert main(["train-classifier", f"positive={tmp_path / 'pos.txt'}", f"negative={tmp_path / 'neg.txt'}",
-                 f"output={tmp_path / 'q.bin'}", "epoch=5", "quantize=false", "bucket=20000", "holdout=0.2"]) == 0
+    assert (
+        main(
+            [
+                "train-classifier",
+                f"positive={tmp_path / 'pos.txt'}",
+                f"negative={tmp_path / 'neg.txt'}",
+                f"output={tmp_path / 'q.bin'}",
+                "epoch=5",
+                "quantize=false",
+                "bucket=20000",
+                "holdout=0.2",
+            ]
+        )
+        == 0
+    )
     assert (tmp_path / "q.bin").stat().st_size > 0
     printed = capsys.readouterr().out
     assert "held-out (8): precision" in printed and "recall" in printed
-    assert main(["train-classifier", f"positive={tmp_path / 'pos.txt'}", f"negative={tmp_path / 'neg.txt'}",
-                 f"output={tmp_path / 'q.bin'}", "quantize=maybe"]) == 1
+    assert (
+        main(
+            [
+                "train-classifier",
+                f"positive={tmp_path / 'pos.txt'}",
+                f"negative={tmp_path / 'neg.txt'}",
+                f"output={tmp_path / 'q.bin'}",
+                "quantize=maybe",
+            ]
+        )
+        == 1
+    )
     assert main(["train-classifier", f"positive={tmp_path / 'pos.txt'}"]) == 1
 
 
@@ -108,16 +194,32 @@ def test_mix_step_across_shards_reports_realised_proportions(tmp_path):
 
     texts = generate_clean_documents(120, seed=12)
     src = tmp_path / "sources.jsonl"
-    src.write_text("".join(json.dumps({"id": f"{s}{i}", "text": t, "source": s}) + "\n"
-                           for i, t in enumerate(texts) for s in (["web"] if i < 90 else ["books"])))
+    src.write_text(
+        "".join(
+            json.dumps({"id": f"{s}{i}", "text": t, "source": s}) + "\n"
+            for i, t in enumerate(texts)
+            for s in (["web"] if i < 90 else ["books"])
+        )
+    )
     words = {"web": sum(len(t.split()) for t in texts[:90]), "books": sum(len(t.split()) for t in texts[90:])}
     budget = 2 * words["books"] + words["web"] // 2  # books upsampled 2x, web halved -> shares 2/3 and 1/3-ish
     weights = {"books": 2 * words["books"] / budget, "web": (words["web"] // 2) / budget}
     outputs = []
     for tasks in (1, 3):
         out = tmp_path / f"out{tasks}"
-        assert main(["mix", f"input={src}", f"output={out}", f"tasks={tasks}", f"+step_params.target_tokens={budget}",
-                     f"+step_params.weights={{books: {weights['books']}, web: {weights['web']}}}"]) == 0
+        assert (
+            main(
+                [
+                    "mix",
+                    f"input={src}",
+                    f"output={out}",
+                    f"tasks={tasks}",
+                    f"+step_params.target_tokens={budget}",
+                    f"+step_params.weights={{books: {weights['books']}, web: {weights['web']}}}",
+                ]
+            )
+            == 0
+        )
         stats = json.loads((out / "stats" / "mix.json").read_text())
         assert stats["docs_kept"] + stats["docs_excluded"] == stats["docs_in"] == 120
         assert stats["docs_out"] == stats["docs_kept"] + stats["docs_added"] and stats["docs_added"] == 30
@@ -125,5 +227,11 @@ def test_mix_step_across_shards_reports_realised_proportions(tmp_path):
         assert realised["books"] == 2 * words["books"]
         assert abs(realised["web"] / (words["web"] / 2) - 1) < 0.2
         assert "realised mix" in (out / "report.md").read_text()
-        outputs.append(sorted(json.loads(l)["id"] for p in sorted((out / "mix").glob("*.jsonl")) for l in p.read_text().splitlines()))
+        outputs.append(
+            sorted(
+                json.loads(line)["id"]
+                for p in sorted((out / "mix").glob("*.jsonl"))
+                for line in p.read_text().splitlines()
+            )
+        )
     assert outputs[0] == outputs[1]  # the sample depends on the seed and ids, not on the sharding

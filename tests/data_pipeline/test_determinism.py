@@ -1,5 +1,6 @@
 """Results depend on the data and `tasks`, never on the number of workers, and a run killed halfway and rerun
 gives the same files as an uninterrupted one, with no partial output left behind."""
+
 from __future__ import annotations
 
 import os
@@ -31,11 +32,22 @@ def test_kill_and_rerun_gives_identical_output(planted_corpus, planted_run, tmp_
     _, _, reference, _ = planted_run
     output = tmp_path / "killed"
     command = [
-        sys.executable, "-m", "data_pipeline", "run", "pipeline=clean", f"input={paths['corpus']}", f"output={output}",
-        f"eval_sets=[{paths['eval']}]", "tasks=4", "workers=1", "report=false",
+        sys.executable,
+        "-m",
+        "data_pipeline",
+        "run",
+        "pipeline=clean",
+        f"input={paths['corpus']}",
+        f"output={output}",
+        f"eval_sets=[{paths['eval']}]",
+        "tasks=4",
+        "workers=1",
+        "report=false",
     ]
     env = {**os.environ, "PYTHONPATH": str(REPO)}
-    process = subprocess.Popen(command, cwd=REPO, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+    process = subprocess.Popen(
+        command, cwd=REPO, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True
+    )
     # Kill it once some, but not all, of the minhash step's tasks have finished.
     markers = output / ".markers" / "minhash_dedup"
     deadline = time.time() + 120

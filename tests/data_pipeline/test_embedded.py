@@ -1,5 +1,6 @@
 """The default corpus: built by the real default pipeline within the time budget, once, even when several
 processes ask at the same moment, and trainable by the launcher."""
+
 from __future__ import annotations
 
 import json
@@ -45,8 +46,16 @@ def test_default_corpus_builds_once_under_concurrency_and_trains(tmp_path):
 
     out = cache / CORPUS_VERSION / "out"
     summary = json.loads((out / "summary.json").read_text())
-    assert list(summary) == ["normalize", "exact_dedup", "minhash_dedup", "boilerplate_dedup", "heuristics", "pii",
-                             "decontaminate", "tokenize"]
+    assert list(summary) == [
+        "normalize",
+        "exact_dedup",
+        "minhash_dedup",
+        "boilerplate_dedup",
+        "heuristics",
+        "pii",
+        "decontaminate",
+        "tokenize",
+    ]
     assert summary["exact_dedup"]["docs_excluded"] == 100  # every planted exact duplicate
     assert summary["decontaminate"]["docs_excluded"] == 20  # every contaminated document
     assert summary["heuristics"]["docs_excluded"] >= 60  # every junk document
@@ -59,10 +68,26 @@ def test_default_corpus_builds_once_under_concurrency_and_trains(tmp_path):
     assert dataset.n_tokens > 500_000
 
     run = subprocess.run(
-        [sys.executable, "-m", "launcher.train", "data=packed", f"data.path={tokens}", "trainer.max_steps=3", "schedule.warmup_steps=1",
-         f"trainer.run_dir={tmp_path / 'run'}", "trainer.progress_bar=false", "trainer.eval_every=0",
-         "trainer.checkpoint_every=0", "logging.wandb.mode=disabled", "logging.plot=false"],
-        cwd=REPO, env={**os.environ, "PYTHONPATH": str(REPO)}, capture_output=True, text=True, timeout=300,
+        [
+            sys.executable,
+            "-m",
+            "launcher.train",
+            "data=packed",
+            f"data.path={tokens}",
+            "trainer.max_steps=3",
+            "schedule.warmup_steps=1",
+            f"trainer.run_dir={tmp_path / 'run'}",
+            "trainer.progress_bar=false",
+            "trainer.eval_every=0",
+            "trainer.checkpoint_every=0",
+            "logging.wandb.mode=disabled",
+            "logging.plot=false",
+        ],
+        cwd=REPO,
+        env={**os.environ, "PYTHONPATH": str(REPO)},
+        capture_output=True,
+        text=True,
+        timeout=300,
     )
     assert run.returncode == 0, run.stderr[-3000:]
     assert "step 3" in run.stdout + run.stderr

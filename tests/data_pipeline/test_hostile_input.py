@@ -2,6 +2,7 @@
 input line of every file is accounted for exactly once (kept, excluded with a reason, or quarantined with file,
 1-based line and reason); a kill -9 of the main process takes its workers with it, and the rerun gives the same
 bytes as an uninterrupted run; a changed input is refused on resume."""
+
 from __future__ import annotations
 
 import json
@@ -26,13 +27,29 @@ DOCUMENT_STEPS = ["normalize", "exact_dedup", "minhash_dedup", "heuristics"]
 
 
 def pipeline_command(source: Path, output: Path) -> list[str]:
-    return [sys.executable, "-m", "data_pipeline", "run", "pipeline=default", f"input={source}", f"output={output}",
-            "tasks=4", "workers=2", "report=false"]
+    return [
+        sys.executable,
+        "-m",
+        "data_pipeline",
+        "run",
+        "pipeline=default",
+        f"input={source}",
+        f"output={output}",
+        "tasks=4",
+        "workers=2",
+        "report=false",
+    ]
 
 
 def run_pipeline(source: Path, output: Path) -> subprocess.CompletedProcess:
-    return subprocess.run(pipeline_command(source, output), cwd=REPO, capture_output=True, text=True, timeout=600,
-                          env={**os.environ, "PYTHONPATH": str(REPO)})
+    return subprocess.run(
+        pipeline_command(source, output),
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=600,
+        env={**os.environ, "PYTHONPATH": str(REPO)},
+    )
 
 
 @pytest.fixture(scope="module")
@@ -51,8 +68,11 @@ def reference_run(hostile, tmp_path_factory):
 def data_files(root: Path) -> dict[str, bytes]:
     """Every file a run publishes as data (documents, exclusions, quarantine, token shards, tokenizer)."""
     skip = {".markers", ".work", "stats"}
-    return {str(p.relative_to(root)): p.read_bytes() for p in sorted(root.rglob("*"))
-            if p.is_file() and p.relative_to(root).parts[0] not in skip and p.name not in ("plan.json", ".lock")}
+    return {
+        str(p.relative_to(root)): p.read_bytes()
+        for p in sorted(root.rglob("*"))
+        if p.is_file() and p.relative_to(root).parts[0] not in skip and p.name not in ("plan.json", ".lock")
+    }
 
 
 def test_default_pipeline_accounts_for_every_input_line(hostile, reference_run):
@@ -129,8 +149,14 @@ def test_kill_main_process_stops_workers_and_rerun_is_identical(hostile, referen
     source = tmp_path / "input"
     shutil.copytree(hostile.directory, source, copy_function=shutil.copy2)  # same names, sizes and mtimes
     output = tmp_path / "out"
-    process = subprocess.Popen(pipeline_command(source, output), cwd=REPO, env={**os.environ, "PYTHONPATH": str(REPO)},
-                               stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+    process = subprocess.Popen(
+        pipeline_command(source, output),
+        cwd=REPO,
+        env={**os.environ, "PYTHONPATH": str(REPO)},
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+        start_new_session=True,
+    )
     try:
         # Kill the main process alone (its workers get no signal from us) once some, not all, of the heuristics
         # step's tasks have finished.

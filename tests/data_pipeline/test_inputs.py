@@ -1,6 +1,7 @@
 """Every supported input format reads to the same documents, and malformed rows of every kind are quarantined
 with their reason and 1-based line, so kept + excluded + quarantined = input on any input; broken compressed and
 Parquet files give their readable rows plus one record saying where they broke."""
+
 from __future__ import annotations
 
 import gzip
@@ -52,9 +53,16 @@ def test_malformed_rows_are_quarantined_with_reasons(tmp_path):
         for line in path.read_text().splitlines()
     )
     assert [(line, reason.split(" (")[0]) for line, reason in records] == [
-        (2, "invalid_json:Unterminated string starting at"), (3, "invalid_utf8:text"), (4, "missing_field:text"),
-        (5, "text_not_string:int"), (6, "not_an_object"), (7, "empty_document"), (8, "empty_line"),
-        (9, "too_large:15000_chars"), (12, "nul_character:text"), (13, "lone_surrogate:meta.title"),
+        (2, "invalid_json:Unterminated string starting at"),
+        (3, "invalid_utf8:text"),
+        (4, "missing_field:text"),
+        (5, "text_not_string:int"),
+        (6, "not_an_object"),
+        (7, "empty_document"),
+        (8, "empty_line"),
+        (9, "too_large:15000_chars"),
+        (12, "nul_character:text"),
+        (13, "lone_surrogate:meta.title"),
     ]
     kept = {doc.id: doc for path in (output / "normalize").glob("shard-*") for doc in read_shard(path)}
     assert set(kept) == {"good-0", "bad.jsonl:10", "ctrl"}
@@ -137,10 +145,18 @@ def test_broken_compressed_files_yield_readable_lines_and_one_record(tmp_path):
     corrupt = bytearray(gz)
     corrupt[len(gz) // 3] ^= 0x55
     cases = {
-        "cut.jsonl.gz": (gz[: len(gz) // 2], zlib.decompressobj(16 + zlib.MAX_WBITS).decompress(gz[: len(gz) // 2]),
-                         "compressed_stream_truncated", len(gz) // 2),
-        "cut.jsonl.zst": (zst[: len(zst) // 2], zstandard.ZstdDecompressor().decompressobj().decompress(zst[: len(zst) // 2]),
-                          "compressed_stream_truncated", len(zst) // 2),
+        "cut.jsonl.gz": (
+            gz[: len(gz) // 2],
+            zlib.decompressobj(16 + zlib.MAX_WBITS).decompress(gz[: len(gz) // 2]),
+            "compressed_stream_truncated",
+            len(gz) // 2,
+        ),
+        "cut.jsonl.zst": (
+            zst[: len(zst) // 2],
+            zstandard.ZstdDecompressor().decompressobj().decompress(zst[: len(zst) // 2]),
+            "compressed_stream_truncated",
+            len(zst) // 2,
+        ),
         "flip.jsonl.gz": (bytes(corrupt), None, "compressed_stream_corrupt", first_failing_byte(bytes(corrupt))),
         "tail.jsonl.gz": (gz + b"junk after the member", data, "trailing_garbage", len(gz)),
     }
@@ -169,7 +185,10 @@ def test_byte_order_mark_is_accepted(tmp_path):
 
 
 def test_parquet_output_keeps_metadata_of_mixed_types(tmp_path):
-    records = [{"id": "a", "text": GOOD[0], "score": 1, "tags": ["x"]}, {"id": "b", "text": GOOD[1], "score": "high", "tags": "y"}]
+    records = [
+        {"id": "a", "text": GOOD[0], "score": 1, "tags": ["x"]},
+        {"id": "b", "text": GOOD[1], "score": "high", "tags": "y"},
+    ]
     src = tmp_path / "mixed.jsonl"
     src.write_text("".join(json.dumps(r) + "\n" for r in records))
     assert main(["normalize", f"input={src}", f"output={tmp_path / 'out'}", "tasks=1", "output_format=parquet"]) == 0

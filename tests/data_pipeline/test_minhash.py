@@ -4,6 +4,7 @@ The corpus is generated here: base documents of random words from a large vocabu
 share no 5-gram) and variants made by replacing words with fresh tokens until the exact word-5-gram Jaccard
 similarity reaches a target, so every similarity in the corpus is known exactly.
 """
+
 from __future__ import annotations
 
 import json
@@ -196,9 +197,11 @@ def test_decisions_match_exact_jaccard_reference_within_the_computed_miss_rate(m
     expected_wrong = float(np.sum(np.where(above, 1 - p, p)))
     sd = math.sqrt(float(np.sum(p * (1 - p))))
     wrong = [(a, b, s) for a, b, s in planted if ((a, b) in found) != (s >= params.threshold)]
-    print(f"\nbands={bands} rows={rows}: {len(wrong)} of {len(planted)} pair decisions differ from exact Jaccard "
-          f">= {params.threshold} (expected {expected_wrong:.1f} +- {sd:.1f}); "
-          f"similarities of the mismatches: {sorted(round(s, 3) for _, _, s in wrong)}")
+    print(
+        f"\nbands={bands} rows={rows}: {len(wrong)} of {len(planted)} pair decisions differ from exact Jaccard "
+        f">= {params.threshold} (expected {expected_wrong:.1f} +- {sd:.1f}); "
+        f"similarities of the mismatches: {sorted(round(s, 3) for _, _, s in wrong)}"
+    )
     assert len(wrong) <= expected_wrong + 3 * sd + 1
     # Mismatches can only come from the estimator's noise near the threshold.
     assert all(0.65 <= s <= 0.92 for _, _, s in wrong)
@@ -281,16 +284,23 @@ def _run_step(source: Path, output: Path, tasks: int, workers: int) -> Path:
     from data_pipeline.executors.local import LocalExecutor
     from data_pipeline.readers import InputSpec
 
-    plan = PipelinePlan(input=InputSpec(path=str(source)), output=str(output),
-                        steps=[StepSpec("minhash_dedup", {})], tasks=tasks)
+    plan = PipelinePlan(
+        input=InputSpec(path=str(source)), output=str(output), steps=[StepSpec("minhash_dedup", {})], tasks=tasks
+    )
     LocalExecutor(plan, workers=workers, progress=lambda _: None).run()
     return output
 
 
 def _tree(root: Path) -> dict[str, bytes]:
-    return {str(p.relative_to(root)): p.read_bytes() for p in sorted(root.rglob("*"))
-            if p.is_file() and not p.name.startswith(".") and "stats" not in p.relative_to(root).parts
-            and ".markers" not in p.relative_to(root).parts and p.name != "plan.json"}
+    return {
+        str(p.relative_to(root)): p.read_bytes()
+        for p in sorted(root.rglob("*"))
+        if p.is_file()
+        and not p.name.startswith(".")
+        and "stats" not in p.relative_to(root).parts
+        and ".markers" not in p.relative_to(root).parts
+        and p.name != "plan.json"
+    }
 
 
 def test_a_task_killed_halfway_and_rerun_gives_the_same_output(tmp_path, monkeypatch):
@@ -330,8 +340,11 @@ def test_staged_step_gives_the_same_files_for_any_worker_count_and_sharding(tmp_
             assert (serial / sub / name).read_bytes() == (parallel / sub / name).read_bytes()
 
     def excluded(root: Path) -> dict[str, str]:
-        rows = [json.loads(line) for f in sorted((root / "excluded/minhash_dedup").glob("*.jsonl"))
-                for line in f.read_text().splitlines()]
+        rows = [
+            json.loads(line)
+            for f in sorted((root / "excluded/minhash_dedup").glob("*.jsonl"))
+            for line in f.read_text().splitlines()
+        ]
         return {r["id"]: r["excluded_kept_id"] for r in rows}
 
     assert excluded(serial) == excluded(resharded)

@@ -1,5 +1,6 @@
 """One source per key of the pipeline's run config: the dataclasses in data_pipeline/cli.py hold every default, the
 YAML files only what a choice changes; `--cfg job` still shows every resolved key and documented overrides work."""
+
 from __future__ import annotations
 
 import dataclasses
@@ -58,8 +59,22 @@ def leaf_keys(node: Any, prefix: str = "") -> set[str]:
 
 
 def test_cfg_job_prints_every_resolved_key(tmp_path, capsys):
-    assert main(["run", "--cfg", "job", "--resolve", "input=raw", f"output={tmp_path}", "tasks=8", "cluster.mem=16G",
-                 "eval_sets=[evals.jsonl]"]) == 0
+    assert (
+        main(
+            [
+                "run",
+                "--cfg",
+                "job",
+                "--resolve",
+                "input=raw",
+                f"output={tmp_path}",
+                "tasks=8",
+                "cluster.mem=16G",
+                "eval_sets=[evals.jsonl]",
+            ]
+        )
+        == 0
+    )
     printed = yaml.safe_load(capsys.readouterr().out)
     schema = OmegaConf.to_container(OmegaConf.structured(PipelineRunConfig))
     schema_keys = {k for k in leaf_keys(schema) if not k.startswith("pipeline.")}
@@ -72,10 +87,26 @@ def test_cfg_job_prints_every_resolved_key(tmp_path, capsys):
 
 
 def test_documented_overrides_still_work(tmp_path):
-    cfg = compose_config(["pipeline=web", "input=raw", f"output={tmp_path}", "pipeline.steps.1.params.model_path=lid.bin",
-                          "pipeline.steps.5.params.model_path=quality.bin", "cluster.partition=cpu", "executor=slurm",
-                          "+step_params.c4.min_sentences=3", "output_format=parquet", "max_doc_chars=10"])
-    assert cfg.pipeline.steps[1].params.model_path == "lid.bin" and cfg.pipeline.steps[5].params.model_path == "quality.bin"
+    cfg = compose_config(
+        [
+            "pipeline=web",
+            "input=raw",
+            f"output={tmp_path}",
+            "pipeline.steps.1.params.model_path=lid.bin",
+            "pipeline.steps.5.params.model_path=quality.bin",
+            "cluster.partition=cpu",
+            "executor=slurm",
+            "+step_params.c4.min_sentences=3",
+            "output_format=parquet",
+            "max_doc_chars=10",
+        ]
+    )
+    assert (
+        cfg.pipeline.steps[1].params.model_path == "lid.bin"
+        and cfg.pipeline.steps[5].params.model_path == "quality.bin"
+    )
     assert cfg.cluster.partition == "cpu" and cfg.executor == "slurm" and cfg.step_params.c4.min_sentences == 3
     assert cfg.output_format == "parquet" and cfg.max_doc_chars == 10
-    assert [s.name for s in compose_config(["pipeline=clean", "input=a", "output=b"]).pipeline.steps][-1] == "decontaminate"
+    assert [s.name for s in compose_config(["pipeline=clean", "input=a", "output=b"]).pipeline.steps][
+        -1
+    ] == "decontaminate"

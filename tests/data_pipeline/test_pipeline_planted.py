@@ -1,5 +1,6 @@
 """End to end on a generated corpus with planted defects: each kind of defect is removed by the step meant for
 it, unrelated documents survive, and every step accounts for every document."""
+
 from __future__ import annotations
 
 from collections import Counter
@@ -18,9 +19,7 @@ def best_match_jaccard(shingles: dict[str, set]) -> dict[str, float]:
     best = {}
     for doc_id, grams in shingles.items():
         shared = Counter(other for gram in grams for other in postings[gram] if other != doc_id)
-        best[doc_id] = max(
-            (n / (len(grams) + len(shingles[other]) - n) for other, n in shared.items()), default=0.0
-        )
+        best[doc_id] = max((n / (len(grams) + len(shingles[other]) - n) for other, n in shared.items()), default=0.0)
     return best
 
 

@@ -1,17 +1,18 @@
 """The default pipeline on real text nobody on this project wrote (package READMEs, standard-library docstrings,
 licence texts; see real_text.py): the documents it keeps keep their words, every exclusion says which rule, what
 it measured and the threshold, and the report gives wall and CPU time apart and the funnel in words."""
+
 from __future__ import annotations
 
 import json
 import os
 
 import pytest
+from real_text import real_text_corpus
 
 from data_pipeline.cli import main
 from data_pipeline.document import Document
 from data_pipeline.steps.heuristics import Heuristics
-from real_text import real_text_corpus
 
 MIN_DOCUMENTS = 60
 
@@ -30,14 +31,29 @@ def real_run(corpus, tmp_path_factory):
     source = root / "corpus.jsonl"
     source.write_text("".join(json.dumps({"id": doc_id, "text": text}) + "\n" for doc_id, text in corpus))
     out = root / "out"
-    env = {"WANDB_MODE": None, "WANDB_API_KEY": None, "WANDB_DIR": str(root), "WANDB_CACHE_DIR": str(root / "wc"),
-           "WANDB_CONFIG_DIR": str(root / "wcfg"), "WANDB_DATA_DIR": str(root / "wd")}
+    env = {
+        "WANDB_MODE": None,
+        "WANDB_API_KEY": None,
+        "WANDB_DIR": str(root),
+        "WANDB_CACHE_DIR": str(root / "wc"),
+        "WANDB_CONFIG_DIR": str(root / "wcfg"),
+        "WANDB_DATA_DIR": str(root / "wd"),
+    }
     saved = {k: os.environ.get(k) for k in env}
     for key, value in env.items():  # no API key and no mode: the report must choose offline by itself
         os.environ.pop(key, None) if value is None else os.environ.__setitem__(key, value)
     try:
-        code = main(["run", "pipeline=default", f"input={source}", f"output={out}", "tasks=2", "wandb=true",
-                     "pipeline.steps.7.params.vocab_size=600"])
+        code = main(
+            [
+                "run",
+                "pipeline=default",
+                f"input={source}",
+                f"output={out}",
+                "tasks=2",
+                "wandb=true",
+                "pipeline.steps.7.params.vocab_size=600",
+            ]
+        )
     finally:
         for key, value in saved.items():
             os.environ.pop(key, None) if value is None else os.environ.__setitem__(key, value)
@@ -82,8 +98,9 @@ def test_fineweb_order_keeps_whole_documents_where_the_old_c4_first_order_kept_f
         return sum(len(d.text.split()) / words[d.id] for d in kept) / len(kept)
 
     fineweb = Heuristics()(documents)
-    c4_first = Heuristics(order=["c4", "gopher_quality", "gopher_repetition", "fineweb"],
-                          c4={"remove_no_terminal_punct_lines": True})(documents)
+    c4_first = Heuristics(
+        order=["c4", "gopher_quality", "gopher_repetition", "fineweb"], c4={"remove_no_terminal_punct_lines": True}
+    )(documents)
     assert kept_share(fineweb) >= 0.9 and kept_share(c4_first) < 0.5
     assert sum(len(d.text.split()) for d in fineweb) >= 2 * sum(len(d.text.split()) for d in c4_first)
 

@@ -1,5 +1,6 @@
 """A rerun into an existing output resumes only the same run on the same input, one run at a time, and a failure
 anywhere (a full disk at commit, a broken tokenizer) leaves no temporary file and an error naming the task."""
+
 from __future__ import annotations
 
 import errno
@@ -120,7 +121,9 @@ def test_failing_task_names_its_step_stage_and_task(tmp_path, capsys):
     write_input(source)
     broken = tmp_path / "tokenizer.json"
     broken.write_text('{"version": "1.0", "model": ')
-    rc = main(["tokenize", f"input={source}", f"output={tmp_path / 'out'}", "tasks=2", f"+step_params.tokenizer={broken}"])
+    rc = main(
+        ["tokenize", f"input={source}", f"output={tmp_path / 'out'}", "tasks=2", f"+step_params.tokenizer={broken}"]
+    )
     assert rc == 1
     assert "error: step tokenize, stage train, task 0 of 2" in capsys.readouterr().err
 

@@ -1,6 +1,7 @@
 """The Slurm executor's jobs, run by a stand-in `sbatch` that executes each job's script at once (in
 submission order, every array index): the generated commands, the sbatch template and the task entry point
 must produce the same files as the local executor, each job after the first must depend on the previous one."""
+
 from __future__ import annotations
 
 import json
@@ -8,7 +9,6 @@ import os
 import sys
 
 from omegaconf import OmegaConf
-
 from pipeline_testing import output_files, run_clean_pipeline
 
 from data_pipeline.cli import build_plan, compose_config
@@ -16,7 +16,7 @@ from data_pipeline.executors.base import stage_names
 from data_pipeline.executors.slurm import SlurmExecutor
 from data_pipeline.synthetic import generate_corpus, write_corpus
 
-FAKE_SBATCH = r'''#!PYTHON
+FAKE_SBATCH = r"""#!PYTHON
 import json, os, re, subprocess, sys
 args = sys.argv[1:]
 log = os.environ["FAKE_SBATCH_LOG"]
@@ -44,12 +44,15 @@ with open(log, "a") as f:
     f.write(json.dumps(args) + "\n")
 n = sum(1 for _ in open(log))
 print(f"{1000 + n};cluster")
-'''
+"""
 
 
 def test_slurm_jobs_match_local_run(tmp_path):
-    paths = write_corpus(generate_corpus(n_clean=60, n_exact_dups=5, n_near_dups=8, n_junk=6, n_contaminated=3, seed=5),
-                         tmp_path / "source", files=2)
+    paths = write_corpus(
+        generate_corpus(n_clean=60, n_exact_dups=5, n_near_dups=8, n_junk=6, n_contaminated=3, seed=5),
+        tmp_path / "source",
+        files=2,
+    )
     reference = tmp_path / "local"
     run_clean_pipeline(paths["corpus"], paths["eval"], reference, tasks=2)
     fake = tmp_path / "sbatch"
@@ -58,8 +61,17 @@ def test_slurm_jobs_match_local_run(tmp_path):
     log = tmp_path / "sbatch.log"
     os.environ["FAKE_SBATCH_LOG"] = str(log)
     try:
-        cfg = compose_config(["pipeline=clean", f"input={paths['corpus']}", f"output={tmp_path / 'out'}",
-                              f"eval_sets=[{paths['eval']}]", "tasks=2", "executor=slurm", "workers=1"])
+        cfg = compose_config(
+            [
+                "pipeline=clean",
+                f"input={paths['corpus']}",
+                f"output={tmp_path / 'out'}",
+                f"eval_sets=[{paths['eval']}]",
+                "tasks=2",
+                "executor=slurm",
+                "workers=1",
+            ]
+        )
         plan, _ = build_plan(cfg)
         jobs = SlurmExecutor(plan, OmegaConf.to_object(cfg.cluster), workers=cfg.workers, sbatch=str(fake)).submit()
         job_ids = [job.job_id for job in jobs]
@@ -80,8 +92,17 @@ def test_slurm_jobs_match_local_run(tmp_path):
 
 def test_slurm_dry_run_prints_commands(planted_corpus, tmp_path, capsys):
     _, paths = planted_corpus
-    cfg = compose_config(["pipeline=clean", f"input={paths['corpus']}", f"output={tmp_path / 'out'}",
-                          "tasks=2", "executor=slurm", "workers=3", "cluster.partition=cpu"])
+    cfg = compose_config(
+        [
+            "pipeline=clean",
+            f"input={paths['corpus']}",
+            f"output={tmp_path / 'out'}",
+            "tasks=2",
+            "executor=slurm",
+            "workers=3",
+            "cluster.partition=cpu",
+        ]
+    )
     plan, skipped = build_plan(cfg)
     assert skipped == ["decontaminate"]
     jobs = SlurmExecutor(plan, OmegaConf.to_object(cfg.cluster), workers=cfg.workers).submit(dry_run=True)

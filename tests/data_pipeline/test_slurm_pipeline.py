@@ -6,6 +6,7 @@ makes --wait exit non-zero naming the step and task, and the report job behind i
 The failures come from a stand-in interpreter (cluster.python) that fails one task of the heuristics step and
 otherwise runs the real one; it also records the PYTHONPATH each task got. The three runs share the node at once.
 """
+
 from __future__ import annotations
 
 import json
@@ -15,15 +16,15 @@ import sys
 from pathlib import Path
 
 import pytest
+from pipeline_testing import output_files
 
 from cluster.slurm import REPO
 from data_pipeline.cli import build_plan, compose_config
 from data_pipeline.executors.local import LocalExecutor
 from data_pipeline.synthetic import generate_corpus, write_corpus
-from pipeline_testing import output_files
 
 STEPS = "pipeline.steps=[{name:normalize},{name:heuristics}]"
-FAILING_PYTHON = r'''#!/bin/bash
+FAILING_PYTHON = r"""#!/bin/bash
 # Arguments: -m data_pipeline.executors.slurm_task task PLAN STEP STAGE RANK (or finalize PLAN)
 echo "$PYTHONPATH" >> "{record}"
 if [[ "$3" == task && "$5" == 1 && "$7" == 1 ]] && {condition}; then
@@ -31,12 +32,13 @@ if [[ "$3" == task && "$5" == 1 && "$7" == 1 ]] && {condition}; then
   exit 7
 fi
 exec "{python}" "$@"
-'''
+"""
 
 
 def stand_in_python(path: Path, condition: str) -> Path:
-    path.write_text(FAILING_PYTHON.format(record=path.with_suffix(".pythonpath"), condition=condition,
-                                          python=sys.executable))
+    path.write_text(
+        FAILING_PYTHON.format(record=path.with_suffix(".pythonpath"), condition=condition, python=sys.executable)
+    )
     path.chmod(0o755)
     return path
 
@@ -63,9 +65,28 @@ def pipeline_runs(slurm, tmp_path_factory):
     env["PYTHONPATH"] = str(user_site)
     procs = {
         name: subprocess.Popen(
-            [sys.executable, "-m", "data_pipeline", "run", STEPS, "input=raw/corpus", f"output=out_{name}", "tasks=2",
-             "workers=2", "executor=slurm", "cluster=local_cpu", "cluster.mem=500M", *extra, "--wait"],
-            cwd=work, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+            [
+                sys.executable,
+                "-m",
+                "data_pipeline",
+                "run",
+                STEPS,
+                "input=raw/corpus",
+                f"output=out_{name}",
+                "tasks=2",
+                "workers=2",
+                "executor=slurm",
+                "cluster=local_cpu",
+                "cluster.mem=500M",
+                *extra,
+                "--wait",
+            ],
+            cwd=work,
+            env=env,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
         for name, extra in runs.items()
     }
     results = {}

@@ -1,4 +1,5 @@
 """Each step's algorithm on small hand-made inputs, run in memory through the step base (no executor)."""
+
 from __future__ import annotations
 
 import json
@@ -35,7 +36,9 @@ def test_exact_dedup_keeps_lowest_id_across_case_and_spacing():
     kept = step(documents)
     assert [d.id for d in kept] == ["b", "a"]
     assert sorted((d.id, r, x["kept"]) for d, r, x in step.context.excluded) == [
-        ("c", "exact_duplicate", "a"), ("d", "exact_duplicate", "a")]
+        ("c", "exact_duplicate", "a"),
+        ("d", "exact_duplicate", "a"),
+    ]
 
 
 @pytest.mark.parametrize("kind", JUNK_KINDS)
@@ -55,7 +58,7 @@ def test_heuristics_thresholds_are_configurable_and_checked():
     words = len(text.split())
     strict = build_step("heuristics", {"gopher_quality": {"min_words": words + 1}})
     assert strict(docs([text])) == []
-    (_, rule, details), = strict.context.excluded
+    ((_, rule, details),) = strict.context.excluded
     assert (rule, details["value"], details["threshold"]) == ("gopher_quality:min_words", words, words + 1)
     off = build_step("heuristics", {"gopher_quality": {"min_words": words + 1}, "c4": False})
     assert [f.name for f in off.filters] == ["gopher_repetition", "gopher_quality", "fineweb"]
@@ -96,7 +99,8 @@ def test_decontaminate_drops_shared_13_grams(tmp_path):
 
 def test_mix_hits_proportions_deterministically_with_a_repeat_cap():
     documents = [Document(f"a{i}", CLEAN[i % 40], {"source": "a"}) for i in range(300)] + [
-        Document(f"b{i}", CLEAN[i % 40], {"source": "b"}) for i in range(60)]
+        Document(f"b{i}", CLEAN[i % 40], {"source": "b"}) for i in range(60)
+    ]
     words = {s: sum(len(d.text.split()) for d in documents if d.metadata["source"] == s) for s in "ab"}
     target = words["a"]  # wants half of a (downsample) and 1/2 * target of b = 2.5x b (upsample)
     step = build_step("mix", {"weights": {"a": 0.5, "b": 0.5}, "target_tokens": target, "max_repeats": 2})
@@ -106,15 +110,17 @@ def test_mix_hits_proportions_deterministically_with_a_repeat_cap():
     assert realised["b"] == 2 * words["b"]  # capped at 2 repeats
     assert sum(1 for d in out if "#rep" in d.id) == 60
     again = build_step("mix", {"weights": {"a": 0.5, "b": 0.5}, "target_tokens": target, "max_repeats": 2})
-    assert [d.id for d in again(list(reversed(documents)))] != [] and sorted(d.id for d in again(documents)) == sorted(d.id for d in out)
+    assert [d.id for d in again(list(reversed(documents)))] != [] and sorted(d.id for d in again(documents)) == sorted(
+        d.id for d in out
+    )
     with pytest.raises(ValueError, match="mix.weights"):
         build_step("mix", {"target_tokens": 10})
 
 
 def test_classifier_trained_on_1200_documents_is_small_reports_heldout_precision_and_filters(tmp_path):
-    from data_pipeline.steps.classifier import train_classifier
-
     import random
+
+    from data_pipeline.steps.classifier import train_classifier
 
     rng = random.Random(0)
     grammar = Grammar()
@@ -148,8 +154,12 @@ def test_lang_id_keeps_listed_languages(tmp_path):
     # A tiny language-id model: "en" is the synthetic grammar, "xx" the same text reversed letter by letter.
     train = tmp_path / "lid.txt"
     texts = generate_clean_documents(100, seed=9)
-    train.write_text("".join(f"__label__en {t.replace(chr(10), ' ')}\n__label__xx {t[::-1].replace(chr(10), ' ')}\n" for t in texts))
-    fasttext.train_supervised(input=str(train), epoch=25, lr=1.0, minn=2, maxn=4, dim=16, thread=1, verbose=0).save_model(str(tmp_path / "lid.bin"))
+    train.write_text(
+        "".join(f"__label__en {t.replace(chr(10), ' ')}\n__label__xx {t[::-1].replace(chr(10), ' ')}\n" for t in texts)
+    )
+    fasttext.train_supervised(
+        input=str(train), epoch=25, lr=1.0, minn=2, maxn=4, dim=16, thread=1, verbose=0
+    ).save_model(str(tmp_path / "lid.bin"))
     step = build_step("lang_id", {"model_path": str(tmp_path / "lid.bin"), "languages": ["en"], "threshold": 0.6})
     out = step(docs([CLEAN[0], CLEAN[1][::-1], CLEAN[2]]))
     assert [d.id for d in out] == ["d000", "d002"]
@@ -184,7 +194,8 @@ def test_filter_step_takes_datatroves_contract_and_records_value_and_threshold()
     assert [d.id for d in kept] == ["d001", "d003"]
     assert [(d.id, rule, x) for d, rule, x in step.context.excluded] == [
         ("d000", "short_documents:few_words", {"value": 3, "threshold": 5}),
-        ("d002", "short_documents", {"value": None, "threshold": None})]
+        ("d002", "short_documents", {"value": None, "threshold": None}),
+    ]
     assert step.context.counters["excluded.short_documents:few_words"] == 1
     assert step.context.scores["excluded_value/short_documents:few_words"] == [3.0]
 

@@ -1,4 +1,5 @@
 """Tokenizer training/loading and the tokenize step: exact round trip, EOS framing, packed shards, determinism."""
+
 from __future__ import annotations
 
 import hashlib

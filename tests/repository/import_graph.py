@@ -4,6 +4,7 @@ test_house_rules.py: no circles between modules, and no library module importing
 Every import counts, at module level or inside a function (a lazy import is still a dependency: it only hides a
 circle from the interpreter), except those under `if TYPE_CHECKING:`, which never run.
 """
+
 from __future__ import annotations
 
 import ast
@@ -124,6 +125,10 @@ def command_modules(root: Path, packages: tuple[str, ...] = PACKAGES) -> set[str
             commands.add(module)
             continue
         for node in ast.parse(path.read_text(encoding="utf-8")).body:
-            if isinstance(node, ast.If) and "__name__" in ast.unparse(node.test) and "__main__" in ast.unparse(node.test):
+            if (
+                isinstance(node, ast.If)
+                and "__name__" in ast.unparse(node.test)
+                and "__main__" in ast.unparse(node.test)
+            ):
                 commands.add(module)
     return commands

@@ -2,6 +2,7 @@
 - nothing generated in git: no tracked file over 1 MB, none under a path .gitignore ignores (run outputs, weights);
 - no import circle between the project's modules (function-level imports count);
 - no library module imports a command module (`python -m X` modules hold the command line only)."""
+
 from __future__ import annotations
 
 import shutil
@@ -9,7 +10,6 @@ import subprocess
 from pathlib import Path
 
 import pytest
-
 from import_graph import command_modules, import_cycles, import_graph
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -18,6 +18,7 @@ MAX_TRACKED_BYTES = 1 << 20
 
 def tracked_file_problems(repo: Path) -> list[str]:
     """Tracked files that are too large or that the ignore rules say are outputs, one line each."""
+
     def git(*args: str) -> list[str]:
         out = subprocess.run(["git", "-C", str(repo), *args], check=True, capture_output=True, text=True).stdout
         return [line for line in out.split("\0") if line]
@@ -26,8 +27,10 @@ def tracked_file_problems(repo: Path) -> list[str]:
     for name in git("ls-files", "-z"):
         path = repo / name
         if path.is_file() and path.stat().st_size > MAX_TRACKED_BYTES:
-            problems.append(f"{name}: {path.stat().st_size} bytes tracked (limit {MAX_TRACKED_BYTES}); "
-                            f"outputs, data and weights do not belong in git")
+            problems.append(
+                f"{name}: {path.stat().st_size} bytes tracked (limit {MAX_TRACKED_BYTES}); "
+                f"outputs, data and weights do not belong in git"
+            )
     for name in git("ls-files", "-z", "--cached", "--ignored", "--exclude-standard"):
         problems.append(f"{name}: tracked, but .gitignore ignores it (a generated output): git rm --cached it")
     return problems
@@ -83,9 +86,12 @@ def test_cycle_check_finds_planted_cycles(tmp_path: Path) -> None:
 def library_imports_of_commands(root: Path, packages=None) -> list[str]:
     kwargs = {} if packages is None else {"packages": packages}
     graph, commands = import_graph(root, **kwargs), command_modules(root, **kwargs)
-    return sorted(f"{module} imports the command module {target}"
-                  for module, targets in graph.items() if module not in commands
-                  for target in targets & commands)
+    return sorted(
+        f"{module} imports the command module {target}"
+        for module, targets in graph.items()
+        if module not in commands
+        for target in targets & commands
+    )
 
 
 def test_no_library_module_imports_a_command() -> None:
@@ -97,4 +103,6 @@ def test_command_check_finds_a_library_importing_a_command(tmp_path: Path) -> No
     _write(tmp_path, "launcher/run.py", "def main():\n    pass\n\n\nif __name__ == '__main__':\n    main()\n")
     _write(tmp_path, "launcher/lib.py", "def helper():\n    from launcher.run import main\n")
     _write(tmp_path, "launcher/__main__.py", "from launcher.lib import helper\n")
-    assert library_imports_of_commands(tmp_path, ("launcher",)) == ["launcher.lib imports the command module launcher.run"]
+    assert library_imports_of_commands(tmp_path, ("launcher",)) == [
+        "launcher.lib imports the command module launcher.run"
+    ]

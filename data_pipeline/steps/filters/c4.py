@@ -12,6 +12,7 @@ default (on) is one keyword away. Blank lines are paragraph breaks, not lines wi
 (collapsed to one), where datatrove joins the kept lines without them. Sentences are counted per kept line as
 one more than its inner sentence boundaries (datatrove asks NLTK/spaCy; see `text.SENTENCE_BOUNDARY`).
 """
+
 from __future__ import annotations
 
 import re
@@ -73,7 +74,9 @@ class C4(FilterStep):
                 uncited = _CITATION.sub("", line)
                 cited = cited or uncited != line
                 line = uncited
-            if self.remove_no_terminal_punct_lines and (not line.endswith(TERMINAL_PUNCTUATION) or line.endswith("...")):
+            if self.remove_no_terminal_punct_lines and (
+                not line.endswith(TERMINAL_PUNCTUATION) or line.endswith("...")
+            ):
                 lines_removed += 1
                 continue
             if len(words) < self.min_words_per_line:

@@ -6,6 +6,7 @@ set, as datatrove's list) must reach `min_line_punct_ratio`; the fraction of lin
 earlier line, over the characters of the text without newlines, must not exceed `max_dup_line_char_ratio`;
 newlines per word must not exceed `max_newline_word_ratio` (words: whitespace tokens, see `text.py`).
 """
+
 from __future__ import annotations
 
 from typing import Optional

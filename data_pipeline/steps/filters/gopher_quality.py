@@ -5,6 +5,7 @@ count and the mean word length as datatrove leaves out punctuation tokens. Punct
 in its length (datatrove's tokenizers split it off): the mean reads ~0.15 higher on prose. Stop words are matched
 as whole lower-case words, as datatrove matches its tokens. Every measurement is one regex or C-level pass.
 """
+
 from __future__ import annotations
 
 import re
@@ -35,6 +36,7 @@ def symbol_and_letterless_tokens(tokens: list[str]) -> tuple[list[str], int]:
         elif _LETTER(token) is None:
             letterless += 1
     return symbols, letterless
+
 
 _ELLIPSIS_LINE = re.compile(r"(?:\.\.\.|\u2026)[ \t]*$", re.MULTILINE)
 
@@ -87,7 +89,10 @@ class GopherQuality(FilterStep):
             return reject("max_mean_word_length", round(mean_length, 3), self.max_mean_word_length)
         if self.max_symbol_word_ratio is not None:
             # Gopher: the ratio of the hash symbol, and of ellipses, to words (datatrove divides by all tokens).
-            for rule, count in (("hash_word_ratio", text.count("#")), ("ellipsis_word_ratio", text.count("...") + text.count("\u2026"))):
+            for rule, count in (
+                ("hash_word_ratio", text.count("#")),
+                ("ellipsis_word_ratio", text.count("...") + text.count("\u2026")),
+            ):
                 if count / max(len(tokens), 1) > self.max_symbol_word_ratio:
                     return reject(rule, round(count / max(len(tokens), 1), 4), self.max_symbol_word_ratio)
         n_lines = len(text.splitlines()) or 1

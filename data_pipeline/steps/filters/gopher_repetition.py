@@ -10,6 +10,7 @@ Character fractions are of `len(text)`, as in datatrove. Two definitions differ 
 The n-gram work is vectorised over 64-bit word hashes (numpy); an upper bound from word counts settles most
 documents before any n-gram is counted.
 """
+
 from __future__ import annotations
 
 import re
@@ -79,8 +80,12 @@ class GopherRepetition(FilterStep):
         self.dup_para_char_frac = dup_para_char_frac
         self.dup_line_frac = dup_line_frac
         self.dup_line_char_frac = dup_line_char_frac
-        self.top_ngrams = _thresholds("top_ngram_char_frac", TOP_NGRAMS if top_ngram_char_frac is None else top_ngram_char_frac)
-        self.dup_ngrams = _thresholds("dup_ngram_char_frac", DUP_NGRAMS if dup_ngram_char_frac is None else dup_ngram_char_frac)
+        self.top_ngrams = _thresholds(
+            "top_ngram_char_frac", TOP_NGRAMS if top_ngram_char_frac is None else top_ngram_char_frac
+        )
+        self.dup_ngrams = _thresholds(
+            "dup_ngram_char_frac", DUP_NGRAMS if dup_ngram_char_frac is None else dup_ngram_char_frac
+        )
 
     def filter(self, doc: Document) -> Verdict:
         text = doc.text
@@ -89,7 +94,12 @@ class GopherRepetition(FilterStep):
         # A repeated paragraph repeats its lines: with no line repeated, neither rule can fire.
         repeats = len(set(lines)) < len(lines)
         for unit, items, frac_limit, char_limit in (
-            ("para", _PARAGRAPH_BREAK.split(text.strip()) if repeats else [], self.dup_para_frac, self.dup_para_char_frac),
+            (
+                "para",
+                _PARAGRAPH_BREAK.split(text.strip()) if repeats else [],
+                self.dup_para_frac,
+                self.dup_para_char_frac,
+            ),
             ("line", lines, self.dup_line_frac, self.dup_line_char_frac),
         ):
             if not repeats or (frac_limit is None and char_limit is None):
@@ -130,7 +140,9 @@ class GopherRepetition(FilterStep):
             if len(set(hashes.tolist())) == len(hashes):
                 break  # a Python set answers "any repeat?" ~3x faster than a sort on a few hundred values
             starts = repeat_starts(hashes)
-            boundaries = np.bincount(starts, minlength=len(words) + 1) - np.bincount(starts + n, minlength=len(words) + 1)
+            boundaries = np.bincount(starts, minlength=len(words) + 1) - np.bincount(
+                starts + n, minlength=len(words) + 1
+            )
             covered = np.cumsum(boundaries[: len(words)]) > 0
             fraction = int(lengths[covered].sum()) / total
             if fraction > limit:

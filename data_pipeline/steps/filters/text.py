@@ -5,6 +5,7 @@ Words are whitespace-separated tokens (`str.split`), not a language-specific wor
 a C-level split is ~50x faster than spaCy. Where the difference shows (punctuation glued to a word adds ~0.15 to
 the mean word length), the module that measures says so.
 """
+
 from __future__ import annotations
 
 import re

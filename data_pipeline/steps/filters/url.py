@@ -2,6 +2,7 @@
 anywhere in the URL (case-insensitive). Lists come inline or from files (one entry per line, `#` comments), e.g.
 the UT1 adult/malware lists FineWeb used. A document without a URL (`url_key` missing) is kept and counted.
 """
+
 from __future__ import annotations
 
 from pathlib import Path
@@ -16,7 +17,11 @@ def read_list(path: str, key: str) -> list[str]:
     file = Path(path)
     if not file.is_file():
         raise ValueError(f"url_filter.{key}={path}: file not found")
-    return [line.split("#", 1)[0].strip() for line in file.read_text(encoding="utf-8").splitlines() if line.split("#", 1)[0].strip()]
+    return [
+        line.split("#", 1)[0].strip()
+        for line in file.read_text(encoding="utf-8").splitlines()
+        if line.split("#", 1)[0].strip()
+    ]
 
 
 class UrlFilter(FilterStep):
@@ -31,8 +36,12 @@ class UrlFilter(FilterStep):
         url_key: str = "url",
     ) -> None:
         super().__init__()
-        domains = list(blocked_domains) + (read_list(blocked_domains_file, "blocked_domains_file") if blocked_domains_file else [])
-        substrings = list(blocked_substrings) + (read_list(blocked_substrings_file, "blocked_substrings_file") if blocked_substrings_file else [])
+        domains = list(blocked_domains) + (
+            read_list(blocked_domains_file, "blocked_domains_file") if blocked_domains_file else []
+        )
+        substrings = list(blocked_substrings) + (
+            read_list(blocked_substrings_file, "blocked_substrings_file") if blocked_substrings_file else []
+        )
         self.domains = frozenset(d.lower().strip(".") for d in domains)
         self.substrings = tuple(s.lower() for s in substrings)
         self.url_key = url_key
