@@ -19,7 +19,6 @@ from model.hf.convert import (
     hf_config_dict,
     hf_model_type,
     import_checkpoint,
-    main,
     model_config_from_hf,
     read_hf_model,
 )
@@ -27,6 +26,6 @@ from model.hf.files import read_hf_config, read_hf_weights, write_hf_dir
 
 __all__ = [
     "DEFAULT_MAX_SHARD_BYTES", "SAFETENSORS_FILE", "SAFETENSORS_INDEX", "HFConversionError", "check_against_model",
-    "export_checkpoint", "hf_config_dict", "hf_model_type", "import_checkpoint", "main", "model_config_from_hf",
+    "export_checkpoint", "hf_config_dict", "hf_model_type", "import_checkpoint", "model_config_from_hf",
     "read_hf_model", "read_hf_config", "read_hf_weights", "write_hf_dir",
 ]

@@ -1,6 +1,6 @@
-"""`python -m model.hf export|import ...` (see model/hf/convert.py)."""
+"""`python -m model.hf export|import ...` (the command line is model/hf/cli.py)."""
 import sys
 
-from model.hf.convert import main
+from model.hf.cli import main
 
 sys.exit(main())

@@ -17,9 +17,9 @@ from model.hf import (
     export_checkpoint,
     hf_model_type,
     import_checkpoint,
-    main,
     write_hf_dir,
 )
+from model.hf.cli import main
 
 pytestmark = pytest.mark.filterwarnings("ignore::UserWarning")
 transformers = pytest.importorskip("transformers")
