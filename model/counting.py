@@ -25,7 +25,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Optional
 
-from model.config import ModelConfig
+from model.config import GATED_MLP_TYPES, ModelConfig
 
 # ---------------------------------------------------------------------------------------------------------------
 # Parameters
@@ -42,7 +42,7 @@ def final_norm_params(cfg: ModelConfig) -> int:
 
 
 def _ffn_params(cfg: ModelConfig, hidden: int, mlp_type: str, bias: bool) -> int:
-    if mlp_type in ("swiglu", "geglu"):
+    if mlp_type in GATED_MLP_TYPES:
         return 3 * cfg.dim * hidden + ((2 * hidden + cfg.dim) if bias else 0)
     return 2 * cfg.dim * hidden + ((hidden + cfg.dim) if bias else 0)
 

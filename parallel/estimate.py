@@ -46,7 +46,7 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass
 from typing import Any, Optional
 
-from model.config import BRANCH_NORM_POSITIONS, ModelConfig
+from model.config import BRANCH_NORM_POSITIONS, GATED_MLP_TYPES, ModelConfig
 from model.counting import (
     final_norm_params,
     flops_per_token,
@@ -95,15 +95,12 @@ def layout_world_size(cfg: ParallelConfig, num_gpus: Optional[int]) -> int:
         if num_gpus < 1:
             raise ValueError(f"num_gpus={num_gpus} must be >= 1 (or null: the product of the parallel degrees)")
         return num_gpus
-    degrees = {key: getattr(cfg, key) for key in ("dp_replicate", "dp_shard", "cp", "tp", "pp")}
-    rest = [key for key, value in degrees.items() if value == -1]
-    if rest:
-        raise ValueError(f"parallel.{rest[0]}=-1 takes the rest of the world size: give num_gpus=<GPUs to size for> "
-                         f"or set parallel.{rest[0]} to a degree")
-    product = 1
-    for value in degrees.values():
-        product *= value
-    return product
+    for key, value in (("dp_replicate", cfg.dp_replicate), ("dp_shard", cfg.dp_shard)):
+        if value == -1:  # the only degrees that may take the rest of the world size
+            raise ValueError(f"parallel.{key}=-1 takes the rest of the world size: give num_gpus=<GPUs to size for> "
+                             f"or set parallel.{key} to a degree")
+    # A degree below 1 is left to ParallelDims.from_config, whose message names it.
+    return max(1, cfg.dp_replicate * cfg.dp_shard * cfg.cp * cfg.tp * cfg.pp)
 
 
 def stage_layers(run: TrainingRun) -> list[range]:
@@ -201,7 +198,7 @@ def _activation_elements_per_token(cfg: ModelConfig, layer_idx: int, mode: str) 
     d = cfg.dim
     moe = cfg.moe
     is_moe = moe is not None and cfg.is_moe_layer(layer_idx)
-    gated = cfg.mlp_type in ("swiglu", "geglu")
+    gated = cfg.mlp_type in GATED_MLP_TYPES
     if mode == "full":
         return d
     attn = _attention_activations(cfg, mode)
