@@ -127,6 +127,7 @@ class EstimateConfig(TrainConfig):
 
     num_gpus: Optional[int] = None  # GPUs to size for; None: the product of the parallel degrees (none may be -1)
     gpu: str = "H100 SXM"  # device name for model.peak_flops.peak_flops; an unknown name gives no time estimate
+    peak_flops: Optional[float] = None  # dense bf16 FLOP/s of one GPU; None: the figure listed for `gpu`
     tokens: Optional[float] = None  # token budget to train; None: 20 tokens per parameter (Chinchilla)
     mfu: float = 0.4  # model FLOPs utilisation assumed for the time estimate
     format: str = "table"  # ESTIMATE_FORMATS

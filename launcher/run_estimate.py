@@ -30,6 +30,7 @@ def estimate_training_config(cfg: Any) -> dict[str, Any]:
     run = TrainingRun(model=config.model, dims=plan.dims, seq_len=config.data.seq_len,
                       micro_batch_size=t.micro_batch_size, global_batch=plan.global_batch, precision=t.precision)
     try:
-        return estimate(run, gpu=config.gpu, tokens=config.tokens, mfu=config.mfu)
+        return estimate(run, gpu=config.gpu, tokens=config.tokens, mfu=config.mfu,
+                        peak_flops_per_gpu=config.peak_flops)
     except ValueError as exc:
         raise ConfigError(str(exc)) from exc

@@ -104,8 +104,9 @@ def layout_world_size(cfg: ParallelConfig, num_gpus: Optional[int]) -> int:
 
 
 def stage_layers(run: TrainingRun) -> list[range]:
-    """The layers of each pipeline stage: training's split (parallel/stage_plan.py, called as the pipeline
-    builder calls it), one range of every layer without pipeline parallel."""
+    """The layers of each pipeline stage: training's split (parallel/stage_plan.py), one range of every layer
+    without pipeline parallel. Called as parallel.api.parallelize calls the pipeline builder, without a sequence
+    length (the attention part of the cost at model.max_seq_len), so the split is the one training builds."""
     if run.dims.pp == 1:
         return [range(run.model.n_layers)]
     return stage_layer_ranges(run.model, run.dims.cfg, run.dims.num_pipeline_stages)
@@ -317,19 +318,23 @@ def estimate_memory(run: TrainingRun) -> MemoryEstimate:
 
 
 # ---------------------------------------------------------------------------------------------------- report
-def estimate(run: TrainingRun, *, gpu: str, tokens: Optional[float], mfu: float) -> dict[str, Any]:
-    """The full report as a JSON-serialisable dict: `gpu` names the device for peak_flops (unknown: no time),
-    `tokens` the budget (None: 20 per parameter, Chinchilla), `mfu` the model FLOPs utilisation assumed."""
+def estimate(run: TrainingRun, *, gpu: str, tokens: Optional[float], mfu: float,
+             peak_flops_per_gpu: Optional[float] = None) -> dict[str, Any]:
+    """The full report as a JSON-serialisable dict: `gpu` names the device, whose peak FLOP/s is
+    `peak_flops_per_gpu` or else model.peak_flops's figure for it (unknown: no time); `tokens` the budget (None:
+    20 per parameter, Chinchilla); `mfu` the model FLOPs utilisation assumed."""
     if not 0 < mfu <= 1:
         raise ValueError(f"mfu={mfu} must be in (0, 1]")
     if tokens is not None and tokens <= 0:
         raise ValueError(f"tokens={tokens} must be positive (or null for 20 tokens per parameter)")
+    if peak_flops_per_gpu is not None and peak_flops_per_gpu <= 0:
+        raise ValueError(f"peak_flops={peak_flops_per_gpu} must be positive (or null: the figure listed for gpu)")
     _check_schedule(run)
     cfg, dims = run.model, run.dims
     counts = parameter_counts(cfg)
     fpt = flops_per_token(cfg, run.seq_len)
     tokens = tokens if tokens is not None else 20.0 * counts.total
-    peak = peak_flops(gpu)
+    peak = peak_flops_per_gpu if peak_flops_per_gpu is not None else peak_flops(gpu)
     report: dict[str, Any] = {
         "model": cfg.name,
         "params_total": counts.total,

@@ -155,10 +155,13 @@ def test_time_to_train_by_hand() -> None:
     assert report["gpu_hours"] == pytest.approx(64 * seconds / 3600, rel=1e-12)
     assert report["layout"]["global_batch_tokens"] == 64 * 8192 and report["layout"]["sharding"] == "fsdp"
     assert estimate(training_run(SMALL), gpu="cpu", tokens=None, mfu=0.4)["time_to_train_hours"] is None
+    given = estimate(run, gpu="my accelerator", tokens=1e12, mfu=0.5, peak_flops_per_gpu=989e12)
+    assert given["time_to_train_hours"] == report["time_to_train_hours"]  # a peak given for an unlisted device
 
 
 @pytest.mark.parametrize("keys, message", [({"mfu": 0.0}, "mfu=0.0 must be in"),
-                                           ({"tokens": -1.0}, "tokens=-1.0 must be positive")])
+                                           ({"tokens": -1.0}, "tokens=-1.0 must be positive"),
+                                           ({"peak_flops_per_gpu": 0.0}, "peak_flops=0.0 must be positive")])
 def test_bad_estimate_keys_are_refused(keys: dict, message: str) -> None:
     with pytest.raises(ValueError, match=message):
         estimate(training_run(SMALL), **{"gpu": "H100", "tokens": None, "mfu": 0.4, **keys})
