@@ -286,9 +286,8 @@ def sharding(run: TrainingRun) -> str:
 def stage_memory(run: TrainingRun, stage: int) -> MemoryEstimate:
     _check_schedule(run)
     p, dims, cfg, b = stage_params(run, stage), run.dims, run.dims.cfg, _bytes(run)
-    kind = sharding(run)
-    fsdp = kind in ("fsdp", "hsdp")
-    zero = cfg.zero_stage if kind.startswith("zero") else 0
+    fsdp = run.engine == "torch" and dims.fsdp_enabled
+    zero = cfg.zero_stage if run.engine == "deepspeed" else 0
     shards = dims.dp_shard * dims.cp  # FSDP's shard mesh (dp_shard x cp); DeepSpeed: dp_shard (the world)
 
     def held(sharded: bool) -> float:
