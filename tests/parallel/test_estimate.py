@@ -16,6 +16,7 @@ from parallel.estimate import (
     estimate,
     estimate_memory,
     layout_world_size,
+    sharding,
     stage_layers,
     stage_memory,
 )
@@ -165,3 +166,13 @@ def test_time_to_train_by_hand() -> None:
 def test_bad_estimate_keys_are_refused(keys: dict, message: str) -> None:
     with pytest.raises(ValueError, match=message):
         estimate(training_run(SMALL), **{"gpu": "H100", "tokens": None, "mfu": 0.4, **keys})
+
+
+def test_fsdp_shards_over_dp_shard_times_cp_and_hsdp_replicates() -> None:
+    """FSDP2's shard mesh is dp_shard x cp (parallel/fsdp.py); HSDP replicates it over dp_replicate."""
+    cp = estimate_memory(training_run(SMALL, 4, dp_shard=2, cp=2, global_batch=2))
+    hsdp = estimate_memory(training_run(SMALL, 4, dp_replicate=2, dp_shard=2))
+    assert cp.optimizer == 95040 * 8 / 4
+    assert hsdp.optimizer == 95040 * 8 / 2
+    assert sharding(training_run(SMALL, 4, dp_replicate=2, dp_shard=2)) == "hsdp"
+    assert sharding(training_run(SMALL, 4, dp_replicate=4)) == "none"  # DDP
