@@ -21,8 +21,8 @@ machine start included, and the run must leave time for a second try):
 3. Throughput on the same GPU: benchmarks/reference_train.py (a hand-written compiled loop) against Loom's real
    trainer (benchmarks/bench_train.py, data=synthetic) on gpt2_124m batch 32 x 1024, llama3_1b batch 8 x 2048
    and, if time allows, gpt2_1.5b batch 16 x 1024: tokens/s (median over timed steps after warm-up; Loom's are
-   its own logged figures, checked against the wall clock), MFU over the device's dense bf16 peak
-   (model/estimate.py), peak memory, Loom/reference.
+   its own logged figures, checked against the wall clock), MFU (model/counting.py FLOPs) over the device's dense
+   bf16 peak (model/peak_flops.py), peak memory, Loom/reference.
 4. With time left: one profiler summary (benchmarks/profile_step.py), then optional Loom variants, each against
    Loom's primary row of the same shape (`ratio_vs_loom_primary`), in this order: FSDP2 + per-block compile,
    float8; the model's speed options, which stay off by default until a run like this shows they pay
@@ -513,7 +513,7 @@ def run_loom(ctx: Context, shape: Shape, variant: str, timeout: float) -> dict:
             raise RuntimeError(f"killed after {timeout:.0f} s:\n{tail(log)}") from exc
         except RuntimeError as exc:
             raise RuntimeError(f"{exc}:\n{tail(log)}") from exc
-    from model.estimate import count_parameters
+    from model.counting import count_parameters
 
     return {"system": "loom", "variant": variant,
             "command": "python benchmarks/bench_train.py --warmup-windows 1 -- " + " ".join(overrides),
@@ -617,10 +617,10 @@ def _shape_key(row: dict) -> tuple:
 
 
 def add_mfu_and_ratios(rows: list[dict], peak_flops: Optional[float]) -> None:
-    """MFU from model.estimate's FLOPs per token (6N + attention) over the device's peak, for both sides alike;
+    """MFU from model.counting's FLOPs per token (6N + attention) over the device's peak, for both sides alike;
     each Loom row's tokens/s over its shape's reference row (the same model: masked shapes have none) and over
     Loom's primary row of the same shape (what an option or a layout gains)."""
-    from model.estimate import flops_per_token
+    from model.counting import flops_per_token
 
     reference = {_shape_key(r): r["tokens_per_sec"] for r in rows if r["system"] == "reference"}
     primary = {_shape_key(r): r["tokens_per_sec"] for r in rows if r["variant"] == LOOM_PRIMARY}
@@ -656,7 +656,7 @@ def environment(args: argparse.Namespace) -> dict:
     import torch
 
     from bench_train import git_commit
-    from model.estimate import peak_flops
+    from model.peak_flops import peak_flops
 
     commit = git_commit()
     if commit == "unknown" and args.wheels and (args.wheels / COMMIT_FILE).exists():

@@ -26,6 +26,7 @@ DECAY_SHAPES = ("linear", "cosine", "sqrt")
 DEVICES = ("auto", "cpu", "cuda")
 RESUME_MODES = ("auto", "never")
 WANDB_MODES = ("auto", "online", "offline", "disabled")
+ESTIMATE_FORMATS = ("table", "json")
 
 
 @dataclass
@@ -119,6 +120,19 @@ class TrainConfig:
     cluster: ClusterConfig = field(default_factory=ClusterConfig)  # where `launcher.submit` runs the job (Slurm)
 
 
+@dataclass
+class EstimateConfig(TrainConfig):
+    """`python -m launcher.estimate` (configs/estimate.yaml): the training config, every key and override of
+    `launcher.train`, plus what only the estimate needs (parallel/estimate.py sizes the run)."""
+
+    num_gpus: Optional[int] = None  # GPUs to size for; None: the product of the parallel degrees (none may be -1)
+    gpu: str = "H100 SXM"  # device name for model.peak_flops.peak_flops; an unknown name gives no time estimate
+    peak_flops: Optional[float] = None  # dense bf16 FLOP/s of one GPU; None: the figure listed for `gpu`
+    tokens: Optional[float] = None  # token budget to train; None: 20 tokens per parameter (Chinchilla)
+    mfu: float = 0.4  # model FLOPs utilisation assumed for the time estimate
+    format: str = "table"  # ESTIMATE_FORMATS
+
+
 # Choice keys checked by launcher/validation.py (model.* and parallel.* choices are checked by their own configs).
 CHOICES = {
     "data.name": DATA_SOURCES,
@@ -131,5 +145,7 @@ CHOICES = {
 }
 
 
-def register_configs() -> None:
-    ConfigStore.instance().store(name="train_schema", node=TrainConfig)
+def register_configs(schema: type = TrainConfig) -> None:
+    """Register the schema configs/train.yaml composes onto: TrainConfig, or a subclass of it for a command that
+    composes train.yaml with keys of its own (launcher.estimate registers EstimateConfig)."""
+    ConfigStore.instance().store(name="train_schema", node=schema)

@@ -240,7 +240,7 @@ class SpeedMeter:
     """Tokens/s and MFU over the steps since the previous log, and peak memory.
 
     MFU = achieved model FLOP/s / (peak FLOP/s per device x devices), with model FLOPs per token from
-    model.estimate.flops_per_token (6N + attention) and the device's peak from model.estimate.peak_flops.
+    model.counting.flops_per_token (6N + attention) and the device's peak from model.peak_flops.
     """
 
     def __init__(self, *, flops_per_token: float, peak_flops_per_device: Optional[float], world_size: int,

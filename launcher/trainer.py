@@ -125,7 +125,8 @@ def train(plan: RunPlan, config: dict[str, Any], stop: Optional[StopRequest] = N
     eval_batches = module.eval_batches(loader.eval_batches(t.eval_batches * micro, micro)) if t.eval_batches else []
 
     # ---- metrics (sinks only on rank 0)
-    from model.estimate import count_parameters, flops_per_token, peak_flops
+    from model.counting import count_parameters, flops_per_token
+    from model.peak_flops import peak_flops
 
     peak = peak_flops(torch.cuda.get_device_name(env.device)) if env.device.type == "cuda" else None
     speed = SpeedMeter(flops_per_token=flops_per_token(cfg.model, cfg.data.seq_len), peak_flops_per_device=peak,

@@ -307,7 +307,8 @@ NORM_TYPES = ("rmsnorm", "layernorm")
 BRANCH_NORM_POSITIONS = ("sandwich", "branch_output")  # a norm on each branch's output (Gemma 2/3, OLMo 2)
 NORM_POSITIONS = ("pre", "post", *BRANCH_NORM_POSITIONS)
 POS_EMBEDDINGS = ("rope", "alibi", "learned", "none")
-MLP_TYPES = ("swiglu", "geglu", "gelu")
+GATED_MLP_TYPES = ("swiglu", "geglu")  # three matrices: gate, up, down
+MLP_TYPES = (*GATED_MLP_TYPES, "gelu")
 QK_NORM_SCOPES = ("head", "full")
 ATTENTION_BACKENDS = ("sdpa", "flex")
 # Activation checkpointing modes: parallel applies them, the estimator sizes their memory (model/ is the lower layer).

@@ -27,7 +27,7 @@ from torch.distributed.pipelining import PipelineStage
 from torch.distributed.pipelining.schedules import PipelineScheduleSingle, get_schedule_class
 
 from model.loss import cross_entropy_loss
-from parallel.stage_plan import balanced_layer_split, layer_costs, parse_layer_split, stage_ids_for_rank
+from parallel.stage_plan import stage_ids_for_rank, stage_layer_ranges
 
 
 
@@ -183,11 +183,7 @@ def pipeline_parallelize(model: nn.Module, dims, parallelize_stage: Callable,
     cfg, model_cfg = dims.cfg, model.cfg
     pp_mesh = dims.submesh("pp")
     num_stages = dims.num_pipeline_stages
-    if cfg.pp_layer_split:
-        ranges = parse_layer_split(cfg.pp_layer_split, model_cfg.n_layers, num_stages)
-    else:
-        output_cost = 6.0 * model_cfg.vocab_size * model_cfg.dim
-        ranges = balanced_layer_split(layer_costs(model_cfg, seq_len), num_stages, last_stage_extra=output_cost)
+    ranges = stage_layer_ranges(model_cfg, cfg, num_stages, seq_len)
     stage_ids = stage_ids_for_rank(pp_mesh.get_local_rank(), pp_mesh.size(), cfg.pp_stages_per_rank,
                                    cfg.pp_schedule)
     device, group = _device_for(pp_mesh), pp_mesh.get_group()

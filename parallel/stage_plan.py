@@ -2,26 +2,37 @@
 
 Kept apart from parallel/pipeline.py (which builds stages and schedules with torch.distributed.pipelining) so the
 layout validation (parallel/dims.py) can check an explicit `parallel.pp_layer_split` before torch is imported.
-The cut is balanced by the closed-form cost of each layer (model/estimate.py: training FLOPs per token; MoE and
+The cut is balanced by the closed-form cost of each layer (model/counting.py: training FLOPs per token; MoE and
 dense layers differ), with the output projection's cost on the last stage, unless `parallel.pp_layer_split` pins
-it. With several stages per rank the stages go round the ranks in a loop (interleaved schedules) or in a V
-(rank r holds stages r and 2*pp-1-r).
+it: `stage_layer_ranges` is that decision, used by the pipeline builder (parallel/pipeline.py) and by the memory
+estimate (parallel/estimate.py), so both see the same split. With several stages per rank the stages go round
+the ranks in a loop (interleaved schedules) or in a V (rank r holds stages r and 2*pp-1-r).
 """
 from __future__ import annotations
 
 from typing import Optional
 
-from parallel.config import PP_V_SCHEDULES
+from model.counting import attention_flops_per_token, layer_params
+from parallel.config import PP_V_SCHEDULES, ParallelConfig
 
 
 def layer_costs(model_cfg, seq_len: Optional[int] = None) -> list[float]:
-    """Training FLOPs per token of each layer: 6 x active matmul params + its attention (model/estimate.py's,
+    """Training FLOPs per token of each layer: 6 x active matmul params + its attention (model/counting.py's,
     which knows each layer's window and MLA's widths)."""
-    from model.estimate import attention_flops_per_token, layer_params
-
     seq_len = seq_len or model_cfg.max_seq_len
     return [6.0 * layer_params(model_cfg, i).active + attention_flops_per_token(model_cfg, seq_len, i)
             for i in range(model_cfg.n_layers)]
+
+
+def stage_layer_ranges(model_cfg, cfg: ParallelConfig, num_stages: int,
+                       seq_len: Optional[int] = None) -> list[range]:
+    """The layers of each pipeline stage as training cuts them: `parallel.pp_layer_split` when given, else balanced
+    by per-layer cost with the output projection (6 x vocab x dim per token) on the last stage. `seq_len` refines
+    the attention part of the cost (None: model.max_seq_len)."""
+    if cfg.pp_layer_split:
+        return parse_layer_split(cfg.pp_layer_split, model_cfg.n_layers, num_stages)
+    output_cost = 6.0 * model_cfg.vocab_size * model_cfg.dim
+    return balanced_layer_split(layer_costs(model_cfg, seq_len), num_stages, last_stage_extra=output_cost)
 
 
 def balanced_layer_split(costs: list[float], num_stages: int, last_stage_extra: float = 0.0) -> list[range]:

@@ -122,7 +122,7 @@ def resolved(name: str, **overrides) -> dict:
 
 @pytest.mark.parametrize("name", ["gpt2_124m", "llama3_1b", "gpt2_1.5b"])
 def test_reference_model_has_loom_parameter_count(name):
-    from model.estimate import count_parameters
+    from model.counting import count_parameters
 
     shape = reference_train.load_shape(resolved(name))
     with torch.device("meta"):

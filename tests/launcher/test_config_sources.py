@@ -25,10 +25,9 @@ DTYPE_NAMES = {"fp32", "bf16", "fp16", "float32", "bfloat16", "float16"}
 
 def _schemas() -> dict[str, type]:
     """configs/<path> (a file, or a group directory) -> the dataclass that types it."""
-    from launcher.config import (DataConfig, LoggingConfig, OptimConfig, ScheduleConfig, TrainConfig,
+    from launcher.config import (DataConfig, EstimateConfig, LoggingConfig, OptimConfig, ScheduleConfig, TrainConfig,
                                  TrainerConfig)
     from model.config import ModelConfig
-    from model.estimate import EstimateConfig
     from parallel.config import ParallelConfig
 
     schemas = {"train.yaml": TrainConfig, "model": ModelConfig, "data": DataConfig, "optim": OptimConfig,

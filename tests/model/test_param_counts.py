@@ -1,4 +1,4 @@
-"""Published architectures have exactly their published parameter counts: by formula (model.estimate), in our model
+"""Published architectures have exactly their published parameter counts: by formula (model.counting), in our model
 built on the meta device, and in the transformers reference model built on meta from a config written here."""
 from __future__ import annotations
 
@@ -10,7 +10,7 @@ from omegaconf import OmegaConf
 
 from model import build
 from model.config import ModelConfig, MoEConfig
-from model.estimate import count_parameters
+from model.counting import count_parameters
 
 CONFIGS = Path(__file__).resolve().parents[2] / "configs" / "model"
 

@@ -292,7 +292,7 @@ def test_training_loss_never_holds_the_whole_batchs_fp32_logits():
 def test_padded_vocabulary_trains_like_the_real_one_and_never_predicts_padding():
     """vocab 101 padded to 128 columns in the head's matmul: parameters keep 101 rows, the logits a caller sees
     have 101 columns, and loss, z-loss, softcap and gradients equal the unpadded model's."""
-    from model.estimate import count_parameters
+    from model.counting import count_parameters
 
     cfg = dict(z_loss_weight=1e-3, final_logit_softcap=15.0, tie_embeddings=True)
     padded, plain = make(vocab_multiple=128, **cfg), make(**cfg)
