@@ -7,6 +7,7 @@ datasketch including building the shingles from text, and ours from text (shingl
 dedup decisions: the same planted-duplicate corpus deduplicated with each signer through the same banding,
 verification and clustering, and prints where they differ (with the exact Jaccard of those pairs).
 """
+
 from __future__ import annotations
 
 import argparse

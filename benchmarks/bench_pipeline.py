@@ -1,15 +1,16 @@
 """Full data pipeline throughput, and against datatrove's equivalent on the same corpus, one core each.
 
-Run: `python benchmarks/bench_pipeline.py [--clean 2000] [--tasks 2] [--runs 3] [--datatrove]`. Generates the
-synthetic corpus (planted duplicates, junk, contamination) and runs configs/pipeline/default.yaml (normalize ->
-exact_dedup -> minhash_dedup -> boilerplate_dedup -> heuristics -> pii -> decontaminate -> tokenize) with the local
-executor and one worker. With --datatrove it also runs benchmarks/datatrove_pipeline.py (reader -> Gopher/C4/FineWeb
-filters -> MinHash -> tokenizer, FineWeb's settings) in a separate environment it creates once under
---datatrove-env (datatrove is never a dependency of Loom), in turns with ours (A B A B ...), and reports the
-ratio run by run. For that comparison both sides tokenize with the same tokenizer.json (datatrove's tokenizer step
-takes one; our default pipeline otherwise trains its own BPE first, timed in the "ours" figures). Documents per second are input documents over wall seconds (one worker, so per core) and over
-CPU seconds (user + system: the figure that stays put when other work shares the machine).
+Run: `python benchmarks/bench_pipeline.py [--clean 2000] [--tasks 2] [--runs 3] [--datatrove]`. Generates the synthetic
+corpus (planted duplicates, junk, contamination) and runs configs/pipeline/default.yaml (normalize -> exact_dedup ->
+minhash_dedup -> boilerplate_dedup -> heuristics -> pii -> decontaminate -> tokenize) with the local executor and one
+worker. With --datatrove it also runs benchmarks/datatrove_pipeline.py (reader -> Gopher/C4/FineWeb filters -> MinHash
+-> tokenizer, FineWeb's settings) in a separate environment it creates once under --datatrove-env (datatrove is never a
+dependency of Loom), in turns with ours (A B A B ...), and reports the ratio run by run. For that comparison both sides
+tokenize with the same tokenizer.json (datatrove's tokenizer step takes one; our default pipeline otherwise trains its
+own BPE first, timed in the "ours" figures). Documents per second are input documents over wall seconds (one worker, so
+per core) and over CPU seconds (user + system: the figure that stays put when other work shares the machine).
 """
+
 from __future__ import annotations
 
 import os
@@ -51,14 +52,28 @@ def run_ours(corpus: Path, eval_set: Path, output: Path, tasks: int, tokenizer: 
     plan, skipped = build_plan(cfg)
     start, cpu_start = time.perf_counter(), time.process_time()
     stats = LocalExecutor(plan, workers=1, progress=lambda _: None).run()
-    return {"wall_s": time.perf_counter() - start, "cpu_s": time.process_time() - cpu_start, "skipped": skipped,
-            "docs_out": {name: s["docs_out"] for name, s in stats.items()},
-            "cpu_s_per_step": {name: s["cpu_s"] for name, s in stats.items()}}
+    return {
+        "wall_s": time.perf_counter() - start,
+        "cpu_s": time.process_time() - cpu_start,
+        "skipped": skipped,
+        "docs_out": {name: s["docs_out"] for name, s in stats.items()},
+        "cpu_s_per_step": {name: s["cpu_s"] for name, s in stats.items()},
+    }
 
 
 def run_datatrove(python: Path, corpus: Path, tokenizer: Path, work: Path, tasks: int) -> dict:
-    result = subprocess.run([str(python), str(REPO / "benchmarks" / "datatrove_pipeline.py"), str(corpus), str(tokenizer),
-                             str(work), str(tasks)], capture_output=True, text=True)
+    result = subprocess.run(
+        [
+            str(python),
+            str(REPO / "benchmarks" / "datatrove_pipeline.py"),
+            str(corpus),
+            str(tokenizer),
+            str(work),
+            str(tasks),
+        ],
+        capture_output=True,
+        text=True,
+    )
     if result.returncode != 0:
         raise RuntimeError(f"datatrove pipeline failed:\n{result.stderr[-3000:]}")
     return json.loads(result.stdout.strip().splitlines()[-1])
@@ -76,8 +91,12 @@ def datatrove_counts(stats: dict) -> dict:
 
 
 def commit() -> str:
-    head = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=REPO, capture_output=True, text=True).stdout.strip()
-    dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=REPO, capture_output=True, text=True).stdout
+    head = subprocess.run(
+        ["git", "rev-parse", "--short", "HEAD"], cwd=REPO, capture_output=True, text=True
+    ).stdout.strip()
+    dirty = subprocess.run(
+        ["git", "status", "--porcelain", "--untracked-files=no"], cwd=REPO, capture_output=True, text=True
+    ).stdout
     return head + ("+uncommitted" if dirty.strip() else "")
 
 
@@ -92,8 +111,14 @@ def main() -> None:
 
     from data_pipeline.synthetic import generate_corpus, write_corpus
 
-    corpus = generate_corpus(n_clean=args.clean, n_exact_dups=args.clean // 20, n_near_dups=args.clean // 10,
-                             n_junk=args.clean // 20, n_contaminated=args.clean // 50, seed=0)
+    corpus = generate_corpus(
+        n_clean=args.clean,
+        n_exact_dups=args.clean // 20,
+        n_near_dups=args.clean // 10,
+        n_junk=args.clean // 20,
+        n_contaminated=args.clean // 50,
+        seed=0,
+    )
     n_docs = len(corpus.documents)
     python = ensure_datatrove(args.datatrove_env) if args.datatrove else None
     ours, ours_given, theirs = [], [], []
@@ -108,28 +133,46 @@ def main() -> None:
             ours.append(run_ours(paths["corpus"], paths["eval"], Path(tmp) / f"ours-{run}", args.tasks))
             shutil.rmtree(Path(tmp) / f"ours-{run}")
             if python is not None:
-                ours_given.append(run_ours(paths["corpus"], paths["eval"], Path(tmp) / f"given-{run}", args.tasks, tokenizer))
+                ours_given.append(
+                    run_ours(paths["corpus"], paths["eval"], Path(tmp) / f"given-{run}", args.tasks, tokenizer)
+                )
                 shutil.rmtree(Path(tmp) / f"given-{run}")
-                theirs.append(run_datatrove(python, paths["corpus"], tokenizer, Path(tmp) / f"datatrove-{run}", args.tasks))
+                theirs.append(
+                    run_datatrove(python, paths["corpus"], tokenizer, Path(tmp) / f"datatrove-{run}", args.tasks)
+                )
 
     def rates(runs: list[dict]) -> dict:
-        return {"wall_s": [round(r["wall_s"], 2) for r in runs], "cpu_s": [round(r["cpu_s"], 2) for r in runs],
-                "docs_per_s_per_core": [round(n_docs / r["wall_s"], 1) for r in runs],
-                "docs_per_cpu_s": [round(n_docs / r["cpu_s"], 1) for r in runs],
-                "median_docs_per_s_per_core": round(statistics.median(n_docs / r["wall_s"] for r in runs), 1),
-                "median_docs_per_cpu_s": round(statistics.median(n_docs / r["cpu_s"] for r in runs), 1)}
+        return {
+            "wall_s": [round(r["wall_s"], 2) for r in runs],
+            "cpu_s": [round(r["cpu_s"], 2) for r in runs],
+            "docs_per_s_per_core": [round(n_docs / r["wall_s"], 1) for r in runs],
+            "docs_per_cpu_s": [round(n_docs / r["cpu_s"], 1) for r in runs],
+            "median_docs_per_s_per_core": round(statistics.median(n_docs / r["wall_s"] for r in runs), 1),
+            "median_docs_per_cpu_s": round(statistics.median(n_docs / r["cpu_s"] for r in runs), 1),
+        }
 
     report = {
-        "date_utc": time.strftime("%Y-%m-%d %H:%M", time.gmtime()), "commit": commit(),
+        "date_utc": time.strftime("%Y-%m-%d %H:%M", time.gmtime()),
+        "commit": commit(),
         "machine": f"{platform.machine()}, {os.cpu_count()} cores, Python {platform.python_version()}",
-        "load_avg_1m_at_end": round(os.getloadavg()[0], 2), "documents": n_docs, "tasks": args.tasks, "workers": 1,
-        "ours": {**rates(ours), "docs_out": ours[-1]["docs_out"], "skipped": ours[-1]["skipped"],
-                 "cpu_s_per_step_last_run": ours[-1]["cpu_s_per_step"]},
+        "load_avg_1m_at_end": round(os.getloadavg()[0], 2),
+        "documents": n_docs,
+        "tasks": args.tasks,
+        "workers": 1,
+        "ours": {
+            **rates(ours),
+            "docs_out": ours[-1]["docs_out"],
+            "skipped": ours[-1]["skipped"],
+            "cpu_s_per_step_last_run": ours[-1]["cpu_s_per_step"],
+        },
     }
     if theirs:
         report["ours_given_tokenizer"] = rates(ours_given)
-        report["datatrove"] = {**rates(theirs), "filters_wall_s": [t["filters_wall_s"] for t in theirs],
-                               "docs_out": datatrove_counts(theirs[-1]["stats"])}
+        report["datatrove"] = {
+            **rates(theirs),
+            "filters_wall_s": [t["filters_wall_s"] for t in theirs],
+            "docs_out": datatrove_counts(theirs[-1]["stats"]),
+        }
         # Same work on the tokenizer side: both tokenize with the same given tokenizer.json.
         report["speedup_wall_per_run"] = [round(t["wall_s"] / o["wall_s"], 2) for o, t in zip(ours_given, theirs)]
         report["speedup_cpu_per_run"] = [round(t["cpu_s"] / o["cpu_s"], 2) for o, t in zip(ours_given, theirs)]

@@ -5,6 +5,7 @@ off (TOKENIZERS_PARALLELISM=false) so the figure is for one core; the pipeline g
 process per shard. Reports BPE training time on the sample, `encode_batch` alone, and the step's run stage
 (encode + EOS + ShardWriter to disk).
 """
+
 from __future__ import annotations
 
 import os
@@ -54,19 +55,24 @@ def main() -> None:
             for _ in step.run(iter(docs), 0, 1):
                 pass
             step_s = min(step_s, time.perf_counter() - start)
-    print(json.dumps({
-        "cpus": os.cpu_count(),
-        "load_avg_1m": os.getloadavg()[0],
-        "docs": len(texts),
-        "megabytes": round(megabytes, 3),
-        "vocab_size": tokenizer.get_vocab_size(),
-        "tokens": n_tokens,
-        "bytes_per_token": round(megabytes * 1e6 / n_tokens, 3),
-        "train_s": round(train_s, 3),
-        "encode_batch_mb_per_s": round(megabytes / encode_s, 3),
-        "tokenize_step_mb_per_s": round(megabytes / step_s, 3),
-        "tokenize_step_tokens_per_s": round(n_tokens / step_s),
-    }, indent=2))
+    print(
+        json.dumps(
+            {
+                "cpus": os.cpu_count(),
+                "load_avg_1m": os.getloadavg()[0],
+                "docs": len(texts),
+                "megabytes": round(megabytes, 3),
+                "vocab_size": tokenizer.get_vocab_size(),
+                "tokens": n_tokens,
+                "bytes_per_token": round(megabytes * 1e6 / n_tokens, 3),
+                "train_s": round(train_s, 3),
+                "encode_batch_mb_per_s": round(megabytes / encode_s, 3),
+                "tokenize_step_mb_per_s": round(megabytes / step_s, 3),
+                "tokenize_step_tokens_per_s": round(n_tokens / step_s),
+            },
+            indent=2,
+        )
+    )
 
 
 if __name__ == "__main__":

@@ -22,6 +22,7 @@ measurement. They are checked against the wall clock: the timestamps of the run'
 `wallclock_tokens_per_sec` is an independent figure; `logged_vs_wallclock` is their ratio (1.0 when the metric
 is honest). benchmarks/gpu_check.py calls `run_bench` the same way.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -52,8 +53,16 @@ QUIET = [
 
 def launch_command(nproc: int, overrides: list[str]) -> list[str]:
     if nproc > 1:
-        return [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={nproc}",
-                "-m", "launcher.train", *overrides]
+        return [
+            sys.executable,
+            "-m",
+            "torch.distributed.run",
+            "--standalone",
+            f"--nproc_per_node={nproc}",
+            "-m",
+            "launcher.train",
+            *overrides,
+        ]
     return [sys.executable, "-m", "launcher.train", *overrides]
 
 
@@ -62,8 +71,10 @@ def summarise(records: list[dict], warmup_windows: int, nproc: int) -> dict:
     windows = [r for r in records if r.get("tokens_per_sec") is not None]
     measured = windows[warmup_windows:]
     if not measured:
-        raise SystemExit(f"only {len(windows)} logged windows, none left after --warmup-windows={warmup_windows}: "
-                         f"raise trainer.max_steps or lower trainer.log_every")
+        raise SystemExit(
+            f"only {len(windows)} logged windows, none left after --warmup-windows={warmup_windows}: "
+            f"raise trainer.max_steps or lower trainer.log_every"
+        )
     tokens_per_sec = statistics.median(r["tokens_per_sec"] for r in measured)
     mfus = [r["mfu"] for r in measured if r.get("mfu") is not None]
     return {
@@ -100,8 +111,10 @@ def wallclock_windows(run_dir: Path) -> dict[int, float]:
         if match:
             when = datetime.datetime.strptime(match.group(1), "%Y-%m-%d %H:%M:%S,%f")
             stamps.append((int(match.group(2)), when.timestamp()))
-    return {step: (step - prev_step) * batch * seq_len / max(when - prev_when, 1e-3)
-            for (prev_step, prev_when), (step, when) in zip(stamps, stamps[1:])}
+    return {
+        step: (step - prev_step) * batch * seq_len / max(when - prev_when, 1e-3)
+        for (prev_step, prev_when), (step, when) in zip(stamps, stamps[1:])
+    }
 
 
 def add_wallclock_check(summary: dict, records: list[dict], run_dir: Path, warmup_windows: int) -> dict:
@@ -110,8 +123,9 @@ def add_wallclock_check(summary: dict, records: list[dict], run_dir: Path, warmu
     wall = wallclock_windows(run_dir)
     measured = [wall[r["step"]] for r in windows if r["step"] in wall]
     summary["wallclock_tokens_per_sec"] = statistics.median(measured) if measured else None
-    summary["logged_vs_wallclock"] = (summary["tokens_per_sec"] / summary["wallclock_tokens_per_sec"]
-                                      if measured else None)
+    summary["logged_vs_wallclock"] = (
+        summary["tokens_per_sec"] / summary["wallclock_tokens_per_sec"] if measured else None
+    )
     return summary
 
 
@@ -132,8 +146,9 @@ def git_commit() -> str:
     device machine gets a copy of the working tree without .git: gpu_check.py then reads it from its wheels)."""
     try:
         commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=REPO, capture_output=True, text=True)
-        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=REPO,
-                               capture_output=True, text=True)
+        dirty = subprocess.run(
+            ["git", "status", "--porcelain", "--untracked-files=no"], cwd=REPO, capture_output=True, text=True
+        )
     except OSError:
         return "unknown"
     if commit.returncode != 0:
@@ -141,9 +156,17 @@ def git_commit() -> str:
     return commit.stdout.strip() + ("+uncommitted" if dirty.stdout.strip() else "")
 
 
-def run_bench(overrides: list[str], *, nproc: int = 1, warmup_windows: int = 2, run_dir: Optional[Path] = None,
-              log=None, timeout: Optional[float] = None, env: Optional[dict] = None,
-              stop_at_step: Optional[int] = None) -> dict:
+def run_bench(
+    overrides: list[str],
+    *,
+    nproc: int = 1,
+    warmup_windows: int = 2,
+    run_dir: Optional[Path] = None,
+    log=None,
+    timeout: Optional[float] = None,
+    env: Optional[dict] = None,
+    stop_at_step: Optional[int] = None,
+) -> dict:
     """Run the launcher with `overrides` (plus the quiet settings) and return the summary of its metrics.
 
     `log`: a file for the launcher's output (default: inherit this process's). `stop_at_step`: once the metrics of
@@ -154,8 +177,14 @@ def run_bench(overrides: list[str], *, nproc: int = 1, warmup_windows: int = 2, 
     with tempfile.TemporaryDirectory(prefix="loom-bench-") as tmp:
         run_dir = Path(run_dir) if run_dir is not None else Path(tmp) / "run"
         full = [*QUIET, f"trainer.run_dir={run_dir}", *overrides]
-        proc = subprocess.Popen(launch_command(nproc, full), cwd=REPO, stdout=log, stderr=subprocess.STDOUT if log
-                                else None, env=env, start_new_session=True)
+        proc = subprocess.Popen(
+            launch_command(nproc, full),
+            cwd=REPO,
+            stdout=log,
+            stderr=subprocess.STDOUT if log else None,
+            env=env,
+            start_new_session=True,
+        )
         deadline = time.monotonic() + timeout if timeout is not None else math.inf
         stopped = False
         while proc.poll() is None:
@@ -174,8 +203,13 @@ def run_bench(overrides: list[str], *, nproc: int = 1, warmup_windows: int = 2, 
         records = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
         summary = summarise(records, warmup_windows, nproc)
         add_wallclock_check(summary, records, run_dir, warmup_windows)
-    return {**summary, **environment(), "nproc": nproc, "overrides": " ".join(overrides),
-            "stopped_before_final_checkpoint": stopped}
+    return {
+        **summary,
+        **environment(),
+        "nproc": nproc,
+        "overrides": " ".join(overrides),
+        "stopped_before_final_checkpoint": stopped,
+    }
 
 
 def _last_logged_step(run_dir: Path) -> int:
@@ -205,9 +239,11 @@ def main() -> None:
         raise SystemExit(str(exc)) from exc
     print(json.dumps(summary))
     mfu = f"{100 * summary['mfu']:.1f}%" if summary["mfu"] is not None else "n/a"
-    print(f"| {summary['device']} x{args.nproc} | {summary['overrides']} | {summary['tokens_per_sec']:,.0f} | "
-          f"{summary['tokens_per_sec_per_device']:,.0f} | {mfu} | {summary['peak_mem_gib']:.2f} | "
-          f"torch {summary['torch']}, {summary['commit']} |")
+    print(
+        f"| {summary['device']} x{args.nproc} | {summary['overrides']} | {summary['tokens_per_sec']:,.0f} | "
+        f"{summary['tokens_per_sec_per_device']:,.0f} | {mfu} | {summary['peak_mem_gib']:.2f} | "
+        f"torch {summary['torch']}, {summary['commit']} |"
+    )
 
 
 if __name__ == "__main__":

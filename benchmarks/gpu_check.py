@@ -39,6 +39,7 @@ when every correctness check passed and every required row was measured.
 builds take minutes on a small CPU), so the test suite proves the script (tests/benchmarks/test_gpu_check.py);
 its figures mean nothing.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -65,8 +66,14 @@ if str(REPO) not in sys.path:
 WHEEL_PACKAGES = ("hydra-core", "omegaconf", "antlr4-python3-runtime", "datasketch", "torchao")
 _SOURCE_ONLY = ("antlr4-python3-runtime",)  # published as an sdist only: built into a (pure-Python) wheel here
 _GPU_PYTHON = "3.12"
-_GPU_PLATFORMS = ("manylinux_2_28_x86_64", "manylinux_2_27_x86_64", "manylinux_2_24_x86_64",
-                  "manylinux_2_17_x86_64", "manylinux2014_x86_64", "manylinux1_x86_64")
+_GPU_PLATFORMS = (
+    "manylinux_2_28_x86_64",
+    "manylinux_2_27_x86_64",
+    "manylinux_2_24_x86_64",
+    "manylinux_2_17_x86_64",
+    "manylinux2014_x86_64",
+    "manylinux1_x86_64",
+)
 COMMIT_FILE = "commit.txt"
 
 # The correctness model: Llama-style (RoPE, GQA, SwiGLU, RMSNorm), on packed shards of a 256-token vocabulary.
@@ -90,10 +97,18 @@ class Shape:
 LOOM_PRIMARY = "single, compile(model)"
 LOOM_VARIANTS = {
     LOOM_PRIMARY: ["parallel=single", "parallel.compile=true", "parallel.compile_scope=model"],
-    "fsdp bf16 params, compile(block)": ["parallel=fsdp", "parallel.fsdp_param_dtype=bfloat16",
-                                         "parallel.compile=true", "parallel.compile_scope=block"],
-    "single, compile(model), float8 rowwise": ["parallel=single", "parallel.compile=true",
-                                               "parallel.compile_scope=model", "parallel.float8=rowwise"],
+    "fsdp bf16 params, compile(block)": [
+        "parallel=fsdp",
+        "parallel.fsdp_param_dtype=bfloat16",
+        "parallel.compile=true",
+        "parallel.compile_scope=block",
+    ],
+    "single, compile(model), float8 rowwise": [
+        "parallel=single",
+        "parallel.compile=true",
+        "parallel.compile_scope=model",
+        "parallel.float8=rowwise",
+    ],
 }
 # The model's speed options (model/config.py), each on top of the primary variant.
 SPEED_OPTIONS = {
@@ -101,24 +116,49 @@ SPEED_OPTIONS = {
     "vocab padded to 128": "model.vocab_multiple=128",
     "flex attention": "model.attention_backend=flex",
 }
-LOOM_VARIANTS.update({f"{LOOM_PRIMARY}, {name}": [*LOOM_VARIANTS[LOOM_PRIMARY], override]
-                      for name, override in SPEED_OPTIONS.items()})
+LOOM_VARIANTS.update(
+    {f"{LOOM_PRIMARY}, {name}": [*LOOM_VARIANTS[LOOM_PRIMARY], override] for name, override in SPEED_OPTIONS.items()}
+)
 # Estimates are guesses made before any GPU run (process start ~15 s, Inductor compile ~40-90 s, 40 steps): replace
 # them with what the first run measures.
-GPU_SHAPES = [Shape("gpt2_124m", 32, 1024, estimate_s=100), Shape("llama3_1b", 8, 2048, estimate_s=130),
-              Shape("gpt2_1.5b", 16, 1024, required=False, estimate_s=240)]
+GPU_SHAPES = [
+    Shape("gpt2_124m", 32, 1024, estimate_s=100),
+    Shape("llama3_1b", 8, 2048, estimate_s=130),
+    Shape("gpt2_1.5b", 16, 1024, required=False, estimate_s=240),
+]
 # Masked attention, where FlexAttention may pay: a 512-token window in every layer, and document masking (the
 # synthetic tokens hold token 0 now and then, so rows hold a few documents; the masked path runs regardless).
 MASKED = {"window": {"sliding_window": 512}, "documents": {"document_mask_eos_id": 0}}
 _TINY_GPT2 = {"vocab_size": 256, "dim": 64, "n_layers": 2, "n_heads": 4, "hidden_dim": 256, "max_seq_len": 64}
-_TINY_LLAMA = {"vocab_size": 256, "dim": 64, "n_layers": 2, "n_heads": 4, "n_kv_heads": 2, "head_dim": 16,
-               "hidden_dim": 128, "max_seq_len": 64}
+_TINY_LLAMA = {
+    "vocab_size": 256,
+    "dim": 64,
+    "n_layers": 2,
+    "n_heads": 4,
+    "n_kv_heads": 2,
+    "head_dim": 16,
+    "hidden_dim": 128,
+    "max_seq_len": 64,
+}
 # One tiny shape keeps the CPU test short; the GPT-2 family of the reference is checked against Loom's model in
 # tests/benchmarks/test_gpu_check.py without a run.
-TINY_SHAPES = [Shape("llama3_1b", 4, 64, _TINY_LLAMA, estimate_s=40),
-               Shape("gpt2_124m", 4, 64, _TINY_GPT2, required=False, estimate_s=40)]
-ROW_FIELDS = ("config", "batch", "seq", "tokens_per_sec", "mfu", "peak_mem_gib", "ratio_vs_reference", "device",
-              "torch", "date", "commit")
+TINY_SHAPES = [
+    Shape("llama3_1b", 4, 64, _TINY_LLAMA, estimate_s=40),
+    Shape("gpt2_124m", 4, 64, _TINY_GPT2, required=False, estimate_s=40),
+]
+ROW_FIELDS = (
+    "config",
+    "batch",
+    "seq",
+    "tokens_per_sec",
+    "mfu",
+    "peak_mem_gib",
+    "ratio_vs_reference",
+    "device",
+    "torch",
+    "date",
+    "commit",
+)
 
 
 # ------------------------------------------------------------------------------------------------ wheels
@@ -133,8 +173,22 @@ def download_wheels(directory: Path) -> None:
             cmd = [sys.executable, "-m", "pip", "wheel", "--no-deps", "-w", str(directory), spec]
         else:
             platforms = [arg for p in _GPU_PLATFORMS for arg in ("--platform", p)]
-            cmd = [sys.executable, "-m", "pip", "download", "--no-deps", "--only-binary=:all:", "--python-version",
-                   _GPU_PYTHON, "--implementation", "cp", *platforms, "-d", str(directory), spec]
+            cmd = [
+                sys.executable,
+                "-m",
+                "pip",
+                "download",
+                "--no-deps",
+                "--only-binary=:all:",
+                "--python-version",
+                _GPU_PYTHON,
+                "--implementation",
+                "cp",
+                *platforms,
+                "-d",
+                str(directory),
+                spec,
+            ]
         subprocess.run(cmd, check=True)
     from bench_train import git_commit
 
@@ -151,8 +205,24 @@ def install_wheels(directory: Path, site: Path) -> None:
     wheels = sorted(directory.glob("*.whl"))
     if not wheels:
         raise SystemExit(f"--wheels {directory}: no .whl files (make them with --download-wheels here first)")
-    subprocess.run([sys.executable, "-m", "pip", "install", "-q", "--no-index", "--no-deps", "--no-compile",
-                    "--no-cache-dir", "--upgrade", "--target", str(site), *map(str, wheels)], check=True)
+    subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "pip",
+            "install",
+            "-q",
+            "--no-index",
+            "--no-deps",
+            "--no-compile",
+            "--no-cache-dir",
+            "--upgrade",
+            "--target",
+            str(site),
+            *map(str, wheels),
+        ],
+        check=True,
+    )
     sys.path.insert(0, str(site))
     os.environ["PYTHONPATH"] = os.pathsep.join(filter(None, [str(site), os.environ.get("PYTHONPATH")]))
 
@@ -160,8 +230,11 @@ def install_wheels(directory: Path, site: Path) -> None:
 def missing_modules() -> list[str]:
     import importlib.util
 
-    return [m for m in ("hydra", "omegaconf", "antlr4", "yaml", "safetensors", "transformers")
-            if importlib.util.find_spec(m) is None]
+    return [
+        m
+        for m in ("hydra", "omegaconf", "antlr4", "yaml", "safetensors", "transformers")
+        if importlib.util.find_spec(m) is None
+    ]
 
 
 # ------------------------------------------------------------------------------------------------ helpers
@@ -196,15 +269,19 @@ class Context:
 
 
 def child_env() -> dict[str, str]:
-    env = {k: v for k, v in os.environ.items() if not k.startswith(("RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_",
-                                                                        "TORCHELASTIC_", "SLURM_"))}
+    env = {
+        k: v
+        for k, v in os.environ.items()
+        if not k.startswith(("RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_", "TORCHELASTIC_", "SLURM_"))
+    }
     env.update(WANDB_MODE="disabled", PYTHONUNBUFFERED="1")
     return env
 
 
 def start(cmd: list[str], log: Path) -> subprocess.Popen:
-    return subprocess.Popen(cmd, cwd=REPO, stdout=open(log, "w"), stderr=subprocess.STDOUT, env=child_env(),
-                            start_new_session=True)
+    return subprocess.Popen(
+        cmd, cwd=REPO, stdout=open(log, "w"), stderr=subprocess.STDOUT, env=child_env(), start_new_session=True
+    )
 
 
 def wait(proc: subprocess.Popen, timeout: float) -> Optional[int]:
@@ -228,8 +305,9 @@ def loom_model_config(name: str, overrides: dict):
 
     from model.config import ModelConfig
 
-    merged = OmegaConf.merge(OmegaConf.structured(ModelConfig), OmegaConf.load(REPO / "configs/model" / f"{name}.yaml"),
-                             overrides)
+    merged = OmegaConf.merge(
+        OmegaConf.structured(ModelConfig), OmegaConf.load(REPO / "configs/model" / f"{name}.yaml"), overrides
+    )
     return OmegaConf.to_object(merged)
 
 
@@ -241,20 +319,36 @@ def check(name: str, fn: Callable[[], tuple[bool, dict]]) -> dict:
     except Exception as exc:  # noqa: BLE001 - reported as the check's failure
         passed, detail = False, {"error": f"{type(exc).__name__}: {exc}", "traceback": traceback.format_exc()[-2000:]}
     result = {"name": name, "passed": bool(passed), "seconds": round(time.monotonic() - started, 1), **detail}
-    print(f"[{'PASS' if passed else 'FAIL'}] {name}: {json.dumps({k: v for k, v in detail.items() if k != 'traceback'})}",
-          flush=True)
+    print(
+        f"[{'PASS' if passed else 'FAIL'}] {name}: {json.dumps({k: v for k, v in detail.items() if k != 'traceback'})}",
+        flush=True,
+    )
     return result
 
 
 # ------------------------------------------------------------------------------------------------ correctness
 def correctness_overrides(ctx: Context, shards: Path, run_dir: Path) -> list[str]:
-    return [*(f"model.{k}={v}" for k, v in CORRECTNESS_MODEL.items()),
-            "data=packed", f"data.path={shards}", "data.seq_len=32",
-            f"trainer.run_dir={run_dir}", f"trainer.device={ctx.device}", f"trainer.max_steps={CORRECTNESS_STEPS}",
-            "trainer.global_batch_size=8", "trainer.micro_batch_size=4", "trainer.log_every=1",
-            "trainer.eval_batches=0", "trainer.sample_every=-1", f"trainer.checkpoint_every={RESUME_FROM}",
-            "trainer.keep_checkpoints=0", "trainer.progress_bar=false", "trainer.dist_timeout_s=120",
-            "schedule.warmup_steps=3", "logging.wandb.mode=disabled", "logging.plot=false"]
+    return [
+        *(f"model.{k}={v}" for k, v in CORRECTNESS_MODEL.items()),
+        "data=packed",
+        f"data.path={shards}",
+        "data.seq_len=32",
+        f"trainer.run_dir={run_dir}",
+        f"trainer.device={ctx.device}",
+        f"trainer.max_steps={CORRECTNESS_STEPS}",
+        "trainer.global_batch_size=8",
+        "trainer.micro_batch_size=4",
+        "trainer.log_every=1",
+        "trainer.eval_batches=0",
+        "trainer.sample_every=-1",
+        f"trainer.checkpoint_every={RESUME_FROM}",
+        "trainer.keep_checkpoints=0",
+        "trainer.progress_bar=false",
+        "trainer.dist_timeout_s=120",
+        "schedule.warmup_steps=3",
+        "logging.wandb.mode=disabled",
+        "logging.plot=false",
+    ]
 
 
 def read_records(run_dir: Path) -> dict[int, dict]:
@@ -305,20 +399,28 @@ def run_correctness(ctx: Context) -> list[dict]:
     runs = {
         "fp32": [],
         "fsdp": ["parallel=fsdp"],
-        "compiled": ["parallel.compile=true", "parallel.compile_scope=model",
-                     f"parallel.compile_backend={ctx.compile_backend}"],
+        "compiled": [
+            "parallel.compile=true",
+            "parallel.compile_scope=model",
+            f"parallel.compile_backend={ctx.compile_backend}",
+        ],
         "bf16": ["trainer.precision=bf16"],
     }
-    procs = {name: start(launcher_cmd(correctness_overrides(ctx, shards, work / name) + extra),
-                         ctx.log_path(f"correctness_{name}")) for name, extra in runs.items()}
+    procs = {
+        name: start(
+            launcher_cmd(correctness_overrides(ctx, shards, work / name) + extra), ctx.log_path(f"correctness_{name}")
+        )
+        for name, extra in runs.items()
+    }
     results = [check("no_host_sync_in_step", lambda: host_sync_check(ctx))]  # in this process, meanwhile
     deadline = time.monotonic() + min(240.0, ctx.budget.left())
     checkpoint = work / "fp32" / "checkpoints" / f"step_{RESUME_FROM:08d}"
     while time.monotonic() < deadline:
         if "resumed" not in procs and (checkpoint / "COMPLETE").exists():
             shutil.copytree(checkpoint, work / "resumed" / "checkpoints" / checkpoint.name)
-            procs["resumed"] = start(launcher_cmd(correctness_overrides(ctx, shards, work / "resumed")),
-                                     ctx.log_path("correctness_resumed"))
+            procs["resumed"] = start(
+                launcher_cmd(correctness_overrides(ctx, shards, work / "resumed")), ctx.log_path("correctness_resumed")
+            )
         fp32_gone = procs["fp32"].poll() is not None
         if all(p.poll() is not None for p in procs.values()) and ("resumed" in procs or fp32_gone):
             break
@@ -328,9 +430,18 @@ def run_correctness(ctx: Context) -> list[dict]:
     if "resumed" not in procs:
         failed["resumed"] = f"not started: no complete {checkpoint}"
     for name, rc in failed.items():
-        results.append(check(f"run_{name}", lambda rc=rc, name=name: (False, {
-            "exit": rc if rc is not None else "killed at the correctness time cap",
-            "log_tail": tail(ctx.work / "logs" / f"correctness_{name}.log")})))
+        results.append(
+            check(
+                f"run_{name}",
+                lambda rc=rc, name=name: (
+                    False,
+                    {
+                        "exit": rc if rc is not None else "killed at the correctness time cap",
+                        "log_tail": tail(ctx.work / "logs" / f"correctness_{name}.log"),
+                    },
+                ),
+            )
+        )
 
     def losses(name: str) -> dict[int, float]:
         return {s: r["loss"] for s, r in read_records(work / name).items()}
@@ -338,8 +449,14 @@ def run_correctness(ctx: Context) -> list[dict]:
     if "fp32" not in failed:
         for other in ("fsdp", "compiled"):
             if other not in failed:
-                results.append(check(f"fp32_single_vs_{other}", lambda other=other: _same_run(
-                    losses(other), losses("fp32"), final_weights(work / other), final_weights(work / "fp32"))))
+                results.append(
+                    check(
+                        f"fp32_single_vs_{other}",
+                        lambda other=other: _same_run(
+                            losses(other), losses("fp32"), final_weights(work / other), final_weights(work / "fp32")
+                        ),
+                    )
+                )
         if "bf16" not in failed:
             results.append(check("bf16_vs_fp32_at_step_30", lambda: bf16_check(losses("bf16"), losses("fp32"))))
         if "resumed" not in failed:
@@ -362,8 +479,14 @@ def bf16_check(bf16: dict[int, float], fp32: dict[int, float]) -> tuple[bool, di
     learned = fp32[last] < 0.8 * fp32[first]
     differs = any(bf16[s] != fp32[s] for s in fp32)
     return rel <= BF16_TOLERANCE and learned and differs, {
-        "step": last, "fp32_loss": fp32[last], "bf16_loss": bf16[last], "rel_diff": rel,
-        "fp32_first_loss": fp32[first], "fp32_learned": learned, "bf16_differs_from_fp32": differs}
+        "step": last,
+        "fp32_loss": fp32[last],
+        "bf16_loss": bf16[last],
+        "rel_diff": rel,
+        "fp32_first_loss": fp32[first],
+        "fp32_learned": learned,
+        "bf16_differs_from_fp32": differs,
+    }
 
 
 def resume_check(resumed: Path, uninterrupted: Path) -> tuple[bool, dict]:
@@ -373,12 +496,14 @@ def resume_check(resumed: Path, uninterrupted: Path) -> tuple[bool, dict]:
     steps = list(range(RESUME_FROM + 1, CORRECTNESS_STEPS + 1))
     if sorted(got) != steps:
         return False, {"resumed_steps": sorted(got)}
-    same_metrics = all(got[s]["loss"] == want[s]["loss"] and got[s]["grad_norm"] == want[s]["grad_norm"]
-                       for s in steps)
+    same_metrics = all(got[s]["loss"] == want[s]["loss"] and got[s]["grad_norm"] == want[s]["grad_norm"] for s in steps)
     got_w, want_w = final_weights(resumed), final_weights(uninterrupted)
     same_weights = set(got_w) == set(want_w) and all(got_w[k].equal(want_w[k]) for k in want_w)
-    return same_metrics and same_weights, {"steps": [steps[0], steps[-1]], "losses_and_grad_norms_equal": same_metrics,
-                                           "weights_equal": same_weights}
+    return same_metrics and same_weights, {
+        "steps": [steps[0], steps[-1]],
+        "losses_and_grad_norms_equal": same_metrics,
+        "weights_equal": same_weights,
+    }
 
 
 def _load_trained(run_dir: Path, device):
@@ -412,7 +537,7 @@ def generation_check(ctx: Context, run_dir: Path) -> tuple[bool, dict]:
             for _ in range(new_tokens):
                 logits = net(torch.tensor([seq], device=ctx.device))[0, -1]
                 seq.append(int(logits.argmax()))
-            uncached.append(seq[len(prompt):])
+            uncached.append(seq[len(prompt) :])
     return cached == uncached, {"cached": cached, "uncached": uncached}
 
 
@@ -430,24 +555,33 @@ def hf_check(ctx: Context, run_dir: Path, hf_dir: Path) -> tuple[bool, dict]:
     with torch.no_grad():
         want, got = net(tokens).float(), hf(tokens).logits.float()
     rel = float((got - want).abs().max() / want.abs().max())
-    return rel <= 1e-4, {"hf_class": type(hf).__name__, "transformers": transformers.__version__,
-                         "max_rel_logit_diff": rel}
+    return rel <= 1e-4, {
+        "hf_class": type(hf).__name__,
+        "transformers": transformers.__version__,
+        "max_rel_logit_diff": rel,
+    }
 
 
 def host_sync_check(ctx: Context) -> tuple[bool, dict]:
     """Loom's TorchStep, one process (fp32, bf16) and FSDP2 on a 1-rank mesh (bf16): no host sync recorded."""
     import torch
     import torch.distributed as dist
-
     from host_sync import host_syncs_in_step
 
     device = torch.device(ctx.device)
     model_cfg = loom_model_config("tiny", CORRECTNESS_MODEL)
-    found = {"single fp32": host_syncs_in_step(model_cfg, device, precision="fp32"),
-             "single bf16": host_syncs_in_step(model_cfg, device, precision="bf16")}
+    found = {
+        "single fp32": host_syncs_in_step(model_cfg, device, precision="fp32"),
+        "single bf16": host_syncs_in_step(model_cfg, device, precision="bf16"),
+    }
     cuda = device.type == "cuda"
-    dist.init_process_group("nccl" if cuda else "gloo", store=dist.HashStore(), rank=0, world_size=1,
-                            device_id=torch.device("cuda", torch.cuda.current_device()) if cuda else None)
+    dist.init_process_group(
+        "nccl" if cuda else "gloo",
+        store=dist.HashStore(),
+        rank=0,
+        world_size=1,
+        device_id=torch.device("cuda", torch.cuda.current_device()) if cuda else None,
+    )
     try:
         found["fsdp bf16"] = host_syncs_in_step(model_cfg, device, layout="fsdp", precision="bf16")
     finally:
@@ -466,17 +600,42 @@ def model_json(ctx: Context, shape: Shape) -> Path:
 
 
 def reference_command(ctx: Context, shape: Shape, warmup: int, steps: int) -> list[str]:
-    return [sys.executable, str(BENCH / "reference_train.py"), "--model-json", str(model_json(ctx, shape)), "--batch",
-            str(shape.batch), "--seq", str(shape.seq), "--warmup", str(warmup), "--steps", str(steps), "--device",
-            ctx.device, "--compile-backend", ctx.compile_backend]
+    return [
+        sys.executable,
+        str(BENCH / "reference_train.py"),
+        "--model-json",
+        str(model_json(ctx, shape)),
+        "--batch",
+        str(shape.batch),
+        "--seq",
+        str(shape.seq),
+        "--warmup",
+        str(warmup),
+        "--steps",
+        str(steps),
+        "--device",
+        ctx.device,
+        "--compile-backend",
+        ctx.compile_backend,
+    ]
 
 
 def loom_overrides(ctx: Context, shape: Shape, variant: str, max_steps: int, log_every: int) -> list[str]:
-    return [f"model={shape.config}", *(f"model.{k}={v}" for k, v in shape.overrides.items()), "data=synthetic",
-            f"data.seq_len={shape.seq}", f"trainer.global_batch_size={shape.batch}",
-            f"trainer.micro_batch_size={shape.batch}", "trainer.precision=bf16", f"trainer.max_steps={max_steps}",
-            f"trainer.log_every={log_every}", "schedule.warmup_steps=2", f"trainer.device={ctx.device}",
-            *LOOM_VARIANTS[variant], f"parallel.compile_backend={ctx.compile_backend}"]
+    return [
+        f"model={shape.config}",
+        *(f"model.{k}={v}" for k, v in shape.overrides.items()),
+        "data=synthetic",
+        f"data.seq_len={shape.seq}",
+        f"trainer.global_batch_size={shape.batch}",
+        f"trainer.micro_batch_size={shape.batch}",
+        "trainer.precision=bf16",
+        f"trainer.max_steps={max_steps}",
+        f"trainer.log_every={log_every}",
+        "schedule.warmup_steps=2",
+        f"trainer.device={ctx.device}",
+        *LOOM_VARIANTS[variant],
+        f"parallel.compile_backend={ctx.compile_backend}",
+    ]
 
 
 def step_plan(ctx: Context) -> tuple[int, int]:
@@ -493,10 +652,25 @@ def run_reference(ctx: Context, shape: Shape, timeout: float) -> dict:
     if rc != 0:
         raise RuntimeError(f"exit {rc if rc is not None else f'(killed after {timeout:.0f} s)'}:\n{tail(log)}")
     result = json.loads(next(line for line in reversed(log.read_text().splitlines()) if line.startswith("{")))
-    return {"system": "reference", "variant": "torch.compile(model), fused AdamW, SDPA, bf16 autocast",
-            "command": " ".join(cmd[1:]), **{k: result[k] for k in (
-                "tokens_per_sec", "peak_mem_gib", "step_time_median_s", "tokens_per_sec_wall", "warmup_s",
-                "params", "first_loss", "last_loss", "timed_steps")}}
+    return {
+        "system": "reference",
+        "variant": "torch.compile(model), fused AdamW, SDPA, bf16 autocast",
+        "command": " ".join(cmd[1:]),
+        **{
+            k: result[k]
+            for k in (
+                "tokens_per_sec",
+                "peak_mem_gib",
+                "step_time_median_s",
+                "tokens_per_sec_wall",
+                "warmup_s",
+                "params",
+                "first_loss",
+                "last_loss",
+                "timed_steps",
+            )
+        },
+    }
 
 
 def run_loom(ctx: Context, shape: Shape, variant: str, timeout: float) -> dict:
@@ -507,23 +681,31 @@ def run_loom(ctx: Context, shape: Shape, variant: str, timeout: float) -> dict:
     log = ctx.log_path(f"loom_{shape.config}_{variant.split(',')[0].replace(' ', '_')}_{len(ctx.logs)}")
     with open(log, "w") as handle:
         try:
-            summary = run_bench(overrides, warmup_windows=1, log=handle, timeout=timeout, env=child_env(),
-                                stop_at_step=warmup + steps)
+            summary = run_bench(
+                overrides, warmup_windows=1, log=handle, timeout=timeout, env=child_env(), stop_at_step=warmup + steps
+            )
         except subprocess.TimeoutExpired as exc:
             raise RuntimeError(f"killed after {timeout:.0f} s:\n{tail(log)}") from exc
         except RuntimeError as exc:
             raise RuntimeError(f"{exc}:\n{tail(log)}") from exc
     from model.counting import count_parameters
 
-    return {"system": "loom", "variant": variant,
-            "command": "python benchmarks/bench_train.py --warmup-windows 1 -- " + " ".join(overrides),
-            "tokens_per_sec": summary["tokens_per_sec"], "peak_mem_gib": summary["peak_mem_gib"],
-            "mfu_logged": summary["mfu"], "windows": summary["windows"], "timed_steps": steps,
-            "wallclock_tokens_per_sec": summary["wallclock_tokens_per_sec"],
-            "logged_vs_wallclock": summary["logged_vs_wallclock"],
-            "stopped_before_final_checkpoint": summary["stopped_before_final_checkpoint"],
-            "params": count_parameters(loom_model_config(shape.config, shape.overrides)),
-            "first_loss": summary["first_loss"], "last_loss": summary["last_loss"]}
+    return {
+        "system": "loom",
+        "variant": variant,
+        "command": "python benchmarks/bench_train.py --warmup-windows 1 -- " + " ".join(overrides),
+        "tokens_per_sec": summary["tokens_per_sec"],
+        "peak_mem_gib": summary["peak_mem_gib"],
+        "mfu_logged": summary["mfu"],
+        "windows": summary["windows"],
+        "timed_steps": steps,
+        "wallclock_tokens_per_sec": summary["wallclock_tokens_per_sec"],
+        "logged_vs_wallclock": summary["logged_vs_wallclock"],
+        "stopped_before_final_checkpoint": summary["stopped_before_final_checkpoint"],
+        "params": count_parameters(loom_model_config(shape.config, shape.overrides)),
+        "first_loss": summary["first_loss"],
+        "last_loss": summary["last_loss"],
+    }
 
 
 @dataclass
@@ -546,19 +728,32 @@ def plan_jobs(ctx: Context, float8_problem: Optional[str]) -> tuple[list[Job], l
     first = shapes[0]
     llama = next(s for s in shapes if s.config == "llama3_1b")
     gpt2 = next(s for s in shapes if s.config == "gpt2_124m")
-    optional = [Job(f"{first.config} loom fsdp", first, "loom", "fsdp bf16 params, compile(block)", required=False),
-                Job(f"{llama.config} loom float8", llama, "loom", "single, compile(model), float8 rowwise",
-                    required=False, why_not=float8_problem)]
+    optional = [
+        Job(f"{first.config} loom fsdp", first, "loom", "fsdp bf16 params, compile(block)", required=False),
+        Job(
+            f"{llama.config} loom float8",
+            llama,
+            "loom",
+            "single, compile(model), float8 rowwise",
+            required=False,
+            why_not=float8_problem,
+        ),
+    ]
 
     def option(shape: Shape, name: str, label: str = "") -> Job:
         return Job(f"{shape.config}{label} loom {name}", shape, "loom", f"{LOOM_PRIMARY}, {name}", required=False)
 
-    optional += [option(gpt2, "fused projections"), option(gpt2, "vocab padded to 128"),
-                 option(llama, "fused projections")]
+    optional += [
+        option(gpt2, "fused projections"),
+        option(gpt2, "vocab padded to 128"),
+        option(llama, "fused projections"),
+    ]
     for label, overrides in MASKED.items():
         masked = dataclasses.replace(llama, overrides={**llama.overrides, **overrides}, required=False, label=label)
-        optional += [Job(f"{llama.config} {label} loom", masked, "loom", LOOM_PRIMARY, required=False),
-                     option(masked, "flex attention", f" {label}")]
+        optional += [
+            Job(f"{llama.config} {label} loom", masked, "loom", LOOM_PRIMARY, required=False),
+            option(masked, "flex attention", f" {label}"),
+        ]
     for shape in (s for s in shapes if not s.required):
         optional.append(Job(f"{shape.config} reference", shape, "reference", required=False))
         optional.append(Job(f"{shape.config} loom", shape, "loom", LOOM_PRIMARY, required=False))
@@ -584,9 +779,19 @@ def run_throughput(ctx: Context, env: dict, jobs: list[Job]) -> tuple[list[dict]
         if job.why_not:
             skipped.append({"job": job.name, "reason": job.why_not})
             continue
-        base = {"config": job.shape.config, "shape": job.shape.label, "batch": job.shape.batch, "seq": job.shape.seq,
-                "model_overrides": job.shape.overrides, "required": job.required, "system": job.system,
-                "variant": job.variant, "tokens_per_sec": None, "peak_mem_gib": None, **env}
+        base = {
+            "config": job.shape.config,
+            "shape": job.shape.label,
+            "batch": job.shape.batch,
+            "seq": job.shape.seq,
+            "model_overrides": job.shape.overrides,
+            "required": job.required,
+            "system": job.system,
+            "variant": job.variant,
+            "tokens_per_sec": None,
+            "peak_mem_gib": None,
+            **env,
+        }
         need = job.shape.estimate_s * 1.3
         timeout = min(max(2.5 * job.shape.estimate_s, 60.0), ctx.budget.left())
         if (not job.required and ctx.budget.left() < need) or timeout < 20:
@@ -596,19 +801,26 @@ def run_throughput(ctx: Context, env: dict, jobs: list[Job]) -> tuple[list[dict]
             else:
                 skipped.append({"job": job.name, "reason": reason})
             continue
-        print(f"--- {job.name} ({job.variant or 'reference'}), timeout {timeout:.0f} s, "
-              f"{ctx.budget.left():.0f} s left", flush=True)
+        print(
+            f"--- {job.name} ({job.variant or 'reference'}), timeout {timeout:.0f} s, {ctx.budget.left():.0f} s left",
+            flush=True,
+        )
         started = time.monotonic()
         try:
-            measured = (run_reference(ctx, job.shape, timeout) if job.system == "reference"
-                        else run_loom(ctx, job.shape, job.variant, timeout))
+            measured = (
+                run_reference(ctx, job.shape, timeout)
+                if job.system == "reference"
+                else run_loom(ctx, job.shape, job.variant, timeout)
+            )
             row = {**base, **measured, "status": "ok"}
         except Exception as exc:  # noqa: BLE001 - a failed row is recorded, the others still run
             row = {**base, "status": f"failed: {exc}"}
         row["seconds"] = round(time.monotonic() - started, 1)
         rows.append(row)
-        print(f"    {row['status'].splitlines()[0]}: {row.get('tokens_per_sec')} tokens/s in {row['seconds']} s",
-              flush=True)
+        print(
+            f"    {row['status'].splitlines()[0]}: {row.get('tokens_per_sec')} tokens/s in {row['seconds']} s",
+            flush=True,
+        )
     return rows, skipped
 
 
@@ -631,45 +843,77 @@ def add_mfu_and_ratios(rows: list[dict], peak_flops: Optional[float]) -> None:
             cfg = loom_model_config(row["config"], row["model_overrides"])
             row["mfu"] = flops_per_token(cfg, row["seq"]) * tps / peak_flops
         ref, base = reference.get(_shape_key(row)), primary.get(_shape_key(row))
-        row["ratio_vs_reference"] = (tps / ref if tps and ref and row["system"] == "loom"
-                                     else (1.0 if row["system"] == "reference" and tps else None))
+        row["ratio_vs_reference"] = (
+            tps / ref
+            if tps and ref and row["system"] == "loom"
+            else (1.0 if row["system"] == "reference" and tps else None)
+        )
         row["ratio_vs_loom_primary"] = tps / base if tps and base and row["system"] == "loom" else None
 
 
 def run_profile(ctx: Context, shape: Shape) -> Optional[dict]:
-    cmd = [sys.executable, str(BENCH / "profile_step.py"), "--model", shape.config,
-           *(arg for k, v in shape.overrides.items() for arg in ("--set", f"{k}={v}")),
-           "--batch", str(shape.batch), "--seq", str(shape.seq), "--parallel", "compile=true",
-           "--parallel", "compile_scope=model", "--parallel", f"compile_backend={ctx.compile_backend}",
-           "--warmup", "3" if ctx.tiny else "5", "--steps", "2" if ctx.tiny else "3", "--device", ctx.device]
+    cmd = [
+        sys.executable,
+        str(BENCH / "profile_step.py"),
+        "--model",
+        shape.config,
+        *(arg for k, v in shape.overrides.items() for arg in ("--set", f"{k}={v}")),
+        "--batch",
+        str(shape.batch),
+        "--seq",
+        str(shape.seq),
+        "--parallel",
+        "compile=true",
+        "--parallel",
+        "compile_scope=model",
+        "--parallel",
+        f"compile_backend={ctx.compile_backend}",
+        "--warmup",
+        "3" if ctx.tiny else "5",
+        "--steps",
+        "2" if ctx.tiny else "3",
+        "--device",
+        ctx.device,
+    ]
     log = ctx.log_path(f"profile_{shape.config}")
     rc = wait(start(cmd, log), min(2.5 * shape.estimate_s, ctx.budget.left()))
     text = log.read_text(errors="replace") if log.exists() else ""
     summary = [line for line in text.splitlines() if line.startswith("profiled ")]
-    return {"config": shape.config, "command": " ".join(cmd[1:]), "exit": rc,
-            "summary": summary[0] if summary else None,
-            "table": "\n".join(text.splitlines()[-40:]) if rc == 0 else tail(log, 30)}
+    return {
+        "config": shape.config,
+        "command": " ".join(cmd[1:]),
+        "exit": rc,
+        "summary": summary[0] if summary else None,
+        "table": "\n".join(text.splitlines()[-40:]) if rc == 0 else tail(log, 30),
+    }
 
 
 # ------------------------------------------------------------------------------------------------ results
 def environment(args: argparse.Namespace) -> dict:
     import torch
-
     from bench_train import git_commit
+
     from model.peak_flops import peak_flops
 
     commit = git_commit()
     if commit == "unknown" and args.wheels and (args.wheels / COMMIT_FILE).exists():
         commit = (args.wheels / COMMIT_FILE).read_text().strip() + " (from the wheels' commit.txt)"
     device = torch.cuda.get_device_name(0) if args.device == "cuda" else f"CPU ({os.cpu_count()} cores)"
-    return {"device": device, "torch": torch.__version__, "commit": commit,
-            "date": datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
-            "peak_flops": peak_flops(device) if args.device == "cuda" else None}
+    return {
+        "device": device,
+        "torch": torch.__version__,
+        "commit": commit,
+        "date": datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
+        "peak_flops": peak_flops(device) if args.device == "cuda" else None,
+    }
 
 
 def results_table(rows: list[dict]) -> str:
-    lines = ["| date | device | config | batch x seq | system | tokens/s | MFU | peak mem (GiB) | Loom / reference "
-             "| Loom / Loom primary | torch, commit |", "|---|---|---|---|---|---|---|---|---|---|---|"]
+    lines = [
+        "| date | device | config | batch x seq | system | tokens/s | MFU | peak mem (GiB) | Loom / reference "
+        "| Loom / Loom primary | torch, commit |",
+        "|---|---|---|---|---|---|---|---|---|---|---|",
+    ]
     for r in rows:
         tps = f"{r['tokens_per_sec']:,.0f}" if r.get("tokens_per_sec") else r["status"].splitlines()[0]
         mfu = f"{100 * r['mfu']:.1f}%" if r.get("mfu") else "n/a"
@@ -678,8 +922,10 @@ def results_table(rows: list[dict]) -> str:
         gain = f"{r['ratio_vs_loom_primary']:.3f}x" if r.get("ratio_vs_loom_primary") else "n/a"
         system = r["system"] if r["system"] == "reference" else f"loom ({r['variant']})"
         config = f"{r['config']} ({r['shape']})" if r.get("shape") else r["config"]
-        lines.append(f"| {r['date']} | {r['device']} | {config} | {r['batch']} x {r['seq']} | {system} | {tps} | "
-                     f"{mfu} | {mem} | {ratio} | {gain} | torch {r['torch']}, {r['commit']} |")
+        lines.append(
+            f"| {r['date']} | {r['device']} | {config} | {r['batch']} x {r['seq']} | {system} | {tps} | "
+            f"{mfu} | {mem} | {ratio} | {gain} | torch {r['torch']}, {r['commit']} |"
+        )
     return "\n".join(lines)
 
 
@@ -702,23 +948,40 @@ def write_logs(ctx: Context) -> Path:
 # ------------------------------------------------------------------------------------------------ main
 def parse_args(argv: Optional[list[str]]) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--download-wheels", type=Path, metavar="DIR",
-                        help="only fetch the wheels for the GPU machine into DIR (run here, before the GPU call)")
+    parser.add_argument(
+        "--download-wheels",
+        type=Path,
+        metavar="DIR",
+        help="only fetch the wheels for the GPU machine into DIR (run here, before the GPU call)",
+    )
     parser.add_argument("--wheels", type=Path, help="install these carried wheels first (the GPU machine)")
     parser.add_argument("--device", choices=["cuda", "cpu"], default="cuda")
     parser.add_argument("--tiny", action="store_true", help="tiny shapes, required rows only (the CPU test)")
     parser.add_argument("--budget-s", type=float, default=480.0, help="wall-clock budget for everything")
-    parser.add_argument("--parts", default="correctness,throughput,profile",
-                        help="comma-separated subset of correctness,throughput,profile")
-    parser.add_argument("--jobs", default=None,
-                        help="only the throughput jobs whose name contains one of these comma-separated strings "
-                             "(e.g. 'gpt2_124m loom,llama3_1b window'); the jobs are listed with their names")
-    parser.add_argument("--out", type=Path, default=None,
-                        help="results JSON (default benchmarks/gpu_results.json; with --tiny the log dir's)")
+    parser.add_argument(
+        "--parts",
+        default="correctness,throughput,profile",
+        help="comma-separated subset of correctness,throughput,profile",
+    )
+    parser.add_argument(
+        "--jobs",
+        default=None,
+        help="only the throughput jobs whose name contains one of these comma-separated strings "
+        "(e.g. 'gpt2_124m loom,llama3_1b window'); the jobs are listed with their names",
+    )
+    parser.add_argument(
+        "--out",
+        type=Path,
+        default=None,
+        help="results JSON (default benchmarks/gpu_results.json; with --tiny the log dir's)",
+    )
     parser.add_argument("--log-dir", type=Path, default=None, help="where the combined log goes (default: --out's)")
     parser.add_argument("--work-dir", type=Path, default=None, help="run directories (default: a temporary one)")
-    parser.add_argument("--compile-backend", default=None,
-                        help="torch.compile backend for both sides (default inductor; aot_eager with --device cpu)")
+    parser.add_argument(
+        "--compile-backend",
+        default=None,
+        help="torch.compile backend for both sides (default inductor; aot_eager with --device cpu)",
+    )
     return parser.parse_args(argv)
 
 
@@ -735,8 +998,9 @@ def main(argv: Optional[list[str]] = None) -> int:
         install_wheels(args.wheels, work / "site")
     missing = missing_modules()
     if missing:
-        raise SystemExit(f"cannot run: {missing} not importable (carry their wheels: --download-wheels here, then "
-                         f"--wheels there)")
+        raise SystemExit(
+            f"cannot run: {missing} not importable (carry their wheels: --download-wheels here, then --wheels there)"
+        )
     import torch
 
     if args.device == "cuda" and not torch.cuda.is_available():
@@ -744,12 +1008,21 @@ def main(argv: Optional[list[str]] = None) -> int:
     out = args.out or ((args.log_dir or work) / "gpu_results.json" if args.tiny else BENCH / "gpu_results.json")
     log_dir = args.log_dir or out.parent
     log_dir.mkdir(parents=True, exist_ok=True)
-    ctx = Context(device=args.device, tiny=args.tiny, work=work, log_dir=log_dir, budget=budget,
-                  compile_backend=args.compile_backend or ("inductor" if args.device == "cuda" else "aot_eager"))
+    ctx = Context(
+        device=args.device,
+        tiny=args.tiny,
+        work=work,
+        log_dir=log_dir,
+        budget=budget,
+        compile_backend=args.compile_backend or ("inductor" if args.device == "cuda" else "aot_eager"),
+    )
     env = environment(args)
     parts = set(args.parts.split(","))
-    print(f"gpu_check: {env['device']}, torch {env['torch']}, commit {env['commit']}, budget {args.budget_s:.0f} s, "
-          f"compile backend {ctx.compile_backend}, work dir {work}", flush=True)
+    print(
+        f"gpu_check: {env['device']}, torch {env['torch']}, commit {env['commit']}, budget {args.budget_s:.0f} s, "
+        f"compile backend {ctx.compile_backend}, work dir {work}",
+        flush=True,
+    )
 
     from parallel.float8 import float8_supported
 
@@ -763,8 +1036,7 @@ def main(argv: Optional[list[str]] = None) -> int:
     if args.device == "cuda":
         torch.cuda.empty_cache()  # the correctness checks' blocks, before the timed runs share the device
     required, optional = (select_jobs(jobs, args.jobs) for jobs in plan_jobs(ctx, float8_problem))
-    print(f"throughput jobs: required {[j.name for j in required]}, optional {[j.name for j in optional]}",
-          flush=True)
+    print(f"throughput jobs: required {[j.name for j in required]}, optional {[j.name for j in optional]}", flush=True)
     rows, skipped = run_throughput(ctx, env, required) if "throughput" in parts else ([], [])
     profile = None
     if "profile" in parts:  # what limits Loom is worth more than another optional row
@@ -781,17 +1053,29 @@ def main(argv: Optional[list[str]] = None) -> int:
     correctness_passed = bool(checks) and all(c["passed"] for c in checks)
     required_ok = all(r["status"] == "ok" for r in rows if r["required"])
     ok = (correctness_passed or "correctness" not in parts) and required_ok
-    results = {**env, "command": " ".join([Path(sys.executable).name, *sys.argv]), "mode": "tiny" if args.tiny
-               else "full", "compile_backend": ctx.compile_backend, "budget_s": args.budget_s,
-               "elapsed_s": round(budget.elapsed(), 1), "correctness_passed": correctness_passed,
-               "correctness": checks, "rows": rows, "skipped": skipped, "profile": profile, "ok": ok,
-               "row_fields": list(ROW_FIELDS)}
+    results = {
+        **env,
+        "command": " ".join([Path(sys.executable).name, *sys.argv]),
+        "mode": "tiny" if args.tiny else "full",
+        "compile_backend": ctx.compile_backend,
+        "budget_s": args.budget_s,
+        "elapsed_s": round(budget.elapsed(), 1),
+        "correctness_passed": correctness_passed,
+        "correctness": checks,
+        "rows": rows,
+        "skipped": skipped,
+        "profile": profile,
+        "ok": ok,
+        "row_fields": list(ROW_FIELDS),
+    }
     write_json(out, results)
     logs = write_logs(ctx)
     if profile and profile.get("table"):
         print(profile["table"])
-    print(f"\ncorrectness: {sum(c['passed'] for c in checks)}/{len(checks)} passed"
-          + "".join(f"\n  FAILED {c['name']}: {c.get('error') or ''}" for c in checks if not c["passed"]))
+    print(
+        f"\ncorrectness: {sum(c['passed'] for c in checks)}/{len(checks)} passed"
+        + "".join(f"\n  FAILED {c['name']}: {c.get('error') or ''}" for c in checks if not c["passed"])
+    )
     for s in skipped:
         print(f"skipped {s['job']}: {s['reason']}")
     print(results_table(rows))

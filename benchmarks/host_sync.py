@@ -1,10 +1,10 @@
 """Does Loom's torch-layout training step make the host wait for the device? Find out by running it.
 
-A host sync (`.item()`, `bool(t)`, `float(t)`, `.tolist()`, `.cpu()`, ops whose output size depends on the data
-such as `nonzero`) stalls the CPU until the GPU has finished everything queued, so the next step's kernels are
-not queued ahead and the GPU idles between steps. Loom's step promises none (launcher/trainer.py's docstring);
-this module checks the promise on the real step (the torch train module, `launcher.train_modules.torch_layouts`, with the optimizer, lr schedule
-and layouts the launcher builds) in two ways:
+A host sync (`.item()`, `bool(t)`, `float(t)`, `.tolist()`, `.cpu()`, ops whose output size depends on the data such as
+`nonzero`) stalls the CPU until the GPU has finished everything queued, so the next step's kernels are not queued ahead
+and the GPU idles between steps. Loom's step promises none (launcher/trainer.py's docstring); this module checks the
+promise on the real step (the torch train module, `launcher.train_modules.torch_layouts`, with the optimizer, lr
+schedule and layouts the launcher builds) in two ways:
 
 - `SyncRecorder`, on any device: a dispatch mode that records every op that reads device data on the host
   (`aten._local_scalar_dense`, what item/bool/float/int call, and the data-dependent-shape ops) plus a function
@@ -15,6 +15,7 @@ and layouts the launcher builds) in two ways:
 
 Used by benchmarks/gpu_check.py (on the GPU and, in --tiny mode, on CPU) and tests/benchmarks/test_host_sync.py.
 """
+
 from __future__ import annotations
 
 import contextlib
@@ -28,16 +29,21 @@ from torch.utils._python_dispatch import TorchDispatchMode
 
 _SYNC_OPS = {
     "aten::_local_scalar_dense",  # item(), bool(), float(), int() of a tensor
-    "aten::nonzero", "aten::masked_select", "aten::unique_consecutive", "aten::_unique2", "aten::unique_dim",
-    "aten::equal", "aten::is_nonzero", "aten::repeat_interleave.Tensor",
+    "aten::nonzero",
+    "aten::masked_select",
+    "aten::unique_consecutive",
+    "aten::_unique2",
+    "aten::unique_dim",
+    "aten::equal",
+    "aten::is_nonzero",
+    "aten::repeat_interleave.Tensor",
 }
 _HOST_COPIES = {"cpu", "tolist", "numpy"}  # item() shows as aten::_local_scalar_dense
 
 
 def _where() -> str:
     """The innermost frames outside torch and this file: where the offending call was written."""
-    frames = [f for f in traceback.extract_stack()[:-2]
-              if "/torch/" not in f.filename and f.filename != __file__]
+    frames = [f for f in traceback.extract_stack()[:-2] if "/torch/" not in f.filename and f.filename != __file__]
     return " <- ".join(f"{f.filename.rsplit('/', 2)[-1]}:{f.lineno} {f.name}" for f in reversed(frames[-3:]))
 
 
@@ -101,9 +107,18 @@ class SyncRecorder:
             self.found.extend(f"CUDA: {w.message}" for w in self._warnings if "synchroniz" in str(w.message))
 
 
-def loom_torch_module(model_cfg: Any, device: torch.device, *, layout: str = "single", precision: str = "fp32",
-                      micro_batch_size: int = 2, grad_accum: int = 2, max_steps: int = 100, seq_len: int = 32,
-                      parallel: Optional[dict] = None):
+def loom_torch_module(
+    model_cfg: Any,
+    device: torch.device,
+    *,
+    layout: str = "single",
+    precision: str = "fp32",
+    micro_batch_size: int = 2,
+    grad_accum: int = 2,
+    max_steps: int = 100,
+    seq_len: int = 32,
+    parallel: Optional[dict] = None,
+):
     """Loom's torch train module as the launcher builds it for one process (launcher.train_modules.torch_layouts):
     the model (on `device`, or on a 1-rank FSDP mesh with layout="fsdp", which needs a process group) laid out by
     `parallelize` with `parallel` (more ParallelConfig fields: compile, compile_scope, float8, ...), AdamW (fused),
@@ -121,16 +136,30 @@ def loom_torch_module(model_cfg: Any, device: torch.device, *, layout: str = "si
         # The launcher asks for the fused AdamW on CUDA; CPU has a fused kernel too, so the CPU check runs that path.
         optim=OptimConfig(fused=True),
         schedule=ScheduleConfig(warmup_steps=2),
-        trainer=TrainerConfig(run_dir="unused", max_steps=max_steps, global_batch_size=micro_batch_size * grad_accum,
-                              micro_batch_size=micro_batch_size, precision=precision, device=device.type, seed=0),
+        trainer=TrainerConfig(
+            run_dir="unused",
+            max_steps=max_steps,
+            global_batch_size=micro_batch_size * grad_accum,
+            micro_batch_size=micro_batch_size,
+            precision=precision,
+            device=device.type,
+            seed=0,
+        ),
     )
     plan = validate(config, 1)
     plan.dims.build_mesh(device.type)
     return TorchTrainModule(plan, DistEnv(0, 0, 1, device))
 
 
-def host_syncs_in_step(model_cfg: Any, device: torch.device, *, layout: str = "single", precision: str = "fp32",
-                       seq_len: int = 32, warmup_steps: int = 2) -> list[str]:
+def host_syncs_in_step(
+    model_cfg: Any,
+    device: torch.device,
+    *,
+    layout: str = "single",
+    precision: str = "fp32",
+    seq_len: int = 32,
+    warmup_steps: int = 2,
+) -> list[str]:
     """Host syncs seen in one step of the train module (after `warmup_steps` unrecorded ones: lazy state is created
     then), the batch moved to the device the launcher's way (`launcher.trainer.to_device`)."""
     from launcher.trainer import to_device

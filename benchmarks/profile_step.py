@@ -8,6 +8,7 @@ the most device time (on CPU: CPU time). benchmarks/gpu_check.py runs it once wh
     python benchmarks/profile_step.py --model llama3_1b --batch 8 --seq 2048 --parallel compile=true \
         --parallel compile_scope=model
 """
+
 from __future__ import annotations
 
 import argparse
@@ -36,8 +37,13 @@ def main(argv=None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--model", default="gpt2_124m")
     parser.add_argument("--set", type=_key_value, action="append", default=[], help="model config key=value")
-    parser.add_argument("--parallel", type=_key_value, action="append", default=[],
-                        help="ParallelConfig key=value (compile, compile_scope, float8, ...)")
+    parser.add_argument(
+        "--parallel",
+        type=_key_value,
+        action="append",
+        default=[],
+        help="ParallelConfig key=value (compile, compile_scope, float8, ...)",
+    )
     parser.add_argument("--layout", choices=["single", "fsdp"], default="single")
     parser.add_argument("--batch", type=int, default=8)
     parser.add_argument("--seq", type=int, default=1024)
@@ -54,11 +60,23 @@ def main(argv=None) -> None:
         import torch.distributed as dist
 
         cuda = device.type == "cuda"
-        dist.init_process_group("nccl" if cuda else "gloo", store=dist.HashStore(), rank=0, world_size=1,
-                                device_id=torch.device("cuda", torch.cuda.current_device()) if cuda else None)
-    module = loom_torch_module(model_cfg, device, layout=args.layout, precision=args.precision,
-                               micro_batch_size=args.batch, grad_accum=1, seq_len=args.seq,
-                               parallel=dict(args.parallel))
+        dist.init_process_group(
+            "nccl" if cuda else "gloo",
+            store=dist.HashStore(),
+            rank=0,
+            world_size=1,
+            device_id=torch.device("cuda", torch.cuda.current_device()) if cuda else None,
+        )
+    module = loom_torch_module(
+        model_cfg,
+        device,
+        layout=args.layout,
+        precision=args.precision,
+        micro_batch_size=args.batch,
+        grad_accum=1,
+        seq_len=args.seq,
+        parallel=dict(args.parallel),
+    )
     from launcher.trainer import to_device
 
     gen = torch.Generator().manual_seed(0)
@@ -84,9 +102,11 @@ def main(argv=None) -> None:
         sync()
         elapsed = (time.perf_counter() - start) / args.steps
     tokens = args.batch * args.seq
-    print(f"profiled {args.steps} steps of {args.model} batch {args.batch} seq {args.seq} {args.precision} "
-          f"{dict(args.parallel)} on {torch.cuda.get_device_name(device) if device.type == 'cuda' else 'cpu'}: "
-          f"{elapsed * 1000:.1f} ms/step under the profiler ({tokens / elapsed:,.0f} tokens/s)")
+    print(
+        f"profiled {args.steps} steps of {args.model} batch {args.batch} seq {args.seq} {args.precision} "
+        f"{dict(args.parallel)} on {torch.cuda.get_device_name(device) if device.type == 'cuda' else 'cpu'}: "
+        f"{elapsed * 1000:.1f} ms/step under the profiler ({tokens / elapsed:,.0f} tokens/s)"
+    )
     sort_by = "self_device_time_total" if device.type == "cuda" else "self_cpu_time_total"
     print(prof.key_averages().table(sort_by=sort_by, row_limit=args.rows, max_name_column_width=70))
 

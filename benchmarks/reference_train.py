@@ -19,6 +19,7 @@ median step time. Peak memory is torch's peak allocation for the whole run (what
 
 The last line printed is one JSON object with the figures.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -36,8 +37,14 @@ import torch.nn.functional as F
 from torch import nn
 
 # Config keys whose non-default values this reference does not implement: refused rather than silently ignored.
-_UNSUPPORTED = {"sliding_window": None, "attn_logit_softcap": None, "final_logit_softcap": None, "qk_norm": False,
-                "moe": None, "norm_position": "pre"}
+_UNSUPPORTED = {
+    "sliding_window": None,
+    "attn_logit_softcap": None,
+    "final_logit_softcap": None,
+    "qk_norm": False,
+    "moe": None,
+    "norm_position": "pre",
+}
 
 
 @dataclass
@@ -70,8 +77,10 @@ def load_shape(cfg: dict[str, Any]) -> Shape:
     gpt2 = (cfg["pos_embedding"], cfg["norm_type"], cfg["mlp_type"]) == ("learned", "layernorm", "gelu")
     llama = (cfg["pos_embedding"], cfg["norm_type"], cfg["mlp_type"]) == ("rope", "rmsnorm", "swiglu")
     if not (gpt2 or llama):
-        raise SystemExit(f"{name}: the reference loop knows GPT-2 (learned/layernorm/gelu) and Llama "
-                         f"(rope/rmsnorm/swiglu) models only")
+        raise SystemExit(
+            f"{name}: the reference loop knows GPT-2 (learned/layernorm/gelu) and Llama "
+            f"(rope/rmsnorm/swiglu) models only"
+        )
     dim, n_heads = cfg["dim"], cfg["n_heads"]
     hidden = cfg.get("hidden_dim")
     if hidden is None:  # GPT-2's 4 x dim; Llama's 2/3 of 4 x dim, times the multiplier, rounded up
@@ -85,10 +94,19 @@ def load_shape(cfg: dict[str, Any]) -> Shape:
             hidden = multiple * math.ceil(hidden / multiple)
     scaling = cfg.get("rope_scaling")
     return Shape(
-        family="gpt2" if gpt2 else "llama", vocab_size=cfg["vocab_size"], dim=dim, n_layers=cfg["n_layers"],
-        n_heads=n_heads, n_kv_heads=cfg.get("n_kv_heads") or n_heads, head_dim=cfg.get("head_dim") or dim // n_heads,
-        hidden_dim=hidden, norm_eps=cfg["norm_eps"], tie_embeddings=cfg["tie_embeddings"],
-        init_std=cfg["init_std"], max_seq_len=cfg["max_seq_len"], rope_theta=cfg["rope_theta"],
+        family="gpt2" if gpt2 else "llama",
+        vocab_size=cfg["vocab_size"],
+        dim=dim,
+        n_layers=cfg["n_layers"],
+        n_heads=n_heads,
+        n_kv_heads=cfg.get("n_kv_heads") or n_heads,
+        head_dim=cfg.get("head_dim") or dim // n_heads,
+        hidden_dim=hidden,
+        norm_eps=cfg["norm_eps"],
+        tie_embeddings=cfg["tie_embeddings"],
+        init_std=cfg["init_std"],
+        max_seq_len=cfg["max_seq_len"],
+        rope_theta=cfg["rope_theta"],
         rope_scaling=scaling if scaling and scaling.get("type", "none") != "none" else None,
     )
 
@@ -103,8 +121,10 @@ def rope_tables(shape: Shape, seq_len: int) -> tuple[torch.Tensor, torch.Tensor]
             raise SystemExit(f"rope_scaling type {s['type']!r} is not implemented by the reference loop")
         wavelen = 2 * math.pi / inv_freq
         low, high = s["original_max_seq_len"] / s["low_freq_factor"], s["original_max_seq_len"] / s["high_freq_factor"]
-        smooth = ((s["original_max_seq_len"] / wavelen - s["low_freq_factor"])
-                  / (s["high_freq_factor"] - s["low_freq_factor"])).clamp(0, 1)
+        smooth = (
+            (s["original_max_seq_len"] / wavelen - s["low_freq_factor"])
+            / (s["high_freq_factor"] - s["low_freq_factor"])
+        ).clamp(0, 1)
         blended = (1 - smooth) * inv_freq / s["factor"] + smooth * inv_freq
         inv_freq = torch.where(wavelen > low, inv_freq / s["factor"], torch.where(wavelen < high, inv_freq, blended))
     angles = torch.outer(torch.arange(seq_len, dtype=torch.float64), inv_freq)
@@ -129,14 +149,23 @@ class Attention(nn.Module):
 
     def forward(self, x: torch.Tensor, rope: Optional[tuple[torch.Tensor, torch.Tensor]]) -> torch.Tensor:
         s, (b, t, _) = self.s, x.shape
-        q, k, v = self.qkv(x).split([s.n_heads * s.head_dim, s.n_kv_heads * s.head_dim,
-                                     s.n_kv_heads * s.head_dim], dim=-1)
-        q, k, v = q.view(b, t, s.n_heads, s.head_dim), k.view(b, t, s.n_kv_heads, s.head_dim), \
-            v.view(b, t, s.n_kv_heads, s.head_dim)
+        q, k, v = self.qkv(x).split(
+            [s.n_heads * s.head_dim, s.n_kv_heads * s.head_dim, s.n_kv_heads * s.head_dim], dim=-1
+        )
+        q, k, v = (
+            q.view(b, t, s.n_heads, s.head_dim),
+            k.view(b, t, s.n_kv_heads, s.head_dim),
+            v.view(b, t, s.n_kv_heads, s.head_dim),
+        )
         if rope is not None:
             q, k = apply_rope(q, *rope), apply_rope(k, *rope)
-        y = F.scaled_dot_product_attention(q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2), is_causal=True,
-                                           enable_gqa=s.n_kv_heads != s.n_heads)
+        y = F.scaled_dot_product_attention(
+            q.transpose(1, 2),
+            k.transpose(1, 2),
+            v.transpose(1, 2),
+            is_causal=True,
+            enable_gqa=s.n_kv_heads != s.n_heads,
+        )
         return self.proj(y.transpose(1, 2).reshape(b, t, -1))
 
 
@@ -229,14 +258,21 @@ def train(args: argparse.Namespace) -> dict[str, Any]:
     model = GPT(shape, args.seq).to(device)
     decay = [p for p in model.parameters() if p.dim() >= 2]
     no_decay = [p for p in model.parameters() if p.dim() < 2]
-    optimizer = torch.optim.AdamW([{"params": decay, "weight_decay": 0.1}, {"params": no_decay, "weight_decay": 0.0}],
-                                  lr=args.lr, betas=(0.9, 0.95), eps=1e-8, fused=True)
+    optimizer = torch.optim.AdamW(
+        [{"params": decay, "weight_decay": 0.1}, {"params": no_decay, "weight_decay": 0.0}],
+        lr=args.lr,
+        betas=(0.9, 0.95),
+        eps=1e-8,
+        fused=True,
+    )
     step_model = torch.compile(model, backend=args.compile_backend) if args.compile else model
-    autocast = (torch.autocast(device.type, dtype=torch.bfloat16) if args.precision == "bf16"
-                else contextlib.nullcontext())
+    autocast = (
+        torch.autocast(device.type, dtype=torch.bfloat16) if args.precision == "bf16" else contextlib.nullcontext()
+    )
     generator = torch.Generator(device).manual_seed(args.seed)
-    batches = torch.randint(0, shape.vocab_size, (args.distinct_batches, args.batch, args.seq + 1), device=device,
-                            generator=generator)
+    batches = torch.randint(
+        0, shape.vocab_size, (args.distinct_batches, args.batch, args.seq + 1), device=device, generator=generator
+    )
 
     def step(i: int) -> torch.Tensor:
         batch = batches[i % len(batches)]
@@ -273,15 +309,24 @@ def train(args: argparse.Namespace) -> dict[str, Any]:
             times.append(time.perf_counter() - t0)
     wall_s = time.perf_counter() - wall_start
     tokens = args.batch * args.seq
-    peak = (torch.cuda.max_memory_allocated() if device.type == "cuda"
-            else _host_peak_bytes())
+    peak = torch.cuda.max_memory_allocated() if device.type == "cuda" else _host_peak_bytes()
     return {
-        "system": "reference", "config": model_cfg.get("name"), "batch": args.batch,
-        "seq": args.seq, "precision": args.precision, "compile": args.compile_backend if args.compile else None,
-        "params": count_parameters(model), "warmup_steps": args.warmup, "timed_steps": args.steps,
-        "step_time_median_s": statistics.median(times), "tokens_per_sec": tokens / statistics.median(times),
-        "tokens_per_sec_wall": tokens * args.steps / wall_s, "warmup_s": warmup_s,
-        "peak_mem_gib": peak / 2**30, "first_loss": first_loss, "last_loss": float(loss),
+        "system": "reference",
+        "config": model_cfg.get("name"),
+        "batch": args.batch,
+        "seq": args.seq,
+        "precision": args.precision,
+        "compile": args.compile_backend if args.compile else None,
+        "params": count_parameters(model),
+        "warmup_steps": args.warmup,
+        "timed_steps": args.steps,
+        "step_time_median_s": statistics.median(times),
+        "tokens_per_sec": tokens / statistics.median(times),
+        "tokens_per_sec_wall": tokens * args.steps / wall_s,
+        "warmup_s": warmup_s,
+        "peak_mem_gib": peak / 2**30,
+        "first_loss": first_loss,
+        "last_loss": float(loss),
         "device": torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu",
         "torch": torch.__version__,
     }
@@ -295,9 +340,13 @@ def _host_peak_bytes() -> int:
 
 def main(argv: Optional[list[str]] = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--model-json", required=True, type=Path,
-                        help="the model config with every key resolved, as JSON (GPT-2 or Llama family): e.g. the "
-                             "`model` section of `python -m launcher.train model=gpt2_124m --cfg job --resolve`")
+    parser.add_argument(
+        "--model-json",
+        required=True,
+        type=Path,
+        help="the model config with every key resolved, as JSON (GPT-2 or Llama family): e.g. the "
+        "`model` section of `python -m launcher.train model=gpt2_124m --cfg job --resolve`",
+    )
     parser.add_argument("--batch", type=int, default=32)
     parser.add_argument("--seq", type=int, default=1024)
     parser.add_argument("--warmup", type=int, default=10, help="steps left out of the timing")

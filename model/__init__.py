@@ -1,4 +1,5 @@
 """Loom's model: `build(cfg)` turns a ModelConfig into a plain-PyTorch decoder (see transformer.py)."""
+
 from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any

@@ -16,6 +16,7 @@ through an unpickler that builds only DCP's own metadata classes (`read_dcp_meta
 DCP rather than torch.save: it writes sharded tensors (FSDP/TP DTensors) from every rank in parallel and loads
 them back onto a different layout, which a single pickled file cannot do.
 """
+
 from __future__ import annotations
 
 import dataclasses
@@ -126,8 +127,9 @@ def write_model_config(directory: str | os.PathLike, model_cfg: ModelConfig) -> 
 def checkpoint_files(directory: str | os.PathLike) -> list[str]:
     """Every file of a checkpoint directory (relative POSIX paths, sorted), the manifest itself excepted."""
     directory = Path(directory)
-    return sorted(p.relative_to(directory).as_posix() for p in directory.rglob("*")
-                  if p.is_file() and p.name != COMPLETE_MARKER)
+    return sorted(
+        p.relative_to(directory).as_posix() for p in directory.rglob("*") if p.is_file() and p.name != COMPLETE_MARKER
+    )
 
 
 def file_sha256(path: Path) -> str:
@@ -138,12 +140,14 @@ def file_sha256(path: Path) -> str:
 def describe_files(directory: str | os.PathLike, names: list[str]) -> dict[str, dict[str, Any]]:
     """{name: {"size", "sha256"}} of the given files (the manifest's entries)."""
     directory = Path(directory)
-    return {name: {"size": (directory / name).stat().st_size, "sha256": file_sha256(directory / name)}
-            for name in names}
+    return {
+        name: {"size": (directory / name).stat().st_size, "sha256": file_sha256(directory / name)} for name in names
+    }
 
 
-def publish_checkpoint(tmp_dir: str | os.PathLike, final_dir: str | os.PathLike, step: int,
-                       files: dict[str, dict[str, Any]] | None = None) -> Path:
+def publish_checkpoint(
+    tmp_dir: str | os.PathLike, final_dir: str | os.PathLike, step: int, files: dict[str, dict[str, Any]] | None = None
+) -> Path:
     """Write the COMPLETE manifest into `tmp_dir` (after every other file) and rename it to `final_dir`.
 
     `files` are the manifest entries when the caller already hashed the files (in parallel, on every rank);
@@ -188,8 +192,7 @@ def read_manifest(directory: str | os.PathLike) -> dict[str, dict[str, Any]]:
     return files
 
 
-def verify_checkpoint(directory: str | os.PathLike, *, part: tuple[int, int] = (0, 1),
-                      metadata: bool = True) -> None:
+def verify_checkpoint(directory: str | os.PathLike, *, part: tuple[int, int] = (0, 1), metadata: bool = True) -> None:
     """Raise CheckpointError naming the reason unless `directory` is a complete checkpoint whose files are exactly
     those its manifest lists, with their sizes and SHA-256 checksums.
 
@@ -202,15 +205,18 @@ def verify_checkpoint(directory: str | os.PathLike, *, part: tuple[int, int] = (
     if missing:
         raise CheckpointError(f"{directory}: files listed in {COMPLETE_MARKER} are missing: {missing}")
     if unlisted:
-        raise CheckpointError(f"{directory}: files not listed in {COMPLETE_MARKER}: {unlisted} (the manifest is "
-                              f"incomplete or the directory was changed after the save)")
+        raise CheckpointError(
+            f"{directory}: files not listed in {COMPLETE_MARKER}: {unlisted} (the manifest is "
+            f"incomplete or the directory was changed after the save)"
+        )
     if DCP_METADATA_FILE not in files:
         raise CheckpointError(f"{directory}: no DCP {DCP_METADATA_FILE} file")
     for name, entry in files.items():
         size = (directory / name).stat().st_size
         if size != entry["size"]:
-            raise CheckpointError(f"{directory}: file {name} is {size} bytes, {COMPLETE_MARKER} says "
-                                  f"{entry['size']} (corrupt)")
+            raise CheckpointError(
+                f"{directory}: file {name} is {size} bytes, {COMPLETE_MARKER} says {entry['size']} (corrupt)"
+            )
     index, count = part
     unchecked = [name for name, entry in files.items() if entry["sha256"] is None]
     if unchecked and index == 0:
@@ -218,8 +224,7 @@ def verify_checkpoint(directory: str | os.PathLike, *, part: tuple[int, int] = (
     for name in sorted(files)[index::count]:
         expected = files[name]["sha256"]
         if expected is not None and file_sha256(directory / name) != expected:
-            raise CheckpointError(f"{directory}: file {name} does not match its SHA-256 in {COMPLETE_MARKER} "
-                                  f"(corrupt)")
+            raise CheckpointError(f"{directory}: file {name} does not match its SHA-256 in {COMPLETE_MARKER} (corrupt)")
     if metadata:
         read_dcp_metadata(directory)
 
@@ -227,9 +232,17 @@ def verify_checkpoint(directory: str | os.PathLike, *, part: tuple[int, int] = (
 # DCP's metadata pickle may name only these (and torch dtypes): a crafted checkpoint cannot make it build anything
 # else, so unpickling it runs no code of the checkpoint's choosing.
 _METADATA_GLOBALS = {
-    ("torch.distributed.checkpoint.metadata", name) for name in (
-        "Metadata", "TensorStorageMetadata", "BytesStorageMetadata", "ChunkStorageMetadata", "TensorProperties",
-        "MetadataIndex", "StorageMeta", "_MEM_FORMAT_ENCODING")
+    ("torch.distributed.checkpoint.metadata", name)
+    for name in (
+        "Metadata",
+        "TensorStorageMetadata",
+        "BytesStorageMetadata",
+        "ChunkStorageMetadata",
+        "TensorProperties",
+        "MetadataIndex",
+        "StorageMeta",
+        "_MEM_FORMAT_ENCODING",
+    )
 } | {
     ("torch.distributed.checkpoint.filesystem", "_StorageInfo"),
     ("torch", "Size"),
@@ -241,8 +254,9 @@ _METADATA_GLOBALS = {
 
 class _MetadataUnpickler(pickle.Unpickler):
     def find_class(self, module: str, name: str) -> Any:
-        if (module, name) in _METADATA_GLOBALS or (module == "torch" and isinstance(getattr(torch, name, None),
-                                                                                   torch.dtype)):
+        if (module, name) in _METADATA_GLOBALS or (
+            module == "torch" and isinstance(getattr(torch, name, None), torch.dtype)
+        ):
             return super().find_class(module, name)
         raise pickle.UnpicklingError(f"refusing to load {module}.{name}: not a DCP metadata class")
 
@@ -275,8 +289,10 @@ class SafeReader(dcp.FileSystemReader):
     def read_data(self, plan, planner):
         for item in plan.items:
             if item.type == LoadItemType.BYTE_IO:
-                raise CheckpointError(f"{self.path}: entry {item.dest_index.fqn!r} is a pickled object, not a tensor: "
-                                      f"refusing to unpickle it")
+                raise CheckpointError(
+                    f"{self.path}: entry {item.dest_index.fqn!r} is a pickled object, not a tensor: "
+                    f"refusing to unpickle it"
+                )
         return super().read_data(plan, planner)
 
 
@@ -289,8 +305,11 @@ def load_tensors(state: dict[str, Any], directory: str | os.PathLike, *, no_dist
             dcp.load(state, storage_reader=SafeReader(str(directory)), no_dist=no_dist)
     except CheckpointException as exc:  # DCP's per-rank failures (a BaseException): the first one says why
         first = next(iter(exc.failures.values()))[0]
-        raise CheckpointError(str(first) if isinstance(first, CheckpointError) else
-                              f"{directory}: loading failed ({type(first).__name__}: {first})") from exc
+        raise CheckpointError(
+            str(first)
+            if isinstance(first, CheckpointError)
+            else f"{directory}: loading failed ({type(first).__name__}: {first})"
+        ) from exc
 
 
 def list_checkpoint_dirs(run_dir: str | os.PathLike) -> list[Path]:
@@ -340,7 +359,11 @@ def resolve_checkpoint_dir(directory: str | os.PathLike) -> Path:
 
 
 def save_model_checkpoint(
-    model_state_dict: dict[str, torch.Tensor], model_cfg: ModelConfig, directory: str | os.PathLike, *, step: int = 0,
+    model_state_dict: dict[str, torch.Tensor],
+    model_cfg: ModelConfig,
+    directory: str | os.PathLike,
+    *,
+    step: int = 0,
     add_files: Optional[Callable[[Path], Any]] = None,
 ) -> Path:
     """Write a model-only checkpoint (DCP {"model": state dict}, model_config.json, COMPLETE) atomically.

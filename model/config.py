@@ -10,6 +10,7 @@ level are refused with the valid ones listed, and the whole config is validated 
 others (expert widths, the softmax scale, YaRN's attention factor, which layers slide) are properties here, so
 every consumer (model, estimator, HF conversion, parallel plans) derives them the same way.
 """
+
 from __future__ import annotations
 
 import dataclasses
@@ -379,16 +380,20 @@ def validate_model_config(cfg: ModelConfig) -> None:
         if cfg.sliding_window is None:
             raise ValueError("model.sliding_window_pattern needs model.sliding_window: set both, or neither")
     if cfg.local_rope_theta is not None and (cfg.sliding_window is None or cfg.pos_embedding != "rope"):
-        raise ValueError("model.local_rope_theta is the RoPE base of sliding-window layers: it needs "
-                         "pos_embedding=rope and a sliding_window")
+        raise ValueError(
+            "model.local_rope_theta is the RoPE base of sliding-window layers: it needs "
+            "pos_embedding=rope and a sliding_window"
+        )
     if cfg.query_pre_attn_scalar is not None and cfg.query_pre_attn_scalar <= 0:
         raise ValueError(f"model.query_pre_attn_scalar must be positive, got {cfg.query_pre_attn_scalar}")
     if cfg.rmsnorm_unit_offset and cfg.norm_type != "rmsnorm":
         raise ValueError("model.rmsnorm_unit_offset needs norm_type=rmsnorm")
     _validate_speed_options(cfg)
     if cfg.mtp_depth < 0 or cfg.mtp_loss_weight < 0:
-        raise ValueError(f"model.mtp_depth ({cfg.mtp_depth}) and model.mtp_loss_weight ({cfg.mtp_loss_weight}) "
-                         "must be >= 0 (mtp_depth=0: no multi-token prediction)")
+        raise ValueError(
+            f"model.mtp_depth ({cfg.mtp_depth}) and model.mtp_loss_weight ({cfg.mtp_loss_weight}) "
+            "must be >= 0 (mtp_depth=0: no multi-token prediction)"
+        )
     if cfg.mla is not None:
         _validate_mla(cfg)
     if cfg.moe is not None:
@@ -403,11 +408,15 @@ def _validate_speed_options(cfg: ModelConfig) -> None:
         raise ValueError(f"model.document_mask_eos_id={eos} is not a token id of model.vocab_size={cfg.vocab_size}")
     # Latent attention and ALiBi take their masks and biases per layer (model/blocks/mla.py, alibi.py).
     if cfg.mla is not None and (eos is not None or cfg.attention_backend != "sdpa"):
-        raise ValueError("model.mla (latent attention) supports neither model.document_mask_eos_id nor "
-                         "model.attention_backend=flex: leave them at null and sdpa")
+        raise ValueError(
+            "model.mla (latent attention) supports neither model.document_mask_eos_id nor "
+            "model.attention_backend=flex: leave them at null and sdpa"
+        )
     if cfg.pos_embedding == "alibi" and cfg.attention_backend != "sdpa":
-        raise ValueError("model.attention_backend=flex does not carry ALiBi's bias: use attention_backend=sdpa, or "
-                         "pos_embedding=rope")
+        raise ValueError(
+            "model.attention_backend=flex does not carry ALiBi's bias: use attention_backend=sdpa, or "
+            "pos_embedding=rope"
+        )
 
 
 def _validate_rope(cfg: ModelConfig) -> None:

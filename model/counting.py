@@ -20,6 +20,7 @@ Conventions (stated once, used everywhere):
   replicated), which is what the layout estimate needs; MLA's low-rank down-projections (wq_a, wkv_a) and latent
   norms stay replicated under tensor parallelism, as parallel/tensor.py lays them out.
 """
+
 from __future__ import annotations
 
 from dataclasses import dataclass
@@ -65,8 +66,7 @@ class LayerParams:
 
     @property
     def active(self) -> int:
-        return (self.attention + self.attention_replicated + self.norms + self.ffn + self.router
-                + self.experts_active)
+        return self.attention + self.attention_replicated + self.norms + self.ffn + self.router + self.experts_active
 
 
 def _attention_params(cfg: ModelConfig) -> tuple[int, int, int]:
@@ -107,8 +107,7 @@ def layer_params(cfg: ModelConfig, layer_idx: int) -> LayerParams:
     shared = cfg.shared_experts_hidden_dim
     ffn = _ffn_params(cfg, shared, "swiglu", False) if shared else 0  # shared experts have no biases
     router = cfg.dim * moe.num_experts + (cfg.dim if moe.shared_expert_gate else 0)
-    return LayerParams(attention, norms, ffn, router, moe.num_experts * per_expert, moe.top_k * per_expert,
-                       replicated)
+    return LayerParams(attention, norms, ffn, router, moe.num_experts * per_expert, moe.top_k * per_expert, replicated)
 
 
 @dataclass

@@ -5,6 +5,7 @@ Every config key that names a dtype (trainer.precision, parallel.fsdp_param_dtyp
 aliases and normalised here, so no other module keeps a table of its own. Importing this module does not import
 torch (configs are checked before torch loads).
 """
+
 from __future__ import annotations
 
 PRECISIONS = ("fp32", "bf16", "fp16")
@@ -18,8 +19,7 @@ def canonical_precision(name: str, key: str = "precision") -> str:
     short = _ALIASES.get(name, name)
     if short not in PRECISIONS:
         raise ValueError(
-            f"{key}={name!r} is not one of {list(PRECISIONS)} (torch's long names {sorted(_ALIASES)} are accepted "
-            f"too)"
+            f"{key}={name!r} is not one of {list(PRECISIONS)} (torch's long names {sorted(_ALIASES)} are accepted too)"
         )
     return short
 

@@ -10,6 +10,7 @@ of-sequence ids of the model's generation config (HF) or tokenizer (Loom run), o
   python -m model.generate outputs/my_run --prompt "The" --max-new-tokens 32
   python -m model.generate hf_dir --prompt-ids "1 2 3; 4 5" --format json
 """
+
 from __future__ import annotations
 
 import argparse
@@ -44,8 +45,10 @@ def run(args: argparse.Namespace) -> dict:
         prompts = parse_prompt_ids(args.prompt_ids)
     else:
         if loaded.tokenizer is None:
-            raise GenerateError(f"{args.path}: no tokenizer.json beside the model (checkpoint, run or HF directory): "
-                                f"give token ids with --prompt-ids")
+            raise GenerateError(
+                f"{args.path}: no tokenizer.json beside the model (checkpoint, run or HF directory): "
+                f"give token ids with --prompt-ids"
+            )
         prompts = [loaded.tokenizer.encode(text).ids for text in args.prompt]
         if any(not p for p in prompts):
             raise GenerateError("a --prompt encodes to no tokens: give some text")
@@ -53,9 +56,17 @@ def run(args: argparse.Namespace) -> dict:
     sampling = args.temperature is not None or args.top_k is not None or args.top_p is not None
     generator = torch.Generator(device=args.device).manual_seed(args.seed) if args.seed is not None else None
     new_ids = generate(
-        loaded.model, prompts, args.max_new_tokens, greedy=not sampling and args.num_beams == 1,
-        temperature=args.temperature if args.temperature is not None else 1.0, top_k=args.top_k, top_p=args.top_p,
-        num_beams=args.num_beams, length_penalty=args.length_penalty, stop_tokens=stop_ids, pad_id=loaded.pad_id,
+        loaded.model,
+        prompts,
+        args.max_new_tokens,
+        greedy=not sampling and args.num_beams == 1,
+        temperature=args.temperature if args.temperature is not None else 1.0,
+        top_k=args.top_k,
+        top_p=args.top_p,
+        num_beams=args.num_beams,
+        length_penalty=args.length_penalty,
+        stop_tokens=stop_ids,
+        pad_id=loaded.pad_id,
         generator=generator,
     )
     result: dict = {"prompt_ids": prompts, "ids": new_ids}
@@ -64,7 +75,7 @@ def run(args: argparse.Namespace) -> dict:
         # the decoded prompt (byte-level BPE may only decode cleanly as a whole).
         decode = lambda ids: loaded.tokenizer.decode(ids, skip_special_tokens=True)  # noqa: E731
         result["full_text"] = [decode(p + n) for p, n in zip(prompts, new_ids)]
-        result["text"] = [full[len(decode(p)):] for full, p in zip(result["full_text"], prompts)]
+        result["text"] = [full[len(decode(p)) :] for full, p in zip(result["full_text"], prompts)]
     return result
 
 
@@ -76,8 +87,11 @@ def _precision(name: str) -> str:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="python -m model.generate", description=__doc__.split("\n\n")[0],
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        prog="python -m model.generate",
+        description=__doc__.split("\n\n")[0],
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
     parser.add_argument("path", help="Loom run directory, Loom checkpoint, or Hugging Face model directory")
     prompt = parser.add_mutually_exclusive_group(required=True)
     prompt.add_argument("--prompt", action="append", help="prompt text (repeat for a batch); needs a tokenizer")
@@ -89,10 +103,14 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--seed", type=int, default=None, help="seed for sampling")
     parser.add_argument("--num-beams", type=int, default=1, help="beam search with this many beams")
     parser.add_argument("--length-penalty", type=float, default=1.0, help="beam score = log p / length ** this")
-    parser.add_argument("--stop-ids", default=None, help='ids that end a sequence, e.g. "2 7" ("" for none; '
-                                                          'default: the model\'s end-of-sequence ids)')
-    parser.add_argument("--dtype", type=_precision, default="fp32",
-                        help=f"{' | '.join(PRECISIONS)} (torch's long names too)")
+    parser.add_argument(
+        "--stop-ids",
+        default=None,
+        help='ids that end a sequence, e.g. "2 7" ("" for none; default: the model\'s end-of-sequence ids)',
+    )
+    parser.add_argument(
+        "--dtype", type=_precision, default="fp32", help=f"{' | '.join(PRECISIONS)} (torch's long names too)"
+    )
     parser.add_argument("--device", default="cpu", help="cpu, cuda, cuda:1, ...")
     parser.add_argument("--format", choices=("text", "json"), default="text")
     return parser

@@ -9,6 +9,7 @@ LongRoPE picks its short or long frequencies by the length of a forward, so keys
 stale once a sequence grows past the original context: at that step the whole sequence is run again into fresh
 caches (what transformers does for Phi-3). `python -m model.generate` is the command line (model/generate.py).
 """
+
 from __future__ import annotations
 
 from typing import Optional, Sequence
@@ -150,8 +151,9 @@ def generate(
     try:
         if num_beams > 1:
             return _beam_search(model, prompts, max_new_tokens, num_beams, length_penalty, stop_tokens, pad_id)
-        return _sample(model, prompts, max_new_tokens, temperature, top_k, top_p, greedy, stop_tokens, pad_id,
-                       generator)
+        return _sample(
+            model, prompts, max_new_tokens, temperature, top_k, top_p, greedy, stop_tokens, pad_id, generator
+        )
     finally:
         model.train(was_training)
 
@@ -166,8 +168,9 @@ def _sample(model, prompts, max_new_tokens, temperature, top_k, top_p, greedy, s
     finished = torch.zeros(len(prompts), dtype=torch.bool, device=device)
     steps = []
     for step in range(max_new_tokens):
-        next_token = sample_next(logits, greedy=greedy, temperature=temperature, top_k=top_k, top_p=top_p,
-                                 generator=generator)
+        next_token = sample_next(
+            logits, greedy=greedy, temperature=temperature, top_k=top_k, top_p=top_p, generator=generator
+        )
         next_token = torch.where(finished, torch.full_like(next_token, pad_id), next_token)
         steps.append((next_token, finished.clone()))
         finished |= torch.isin(next_token, stops)
@@ -254,4 +257,3 @@ def _beam_search(model, prompts, max_new_tokens, num_beams, length_penalty, stop
                     hyps.append((score / length**length_penalty, generated[b * num_beams + i].tolist()))
         results.append(max(hyps, key=lambda h: h[0])[1])
     return results
-

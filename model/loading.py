@@ -3,6 +3,7 @@ checkpoint), a Loom checkpoint (step_<N>/) or a Hugging Face model directory, wi
 its end-of-sequence ids and its padding id. Library code: the commands (`python -m model.generate`, the
 evaluator) import it; it imports no command.
 """
+
 from __future__ import annotations
 
 import json

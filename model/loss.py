@@ -10,6 +10,7 @@ bf16 logits exist one chunk at a time. Where the logits come out of the model wh
 vocab-sharded logits, the last pipeline stage), `cross_entropy_loss(..., chunk_size=)` still upcasts and
 normalises them one chunk at a time.
 """
+
 from __future__ import annotations
 
 from typing import Callable, Optional
@@ -50,7 +51,11 @@ def _valid_count(labels: torch.Tensor, ignore_index: int) -> torch.Tensor:
 
 
 def cross_entropy_loss(
-    logits: torch.Tensor, labels: torch.Tensor, *, z_loss_weight: float = 0.0, ignore_index: int = -100,
+    logits: torch.Tensor,
+    labels: torch.Tensor,
+    *,
+    z_loss_weight: float = 0.0,
+    ignore_index: int = -100,
     chunk_size: Optional[int] = None,
 ) -> torch.Tensor:
     """Mean next-token CE over labels != ignore_index (labels already shifted), plus z_loss_weight * mean(lse^2);
@@ -58,8 +63,9 @@ def cross_entropy_loss(
     if logits.shape[:-1] != labels.shape:
         raise ValueError(f"logits {tuple(logits.shape)} and labels {tuple(labels.shape)} disagree on batch/sequence")
     if chunk_size is not None and labels.numel() > chunk_size:
-        ce, z = chunked_cross_entropy(logits, labels, _identity, chunk_size=chunk_size,
-                                      with_z_loss=z_loss_weight > 0, ignore_index=ignore_index)
+        ce, z = chunked_cross_entropy(
+            logits, labels, _identity, chunk_size=chunk_size, with_z_loss=z_loss_weight > 0, ignore_index=ignore_index
+        )
         return ce + z_loss_weight * z if z_loss_weight > 0 else ce
     ce_sum, z_sum = _loss_sums(logits, labels, ignore_index, z_loss_weight > 0)
     count = _valid_count(labels, ignore_index)

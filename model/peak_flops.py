@@ -3,6 +3,7 @@
 Kept below its users (the trainer's speed meter, the layout estimate in parallel/estimate.py, the GPU benchmark),
 which may all import model/; it knows device names, nothing about layouts or runs.
 """
+
 from __future__ import annotations
 
 import re

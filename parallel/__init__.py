@@ -3,6 +3,7 @@
 The names below are imported on first use, so `import parallel.config` (the launcher validating a config before
 any work) does not pay torch's import.
 """
+
 from __future__ import annotations
 
 from typing import TYPE_CHECKING

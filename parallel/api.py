@@ -1,4 +1,5 @@
-"""The public face of `parallel` (re-exported lazily by parallel/__init__.py): lay a plain `model.build()` Transformer out on a device mesh, so the model never knows how it is parallelised.
+"""The public face of `parallel` (re-exported lazily by parallel/__init__.py): lay a plain `model.build()` Transformer
+out on a device mesh, so the model never knows how it is parallelised.
 
 `parallelize` applies each technique in one fixed order, because each step wraps what the previous one produced:
 
@@ -22,6 +23,7 @@ Typical use (the launcher's train modules):
         loss = compute_loss(model, tokens, labels, dims)
         loss.backward()
 """
+
 from __future__ import annotations
 
 import contextlib
@@ -40,8 +42,10 @@ def parallelize(model: nn.Module, dims: ParallelDims):
     """Return the laid-out model (or, with pp > 1, parallel/pipeline.py's `Pipeline`: stages + schedule). `model`
     is a plain `model.build()` Transformer; the layout is `dims` (its config and mesh)."""
     if dims.needs_mesh and dims.mesh is None:
-        raise ValueError(f"world size {dims.world_size} (FSDP: {dims.fsdp_enabled}) needs a DeviceMesh: call "
-                         f"dims.build_mesh(device_type) first")
+        raise ValueError(
+            f"world size {dims.world_size} (FSDP: {dims.fsdp_enabled}) needs a DeviceMesh: call "
+            f"dims.build_mesh(device_type) first"
+        )
     if dims.pp > 1:
         from parallel.pipeline import pipeline_parallelize
 
@@ -117,16 +121,21 @@ def compute_loss(model: nn.Module, tokens: torch.Tensor, labels: torch.Tensor, d
         from parallel.context import shard_for_context_parallel
 
         cp_mesh = dims.submesh("cp")
-        tokens, labels, forward_kwargs["positions"] = shard_for_context_parallel(tokens, labels, None, cp_mesh,
-                                                                                  dims.cfg)
+        tokens, labels, forward_kwargs["positions"] = shard_for_context_parallel(
+            tokens, labels, None, cp_mesh, dims.cfg
+        )
     if not loss_outside_model(dims):
         loss = model(tokens, labels, **forward_kwargs)
     else:
         from model.loss import cross_entropy_loss
 
         model_cfg = getattr(model, "module", model).cfg
-        loss = cross_entropy_loss(model(tokens, **forward_kwargs), labels, z_loss_weight=model_cfg.z_loss_weight,
-                                  chunk_size=model_cfg.loss_chunk_size)
+        loss = cross_entropy_loss(
+            model(tokens, **forward_kwargs),
+            labels,
+            z_loss_weight=model_cfg.z_loss_weight,
+            chunk_size=model_cfg.loss_chunk_size,
+        )
     if dims.cp > 1:
         loss = loss * _share_of_valid_labels(labels, cp_mesh)
     return loss

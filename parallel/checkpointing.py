@@ -9,6 +9,7 @@ Blocks are wrapped with torch's checkpoint_wrapper (what torchtitan uses); its `
 prefix is removed again by the wrapper's state_dict hooks and by torch.distributed.checkpoint.state_dict, so
 checkpoints and HF exports keep the plain parameter names.
 """
+
 from __future__ import annotations
 
 from functools import partial

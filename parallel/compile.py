@@ -10,6 +10,7 @@
 
 `Module.compile()` compiles in place, so parameter names (and hence checkpoints) do not change either way.
 """
+
 from __future__ import annotations
 
 from typing import TYPE_CHECKING
@@ -19,6 +20,7 @@ from torch import nn
 if TYPE_CHECKING:
     from parallel.config import ParallelConfig
 
+
 def apply_compile(model: nn.Module, cfg: "ParallelConfig") -> nn.Module:
     """The scope (parallel.compile_scope, one of parallel.config.COMPILE_SCOPES) was checked with the layout."""
     if cfg.compile_scope == "model":
@@ -26,8 +28,10 @@ def apply_compile(model: nn.Module, cfg: "ParallelConfig") -> nn.Module:
         return model
     layers = getattr(model, "layers", None)
     if layers is None:
-        raise ValueError("parallel.compile=true with compile_scope=block needs a model with a `layers` ModuleDict "
-                         "of blocks (or set parallel.compile_scope=model)")
+        raise ValueError(
+            "parallel.compile=true with compile_scope=block needs a model with a `layers` ModuleDict "
+            "of blocks (or set parallel.compile_scope=model)"
+        )
     for block in layers.values():
         block.compile(backend=cfg.compile_backend, fullgraph=False)
     return model

@@ -5,6 +5,7 @@ data-parallel and context dimensions, as in torchtitan). `dp_shard=-1` takes wha
 that tie the keys to each other, the world size and the model are checked in one place, parallel/dims.py
 (`ParallelDims.from_config`), before any process group exists.
 """
+
 from __future__ import annotations
 
 from dataclasses import dataclass

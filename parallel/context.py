@@ -13,6 +13,7 @@ Each cp rank computes the loss over its own tokens, so the loss and the gradient
 are averaged over cp exactly like over data parallel: the cp dimension is folded into the data-parallel gradient
 reduction (torchtitan's dp_shard_cp), which is the caller's job (parallelize / FSDP mesh), not this module's.
 """
+
 from __future__ import annotations
 
 from typing import Optional
@@ -24,7 +25,6 @@ from torch.distributed.device_mesh import DeviceMesh
 from parallel.config import ParallelConfig
 from parallel.ring_attention import chunk_positions, ring_attention
 from parallel.ulysses import heads_to_sequence, sequence_to_heads
-
 
 
 def _check_cp_mesh(cp_mesh: DeviceMesh) -> None:
@@ -105,8 +105,15 @@ class ContextParallelAttention(nn.Module):
                 scale = scale if scale is not None else q.shape[-1] ** -0.5
                 q, k, v = (torch.nn.functional.pad(t, (0, width - t.shape[-1])) for t in (q, k, v))
             return ring_attention(
-                q, k, v, group, load_balance=self.load_balance, causal=True, sliding_window=sliding_window,
-                softcap=softcap, scale=scale,
+                q,
+                k,
+                v,
+                group,
+                load_balance=self.load_balance,
+                causal=True,
+                sliding_window=sliding_window,
+                softcap=softcap,
+                scale=scale,
             )[..., :v_width]
         cp = self.cp_mesh.size()
         if k.shape[1] % cp != 0:  # too few KV heads to split: share them out per query head instead

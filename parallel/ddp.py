@@ -3,6 +3,7 @@
 Used only when nothing is sharded (dp_shard = cp = tp = 1); any sharded layout replicates through FSDP2's HSDP
 mesh instead, because torch's DistributedDataParallel does not accept DTensor parameters.
 """
+
 from __future__ import annotations
 
 from torch import nn

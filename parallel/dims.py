@@ -12,6 +12,7 @@ The dims then own the layout's DeviceMesh (`build_mesh`, once): it carries every
 "dp_shard_cp", "dp_cp", and "ep" when expert parallel is on), so callers slice by name (`dims.submesh("tp")`)
 without asking whether a dimension is enabled.
 """
+
 from __future__ import annotations
 
 from dataclasses import dataclass, field, replace
@@ -68,8 +69,11 @@ class ParallelDims:
         if world_size < 1:
             raise ValueError(f"world size must be >= 1, got {world_size}")
         _check_options(cfg)
-        if world_size > 1 and cfg.engine == "torch" and all(
-                d == 1 for d in (cfg.dp_replicate, cfg.dp_shard, cfg.cp, cfg.tp, cfg.pp)):
+        if (
+            world_size > 1
+            and cfg.engine == "torch"
+            and all(d == 1 for d in (cfg.dp_replicate, cfg.dp_shard, cfg.cp, cfg.tp, cfg.pp))
+        ):
             cfg = replace(cfg, dp_replicate=world_size)
         dp_replicate, dp_shard = _resolve_data_parallel(cfg, world_size)
         fsdp_one_rank = world_size == 1 and cfg.dp_shard == -1 and cfg.engine == "torch"
@@ -137,8 +141,10 @@ class ParallelDims:
         # torch's schedules check these when they are built, i.e. after the process groups: checked here first.
         micro = cfg.pp_microbatches
         if cfg.pp_schedule == "1F1B" and micro < self.pp:
-            raise ValueError(f"parallel.pp_schedule=1F1B needs parallel.pp_microbatches={micro} >= parallel.pp="
-                             f"{self.pp} (one microbatch in flight per stage): raise pp_microbatches")
+            raise ValueError(
+                f"parallel.pp_schedule=1F1B needs parallel.pp_microbatches={micro} >= parallel.pp="
+                f"{self.pp} (one microbatch in flight per stage): raise pp_microbatches"
+            )
         rounds = max(1, micro // self.pp)
         if stages > 1 and cfg.pp_schedule not in PP_V_SCHEDULES and micro % rounds != 0:
             raise ValueError(
@@ -158,8 +164,10 @@ class ParallelDims:
                 f"pp_schedule=Interleaved1F1B (or 1F1B), or pipeline parallel alone"
             )
         if precision == "fp16":
-            raise ValueError("trainer.precision=fp16 (dynamic loss scaling) is not supported with parallel.pp > 1: "
-                             "use trainer.precision=bf16 or fp32")
+            raise ValueError(
+                "trainer.precision=fp16 (dynamic loss scaling) is not supported with parallel.pp > 1: "
+                "use trainer.precision=bf16 or fp32"
+            )
 
     def _check_model(self, model_cfg: "ModelConfig", seq_len: Optional[int]) -> None:
         from model.config import ModelConfig
@@ -185,21 +193,30 @@ class ParallelDims:
                 )
             if model_cfg.moe is not None:
                 if self.ep > 1:
-                    raise ValueError("tensor parallel together with expert parallel is not supported: set "
-                                     "parallel.tp=1 or parallel.ep=1")
+                    raise ValueError(
+                        "tensor parallel together with expert parallel is not supported: set "
+                        "parallel.tp=1 or parallel.ep=1"
+                    )
                 if model_cfg.moe.aux_loss_weight > 0 or model_cfg.moe.router_z_loss_weight > 0:
                     raise ValueError(
                         "tensor parallel computes the loss outside the model (on vocab-sharded logits), without the "
                         "MoE router losses: set model.moe.aux_loss_weight=0 and model.moe.router_z_loss_weight=0 "
-                        "(model.moe.expert_bias balances without a loss), or parallel.tp=1")
-                for key, value in (("moe expert width", model_cfg.expert_hidden_dim),
-                                   ("moe shared-experts width", model_cfg.shared_experts_hidden_dim)):
+                        "(model.moe.expert_bias balances without a loss), or parallel.tp=1"
+                    )
+                for key, value in (
+                    ("moe expert width", model_cfg.expert_hidden_dim),
+                    ("moe shared-experts width", model_cfg.shared_experts_hidden_dim),
+                ):
                     if value % tp != 0:
-                        raise ValueError(f"model {key}={value} is not divisible by parallel.tp={tp}: tensor "
-                                         f"parallel splits it evenly across ranks; pick a tp that divides it")
+                        raise ValueError(
+                            f"model {key}={value} is not divisible by parallel.tp={tp}: tensor "
+                            f"parallel splits it evenly across ranks; pick a tp that divides it"
+                        )
             if model_cfg.qk_norm and model_cfg.qk_norm_scope == "full" and model_cfg.mla is None:
-                raise ValueError("tensor parallel of full-width QK-norm (model.qk_norm_scope=full, OLMo 2) is not "
-                                 "supported: it normalises over every head's features; use parallel.tp=1")
+                raise ValueError(
+                    "tensor parallel of full-width QK-norm (model.qk_norm_scope=full, OLMo 2) is not "
+                    "supported: it normalises over every head's features; use parallel.tp=1"
+                )
         self._check_speed_options(model_cfg)
         self._check_multi_token_prediction(model_cfg)
         stages = self.num_pipeline_stages
@@ -232,8 +249,9 @@ class ParallelDims:
                 )
         if self.cp > 1:
             if model_cfg.pos_embedding == "alibi":
-                raise ValueError("context parallel does not support model.pos_embedding=alibi: use rope or learned, "
-                                 "or parallel.cp=1")
+                raise ValueError(
+                    "context parallel does not support model.pos_embedding=alibi: use rope or learned, or parallel.cp=1"
+                )
             if cfg.cp_method == "ulysses" and model_cfg.n_heads % self.cp != 0:
                 raise ValueError(
                     f"Ulysses needs model.n_heads={model_cfg.n_heads} divisible by parallel.cp={self.cp}: change "
@@ -256,20 +274,28 @@ class ParallelDims:
     def _check_speed_options(self, model_cfg: "ModelConfig") -> None:
         """The model's speed options (model/config.py) against the layouts that cannot carry them."""
         if model_cfg.document_mask_eos_id is not None and (self.cp > 1 or self.pp > 1):
-            raise ValueError("model.document_mask_eos_id needs each layer to see whole sequences and their tokens, "
-                             "which context parallel (parallel.cp > 1) and later pipeline stages (parallel.pp > 1) "
-                             "do not: set it to null or use cp=1 and pp=1")
+            raise ValueError(
+                "model.document_mask_eos_id needs each layer to see whole sequences and their tokens, "
+                "which context parallel (parallel.cp > 1) and later pipeline stages (parallel.pp > 1) "
+                "do not: set it to null or use cp=1 and pp=1"
+            )
         if model_cfg.attention_backend == "flex" and self.cp > 1:
-            raise ValueError("model.attention_backend=flex: context parallel computes attention itself (ring or "
-                             "Ulysses); use attention_backend=sdpa with parallel.cp > 1")
+            raise ValueError(
+                "model.attention_backend=flex: context parallel computes attention itself (ring or "
+                "Ulysses); use attention_backend=sdpa with parallel.cp > 1"
+            )
         if model_cfg.vocab_multiple > 1 and self.tp > 1:
-            raise ValueError("model.vocab_multiple > 1 pads the output head's matmul outside its column-parallel "
-                             "plan: set model.vocab_multiple=1 with parallel.tp > 1 (the vocabulary already divides "
-                             "by tp there)")
+            raise ValueError(
+                "model.vocab_multiple > 1 pads the output head's matmul outside its column-parallel "
+                "plan: set model.vocab_multiple=1 with parallel.tp > 1 (the vocabulary already divides "
+                "by tp there)"
+            )
         if model_cfg.fused_projections and self.cfg.float8 != "none":
-            raise ValueError(f"model.fused_projections=true multiplies by concatenated weights, which "
-                             f"parallel.float8={self.cfg.float8} (a swap of each Linear) would not convert: set one "
-                             f"of them off")
+            raise ValueError(
+                f"model.fused_projections=true multiplies by concatenated weights, which "
+                f"parallel.float8={self.cfg.float8} (a swap of each Linear) would not convert: set one "
+                f"of them off"
+            )
 
     def _check_multi_token_prediction(self, model_cfg: "ModelConfig") -> None:
         """The MTP modules read tokens ahead of each position and sit after the output head: layouts that cut
@@ -279,7 +305,8 @@ class ParallelDims:
             raise ValueError(
                 f"model.mtp_depth={model_cfg.mtp_depth} (multi-token prediction) runs with data parallel layouts "
                 f"(single, DDP, FSDP/HSDP, DeepSpeed ZeRO) and expert parallel only, not with "
-                f"{', '.join(f'parallel.{k}={v}' for k, v in split.items())}: set model.mtp_depth=0 or those to 1")
+                f"{', '.join(f'parallel.{k}={v}' for k, v in split.items())}: set model.mtp_depth=0 or those to 1"
+            )
 
     # ------------------------------------------------------------------ degrees
     @property

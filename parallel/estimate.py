@@ -41,6 +41,7 @@ Memory per GPU (`estimate_memory`) is the worst pipeline stage under the layout,
   MTP modules (never checkpointed) keep two normed inputs, their concatenation and their layer.
   Framework overheads (CUDA context, allocator fragmentation, communication buffers) are not included.
 """
+
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass
@@ -97,8 +98,10 @@ def layout_world_size(cfg: ParallelConfig, num_gpus: Optional[int]) -> int:
         return num_gpus
     for key, value in (("dp_replicate", cfg.dp_replicate), ("dp_shard", cfg.dp_shard)):
         if value == -1:  # the only degrees that may take the rest of the world size
-            raise ValueError(f"parallel.{key}=-1 takes the rest of the world size: give num_gpus=<GPUs to size for> "
-                             f"or set parallel.{key} to a degree")
+            raise ValueError(
+                f"parallel.{key}=-1 takes the rest of the world size: give num_gpus=<GPUs to size for> "
+                f"or set parallel.{key} to a degree"
+            )
     # A degree below 1 is left to ParallelDims.from_config, whose message names it.
     return max(1, cfg.dp_replicate * cfg.dp_shard * cfg.cp * cfg.tp * cfg.pp)
 
@@ -115,8 +118,10 @@ def stage_layers(run: TrainingRun) -> list[range]:
 def _check_schedule(run: TrainingRun) -> None:
     schedule = run.dims.cfg.pp_schedule
     if run.dims.pp > 1 and schedule not in PP_SINGLE_STAGE_SCHEDULES:
-        raise ValueError(f"parallel.pp_schedule={schedule}: the estimate models one stage per rank "
-                         f"({' and '.join(PP_SINGLE_STAGE_SCHEDULES)}); size the layout with one of them")
+        raise ValueError(
+            f"parallel.pp_schedule={schedule}: the estimate models one stage per rank "
+            f"({' and '.join(PP_SINGLE_STAGE_SCHEDULES)}); size the layout with one of them"
+        )
 
 
 # ---------------------------------------------------------------------------------------------------- dtypes
@@ -190,8 +195,15 @@ def _attention_activations(cfg: ModelConfig, mode: str) -> int:
     kv_path = mla.kv_lora_rank + mla.qk_rope_head_dim + heads * (mla.qk_nope_head_dim + mla.v_head_dim)
     if mode == "selective":  # projection outputs and the attention output
         return d + q_path + kv_path + heads * mla.v_head_dim + d
-    return (2 * d + q_path + (mla.q_lora_rank or 0) + kv_path + mla.kv_lora_rank + heads * mla.qk_head_dim
-            + 2 * heads * mla.v_head_dim)
+    return (
+        2 * d
+        + q_path
+        + (mla.q_lora_rank or 0)
+        + kv_path
+        + mla.kv_lora_rank
+        + heads * mla.qk_head_dim
+        + 2 * heads * mla.v_head_dim
+    )
 
 
 def _activation_elements_per_token(cfg: ModelConfig, layer_idx: int, mode: str) -> int:
@@ -317,8 +329,9 @@ def estimate_memory(run: TrainingRun) -> MemoryEstimate:
 
 
 # ---------------------------------------------------------------------------------------------------- report
-def estimate(run: TrainingRun, *, gpu: str, tokens: Optional[float], mfu: float,
-             peak_flops_per_gpu: Optional[float] = None) -> dict[str, Any]:
+def estimate(
+    run: TrainingRun, *, gpu: str, tokens: Optional[float], mfu: float, peak_flops_per_gpu: Optional[float] = None
+) -> dict[str, Any]:
     """The full report as a JSON-serialisable dict: `gpu` names the device, whose peak FLOP/s is
     `peak_flops_per_gpu` or else model.peak_flops's figure for it (unknown: no time); `tokens` the budget (None:
     20 per parameter, Chinchilla); `mfu` the model FLOPs utilisation assumed."""
@@ -345,7 +358,11 @@ def estimate(run: TrainingRun, *, gpu: str, tokens: Optional[float], mfu: float,
         "kv_cache_bytes_per_token": kv_cache_elements_per_token(cfg) * _bytes(run).activations,
         "layout": {
             "num_gpus": dims.world_size,
-            "dp": dims.dp_degree, "tp": dims.tp, "pp": dims.pp, "cp": dims.cp, "ep": dims.ep,
+            "dp": dims.dp_degree,
+            "tp": dims.tp,
+            "pp": dims.pp,
+            "cp": dims.cp,
+            "ep": dims.ep,
             "sharding": sharding(run),
             "micro_batch_size": run.pipeline_microbatch,
             "global_batch_tokens": run.global_batch * run.seq_len,
@@ -387,25 +404,46 @@ def format_table(report: dict[str, Any]) -> str:
     stages = " | ".join(f"{start}-{stop - 1}" for start, stop in lay["stage_layers"])
     rows = [
         ("model", report["model"]),
-        ("parameters (total / active / embedding)",
-         f"{report['params_total']:,} / {report['params_active']:,} / {report['params_embedding']:,}"),
+        (
+            "parameters (total / active / embedding)",
+            f"{report['params_total']:,} / {report['params_active']:,} / {report['params_embedding']:,}",
+        ),
         ("train FLOPs per token", f"{_human(report['train_flops_per_token'])} at seq_len {report['seq_len']}"),
-        ("layout", (f"{lay['num_gpus']} GPUs = dp {lay['dp']} x tp {lay['tp']} x pp {lay['pp']} x cp {lay['cp']}"
-                    f" (ep {lay['ep']}), sharding {lay['sharding']}, AC {lay['activation_checkpointing']}")),
+        (
+            "layout",
+            (
+                f"{lay['num_gpus']} GPUs = dp {lay['dp']} x tp {lay['tp']} x pp {lay['pp']} x cp {lay['cp']}"
+                f" (ep {lay['ep']}), sharding {lay['sharding']}, AC {lay['activation_checkpointing']}"
+            ),
+        ),
         ("stage layers", stages),
-        ("batch", (f"micro {lay['micro_batch_size']}, global {lay['global_batch_tokens']:,} tokens, "
-                   f"precision {lay['precision']}")),
+        (
+            "batch",
+            (
+                f"micro {lay['micro_batch_size']}, global {lay['global_batch_tokens']:,} tokens, "
+                f"precision {lay['precision']}"
+            ),
+        ),
     ]
-    rows += [(f"memory/GPU {key} (GiB)", f"{mem[key]:.2f}")
-             for key in ("weights", "gradients", "optimizer", "activations", "total")]
+    rows += [
+        (f"memory/GPU {key} (GiB)", f"{mem[key]:.2f}")
+        for key in ("weights", "gradients", "optimizer", "activations", "total")
+    ]
     rows.append(("token budget", f"{_human(report['tokens'])} tokens, {_human(report['train_flops_total'])} FLOPs"))
     if report["time_to_train_hours"] is None:
         rows.append(("time to train", f"unknown: no peak FLOP/s for gpu={report['gpu']!r}"))
     else:
         hours = report["time_to_train_hours"]
-        rows.append(("time to train", (f"{hours:,.1f} h ({hours / 24:,.1f} days) on {lay['num_gpus']} x "
-                                       f"{report['gpu']} at MFU {report['mfu']:.0%}; "
-                                       f"{report['gpu_hours']:,.0f} GPU-hours")))
+        rows.append(
+            (
+                "time to train",
+                (
+                    f"{hours:,.1f} h ({hours / 24:,.1f} days) on {lay['num_gpus']} x "
+                    f"{report['gpu']} at MFU {report['mfu']:.0%}; "
+                    f"{report['gpu_hours']:,.0f} GPU-hours"
+                ),
+            )
+        )
         rows.append(("throughput", f"{report['tokens_per_second']:,.0f} tokens/s"))
     width = max(len(k) for k, _ in rows)
     return "\n".join(f"{k:<{width}}  {v}" for k, v in rows)

@@ -16,6 +16,7 @@ rank's contribution to the expert's owner). The data-parallel wrapper must divid
 degree, as it averages every other gradient (torchtitan's FSDP gradient_divide_factor): `fully_shard_experts`
 does that (parallel/fsdp.py calls it before fully_shard on the blocks).
 """
+
 from __future__ import annotations
 
 from typing import Optional
@@ -29,9 +30,6 @@ from torch.distributed.tensor import DTensor, Shard, distribute_tensor
 from torch.func import functional_call
 
 from model.blocks.moe import EXPERT_WEIGHTS, MoE
-
-from parallel.config import ParallelConfig
-
 
 
 def _regroup_index(counts: torch.Tensor) -> torch.Tensor:
@@ -64,16 +62,22 @@ class ExpertParallel:
         recv_splits = received_counts.sum(1).tolist()
 
         received = dist_fn.all_to_all_single(
-            x_sorted.new_empty(sum(recv_splits), x_sorted.shape[-1]), x_sorted.contiguous(),
-            output_split_sizes=recv_splits, input_split_sizes=send_splits, group=group,
+            x_sorted.new_empty(sum(recv_splits), x_sorted.shape[-1]),
+            x_sorted.contiguous(),
+            output_split_sizes=recv_splits,
+            input_split_sizes=send_splits,
+            group=group,
         )
         index = _regroup_index(received_counts).to(x_sorted.device)
         local_weights = {name: getattr(self, name).to_local() for name in EXPERT_WEIGHTS}
         local_out = functional_call(self, local_weights, (received.index_select(0, index), received_counts.sum(0)))
         back = local_out.index_select(0, torch.argsort(index))
         return dist_fn.all_to_all_single(
-            x_sorted.new_empty(x_sorted.shape), back.contiguous(),
-            output_split_sizes=send_splits, input_split_sizes=recv_splits, group=group,
+            x_sorted.new_empty(x_sorted.shape),
+            back.contiguous(),
+            output_split_sizes=send_splits,
+            input_split_sizes=recv_splits,
+            group=group,
         )
 
 

@@ -13,6 +13,7 @@ grouped experts, and any Linear whose dimensions are not multiples of 16 (what `
 On CPU torch has a `_scaled_mm` as well, so the same path runs (slowly) there and is tested; a GPU without
 float8 support is refused with its name and compute capability.
 """
+
 from __future__ import annotations
 
 from typing import TYPE_CHECKING, Optional
@@ -34,8 +35,10 @@ def float8_supported(device_type: str) -> Optional[str]:
     if device_type == "cuda":
         capability = torch.cuda.get_device_capability()
         if capability < MIN_CUDA_CAPABILITY:
-            return (f"{torch.cuda.get_device_name()} has compute capability {capability[0]}.{capability[1]}; float8 "
-                    f"matmuls need {MIN_CUDA_CAPABILITY[0]}.{MIN_CUDA_CAPABILITY[1]}+ (Ada, Hopper, Blackwell)")
+            return (
+                f"{torch.cuda.get_device_name()} has compute capability {capability[0]}.{capability[1]}; float8 "
+                f"matmuls need {MIN_CUDA_CAPABILITY[0]}.{MIN_CUDA_CAPABILITY[1]}+ (Ada, Hopper, Blackwell)"
+            )
         return None
     if device_type == "cpu":
         try:  # torch's CPU float8 matmul: present in recent releases, absent in older ones
@@ -76,7 +79,9 @@ def apply_float8(model: nn.Module, cfg: "ParallelConfig", *, mesh: Optional["Dev
     config_cls, convert = _import_torchao()
     converted = [name for name, module in model.named_modules() if float8_eligible(module, name)]
     if not converted:
-        raise ValueError(f"parallel.float8={cfg.float8}: no Linear layer in the blocks has dimensions that are "
-                         f"multiples of 16, so nothing would run in float8; set parallel.float8=none")
+        raise ValueError(
+            f"parallel.float8={cfg.float8}: no Linear layer in the blocks has dimensions that are "
+            f"multiples of 16, so nothing would run in float8; set parallel.float8=none"
+        )
     convert(model, config=config_cls.from_recipe_name(cfg.float8), module_filter_fn=float8_eligible)
     return model

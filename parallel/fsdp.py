@@ -7,6 +7,7 @@ requires). With context parallel the shard dimension is dp_shard x cp, as the cp
 need their gradients reduced like data-parallel ones. With expert parallel the routed experts (already split over
 the ep ranks) get their own FSDP units over the data-parallel ranks outside the ep group (parallel/expert.py).
 """
+
 from __future__ import annotations
 
 import torch

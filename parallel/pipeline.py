@@ -12,6 +12,7 @@ The schedule computes the loss on the last stage (model.loss.cross_entropy_loss 
 mean over microbatches), so the model's own loss is not used. `Pipeline.eval_loss` is the held-out loss through the
 same schedule, forward only.
 """
+
 from __future__ import annotations
 
 import contextlib
@@ -28,7 +29,6 @@ from torch.distributed.pipelining.schedules import PipelineScheduleSingle, get_s
 
 from model.loss import cross_entropy_loss
 from parallel.stage_plan import stage_ids_for_rank, stage_layer_ranges
-
 
 
 def split_stage(model: nn.Module, layers: range, is_first: bool, is_last: bool) -> nn.Module:
@@ -175,8 +175,9 @@ def plain_tensors_between_stages(stage: nn.Module, tp_mesh: DeviceMesh) -> None:
         stage.register_forward_hook(to_local)
 
 
-def pipeline_parallelize(model: nn.Module, dims, parallelize_stage: Callable,
-                         seq_len: Optional[int] = None) -> Pipeline:
+def pipeline_parallelize(
+    model: nn.Module, dims, parallelize_stage: Callable, seq_len: Optional[int] = None
+) -> Pipeline:
     """parallelize()'s pp > 1 branch: split `model` (a plain Transformer, usually on the meta device) into this pp
     rank's stages, lay each out with `parallelize_stage` (TP, AC, compile, FSDP on the non-pp dims), and wrap them
     in the configured schedule. `seq_len` refines the attention part of the balancing cost."""
@@ -184,8 +185,7 @@ def pipeline_parallelize(model: nn.Module, dims, parallelize_stage: Callable,
     pp_mesh = dims.submesh("pp")
     num_stages = dims.num_pipeline_stages
     ranges = stage_layer_ranges(model_cfg, cfg, num_stages, seq_len)
-    stage_ids = stage_ids_for_rank(pp_mesh.get_local_rank(), pp_mesh.size(), cfg.pp_stages_per_rank,
-                                   cfg.pp_schedule)
+    stage_ids = stage_ids_for_rank(pp_mesh.get_local_rank(), pp_mesh.size(), cfg.pp_stages_per_rank, cfg.pp_schedule)
     device, group = _device_for(pp_mesh), pp_mesh.get_group()
     stage_modules, pipeline_stages = [], []
     for i, stage_id in enumerate(stage_ids):
@@ -199,8 +199,9 @@ def pipeline_parallelize(model: nn.Module, dims, parallelize_stage: Callable,
         stage_modules.append(module)
         pipeline_stages.append(PipelineStage(module, stage_id, num_stages, device, group=group))
 
-    loss_fn = functools.partial(cross_entropy_loss, z_loss_weight=model_cfg.z_loss_weight,
-                                chunk_size=model_cfg.loss_chunk_size)
+    loss_fn = functools.partial(
+        cross_entropy_loss, z_loss_weight=model_cfg.z_loss_weight, chunk_size=model_cfg.loss_chunk_size
+    )
     schedule_cls = get_schedule_class(cfg.pp_schedule)
     if issubclass(schedule_cls, PipelineScheduleSingle):
         schedule = schedule_cls(pipeline_stages[0], n_microbatches=cfg.pp_microbatches, loss_fn=loss_fn)

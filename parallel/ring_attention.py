@@ -16,6 +16,7 @@ Positions are global: with the zig-zag layout of `context.shard_for_context_para
 2*cp-1-r, so causal work is even across ranks and blocks that are entirely in the future are skipped (the ring
 still turns: every rank takes part in every shift).
 """
+
 from __future__ import annotations
 
 from typing import Optional
@@ -45,8 +46,10 @@ class _Shift:
         size, rank = dist.get_world_size(group), dist.get_rank(group)
         self.sent = x.contiguous()
         self.received = torch.empty_like(self.sent)
-        ops = [dist.P2POp(dist.isend, self.sent, dist.get_global_rank(group, (rank + 1) % size), group),
-               dist.P2POp(dist.irecv, self.received, dist.get_global_rank(group, (rank - 1) % size), group)]
+        ops = [
+            dist.P2POp(dist.isend, self.sent, dist.get_global_rank(group, (rank + 1) % size), group),
+            dist.P2POp(dist.irecv, self.received, dist.get_global_rank(group, (rank - 1) % size), group),
+        ]
         self.works = dist.batch_isend_irecv(ops)
 
     def wait(self) -> torch.Tensor:
@@ -73,8 +76,17 @@ def _allowed(
 class _Ring:
     """What forward and backward share: the group, this rank's query positions and the block masks."""
 
-    def __init__(self, group, local_len: int, load_balance: bool, causal: bool, sliding_window: Optional[int],
-                 softcap: Optional[float], scale: float, repeats: int) -> None:
+    def __init__(
+        self,
+        group,
+        local_len: int,
+        load_balance: bool,
+        causal: bool,
+        sliding_window: Optional[int],
+        softcap: Optional[float],
+        scale: float,
+        repeats: int,
+    ) -> None:
         self.group, self.cp, self.rank = group, dist.get_world_size(group), dist.get_rank(group)
         self.local_len, self.load_balance = local_len, load_balance
         self.causal, self.sliding_window, self.softcap, self.scale = causal, sliding_window, softcap, scale
@@ -168,8 +180,12 @@ class _RingAttention(torch.autograd.Function):
                     dscores = dscores * (1 - capped * capped)
                 dscores = dscores * ring.scale
                 dq += torch.matmul(dscores, block_k)
-                dkv = dkv + torch.stack([ring.reduce_heads(torch.matmul(dscores.transpose(-2, -1), qf)),
-                                         ring.reduce_heads(torch.matmul(probs.transpose(-2, -1), dout))])
+                dkv = dkv + torch.stack(
+                    [
+                        ring.reduce_heads(torch.matmul(dscores.transpose(-2, -1), qf)),
+                        ring.reduce_heads(torch.matmul(probs.transpose(-2, -1), dout)),
+                    ]
+                )
             dkv_shift = _Shift(dkv, ring.group)  # on to the next rank, which holds this block from the next step
             if kv_shift is not None:
                 kv = kv_shift.wait()
@@ -195,6 +211,14 @@ def ring_attention(
     """
     if q.shape[1] % k.shape[1] != 0:
         raise ValueError(f"query heads {q.shape[1]} are not a multiple of key/value heads {k.shape[1]}")
-    ring = _Ring(group, q.shape[-2], load_balance, causal, sliding_window, softcap,
-                 scale if scale is not None else q.shape[-1] ** -0.5, q.shape[1] // k.shape[1])
+    ring = _Ring(
+        group,
+        q.shape[-2],
+        load_balance,
+        causal,
+        sliding_window,
+        softcap,
+        scale if scale is not None else q.shape[-1] ** -0.5,
+        q.shape[1] // k.shape[1],
+    )
     return _RingAttention.apply(q, k, v, ring)

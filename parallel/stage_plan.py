@@ -8,6 +8,7 @@ it: `stage_layer_ranges` is that decision, used by the pipeline builder (paralle
 estimate (parallel/estimate.py), so both see the same split. With several stages per rank the stages go round
 the ranks in a loop (interleaved schedules) or in a V (rank r holds stages r and 2*pp-1-r).
 """
+
 from __future__ import annotations
 
 from typing import Optional
@@ -20,12 +21,13 @@ def layer_costs(model_cfg, seq_len: Optional[int] = None) -> list[float]:
     """Training FLOPs per token of each layer: 6 x active matmul params + its attention (model/counting.py's,
     which knows each layer's window and MLA's widths)."""
     seq_len = seq_len or model_cfg.max_seq_len
-    return [6.0 * layer_params(model_cfg, i).active + attention_flops_per_token(model_cfg, seq_len, i)
-            for i in range(model_cfg.n_layers)]
+    return [
+        6.0 * layer_params(model_cfg, i).active + attention_flops_per_token(model_cfg, seq_len, i)
+        for i in range(model_cfg.n_layers)
+    ]
 
 
-def stage_layer_ranges(model_cfg, cfg: ParallelConfig, num_stages: int,
-                       seq_len: Optional[int] = None) -> list[range]:
+def stage_layer_ranges(model_cfg, cfg: ParallelConfig, num_stages: int, seq_len: Optional[int] = None) -> list[range]:
     """The layers of each pipeline stage as training cuts them: `parallel.pp_layer_split` when given, else balanced
     by per-layer cost with the output projection (6 x vocab x dim per token) on the last stage. `seq_len` refines
     the attention part of the cost (None: model.max_seq_len)."""

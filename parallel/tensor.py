@@ -27,6 +27,7 @@ and the selection bias are replicated); the routed experts' hidden dimension is 
 (w1/w3 Shard(1), w2 Shard(2)), their tokens enter with an identity-forward / all-reduce-backward and their
 partial outputs are all-reduced; the shared experts are column/row-parallel like a dense FFN.
 """
+
 from __future__ import annotations
 
 from typing import TYPE_CHECKING, Optional
@@ -144,19 +145,25 @@ class TensorParallelExperts:
         x = _to_replicated_with_summed_grad(x_sorted, mesh)
         local = {name: getattr(self, name).to_local() for name in EXPERT_WEIGHTS}
         partial = functional_call(self, local, (x, num_tokens_per_expert))
-        return DTensor.from_local(partial, mesh, [Partial()], run_check=False).redistribute(
-            mesh, [Replicate()]).to_local()
+        return (
+            DTensor.from_local(partial, mesh, [Partial()], run_check=False).redistribute(mesh, [Replicate()]).to_local()
+        )
 
 
 def _shard_experts_hidden(experts: nn.Module, tp_mesh: DeviceMesh) -> None:
     hidden = experts.w1.shape[1]
     if hidden % tp_mesh.size() != 0:
-        raise ValueError(f"model.moe expert width {hidden} is not divisible by parallel.tp={tp_mesh.size()}: "
-                         f"change model.moe.expert_hidden_dim or parallel.tp")
+        raise ValueError(
+            f"model.moe expert width {hidden} is not divisible by parallel.tp={tp_mesh.size()}: "
+            f"change model.moe.expert_hidden_dim or parallel.tp"
+        )
     for name, dim in zip(EXPERT_WEIGHTS, (1, 1, 2)):  # gate and up split on hidden (dim 1), down on dim 2
         param = getattr(experts, name)
-        setattr(experts, name, nn.Parameter(distribute_tensor(param.detach(), tp_mesh, [Shard(dim)]),
-                                            requires_grad=param.requires_grad))
+        setattr(
+            experts,
+            name,
+            nn.Parameter(distribute_tensor(param.detach(), tp_mesh, [Shard(dim)]), requires_grad=param.requires_grad),
+        )
     experts.tp_mesh = tp_mesh
     cls = experts.__class__
     experts.__class__ = type(f"TensorParallel{cls.__name__}", (TensorParallelExperts, cls), {})
@@ -172,12 +179,15 @@ def _attention_plan(block: nn.Module, sp: bool, stream) -> dict[str, object]:
             "attention.wo": RowwiseParallel(output_layouts=stream, use_local_output=local),
         }
         if sp:  # the replicated down-projections take a plain tensor: gather the sequence and unwrap it
-            plan["attention"] = PrepareModuleInput(input_layouts=(stream, None), desired_input_layouts=(Replicate(), None),
-                                                   use_local_output=True)
+            plan["attention"] = PrepareModuleInput(
+                input_layouts=(stream, None), desired_input_layouts=(Replicate(), None), use_local_output=True
+            )
         return plan
     if attention.q_norm is not None and getattr(attention, "qk_norm_full", False):
-        raise ValueError("tensor parallel of full-width QK-norm (model.qk_norm_scope=full, OLMo 2) is not supported: "
-                         "it normalises over every head's features; use parallel.tp=1")
+        raise ValueError(
+            "tensor parallel of full-width QK-norm (model.qk_norm_scope=full, OLMo 2) is not supported: "
+            "it normalises over every head's features; use parallel.tp=1"
+        )
     plan = {
         "attention.wq": ColwiseParallel(),
         "attention.wk": ColwiseParallel(),
@@ -209,12 +219,22 @@ def _ffn_plan(block: nn.Module, sp: bool, stream) -> dict[str, object]:
         return plan
     plan = {}
     if block.moe.shared_experts is not None:  # summed into the replicated routed output: a plain tensor
-        plan.update({"moe.shared_experts.w1": ColwiseParallel(), "moe.shared_experts.w3": ColwiseParallel(),
-                     "moe.shared_experts.w2": RowwiseParallel(output_layouts=Replicate(), use_local_output=True)})
+        plan.update(
+            {
+                "moe.shared_experts.w1": ColwiseParallel(),
+                "moe.shared_experts.w3": ColwiseParallel(),
+                "moe.shared_experts.w2": RowwiseParallel(output_layouts=Replicate(), use_local_output=True),
+            }
+        )
     if sp:  # routing and dispatch run on the whole (gathered) sequence as plain tensors, then back to the stream
         plan["moe"] = PrepareModuleInputOutput(
-            input_layouts=(stream,), desired_input_layouts=(Replicate(),), use_local_input=True,
-            output_layouts=(Replicate(),), desired_output_layouts=(stream,), use_local_output=False)
+            input_layouts=(stream,),
+            desired_input_layouts=(Replicate(),),
+            use_local_input=True,
+            output_layouts=(Replicate(),),
+            desired_output_layouts=(stream,),
+            use_local_output=False,
+        )
     return plan
 
 
@@ -226,8 +246,11 @@ def _block_plan(block: nn.Module, sp: bool, stream) -> dict[str, object]:
     # Shard(1) DTensor and the norms become SequenceParallel.
     plan = {**_attention_plan(block, sp, stream), **_ffn_plan(block, sp, stream)}
     if sp:
-        norms = [name for name in ("attention_norm", "ffn_norm", "post_attention_norm", "post_ffn_norm")
-                 if hasattr(block, name)]
+        norms = [
+            name
+            for name in ("attention_norm", "ffn_norm", "post_attention_norm", "post_ffn_norm")
+            if hasattr(block, name)
+        ]
         for name in norms:
             plan[name] = SequenceParallel()
     return plan

@@ -8,6 +8,7 @@ goes back. The all-to-all is torch.distributed.nn.functional.all_to_all_single, 
 The cp ranks hold zig-zag chunks (see context.shard_for_context_parallel), so the gathered sequence is put back in
 natural order before attention and into chunk order after it.
 """
+
 from __future__ import annotations
 
 import torch

@@ -8,6 +8,7 @@ switch: DeepSpeed's fused and CPU Adam kernels are JIT-compiled C++/CUDA extensi
 and give the same result. On CPU, DS_ACCELERATOR=cpu (DeepSpeed then communicates over gloo) and
 TORCH_EXTENSIONS_DIR pointing at a cache dir (`prepare_deepspeed_env`).
 """
+
 from __future__ import annotations
 
 import os
@@ -39,8 +40,18 @@ def prepare_deepspeed_env(device_type: str) -> None:
         deepspeed.ops.__compatible_ops__["deepspeed_shm_comm"] = False
 
 
-def deepspeed_config(dims: ParallelDims, *, micro_batch_size: int, grad_accum_steps: int, precision: str, lr: float,
-                     betas: tuple[float, float], eps: float, weight_decay: float, grad_clip: float) -> dict[str, Any]:
+def deepspeed_config(
+    dims: ParallelDims,
+    *,
+    micro_batch_size: int,
+    grad_accum_steps: int,
+    precision: str,
+    lr: float,
+    betas: tuple[float, float],
+    eps: float,
+    weight_decay: float,
+    grad_clip: float,
+) -> dict[str, Any]:
     """The DeepSpeed config dict for this run (precision: model.dtypes' fp32 | bf16 | fp16; the layout and the
     batch plan were checked by the launcher's validation)."""
     cfg = dims.cfg
@@ -56,8 +67,14 @@ def deepspeed_config(dims: ParallelDims, *, micro_batch_size: int, grad_accum_st
         "gradient_clipping": float(grad_clip),
         "optimizer": {
             "type": "AdamW",
-            "params": {"lr": lr, "betas": list(betas), "eps": eps, "weight_decay": weight_decay, "torch_adam": True,
-                       "adam_w_mode": True},
+            "params": {
+                "lr": lr,
+                "betas": list(betas),
+                "eps": eps,
+                "weight_decay": weight_decay,
+                "torch_adam": True,
+                "adam_w_mode": True,
+            },
         },
         # DeepSpeed's mixed-precision sections are named like our precisions: {"bf16": {"enabled": ...}, ...}
         **{name: {"enabled": precision == name} for name in PRECISIONS if name != "fp32"},

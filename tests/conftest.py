@@ -1,4 +1,5 @@
 """Session-wide fixtures: a real single-node Slurm (tests/local_slurm.py) for the tests with `slurm` in their names."""
+
 from __future__ import annotations
 
 import pytest

@@ -1,10 +1,10 @@
 """A real single-node Slurm (Debian's 22.05 packages) for the tests, started without systemd.
 
-`LocalSlurm.start()` installs slurmctld/slurmd/slurm-client/munge with apt-get when they are missing, starts a
-private `munged` (its own socket in /run/munge, run as the munge user; auth/none if it cannot start), writes a slurm.conf for this machine (its real CPUs and
-memory, free TCP ports, state under a temporary directory) and starts `slurmctld` and `slurmd` in the foreground
-as child processes. `stop()` ends exactly those processes, by pid. Clients find the cluster through `SLURM_CONF`,
-which `env()` adds to a copy of the environment.
+`LocalSlurm.start()` installs slurmctld/slurmd/slurm-client/munge with apt-get when they are missing, starts a private
+`munged` (its own socket in /run/munge, run as the munge user; auth/none if it cannot start), writes a slurm.conf for
+this machine (its real CPUs and memory, free TCP ports, state under a temporary directory) and starts `slurmctld` and
+`slurmd` in the foreground as child processes. `stop()` ends exactly those processes, by pid. Clients find the cluster
+through `SLURM_CONF`, which `env()` adds to a copy of the environment.
 
 The settings that matter, each learnt on these machines: `AuthInfo=cred_expire=10` (a requeued job otherwise
 waits 120 s to start again), fast scheduler passes, `DependencyParameters=kill_invalid_depend` (a job whose
@@ -12,6 +12,7 @@ dependency failed otherwise pends for ever), `KillWait=5`, `task/none`, `cons_tr
 `--mem` so two fit at once), `proctrack/cgroup` where a writable cgroup-v1 freezer exists, else
 `proctrack/linuxproc`. There is no slurmdbd, so no `sacct`: job states come from `scontrol show job`.
 """
+
 from __future__ import annotations
 
 import os
@@ -35,8 +36,9 @@ class SlurmUnavailable(RuntimeError):
 
 
 def _which(name: str) -> Optional[str]:
-    return shutil.which(name) or next((str(p) for p in (Path("/usr/sbin") / name, Path("/usr/bin") / name)
-                                       if p.exists()), None)
+    return shutil.which(name) or next(
+        (str(p) for p in (Path("/usr/sbin") / name, Path("/usr/bin") / name) if p.exists()), None
+    )
 
 
 def ensure_installed() -> None:
@@ -45,8 +47,10 @@ def ensure_installed() -> None:
         return
     missing = [b for b in BINARIES if not _which(b)]
     if os.geteuid() != 0:
-        raise SlurmUnavailable(f"Slurm binaries {missing} are missing and installing them needs root "
-                               f"(apt-get install {' '.join(PACKAGES)})")
+        raise SlurmUnavailable(
+            f"Slurm binaries {missing} are missing and installing them needs root "
+            f"(apt-get install {' '.join(PACKAGES)})"
+        )
     if not shutil.which("apt-get"):
         raise SlurmUnavailable(f"Slurm binaries {missing} are missing and apt-get is not available to install them")
     env = dict(os.environ, DEBIAN_FRONTEND="noninteractive")
@@ -66,8 +70,10 @@ def ensure_installed() -> None:
         if added_policy:
             policy.unlink()
     if result.returncode != 0:
-        raise RuntimeError(f"apt-get install {' '.join(PACKAGES)} failed ({result.returncode}):\n"
-                           f"{(result.stdout + result.stderr)[-3000:]}")
+        raise RuntimeError(
+            f"apt-get install {' '.join(PACKAGES)} failed ({result.returncode}):\n"
+            f"{(result.stdout + result.stderr)[-3000:]}"
+        )
 
 
 def free_port() -> int:
@@ -138,17 +144,23 @@ class LocalSlurm:
             os.chown(directory, user.pw_uid, user.pw_gid)
             stem = f"loom-test-{os.getpid()}"
             self.munge_socket = directory / f"{stem}.socket"
-            self.munge_files = [directory / f"{stem}{suffix}" for suffix in (".socket", ".socket.lock", ".pid",
-                                                                             ".log", ".seed")]
-            command = [munged, "-F", f"--socket={self.munge_socket}", f"--pid-file={directory / (stem + '.pid')}",
-                       f"--log-file={directory / (stem + '.log')}", f"--seed-file={directory / (stem + '.seed')}"]
+            self.munge_files = [
+                directory / f"{stem}{suffix}" for suffix in (".socket", ".socket.lock", ".pid", ".log", ".seed")
+            ]
+            command = [
+                munged,
+                "-F",
+                f"--socket={self.munge_socket}",
+                f"--pid-file={directory / (stem + '.pid')}",
+                f"--log-file={directory / (stem + '.log')}",
+                f"--seed-file={directory / (stem + '.seed')}",
+            ]
             proc = self._spawn("munged", command, user=user.pw_uid, group=user.pw_gid)
             deadline = time.monotonic() + 10
             while time.monotonic() < deadline and proc.poll() is None and not self.munge_socket.exists():
                 time.sleep(0.05)
             if self.munge_socket.exists():
-                return (f"AuthType=auth/munge\nAuthInfo=socket={self.munge_socket},cred_expire=10\n"
-                        f"CredType=cred/munge\n")
+                return f"AuthType=auth/munge\nAuthInfo=socket={self.munge_socket},cred_expire=10\nCredType=cred/munge\n"
             if proc.poll() is None:
                 proc.kill()
                 proc.wait()
@@ -173,12 +185,12 @@ SlurmctldPort={free_port()}
 SlurmdPort={free_port()}
 SlurmUser=root
 SlurmdUser=root
-{auth}StateSaveLocation={self.root / 'state'}
-SlurmdSpoolDir={self.root / 'spool'}
-SlurmctldPidFile={self.root / 'slurmctld.pid'}
-SlurmdPidFile={self.root / 'slurmd.pid'}
-SlurmctldLogFile={self.root / 'log' / 'slurmctld.log'}
-SlurmdLogFile={self.root / 'log' / 'slurmd.log'}
+{auth}StateSaveLocation={self.root / "state"}
+SlurmdSpoolDir={self.root / "spool"}
+SlurmctldPidFile={self.root / "slurmctld.pid"}
+SlurmdPidFile={self.root / "slurmd.pid"}
+SlurmctldLogFile={self.root / "log" / "slurmctld.log"}
+SlurmdLogFile={self.root / "log" / "slurmd.log"}
 ProctrackType={proctrack}
 TaskPlugin=task/none
 SelectType=select/cons_tres
@@ -250,8 +262,9 @@ PartitionName=debug Nodes=ALL Default=YES MaxTime=INFINITE State=UP
         return env
 
     def run(self, *command: str, check: bool = True, timeout: float = 30, **kwargs) -> subprocess.CompletedProcess:
-        result = subprocess.run(list(command), env=self.env(), capture_output=True, text=True, timeout=timeout,
-                                **kwargs)
+        result = subprocess.run(
+            list(command), env=self.env(), capture_output=True, text=True, timeout=timeout, **kwargs
+        )
         if check and result.returncode != 0:
             raise RuntimeError(f"{' '.join(command)} failed ({result.returncode}): {result.stderr.strip()}")
         return result

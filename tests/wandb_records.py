@@ -6,6 +6,7 @@ of LevelDB-log records (CRC-32 of type + payload, little-endian length, type FUL
 each payload one serialized `wandb_internal_pb2.Record`. A block's tail shorter than a record header is zero
 padding. Checksums are verified, so a torn or corrupt file fails loudly instead of reading as shorter history.
 """
+
 from __future__ import annotations
 
 import json
@@ -38,7 +39,7 @@ def payloads(path: Path) -> Iterator[bytes]:
             pos += left_in_block  # the zero-filled rest of the last block
             continue
         start = pos + RECORD_HEADER.size
-        chunk = data[start:start + length]
+        chunk = data[start : start + length]
         if len(chunk) != length:
             raise ValueError(f"{path}: truncated record at byte {pos}")
         if zlib.crc32(chunk, zlib.crc32(bytes([kind]))) & 0xFFFFFFFF != checksum:
@@ -112,9 +113,11 @@ def history_and_summary(path: Path) -> tuple[list[dict[str, Any]], dict[str, Any
     for record in records(path):
         kind = record.WhichOneof("record_type")
         if kind == "history":
-            history.append({item.key or "/".join(item.nested_key): json.loads(item.value_json)
-                            for item in record.history.item})
+            history.append(
+                {item.key or "/".join(item.nested_key): json.loads(item.value_json) for item in record.history.item}
+            )
         elif kind == "summary":
-            summary.update({item.key or "/".join(item.nested_key): json.loads(item.value_json)
-                            for item in record.summary.update})
+            summary.update(
+                {item.key or "/".join(item.nested_key): json.loads(item.value_json) for item in record.summary.update}
+            )
     return history, summary

@@ -1,4 +1,5 @@
 """ALiBi (Press et al., 2022): a per-head linear penalty on query-key distance instead of position embeddings."""
+
 from __future__ import annotations
 
 import math

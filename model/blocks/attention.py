@@ -17,6 +17,7 @@ the separate Linear layers (`ProjectionGroups`): parameter names, shapes, initia
 Face mapping and FSDP units stay those of the split layers; tensor parallel overrides `_project`
 (parallel/tensor.py).
 """
+
 from __future__ import annotations
 
 from typing import Optional
@@ -78,7 +79,11 @@ class ScaledDotProductAttention(nn.Module):
         mask = shared
         if mask is None:
             mask = build_attention_mask(
-                q_len, k_len, q_start=q_start, sliding_window=sliding_window, key_padding_mask=key_padding_mask,
+                q_len,
+                k_len,
+                q_start=q_start,
+                sliding_window=sliding_window,
+                key_padding_mask=key_padding_mask,
                 device=q.device,
             )
         if softcap is None:
@@ -123,9 +128,7 @@ class Attention(ProjectionGroups, nn.Module):
         self.scale = None if default_scale else cfg.softmax_scale  # None: SDPA's own 1/sqrt(head_dim)
         self.use_alibi = cfg.pos_embedding == "alibi"
         # One slope per query head; under tensor parallelism this buffer must be sliced to the local heads.
-        self.register_buffer(
-            "alibi_slopes", alibi_slopes(cfg.n_heads) if self.use_alibi else None, persistent=False
-        )
+        self.register_buffer("alibi_slopes", alibi_slopes(cfg.n_heads) if self.use_alibi else None, persistent=False)
 
     def reset_buffers(self) -> None:
         if self.use_alibi:
@@ -178,9 +181,19 @@ class Attention(ProjectionGroups, nn.Module):
             attn_bias = alibi_bias(self.alibi_slopes, q_pos, k_pos)
         # Context parallel's replacement sees other sequence chunks than the shared masks describe: it builds its own
         # window masks, and document masking with it is refused by the layout rules (parallel/dims.py).
-        extra = {"masks": masks} if masks is not None and type(self.inner_attention) is ScaledDotProductAttention else {}
+        extra = (
+            {"masks": masks} if masks is not None and type(self.inner_attention) is ScaledDotProductAttention else {}
+        )
         out = self.inner_attention(
-            q, k, v, q_start=q_start, key_padding_mask=key_padding_mask, sliding_window=self.sliding_window,
-            softcap=self.softcap, attn_bias=attn_bias, scale=self.scale, **extra,
+            q,
+            k,
+            v,
+            q_start=q_start,
+            key_padding_mask=key_padding_mask,
+            sliding_window=self.sliding_window,
+            softcap=self.softcap,
+            attn_bias=attn_bias,
+            scale=self.scale,
+            **extra,
         )
         return self.wo(out.transpose(1, 2).reshape(bsz, seqlen, -1))

@@ -18,6 +18,7 @@ end-of-document token; a query attends only to keys of its own document (the end
 ends). It applies to whole-sequence forwards (training, evaluation, uncached scoring); decoding with a KV cache or
 a padding mask attends across an end token inside the prompt, as the Hugging Face export of the model does.
 """
+
 from __future__ import annotations
 
 from typing import Any, Optional
@@ -85,7 +86,12 @@ def block_mask(seq_len: int, window: Optional[int], docs: Optional[torch.Tensor]
 
 
 def shared_masks(
-    windows: list[Optional[int]], seq_len: int, device, *, backend: str, docs: Optional[torch.Tensor],
+    windows: list[Optional[int]],
+    seq_len: int,
+    device,
+    *,
+    backend: str,
+    docs: Optional[torch.Tensor],
     softcap: bool = False,
 ) -> Optional[dict[Optional[int], Any]]:
     """{window: mask} for the distinct layer `windows` (None: a global layer) of one forward, or None when no layer
@@ -120,6 +126,7 @@ def flex_attention(q, k, v, *, block_mask, scale: Optional[float], softcap: Opti
     check_flex_device(q)
     score_mod = None
     if softcap is not None:
+
         def score_mod(score, b, h, q_idx, kv_idx):
             return softcap * torch.tanh(score / softcap)
 
@@ -131,5 +138,4 @@ def flex_attention(q, k, v, *, block_mask, scale: Optional[float], softcap: Opti
         if _compiled_flex is None:
             _compiled_flex = torch.compile(flex_module.flex_attention, dynamic=False)
         fn = _compiled_flex
-    return fn(q, k, v, score_mod=score_mod, block_mask=block_mask, scale=scale,
-              enable_gqa=q.shape[1] != k.shape[1])
+    return fn(q, k, v, score_mod=score_mod, block_mask=block_mask, scale=scale, enable_gqa=q.shape[1] != k.shape[1])

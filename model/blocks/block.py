@@ -6,6 +6,7 @@ post (BERT/orig.):      h = norm(x + attn(x));            out = norm(h + ffn(h))
 sandwich (Gemma 2/3):   h = x + norm'(attn(norm(x)));     out = h + norm'(ffn(norm(h)))
 branch_output (OLMo 2): h = x + norm'(attn(x));           out = h + norm'(ffn(h))
 """
+
 from __future__ import annotations
 
 from typing import Optional
@@ -37,8 +38,9 @@ class TransformerBlock(nn.Module):
             self.moe = MoE(cfg.dim, cfg.moe, cfg.expert_hidden_dim, cfg.shared_experts_hidden_dim)
             self.feed_forward = None
         else:
-            self.feed_forward = FeedForward(cfg.dim, cfg.ffn_hidden_dim, mlp_type=cfg.mlp_type, bias=cfg.mlp_bias,
-                                            fused=cfg.fused_projections)
+            self.feed_forward = FeedForward(
+                cfg.dim, cfg.ffn_hidden_dim, mlp_type=cfg.mlp_type, bias=cfg.mlp_bias, fused=cfg.fused_projections
+            )
             self.moe = None
         if cfg.norm_position in BRANCH_NORM_POSITIONS:  # norms on the branch outputs
             self.post_attention_norm = build_norm(cfg)

@@ -6,6 +6,7 @@ holds per-head keys and values (MHA/GQA/MQA); `LatentKVCache` holds what multi-h
 rebuild them: the compressed latent and the shared rotary key part, kv_lora_rank + rope_dim numbers per token
 instead of 2 * n_heads * head_dim.
 """
+
 from __future__ import annotations
 
 import torch
@@ -52,8 +53,15 @@ class KVCache(_SlotCache):
     seq_dim, names = 2, ("k", "v")
 
     def __init__(
-        self, batch_size: int, n_kv_heads: int, max_len: int, head_dim: int, *, dtype: torch.dtype,
-        device: torch.device | str, v_head_dim: int | None = None,
+        self,
+        batch_size: int,
+        n_kv_heads: int,
+        max_len: int,
+        head_dim: int,
+        *,
+        dtype: torch.dtype,
+        device: torch.device | str,
+        v_head_dim: int | None = None,
     ) -> None:
         super().__init__()
         self.k = torch.zeros(batch_size, n_kv_heads, max_len, head_dim, dtype=dtype, device=device)
@@ -69,7 +77,13 @@ class LatentKVCache(_SlotCache):
     seq_dim, names = 1, ("latent", "k_rope")
 
     def __init__(
-        self, batch_size: int, max_len: int, kv_lora_rank: int, rope_dim: int, *, dtype: torch.dtype,
+        self,
+        batch_size: int,
+        max_len: int,
+        kv_lora_rank: int,
+        rope_dim: int,
+        *,
+        dtype: torch.dtype,
         device: torch.device | str,
     ) -> None:
         super().__init__()

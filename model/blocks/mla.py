@@ -12,6 +12,7 @@ save that rebuild; it is not done here.)
 The softmax(QK^T)V step is the same `inner_attention` module as standard attention (queries and keys of width
 nope + rope, values of width v_head_dim), so context parallelism swaps it the same way.
 """
+
 from __future__ import annotations
 
 from typing import Optional
@@ -99,7 +100,13 @@ class MultiHeadLatentAttention(nn.Module):
         q, k, v = q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2)
         key_padding_mask = attention_mask[:, :keys_len] if attention_mask is not None else None
         out = self.inner_attention(
-            q, k, v, q_start=q_start, key_padding_mask=key_padding_mask, sliding_window=self.sliding_window,
-            softcap=self.softcap, scale=self.scale,
+            q,
+            k,
+            v,
+            q_start=q_start,
+            key_padding_mask=key_padding_mask,
+            sliding_window=self.sliding_window,
+            softcap=self.softcap,
+            scale=self.scale,
         )
         return self.wo(out.transpose(1, 2).reshape(bsz, seqlen, -1))

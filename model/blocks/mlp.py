@@ -1,4 +1,5 @@
 """Dense feed-forward: SwiGLU (Llama/Mistral), GeGLU (Gemma: a tanh-GELU gate) or tanh-GELU (GPT-2's gelu_new)."""
+
 from __future__ import annotations
 
 import torch
@@ -13,8 +14,9 @@ class FeedForward(ProjectionGroups, nn.Module):
     """Gated (SwiGLU/GeGLU): w2(act(w1 x) * w3 x), w1 and w3 as one matmul when `fused`. GELU: w2(gelu_tanh(w1 x)),
     no w3."""
 
-    def __init__(self, dim: int, hidden_dim: int, *, mlp_type: str = "swiglu", bias: bool = False,
-                 fused: bool = False) -> None:
+    def __init__(
+        self, dim: int, hidden_dim: int, *, mlp_type: str = "swiglu", bias: bool = False, fused: bool = False
+    ) -> None:
         super().__init__()
         if mlp_type not in MLP_TYPES:
             raise ValueError(f"model.mlp_type={mlp_type!r} is not one of {list(MLP_TYPES)}")

@@ -15,6 +15,7 @@ parallelism wraps with all-to-all and tensor parallelism shards; everything befo
 (weighted scatter-add) stays local. The router losses are kept on the module for the enclosing Transformer to
 collect (see `Transformer.forward`).
 """
+
 from __future__ import annotations
 
 from typing import Optional
@@ -25,7 +26,6 @@ from torch import nn
 
 from model.blocks.mlp import FeedForward
 from model.config import MoEConfig
-
 
 # The stacked expert weights, in gate, up, down order (E x dim x hidden, E x dim x hidden, E x hidden x dim): the
 # names every parallel plan and checkpoint converter refers to.
@@ -59,7 +59,8 @@ class MoE(nn.Module):
         super().__init__()
         if not 1 <= cfg.top_k <= cfg.num_experts:
             raise ValueError(
-                f"model.moe.top_k={cfg.top_k} must be between 1 and model.moe.num_experts={cfg.num_experts}")
+                f"model.moe.top_k={cfg.top_k} must be between 1 and model.moe.num_experts={cfg.num_experts}"
+            )
         self.cfg = cfg
         self.num_experts = cfg.num_experts
         self.top_k = cfg.top_k

@@ -7,6 +7,7 @@ TransformerBlock numbered after the main ones, so it is MoE or dense, local or g
 chaining, the shared embedding and head, and the loss live in Transformer, which owns those. Parameter names map
 one to one onto Hugging Face's MtpLayer (enorm, hnorm, eh_proj, the block, shared_head.norm) in model/hf.
 """
+
 from __future__ import annotations
 
 from typing import Optional

@@ -5,6 +5,7 @@ the statistics in fp32 and cast back *before* multiplying by the weight, and par
 exactly that order of operations (the fused op rounds differently in bf16). Gemma's variant stores the weight as
 an offset from one (`unit_offset`: scale by 1 + w, w initialised at 0) and multiplies in fp32 *before* the cast.
 """
+
 from __future__ import annotations
 
 import torch

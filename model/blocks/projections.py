@@ -7,6 +7,7 @@ the matmul is wider. The concatenation copies the weights every forward (3 x dim
 small next to the matmul itself at training batch sizes; the GPU run (benchmarks/gpu_check.py) decides whether it
 pays. Tensor parallel replaces `_project` to concatenate each rank's shards instead (parallel/tensor.py).
 """
+
 from __future__ import annotations
 
 from typing import Sequence

@@ -9,6 +9,7 @@ Two scalings depend on the length of the forward: dynamic NTK (the base grows wi
 LongRoPE (short or long factors either side of the original context). `RotaryEmbedding` picks or computes their
 frequencies from the positions of each forward with tensor ops only, so the step never waits for the host.
 """
+
 from __future__ import annotations
 
 import math
@@ -133,7 +134,8 @@ class RotaryEmbedding(nn.Module):
         tables["cos"], tables["sin"] = rope_cos_sin(self.dim, self.max_len, self.theta, self.scaling)
         if self.scaling.type == "longrope" and not self.scaling.is_plain:
             tables["cos_long"], tables["sin_long"] = rope_cos_sin(
-                self.dim, self.max_len, self.theta, self.scaling, long=True)
+                self.dim, self.max_len, self.theta, self.scaling, long=True
+            )
         for name, table in tables.items():
             setattr(self, name, table.to(device) if table is not None and device is not None else table)
 
@@ -144,8 +146,10 @@ class RotaryEmbedding(nn.Module):
             return self.cos[positions], self.sin[positions]
         long = positions.max() + 1 > s.original_max_seq_len  # a 0-dim tensor: no host sync
         if s.type == "longrope":
-            return (torch.where(long, self.cos_long[positions], self.cos[positions]),
-                    torch.where(long, self.sin_long[positions], self.sin[positions]))
+            return (
+                torch.where(long, self.cos_long[positions], self.cos[positions]),
+                torch.where(long, self.sin_long[positions], self.sin[positions]),
+            )
         inv_freq = dynamic_ntk_inv_freq(self.dim, self.theta, s, positions.max() + 1)
         return _table(inv_freq, positions, 1.0)
 

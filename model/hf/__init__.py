@@ -12,6 +12,7 @@ import, CLI).
 CLI:  python -m model.hf export <checkpoint_or_run_dir> <hf_dir> [--dtype bfloat16] [--overwrite]
       python -m model.hf import <hf_dir> <checkpoint_dir>
 """
+
 from model.hf.common import DEFAULT_MAX_SHARD_BYTES, SAFETENSORS_FILE, SAFETENSORS_INDEX, HFConversionError
 from model.hf.convert import (
     check_against_model,
@@ -25,7 +26,18 @@ from model.hf.convert import (
 from model.hf.files import read_hf_config, read_hf_weights, write_hf_dir
 
 __all__ = [
-    "DEFAULT_MAX_SHARD_BYTES", "SAFETENSORS_FILE", "SAFETENSORS_INDEX", "HFConversionError", "check_against_model",
-    "export_checkpoint", "hf_config_dict", "hf_model_type", "import_checkpoint", "model_config_from_hf",
-    "read_hf_model", "read_hf_config", "read_hf_weights", "write_hf_dir",
+    "DEFAULT_MAX_SHARD_BYTES",
+    "SAFETENSORS_FILE",
+    "SAFETENSORS_INDEX",
+    "HFConversionError",
+    "check_against_model",
+    "export_checkpoint",
+    "hf_config_dict",
+    "hf_model_type",
+    "import_checkpoint",
+    "model_config_from_hf",
+    "read_hf_model",
+    "read_hf_config",
+    "read_hf_weights",
+    "write_hf_dir",
 ]

@@ -1,4 +1,5 @@
 """`python -m model.hf export|import ...` (the command line is model/hf/cli.py)."""
+
 import sys
 
 from model.hf.cli import main

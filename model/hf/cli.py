@@ -4,6 +4,7 @@ does the work; model/hf/__main__.py runs this).
   python -m model.hf export <checkpoint_or_run_dir> <hf_dir> [--dtype bf16] [--model-type T] [--overwrite]
   python -m model.hf import <hf_dir> <checkpoint_dir> [--name NAME]
 """
+
 from __future__ import annotations
 
 import argparse
@@ -28,12 +29,19 @@ def main(argv: Optional[list[str]] = None) -> int:
     exp = sub.add_parser("export", help="Loom checkpoint or run dir -> Hugging Face directory")
     exp.add_argument("checkpoint", help="a step_<N> checkpoint directory or a run directory (newest complete)")
     exp.add_argument("hf_dir")
-    exp.add_argument("--dtype", type=_precision, default=None,
-                     help=f"cast weights: {' | '.join(PRECISIONS)} (torch's long names too; default: as stored)")
+    exp.add_argument(
+        "--dtype",
+        type=_precision,
+        default=None,
+        help=f"cast weights: {' | '.join(PRECISIONS)} (torch's long names too; default: as stored)",
+    )
     exp.add_argument("--max-shard-gb", type=float, default=DEFAULT_MAX_SHARD_BYTES / 1000**3)
     exp.add_argument("--model-type", default=None, help="transformers family to write (default: from the config)")
-    exp.add_argument("--tokenizer", default=None,
-                     help="tokenizer directory or tokenizer.json (default: beside the checkpoint or in its run dir)")
+    exp.add_argument(
+        "--tokenizer",
+        default=None,
+        help="tokenizer directory or tokenizer.json (default: beside the checkpoint or in its run dir)",
+    )
     exp.add_argument("--overwrite", action="store_true", help="replace an existing hf_dir")
     imp = sub.add_parser("import", help="Hugging Face directory -> Loom model-only checkpoint")
     imp.add_argument("hf_dir")
@@ -44,9 +52,15 @@ def main(argv: Optional[list[str]] = None) -> int:
 
     try:
         if args.command == "export":
-            out = export_checkpoint(args.checkpoint, args.hf_dir, dtype=args.dtype,
-                                    max_shard_bytes=int(args.max_shard_gb * 1000**3), overwrite=args.overwrite,
-                                    model_type=args.model_type, tokenizer=args.tokenizer)
+            out = export_checkpoint(
+                args.checkpoint,
+                args.hf_dir,
+                dtype=args.dtype,
+                max_shard_bytes=int(args.max_shard_gb * 1000**3),
+                overwrite=args.overwrite,
+                model_type=args.model_type,
+                tokenizer=args.tokenizer,
+            )
         else:
             out = import_checkpoint(args.hf_dir, args.checkpoint_dir, name=args.name)
     except (HFConversionError, FileExistsError, CheckpointError) as exc:

@@ -1,4 +1,5 @@
 """What every part of the Hugging Face conversion shares: the error type, file names, and tensor name rules."""
+
 from __future__ import annotations
 
 from dataclasses import dataclass
@@ -54,13 +55,14 @@ def permute_rotary_rows(t: torch.Tensor, block: int, start: int, width: int, *, 
     if not to_halves:
         order = torch.argsort(order)
     grouped = t.reshape(-1, block, *t.shape[1:])
-    rotary = grouped[:, start:start + width].index_select(1, order)
-    return torch.cat([grouped[:, :start], rotary, grouped[:, start + width:]], dim=1).reshape(t.shape)
+    rotary = grouped[:, start : start + width].index_select(1, order)
+    return torch.cat([grouped[:, :start], rotary, grouped[:, start + width :]], dim=1).reshape(t.shape)
 
 
 def permuted(hf: str, loom: str, block: int, start: int, width: int) -> Rule:
     return Rule(
-        (hf,), (loom,),
+        (hf,),
+        (loom,),
         lambda ts: [permute_rotary_rows(ts[0], block, start, width, to_halves=False)],
         lambda ts: [permute_rotary_rows(ts[0], block, start, width, to_halves=True)],
     )

@@ -4,6 +4,7 @@ CLI:  python -m model.hf export <checkpoint_or_run_dir> <hf_dir> [--dtype bfloat
                                 [--tokenizer DIR] [--overwrite]
       python -m model.hf import <hf_dir> <checkpoint_dir> [--name NAME]
 """
+
 from __future__ import annotations
 
 import dataclasses
@@ -37,8 +38,14 @@ def hf_config_dict(cfg: ModelConfig, dtype: torch.dtype = torch.float32, *, mode
     cfg = ModelConfig.coerce(cfg)
     fam = family_for(cfg, model_type)
     dtype_name = str(dtype).removeprefix("torch.")
-    return {**fam.to_hf(cfg), "dtype": dtype_name, "torch_dtype": dtype_name,
-            "bos_token_id": None, "eos_token_id": None, "pad_token_id": None}
+    return {
+        **fam.to_hf(cfg),
+        "dtype": dtype_name,
+        "torch_dtype": dtype_name,
+        "bos_token_id": None,
+        "eos_token_id": None,
+        "pad_token_id": None,
+    }
 
 
 def model_config_from_hf(hf: dict, *, name: str = "hf_import") -> ModelConfig:
@@ -55,13 +62,16 @@ def check_against_model(state: dict[str, torch.Tensor], cfg: ModelConfig, where:
     got = {k: tuple(v.shape) for k, v in state.items()}
     problems = [f"missing {k}" for k in sorted(set(expected) - set(got))]
     problems += [f"unexpected {k}" for k in sorted(set(got) - set(expected))]
-    problems += [f"{k}: shape {got[k]} != {expected[k]}" for k in sorted(set(got) & set(expected))
-                 if got[k] != expected[k]]
+    problems += [
+        f"{k}: shape {got[k]} != {expected[k]}" for k in sorted(set(got) & set(expected)) if got[k] != expected[k]
+    ]
     if problems:
         raise HFConversionError(f"{where} does not match the Loom model of its config: " + "; ".join(problems[:8]))
 
 
-def read_hf_model(hf_dir: str | os.PathLike, *, name: Optional[str] = None) -> tuple[dict[str, torch.Tensor], ModelConfig]:
+def read_hf_model(
+    hf_dir: str | os.PathLike, *, name: Optional[str] = None
+) -> tuple[dict[str, torch.Tensor], ModelConfig]:
     """Loom state dict and ModelConfig of a Hugging Face model directory."""
     hf_config = read_hf_config(hf_dir)
     cfg = model_config_from_hf(hf_config, name=name or Path(hf_dir).resolve().name)
@@ -77,8 +87,13 @@ def read_hf_model(hf_dir: str | os.PathLike, *, name: Optional[str] = None) -> t
 
 
 def export_checkpoint(
-    checkpoint: str | os.PathLike, hf_dir: str | os.PathLike, *, dtype: Optional[str] = None,
-    max_shard_bytes: int = DEFAULT_MAX_SHARD_BYTES, overwrite: bool = False, model_type: Optional[str] = None,
+    checkpoint: str | os.PathLike,
+    hf_dir: str | os.PathLike,
+    *,
+    dtype: Optional[str] = None,
+    max_shard_bytes: int = DEFAULT_MAX_SHARD_BYTES,
+    overwrite: bool = False,
+    model_type: Optional[str] = None,
     tokenizer: Optional[str | os.PathLike] = None,
 ) -> Path:
     """Loom checkpoint (or run dir: its newest complete checkpoint) -> HF directory that
@@ -105,15 +120,24 @@ def export_checkpoint(
     else:
         tokenizer_dir = find_tokenizer_dir(resolve_checkpoint_dir(checkpoint), checkpoint)
     out_dtype = next(iter(hf_state.values())).dtype
-    return write_hf_dir(hf_state, hf_config_dict(cfg, out_dtype, model_type=fam.model_type), hf_dir,
-                        max_shard_bytes=max_shard_bytes, overwrite=overwrite, tokenizer_dir=tokenizer_dir)
+    return write_hf_dir(
+        hf_state,
+        hf_config_dict(cfg, out_dtype, model_type=fam.model_type),
+        hf_dir,
+        max_shard_bytes=max_shard_bytes,
+        overwrite=overwrite,
+        tokenizer_dir=tokenizer_dir,
+    )
 
 
-def import_checkpoint(hf_dir: str | os.PathLike, checkpoint_dir: str | os.PathLike, *, name: Optional[str] = None) -> Path:
+def import_checkpoint(
+    hf_dir: str | os.PathLike, checkpoint_dir: str | os.PathLike, *, name: Optional[str] = None
+) -> Path:
     """HF directory -> Loom model-only checkpoint (DCP {"model": ...} + model_config.json + COMPLETE), with the
     HF directory's tokenizer files kept beside it."""
     from model.checkpoint_io import save_model_checkpoint
 
     state, cfg = read_hf_model(hf_dir, name=name)
-    return save_model_checkpoint(state, cfg, checkpoint_dir,
-                                 add_files=lambda tmp: copy_tokenizer_files(Path(hf_dir), Path(tmp)))
+    return save_model_checkpoint(
+        state, cfg, checkpoint_dir, add_files=lambda tmp: copy_tokenizer_files(Path(hf_dir), Path(tmp))
+    )

@@ -1,5 +1,6 @@
 """What one Hugging Face family is: the contract between a family module (model/hf/families/), the registry that
 picks one (model/hf/registry.py) and the tensor renaming (model/hf/weights.py)."""
+
 from __future__ import annotations
 
 from collections.abc import Callable

@@ -1,6 +1,7 @@
 """Pieces the family modules (model/hf/families/) share: requirement checks, config.json fields and their Loom
 counterparts for RoPE decoders, sliding windows, MoE layouts, and what sibling families (Qwen, Gemma, DeepSeek)
 have in common. Families import this module; it imports no family, so no family module needs another's."""
+
 from __future__ import annotations
 
 from model.config import MLAConfig, ModelConfig, MoEConfig
@@ -15,10 +16,24 @@ from model.hf.rope import (
 
 ANY = object()  # in a requirement: this family takes any value
 # What a plain Llama-style decoder block is; families override the keys they handle.
-PLAIN = dict(mla=None, moe=None, qk_norm=False, norm_position="pre", rmsnorm_unit_offset=False,
-             scale_embeddings=False, mlp_type="swiglu", query_pre_attn_scalar=None, attn_logit_softcap=None,
-             final_logit_softcap=None, local_rope_theta=None, sliding_window=None, sliding_window_pattern=None,
-             mlp_bias=False, qkv_bias=False, attn_out_bias=False)
+PLAIN = dict(
+    mla=None,
+    moe=None,
+    qk_norm=False,
+    norm_position="pre",
+    rmsnorm_unit_offset=False,
+    scale_embeddings=False,
+    mlp_type="swiglu",
+    query_pre_attn_scalar=None,
+    attn_logit_softcap=None,
+    final_logit_softcap=None,
+    local_rope_theta=None,
+    sliding_window=None,
+    sliding_window_pattern=None,
+    mlp_bias=False,
+    qkv_bias=False,
+    attn_out_bias=False,
+)
 
 
 # ---------------------------------------------------------------------------------------------- requirements
@@ -69,29 +84,53 @@ def rope_kinds(cfg: ModelConfig, name: str, allowed: tuple[str, ...]) -> list[st
 def common_hf_fields(cfg: ModelConfig, fam: Family) -> dict:
     """config.json fields every RoPE decoder family shares."""
     return {
-        "architectures": [fam.architecture], "model_type": fam.model_type, "vocab_size": cfg.vocab_size,
-        "hidden_size": cfg.dim, "intermediate_size": cfg.ffn_hidden_dim, "num_hidden_layers": cfg.n_layers,
-        "num_attention_heads": cfg.n_heads, "num_key_value_heads": cfg.kv_heads, "head_dim": cfg.attn_head_dim,
-        "hidden_act": "silu", "max_position_embeddings": max_position_embeddings(cfg),
-        "rms_norm_eps": cfg.norm_eps, "attention_dropout": 0.0, "tie_word_embeddings": bool(cfg.tie_embeddings),
-        "initializer_range": cfg.init_std, "use_cache": True, **rope_config_fields(cfg),
+        "architectures": [fam.architecture],
+        "model_type": fam.model_type,
+        "vocab_size": cfg.vocab_size,
+        "hidden_size": cfg.dim,
+        "intermediate_size": cfg.ffn_hidden_dim,
+        "num_hidden_layers": cfg.n_layers,
+        "num_attention_heads": cfg.n_heads,
+        "num_key_value_heads": cfg.kv_heads,
+        "head_dim": cfg.attn_head_dim,
+        "hidden_act": "silu",
+        "max_position_embeddings": max_position_embeddings(cfg),
+        "rms_norm_eps": cfg.norm_eps,
+        "attention_dropout": 0.0,
+        "tie_word_embeddings": bool(cfg.tie_embeddings),
+        "initializer_range": cfg.init_std,
+        "use_cache": True,
+        **rope_config_fields(cfg),
     }
 
 
 def base_config_from_hf(hf: dict, name: str, *, defaults: dict, max_seq_len: int, rope: tuple) -> dict:
     """ModelConfig fields every RoPE decoder family shares, from config.json (`defaults`: the transformers class's
     own defaults for keys a config.json may omit)."""
+
     def get(key: str):
         return hf[key] if hf.get(key) is not None else defaults.get(key)
 
     dim, n_heads = get("hidden_size"), get("num_attention_heads")
     theta, scaling, max_seq_len = rope
     return dict(
-        name=name, vocab_size=get("vocab_size"), dim=dim, n_layers=get("num_hidden_layers"), n_heads=n_heads,
-        n_kv_heads=get("num_key_value_heads") or n_heads, head_dim=get("head_dim") or dim // n_heads,
-        max_seq_len=max_seq_len, norm_type="rmsnorm", norm_eps=get("rms_norm_eps"), pos_embedding="rope",
-        rope_theta=theta, rope_scaling=scaling, mlp_type="swiglu", hidden_dim=get("intermediate_size"),
-        tie_embeddings=bool(get("tie_word_embeddings")), init_std=get("initializer_range") or 0.02,
+        name=name,
+        vocab_size=get("vocab_size"),
+        dim=dim,
+        n_layers=get("num_hidden_layers"),
+        n_heads=n_heads,
+        n_kv_heads=get("num_key_value_heads") or n_heads,
+        head_dim=get("head_dim") or dim // n_heads,
+        max_seq_len=max_seq_len,
+        norm_type="rmsnorm",
+        norm_eps=get("rms_norm_eps"),
+        pos_embedding="rope",
+        rope_theta=theta,
+        rope_scaling=scaling,
+        mlp_type="swiglu",
+        hidden_dim=get("intermediate_size"),
+        tie_embeddings=bool(get("tie_word_embeddings")),
+        init_std=get("initializer_range") or 0.02,
     )
 
 
@@ -119,8 +158,9 @@ def window_from_layer_types(types: list[str], window: int | None, n_layers: int)
     """(sliding_window, sliding_window_pattern) reproducing transformers' per-layer attention types."""
     sliding = [t == "sliding_attention" for t in types]
     if len(sliding) != n_layers or any(t not in ("sliding_attention", "full_attention") for t in types):
-        raise HFConversionError(f"layer_types {types} must give full_attention/sliding_attention for each of "
-                                f"{n_layers} layers")
+        raise HFConversionError(
+            f"layer_types {types} must give full_attention/sliding_attention for each of {n_layers} layers"
+        )
     if not any(sliding) or not window:
         return None, None
     if all(sliding):
@@ -129,8 +169,9 @@ def window_from_layer_types(types: list[str], window: int | None, n_layers: int)
     pattern = full[0] + 1
     if all(sliding[i] == ((i + 1) % pattern != 0) for i in range(n_layers)):
         return window, pattern
-    raise HFConversionError(f"layer_types {types}: Loom's sliding layers follow a period (every k-th layer "
-                            f"global); this pattern has none")
+    raise HFConversionError(
+        f"layer_types {types}: Loom's sliding layers follow a period (every k-th layer global); this pattern has none"
+    )
 
 
 def windows(hf: dict, n_layers: int, default_types: list[str]) -> tuple:
@@ -143,8 +184,13 @@ def sliding_fields(cfg: ModelConfig) -> dict:
 
 
 # ---------------------------------------------------------------------------------------------- Qwen (dense and MoE)
-QWEN_DEFAULTS = dict(max_position_embeddings=32768, rms_norm_eps=1e-6, tie_word_embeddings=False,
-                     sliding_window=4096, max_window_layers=28)
+QWEN_DEFAULTS = dict(
+    max_position_embeddings=32768,
+    rms_norm_eps=1e-6,
+    tie_word_embeddings=False,
+    sliding_window=4096,
+    max_window_layers=28,
+)
 
 
 def qwen_windows(hf: dict, n_layers: int) -> tuple:
@@ -159,14 +205,20 @@ def qwen_windows(hf: dict, n_layers: int) -> tuple:
 
 def qwen_sliding_fields(cfg: ModelConfig) -> dict:
     sliding = cfg.sliding_window is not None
-    return {"use_sliding_window": sliding, "sliding_window": cfg.sliding_window if sliding else None,
-            "max_window_layers": 0 if sliding else cfg.n_layers, "layer_types": layer_types(cfg)}
+    return {
+        "use_sliding_window": sliding,
+        "sliding_window": cfg.sliding_window if sliding else None,
+        "max_window_layers": 0 if sliding else cfg.n_layers,
+        "layer_types": layer_types(cfg),
+    }
 
 
 def qwen_moe_layers_to_hf(cfg: ModelConfig) -> dict:
     step = cfg.moe.every
-    return {"decoder_sparse_step": step,
-            "mlp_only_layers": [i for i in range(cfg.n_layers) if (i + 1) % step == 0 and not cfg.is_moe_layer(i)]}
+    return {
+        "decoder_sparse_step": step,
+        "mlp_only_layers": [i for i in range(cfg.n_layers) if (i + 1) % step == 0 and not cfg.is_moe_layer(i)],
+    }
 
 
 def qwen_moe_layers_from_hf(hf: dict, n_layers: int) -> list[int]:
@@ -176,26 +228,45 @@ def qwen_moe_layers_from_hf(hf: dict, n_layers: int) -> list[int]:
 
 # ---------------------------------------------------------------------------------------------- Gemma 2 and 3
 # The switches every Gemma sets, for plain_problems.
-GEMMA = dict(norm_position="sandwich", rmsnorm_unit_offset=True, scale_embeddings=True, mlp_type="geglu",
-             query_pre_attn_scalar=ANY, attn_logit_softcap=ANY, final_logit_softcap=ANY, sliding_window=ANY,
-             sliding_window_pattern=ANY, qkv_bias=ANY, attn_out_bias=ANY)
+GEMMA = dict(
+    norm_position="sandwich",
+    rmsnorm_unit_offset=True,
+    scale_embeddings=True,
+    mlp_type="geglu",
+    query_pre_attn_scalar=ANY,
+    attn_logit_softcap=ANY,
+    final_logit_softcap=ANY,
+    sliding_window=ANY,
+    sliding_window_pattern=ANY,
+    qkv_bias=ANY,
+    attn_out_bias=ANY,
+)
 
 
 def looks_like_gemma(cfg: ModelConfig) -> bool:
     """Any of Gemma's own switches: unit-offset norms, scaled embeddings, GeGLU, sandwich norms, a query scalar."""
-    return (cfg.rmsnorm_unit_offset or cfg.scale_embeddings or cfg.mlp_type == "geglu"
-            or cfg.norm_position == "sandwich" or cfg.query_pre_attn_scalar is not None)
+    return (
+        cfg.rmsnorm_unit_offset
+        or cfg.scale_embeddings
+        or cfg.mlp_type == "geglu"
+        or cfg.norm_position == "sandwich"
+        or cfg.query_pre_attn_scalar is not None
+    )
 
 
 def gemma_common_to_hf(cfg: ModelConfig, fam: Family) -> dict:
     scalar = cfg.query_pre_attn_scalar if cfg.query_pre_attn_scalar is not None else cfg.attn_head_dim
     out = common_hf_fields(cfg, fam)
     del out["hidden_act"]
-    return {**out, "hidden_activation": "gelu_pytorch_tanh",
-            "query_pre_attn_scalar": int(scalar) if float(scalar).is_integer() else scalar,
-            "attn_logit_softcapping": cfg.attn_logit_softcap,
-            "final_logit_softcapping": cfg.final_logit_softcap, "attention_bias": bool(cfg.qkv_bias),
-            **sliding_fields(cfg)}
+    return {
+        **out,
+        "hidden_activation": "gelu_pytorch_tanh",
+        "query_pre_attn_scalar": int(scalar) if float(scalar).is_integer() else scalar,
+        "attn_logit_softcapping": cfg.attn_logit_softcap,
+        "final_logit_softcapping": cfg.final_logit_softcap,
+        "attention_bias": bool(cfg.qkv_bias),
+        **sliding_fields(cfg),
+    }
 
 
 def gemma_common_from_hf(hf: dict, name: str, defaults: dict, base: dict, default_types: list[str]) -> dict:
@@ -209,17 +280,35 @@ def gemma_common_from_hf(hf: dict, name: str, defaults: dict, base: dict, defaul
     def optional(key: str):
         return hf[key] if key in hf else defaults.get(key)
 
-    return dict(base, norm_position="sandwich", rmsnorm_unit_offset=True, scale_embeddings=True,
-                mlp_type="geglu", query_pre_attn_scalar=float(scalar),
-                attn_logit_softcap=optional("attn_logit_softcapping"),
-                final_logit_softcap=optional("final_logit_softcapping"), sliding_window=window,
-                sliding_window_pattern=pattern, qkv_bias=bias, attn_out_bias=bias)
+    return dict(
+        base,
+        norm_position="sandwich",
+        rmsnorm_unit_offset=True,
+        scale_embeddings=True,
+        mlp_type="geglu",
+        query_pre_attn_scalar=float(scalar),
+        attn_logit_softcap=optional("attn_logit_softcapping"),
+        final_logit_softcap=optional("final_logit_softcapping"),
+        sliding_window=window,
+        sliding_window_pattern=pattern,
+        qkv_bias=bias,
+        attn_out_bias=bias,
+    )
 
 
 # ---------------------------------------------------------------------------------------------- mixture of experts
 # What a plain top-k softmax router is; families override the keys they handle.
-ROUTER = dict(num_shared_experts=0, shared_expert_gate=False, score_func="softmax", norm_topk_prob=True,
-              routed_scaling_factor=1.0, n_groups=1, expert_bias=False, every=1, first_dense=0)
+ROUTER = dict(
+    num_shared_experts=0,
+    shared_expert_gate=False,
+    score_func="softmax",
+    norm_topk_prob=True,
+    routed_scaling_factor=1.0,
+    n_groups=1,
+    expert_bias=False,
+    every=1,
+    first_dense=0,
+)
 
 
 def moe_problems(cfg: ModelConfig, name: str, **overrides) -> list[str]:
@@ -244,14 +333,19 @@ def placement_problems(cfg: ModelConfig, name: str) -> list[str]:
     """Families that place MoE layers at (i + 1) % every == 0 from a start layer."""
     moe = cfg.moe
     if moe is not None and (moe.first_dense + 1) % moe.every:
-        return [f"{name} places MoE layers where (layer + 1) % every == 0: choose first_dense and every with "
-                f"(first_dense + 1) % every == 0"]
+        return [
+            f"{name} places MoE layers where (layer + 1) % every == 0: choose first_dense and every with "
+            f"(first_dense + 1) % every == 0"
+        ]
     return []
 
 
 def moe_common_to_hf(cfg: ModelConfig, fam: Family) -> dict:
-    return {**common_hf_fields(cfg, fam), "router_aux_loss_coef": cfg.moe.aux_loss_weight,
-            "output_router_logits": False}
+    return {
+        **common_hf_fields(cfg, fam),
+        "router_aux_loss_coef": cfg.moe.aux_loss_weight,
+        "output_router_logits": False,
+    }
 
 
 def moe_layout_from_layers(moe_layers: list[int], n_layers: int) -> tuple[int, int]:
@@ -270,8 +364,13 @@ def moe_layout_from_layers(moe_layers: list[int], n_layers: int) -> tuple[int, i
 
 def moe_from_hf(hf: dict, n_layers: int, moe_layer_list: list[int], **fields) -> MoEConfig:
     first_dense, every = moe_layout_from_layers(moe_layer_list, n_layers)
-    return MoEConfig(first_dense=first_dense, every=every, aux_loss_weight=hf.get("router_aux_loss_coef", 0.001),
-                     router_z_loss_weight=0.0, **fields)
+    return MoEConfig(
+        first_dense=first_dense,
+        every=every,
+        aux_loss_weight=hf.get("router_aux_loss_coef", 0.001),
+        router_z_loss_weight=0.0,
+        **fields,
+    )
 
 
 # ---------------------------------------------------------------------------------------------- DeepSeek V2 and V3
@@ -283,8 +382,16 @@ def deepseek_problems(cfg: ModelConfig, name: str, **router) -> list[str]:
     problems = plain_problems(cfg, name, mla=ANY, moe=ANY, qkv_bias=ANY, attn_out_bias=ANY) + same_bias(cfg, name)
     if cfg.mla is None:
         problems.append(f"{name} uses multi-head latent attention: set model.mla")
-    problems += moe_problems(cfg, name, num_shared_experts=ANY, routed_scaling_factor=ANY, n_groups=ANY,
-                             topk_groups=ANY, first_dense=ANY, **router)
+    problems += moe_problems(
+        cfg,
+        name,
+        num_shared_experts=ANY,
+        routed_scaling_factor=ANY,
+        n_groups=ANY,
+        topk_groups=ANY,
+        first_dense=ANY,
+        **router,
+    )
     return problems + shared_width_problems(cfg, name)
 
 
@@ -293,11 +400,19 @@ def deepseek_to_hf(cfg: ModelConfig, fam: Family) -> dict:
     out = moe_common_to_hf(cfg, fam)
     del out["head_dim"]  # transformers sets it to qk_rope_head_dim itself
     out.update({key: getattr(mla, key) for key in MLA_KEYS})
-    out.update(num_key_value_heads=cfg.n_heads, attention_bias=bool(cfg.qkv_bias), n_routed_experts=moe.num_experts,
-               num_experts_per_tok=moe.top_k, n_shared_experts=moe.num_shared_experts,
-               moe_intermediate_size=cfg.expert_hidden_dim, first_k_dense_replace=moe.first_dense,
-               n_group=moe.n_groups, topk_group=moe.topk_groups, routed_scaling_factor=moe.routed_scaling_factor,
-               norm_topk_prob=moe.norm_topk_prob)
+    out.update(
+        num_key_value_heads=cfg.n_heads,
+        attention_bias=bool(cfg.qkv_bias),
+        n_routed_experts=moe.num_experts,
+        num_experts_per_tok=moe.top_k,
+        n_shared_experts=moe.num_shared_experts,
+        moe_intermediate_size=cfg.expert_hidden_dim,
+        first_k_dense_replace=moe.first_dense,
+        n_group=moe.n_groups,
+        topk_group=moe.topk_groups,
+        routed_scaling_factor=moe.routed_scaling_factor,
+        norm_topk_prob=moe.norm_topk_prob,
+    )
     return out
 
 
@@ -309,11 +424,18 @@ def deepseek_from_hf(hf: dict, name: str, **router) -> ModelConfig:
     mla = MLAConfig(**{key: hf[key] for key in MLA_KEYS if key in hf})
     first = hf.get("first_k_dense_replace", 0)
     n_groups = hf.get("n_group") or 1
-    moe = moe_from_hf(hf, n, list(range(first, n)), num_experts=hf.get("n_routed_experts", 64),
-                      top_k=hf.get("num_experts_per_tok") or 6, expert_hidden_dim=hf.get("moe_intermediate_size"),
-                      num_shared_experts=hf.get("n_shared_experts") or 0, n_groups=n_groups,
-                      topk_groups=hf.get("topk_group") or 1,
-                      routed_scaling_factor=float(hf.get("routed_scaling_factor", 1.0)), **router)
+    moe = moe_from_hf(
+        hf,
+        n,
+        list(range(first, n)),
+        num_experts=hf.get("n_routed_experts", 64),
+        top_k=hf.get("num_experts_per_tok") or 6,
+        expert_hidden_dim=hf.get("moe_intermediate_size"),
+        num_shared_experts=hf.get("n_shared_experts") or 0,
+        n_groups=n_groups,
+        topk_groups=hf.get("topk_group") or 1,
+        routed_scaling_factor=float(hf.get("routed_scaling_factor", 1.0)),
+        **router,
+    )
     bias = bool(hf.get("attention_bias", False))
-    return ModelConfig(**base, mla=mla, moe=moe, qkv_bias=bias, attn_out_bias=bias,
-                       hf_model_type=hf["model_type"])
+    return ModelConfig(**base, mla=mla, moe=moe, qkv_bias=bias, attn_out_bias=bias, hf_model_type=hf["model_type"])

@@ -5,6 +5,7 @@ A Loom run keeps its data's tokenizer as `<run_dir>/tokenizer.json` (a bare `tok
 tokenizer_config.json and special_tokens_map.json naming its bos/eos/pad tokens, and generation_config.json with
 their ids. A tokenizer that already comes with its HF files (an imported model) is copied as it is.
 """
+
 from __future__ import annotations
 
 import json
@@ -22,9 +23,18 @@ from model.hf.common import DEFAULT_MAX_SHARD_BYTES, SAFETENSORS_FILE, SAFETENSO
 
 TOKENIZER_JSON = "tokenizer.json"
 # Every file transformers' tokenizers and generation read from a model directory.
-TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json", "tokenizer.model",
-                   "vocab.json", "merges.txt", "added_tokens.json", "chat_template.jinja", "chat_template.json",
-                   "generation_config.json")
+TOKENIZER_FILES = (
+    "tokenizer.json",
+    "tokenizer_config.json",
+    "special_tokens_map.json",
+    "tokenizer.model",
+    "vocab.json",
+    "merges.txt",
+    "added_tokens.json",
+    "chat_template.jinja",
+    "chat_template.json",
+    "generation_config.json",
+)
 _EOS = ("<|endoftext|>", "</s>", "<eos>", "<|end_of_text|>", "<|im_end|>", "<|eot_id|>", "[EOS]", "<|end|>")
 _BOS = ("<s>", "<bos>", "<|begin_of_text|>", "<|startoftext|>", "[BOS]", "<|bos|>")
 _PAD = ("<pad>", "<|pad|>", "[PAD]", "<|padding|>", "<|finetune_right_pad_id|>")
@@ -40,8 +50,10 @@ class SpecialTokens:
     pad: Optional[tuple[str, int]]
 
     def ids(self) -> dict[str, Optional[int]]:
-        return {f"{name}_token_id": (tok[1] if tok else None)
-                for name, tok in (("bos", self.bos), ("eos", self.eos), ("pad", self.pad))}
+        return {
+            f"{name}_token_id": (tok[1] if tok else None)
+            for name, tok in (("bos", self.bos), ("eos", self.eos), ("pad", self.pad))
+        }
 
 
 def tokenizer_dirs(path: str | os.PathLike) -> list[Path]:
@@ -110,10 +122,17 @@ def write_tokenizer_files(source: Path, target: Path, *, model_max_length: int) 
         if (source / name).is_file():
             shutil.copyfile(source / name, target / name)
     if not (source / "tokenizer_config.json").is_file():
-        named = {f"{k}_token": v[0] for k, v in (("bos", specials.bos), ("eos", specials.eos), ("pad", specials.pad))
-                 if v is not None}
-        config = {"tokenizer_class": "PreTrainedTokenizerFast", "model_max_length": model_max_length,
-                  "clean_up_tokenization_spaces": False, **named}
+        named = {
+            f"{k}_token": v[0]
+            for k, v in (("bos", specials.bos), ("eos", specials.eos), ("pad", specials.pad))
+            if v is not None
+        }
+        config = {
+            "tokenizer_class": "PreTrainedTokenizerFast",
+            "model_max_length": model_max_length,
+            "clean_up_tokenization_spaces": False,
+            **named,
+        }
         (target / "tokenizer_config.json").write_text(json.dumps(config, indent=2))
         (target / "special_tokens_map.json").write_text(json.dumps(named, indent=2))
     if not (source / "generation_config.json").is_file():
@@ -149,8 +168,13 @@ def _replace_dir(tmp: Path, final: Path, overwrite: bool) -> None:
 
 
 def write_hf_dir(
-    hf_state: dict[str, torch.Tensor], config: dict, hf_dir: str | os.PathLike, *,
-    max_shard_bytes: int = DEFAULT_MAX_SHARD_BYTES, overwrite: bool = False, tokenizer_dir: Optional[Path] = None,
+    hf_state: dict[str, torch.Tensor],
+    config: dict,
+    hf_dir: str | os.PathLike,
+    *,
+    max_shard_bytes: int = DEFAULT_MAX_SHARD_BYTES,
+    overwrite: bool = False,
+    tokenizer_dir: Optional[Path] = None,
 ) -> Path:
     """config.json + safetensors (sharded with an index above `max_shard_bytes`) + the tokenizer files of
     `tokenizer_dir` (with its special-token ids in config.json), written into a temporary sibling directory and

@@ -6,6 +6,7 @@ picks the family whose architecture is the config's: the one asked for, else the
 while it still fits, else the first by priority whose `matches` holds (model/hf/family.py). Whatever the chosen
 class cannot compute identically is refused with the family's reasons, so export never approximates.
 """
+
 from __future__ import annotations
 
 import importlib
@@ -34,8 +35,10 @@ class FamilyRegistry:
             raise ValueError(f"two families declare model_type={fam.model_type!r}; each needs its own")
         clash = [f.model_type for f in self._families.values() if f.priority == fam.priority]
         if clash:
-            raise ValueError(f"family {fam.model_type!r} has priority {fam.priority}, as {clash[0]!r} does; "
-                             f"give it a priority no other family has")
+            raise ValueError(
+                f"family {fam.model_type!r} has priority {fam.priority}, as {clash[0]!r} does; "
+                f"give it a priority no other family has"
+            )
         self._families[fam.model_type] = fam
         return fam
 
@@ -59,8 +62,10 @@ class FamilyRegistry:
         for fam in sorted(self.families().values(), key=lambda f: f.priority, reverse=True):
             if fam.matches(cfg):
                 return fam
-        raise HFConversionError(f"model config {cfg.name!r}: no Hugging Face family recognises it "
-                                f"(registered: {', '.join(sorted(self._families))})")
+        raise HFConversionError(
+            f"model config {cfg.name!r}: no Hugging Face family recognises it "
+            f"(registered: {', '.join(sorted(self._families))})"
+        )
 
     def family_for(self, cfg: ModelConfig, model_type: str | None = None) -> Family:
         """The family `cfg` exports to: `model_type` if given, else the one it was imported from when it still
@@ -90,8 +95,10 @@ class FamilyRegistry:
             module = importlib.import_module(f"{self.package}.{info.name}")
             fam = getattr(module, "FAMILY", None)
             if not isinstance(fam, Family):
-                raise TypeError(f"{module.__file__}: a module of {self.package} must define FAMILY = Family(...) "
-                                f"(model/hf/family.py); it has {type(fam).__name__}")
+                raise TypeError(
+                    f"{module.__file__}: a module of {self.package} must define FAMILY = Family(...) "
+                    f"(model/hf/family.py); it has {type(fam).__name__}"
+                )
             found.append(fam)
         for fam in found:
             self.register(fam)

@@ -1,6 +1,7 @@
 """RoPE settings between Loom's ModelConfig (rope_theta + RopeScalingConfig) and transformers' `rope_parameters`
 (5.x) / `rope_theta` + `rope_scaling` (4.x), formula for formula (model/blocks/rope.py computes what transformers'
 rope init functions compute from these)."""
+
 from __future__ import annotations
 
 import math
@@ -10,8 +11,9 @@ from model.config import ModelConfig, RopeScalingConfig
 from model.hf.common import HFConversionError
 
 
-def rope_parameters(cfg: ModelConfig, *, theta: Optional[float] = None,
-                    scaling: Optional[RopeScalingConfig] = None) -> dict:
+def rope_parameters(
+    cfg: ModelConfig, *, theta: Optional[float] = None, scaling: Optional[RopeScalingConfig] = None
+) -> dict:
     """transformers' rope_parameters for Loom's RoPE (or for `theta`/`scaling` given: Gemma 3's local layers)."""
     s = cfg.rope_scaling if scaling is None else scaling
     params: dict = {"rope_type": "default", "rope_theta": float(cfg.rope_theta if theta is None else theta)}
@@ -21,17 +23,27 @@ def rope_parameters(cfg: ModelConfig, *, theta: Optional[float] = None,
         raise HFConversionError("rope_scaling.type=ntk (static NTK) has no transformers equivalent: use dynamic")
     params.update(rope_type=s.type, factor=float(s.factor))
     if s.type == "llama3":
-        params.update(low_freq_factor=float(s.low_freq_factor), high_freq_factor=float(s.high_freq_factor),
-                      original_max_position_embeddings=int(s.original_max_seq_len))
+        params.update(
+            low_freq_factor=float(s.low_freq_factor),
+            high_freq_factor=float(s.high_freq_factor),
+            original_max_position_embeddings=int(s.original_max_seq_len),
+        )
     elif s.type == "yarn":
-        params.update(original_max_position_embeddings=int(s.original_max_seq_len), beta_fast=float(s.beta_fast),
-                      beta_slow=float(s.beta_slow), attention_factor=s.cos_sin_factor)
+        params.update(
+            original_max_position_embeddings=int(s.original_max_seq_len),
+            beta_fast=float(s.beta_fast),
+            beta_slow=float(s.beta_slow),
+            attention_factor=s.cos_sin_factor,
+        )
         if s.mscale_all_dim:
             params["mscale_all_dim"] = float(s.mscale_all_dim)
     elif s.type == "longrope":
-        params.update(original_max_position_embeddings=int(s.original_max_seq_len),
-                      long_factor=[float(x) for x in s.long_factor], short_factor=[float(x) for x in s.short_factor],
-                      attention_factor=s.cos_sin_factor)
+        params.update(
+            original_max_position_embeddings=int(s.original_max_seq_len),
+            long_factor=[float(x) for x in s.long_factor],
+            short_factor=[float(x) for x in s.short_factor],
+            attention_factor=s.cos_sin_factor,
+        )
     return params
 
 
@@ -45,8 +57,11 @@ def max_position_embeddings(cfg: ModelConfig) -> int:
 def rope_config_fields(cfg: ModelConfig) -> dict:
     """The RoPE keys of config.json, for 5.x readers (rope_parameters) and 4.x ones (rope_theta, rope_scaling)."""
     params = rope_parameters(cfg)
-    return {"rope_parameters": params, "rope_theta": params["rope_theta"],
-            "rope_scaling": None if params["rope_type"] == "default" else params}
+    return {
+        "rope_parameters": params,
+        "rope_theta": params["rope_theta"],
+        "rope_scaling": None if params["rope_type"] == "default" else params,
+    }
 
 
 def merged_rope_parameters(hf: dict, default_theta: float, params: Optional[dict] = None) -> dict:
@@ -60,8 +75,9 @@ def merged_rope_parameters(hf: dict, default_theta: float, params: Optional[dict
     return merged
 
 
-def rope_from_hf(hf: dict, params: dict, max_seq_len: int, *, keep_mscale_all_dim: bool = False
-                 ) -> tuple[float, RopeScalingConfig, int]:
+def rope_from_hf(
+    hf: dict, params: dict, max_seq_len: int, *, keep_mscale_all_dim: bool = False
+) -> tuple[float, RopeScalingConfig, int]:
     """(rope_theta, RopeScalingConfig, max_seq_len) computing what transformers computes from `params`.
 
     `keep_mscale_all_dim`: DeepSeek's attention multiplies its softmax scale by YaRN's mscale_all_dim correction;
@@ -83,19 +99,32 @@ def rope_from_hf(hf: dict, params: dict, max_seq_len: int, *, keep_mscale_all_di
         scaling = RopeScalingConfig(type="dynamic", factor=factor, original_max_seq_len=max_seq_len)
         return theta, scaling, int(max_seq_len * max(factor, 1.0))
     if kind == "llama3":
-        return theta, RopeScalingConfig(
-            type="llama3", factor=factor, original_max_seq_len=int(original),
-            low_freq_factor=float(params["low_freq_factor"]), high_freq_factor=float(params["high_freq_factor"]),
-        ), max_seq_len
+        return (
+            theta,
+            RopeScalingConfig(
+                type="llama3",
+                factor=factor,
+                original_max_seq_len=int(original),
+                low_freq_factor=float(params["low_freq_factor"]),
+                high_freq_factor=float(params["high_freq_factor"]),
+            ),
+            max_seq_len,
+        )
     if kind == "longrope":
         if factor is None:
             factor = max_seq_len / int(original)
-        return theta, RopeScalingConfig(
-            type="longrope", factor=factor, original_max_seq_len=int(original),
-            long_factor=[float(x) for x in params["long_factor"]],
-            short_factor=[float(x) for x in params["short_factor"]],
-            attention_factor=params.get("attention_factor"),
-        ), max_seq_len
+        return (
+            theta,
+            RopeScalingConfig(
+                type="longrope",
+                factor=factor,
+                original_max_seq_len=int(original),
+                long_factor=[float(x) for x in params["long_factor"]],
+                short_factor=[float(x) for x in params["short_factor"]],
+                attention_factor=params.get("attention_factor"),
+            ),
+            max_seq_len,
+        )
     if kind == "yarn":
         if factor is None:
             factor = max_seq_len / int(original)
@@ -108,14 +137,24 @@ def rope_from_hf(hf: dict, params: dict, max_seq_len: int, *, keep_mscale_all_di
         mscale, mscale_all_dim = params.get("mscale"), params.get("mscale_all_dim")
         attention_factor = params.get("attention_factor")
         if attention_factor is None:  # transformers' rule
-            attention_factor = (get_mscale(factor, mscale) / get_mscale(factor, mscale_all_dim)
-                                if mscale and mscale_all_dim else get_mscale(factor))
-        return theta, RopeScalingConfig(
-            type="yarn", factor=factor, original_max_seq_len=int(original),
-            beta_fast=float(params.get("beta_fast") or 32.0), beta_slow=float(params.get("beta_slow") or 1.0),
-            attention_factor=float(attention_factor),
-            mscale_all_dim=float(mscale_all_dim or 0.0) if keep_mscale_all_dim else 0.0,
-        ), max_seq_len
+            attention_factor = (
+                get_mscale(factor, mscale) / get_mscale(factor, mscale_all_dim)
+                if mscale and mscale_all_dim
+                else get_mscale(factor)
+            )
+        return (
+            theta,
+            RopeScalingConfig(
+                type="yarn",
+                factor=factor,
+                original_max_seq_len=int(original),
+                beta_fast=float(params.get("beta_fast") or 32.0),
+                beta_slow=float(params.get("beta_slow") or 1.0),
+                attention_factor=float(attention_factor),
+                mscale_all_dim=float(mscale_all_dim or 0.0) if keep_mscale_all_dim else 0.0,
+            ),
+            max_seq_len,
+        )
     raise HFConversionError(
         f"rope type {kind!r} has no Loom equivalent (supported: default, linear, dynamic, llama3, yarn, longrope)"
     )

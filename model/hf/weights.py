@@ -14,6 +14,7 @@ layouts: ours (model/transformer.py) and transformers' on-disk format. What is m
   embedding and head that Loom shares (written on export, checked and dropped on import). A family with no place
   for them exports the main model and says that it left them out.
 """
+
 from __future__ import annotations
 
 import logging
@@ -30,10 +31,13 @@ log = logging.getLogger(__name__)
 
 _NORM_NAMES = {  # Loom block norm -> transformers name, per norm placement
     "pre": {"attention_norm": "input_layernorm", "ffn_norm": "post_attention_layernorm"},
-    "sandwich": {"attention_norm": "input_layernorm", "post_attention_norm": "post_attention_layernorm",
-                 "ffn_norm": "pre_feedforward_layernorm", "post_ffn_norm": "post_feedforward_layernorm"},
-    "branch_output": {"post_attention_norm": "post_attention_layernorm",
-                      "post_ffn_norm": "post_feedforward_layernorm"},
+    "sandwich": {
+        "attention_norm": "input_layernorm",
+        "post_attention_norm": "post_attention_layernorm",
+        "ffn_norm": "pre_feedforward_layernorm",
+        "post_ffn_norm": "post_feedforward_layernorm",
+    },
+    "branch_output": {"post_attention_norm": "post_attention_layernorm", "post_ffn_norm": "post_feedforward_layernorm"},
 }
 
 
@@ -48,66 +52,91 @@ def _rotary(hf: str, loom: str, bias: bool, block: int, start: int, width: int, 
     return rules + ([permuted(f"{hf}.bias", f"{loom}.bias", block, start, width)] if bias else [])
 
 
-def _attention_rules(cfg: ModelConfig, names: TensorNames, h: str, l: str, interleaved: bool) -> list[Rule]:
+def _attention_rules(cfg: ModelConfig, names: TensorNames, h: str, loom: str, interleaved: bool) -> list[Rule]:
     hd, q_dim, kv_dim = cfg.attn_head_dim, cfg.n_heads * cfg.attn_head_dim, cfg.kv_heads * cfg.attn_head_dim
     if names.fused_qkv:
-        rules = [split_rows(f"{h}qkv_proj.weight", (f"{l}wq.weight", f"{l}wk.weight", f"{l}wv.weight"),
-                            [q_dim, kv_dim, kv_dim])]
+        rules = [
+            split_rows(
+                f"{h}qkv_proj.weight",
+                (f"{loom}wq.weight", f"{loom}wk.weight", f"{loom}wv.weight"),
+                [q_dim, kv_dim, kv_dim],
+            )
+        ]
         if cfg.qkv_bias:
-            rules.append(split_rows(f"{h}qkv_proj.bias", (f"{l}wq.bias", f"{l}wk.bias", f"{l}wv.bias"),
-                                    [q_dim, kv_dim, kv_dim]))
+            rules.append(
+                split_rows(
+                    f"{h}qkv_proj.bias", (f"{loom}wq.bias", f"{loom}wk.bias", f"{loom}wv.bias"), [q_dim, kv_dim, kv_dim]
+                )
+            )
     else:
-        rules = (_rotary(f"{h}q_proj", f"{l}wq", cfg.qkv_bias, hd, 0, hd, interleaved)
-                 + _rotary(f"{h}k_proj", f"{l}wk", cfg.qkv_bias, hd, 0, hd, interleaved)
-                 + _linear(f"{h}v_proj", f"{l}wv", cfg.qkv_bias))
-    rules += _linear(f"{h}o_proj", f"{l}wo", cfg.attn_out_bias)
+        rules = (
+            _rotary(f"{h}q_proj", f"{loom}wq", cfg.qkv_bias, hd, 0, hd, interleaved)
+            + _rotary(f"{h}k_proj", f"{loom}wk", cfg.qkv_bias, hd, 0, hd, interleaved)
+            + _linear(f"{h}v_proj", f"{loom}wv", cfg.qkv_bias)
+        )
+    rules += _linear(f"{h}o_proj", f"{loom}wo", cfg.attn_out_bias)
     if cfg.qk_norm:
-        rules += [same(f"{h}q_norm.weight", f"{l}q_norm.weight"), same(f"{h}k_norm.weight", f"{l}k_norm.weight")]
+        rules += [same(f"{h}q_norm.weight", f"{loom}q_norm.weight"), same(f"{h}k_norm.weight", f"{loom}k_norm.weight")]
     return rules
 
 
-def _mla_rules(cfg: ModelConfig, h: str, l: str, interleaved: bool) -> list[Rule]:
+def _mla_rules(cfg: ModelConfig, h: str, loom: str, interleaved: bool) -> list[Rule]:
     mla = cfg.mla
     qk, nope, rope, rank = mla.qk_head_dim, mla.qk_nope_head_dim, mla.qk_rope_head_dim, mla.kv_lora_rank
     if mla.q_lora_rank is None:
-        rules = _rotary(f"{h}q_proj", f"{l}wq", False, qk, nope, rope, interleaved)
+        rules = _rotary(f"{h}q_proj", f"{loom}wq", False, qk, nope, rope, interleaved)
     else:
-        rules = (_linear(f"{h}q_a_proj", f"{l}wq_a", cfg.qkv_bias)
-                 + [same(f"{h}q_a_layernorm.weight", f"{l}q_a_norm.weight")]
-                 + _rotary(f"{h}q_b_proj", f"{l}wq_b", False, qk, nope, rope, interleaved))
-    rules += _rotary(f"{h}kv_a_proj_with_mqa", f"{l}wkv_a", cfg.qkv_bias, rank + rope, rank, rope, interleaved)
-    rules += [same(f"{h}kv_a_layernorm.weight", f"{l}kv_a_norm.weight")]
-    rules += _linear(f"{h}kv_b_proj", f"{l}wkv_b", False) + _linear(f"{h}o_proj", f"{l}wo", cfg.attn_out_bias)
+        rules = (
+            _linear(f"{h}q_a_proj", f"{loom}wq_a", cfg.qkv_bias)
+            + [same(f"{h}q_a_layernorm.weight", f"{loom}q_a_norm.weight")]
+            + _rotary(f"{h}q_b_proj", f"{loom}wq_b", False, qk, nope, rope, interleaved)
+        )
+    rules += _rotary(f"{h}kv_a_proj_with_mqa", f"{loom}wkv_a", cfg.qkv_bias, rank + rope, rank, rope, interleaved)
+    rules += [same(f"{h}kv_a_layernorm.weight", f"{loom}kv_a_norm.weight")]
+    rules += _linear(f"{h}kv_b_proj", f"{loom}wkv_b", False) + _linear(f"{h}o_proj", f"{loom}wo", cfg.attn_out_bias)
     return rules
 
 
-def _mlp_rules(names: TensorNames, h: str, l: str, hidden: int, bias: bool, gated: bool = True) -> list[Rule]:
+def _mlp_rules(names: TensorNames, h: str, loom: str, hidden: int, bias: bool, gated: bool = True) -> list[Rule]:
     if names.fused_gate_up:
-        rules = [split_rows(f"{h}gate_up_proj.weight", (f"{l}w1.weight", f"{l}w3.weight"), [hidden, hidden])]
-        return rules + _linear(f"{h}down_proj", f"{l}w2", bias)
-    rules = _linear(f"{h}gate_proj", f"{l}w1", bias) + _linear(f"{h}down_proj", f"{l}w2", bias)
-    return rules + (_linear(f"{h}up_proj", f"{l}w3", bias) if gated else [])
+        rules = [split_rows(f"{h}gate_up_proj.weight", (f"{loom}w1.weight", f"{loom}w3.weight"), [hidden, hidden])]
+        return rules + _linear(f"{h}down_proj", f"{loom}w2", bias)
+    rules = _linear(f"{h}gate_proj", f"{loom}w1", bias) + _linear(f"{h}down_proj", f"{loom}w2", bias)
+    return rules + (_linear(f"{h}up_proj", f"{loom}w3", bias) if gated else [])
 
 
-def _moe_rules(cfg: ModelConfig, names: TensorNames, h: str, l: str) -> list[Rule]:
+def _moe_rules(cfg: ModelConfig, names: TensorNames, h: str, loom: str) -> list[Rule]:
     moe = cfg.moe
-    rules = [same(f"{h}gate.weight", f"{l}router.weight")]
+    rules = [same(f"{h}gate.weight", f"{loom}router.weight")]
     for ours, theirs in zip(EXPERT_WEIGHTS, names.expert_names):
         per_expert = tuple(f"{h}experts.{e}.{theirs}.weight" for e in range(moe.num_experts))
-        rules.append(Rule(per_expert, (f"{l}experts.{ours}",),
-                          lambda ts: [t.clone() for t in ts[0].unbind(0)], lambda ts: [torch.stack(ts)]))
+        rules.append(
+            Rule(
+                per_expert,
+                (f"{loom}experts.{ours}",),
+                lambda ts: [t.clone() for t in ts[0].unbind(0)],
+                lambda ts: [torch.stack(ts)],
+            )
+        )
     if moe.num_shared_experts:
         plain = TensorNames()
-        rules += _mlp_rules(plain, f"{h}{names.shared_name}.", f"{l}shared_experts.", cfg.shared_experts_hidden_dim,
-                            False)
+        rules += _mlp_rules(
+            plain, f"{h}{names.shared_name}.", f"{loom}shared_experts.", cfg.shared_experts_hidden_dim, False
+        )
     if moe.shared_expert_gate:
-        rules.append(same(f"{h}shared_expert_gate.weight", f"{l}shared_expert_gate.weight"))
+        rules.append(same(f"{h}shared_expert_gate.weight", f"{loom}shared_expert_gate.weight"))
     if names.bias_name is not None:
         if names.bias_2d:
-            rules.append(Rule((f"{h}{names.bias_name}",), (f"{l}expert_bias",),
-                              lambda ts: [ts[0].reshape(1, -1)], lambda ts: [ts[0].reshape(-1)]))
+            rules.append(
+                Rule(
+                    (f"{h}{names.bias_name}",),
+                    (f"{loom}expert_bias",),
+                    lambda ts: [ts[0].reshape(1, -1)],
+                    lambda ts: [ts[0].reshape(-1)],
+                )
+            )
         else:
-            rules.append(same(f"{h}{names.bias_name}", f"{l}expert_bias"))
+            rules.append(same(f"{h}{names.bias_name}", f"{loom}expert_bias"))
     return rules
 
 
@@ -122,23 +151,27 @@ def weight_rules(cfg: ModelConfig, fam: Family, *, interleaved: Optional[bool] =
     if not cfg.tie_embeddings:
         rules.append(same("lm_head.weight", "output.weight"))
     for k in range(_mtp_depth(cfg, fam)):
-        h, l = f"model.layers.{cfg.n_layers + k}.", f"mtp.{k}."
-        rules += [same(f"{h}enorm.weight", f"{l}embedding_norm.weight"),
-                  same(f"{h}hnorm.weight", f"{l}hidden_norm.weight"),
-                  same(f"{h}eh_proj.weight", f"{l}projection.weight"),
-                  same(f"{h}shared_head.norm.weight", f"{l}norm.weight")]
-    for i, l in _loom_layers(cfg, fam):
+        h, loom = f"model.layers.{cfg.n_layers + k}.", f"mtp.{k}."
+        rules += [
+            same(f"{h}enorm.weight", f"{loom}embedding_norm.weight"),
+            same(f"{h}hnorm.weight", f"{loom}hidden_norm.weight"),
+            same(f"{h}eh_proj.weight", f"{loom}projection.weight"),
+            same(f"{h}shared_head.norm.weight", f"{loom}norm.weight"),
+        ]
+    for i, loom in _loom_layers(cfg, fam):
         h = f"model.layers.{i}."
-        rules += [same(f"{h}{theirs}.weight", f"{l}{ours}.weight")
-                  for ours, theirs in _NORM_NAMES[cfg.norm_position].items()]
+        rules += [
+            same(f"{h}{theirs}.weight", f"{loom}{ours}.weight")
+            for ours, theirs in _NORM_NAMES[cfg.norm_position].items()
+        ]
         if cfg.mla is not None:
-            rules += _mla_rules(cfg, f"{h}self_attn.", f"{l}attention.", interleaved)
+            rules += _mla_rules(cfg, f"{h}self_attn.", f"{loom}attention.", interleaved)
         else:
-            rules += _attention_rules(cfg, names, f"{h}self_attn.", f"{l}attention.", interleaved)
+            rules += _attention_rules(cfg, names, f"{h}self_attn.", f"{loom}attention.", interleaved)
         if cfg.is_moe_layer(i):
-            rules += _moe_rules(cfg, names, f"{h}{names.moe_prefix}.", f"{l}moe.")
+            rules += _moe_rules(cfg, names, f"{h}{names.moe_prefix}.", f"{loom}moe.")
         else:
-            rules += _mlp_rules(names, f"{h}mlp.", f"{l}feed_forward.", cfg.ffn_hidden_dim, cfg.mlp_bias)
+            rules += _mlp_rules(names, f"{h}mlp.", f"{loom}feed_forward.", cfg.ffn_hidden_dim, cfg.mlp_bias)
     return rules
 
 
@@ -149,21 +182,26 @@ def _mtp_depth(cfg: ModelConfig, fam: Family) -> int:
 
 def _loom_layers(cfg: ModelConfig, fam: Family) -> list[tuple[int, str]]:
     """(HF layer index, Loom prefix) of every decoder layer the files hold: the model's, then the MTP modules'."""
-    return ([(i, f"layers.{i}.") for i in range(cfg.n_layers)]
-            + [(cfg.n_layers + k, f"mtp.{k}.block.") for k in range(_mtp_depth(cfg, fam))])
+    return [(i, f"layers.{i}.") for i in range(cfg.n_layers)] + [
+        (cfg.n_layers + k, f"mtp.{k}.block.") for k in range(_mtp_depth(cfg, fam))
+    ]
 
 
 def loom_to_hf_state(state: dict[str, torch.Tensor], cfg: ModelConfig, fam: Family) -> dict[str, torch.Tensor]:
     state = dict(state)
     if cfg.mtp_depth and not fam.names.mtp_layers:
         left_out = [k for k in state if k.startswith("mtp.")]
-        log.warning("%s has no place for multi-token-prediction modules: exporting the main model without the "
-                    "%d MTP tensors (%d parameters); they only train", fam.model_type, len(left_out),
-                    sum(state[k].numel() for k in left_out))
+        log.warning(
+            "%s has no place for multi-token-prediction modules: exporting the main model without the "
+            "%d MTP tensors (%d parameters); they only train",
+            fam.model_type,
+            len(left_out),
+            sum(state[k].numel() for k in left_out),
+        )
         state = {k: v for k, v in state.items() if k not in left_out}
     if fam.names.bias_name is not None:  # the class always has the selection bias: a zero one selects the same
-        for i, l in _loom_layers(cfg, fam):
-            key = f"{l}moe.expert_bias"
+        for i, loom in _loom_layers(cfg, fam):
+            key = f"{loom}moe.expert_bias"
             if cfg.is_moe_layer(i) and key not in state:
                 state[key] = torch.zeros(cfg.moe.num_experts, dtype=torch.float32)
     rules = weight_rules(cfg, fam)
@@ -220,20 +258,27 @@ def _drop_mtp_copies(state: dict[str, torch.Tensor], cfg: ModelConfig) -> None:
     the model and its `cfg.mtp_depth` modules."""
     for k in range(cfg.mtp_depth):
         h = f"model.layers.{cfg.n_layers + k}."
-        for copy, shared in ((f"{h}embed_tokens.weight", "model.embed_tokens.weight"),
-                             (f"{h}shared_head.head.weight", "lm_head.weight")):
+        for copy, shared in (
+            (f"{h}embed_tokens.weight", "model.embed_tokens.weight"),
+            (f"{h}shared_head.head.weight", "lm_head.weight"),
+        ):
             tensor, reference = state.pop(copy, None), state.get(shared, state.get("model.embed_tokens.weight"))
             if tensor is not None and not torch.equal(tensor, reference):
-                log.warning("%s differs from %s; Loom's multi-token-prediction modules share the model's, so the "
-                            "copy is not used", copy, shared)
+                log.warning(
+                    "%s differs from %s; Loom's multi-token-prediction modules share the model's, so the "
+                    "copy is not used",
+                    copy,
+                    shared,
+                )
     beyond = cfg.n_layers + cfg.mtp_depth
     for key in [k for k in state if k.startswith("model.layers.")]:
         if int(key.split(".")[2]) >= beyond:
             del state[key]
 
 
-def hf_to_loom_state(hf_state: dict[str, torch.Tensor], cfg: ModelConfig, fam: Family, *,
-                     interleaved: Optional[bool] = None) -> dict[str, torch.Tensor]:
+def hf_to_loom_state(
+    hf_state: dict[str, torch.Tensor], cfg: ModelConfig, fam: Family, *, interleaved: Optional[bool] = None
+) -> dict[str, torch.Tensor]:
     hf_state = normalise_hf_state(hf_state, cfg, fam)
     if cfg.tie_embeddings:
         hf_state.pop("lm_head.weight", None)

@@ -1,4 +1,5 @@
 """The benchmark scripts (benchmarks/*.py, not a package) importable by name, as they import each other."""
+
 from __future__ import annotations
 
 import sys

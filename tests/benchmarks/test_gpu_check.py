@@ -1,6 +1,7 @@
 """benchmarks/gpu_check.py end to end on CPU (`--device cpu --tiny`): the command the GPU machine runs, so CI
 proves the script (its figures mean nothing here). One run serves every test of the module; the unit tests below
 it show the comparisons fail when they should and that the reference loop builds Loom's shapes."""
+
 from __future__ import annotations
 
 import json
@@ -8,24 +9,46 @@ import math
 import subprocess
 import sys
 
+import gpu_check
 import pytest
+import reference_train
 import torch
 
-import gpu_check
-import reference_train
-
 REPO = gpu_check.REPO
-CHECKS = {"no_host_sync_in_step", "fp32_single_vs_fsdp", "fp32_single_vs_compiled", "bf16_vs_fp32_at_step_30",
-          "resume_continues_bitwise", "cached_generation_equals_uncached", "hf_export_loads_in_transformers"}
+CHECKS = {
+    "no_host_sync_in_step",
+    "fp32_single_vs_fsdp",
+    "fp32_single_vs_compiled",
+    "bf16_vs_fp32_at_step_30",
+    "resume_continues_bitwise",
+    "cached_generation_equals_uncached",
+    "hf_export_loads_in_transformers",
+}
 
 
 @pytest.fixture(scope="module")
 def tiny_run(tmp_path_factory):
     tmp = tmp_path_factory.mktemp("gpu_check")
     out = tmp / "results" / "gpu_results.json"
-    result = subprocess.run([sys.executable, "benchmarks/gpu_check.py", "--device", "cpu", "--tiny", "--out", str(out),
-                             "--work-dir", str(tmp / "work"), "--budget-s", "500"], cwd=REPO, capture_output=True,
-                            text=True, timeout=560)
+    result = subprocess.run(
+        [
+            sys.executable,
+            "benchmarks/gpu_check.py",
+            "--device",
+            "cpu",
+            "--tiny",
+            "--out",
+            str(out),
+            "--work-dir",
+            str(tmp / "work"),
+            "--budget-s",
+            "500",
+        ],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=560,
+    )
     assert result.returncode == 0, result.stdout[-6000:] + result.stderr[-4000:]
     return json.loads(out.read_text()), result.stdout, out
 
@@ -82,8 +105,15 @@ def test_rows_have_every_field_and_both_sides_train_the_same_shape(tiny_run):
 def test_logs_of_every_run_are_collected(tiny_run):
     _, _, out = tiny_run
     logs = (out.parent / "gpu_check_logs.txt").read_text()
-    for name in ("correctness_fp32", "correctness_fsdp", "correctness_compiled", "correctness_bf16",
-                 "correctness_resumed", "reference_llama3_1b", "profile_llama3_1b"):
+    for name in (
+        "correctness_fp32",
+        "correctness_fsdp",
+        "correctness_compiled",
+        "correctness_bf16",
+        "correctness_resumed",
+        "reference_llama3_1b",
+        "profile_llama3_1b",
+    ):
         assert f"===== {name} " in logs, name
 
 
@@ -143,10 +173,30 @@ def test_reference_rope_matches_loom_llama3_scaling():
 def test_reference_gpt2_family_trains(capsys, tmp_path):
     """The GPT-2 family (learned positions, LayerNorm, GELU, biases), which the tiny end-to-end run leaves out."""
     model_json = tmp_path / "gpt2.json"
-    model_json.write_text(json.dumps(resolved("gpt2_124m", dim=32, n_layers=1, n_heads=2, vocab_size=128,
-                                              hidden_dim=128)))
-    reference_train.main(["--model-json", str(model_json), "--batch", "2", "--seq", "16", "--warmup", "1", "--steps",
-                          "2", "--no-compile", "--precision", "fp32", "--device", "cpu", "--lr", "1e-2"])
+    model_json.write_text(
+        json.dumps(resolved("gpt2_124m", dim=32, n_layers=1, n_heads=2, vocab_size=128, hidden_dim=128))
+    )
+    reference_train.main(
+        [
+            "--model-json",
+            str(model_json),
+            "--batch",
+            "2",
+            "--seq",
+            "16",
+            "--warmup",
+            "1",
+            "--steps",
+            "2",
+            "--no-compile",
+            "--precision",
+            "fp32",
+            "--device",
+            "cpu",
+            "--lr",
+            "1e-2",
+        ]
+    )
     result = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
     assert result["params"] == 32 * 128 + 1024 * 32 + (4 * 32 * 32 + 4 * 32) + (8 * 32 * 32 + 5 * 32) + 3 * 64
     assert result["timed_steps"] == 2 and result["tokens_per_sec"] > 0 and math.isfinite(result["last_loss"])

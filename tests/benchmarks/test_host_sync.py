@@ -1,19 +1,20 @@
-"""Loom's torch-layout step (launcher.train_modules.torch_layouts: micro batches, clipping, fused AdamW, lr schedule) makes
-no host sync, alone and under FSDP2 on a 1-rank mesh, in fp32 and bf16: checked on CPU by recording every op that
+"""Loom's torch-layout step (launcher.train_modules.torch_layouts: micro batches, clipping, fused AdamW, lr schedule)
+makes no host sync, alone and under FSDP2 on a 1-rank mesh, in fp32 and bf16: checked on CPU by recording every op that
 would read device data on the host (benchmarks/host_sync.py); the GPU check adds CUDA's own sync debug mode."""
+
 from __future__ import annotations
 
 import torch
 import torch.distributed as dist
-
 from host_sync import SyncRecorder, host_syncs_in_step
 
 
 def _model_config():
     from model.config import ModelConfig
 
-    return ModelConfig(name="sync-test", vocab_size=128, dim=64, n_layers=2, n_heads=4, n_kv_heads=2, hidden_dim=128,
-                       max_seq_len=64)
+    return ModelConfig(
+        name="sync-test", vocab_size=128, dim=64, n_layers=2, n_heads=4, n_kv_heads=2, hidden_dim=128, max_seq_len=64
+    )
 
 
 def test_fsdp_one_rank_step_has_no_host_sync():
@@ -53,4 +54,9 @@ def test_recorder_names_each_kind_of_host_read():
         x.cpu()
         x.nonzero()
     assert [line.split(" at ")[0] for line in found] == [
-        "aten::_local_scalar_dense", "aten::_local_scalar_dense", "Tensor.tolist", "Tensor.cpu", "aten::nonzero"]
+        "aten::_local_scalar_dense",
+        "aten::_local_scalar_dense",
+        "Tensor.tolist",
+        "Tensor.cpu",
+        "aten::nonzero",
+    ]

@@ -1,4 +1,5 @@
 """Fixtures for the launcher tests: a small packed-shard corpus shared by the whole session."""
+
 from __future__ import annotations
 
 from pathlib import Path

@@ -1,5 +1,6 @@
 """Helpers for the training tests against the local Slurm: submit with `python -m launcher.submit` (the command a
 user types), find and freeze a job's rank processes, read its log and metrics."""
+
 from __future__ import annotations
 
 import os
@@ -10,7 +11,7 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from launcher_testing import PYTHON, REPO, child_env, tiny_overrides
+from launcher_testing import PYTHON, child_env, tiny_overrides
 
 MAX_STEPS = 32
 
@@ -18,7 +19,9 @@ MAX_STEPS = 32
 def job_overrides(shards: Path, name: str, **extra) -> list[str]:
     """The tiny 2-rank run of the launcher tests, named (the run dir follows the name), checkpoints only at the
     stop and at the end."""
-    args = [a for a in tiny_overrides(shards, Path("unused"), max_steps=MAX_STEPS) if not a.startswith("trainer.run_dir=")]
+    args = [
+        a for a in tiny_overrides(shards, Path("unused"), max_steps=MAX_STEPS) if not a.startswith("trainer.run_dir=")
+    ]
     return args + [f"trainer.name={name}", "trainer.checkpoint_every=0"] + [f"{k}={v}" for k, v in extra.items()]
 
 
@@ -37,8 +40,9 @@ class Submitted:
 
 
 def submit(slurm, overrides: list[str], cwd: Path, env: dict[str, str]) -> Submitted:
-    result = subprocess.run([PYTHON, "-m", "launcher.submit", *overrides], cwd=cwd, env=env, capture_output=True,
-                            text=True, timeout=120)
+    result = subprocess.run(
+        [PYTHON, "-m", "launcher.submit", *overrides], cwd=cwd, env=env, capture_output=True, text=True, timeout=120
+    )
     assert result.returncode == 0, result.stdout + result.stderr
     job_id = re.search(r"^submitted job (\d+)", result.stdout, re.M).group(1)
     run_dir = Path(re.search(r"^run dir: (\S+)", result.stdout, re.M).group(1))
@@ -78,8 +82,12 @@ def rank_pids(run_dir: Path) -> list[int]:
             args = [a.decode(errors="replace") for a in (entry / "cmdline").read_bytes().split(b"\0") if a]
         except OSError:
             continue
-        if ("launcher.train" in args and f"trainer.run_dir={run_dir}" in args
-                and "launcher.torchrun_node" not in args and not any(a.endswith("srun") for a in args)):
+        if (
+            "launcher.train" in args
+            and f"trainer.run_dir={run_dir}" in args
+            and "launcher.torchrun_node" not in args
+            and not any(a.endswith("srun") for a in args)
+        ):
             pids.append(int(entry.name))
     return pids
 

@@ -1,6 +1,7 @@
 """The CPU twin of the GPU check (bf16 + torch.compile + FSDP on one device, tokens/s recorded): the same launcher
 path through benchmarks/bench_train.py, on CPU with gloo, where CUDA's absence is the only difference. FSDP on one
 process runs on a 1-rank mesh (parallel/dims.py `fsdp_one_rank`), so this is the code one GPU runs."""
+
 from __future__ import annotations
 
 import json
@@ -12,16 +13,26 @@ from launcher_testing import PYTHON, REPO, child_env, losses, run_train, tiny_ov
 
 def test_bf16_compile_fsdp_one_rank_trains_and_reports_throughput(shards, tmp_path):
     run_dir = tmp_path / "run"
-    overrides = tiny_overrides(shards, run_dir, max_steps=18, **{
-        "trainer.log_every": 3,
-        "trainer.precision": "bf16",
-        "parallel": "fsdp",
-        "parallel.fsdp_param_dtype": "bfloat16",
-        "parallel.compile": "true",
-    })
-    result = subprocess.run([PYTHON, "benchmarks/bench_train.py", "--warmup-windows", "1", "--out", str(run_dir),
-                             "--", *overrides], cwd=REPO, env=child_env(tmp_path), capture_output=True, text=True,
-                            timeout=300)
+    overrides = tiny_overrides(
+        shards,
+        run_dir,
+        max_steps=18,
+        **{
+            "trainer.log_every": 3,
+            "trainer.precision": "bf16",
+            "parallel": "fsdp",
+            "parallel.fsdp_param_dtype": "bfloat16",
+            "parallel.compile": "true",
+        },
+    )
+    result = subprocess.run(
+        [PYTHON, "benchmarks/bench_train.py", "--warmup-windows", "1", "--out", str(run_dir), "--", *overrides],
+        cwd=REPO,
+        env=child_env(tmp_path),
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert result.returncode == 0, result.stdout[-2000:] + result.stderr[-4000:]
     summary = json.loads(next(line for line in result.stdout.splitlines() if line.startswith("{")))
     assert summary["windows"] == 5 and summary["steps"] == [6, 18]

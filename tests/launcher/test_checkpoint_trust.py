@@ -9,6 +9,7 @@ checkpoints at steps 12 and 16 kept):
 - a run that diverges stops before saving, and its last good checkpoint survives;
 - a full disk gives a clear "no space" error, keeps the last good checkpoint, and the next start resumes bitwise.
 """
+
 from __future__ import annotations
 
 import hashlib
@@ -21,7 +22,6 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import pytest
-
 from launcher_testing import PYTHON, REPO, child_env, losses, run_train, tiny_overrides
 
 MAX_STEPS = 16
@@ -64,16 +64,23 @@ def manifest_lists_too_little(directory: Path) -> None:
     (directory / "COMPLETE").write_text(json.dumps(marker))
 
 
-CORRUPTIONS = {"byte_flips": flip_bytes, "overwritten_header": overwrite_header, "zero_filled": zero_fill,
-               "deleted_file": delete_file, "manifest_lists_too_little": manifest_lists_too_little}
+CORRUPTIONS = {
+    "byte_flips": flip_bytes,
+    "overwritten_header": overwrite_header,
+    "zero_filled": zero_fill,
+    "deleted_file": delete_file,
+    "manifest_lists_too_little": manifest_lists_too_little,
+}
 
 
 def rehash_manifest(directory: Path) -> None:
     """What an attacker who rewrites a checkpoint also does: a manifest that matches the planted files."""
     files = {}
     for path in sorted(p for p in directory.rglob("*") if p.is_file() and p.name != "COMPLETE"):
-        files[path.relative_to(directory).as_posix()] = {"size": path.stat().st_size,
-                                                          "sha256": hashlib.sha256(path.read_bytes()).hexdigest()}
+        files[path.relative_to(directory).as_posix()] = {
+            "size": path.stat().st_size,
+            "sha256": hashlib.sha256(path.read_bytes()).hexdigest(),
+        }
     marker = json.loads((directory / "COMPLETE").read_text())
     marker["files"] = files
     (directory / "COMPLETE").write_text(json.dumps(marker))
@@ -109,8 +116,11 @@ def test_corrupt_newest_checkpoint_falls_back_and_resumes_bitwise(name, corrupte
 
 
 def snapshot(run_dir: Path) -> dict[str, bytes]:
-    return {p.relative_to(run_dir).as_posix(): p.read_bytes() for p in sorted(run_dir.rglob("*"))
-            if p.is_file() and p.name not in (".lock", "train_rank0.log")}
+    return {
+        p.relative_to(run_dir).as_posix(): p.read_bytes()
+        for p in sorted(run_dir.rglob("*"))
+        if p.is_file() and p.name not in (".lock", "train_rank0.log")
+    }
 
 
 def test_all_checkpoints_corrupt_stops_and_overwrites_nothing(shards, single_baseline, tmp_path):
@@ -182,11 +192,18 @@ def test_planted_pickle_never_runs(plant, shards, single_baseline, tmp_path):
 
     resumed = run_train(tiny_overrides(shards, run_dir, max_steps=20), tmp_path)
     assert resumed.returncode == 1 and "can be resumed" in resumed.stderr, resumed.stderr[-3000:]
-    init = run_train(tiny_overrides(shards, tmp_path / "fresh", max_steps=2) + [f"trainer.init_from={run_dir}"],
-                     tmp_path)
+    init = run_train(
+        tiny_overrides(shards, tmp_path / "fresh", max_steps=2) + [f"trainer.init_from={run_dir}"], tmp_path
+    )
     assert init.returncode != 0
-    export = subprocess.run([PYTHON, "-m", "model.hf", "export", str(run_dir), str(tmp_path / "hf")], cwd=REPO,
-                            env=child_env(tmp_path), capture_output=True, text=True, timeout=120)
+    export = subprocess.run(
+        [PYTHON, "-m", "model.hf", "export", str(run_dir), str(tmp_path / "hf")],
+        cwd=REPO,
+        env=child_env(tmp_path),
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert export.returncode != 0
     for result in (resumed, init, export):
         assert "Traceback" not in result.stderr or "CheckpointError" in result.stderr, result.stderr[-3000:]
@@ -251,8 +268,7 @@ def test_diverging_run_stops_before_saving_and_keeps_the_good_checkpoint(shards,
     run_dir = tmp_path / "run"
     shutil.copytree(single_baseline, run_dir)
     shutil.rmtree(ckpt(run_dir, 16))
-    result = run_train(tiny_overrides(shards, run_dir) + ["optim.lr=1e30", "trainer.resume_allow=[optim.lr]"],
-                       tmp_path)
+    result = run_train(tiny_overrides(shards, run_dir) + ["optim.lr=1e30", "trainer.resume_allow=[optim.lr]"], tmp_path)
     assert result.returncode == 1, result.stderr[-3000:]
     assert "became NaN or infinite" in result.stderr and "last good checkpoint: step 12" in result.stderr
     assert sorted(p.name for p in (run_dir / "checkpoints").glob("step_*")) == ["step_00000012"]
@@ -268,8 +284,9 @@ def test_diverging_run_stops_before_saving_and_keeps_the_good_checkpoint(shards,
 def small_disk(tmp_path):
     mount = tmp_path / "tmpfs"
     mount.mkdir()
-    result = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=40m", "tmpfs", str(mount)], capture_output=True,
-                            text=True)
+    result = subprocess.run(
+        ["mount", "-t", "tmpfs", "-o", "size=40m", "tmpfs", str(mount)], capture_output=True, text=True
+    )
     if result.returncode != 0:
         pytest.skip(f"cannot mount a 40 MiB tmpfs here: {result.stderr.strip()}")
     yield mount

@@ -7,6 +7,7 @@
 - Dtype names live in one table (model/dtypes.py): a literal collection naming two or more dtypes anywhere else
   fails.
 """
+
 from __future__ import annotations
 
 import ast
@@ -25,14 +26,29 @@ DTYPE_NAMES = {"fp32", "bf16", "fp16", "float32", "bfloat16", "float16"}
 
 def _schemas() -> dict[str, type]:
     """configs/<path> (a file, or a group directory) -> the dataclass that types it."""
-    from launcher.config import (DataConfig, EstimateConfig, LoggingConfig, OptimConfig, ScheduleConfig, TrainConfig,
-                                 TrainerConfig)
+    from launcher.config import (
+        DataConfig,
+        EstimateConfig,
+        LoggingConfig,
+        OptimConfig,
+        ScheduleConfig,
+        TrainConfig,
+        TrainerConfig,
+    )
     from model.config import ModelConfig
     from parallel.config import ParallelConfig
 
-    schemas = {"train.yaml": TrainConfig, "model": ModelConfig, "data": DataConfig, "optim": OptimConfig,
-               "schedule": ScheduleConfig, "parallel": ParallelConfig, "trainer": TrainerConfig,
-               "logging": LoggingConfig, "estimate.yaml": EstimateConfig}
+    schemas = {
+        "train.yaml": TrainConfig,
+        "model": ModelConfig,
+        "data": DataConfig,
+        "optim": OptimConfig,
+        "schedule": ScheduleConfig,
+        "parallel": ParallelConfig,
+        "trainer": TrainerConfig,
+        "logging": LoggingConfig,
+        "estimate.yaml": EstimateConfig,
+    }
     from cluster.config import ClusterConfig
     from data_pipeline.cli import PipelineRunConfig, PipelineStepsConfig
 
@@ -44,7 +60,9 @@ def _yaml_files() -> list[tuple[Path, type]]:
     files = []
     for key, schema in _schemas().items():
         path = CONFIGS / key
-        files.extend((f, schema) for f in sorted(path.glob("*.yaml"))) if path.is_dir() else files.append((path, schema))
+        files.extend((f, schema) for f in sorted(path.glob("*.yaml"))) if path.is_dir() else files.append(
+            (path, schema)
+        )
     return files
 
 
@@ -71,7 +89,9 @@ def repeated_defaults(data: dict, schema: type, prefix: str = "") -> list[str]:
     return found
 
 
-@pytest.mark.parametrize("path, schema", _yaml_files(), ids=lambda v: str(v.relative_to(CONFIGS)) if isinstance(v, Path) else "")
+@pytest.mark.parametrize(
+    "path, schema", _yaml_files(), ids=lambda v: str(v.relative_to(CONFIGS)) if isinstance(v, Path) else ""
+)
 def test_yaml_holds_only_what_the_choice_changes(path, schema):
     data = yaml.safe_load(path.read_text()) or {}
     repeats = repeated_defaults(data, schema)

@@ -1,5 +1,6 @@
 """`python -m launcher.estimate`: composes the training config itself, so training's overrides are accepted as is
 and a layout training refuses is refused with training's own message (ParallelDims.from_config's rule)."""
+
 from __future__ import annotations
 
 import json
@@ -21,21 +22,26 @@ SMALL = ModelConfig(name="small", vocab_size=100, dim=64, n_layers=2, n_heads=4,
 
 def configs(num_gpus: int, **sections) -> tuple[TrainConfig, EstimateConfig]:
     """The same training keys as a TrainConfig (what launcher.train validates) and as an EstimateConfig."""
-    keys = {"model": SMALL, "data": DataConfig(seq_len=32),
-            "trainer": TrainerConfig(micro_batch_size=1, global_batch_size=num_gpus), **sections}
+    keys = {
+        "model": SMALL,
+        "data": DataConfig(seq_len=32),
+        "trainer": TrainerConfig(micro_batch_size=1, global_batch_size=num_gpus),
+        **sections,
+    }
     return TrainConfig(**keys), EstimateConfig(num_gpus=num_gpus, **keys)
 
 
 @pytest.mark.parametrize(
     "num_gpus, layout, message",
-    [(3, ParallelConfig(tp=3), "model n_heads=4 is not divisible by parallel.tp=3"),
-     (2, ParallelConfig(dp_shard=2, zero_stage=2), "need parallel.engine=deepspeed"),
-     (2, ParallelConfig(ep=2, dp_shard=2), "needs an MoE model"),
-     (2, ParallelConfig(pp=2, pp_microbatches=1), "pp_microbatches=1 >= parallel.pp=2"),
-     (4, ParallelConfig(dp_shard=2), "parallel degrees multiply to 2")],
+    [
+        (3, ParallelConfig(tp=3), "model n_heads=4 is not divisible by parallel.tp=3"),
+        (2, ParallelConfig(dp_shard=2, zero_stage=2), "need parallel.engine=deepspeed"),
+        (2, ParallelConfig(ep=2, dp_shard=2), "needs an MoE model"),
+        (2, ParallelConfig(pp=2, pp_microbatches=1), "pp_microbatches=1 >= parallel.pp=2"),
+        (4, ParallelConfig(dp_shard=2), "parallel degrees multiply to 2"),
+    ],
 )
-def test_invalid_layout_is_refused_with_trainings_message(num_gpus: int, layout: ParallelConfig,
-                                                          message: str) -> None:
+def test_invalid_layout_is_refused_with_trainings_message(num_gpus: int, layout: ParallelConfig, message: str) -> None:
     train, est = configs(num_gpus, parallel=layout)
     with pytest.raises(ConfigError) as by_training:
         validate(train, num_gpus)
@@ -52,18 +58,38 @@ def test_training_keys_not_only_layout_keys_are_checked() -> None:
 
 
 def run_cli(*overrides: str) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "launcher.estimate", *overrides], cwd=REPO, capture_output=True,
-                          text=True, timeout=120, check=False)
+    return subprocess.run(
+        [sys.executable, "-m", "launcher.estimate", *overrides],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
 
 
 def test_cli_prints_json_with_required_keys() -> None:
-    done = run_cli("model=llama3_8b", "parallel=fsdp", "parallel.dp_shard=8", "data.seq_len=8192",
-                   "parallel.ac_mode=full", "trainer.micro_batch_size=1", "trainer.global_batch_size=8",
-                   "format=json")
+    done = run_cli(
+        "model=llama3_8b",
+        "parallel=fsdp",
+        "parallel.dp_shard=8",
+        "data.seq_len=8192",
+        "parallel.ac_mode=full",
+        "trainer.micro_batch_size=1",
+        "trainer.global_batch_size=8",
+        "format=json",
+    )
     assert done.returncode == 0, done.stderr
     report = json.loads(done.stdout)
-    for key in ("params_total", "params_active", "params_embedding", "train_flops_per_token", "memory_per_gpu_gib",
-                "time_to_train_hours", "tokens_per_second"):
+    for key in (
+        "params_total",
+        "params_active",
+        "params_embedding",
+        "train_flops_per_token",
+        "memory_per_gpu_gib",
+        "time_to_train_hours",
+        "tokens_per_second",
+    ):
         assert key in report
     assert report["params_total"] == 8_030_261_248
     assert report["train_flops_per_token"] == 45_029_548_032 + 12_884_901_888

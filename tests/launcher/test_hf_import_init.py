@@ -1,5 +1,6 @@
 """The model issue's contract between `model.hf` and the launcher: a run exported to Hugging Face format and imported
 back is a checkpoint that `trainer.init_from=` starts from, with exactly the weights of the original run."""
+
 from __future__ import annotations
 
 import json
@@ -9,8 +10,14 @@ from launcher_testing import PYTHON, REPO, child_env, losses, run_train, tiny_ov
 
 
 def _hf(tmp_path, *args: str) -> None:
-    result = subprocess.run([PYTHON, "-m", "model.hf", *args], cwd=REPO, env=child_env(tmp_path),
-                            capture_output=True, text=True, timeout=180)
+    result = subprocess.run(
+        [PYTHON, "-m", "model.hf", *args],
+        cwd=REPO,
+        env=child_env(tmp_path),
+        capture_output=True,
+        text=True,
+        timeout=180,
+    )
     assert result.returncode == 0, result.stdout[-2000:] + result.stderr[-4000:]
 
 

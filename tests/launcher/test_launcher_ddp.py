@@ -1,5 +1,6 @@
 """Data parallel over 2 gloo ranks: matches one process with the same global batch (to 1e-5), runs under
 torchrun, stops on a SIGUSR1 sent to one rank only (the ranks agree at step end) and resumes bitwise."""
+
 from __future__ import annotations
 
 import shutil
@@ -7,7 +8,6 @@ import signal
 import subprocess
 
 import pytest
-
 from launcher_testing import (
     PYTHON,
     REPO,
@@ -28,8 +28,17 @@ MAX_STEPS = 16
 def ddp_baseline(shards, tmp_path_factory):
     """An uninterrupted 2-rank run launched the usual way: torchrun --standalone ... parallel=ddp."""
     tmp = tmp_path_factory.mktemp("ddp_baseline")
-    cmd = [PYTHON, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2", "-m", "launcher.train",
-           *tiny_overrides(shards, tmp / "run"), "parallel=ddp"]
+    cmd = [
+        PYTHON,
+        "-m",
+        "torch.distributed.run",
+        "--standalone",
+        "--nproc_per_node=2",
+        "-m",
+        "launcher.train",
+        *tiny_overrides(shards, tmp / "run"),
+        "parallel=ddp",
+    ]
     result = subprocess.run(cmd, cwd=REPO, env=child_env(tmp), capture_output=True, text=True, timeout=240)
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
     return tmp / "run"
@@ -40,8 +49,16 @@ def start_ranks(shards, run_dir, tmp_path, tag: str) -> list[subprocess.Popen]:
     No parallel= override: the default all-ones layout on 2 processes becomes DDP over both."""
     port = str(free_port())
     return [
-        start_train(tiny_overrides(shards, run_dir), tmp_path, f"{tag}_rank{rank}.log", RANK=str(rank),
-                    LOCAL_RANK=str(rank), WORLD_SIZE="2", MASTER_ADDR="127.0.0.1", MASTER_PORT=port)
+        start_train(
+            tiny_overrides(shards, run_dir),
+            tmp_path,
+            f"{tag}_rank{rank}.log",
+            RANK=str(rank),
+            LOCAL_RANK=str(rank),
+            WORLD_SIZE="2",
+            MASTER_ADDR="127.0.0.1",
+            MASTER_PORT=port,
+        )
         for rank in range(2)
     ]
 
@@ -93,16 +110,31 @@ def test_fsdp_checkpoint_reshards_onto_one_process(shards, tmp_path):
     losses the 2-rank run had. (FSDP initialises on the meta device, so its weights are not the single-process
     ones: the comparison is with itself.)"""
     run_dir = tmp_path / "run"
-    cmd = [PYTHON, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2", "-m", "launcher.train",
-           *tiny_overrides(shards, run_dir), "parallel=fsdp"]
+    cmd = [
+        PYTHON,
+        "-m",
+        "torch.distributed.run",
+        "--standalone",
+        "--nproc_per_node=2",
+        "-m",
+        "launcher.train",
+        *tiny_overrides(shards, run_dir),
+        "parallel=fsdp",
+    ]
     result = subprocess.run(cmd, cwd=REPO, env=child_env(tmp_path), capture_output=True, text=True, timeout=240)
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
     fsdp = losses(run_dir)
     assert sorted(fsdp) == list(range(1, MAX_STEPS + 1)) and fsdp[MAX_STEPS] < fsdp[1] - 0.1
 
     shutil.rmtree(run_dir / "checkpoints" / f"step_{MAX_STEPS:08d}")  # resume from the step-12 FSDP checkpoint
-    result = subprocess.run([PYTHON, "-m", "launcher.train", *tiny_overrides(shards, run_dir)], cwd=REPO,
-                            env=child_env(tmp_path), capture_output=True, text=True, timeout=240)
+    result = subprocess.run(
+        [PYTHON, "-m", "launcher.train", *tiny_overrides(shards, run_dir)],
+        cwd=REPO,
+        env=child_env(tmp_path),
+        capture_output=True,
+        text=True,
+        timeout=240,
+    )
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
     assert f"resumed from {run_dir / 'checkpoints' / 'step_00000012'}" in result.stdout
     resumed = losses(run_dir)

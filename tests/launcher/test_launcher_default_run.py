@@ -2,6 +2,7 @@
 config.yaml, metrics.jsonl, the loss/lr plot, a checkpoint and an offline wandb run. The fast test shortens it to
 a few steps; the full one is the whole default run (what `make train` runs) and checks it learns (loss < 40% of
 ln(vocab)) in minutes. It stays in the default suite: no faster test covers learning on the embedded corpus."""
+
 from __future__ import annotations
 
 import json
@@ -9,8 +10,8 @@ import math
 import time
 
 import yaml
-
 from launcher_testing import run_train
+
 from model.checkpoint_io import find_complete_checkpoints, load_model_checkpoint
 
 
@@ -36,10 +37,22 @@ def check_run_dir(run_dir, max_steps):
 
 def test_short_default_run_writes_the_run_dir(tmp_path):
     run_dir = tmp_path / "run"
-    result = run_train([f"trainer.run_dir={run_dir}", "trainer.max_steps=6", "trainer.log_every=2",
-                        "trainer.eval_every=3", "trainer.eval_batches=1", "trainer.sample_tokens=8",
-                        "schedule.warmup_steps=2", "trainer.progress_bar=false", "logging.wandb.mode=auto"],
-                       tmp_path, timeout=400, WANDB_MODE=None)
+    result = run_train(
+        [
+            f"trainer.run_dir={run_dir}",
+            "trainer.max_steps=6",
+            "trainer.log_every=2",
+            "trainer.eval_every=3",
+            "trainer.eval_batches=1",
+            "trainer.sample_tokens=8",
+            "schedule.warmup_steps=2",
+            "trainer.progress_bar=false",
+            "logging.wandb.mode=auto",
+        ],
+        tmp_path,
+        timeout=400,
+        WANDB_MODE=None,
+    )
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
     assert f"trainer.run_dir={run_dir}" in result.stdout
     records = check_run_dir(run_dir, 6)

@@ -1,5 +1,6 @@
 """One writer per run directory, and no orphans: a second launch on a live run dir fails at once naming the
 holder (so two launches can no longer interleave metrics.jsonl), and after kill -9 of torchrun its ranks die."""
+
 from __future__ import annotations
 
 import json
@@ -9,8 +10,16 @@ import subprocess
 import time
 from pathlib import Path
 
-from launcher_testing import (PYTHON, REPO, checkpoint_complete, child_env, run_train, start_train, tiny_overrides,
-                              wait_for)
+from launcher_testing import (
+    PYTHON,
+    REPO,
+    checkpoint_complete,
+    child_env,
+    run_train,
+    start_train,
+    tiny_overrides,
+    wait_for,
+)
 
 
 def children(pid: int) -> list[int]:
@@ -57,9 +66,21 @@ def test_ranks_die_with_torchrun(shards, tmp_path):
     run_dir = tmp_path / "run"
     log = open(tmp_path / "torchrun.log", "w")
     torchrun = subprocess.Popen(
-        [PYTHON, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2", "-m", "launcher.train",
-         *tiny_overrides(shards, run_dir, max_steps=400)],
-        cwd=REPO, env=child_env(tmp_path), stdout=log, stderr=subprocess.STDOUT)
+        [
+            PYTHON,
+            "-m",
+            "torch.distributed.run",
+            "--standalone",
+            "--nproc_per_node=2",
+            "-m",
+            "launcher.train",
+            *tiny_overrides(shards, run_dir, max_steps=400),
+        ],
+        cwd=REPO,
+        env=child_env(tmp_path),
+        stdout=log,
+        stderr=subprocess.STDOUT,
+    )
     ranks: list[int] = []
     try:
         wait_for(lambda: checkpoint_complete(run_dir, 4), 240, "the step-4 checkpoint", [torchrun])

@@ -1,12 +1,11 @@
 """Exact resume: a run stopped at step k (SIGTERM, or kill -9 after a checkpoint) and resumed with
 trainer.resume=auto gives bitwise the same loss at every later step as an uninterrupted run (CPU, fp32)."""
+
 from __future__ import annotations
 
-import shutil
 import signal
 
 import pytest
-
 from launcher_testing import checkpoint_complete, losses, run_train, start_train, tiny_overrides, wait_for
 
 MAX_STEPS = 16

@@ -1,6 +1,7 @@
 """Run directories as Hydra users expect: a multirun sweep gives every job its own run dir (each trains to its last
 step), a run dir holding a different run is refused unless the change is allowed (and an allowed lr change takes
 effect), a MoE run logs its auxiliary losses, and a multi-token-prediction run logs its loss and resumes exactly."""
+
 from __future__ import annotations
 
 import json
@@ -16,10 +17,17 @@ def records(run_dir: Path) -> list[dict]:
 
 
 def test_multirun_sweep_trains_each_job_in_its_own_run_dir(shards, tmp_path):
-    overrides = [o for o in tiny_overrides(shards, tmp_path / "unused", max_steps=12)
-                 if not o.startswith("trainer.run_dir=")]
-    result = subprocess.run([PYTHON, "-m", "launcher.train", "-m", "optim.lr=1e-3,3e-3", *overrides],
-                            cwd=tmp_path, env=child_env(tmp_path), capture_output=True, text=True, timeout=300)
+    overrides = [
+        o for o in tiny_overrides(shards, tmp_path / "unused", max_steps=12) if not o.startswith("trainer.run_dir=")
+    ]
+    result = subprocess.run(
+        [PYTHON, "-m", "launcher.train", "-m", "optim.lr=1e-3,3e-3", *overrides],
+        cwd=tmp_path,
+        env=child_env(tmp_path),
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
     sweeps = list((tmp_path / "outputs").glob("loom-sweep-*"))
     assert len(sweeps) == 1, sweeps
@@ -40,16 +48,16 @@ def test_run_dir_of_another_run_is_refused_unless_the_change_is_allowed(shards, 
     first = run_train(tiny_overrides(shards, run_dir, max_steps=4), tmp_path)
     assert first.returncode == 0, first.stderr[-3000:]
 
-    changed = run_train(tiny_overrides(shards, run_dir, max_steps=8) + ["optim.lr=1e-2", "trainer.seed=7"],
-                        tmp_path)
+    changed = run_train(tiny_overrides(shards, run_dir, max_steps=8) + ["optim.lr=1e-2", "trainer.seed=7"], tmp_path)
     assert changed.returncode == 2
     assert "holds a different run" in changed.stderr
     assert "optim.lr: 0.003 -> 0.01" in changed.stderr and "trainer.seed: 1337 -> 7" in changed.stderr
     assert "trainer.resume_allow=[optim.lr,trainer.seed]" in changed.stderr
     assert [r["step"] for r in records(run_dir)][-1] == 4  # untouched
 
-    allowed = run_train(tiny_overrides(shards, run_dir, max_steps=8) + ["optim.lr=1e-2",
-                                                                        "trainer.resume_allow=[optim.lr]"], tmp_path)
+    allowed = run_train(
+        tiny_overrides(shards, run_dir, max_steps=8) + ["optim.lr=1e-2", "trainer.resume_allow=[optim.lr]"], tmp_path
+    )
     assert allowed.returncode == 0, allowed.stderr[-3000:]
     assert "resumed from" in allowed.stdout + allowed.stderr
     logged = {r["step"]: r for r in records(run_dir) if "loss" in r}
@@ -60,8 +68,10 @@ def test_run_dir_of_another_run_is_refused_unless_the_change_is_allowed(shards, 
 
 def test_moe_run_logs_its_auxiliary_losses(shards, tmp_path):
     run_dir = tmp_path / "run"
-    result = run_train(tiny_overrides(shards, run_dir, max_steps=3) + ["model=mixtral_tiny",
-                                                                       "model.moe.expert_hidden_dim=16"], tmp_path)
+    result = run_train(
+        tiny_overrides(shards, run_dir, max_steps=3) + ["model=mixtral_tiny", "model.moe.expert_hidden_dim=16"],
+        tmp_path,
+    )
     assert result.returncode == 0, result.stderr[-3000:]
     logged = [r for r in records(run_dir) if "loss" in r]
     assert len(logged) == 3
@@ -73,9 +83,14 @@ def test_moe_run_logs_its_auxiliary_losses(shards, tmp_path):
 def test_multi_token_prediction_run_logs_its_loss_and_resumes(shards, tmp_path):
     """model.mtp_depth=1 through the launcher: mtp_loss logged at every step and falling, a held-out loss, and a
     run resumed from step 3 (MTP weights and optimizer state from the checkpoint) repeats steps 4-6 bit for bit."""
+
     def overrides(run_dir):
         return tiny_overrides(shards, run_dir, max_steps=6) + [
-            "model.mtp_depth=1", "trainer.checkpoint_every=3", "trainer.eval_every=3", "trainer.eval_batches=1"]
+            "model.mtp_depth=1",
+            "trainer.checkpoint_every=3",
+            "trainer.eval_every=3",
+            "trainer.eval_batches=1",
+        ]
 
     finished = tmp_path / "finished"
     result = run_train(overrides(finished), tmp_path)

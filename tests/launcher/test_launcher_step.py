@@ -1,6 +1,7 @@
 """One training step of the torch train module, in-process: fp32, bf16 autocast and fp16 with dynamic loss scaling
 all learn, gradient accumulation equals one big batch, clipping bounds the update, and a MoE model reports its
 auxiliary losses."""
+
 from __future__ import annotations
 
 import pytest
@@ -21,8 +22,14 @@ def module(precision: str = "fp32", micro_batch: int = 8, grad_clip: float = 1.0
         data=DataConfig(name="synthetic", seq_len=16),
         optim=OptimConfig(lr=1e-2, grad_clip=grad_clip),
         schedule=ScheduleConfig(name="constant", warmup_steps=0),
-        trainer=TrainerConfig(run_dir="unused", max_steps=100, global_batch_size=8, micro_batch_size=micro_batch,
-                              precision=precision, seed=0),
+        trainer=TrainerConfig(
+            run_dir="unused",
+            max_steps=100,
+            global_batch_size=8,
+            micro_batch_size=micro_batch,
+            precision=precision,
+            seed=0,
+        ),
     )
     return TorchTrainModule(validate(config, 1), DistEnv(0, 0, 1, torch.device("cpu")))
 

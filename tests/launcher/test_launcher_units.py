@@ -1,4 +1,5 @@
 """In-process checks of the launcher's pieces: schedules, the data order, parameter groups, checkpoint layout."""
+
 from __future__ import annotations
 
 import json
@@ -26,8 +27,9 @@ from model.config import ModelConfig
 
 
 def schedule(name, warmup=10, floor=0.1, decay_fraction=0.2, shape="linear"):
-    return SimpleNamespace(name=name, warmup_steps=warmup, min_lr_ratio=floor, decay_fraction=decay_fraction,
-                           decay_shape=shape)
+    return SimpleNamespace(
+        name=name, warmup_steps=warmup, min_lr_ratio=floor, decay_fraction=decay_fraction, decay_shape=shape
+    )
 
 
 def test_cosine_warms_up_linearly_then_decays_to_the_floor():
@@ -54,9 +56,13 @@ def test_constant_after_warmup():
 
 
 def test_no_weight_decay_on_norms_biases_and_embeddings():
-    model = torch.nn.ModuleDict({
-        "emb": torch.nn.Embedding(10, 4), "lin": torch.nn.Linear(4, 4), "norm": torch.nn.LayerNorm(4),
-    })
+    model = torch.nn.ModuleDict(
+        {
+            "emb": torch.nn.Embedding(10, 4),
+            "lin": torch.nn.Linear(4, 4),
+            "norm": torch.nn.LayerNorm(4),
+        }
+    )
     cfg = SimpleNamespace(weight_decay=0.1, decay_norms_and_biases=False, decay_embeddings=False)
     decay, no_decay = parameter_groups(model, cfg)
     assert decay["weight_decay"] == 0.1 and no_decay["weight_decay"] == 0.0
@@ -68,8 +74,15 @@ def test_no_weight_decay_on_norms_biases_and_embeddings():
 
 
 def loader(shards, rank=0, degree=1, seed=0, batch=8):
-    return TokenBatches(PackedDataset(shards), seq_len=32, global_batch=batch, dp_rank=rank, dp_degree=degree,
-                        seed=seed, val_fraction=0.05)
+    return TokenBatches(
+        PackedDataset(shards),
+        seq_len=32,
+        global_batch=batch,
+        dp_rank=rank,
+        dp_degree=degree,
+        seed=seed,
+        val_fraction=0.05,
+    )
 
 
 def test_batches_are_deterministic_and_ranks_split_the_global_batch(shards):
@@ -114,8 +127,9 @@ def test_position_restores_mid_epoch_and_each_epoch_reshuffles(shards, counting_
 
 def test_resuming_with_other_data_is_refused(shards):
     state = loader(shards).state_dict()
-    other = TokenBatches(PackedDataset(shards), seq_len=16, global_batch=8, dp_rank=0, dp_degree=1, seed=0,
-                         val_fraction=0.05)
+    other = TokenBatches(
+        PackedDataset(shards), seq_len=16, global_batch=8, dp_rank=0, dp_degree=1, seed=0, val_fraction=0.05
+    )
     with pytest.raises(DataError, match="seq_len"):
         other.load_state_dict(state)
 
@@ -145,8 +159,9 @@ def small_state():
 
 def test_synthetic_batches_split_ranks_resume_and_hold_out():
     def batches(dp_rank=0, dp_degree=1, seed=5):
-        return SyntheticBatches(vocab_size=300, seq_len=16, global_batch=4, dp_rank=dp_rank, dp_degree=dp_degree,
-                                seed=seed)
+        return SyntheticBatches(
+            vocab_size=300, seq_len=16, global_batch=4, dp_rank=dp_rank, dp_degree=dp_degree, seed=seed
+        )
 
     one = batches()
     steps = [one.next_batch() for _ in range(3)]
@@ -190,14 +205,21 @@ def _rehashed(directory, damage):
     (directory / COMPLETE_MARKER).write_text(json.dumps(marker))
 
 
-@pytest.mark.parametrize("damage, reason", [
-    (lambda d: (d / "COMPLETE").unlink(), "no COMPLETE marker"),
-    (lambda d: (d / "model_config.json").write_text("{}"), "COMPLETE says"),
-    (lambda d: next(d.glob("*.distcp")).unlink(), "are missing"),
-    (lambda d: (d / ".metadata").write_bytes(b"x" * (d / ".metadata").stat().st_size), "does not match its SHA-256"),
-    (lambda d: (d / "extra.bin").write_bytes(b"x"), "not listed"),
-    (lambda d: _rehashed(d, lambda d: (d / ".metadata").write_bytes(b"x" * 10)), "unreadable DCP metadata"),
-], ids=["no_marker", "size", "missing", "checksum", "unlisted", "tampered_metadata"])
+@pytest.mark.parametrize(
+    "damage, reason",
+    [
+        (lambda d: (d / "COMPLETE").unlink(), "no COMPLETE marker"),
+        (lambda d: (d / "model_config.json").write_text("{}"), "COMPLETE says"),
+        (lambda d: next(d.glob("*.distcp")).unlink(), "are missing"),
+        (
+            lambda d: (d / ".metadata").write_bytes(b"x" * (d / ".metadata").stat().st_size),
+            "does not match its SHA-256",
+        ),
+        (lambda d: (d / "extra.bin").write_bytes(b"x"), "not listed"),
+        (lambda d: _rehashed(d, lambda d: (d / ".metadata").write_bytes(b"x" * 10)), "unreadable DCP metadata"),
+    ],
+    ids=["no_marker", "size", "missing", "checksum", "unlisted", "tampered_metadata"],
+)
 def test_torn_or_corrupt_checkpoints_are_skipped_with_the_reason(damage, reason, tmp_path, caplog):
     cfg = ModelConfig(vocab_size=16, dim=8, n_heads=2, n_layers=1)
     for step in (1, 2):
@@ -230,18 +252,38 @@ def test_speed_meter_leaves_paused_time_out_of_tokens_per_sec():
 def test_changed_keys_names_what_makes_another_run():
     from launcher.run_dir import changed_keys
 
-    saved = {"model": {"dim": 32, "n_layers": 2}, "data": {"seq_len": 32, "path": "/a"},
-             "optim": {"lr": 3e-3}, "trainer": {"max_steps": 16}, "parallel": {"tp": 1}}
-    new = {"model": {"dim": 32, "n_layers": 1}, "data": {"seq_len": 64, "path": "/b"},
-           "optim": {"lr": 1e-2}, "trainer": {"max_steps": 32}, "parallel": {"tp": 2}}
+    saved = {
+        "model": {"dim": 32, "n_layers": 2},
+        "data": {"seq_len": 32, "path": "/a"},
+        "optim": {"lr": 3e-3},
+        "trainer": {"max_steps": 16},
+        "parallel": {"tp": 1},
+    }
+    new = {
+        "model": {"dim": 32, "n_layers": 1},
+        "data": {"seq_len": 64, "path": "/b"},
+        "optim": {"lr": 1e-2},
+        "trainer": {"max_steps": 32},
+        "parallel": {"tp": 2},
+    }
     # operational keys (data.path, trainer.max_steps, the layout) may change; the rest is another run
-    assert changed_keys(saved, new, []) == ["data.seq_len: 32 -> 64", "model.n_layers: 2 -> 1",
-                                            "optim.lr: 0.003 -> 0.01"]
+    assert changed_keys(saved, new, []) == [
+        "data.seq_len: 32 -> 64",
+        "model.n_layers: 2 -> 1",
+        "optim.lr: 0.003 -> 0.01",
+    ]
     assert changed_keys(saved, new, ["optim.lr", "model"]) == ["data.seq_len: 32 -> 64"]
     # "data.fingerprint" allowed does not allow data.seq_len (entries cover themselves and what is under them)
     assert changed_keys(saved, new, ["data.fingerprint"])[0] == "data.seq_len: 32 -> 64"
     # a key one side lacks (another Loom version) is a change only if it is not this version's default
-    assert changed_keys({**saved, "model": {"dim": 32, "n_layers": 2}}, {**saved, "model": {
-        "dim": 32, "n_layers": 2, "qkv_bias": False}}, []) == []
+    assert (
+        changed_keys(
+            {**saved, "model": {"dim": 32, "n_layers": 2}},
+            {**saved, "model": {"dim": 32, "n_layers": 2, "qkv_bias": False}},
+            [],
+        )
+        == []
+    )
     assert changed_keys(saved, {**saved, "model": {"dim": 32, "n_layers": 2, "qkv_bias": True}}, []) == [
-        "model.qkv_bias: '<absent>' -> True"]
+        "model.qkv_bias: '<absent>' -> True"
+    ]

@@ -4,11 +4,12 @@ OpenMP thread per rank); a USR1 warning, `scontrol requeue` (SIGTERM) and a time
 one requeue and a resume that ends with the uninterrupted run's losses, without a traceback in the job log; two
 jobs share the node at once; a requeued job keeps logging to one wandb run.
 
-The tiny run takes well under a second of training, so the preemption tests freeze its rank processes (SIGSTOP)
-once they can take a stop signal, send it, and thaw them once the node launcher has passed it on: the signal
-then lands mid-run however loaded the machine is. The three preemption scenarios run at once (one CPU per job), since most
-of their time is spent waiting for Slurm.
+The tiny run takes well under a second of training, so the preemption tests freeze its rank processes (SIGSTOP) once
+they can take a stop signal, send it, and thaw them once the node launcher has passed it on: the signal then lands
+mid-run however loaded the machine is. The three preemption scenarios run at once (one CPU per job), since most of their
+time is spent waiting for Slurm.
 """
+
 from __future__ import annotations
 
 import math
@@ -19,10 +20,10 @@ from datetime import datetime
 from pathlib import Path
 
 import pytest
-
-from cluster.config import local_cpus
 from launcher_testing import PYTHON, REPO, child_env, losses
 from slurm_jobs import MAX_STEPS, Frozen, job_env, job_log, job_overrides, logged_steps, submit, wait_until
+
+from cluster.config import local_cpus
 
 pytestmark = pytest.mark.distributed
 RANKS = 2
@@ -33,8 +34,17 @@ ONE_CPU_JOB = ["cluster=local_cpu", "cluster.cpus_per_task=1", f"cluster.ranks_p
 def torchrun_baseline(shards, tmp_path_factory) -> dict[int, float]:
     """The uninterrupted run, launched locally: torchrun --standalone --nproc_per_node=2, OMP_NUM_THREADS=1."""
     tmp = tmp_path_factory.mktemp("torchrun_baseline")
-    cmd = [PYTHON, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={RANKS}", "-m", "launcher.train",
-           *job_overrides(shards, "baseline"), f"trainer.run_dir={tmp / 'run'}"]
+    cmd = [
+        PYTHON,
+        "-m",
+        "torch.distributed.run",
+        "--standalone",
+        f"--nproc_per_node={RANKS}",
+        "-m",
+        "launcher.train",
+        *job_overrides(shards, "baseline"),
+        f"trainer.run_dir={tmp / 'run'}",
+    ]
     result = subprocess.run(cmd, cwd=REPO, env=child_env(tmp), capture_output=True, text=True, timeout=300)
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
     got = losses(tmp / "run")
@@ -84,10 +94,21 @@ def test_slurm_two_jobs_at_once_from_other_directories(slurm, shards, torchrun_b
     env = job_env(slurm, tmp_path)
     job_a = submit(slurm, [*ONE_CPU_JOB, *job_overrides(shards, "pair_a")], dir_a, env)
     by_hand = subprocess.run(
-        ["sbatch", "--parsable", "--cpus-per-task=1", "--mem=2G", "--job-name=pair_b", str(REPO / "slurm" / "train.sbatch"),
-         *job_overrides(shards, "pair_b")],
-        cwd=dir_b, env={**env, "LOOM_REPO": str(REPO), "LOOM_RANKS_PER_NODE": str(RANKS)}, capture_output=True,
-        text=True, timeout=60)
+        [
+            "sbatch",
+            "--parsable",
+            "--cpus-per-task=1",
+            "--mem=2G",
+            "--job-name=pair_b",
+            str(REPO / "slurm" / "train.sbatch"),
+            *job_overrides(shards, "pair_b"),
+        ],
+        cwd=dir_b,
+        env={**env, "LOOM_REPO": str(REPO), "LOOM_RANKS_PER_NODE": str(RANKS)},
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
     assert by_hand.returncode == 0, by_hand.stderr
     job_b = by_hand.stdout.strip().split(";")[0]
     info_a, info_b = slurm.wait(job_a.job_id, 300), slurm.wait(job_b, 300)
@@ -174,8 +195,9 @@ def preempted(slurm, shards, tmp_path_factory):
     return outcomes
 
 
-@pytest.mark.parametrize("scenario, signal_name", [("usr1", "SIGUSR1"), ("sigterm", "SIGTERM"),
-                                                   ("time_limit", "SIGUSR1")])
+@pytest.mark.parametrize(
+    "scenario, signal_name", [("usr1", "SIGUSR1"), ("sigterm", "SIGTERM"), ("time_limit", "SIGUSR1")]
+)
 def test_slurm_preemption_checkpoints_requeues_and_resumes(preempted, torchrun_baseline, scenario, signal_name):
     job, info, error = preempted[scenario]
     log = job_log(job.log)

@@ -1,13 +1,13 @@
 """The model's speed options through `python -m launcher.train`: they are config keys a run takes on the command
 line, document masking follows the end-of-document tokens of real packed shards, and shards whose documents do not
 end with the configured token are refused before training."""
+
 from __future__ import annotations
 
 from pathlib import Path
 
 import numpy as np
 import pytest
-
 from launcher_testing import losses, run_train, tiny_overrides
 
 EOS = 0

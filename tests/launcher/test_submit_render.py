@@ -3,6 +3,7 @@ file), and the rendered script, run by bash with stand-in srun/scontrol, starts 
 nodes and 8 processes per node; a layout that does not fit the allocation is refused before sbatch runs; what
 submit renders agrees with slurm/train.sbatch (same body, the same header settings for the same values).
 Also launcher.requeue's decision after a preemption (with a stand-in scontrol)."""
+
 from __future__ import annotations
 
 import os
@@ -12,16 +13,30 @@ from dataclasses import fields
 from pathlib import Path
 
 import pytest
+from launcher_testing import PYTHON, REPO
 
 from cluster.config import ClusterConfig
 from launcher.submit import BODY_MARKER, TEMPLATE, template_body
-from launcher_testing import PYTHON, REPO
 
 GOLDEN = Path(__file__).parent / "golden" / "submit_16x8_3d.sbatch"
-BIG_JOB = ["--dry-run", "cluster.nodes=16", "cluster.gpus_per_node=8", "cluster.cpus_per_task=96", "cluster.mem=1000G",
-           "cluster.partition=gpu", "cluster.account=llm", "cluster.time=48:00:00", "cluster.python=/opt/loom/bin/python",
-           "+cluster.env.NCCL_SOCKET_IFNAME=ib0", "parallel=3d", "model=llama3_8b", "trainer.name=llama8b",
-           "trainer.global_batch_size=512", "trainer.micro_batch_size=2", "data.seq_len=2048"]
+BIG_JOB = [
+    "--dry-run",
+    "cluster.nodes=16",
+    "cluster.gpus_per_node=8",
+    "cluster.cpus_per_task=96",
+    "cluster.mem=1000G",
+    "cluster.partition=gpu",
+    "cluster.account=llm",
+    "cluster.time=48:00:00",
+    "cluster.python=/opt/loom/bin/python",
+    "+cluster.env.NCCL_SOCKET_IFNAME=ib0",
+    "parallel=3d",
+    "model=llama3_8b",
+    "trainer.name=llama8b",
+    "trainer.global_batch_size=512",
+    "trainer.micro_batch_size=2",
+    "data.seq_len=2048",
+]
 
 
 def submit_cmd(args, cwd, path_prefix=None, **env_extra):
@@ -29,8 +44,9 @@ def submit_cmd(args, cwd, path_prefix=None, **env_extra):
     if path_prefix is not None:
         env["PATH"] = f"{path_prefix}:{env['PATH']}"
     env.update(env_extra)
-    return subprocess.run([PYTHON, "-m", "launcher.submit", *args], cwd=cwd, env=env, capture_output=True, text=True,
-                          timeout=120)
+    return subprocess.run(
+        [PYTHON, "-m", "launcher.submit", *args], cwd=cwd, env=env, capture_output=True, text=True, timeout=120
+    )
 
 
 def submit_main(args, cwd, monkeypatch, capsys, path_prefix=None):
@@ -78,25 +94,49 @@ def test_rendered_script_launches_one_torchrun_per_node(tmp_path, monkeypatch, c
         stub = bin_dir / tool
         # scontrol names the 16 nodes one write at a time: a script reading only its first line through
         # `| head -n 1` under pipefail would die of SIGPIPE (141) on the second write
-        reply = ('for i in $(seq 1 16); do printf "gpu-node-%03d\\n" "$i"; sleep 0.02; done' if tool == "scontrol"
-                 else "true")
+        reply = (
+            'for i in $(seq 1 16); do printf "gpu-node-%03d\\n" "$i"; sleep 0.02; done'
+            if tool == "scontrol"
+            else "true"
+        )
         stub.write_text(f'#!/bin/bash\nprintf "%s\\n" "$@" > "{tmp_path}/{tool}.args"\n{reply}\n')
         stub.chmod(0o755)
     script = tmp_path / "job.sbatch"
     script.write_text(result.stdout)
-    env = {"PATH": f"{bin_dir}:/usr/bin:/bin", "SLURM_JOB_ID": "4242", "SLURM_JOB_NAME": "llama8b",
-           "SLURM_JOB_NUM_NODES": "16", "SLURM_JOB_NODELIST": "gpu-node-[001-016]", "SLURM_GPUS_ON_NODE": "8",
-           "SLURM_CPUS_PER_TASK": "96", "SLURM_SUBMIT_DIR": str(tmp_path)}
+    env = {
+        "PATH": f"{bin_dir}:/usr/bin:/bin",
+        "SLURM_JOB_ID": "4242",
+        "SLURM_JOB_NAME": "llama8b",
+        "SLURM_JOB_NUM_NODES": "16",
+        "SLURM_JOB_NODELIST": "gpu-node-[001-016]",
+        "SLURM_GPUS_ON_NODE": "8",
+        "SLURM_CPUS_PER_TASK": "96",
+        "SLURM_SUBMIT_DIR": str(tmp_path),
+    }
     run = subprocess.run(["bash", str(script)], cwd=tmp_path, env=env, capture_output=True, text=True, timeout=60)
     assert run.returncode == 0, run.stdout + run.stderr
     argv = (tmp_path / "srun.args").read_text().splitlines()
-    head = argv[:argv.index("-m")]
-    assert head == ["--nodes=16", "--ntasks-per-node=1", "--kill-on-bad-exit=1", "--cpus-per-task=96",
-                    "/opt/loom/bin/python"]
-    launcher = argv[argv.index("-m"):argv.index("launcher.train") + 1]
-    assert launcher == ["-m", "launcher.torchrun_node", "--nnodes=16", "--nproc-per-node=8", "--rdzv-id=4242",
-                        "--rdzv-backend=c10d", f"--rdzv-endpoint=gpu-node-001:{20000 + 4242}", "-m", "launcher.train"]
-    overrides = argv[argv.index("launcher.train") + 1:]
+    head = argv[: argv.index("-m")]
+    assert head == [
+        "--nodes=16",
+        "--ntasks-per-node=1",
+        "--kill-on-bad-exit=1",
+        "--cpus-per-task=96",
+        "/opt/loom/bin/python",
+    ]
+    launcher = argv[argv.index("-m") : argv.index("launcher.train") + 1]
+    assert launcher == [
+        "-m",
+        "launcher.torchrun_node",
+        "--nnodes=16",
+        "--nproc-per-node=8",
+        "--rdzv-id=4242",
+        "--rdzv-backend=c10d",
+        f"--rdzv-endpoint=gpu-node-001:{20000 + 4242}",
+        "-m",
+        "launcher.train",
+    ]
+    overrides = argv[argv.index("launcher.train") + 1 :]
     assert overrides[:2] == [f"trainer.run_dir={tmp_path}/outputs/llama8b", "trainer.resume=auto"]
     assert "parallel=3d" in overrides and "cluster.nodes=16" in overrides
     assert "12 thread(s) each" in run.stdout  # 96 CPUs / 8 ranks
@@ -108,20 +148,23 @@ def test_layout_that_does_not_fit_is_refused_before_sbatch(tmp_path, monkeypatch
     sbatch = bin_dir / "sbatch"
     sbatch.write_text(f'#!/bin/bash\necho "$@" >> "{tmp_path}/sbatch.calls"\necho 4242\n')
     sbatch.chmod(0o755)
-    refused = submit_main(["cluster=local_cpu", "cluster.ranks_per_node=2", "parallel=3d"], tmp_path, monkeypatch,
-                          capsys, bin_dir)
+    refused = submit_main(
+        ["cluster=local_cpu", "cluster.ranks_per_node=2", "parallel=3d"], tmp_path, monkeypatch, capsys, bin_dir
+    )
     assert refused.returncode == 2
     assert "config error" in refused.stderr and "1 node(s) x 2 rank(s) per node = 2 processes" in refused.stderr
     assert "parallel" in refused.stderr
     assert not (tmp_path / "sbatch.calls").exists() and not (tmp_path / "outputs").exists()
 
-    batch = submit_main(["cluster=local_cpu", "cluster.ranks_per_node=2", "trainer.global_batch_size=6"], tmp_path,
-                        monkeypatch, capsys)
+    batch = submit_main(
+        ["cluster=local_cpu", "cluster.ranks_per_node=2", "trainer.global_batch_size=6"], tmp_path, monkeypatch, capsys
+    )
     assert batch.returncode == 2 and "trainer.global_batch_size" in batch.stderr
     assert not (tmp_path / "sbatch.calls").exists()
 
-    accepted = submit_main(["cluster=local_cpu", "cluster.ranks_per_node=2", "trainer.name=fits"], tmp_path,
-                           monkeypatch, capsys)
+    accepted = submit_main(
+        ["cluster=local_cpu", "cluster.ranks_per_node=2", "trainer.name=fits"], tmp_path, monkeypatch, capsys
+    )
     assert accepted.returncode == 0, accepted.stderr
     script = tmp_path / "outputs" / "fits" / "slurm_job.sbatch"
     assert (tmp_path / "sbatch.calls").read_text().split() == ["--parsable", str(script)]
@@ -133,18 +176,21 @@ def test_layout_that_does_not_fit_is_refused_before_sbatch(tmp_path, monkeypatch
 
 
 def test_bad_cluster_settings_are_refused(tmp_path, monkeypatch, capsys):
-    for args, words in ((["cluster.nodes=0"], "cluster.nodes=0"),
-                        (["cluster.time=1", "cluster.signal_lead_s=120"], "cluster.signal_lead_s=120"),
-                        (["cluster.gpus_per_node=8", "cluster.ranks_per_node=4"], "cluster.ranks_per_node=4"),
-                        (["cluster.mem=lots"], "cluster.mem")):
+    for args, words in (
+        (["cluster.nodes=0"], "cluster.nodes=0"),
+        (["cluster.time=1", "cluster.signal_lead_s=120"], "cluster.signal_lead_s=120"),
+        (["cluster.gpus_per_node=8", "cluster.ranks_per_node=4"], "cluster.ranks_per_node=4"),
+        (["cluster.mem=lots"], "cluster.mem"),
+    ):
         result = submit_main(["--dry-run", *args], tmp_path, monkeypatch, capsys)
         assert result.returncode == 2 and words in result.stderr, (args, result.stderr)
 
 
 def test_template_and_submit_agree(tmp_path, monkeypatch, capsys):
     """The rendered body is train.sbatch's; the by-hand header asks what submit asks for the same values."""
-    result = submit_main(["--dry-run", "cluster.gpus_per_node=0", "cluster.ranks_per_node=1"], tmp_path, monkeypatch,
-                         capsys)
+    result = submit_main(
+        ["--dry-run", "cluster.gpus_per_node=0", "cluster.ranks_per_node=1"], tmp_path, monkeypatch, capsys
+    )
     assert result.returncode == 0, result.stderr
     assert result.stdout.endswith(template_body()) and template_body().startswith(BODY_MARKER)
     by_hand = sbatch_options(TEMPLATE.read_text())
@@ -176,12 +222,15 @@ def _fake_run(run_dir: Path, max_steps: int, checkpoints: list[int]) -> None:
     (run_dir / "checkpoints" / "step_00000099").mkdir(parents=True)  # torn: no marker, ignored
 
 
-@pytest.mark.parametrize("checkpoints, restarts, rc, words, requeued", [
-    ([10, 50], "0", 0, "run complete at step 50", False),
-    ([10, 20], "1", 0, "requeued job 77 (restart 2 of at most 3); it resumes from step 20", True),
-    ([], "0", 0, "resumes from the start (no checkpoint yet)", True),
-    ([20], "3", 3, "has already restarted 3 time(s) (cluster.max_requeues=3)", False),
-])
+@pytest.mark.parametrize(
+    "checkpoints, restarts, rc, words, requeued",
+    [
+        ([10, 50], "0", 0, "run complete at step 50", False),
+        ([10, 20], "1", 0, "requeued job 77 (restart 2 of at most 3); it resumes from step 20", True),
+        ([], "0", 0, "resumes from the start (no checkpoint yet)", True),
+        ([20], "3", 3, "has already restarted 3 time(s) (cluster.max_requeues=3)", False),
+    ],
+)
 def test_requeue_decision(tmp_path, checkpoints, restarts, rc, words, requeued):
     run_dir = tmp_path / "run"
     _fake_run(run_dir, 50, checkpoints)
@@ -190,10 +239,19 @@ def test_requeue_decision(tmp_path, checkpoints, restarts, rc, words, requeued):
     scontrol = bin_dir / "scontrol"
     scontrol.write_text(f'#!/bin/bash\necho "$@" >> "{tmp_path}/scontrol.calls"\n')
     scontrol.chmod(0o755)
-    env = {**os.environ, "PATH": f"{bin_dir}:{os.environ['PATH']}", "SLURM_JOB_ID": "77",
-           "SLURM_RESTART_COUNT": restarts}
-    result = subprocess.run([PYTHON, "-m", "launcher.requeue", str(run_dir), "--max-requeues", "3"], env=env,
-                            capture_output=True, text=True, timeout=60)
+    env = {
+        **os.environ,
+        "PATH": f"{bin_dir}:{os.environ['PATH']}",
+        "SLURM_JOB_ID": "77",
+        "SLURM_RESTART_COUNT": restarts,
+    }
+    result = subprocess.run(
+        [PYTHON, "-m", "launcher.requeue", str(run_dir), "--max-requeues", "3"],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
     assert result.returncode == rc, result.stderr
     assert words in result.stdout + result.stderr
     calls = (tmp_path / "scontrol.calls").read_text().split() if (tmp_path / "scontrol.calls").exists() else []

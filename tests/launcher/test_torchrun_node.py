@@ -1,13 +1,13 @@
 """launcher.torchrun_node without Slurm (the Slurm tests run it inside jobs): a SIGUSR1 reaches the ranks through
 it, they checkpoint and exit 0, a SIGTERM that follows is ignored, and it exits 0 with one line and no traceback;
 a signal that arrives before any worker started ends it at once, also with 0."""
+
 from __future__ import annotations
 
 import signal
 import subprocess
 
 import pytest
-
 from launcher_testing import PYTHON, REPO, child_env, free_port
 from slurm_jobs import Frozen, job_overrides, wait_until
 
@@ -22,16 +22,28 @@ def catches(pid: int, sig: signal.Signals) -> bool:
 
 
 def node_cmd(shards, run_dir):
-    return [PYTHON, "-m", "launcher.torchrun_node", "--nnodes=1", "--nproc-per-node=2", "--rdzv-backend=c10d",
-            f"--rdzv-endpoint=127.0.0.1:{free_port()}", "--rdzv-id=node-test", "-m", "launcher.train",
-            *job_overrides(shards, "node"), f"trainer.run_dir={run_dir}"]
+    return [
+        PYTHON,
+        "-m",
+        "launcher.torchrun_node",
+        "--nnodes=1",
+        "--nproc-per-node=2",
+        "--rdzv-backend=c10d",
+        f"--rdzv-endpoint=127.0.0.1:{free_port()}",
+        "--rdzv-id=node-test",
+        "-m",
+        "launcher.train",
+        *job_overrides(shards, "node"),
+        f"trainer.run_dir={run_dir}",
+    ]
 
 
 def test_torchrun_node_passes_a_stop_on_once_and_exits_cleanly(shards, tmp_path):
     run_dir, log = tmp_path / "run", tmp_path / "node.log"
     with open(log, "w") as out:
-        proc = subprocess.Popen(node_cmd(shards, run_dir), cwd=REPO, env=child_env(tmp_path), stdout=out,
-                                stderr=subprocess.STDOUT)
+        proc = subprocess.Popen(
+            node_cmd(shards, run_dir), cwd=REPO, env=child_env(tmp_path), stdout=out, stderr=subprocess.STDOUT
+        )
     try:
         wait_until(lambda: f"trainer.run_dir={run_dir}" in log.read_text(), 180, "the ranks' signal handlers")
         with Frozen(run_dir, 2):
@@ -51,14 +63,21 @@ def test_torchrun_node_passes_a_stop_on_once_and_exits_cleanly(shards, tmp_path)
 
 
 def test_torchrun_node_stopped_before_its_workers_start(shards, tmp_path):
-    proc = subprocess.Popen(node_cmd(shards, tmp_path / "run"), cwd=REPO, env=child_env(tmp_path),
-                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    proc = subprocess.Popen(
+        node_cmd(shards, tmp_path / "run"),
+        cwd=REPO,
+        env=child_env(tmp_path),
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
     # As soon as its handler is in place (the kernel's SigCgt mask), i.e. while it imports torch, long before
     # any worker exists.
     wait_until(lambda: catches(proc.pid, signal.SIGTERM), 60, "the node launcher's SIGTERM handler")
     proc.send_signal(signal.SIGTERM)
     out, _ = proc.communicate(timeout=120)
     assert proc.returncode == 0, out
-    assert out.strip().splitlines()[-1] == ("loom: torchrun node stopped on SIGTERM: the workers were asked to "
-                                            "checkpoint and exit")
+    assert out.strip().splitlines()[-1] == (
+        "loom: torchrun node stopped on SIGTERM: the workers were asked to checkpoint and exit"
+    )
     assert not (tmp_path / "run").exists()

@@ -1,4 +1,5 @@
 """Shared fixtures for the model tests."""
+
 import pytest
 import torch
 

@@ -1,5 +1,6 @@
 """Attention: every variant against an explicit per-head reference, dtype preservation, causality, the sliding
 window rule, padding, and cached decoding equal to a full forward."""
+
 import math
 
 import pytest

@@ -1,4 +1,5 @@
 """Norms, MLPs and the decoder block: definitions, sizing rules, dtype preservation, norm placements, causality."""
+
 import pytest
 import torch
 import torch.nn.functional as F

@@ -1,5 +1,6 @@
 """model.counting (and model.peak_flops) against hand calculations (the arithmetic is written out next to each
 expected number). The memory/time estimate of a layout is tested in tests/parallel/test_estimate.py."""
+
 from __future__ import annotations
 
 import dataclasses
@@ -24,6 +25,7 @@ def load_model_yaml(name: str) -> ModelConfig:
     path = REPO / "configs" / "model" / f"{name}.yaml"
     merged = OmegaConf.merge(OmegaConf.structured(ModelConfig), OmegaConf.load(path))
     return OmegaConf.to_object(merged)
+
 
 # vocab 100, dim 64, 2 layers, 4 heads (MHA), SwiGLU hidden 128, untied:
 #   embedding 100*64 = 6400; per layer: attention 4*64*64 = 16384, norms 2*64 = 128, FFN 3*64*128 = 24576
@@ -78,8 +80,16 @@ def test_moe_parameters_by_hand() -> None:
 
 @pytest.mark.parametrize(
     "name, tflops",
-    [("NVIDIA H100 80GB HBM3", 989), ("NVIDIA H100 PCIe", 756), ("NVIDIA H200", 989), ("H100 SXM", 989),
-     ("NVIDIA A100-SXM4-80GB", 312), ("NVIDIA A100-PCIE-40GB", 312), ("cpu", None), ("NVIDIA A10G", None)],
+    [
+        ("NVIDIA H100 80GB HBM3", 989),
+        ("NVIDIA H100 PCIe", 756),
+        ("NVIDIA H200", 989),
+        ("H100 SXM", 989),
+        ("NVIDIA A100-SXM4-80GB", 312),
+        ("NVIDIA A100-PCIE-40GB", 312),
+        ("cpu", None),
+        ("NVIDIA A10G", None),
+    ],
 )
 def test_peak_flops(name: str, tflops: float | None) -> None:
     assert peak_flops(name) == (None if tflops is None else tflops * 1e12)
@@ -88,9 +98,16 @@ def test_peak_flops(name: str, tflops: float | None) -> None:
 def test_latent_attention_parameters_flops_and_cache_by_hand() -> None:
     from model.config import MLAConfig
 
-    cfg = ModelConfig(name="mla", vocab_size=100, dim=64, n_layers=1, n_heads=4, hidden_dim=32, max_seq_len=32,
-                      mla=MLAConfig(kv_lora_rank=16, q_lora_rank=24, qk_nope_head_dim=16, qk_rope_head_dim=8,
-                                    v_head_dim=12))
+    cfg = ModelConfig(
+        name="mla",
+        vocab_size=100,
+        dim=64,
+        n_layers=1,
+        n_heads=4,
+        hidden_dim=32,
+        max_seq_len=32,
+        mla=MLAConfig(kv_lora_rank=16, q_lora_rank=24, qk_nope_head_dim=16, qk_rope_head_dim=8, v_head_dim=12),
+    )
     # split by tp: wo 4*12*64 = 3072, wkv_b 16*4*(16+12) = 1792, wq_b 24*4*(16+8) = 2304 -> 7168
     # replicated: wkv_a 64*(16+8) = 1536, wq_a 64*24 = 1536 -> 3072; norms 2*64 + 16 + 24 = 168; FFN 3*64*32 = 6144
     layer = 7168 + 3072 + 168 + 6144

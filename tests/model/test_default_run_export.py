@@ -2,6 +2,7 @@
 `python -m model.hf export` is a complete Hugging Face directory: AutoTokenizer and AutoModelForCausalLM load it
 with no extra step, and `pipeline("text-generation", model=dir)` continues a prompt greedily exactly as
 `python -m model.generate <run_dir>` does (the run keeps its data's tokenizer as <run_dir>/tokenizer.json)."""
+
 from __future__ import annotations
 
 import contextlib
@@ -19,15 +20,19 @@ PROMPT = "The history of the"
 
 
 def child_env(tmp_path: Path) -> dict[str, str]:
-    env = {k: v for k, v in os.environ.items()
-           if not k.startswith(("RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_", "SLURM_", "TORCHELASTIC_", "WANDB_"))}
+    env = {
+        k: v
+        for k, v in os.environ.items()
+        if not k.startswith(("RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_", "SLURM_", "TORCHELASTIC_", "WANDB_"))
+    }
     env.update(WANDB_MODE="disabled", WANDB_DIR=str(tmp_path / "wandb"), OMP_NUM_THREADS="1", PYTHONUNBUFFERED="1")
     return env
 
 
 def run(tmp_path: Path, *args: str, timeout: float = 400) -> subprocess.CompletedProcess:
-    done = subprocess.run([sys.executable, *args], cwd=REPO, env=child_env(tmp_path), capture_output=True,
-                          text=True, timeout=timeout)
+    done = subprocess.run(
+        [sys.executable, *args], cwd=REPO, env=child_env(tmp_path), capture_output=True, text=True, timeout=timeout
+    )
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
     return done
 
@@ -36,9 +41,21 @@ def run(tmp_path: Path, *args: str, timeout: float = 400) -> subprocess.Complete
 def default_run(tmp_path_factory) -> Path:
     tmp = tmp_path_factory.mktemp("default_run")
     run_dir = tmp / "run"
-    run(tmp, "-m", "launcher.train", f"trainer.run_dir={run_dir}", "trainer.max_steps=8", "trainer.log_every=4",
-        "trainer.eval_every=0", "trainer.eval_batches=0", "trainer.sample_every=-1", "schedule.warmup_steps=2",
-        "trainer.progress_bar=false", "logging.wandb.mode=disabled", "logging.plot=false")
+    run(
+        tmp,
+        "-m",
+        "launcher.train",
+        f"trainer.run_dir={run_dir}",
+        "trainer.max_steps=8",
+        "trainer.log_every=4",
+        "trainer.eval_every=0",
+        "trainer.eval_batches=0",
+        "trainer.sample_every=-1",
+        "schedule.warmup_steps=2",
+        "trainer.progress_bar=false",
+        "logging.wandb.mode=disabled",
+        "logging.plot=false",
+    )
     return run_dir
 
 
@@ -50,8 +67,14 @@ def test_exported_default_run_generates_through_the_hf_pipeline_like_model_gener
 
     assert (default_run / "tokenizer.json").is_file()  # copied from beside the shards at start
     hf_dir = export_checkpoint(default_run, tmp_path / "hf")
-    for name in ("config.json", "model.safetensors", "tokenizer.json", "tokenizer_config.json",
-                 "special_tokens_map.json", "generation_config.json"):
+    for name in (
+        "config.json",
+        "model.safetensors",
+        "tokenizer.json",
+        "tokenizer_config.json",
+        "special_tokens_map.json",
+        "generation_config.json",
+    ):
         assert (hf_dir / name).is_file(), name
     config = json.loads((hf_dir / "config.json").read_text())
     ours = Tokenizer.from_file(str(default_run / "tokenizer.json"))
@@ -64,8 +87,19 @@ def test_exported_default_run_generates_through_the_hf_pipeline_like_model_gener
     pipe = transformers.pipeline("text-generation", model=str(hf_dir))
     hf_text = pipe(PROMPT, max_new_tokens=16, do_sample=False, return_full_text=False)[0]["generated_text"]
 
-    done = run(tmp_path, "-m", "model.generate", str(default_run), "--prompt", PROMPT, "--max-new-tokens", "16",
-               "--format", "json", timeout=180)
+    done = run(
+        tmp_path,
+        "-m",
+        "model.generate",
+        str(default_run),
+        "--prompt",
+        PROMPT,
+        "--max-new-tokens",
+        "16",
+        "--format",
+        "json",
+        timeout=180,
+    )
     result = json.loads(done.stdout)
     assert result["text"] == [hf_text]
     assert hf_text.strip() and 1 <= len(result["ids"][0]) <= 16, "an empty continuation compares nothing"

@@ -7,6 +7,7 @@
 - `python -m model.generate --format json` on the HF directory: greedy ids equal `generate(do_sample=False)` for
   16 new tokens on left-padded prompts, and beam search with 3 beams equals transformers' too.
 """
+
 from __future__ import annotations
 
 import contextlib
@@ -17,8 +18,8 @@ from pathlib import Path
 
 import pytest
 import torch
-
 from family_configs import VOCAB, hf_configs, randomise, randomised_loom_model
+
 from model import build
 from model.checkpoint_io import save_model_checkpoint
 from model.hf import export_checkpoint, hf_model_type, read_hf_model
@@ -27,8 +28,19 @@ pytestmark = [pytest.mark.filterwarnings("ignore::UserWarning"), pytest.mark.use
 transformers = pytest.importorskip("transformers")
 
 TOL = 1e-4
-FAMILIES = ["qwen2", "qwen3", "qwen2_moe", "qwen3_moe", "deepseek_v2", "deepseek_v3", "gemma2", "gemma3_text",
-            "olmo2", "phi3", "ernie4_5_moe"]
+FAMILIES = [
+    "qwen2",
+    "qwen3",
+    "qwen2_moe",
+    "qwen3_moe",
+    "deepseek_v2",
+    "deepseek_v3",
+    "gemma2",
+    "gemma3_text",
+    "olmo2",
+    "phi3",
+    "ernie4_5_moe",
+]
 TOKENS = torch.randint(0, VOCAB, (2, 40), generator=torch.Generator().manual_seed(1))
 PROMPTS = [[5, 9, 2, 7, 11], [7, 3], [1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12]]
 
@@ -87,8 +99,19 @@ def generate_cli(directory: Path, num_beams: int) -> list[list[int]]:
 
     out = io.StringIO()
     with contextlib.redirect_stdout(out):
-        code = main([str(directory), "--prompt-ids", "; ".join(" ".join(map(str, p)) for p in PROMPTS),
-                     "--max-new-tokens", "16", "--num-beams", str(num_beams), "--format", "json"])
+        code = main(
+            [
+                str(directory),
+                "--prompt-ids",
+                "; ".join(" ".join(map(str, p)) for p in PROMPTS),
+                "--max-new-tokens",
+                "16",
+                "--num-beams",
+                str(num_beams),
+                "--format",
+                "json",
+            ]
+        )
     assert code == 0
     return json.loads(out.getvalue())["ids"]
 
@@ -101,8 +124,9 @@ def test_generate_cli_greedy_and_beam_equal_transformers(hf_models, name: str) -
     mask = torch.tensor([[0] * (longest - len(p)) + [1] * len(p) for p in PROMPTS])
     for beams in (1, 3):
         with torch.no_grad():
-            expected = reference.generate(ids, attention_mask=mask, max_new_tokens=16, do_sample=False,
-                                          num_beams=beams, pad_token_id=0)[:, longest:].tolist()
+            expected = reference.generate(
+                ids, attention_mask=mask, max_new_tokens=16, do_sample=False, num_beams=beams, pad_token_id=0
+            )[:, longest:].tolist()
         assert generate_cli(directory, beams) == expected, (name, beams)
 
 
@@ -110,8 +134,21 @@ def test_generate_cli_sampling_is_seeded_and_text_needs_a_tokenizer(hf_models, c
     from model.generate import main
 
     directory = hf_models["qwen3"][1]
-    args = [str(directory), "--prompt-ids", "5 9 2; 7 3", "--max-new-tokens", "12", "--format", "json",
-            "--temperature", "1.5", "--top-k", "40", "--top-p", "0.95"]
+    args = [
+        str(directory),
+        "--prompt-ids",
+        "5 9 2; 7 3",
+        "--max-new-tokens",
+        "12",
+        "--format",
+        "json",
+        "--temperature",
+        "1.5",
+        "--top-k",
+        "40",
+        "--top-p",
+        "0.95",
+    ]
     runs = []
     for seed in (1, 1, 2):
         assert main(args + ["--seed", str(seed)]) == 0

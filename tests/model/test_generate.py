@@ -1,5 +1,6 @@
 """Generation: the KV-cache path equals uncached recomputation (greedy, fp32) for batched prompts of different
 lengths and for sliding windows; sampling respects top-k/top-p; stop tokens; beam search finds the optimum."""
+
 import itertools
 
 import pytest
@@ -27,7 +28,7 @@ def uncached_greedy(model, prompt: list[int], n: int) -> list[int]:
     with torch.no_grad():
         for _ in range(n):
             sequence.append(int(model(torch.tensor([sequence]))[0, -1].argmax()))
-    return sequence[len(prompt):]
+    return sequence[len(prompt) :]
 
 
 PROMPTS = [[5, 9, 2], [7], [1, 2, 3, 4, 5, 6, 7, 8, 9], [11, 12, 13, 14]]
@@ -35,9 +36,13 @@ PROMPTS = [[5, 9, 2], [7], [1, 2, 3, 4, 5, 6, 7, 8, 9], [11, 12, 13, 14]]
 
 @pytest.mark.parametrize(
     "overrides",
-    [dict(), dict(sliding_window=4), dict(pos_embedding="alibi", attn_logit_softcap=5.0),
-     dict(pos_embedding="learned", norm_type="layernorm", mlp_type="gelu", tie_embeddings=True),
-     dict(moe=dict(num_experts=4, top_k=2))],
+    [
+        dict(),
+        dict(sliding_window=4),
+        dict(pos_embedding="alibi", attn_logit_softcap=5.0),
+        dict(pos_embedding="learned", norm_type="layernorm", mlp_type="gelu", tie_embeddings=True),
+        dict(moe=dict(num_experts=4, top_k=2)),
+    ],
     ids=["llama", "sliding_window", "alibi_softcap", "gpt2", "moe"],
 )
 def test_cached_batched_greedy_equals_uncached_recomputation(overrides):
@@ -77,7 +82,8 @@ def test_filter_logits_keeps_exactly_the_allowed_sets():
     kept = filter_logits(logits, top_k=5)
     for row in range(20):
         assert set(torch.nonzero(kept[row] > float("-inf")).flatten().tolist()) == set(
-            torch.topk(logits[row], 5).indices.tolist())
+            torch.topk(logits[row], 5).indices.tolist()
+        )
     kept = filter_logits(logits, top_p=0.8, temperature=0.7)
     for row in range(20):
         allowed = nucleus(torch.softmax(logits[row] / 0.7, -1), 0.8)
@@ -127,7 +133,7 @@ def sequence_log_probs(model, prompt, continuations: list[list[int]]) -> torch.T
     with torch.no_grad():
         log_probs = torch.log_softmax(model(batch).double(), -1)
     n = len(continuations[0])
-    targets = batch[:, len(prompt):]
+    targets = batch[:, len(prompt) :]
     return log_probs[:, len(prompt) - 1 : len(prompt) - 1 + n].gather(-1, targets[..., None]).squeeze(-1).sum(-1)
 
 

@@ -1,4 +1,5 @@
 """Hugging Face interop: logits of exported / imported tiny random models equal the other side's (fp32, 1e-4)."""
+
 from __future__ import annotations
 
 import dataclasses
@@ -12,8 +13,8 @@ from model import build
 from model.checkpoint_io import load_model_checkpoint, save_model_checkpoint
 from model.config import ModelConfig, MoEConfig, RopeScalingConfig
 from model.hf import (
-    HFConversionError,
     SAFETENSORS_INDEX,
+    HFConversionError,
     export_checkpoint,
     hf_model_type,
     import_checkpoint,
@@ -28,21 +29,44 @@ TOL = 1e-4
 TINY = dict(vocab_size=97, dim=64, n_layers=2, n_heads=4, max_seq_len=64)
 CONFIGS = {
     # Llama 3.x style: GQA, tied, llama3 RoPE scaling whose original context (16) is shorter than the test sequence.
-    "llama": ModelConfig(name="llama", **TINY, n_kv_heads=2, hidden_dim=96, norm_eps=1e-5, tie_embeddings=True,
-                         rope_theta=500000.0,
-                         rope_scaling=RopeScalingConfig(type="llama3", factor=4.0, original_max_seq_len=16)),
+    "llama": ModelConfig(
+        name="llama",
+        **TINY,
+        n_kv_heads=2,
+        hidden_dim=96,
+        norm_eps=1e-5,
+        tie_embeddings=True,
+        rope_theta=500000.0,
+        rope_scaling=RopeScalingConfig(type="llama3", factor=4.0, original_max_seq_len=16),
+    ),
     # Mistral: MQA and a sliding window (5) much shorter than the test sequence (24), so it changes the logits.
     "mistral": ModelConfig(name="mistral", **TINY, n_kv_heads=1, hidden_dim=96, sliding_window=5),
-    "gpt2": ModelConfig(name="gpt2", **TINY, norm_type="layernorm", norm_bias=True, pos_embedding="learned",
-                        qkv_bias=True, attn_out_bias=True, mlp_type="gelu", mlp_bias=True, tie_embeddings=True),
+    "gpt2": ModelConfig(
+        name="gpt2",
+        **TINY,
+        norm_type="layernorm",
+        norm_bias=True,
+        pos_embedding="learned",
+        qkv_bias=True,
+        attn_out_bias=True,
+        mlp_type="gelu",
+        mlp_bias=True,
+        tie_embeddings=True,
+    ),
     # Llama with every bias on and a head_dim that is not dim / n_heads (q/o project 64 <-> 4*32).
-    "llama_biases_headdim": ModelConfig(name="llama_b", **TINY, head_dim=32, hidden_dim=80, qkv_bias=True,
-                                        attn_out_bias=True, mlp_bias=True),
-    "mixtral": ModelConfig(name="mixtral", **TINY, n_kv_heads=2, hidden_dim=48, rope_theta=1e6,
-                           moe=MoEConfig(num_experts=4, top_k=2)),
+    "llama_biases_headdim": ModelConfig(
+        name="llama_b", **TINY, head_dim=32, hidden_dim=80, qkv_bias=True, attn_out_bias=True, mlp_bias=True
+    ),
+    "mixtral": ModelConfig(
+        name="mixtral", **TINY, n_kv_heads=2, hidden_dim=48, rope_theta=1e6, moe=MoEConfig(num_experts=4, top_k=2)
+    ),
 }
-EXPECTED_CLASS = {"llama": "LlamaForCausalLM", "mistral": "MistralForCausalLM", "gpt2": "GPT2LMHeadModel",
-                  "mixtral": "MixtralForCausalLM"}
+EXPECTED_CLASS = {
+    "llama": "LlamaForCausalLM",
+    "mistral": "MistralForCausalLM",
+    "gpt2": "GPT2LMHeadModel",
+    "mixtral": "MixtralForCausalLM",
+}
 
 
 def random_loom_model(cfg: ModelConfig, seed: int = 0) -> torch.nn.Module:
@@ -156,8 +180,10 @@ def test_round_trip_through_cli_with_sharding_and_bf16(tmp_path: Path) -> None:
         (dict(attn_logit_softcap=30.0), "softcap"),
         (dict(qkv_bias=True, mlp_bias=True), "qwen2 needs mlp_bias=False"),
         (dict(rope_scaling=RopeScalingConfig(type="ntk", factor=2.0)), "ntk"),
-        (dict(moe=MoEConfig(num_experts=4, top_k=2, num_shared_experts=1, norm_topk_prob=False)),
-         "ernie4_5_moe needs moe.norm_topk_prob=True"),
+        (
+            dict(moe=MoEConfig(num_experts=4, top_k=2, num_shared_experts=1, norm_topk_prob=False)),
+            "ernie4_5_moe needs moe.norm_topk_prob=True",
+        ),
         (dict(moe=MoEConfig(num_experts=4, top_k=2, score_func="sigmoid")), "mixtral needs moe.score_func"),
         (dict(mla=dict(kv_lora_rank=16, qk_nope_head_dim=8, qk_rope_head_dim=8, v_head_dim=8)), "set model.moe"),
         (dict(mlp_type="gelu"), "GPT-2 export needs"),
@@ -178,8 +204,10 @@ def test_import_refuses_unknown_architecture(tmp_path: Path) -> None:
 
 @pytest.mark.parametrize(
     "scaling",
-    [RopeScalingConfig(type="linear", factor=2.0),
-     RopeScalingConfig(type="yarn", factor=4.0, original_max_seq_len=16, mscale=0.7)],
+    [
+        RopeScalingConfig(type="linear", factor=2.0),
+        RopeScalingConfig(type="yarn", factor=4.0, original_max_seq_len=16, mscale=0.7),
+    ],
     ids=["linear", "yarn"],
 )
 def test_rope_scalings_export_and_import(scaling: RopeScalingConfig, tmp_path: Path) -> None:
@@ -205,8 +233,11 @@ def test_import_original_gpt2_naming(tmp_path: Path) -> None:
     config = hf_config_dict(CONFIGS["gpt2"], torch.float32)
     torch.manual_seed(6)
     reference = AutoModelForCausalLM.from_config(transformers.AutoConfig.for_model(**config)).eval()
-    state = {k.removeprefix("transformer."): v.detach().clone() for k, v in reference.state_dict().items()
-             if k != "lm_head.weight"}
+    state = {
+        k.removeprefix("transformer."): v.detach().clone()
+        for k, v in reference.state_dict().items()
+        if k != "lm_head.weight"
+    }
     for i in range(CONFIGS["gpt2"].n_layers):
         state[f"h.{i}.attn.bias"] = torch.tril(torch.ones(1, 1, 64, 64))
     write_hf_dir(state, config, tmp_path / "hf")
@@ -222,7 +253,6 @@ def test_loom_moe_config_exports_to_the_hf_class_with_shared_experts(tmp_path: P
     """configs/model/moe.yaml (ungated shared expert, softmax top-2 renormalised, first layer dense) is ERNIE 4.5
     MoE's architecture: exported, transformers loads it with no missing or unexpected key and equal logits."""
     from omegaconf import OmegaConf
-
     from transformers import AutoModelForCausalLM
 
     yaml = Path(__file__).resolve().parents[2] / "configs" / "model" / "moe.yaml"

@@ -1,6 +1,7 @@
 """The Hugging Face family registry (model/hf/registry.py): it picks a config's family exactly as the hand-written
 decision list it replaced did, a family added as one new file is recognised by config and by model_type, and the
 registry names no family (so adding one edits nothing else)."""
+
 from __future__ import annotations
 
 import ast
@@ -39,8 +40,13 @@ def decision_list(cfg) -> str:
         if moe.num_shared_experts or moe.expert_bias:
             return "ernie4_5_moe"
         return "mixtral"
-    gemma = (cfg.rmsnorm_unit_offset or cfg.scale_embeddings or cfg.mlp_type == "geglu"
-             or cfg.norm_position == "sandwich" or cfg.query_pre_attn_scalar is not None)
+    gemma = (
+        cfg.rmsnorm_unit_offset
+        or cfg.scale_embeddings
+        or cfg.mlp_type == "geglu"
+        or cfg.norm_position == "sandwich"
+        or cfg.query_pre_attn_scalar is not None
+    )
     if gemma:
         return "gemma3_text" if cfg.qk_norm or cfg.local_rope_theta is not None else "gemma2"
     if cfg.norm_position == "branch_output":
@@ -57,14 +63,25 @@ def decision_list(cfg) -> str:
 
 
 FEATURES = dict(  # every config field either the old decision list or a family's `matches` reads
-    pos_embedding=("rope", "learned"), norm_type=("rmsnorm", "layernorm"), mlp_type=("swiglu", "gelu", "geglu"),
-    mla=(None, "latent"), qk_norm=(False, True), rmsnorm_unit_offset=(False, True), scale_embeddings=(False, True),
-    norm_position=("pre", "sandwich", "branch_output"), query_pre_attn_scalar=(None, 16.0),
-    local_rope_theta=(None, 10_000.0), qkv_bias=(False, True), attn_out_bias=(False, True),
-    rope_scaling=("none", "longrope"), sliding_window=(None, 8),
+    pos_embedding=("rope", "learned"),
+    norm_type=("rmsnorm", "layernorm"),
+    mlp_type=("swiglu", "gelu", "geglu"),
+    mla=(None, "latent"),
+    qk_norm=(False, True),
+    rmsnorm_unit_offset=(False, True),
+    scale_embeddings=(False, True),
+    norm_position=("pre", "sandwich", "branch_output"),
+    query_pre_attn_scalar=(None, 16.0),
+    local_rope_theta=(None, 10_000.0),
+    qkv_bias=(False, True),
+    attn_out_bias=(False, True),
+    rope_scaling=("none", "longrope"),
+    sliding_window=(None, 8),
 )
-MOES = [None] + [SimpleNamespace(score_func=s, expert_bias=b, shared_expert_gate=g, num_shared_experts=n)
-                 for s, b, g, n in itertools.product(("softmax", "sigmoid"), (False, True), (False, True), (0, 2))]
+MOES = [None] + [
+    SimpleNamespace(score_func=s, expert_bias=b, shared_expert_gate=g, num_shared_experts=n)
+    for s, b, g, n in itertools.product(("softmax", "sigmoid"), (False, True), (False, True), (0, 2))
+]
 
 
 def feature_configs(count: int, seed: int = 0) -> list[SimpleNamespace]:
@@ -185,8 +202,15 @@ def test_a_family_in_one_new_file_is_recognised_by_config_and_by_model_type(fami
     assert (back.final_logit_softcap, back.dim, back.n_layers, back.hf_model_type) == (30.0, 64, 2, "toy_softcap")
     # the families that were there still win where their priority says so
     assert registry.family_for(ModelConfig(name="plain", **TINY)).model_type == "llama"
-    gemma = ModelConfig(name="gemma", **TINY, final_logit_softcap=30.0, norm_position="sandwich",
-                        rmsnorm_unit_offset=True, scale_embeddings=True, mlp_type="geglu")
+    gemma = ModelConfig(
+        name="gemma",
+        **TINY,
+        final_logit_softcap=30.0,
+        norm_position="sandwich",
+        rmsnorm_unit_offset=True,
+        scale_embeddings=True,
+        mlp_type="geglu",
+    )
     assert registry.family_for(gemma).model_type == "gemma2"
     assert "toy_softcap" not in REGISTRY.families()
 
@@ -198,8 +222,15 @@ def test_register_adds_a_family_and_refuses_a_taken_model_type_or_priority() -> 
     assert registry.family_for(ModelConfig(name="plain", **TINY)) is llama
     with pytest.raises(ValueError, match="model_type='llama'"):
         registry.register(llama)
-    same_priority = Family("other", "OtherForCausalLM", llama.problems, llama.to_hf, llama.from_hf,
-                           matches=lambda cfg: False, priority=llama.priority)
+    same_priority = Family(
+        "other",
+        "OtherForCausalLM",
+        llama.problems,
+        llama.to_hf,
+        llama.from_hf,
+        matches=lambda cfg: False,
+        priority=llama.priority,
+    )
     with pytest.raises(ValueError, match="priority 0, as 'llama' does"):
         registry.register(same_priority)
     with pytest.raises(HFConversionError, match="model_type='mistral' is not supported"):

@@ -1,5 +1,6 @@
 """Multi-head latent attention: the decoding cache holds the compressed latent (kv_lora_rank + rope dims per token
 and layer, not 2 x heads x head_dim), and decoding through it gives what recomputing the whole sequence gives."""
+
 import pytest
 import torch
 
@@ -50,14 +51,30 @@ def uncached_greedy(model, prompt, n):
     with torch.no_grad():
         for _ in range(n):
             sequence.append(int(model(torch.tensor([sequence]))[0, -1].argmax()))
-    return sequence[len(prompt):]
+    return sequence[len(prompt) :]
 
 
-@pytest.mark.parametrize("overrides", [dict(), dict(sliding_window=4, attn_logit_softcap=5.0),
-                                       dict(moe=dict(num_experts=4, top_k=2, score_func="sigmoid", n_groups=2,
-                                                     topk_groups=1, group_score="top2_sum", expert_bias=True,
-                                                     num_shared_experts=1, first_dense=1))],
-                         ids=["mla", "mla_window_softcap", "deepseek_v3_like"])
+@pytest.mark.parametrize(
+    "overrides",
+    [
+        dict(),
+        dict(sliding_window=4, attn_logit_softcap=5.0),
+        dict(
+            moe=dict(
+                num_experts=4,
+                top_k=2,
+                score_func="sigmoid",
+                n_groups=2,
+                topk_groups=1,
+                group_score="top2_sum",
+                expert_bias=True,
+                num_shared_experts=1,
+                first_dense=1,
+            )
+        ),
+    ],
+    ids=["mla", "mla_window_softcap", "deepseek_v3_like"],
+)
 def test_cached_decoding_equals_uncached(overrides):
     model = make(**overrides)
     prompts = [[5, 9, 2], [7], [1, 2, 3, 4, 5, 6, 7, 8, 9]]
@@ -68,5 +85,5 @@ def test_cached_decoding_equals_uncached(overrides):
     tokens = torch.randint(0, 61, (2, 12))
     cache = model.new_caches(2, 12)
     with torch.no_grad():
-        stepwise = torch.cat([model(tokens[:, i:i + 1], cache=cache) for i in range(12)], dim=1)
+        stepwise = torch.cat([model(tokens[:, i : i + 1], cache=cache) for i in range(12)], dim=1)
         torch.testing.assert_close(stepwise, model(tokens), rtol=1e-5, atol=1e-5)

@@ -1,6 +1,7 @@
 """MoE: dropless sorted dispatch equals a naive per-token reference for every routing option (softmax/sigmoid
 scores, grouped top-k, routed scaling, selection bias, gated shared experts); router losses have their defined
 values; auxiliary-loss-free balancing evens out a skewed router."""
+
 import pytest
 import torch
 import torch.nn.functional as F
@@ -13,8 +14,9 @@ pytestmark = pytest.mark.usefixtures("single_thread")
 
 def make_moe(top_k: int, *, shared: int = 0, norm_topk_prob: bool = True, num_experts: int = 4, **options) -> MoE:
     torch.manual_seed(0)
-    cfg = MoEConfig(num_experts=num_experts, top_k=top_k, num_shared_experts=shared, norm_topk_prob=norm_topk_prob,
-                    **options)
+    cfg = MoEConfig(
+        num_experts=num_experts, top_k=top_k, num_shared_experts=shared, norm_topk_prob=norm_topk_prob, **options
+    )
     moe = MoE(16, cfg, 24, 24 * shared)
     with torch.no_grad():
         for p in moe.parameters():
@@ -36,7 +38,7 @@ def naive_moe(moe: MoE, x: torch.Tensor) -> torch.Tensor:
         biased = scores + moe.expert_bias if moe.expert_bias is not None else scores
         allowed = list(range(cfg.num_experts))
         if cfg.n_groups > 1:
-            groups = [biased[g * per_group:(g + 1) * per_group] for g in range(cfg.n_groups)]
+            groups = [biased[g * per_group : (g + 1) * per_group] for g in range(cfg.n_groups)]
             group_score = [g.max() if cfg.group_score == "max" else g.topk(2).values.sum() for g in groups]
             best = torch.topk(torch.stack(group_score), cfg.topk_groups).indices.tolist()
             allowed = [e for e in allowed if e // per_group in best]
@@ -61,10 +63,27 @@ ROUTING = {
     "top2_shared": dict(top_k=2, shared=1),
     "top3_two_shared_unnormalised": dict(top_k=3, shared=2, norm_topk_prob=False),
     "qwen2_moe_gated_shared": dict(top_k=2, shared=1, shared_expert_gate=True, norm_topk_prob=False),
-    "deepseek_v2_groups_max": dict(top_k=2, num_experts=8, n_groups=4, topk_groups=2, group_score="max",
-                                   norm_topk_prob=False, routed_scaling_factor=1.5, shared=2),
-    "deepseek_v3_sigmoid_bias": dict(top_k=3, num_experts=8, n_groups=4, topk_groups=2, group_score="top2_sum",
-                                     score_func="sigmoid", expert_bias=True, routed_scaling_factor=2.5, shared=1),
+    "deepseek_v2_groups_max": dict(
+        top_k=2,
+        num_experts=8,
+        n_groups=4,
+        topk_groups=2,
+        group_score="max",
+        norm_topk_prob=False,
+        routed_scaling_factor=1.5,
+        shared=2,
+    ),
+    "deepseek_v3_sigmoid_bias": dict(
+        top_k=3,
+        num_experts=8,
+        n_groups=4,
+        topk_groups=2,
+        group_score="top2_sum",
+        score_func="sigmoid",
+        expert_bias=True,
+        routed_scaling_factor=2.5,
+        shared=1,
+    ),
 }
 
 
@@ -162,8 +181,16 @@ def _skewed_run(bias_update_rate: float, steps: int = 20) -> tuple[list[float], 
     from model.config import ModelConfig
 
     torch.manual_seed(0)
-    moe = dict(num_experts=8, top_k=2, score_func="sigmoid", expert_bias=True, bias_update_rate=bias_update_rate,
-               aux_loss_weight=0.0, router_z_loss_weight=0.0, expert_hidden_dim=16)
+    moe = dict(
+        num_experts=8,
+        top_k=2,
+        score_func="sigmoid",
+        expert_bias=True,
+        bias_update_rate=bias_update_rate,
+        aux_loss_weight=0.0,
+        router_z_loss_weight=0.0,
+        expert_hidden_dim=16,
+    )
     model = build(ModelConfig(vocab_size=64, dim=32, n_layers=2, n_heads=4, max_seq_len=32, hidden_dim=64, moe=moe))
     with torch.no_grad():
         shared = torch.randn(32)
@@ -198,8 +225,17 @@ def test_balancing_hook_reduces_loads_once_and_restarts_the_counts():
     from model import build
     from model.config import ModelConfig
 
-    model = build(ModelConfig(vocab_size=64, dim=32, n_layers=3, n_heads=4, max_seq_len=32, hidden_dim=64,
-                              moe=dict(num_experts=4, top_k=1, expert_bias=True, first_dense=1)))
+    model = build(
+        ModelConfig(
+            vocab_size=64,
+            dim=32,
+            n_layers=3,
+            n_heads=4,
+            max_seq_len=32,
+            hidden_dim=64,
+            moe=dict(num_experts=4, top_k=1, expert_bias=True, first_dense=1),
+        )
+    )
     tokens = torch.randint(0, 64, (2, 9))
     model(tokens, tokens)  # training mode: counted
     model.eval()

@@ -1,5 +1,6 @@
 """Published architectures have exactly their published parameter counts: by formula (model.counting), in our model
 built on the meta device, and in the transformers reference model built on meta from a config written here."""
+
 from __future__ import annotations
 
 from pathlib import Path
@@ -50,27 +51,56 @@ def hf_reference_config(name: str):
         return GPT2Config(vocab_size=50257, n_positions=1024, n_embd=1600, n_layer=48, n_head=25)
     if name == "llama3_1b":
         return LlamaConfig(
-            vocab_size=128256, hidden_size=2048, intermediate_size=8192, num_hidden_layers=16,
-            num_attention_heads=32, num_key_value_heads=8, head_dim=64, max_position_embeddings=131072,
+            vocab_size=128256,
+            hidden_size=2048,
+            intermediate_size=8192,
+            num_hidden_layers=16,
+            num_attention_heads=32,
+            num_key_value_heads=8,
+            head_dim=64,
+            max_position_embeddings=131072,
             tie_word_embeddings=True,
-            rope_parameters={"rope_type": "llama3", "rope_theta": 500000.0, "factor": 32.0, "low_freq_factor": 1.0,
-                             "high_freq_factor": 4.0, "original_max_position_embeddings": 8192},
+            rope_parameters={
+                "rope_type": "llama3",
+                "rope_theta": 500000.0,
+                "factor": 32.0,
+                "low_freq_factor": 1.0,
+                "high_freq_factor": 4.0,
+                "original_max_position_embeddings": 8192,
+            },
         )
     if name == "llama3_8b":
         return LlamaConfig(
-            vocab_size=128256, hidden_size=4096, intermediate_size=14336, num_hidden_layers=32,
-            num_attention_heads=32, num_key_value_heads=8, max_position_embeddings=8192,
+            vocab_size=128256,
+            hidden_size=4096,
+            intermediate_size=14336,
+            num_hidden_layers=32,
+            num_attention_heads=32,
+            num_key_value_heads=8,
+            max_position_embeddings=8192,
             rope_parameters={"rope_type": "default", "rope_theta": 500000.0},
         )
     if name == "mistral_7b":
         return MistralConfig(
-            vocab_size=32000, hidden_size=4096, intermediate_size=14336, num_hidden_layers=32,
-            num_attention_heads=32, num_key_value_heads=8, sliding_window=4096, max_position_embeddings=32768,
+            vocab_size=32000,
+            hidden_size=4096,
+            intermediate_size=14336,
+            num_hidden_layers=32,
+            num_attention_heads=32,
+            num_key_value_heads=8,
+            sliding_window=4096,
+            max_position_embeddings=32768,
         )
     if name == "mixtral_8x7b":
         return MixtralConfig(
-            vocab_size=32000, hidden_size=4096, intermediate_size=14336, num_hidden_layers=32,
-            num_attention_heads=32, num_key_value_heads=8, num_local_experts=8, num_experts_per_tok=2,
+            vocab_size=32000,
+            hidden_size=4096,
+            intermediate_size=14336,
+            num_hidden_layers=32,
+            num_attention_heads=32,
+            num_key_value_heads=8,
+            num_local_experts=8,
+            num_experts_per_tok=2,
         )
     return new_family_reference_config(name)
 
@@ -80,46 +110,129 @@ def new_family_reference_config(name: str):
     import transformers as tf
 
     if name == "qwen2.5_7b":
-        return tf.Qwen2Config(vocab_size=152064, hidden_size=3584, intermediate_size=18944, num_hidden_layers=28,
-                              num_attention_heads=28, num_key_value_heads=4, max_position_embeddings=131072,
-                              rope_parameters={"rope_type": "default", "rope_theta": 1e6})
+        return tf.Qwen2Config(
+            vocab_size=152064,
+            hidden_size=3584,
+            intermediate_size=18944,
+            num_hidden_layers=28,
+            num_attention_heads=28,
+            num_key_value_heads=4,
+            max_position_embeddings=131072,
+            rope_parameters={"rope_type": "default", "rope_theta": 1e6},
+        )
     if name == "qwen3_8b":
-        return tf.Qwen3Config(vocab_size=151936, hidden_size=4096, intermediate_size=12288, num_hidden_layers=36,
-                              num_attention_heads=32, num_key_value_heads=8, head_dim=128,
-                              max_position_embeddings=40960)
+        return tf.Qwen3Config(
+            vocab_size=151936,
+            hidden_size=4096,
+            intermediate_size=12288,
+            num_hidden_layers=36,
+            num_attention_heads=32,
+            num_key_value_heads=8,
+            head_dim=128,
+            max_position_embeddings=40960,
+        )
     if name == "qwen3_30b_a3b":
-        return tf.Qwen3MoeConfig(vocab_size=151936, hidden_size=2048, intermediate_size=6144, num_hidden_layers=48,
-                                 num_attention_heads=32, num_key_value_heads=4, head_dim=128, num_experts=128,
-                                 num_experts_per_tok=8, moe_intermediate_size=768, norm_topk_prob=True)
+        return tf.Qwen3MoeConfig(
+            vocab_size=151936,
+            hidden_size=2048,
+            intermediate_size=6144,
+            num_hidden_layers=48,
+            num_attention_heads=32,
+            num_key_value_heads=4,
+            head_dim=128,
+            num_experts=128,
+            num_experts_per_tok=8,
+            moe_intermediate_size=768,
+            norm_topk_prob=True,
+        )
     if name == "deepseek_v2_lite":
-        return tf.DeepseekV2Config(vocab_size=102400, hidden_size=2048, intermediate_size=10944,
-                                   moe_intermediate_size=1408, num_hidden_layers=27, num_attention_heads=16,
-                                   num_key_value_heads=16, kv_lora_rank=512, q_lora_rank=None, qk_nope_head_dim=128,
-                                   qk_rope_head_dim=64, v_head_dim=128, n_routed_experts=64, n_shared_experts=2,
-                                   num_experts_per_tok=6, first_k_dense_replace=1, topk_method="greedy",
-                                   max_position_embeddings=163840)
+        return tf.DeepseekV2Config(
+            vocab_size=102400,
+            hidden_size=2048,
+            intermediate_size=10944,
+            moe_intermediate_size=1408,
+            num_hidden_layers=27,
+            num_attention_heads=16,
+            num_key_value_heads=16,
+            kv_lora_rank=512,
+            q_lora_rank=None,
+            qk_nope_head_dim=128,
+            qk_rope_head_dim=64,
+            v_head_dim=128,
+            n_routed_experts=64,
+            n_shared_experts=2,
+            num_experts_per_tok=6,
+            first_k_dense_replace=1,
+            topk_method="greedy",
+            max_position_embeddings=163840,
+        )
     if name == "deepseek_v3":
-        return tf.DeepseekV3Config(vocab_size=129280, hidden_size=7168, intermediate_size=18432,
-                                   moe_intermediate_size=2048, num_hidden_layers=61, num_attention_heads=128,
-                                   num_key_value_heads=128, kv_lora_rank=512, q_lora_rank=1536,
-                                   qk_nope_head_dim=128, qk_rope_head_dim=64, v_head_dim=128, n_routed_experts=256,
-                                   n_shared_experts=1, num_experts_per_tok=8, first_k_dense_replace=3, n_group=8,
-                                   topk_group=4, routed_scaling_factor=2.5, max_position_embeddings=163840)
+        return tf.DeepseekV3Config(
+            vocab_size=129280,
+            hidden_size=7168,
+            intermediate_size=18432,
+            moe_intermediate_size=2048,
+            num_hidden_layers=61,
+            num_attention_heads=128,
+            num_key_value_heads=128,
+            kv_lora_rank=512,
+            q_lora_rank=1536,
+            qk_nope_head_dim=128,
+            qk_rope_head_dim=64,
+            v_head_dim=128,
+            n_routed_experts=256,
+            n_shared_experts=1,
+            num_experts_per_tok=8,
+            first_k_dense_replace=3,
+            n_group=8,
+            topk_group=4,
+            routed_scaling_factor=2.5,
+            max_position_embeddings=163840,
+        )
     if name == "gemma2_9b":
-        return tf.Gemma2Config(vocab_size=256000, hidden_size=3584, intermediate_size=14336, num_hidden_layers=42,
-                               num_attention_heads=16, num_key_value_heads=8, head_dim=256)
+        return tf.Gemma2Config(
+            vocab_size=256000,
+            hidden_size=3584,
+            intermediate_size=14336,
+            num_hidden_layers=42,
+            num_attention_heads=16,
+            num_key_value_heads=8,
+            head_dim=256,
+        )
     if name == "gemma3_4b":
-        return tf.Gemma3TextConfig(vocab_size=262208, hidden_size=2560, intermediate_size=10240,
-                                   num_hidden_layers=34, num_attention_heads=8, num_key_value_heads=4, head_dim=256,
-                                   sliding_window=1024)
+        return tf.Gemma3TextConfig(
+            vocab_size=262208,
+            hidden_size=2560,
+            intermediate_size=10240,
+            num_hidden_layers=34,
+            num_attention_heads=8,
+            num_key_value_heads=4,
+            head_dim=256,
+            sliding_window=1024,
+        )
     if name == "olmo2_7b":
-        return tf.Olmo2Config(vocab_size=100352, hidden_size=4096, intermediate_size=11008, num_hidden_layers=32,
-                              num_attention_heads=32, num_key_value_heads=32, max_position_embeddings=4096,
-                              rope_parameters={"rope_type": "default", "rope_theta": 500000.0})
+        return tf.Olmo2Config(
+            vocab_size=100352,
+            hidden_size=4096,
+            intermediate_size=11008,
+            num_hidden_layers=32,
+            num_attention_heads=32,
+            num_key_value_heads=32,
+            max_position_embeddings=4096,
+            rope_parameters={"rope_type": "default", "rope_theta": 500000.0},
+        )
     if name == "phi3_mini":
-        return tf.Phi3Config(vocab_size=32064, hidden_size=3072, intermediate_size=8192, num_hidden_layers=32,
-                             num_attention_heads=32, num_key_value_heads=32, max_position_embeddings=131072,
-                             original_max_position_embeddings=4096, pad_token_id=32000)
+        return tf.Phi3Config(
+            vocab_size=32064,
+            hidden_size=3072,
+            intermediate_size=8192,
+            num_hidden_layers=32,
+            num_attention_heads=32,
+            num_key_value_heads=32,
+            max_position_embeddings=131072,
+            original_max_position_embeddings=4096,
+            pad_token_id=32000,
+        )
     raise KeyError(name)
 
 
@@ -166,23 +279,46 @@ def test_published_shapes_details() -> None:
 VARIANTS = {
     "sandwich_qknorm_gqa": dict(norm_position="sandwich", qk_norm=True, n_kv_heads=2),
     "post_norm_layernorm_nobias": dict(norm_position="post", norm_type="layernorm", norm_bias=False),
-    "learned_gelu_biases_untied": dict(pos_embedding="learned", mlp_type="gelu", mlp_bias=True, qkv_bias=True,
-                                       attn_out_bias=True, norm_type="layernorm", norm_bias=True),
+    "learned_gelu_biases_untied": dict(
+        pos_embedding="learned",
+        mlp_type="gelu",
+        mlp_bias=True,
+        qkv_bias=True,
+        attn_out_bias=True,
+        norm_type="layernorm",
+        norm_bias=True,
+    ),
     "head_dim_override_tied": dict(head_dim=48, tie_embeddings=True, attn_out_bias=True),
-    "moe_shared_first_dense": dict(moe=MoEConfig(num_experts=4, top_k=2, num_shared_experts=1, expert_hidden_dim=40,
-                                                 shared_expert_hidden_dim=24, first_dense=1, every=2), n_layers=5),
+    "moe_shared_first_dense": dict(
+        moe=MoEConfig(
+            num_experts=4,
+            top_k=2,
+            num_shared_experts=1,
+            expert_hidden_dim=40,
+            shared_expert_hidden_dim=24,
+            first_dense=1,
+            every=2,
+        ),
+        n_layers=5,
+    ),
     "moe_default_widths_mlp_bias": dict(moe=MoEConfig(num_experts=3, top_k=1), mlp_bias=True),
     "mla_full_rank_q_deepseek_moe": dict(
         mla=dict(kv_lora_rank=16, q_lora_rank=None, qk_nope_head_dim=8, qk_rope_head_dim=8, v_head_dim=12),
-        qkv_bias=True, attn_out_bias=True,
-        moe=MoEConfig(num_experts=4, top_k=2, num_shared_experts=2, first_dense=1, score_func="sigmoid",
-                      expert_bias=True)),
-    "olmo2_full_qk_norm_branch_output": dict(norm_position="branch_output", qk_norm=True, qk_norm_scope="full",
-                                             n_kv_heads=2),
-    "gemma_geglu_unit_offset_gated_shared": dict(mlp_type="geglu", rmsnorm_unit_offset=True,
-                                                 norm_position="sandwich",
-                                                 moe=MoEConfig(num_experts=4, top_k=1, num_shared_experts=1,
-                                                               shared_expert_gate=True, every=2)),
+        qkv_bias=True,
+        attn_out_bias=True,
+        moe=MoEConfig(
+            num_experts=4, top_k=2, num_shared_experts=2, first_dense=1, score_func="sigmoid", expert_bias=True
+        ),
+    ),
+    "olmo2_full_qk_norm_branch_output": dict(
+        norm_position="branch_output", qk_norm=True, qk_norm_scope="full", n_kv_heads=2
+    ),
+    "gemma_geglu_unit_offset_gated_shared": dict(
+        mlp_type="geglu",
+        rmsnorm_unit_offset=True,
+        norm_position="sandwich",
+        moe=MoEConfig(num_experts=4, top_k=1, num_shared_experts=1, shared_expert_gate=True, every=2),
+    ),
 }
 
 
@@ -199,7 +335,8 @@ def test_formula_matches_our_model(variant: str) -> None:
     if cfg.moe is not None:  # inactive routed experts: (num_experts - top_k) of each MoE layer's experts
         inactive = sum(
             layer.moe.experts.w1.numel() * 3 * (cfg.moe.num_experts - cfg.moe.top_k) // cfg.moe.num_experts
-            for layer in model.layers.values() if layer.moe is not None
+            for layer in model.layers.values()
+            if layer.moe is not None
         )
         assert count_parameters(cfg, active=True) == meta_numel(model) - inactive
     else:
@@ -219,7 +356,8 @@ def test_published_configs_match_transformers_layer_by_layer(name: str) -> None:
     cfg, hf = load_model_yaml(name), hf_reference_config(name)
     if hasattr(hf, "layer_types") and cfg.sliding_window is not None:
         assert [cfg.layer_window(i) is None for i in range(cfg.n_layers)] == [
-            t == "full_attention" for t in hf.layer_types]
+            t == "full_attention" for t in hf.layer_types
+        ]
     if name == "gemma3_4b":
         assert cfg.local_rope_theta == hf.rope_parameters["sliding_attention"]["rope_theta"] == 10000.0
         assert cfg.rope_theta == hf.rope_parameters["full_attention"]["rope_theta"] == 1e6

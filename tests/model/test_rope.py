@@ -1,5 +1,6 @@
 """RoPE: the relative-position property, every scaling reducing to plain RoPE at factor 1, and Hugging Face's
 inverse frequencies for the scalings HF checkpoints use."""
+
 import math
 
 import pytest
@@ -78,14 +79,25 @@ def test_rotate_half_uses_first_and_second_half_not_interleaved_pairs():
     [
         ({"rope_type": "linear", "factor": 4.0}, RopeScalingConfig(type="linear", factor=4.0)),
         (
-            {"rope_type": "llama3", "factor": 8.0, "low_freq_factor": 1.0, "high_freq_factor": 4.0,
-             "original_max_position_embeddings": 64},
-            RopeScalingConfig(type="llama3", factor=8.0, low_freq_factor=1.0, high_freq_factor=4.0,
-                              original_max_seq_len=64),
+            {
+                "rope_type": "llama3",
+                "factor": 8.0,
+                "low_freq_factor": 1.0,
+                "high_freq_factor": 4.0,
+                "original_max_position_embeddings": 64,
+            },
+            RopeScalingConfig(
+                type="llama3", factor=8.0, low_freq_factor=1.0, high_freq_factor=4.0, original_max_seq_len=64
+            ),
         ),
         (
-            {"rope_type": "yarn", "factor": 4.0, "original_max_position_embeddings": 64, "beta_fast": 32.0,
-             "beta_slow": 1.0},
+            {
+                "rope_type": "yarn",
+                "factor": 4.0,
+                "original_max_position_embeddings": 64,
+                "beta_fast": 32.0,
+                "beta_slow": 1.0,
+            },
             RopeScalingConfig(type="yarn", factor=4.0, original_max_seq_len=64),
         ),
     ],
@@ -97,7 +109,9 @@ def test_inverse_frequencies_match_hugging_face(hf_params, ours):
 
     theta = 500000.0
     config = transformers.LlamaConfig(
-        hidden_size=128, num_attention_heads=4, max_position_embeddings=256,
+        hidden_size=128,
+        num_attention_heads=4,
+        max_position_embeddings=256,
         rope_parameters={"rope_theta": theta, **hf_params},
     )
     hf_inv_freq, hf_attention_factor = ROPE_INIT_FUNCTIONS[hf_params["rope_type"]](config, "cpu")
@@ -120,8 +134,12 @@ def test_dynamic_ntk_tables_equal_transformers(length):
     transformers = pytest.importorskip("transformers")
     from model.blocks.rope import RotaryEmbedding
 
-    config = transformers.LlamaConfig(hidden_size=128, num_attention_heads=4, max_position_embeddings=32,
-                                      rope_parameters={"rope_type": "dynamic", "factor": 4.0, "rope_theta": 10000.0})
+    config = transformers.LlamaConfig(
+        hidden_size=128,
+        num_attention_heads=4,
+        max_position_embeddings=32,
+        rope_parameters={"rope_type": "dynamic", "factor": 4.0, "rope_theta": 10000.0},
+    )
     hf_cos, hf_sin = _hf_cos_sin(transformers.models.llama.modeling_llama.LlamaRotaryEmbedding, config, length)
     ours = RotaryEmbedding(32, 128, 10000.0, RopeScalingConfig(type="dynamic", factor=4.0, original_max_seq_len=32))
     cos, sin = ours(torch.arange(length))
@@ -141,13 +159,22 @@ def test_longrope_tables_equal_transformers(length):
     long_factor = [1.0 + 0.37 * i for i in range(8)]
     short_factor = [1.0 + 0.05 * i for i in range(8)]
     config = transformers.Phi3Config(
-        hidden_size=64, num_attention_heads=4, max_position_embeddings=64, original_max_position_embeddings=16,
-        rope_parameters={"rope_type": "longrope", "rope_theta": 10000.0, "long_factor": long_factor,
-                         "short_factor": short_factor, "original_max_position_embeddings": 16},
+        hidden_size=64,
+        num_attention_heads=4,
+        max_position_embeddings=64,
+        original_max_position_embeddings=16,
+        rope_parameters={
+            "rope_type": "longrope",
+            "rope_theta": 10000.0,
+            "long_factor": long_factor,
+            "short_factor": short_factor,
+            "original_max_position_embeddings": 16,
+        },
     )
     hf_cos, hf_sin = _hf_cos_sin(transformers.models.phi3.modeling_phi3.Phi3RotaryEmbedding, config, length)
-    scaling = RopeScalingConfig(type="longrope", factor=4.0, original_max_seq_len=16, long_factor=long_factor,
-                                short_factor=short_factor)
+    scaling = RopeScalingConfig(
+        type="longrope", factor=4.0, original_max_seq_len=16, long_factor=long_factor, short_factor=short_factor
+    )
     cos, sin = RotaryEmbedding(16, 64, 10000.0, scaling)(torch.arange(length))
     assert (cos - hf_cos).abs().max() <= 1e-6 and (sin - hf_sin).abs().max() <= 1e-6
     assert cos[0, 0] == pytest.approx(math.sqrt(1 + math.log(4.0) / math.log(16)))

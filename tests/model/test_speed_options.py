@@ -3,6 +3,7 @@ gate/up projections, attention masks built once per forward (sliding windows, do
 FlexAttention), a loss that never holds the whole batch's fp32 logits, and a vocabulary padded for the output
 head's matmul. Each is compared with the plain path (fp32, outputs and gradients) on CPU; the layouts are in
 tests/parallel/test_speed_options_layouts.py."""
+
 from __future__ import annotations
 
 import dataclasses
@@ -82,8 +83,11 @@ def test_grouped_heads_reach_sdpa_unrepeated_with_the_same_result(monkeypatch):
 
 
 # ------------------------------------------------------------------------------------------------ fused projections
-@pytest.mark.parametrize("arch", [dict(), dict(qkv_bias=True, mlp_bias=True, n_kv_heads=1, mlp_type="geglu"),
-                                  dict(head_dim=24, qk_norm=True)], ids=["gqa", "mqa-biases-geglu", "headdim-qknorm"])
+@pytest.mark.parametrize(
+    "arch",
+    [dict(), dict(qkv_bias=True, mlp_bias=True, n_kv_heads=1, mlp_type="geglu"), dict(head_dim=24, qk_norm=True)],
+    ids=["gqa", "mqa-biases-geglu", "headdim-qknorm"],
+)
 def test_fused_projections_train_like_split_ones_with_the_same_parameters(arch):
     fused, split = make(fused_projections=True, **arch), make(**arch)
     assert [(n, p.shape) for n, p in fused.named_parameters()] == [(n, p.shape) for n, p in split.named_parameters()]
@@ -134,8 +138,11 @@ def _packed(docs: list[list[int]], eos: int) -> torch.Tensor:
 
 
 @pytest.mark.parametrize("backend", ["sdpa", "flex"])
-@pytest.mark.parametrize("arch", [dict(), dict(sliding_window=6, sliding_window_pattern=2, attn_logit_softcap=20.0)],
-                         ids=["llama", "windows-softcap"])
+@pytest.mark.parametrize(
+    "arch",
+    [dict(), dict(sliding_window=6, sliding_window_pattern=2, attn_logit_softcap=20.0)],
+    ids=["llama", "windows-softcap"],
+)
 def test_document_masking_equals_each_document_alone(backend, arch):
     """A packed row of three documents (each ending in EOS) gives, token for token, the logits of each document
     run alone: attention never crosses a document boundary (RoPE sees only relative positions, so the offset of
@@ -151,7 +158,7 @@ def test_document_masking_equals_each_document_alone(backend, arch):
         start = 0
         for doc in docs:
             alone = plain(_packed([doc], eos)[None])[0]
-            torch.testing.assert_close(packed[start:start + len(doc) + 1], alone, rtol=1e-4, atol=1e-5)
+            torch.testing.assert_close(packed[start : start + len(doc) + 1], alone, rtol=1e-4, atol=1e-5)
             start += len(doc) + 1
         assert (net(row) - plain(row)).abs().max() > 1e-2  # without the mask, later documents see earlier ones
 
@@ -166,8 +173,9 @@ def test_document_mask_gradients_equal_a_dense_mask_reference():
     tokens[1, [11]] = eos
     net, reference = make(document_mask_eos_id=eos), make()
     q = torch.arange(32)
-    doc = torch.stack([torch.bucketize(q, torch.tensor([6, 18]), right=True),
-                       torch.bucketize(q, torch.tensor([12]), right=True)])
+    doc = torch.stack(
+        [torch.bucketize(q, torch.tensor([6, 18]), right=True), torch.bucketize(q, torch.tensor([12]), right=True)]
+    )
     dense = (q[None, :, None] >= q[None, None, :]) & (doc[:, :, None] == doc[:, None, :])
     reference._shared_masks = lambda tokens, h: {None: dense[:, None]}
     assert_same_training(net, reference, tokens, labels)
@@ -178,8 +186,9 @@ def test_flex_attention_backend_equals_sdpa_in_outputs_and_gradients(monkeypatch
     torch 2.13 refuses FlexAttention's backward on CPU (NotImplementedError in flex_attention's device check), and
     the model says so itself; with both checks lifted, the eager implementation FlexAttention's kernels are generated
     from runs its backward on CPU, which is what the gradients are compared with."""
-    cfg = dict(sliding_window=6, sliding_window_pattern=2, attn_logit_softcap=20.0, document_mask_eos_id=7,
-               n_kv_heads=1)
+    cfg = dict(
+        sliding_window=6, sliding_window_pattern=2, attn_logit_softcap=20.0, document_mask_eos_id=7, n_kv_heads=1
+    )
     flex, sdpa = make(attention_backend="flex", **cfg), make(**cfg)
     tokens, labels = batch()
     tokens[:, [9, 25]] = 7
@@ -200,8 +209,14 @@ def test_every_option_compiles_as_one_graph():
     """The GPU rows run the whole model under torch.compile: with every option on (shared window and document
     masks, softcap, fused projections, padded vocabulary) it traces without a graph break (fullgraph) and trains
     like eager; FlexAttention's block masks trace too (forward: its CPU backward is refused, see above)."""
-    cfg = dict(sliding_window=8, sliding_window_pattern=2, attn_logit_softcap=20.0, document_mask_eos_id=5,
-               fused_projections=True, vocab_multiple=128)
+    cfg = dict(
+        sliding_window=8,
+        sliding_window_pattern=2,
+        attn_logit_softcap=20.0,
+        document_mask_eos_id=5,
+        fused_projections=True,
+        vocab_multiple=128,
+    )
     tokens, labels = batch()
     tokens[:, [7, 20]] = 5
     eager, compiled = make(**cfg), make(**cfg)
@@ -263,9 +278,20 @@ def _fp32_logit_memory(chunk_size: int) -> tuple[Fp32LogitBytes, float]:
     """One bf16-autocast training step (z-loss, final-logit softcap, vocabulary 2000 padded to 2048) on 4 x 64
     tokens, traced."""
     torch.manual_seed(0)
-    net = build(ModelConfig(vocab_size=2000, vocab_multiple=128, dim=32, n_layers=1, n_heads=2, hidden_dim=64,
-                            max_seq_len=64, loss_chunk_size=chunk_size, z_loss_weight=1e-3,
-                            final_logit_softcap=30.0))
+    net = build(
+        ModelConfig(
+            vocab_size=2000,
+            vocab_multiple=128,
+            dim=32,
+            n_layers=1,
+            n_heads=2,
+            hidden_dim=64,
+            max_seq_len=64,
+            loss_chunk_size=chunk_size,
+            z_loss_weight=1e-3,
+            final_logit_softcap=30.0,
+        )
+    )
     net.init_weights()
     tokens, labels = (torch.randint(0, 2000, (4, 64), generator=torch.Generator().manual_seed(s)) for s in (1, 2))
     tracker = Fp32LogitBytes(2048)
@@ -332,26 +358,31 @@ def test_speed_options_export_to_hugging_face_and_back(tmp_path: Path):
 
 
 # ------------------------------------------------------------------------------------------------ config
-@pytest.mark.parametrize("overrides, message", [
-    (dict(attention_backend="xformers"), "attention_backend"),
-    (dict(vocab_multiple=0), "vocab_multiple"),
-    (dict(document_mask_eos_id=VOCAB), "document_mask_eos_id"),
-    (dict(pos_embedding="alibi", attention_backend="flex"), "ALiBi"),
-])
+@pytest.mark.parametrize(
+    "overrides, message",
+    [
+        (dict(attention_backend="xformers"), "attention_backend"),
+        (dict(vocab_multiple=0), "vocab_multiple"),
+        (dict(document_mask_eos_id=VOCAB), "document_mask_eos_id"),
+        (dict(pos_embedding="alibi", attention_backend="flex"), "ALiBi"),
+    ],
+)
 def test_bad_speed_options_fail_when_the_config_is_built(overrides, message):
     with pytest.raises(ValueError, match=message):
         ModelConfig(**{**BASE, **overrides})
 
 
-@pytest.mark.parametrize("parallel, model_overrides, message", [
-    (dict(cp=2), dict(document_mask_eos_id=0), "document_mask_eos_id"),
-    (dict(pp=2), dict(document_mask_eos_id=0), "document_mask_eos_id"),
-    (dict(cp=2), dict(attention_backend="flex"), "attention_backend=flex"),
-    (dict(tp=2), dict(vocab_size=102, vocab_multiple=128), "vocab_multiple"),
-    (dict(float8="rowwise"), dict(fused_projections=True), "fused_projections"),
-])
-def test_layouts_that_cannot_carry_an_option_are_refused_before_any_process_group(parallel, model_overrides,
-                                                                                   message):
+@pytest.mark.parametrize(
+    "parallel, model_overrides, message",
+    [
+        (dict(cp=2), dict(document_mask_eos_id=0), "document_mask_eos_id"),
+        (dict(pp=2), dict(document_mask_eos_id=0), "document_mask_eos_id"),
+        (dict(cp=2), dict(attention_backend="flex"), "attention_backend=flex"),
+        (dict(tp=2), dict(vocab_size=102, vocab_multiple=128), "vocab_multiple"),
+        (dict(float8="rowwise"), dict(fused_projections=True), "fused_projections"),
+    ],
+)
+def test_layouts_that_cannot_carry_an_option_are_refused_before_any_process_group(parallel, model_overrides, message):
     from parallel import ParallelDims
     from parallel.config import ParallelConfig
 

@@ -1,5 +1,6 @@
 """The default CPU model (configs/model/tiny.yaml) learns: on a structured synthetic corpus the loss falls far
 below ln(vocab) within a couple of hundred CPU steps."""
+
 import math
 import time
 from pathlib import Path

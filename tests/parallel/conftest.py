@@ -1,5 +1,6 @@
 """Shared setup for the parallel tests: the harness importable by name (also inside spawned processes),
 DeepSpeed on its CPU accelerator with a reused JIT-build cache, and single-process reference runs computed once."""
+
 from __future__ import annotations
 
 import os
@@ -25,8 +26,22 @@ def reference_run():
     import harness
 
     def get(spec: "harness.RunSpec") -> "harness.RunResult":
-        key = repr((spec.model_overrides, spec.steps, spec.global_batch, spec.seq_len, spec.seed, spec.lr,
-                    spec.weight_decay, spec.betas, spec.eps, spec.grad_clip, spec.start_step, spec.ignore_prefix))
+        key = repr(
+            (
+                spec.model_overrides,
+                spec.steps,
+                spec.global_batch,
+                spec.seq_len,
+                spec.seed,
+                spec.lr,
+                spec.weight_decay,
+                spec.betas,
+                spec.eps,
+                spec.grad_clip,
+                spec.start_step,
+                spec.ignore_prefix,
+            )
+        )
         if key not in _REFERENCES:
             _REFERENCES[key] = harness.run_reference(spec)
         return _REFERENCES[key]

@@ -1,5 +1,6 @@
 """Activation checkpointing and per-block compile change memory/speed, never the numbers: same losses and
 weights as the plain model, and checkpointing measurably lowers the activation memory kept for backward."""
+
 import weakref
 
 import pytest

@@ -6,11 +6,11 @@ torch's CPU float8 matmul) must really compute in float8 (losses close to fp32 b
 checkpoint names. Compile uses the aot_eager backend: it traces with Dynamo and AOTAutograd like inductor does,
 without building C++ kernels (tests/parallel/test_activation_checkpointing.py does the same).
 """
+
 from __future__ import annotations
 
 import pytest
 import torch
-
 from harness import RunSpec, assert_runs_match, load_parallel_config, run_layouts, train
 
 pytestmark = pytest.mark.distributed
@@ -23,8 +23,10 @@ FLOAT8_MODEL = {"dim": 64, "n_heads": 4, "n_kv_heads": 2, "hidden_dim": 128}
 @pytest.fixture(scope="module")
 def fsdp_results():
     """FSDP2 on a 1-rank mesh (needs a process group, so one spawn) with whole-model compile, and with float8."""
-    specs = [RunSpec(layout="fsdp", overrides=COMPILE_MODEL, steps=4),
-             RunSpec(layout="fsdp", overrides={"float8": "tensorwise"}, model_overrides=FLOAT8_MODEL, steps=4)]
+    specs = [
+        RunSpec(layout="fsdp", overrides=COMPILE_MODEL, steps=4),
+        RunSpec(layout="fsdp", overrides={"float8": "tensorwise"}, model_overrides=FLOAT8_MODEL, steps=4),
+    ]
     return dict(zip(("compile", "float8"), run_layouts(specs))), specs
 
 
@@ -42,6 +44,7 @@ def test_whole_model_compile_under_fsdp_one_rank(fsdp_results, reference_run):
 
 def test_whole_model_compile_wraps_the_model_not_each_block():
     from harness import build_model
+
     from parallel import ParallelDims, parallelize
 
     spec = RunSpec(overrides=COMPILE_MODEL)
@@ -80,9 +83,9 @@ def test_float8_under_fsdp_one_rank(fsdp_results, reference_run):
 
 def test_float8_swaps_only_the_blocks_linears():
     pytest.importorskip("torchao")
+    from harness import build_model
     from torchao.float8.float8_linear import Float8Linear
 
-    from harness import build_model
     from parallel import ParallelDims, parallelize
 
     spec = RunSpec(overrides={"float8": "tensorwise"}, model_overrides=FLOAT8_MODEL)
@@ -90,9 +93,19 @@ def test_float8_swaps_only_the_blocks_linears():
     plain_names = set(build_model(spec).state_dict())
     net = parallelize(build_model(spec), ParallelDims.from_config(pcfg, 1))
     float8 = sorted(name for name, m in net.named_modules() if isinstance(m, Float8Linear))
-    assert float8 == sorted(f"layers.{i}.{sub}" for i in range(2) for sub in
-                            ("attention.wq", "attention.wk", "attention.wv", "attention.wo",
-                             "feed_forward.w1", "feed_forward.w2", "feed_forward.w3")), float8
+    assert float8 == sorted(
+        f"layers.{i}.{sub}"
+        for i in range(2)
+        for sub in (
+            "attention.wq",
+            "attention.wk",
+            "attention.wv",
+            "attention.wo",
+            "feed_forward.w1",
+            "feed_forward.w2",
+            "feed_forward.w3",
+        )
+    ), float8
     assert type(net.output) is torch.nn.Linear
     assert set(net.state_dict()) == plain_names
 
@@ -112,7 +125,8 @@ def test_bad_compile_and_float8_options_fail_at_config_time(monkeypatch):
 
     monkeypatch.setattr(torch.cuda, "get_device_capability", lambda *a: (8, 0))
     monkeypatch.setattr(torch.cuda, "get_device_name", lambda *a: "NVIDIA A100-SXM4-80GB")
-    assert float8_supported("cuda") == ("NVIDIA A100-SXM4-80GB has compute capability 8.0; float8 matmuls need "
-                                        "8.9+ (Ada, Hopper, Blackwell)")
+    assert float8_supported("cuda") == (
+        "NVIDIA A100-SXM4-80GB has compute capability 8.0; float8 matmuls need 8.9+ (Ada, Hopper, Blackwell)"
+    )
     monkeypatch.setattr(torch.cuda, "get_device_capability", lambda *a: (9, 0))
     assert float8_supported("cuda") is None

@@ -5,6 +5,7 @@ dp_shard x cp averages the gradients, and losses at every step and the final wei
 run to 1e-4. The kernel tests check forward and backward of the attention alone against full causal attention,
 including GQA, sliding windows and logit soft-capping, where a wrong mask or merge would show at once.
 """
+
 from __future__ import annotations
 
 from datetime import timedelta
@@ -12,7 +13,6 @@ from datetime import timedelta
 import pytest
 import torch
 import torch.distributed as dist
-
 from harness import RunSpec, assert_runs_match, run_layouts, save_from_rank_0, spawn_gloo_workers
 
 # Adam's eps at the scale of the gradients, so an update depends on the gradient's size and a wrong gradient
@@ -23,15 +23,21 @@ pytestmark = pytest.mark.distributed
 
 
 CASES = {
-    "ring": dict(overrides={"cp_method": "ring"},
-                 model_overrides={"n_kv_heads": 2, "sliding_window": 6, "attn_logit_softcap": 20.0}),
-    "ulysses": dict(overrides={"cp_method": "ulysses"},
-                    model_overrides={"n_kv_heads": 2, "sliding_window": 6, "attn_logit_softcap": 20.0}),
+    "ring": dict(
+        overrides={"cp_method": "ring"},
+        model_overrides={"n_kv_heads": 2, "sliding_window": 6, "attn_logit_softcap": 20.0},
+    ),
+    "ulysses": dict(
+        overrides={"cp_method": "ulysses"},
+        model_overrides={"n_kv_heads": 2, "sliding_window": 6, "attn_logit_softcap": 20.0},
+    ),
 }
 
 
-SPECS = {name: RunSpec(layout="cp", world_size=2, steps=10, global_batch=2, seq_len=16, eps=ADAM_EPS, **case)
-         for name, case in CASES.items()}
+SPECS = {
+    name: RunSpec(layout="cp", world_size=2, steps=10, global_batch=2, seq_len=16, eps=ADAM_EPS, **case)
+    for name, case in CASES.items()
+}
 
 
 @pytest.fixture(scope="module")
@@ -81,11 +87,14 @@ def _kernel_worker(rank, world, port, out):
     from parallel.context import ContextParallelAttention
     from parallel.ring_attention import chunk_positions
 
-    dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{port}", rank=rank, world_size=world,
-                            timeout=timedelta(seconds=60))
+    dist.init_process_group(
+        "gloo", init_method=f"tcp://127.0.0.1:{port}", rank=rank, world_size=world, timeout=timedelta(seconds=60)
+    )
     try:
-        meshes = {4: init_device_mesh("cpu", (4,), mesh_dim_names=("cp",)),
-                  2: init_device_mesh("cpu", (2, 2), mesh_dim_names=("dp", "cp"))["cp"]}
+        meshes = {
+            4: init_device_mesh("cpu", (4,), mesh_dim_names=("cp",)),
+            2: init_device_mesh("cpu", (2, 2), mesh_dim_names=("dp", "cp"))["cp"],
+        }
         all_errors = []
         for method, cp, load_balance, window, softcap, kv_heads in KERNEL_CASES:
             mesh = meshes[cp]

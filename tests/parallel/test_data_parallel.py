@@ -1,4 +1,5 @@
 """DDP, FSDP2 and HSDP train exactly like one process: same loss at every step, same weights at the end."""
+
 import pytest
 from harness import RunSpec, assert_runs_match, plan, planned_result
 
@@ -45,12 +46,15 @@ def test_fsdp_on_one_rank_is_fsdp_and_matches_single_process(reference_run):
 
 
 def test_fsdp_options_without_fsdp_fail_clearly():
-    from parallel import ParallelDims
     from harness import load_parallel_config
 
-    for layout, world_size, key, value in (("ddp", 2, "fsdp_param_dtype", "bfloat16"),
-                                           ("single", 1, "fsdp_reduce_dtype", "bfloat16"),
-                                           ("zero2", 2, "fsdp_param_dtype", "bfloat16")):
+    from parallel import ParallelDims
+
+    for layout, world_size, key, value in (
+        ("ddp", 2, "fsdp_param_dtype", "bfloat16"),
+        ("single", 1, "fsdp_reduce_dtype", "bfloat16"),
+        ("zero2", 2, "fsdp_param_dtype", "bfloat16"),
+    ):
         with pytest.raises(ValueError, match=rf"parallel\.{key}=.*does not use FSDP"):
             ParallelDims.from_config(load_parallel_config(layout, **{key: value}), world_size)
     assert ParallelDims.from_config(load_parallel_config("fsdp"), 1).fsdp_enabled
@@ -59,9 +63,9 @@ def test_fsdp_options_without_fsdp_fail_clearly():
 
 def test_fsdp_cpu_offload_without_accelerator_fails_clearly():
     import torch
-
-    from parallel import ParallelDims, parallelize
     from harness import build_model, load_parallel_config
+
+    from parallel import ParallelDims
 
     if torch.accelerator.is_available():
         pytest.skip("this checks the CPU-only error; with an accelerator offload is a real option")

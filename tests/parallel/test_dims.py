@@ -1,5 +1,6 @@
 """ParallelDims: degrees resolved and checked against the world size and the model before any work, with
 messages that name the key to change."""
+
 import pytest
 import torch.distributed as dist
 from harness import RunSpec, load_parallel_config, tiny_model_config, train

@@ -1,5 +1,6 @@
 """parallel.estimate against hand calculations: memory per GPU of training layouts (the arithmetic is written out
 next to each expected number), the pipeline split training uses, and the time to train."""
+
 from __future__ import annotations
 
 import dataclasses
@@ -38,8 +39,16 @@ def load_model_yaml(name: str) -> ModelConfig:
     return OmegaConf.to_object(merged)
 
 
-def training_run(model: ModelConfig, world_size: int = 1, *, seq_len: int = 32, micro_batch_size: int = 2,
-                 global_batch: int | None = None, precision: str = "bf16", **parallel) -> TrainingRun:
+def training_run(
+    model: ModelConfig,
+    world_size: int = 1,
+    *,
+    seq_len: int = 32,
+    micro_batch_size: int = 2,
+    global_batch: int | None = None,
+    precision: str = "bf16",
+    **parallel,
+) -> TrainingRun:
     """A run as the launcher hands it over: the layout through ParallelDims.from_config, training's one rule set."""
     dims = ParallelDims.from_config(ParallelConfig(**parallel), world_size, model, seq_len, precision)
     global_batch = global_batch or micro_batch_size * dims.dp_degree
@@ -114,9 +123,18 @@ def test_memory_expert_parallel_fsdp_by_hand() -> None:
 
 # Dense first layers, MoE later ones: per-token cost 271,104 (dense) vs 716,544 (MoE, top 4 of 8 experts), so
 # training's balanced cut is layers 0-2 | 3, not the equal 0-1 | 2-3.
-UNEVEN = ModelConfig(name="uneven", vocab_size=100, dim=64, n_layers=4, n_heads=4, hidden_dim=128, max_seq_len=32,
-                     moe=MoEConfig(num_experts=8, top_k=4, expert_hidden_dim=128, first_dense=2,
-                                   aux_loss_weight=0.0, router_z_loss_weight=0.0))
+UNEVEN = ModelConfig(
+    name="uneven",
+    vocab_size=100,
+    dim=64,
+    n_layers=4,
+    n_heads=4,
+    hidden_dim=128,
+    max_seq_len=32,
+    moe=MoEConfig(
+        num_experts=8, top_k=4, expert_hidden_dim=128, first_dense=2, aux_loss_weight=0.0, router_z_loss_weight=0.0
+    ),
+)
 
 
 def test_pipeline_memory_uses_trainings_stage_split_on_an_uneven_moe_model() -> None:
@@ -160,9 +178,14 @@ def test_time_to_train_by_hand() -> None:
     assert given["time_to_train_hours"] == report["time_to_train_hours"]  # a peak given for an unlisted device
 
 
-@pytest.mark.parametrize("keys, message", [({"mfu": 0.0}, "mfu=0.0 must be in"),
-                                           ({"tokens": -1.0}, "tokens=-1.0 must be positive"),
-                                           ({"peak_flops_per_gpu": 0.0}, "peak_flops=0.0 must be positive")])
+@pytest.mark.parametrize(
+    "keys, message",
+    [
+        ({"mfu": 0.0}, "mfu=0.0 must be in"),
+        ({"tokens": -1.0}, "tokens=-1.0 must be positive"),
+        ({"peak_flops_per_gpu": 0.0}, "peak_flops=0.0 must be positive"),
+    ],
+)
 def test_bad_estimate_keys_are_refused(keys: dict, message: str) -> None:
     with pytest.raises(ValueError, match=message):
         estimate(training_run(SMALL), **{"gpu": "H100", "tokens": None, "mfu": 0.4, **keys})

@@ -2,17 +2,20 @@
 parallel.expert.update_expert_biases must move every rank's selection biases by the load of the *global* batch,
 leaving them identical across ranks and equal to one process's update on the whole batch; plus the layout rules
 parallel.dims applies to the new blocks before any process group exists."""
-from __future__ import annotations
 
+from __future__ import annotations
 
 import pytest
 import torch
 import torch.distributed as dist
-
 from harness import load_parallel_config, tiny_model_config
 
-MODEL = dict(n_kv_heads=None, moe=dict(num_experts=4, top_k=1, score_func="sigmoid", expert_bias=True,
-                                       bias_update_rate=0.01, expert_hidden_dim=32))
+MODEL = dict(
+    n_kv_heads=None,
+    moe=dict(
+        num_experts=4, top_k=1, score_func="sigmoid", expert_bias=True, bias_update_rate=0.01, expert_hidden_dim=32
+    ),
+)
 BATCH = torch.randint(0, 128, (4, 17), generator=torch.Generator().manual_seed(3))
 
 
@@ -35,7 +38,7 @@ def _rank_main(rank: int, store_path: str, out: str) -> None:
         dims = ParallelDims.from_config(pcfg, 2, tiny_model_config(**MODEL), 16)
         dims.build_mesh("cpu")
         model = parallelize(_build(), dims)
-        rows = BATCH[2 * rank: 2 * rank + 2]
+        rows = BATCH[2 * rank : 2 * rank + 2]
         model(rows[:, :-1], rows[:, 1:])  # training mode: this rank's tokens are counted
         imbalance = update_expert_biases([model], dims)
         biases = torch.stack([layer.moe.expert_bias for layer in model.layers.values()])
@@ -70,22 +73,41 @@ def test_bias_update_uses_the_global_load_on_every_rank(tmp_path):
     "layout, world_size, model, overrides, message",
     [
         ("tp", 2, dict(moe=dict(num_experts=4, top_k=2)), {}, "without the MoE router losses"),
-        ("tp", 4, dict(moe=dict(num_experts=4, top_k=2, aux_loss_weight=0.0, router_z_loss_weight=0.0)),
-         {"ep": 2, "dp_shard": 2}, "together with expert parallel"),
-        ("tp", 2, dict(moe=dict(num_experts=4, top_k=2, aux_loss_weight=0.0, router_z_loss_weight=0.0,
-                                expert_hidden_dim=33)), {}, "expert width=33"),
+        (
+            "tp",
+            4,
+            dict(moe=dict(num_experts=4, top_k=2, aux_loss_weight=0.0, router_z_loss_weight=0.0)),
+            {"ep": 2, "dp_shard": 2},
+            "together with expert parallel",
+        ),
+        (
+            "tp",
+            2,
+            dict(moe=dict(num_experts=4, top_k=2, aux_loss_weight=0.0, router_z_loss_weight=0.0, expert_hidden_dim=33)),
+            {},
+            "expert width=33",
+        ),
         ("tp", 2, dict(qk_norm=True, qk_norm_scope="full"), {}, "full-width QK-norm"),
-        ("cp", 2, dict(rope_scaling=dict(type="longrope", factor=4.0, original_max_seq_len=16,
-                                         long_factor=[2.0] * 8, short_factor=[1.0] * 8)), {}, "longrope"),
+        (
+            "cp",
+            2,
+            dict(
+                rope_scaling=dict(
+                    type="longrope", factor=4.0, original_max_seq_len=16, long_factor=[2.0] * 8, short_factor=[1.0] * 8
+                )
+            ),
+            {},
+            "longrope",
+        ),
     ],
 )
-def test_layouts_the_new_blocks_cannot_take_are_refused_before_any_process_group(layout, world_size, model,
-                                                                                  overrides, message):
+def test_layouts_the_new_blocks_cannot_take_are_refused_before_any_process_group(
+    layout, world_size, model, overrides, message
+):
     from parallel import ParallelDims
 
     with pytest.raises(ValueError, match=message):
-        ParallelDims.from_config(load_parallel_config(layout, **overrides), world_size, tiny_model_config(**model),
-                                 16)
+        ParallelDims.from_config(load_parallel_config(layout, **overrides), world_size, tiny_model_config(**model), 16)
 
 
 def test_tensor_parallel_takes_moe_without_router_losses():

@@ -1,20 +1,20 @@
 """Expert parallel trains an MoE model exactly like one process.
 
 Two ranks read different halves of each batch and hold half of the experts each; tokens reach their experts by
-all-to-all. Non-expert gradients are averaged over the ranks and expert gradients (sums over the ranks' losses)
-divided by the same degree by FSDP2 (fully_shard_experts inside parallel.fsdp.apply_fsdp), as the production
-train module lays it out; losses at every step and the final (full) weights must match the single-process run to 1e-4. The Switch load-balancing
-loss is switched off: it is a non-linear function of the whole batch, so no data-parallel layout reproduces it from
-per-rank halves (the router z-loss, a per-token mean, stays on).
+all-to-all. Non-expert gradients are averaged over the ranks and expert gradients (sums over the ranks' losses) divided
+by the same degree by FSDP2 (fully_shard_experts inside parallel.fsdp.apply_fsdp), as the production train module lays
+it out; losses at every step and the final (full) weights must match the single-process run to 1e-4. The Switch
+load-balancing loss is switched off: it is a non-linear function of the whole batch, so no data-parallel layout
+reproduces it from per-rank halves (the router z-loss, a per-token mean, stays on).
 """
+
 from __future__ import annotations
 
 import pytest
 import torch
+from harness import RunSpec, assert_runs_match, run_layouts
 
 from model.config import MoEConfig
-
-from harness import RunSpec, assert_runs_match, run_layouts
 
 # Adam's eps at the scale of the gradients, so an update depends on the gradient's size and a wrong gradient
 # scale (a missing 1/dp, 1/cp or 1/microbatches) changes the weights; with eps=1e-8 Adam would hide it.
@@ -24,8 +24,15 @@ MOE = {"num_experts": 4, "top_k": 2, "aux_loss_weight": 0.0, "router_z_loss_weig
 
 
 def _spec(shared_experts: int) -> RunSpec:
-    return RunSpec(layout="ep", world_size=2, steps=10, global_batch=4, seq_len=16, eps=ADAM_EPS,
-                   model_overrides={"moe": MoEConfig(**MOE, num_shared_experts=shared_experts), "hidden_dim": 64})
+    return RunSpec(
+        layout="ep",
+        world_size=2,
+        steps=10,
+        global_batch=4,
+        seq_len=16,
+        eps=ADAM_EPS,
+        model_overrides={"moe": MoEConfig(**MOE, num_shared_experts=shared_experts), "hidden_dim": 64},
+    )
 
 
 CASES = {  # name: spec; experts over ep=2, everything else (and the experts over the rest) FSDP-sharded

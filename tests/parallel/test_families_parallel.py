@@ -11,10 +11,10 @@ data-parallel layout reproduces from per-rank halves, and tensor parallel comput
 without router losses (parallel.dims refuses them there; the expert-parallel suite covers the z-loss). Adam's eps
 is at the gradients' scale so a wrong gradient scale shows in the weights.
 """
+
 from __future__ import annotations
 
 import pytest
-
 from harness import RunSpec, assert_runs_match, plan, planned_result
 
 pytestmark = pytest.mark.distributed
@@ -23,29 +23,70 @@ ADAM_EPS = 1e-4
 DEEPSEEK_V3_LIKE = {
     "n_kv_heads": None,
     "mla": {"kv_lora_rank": 16, "q_lora_rank": 24, "qk_nope_head_dim": 16, "qk_rope_head_dim": 8, "v_head_dim": 12},
-    "moe": {"num_experts": 4, "top_k": 2, "num_shared_experts": 1, "expert_hidden_dim": 32, "score_func": "sigmoid",
-            "n_groups": 2, "topk_groups": 1, "group_score": "top2_sum", "routed_scaling_factor": 2.5,
-            "expert_bias": True, "aux_loss_weight": 0.0, "router_z_loss_weight": 0.0, "first_dense": 1},
+    "moe": {
+        "num_experts": 4,
+        "top_k": 2,
+        "num_shared_experts": 1,
+        "expert_hidden_dim": 32,
+        "score_func": "sigmoid",
+        "n_groups": 2,
+        "topk_groups": 1,
+        "group_score": "top2_sum",
+        "routed_scaling_factor": 2.5,
+        "expert_bias": True,
+        "aux_loss_weight": 0.0,
+        "router_z_loss_weight": 0.0,
+        "first_dense": 1,
+    },
 }
 QWEN3_MOE_LIKE = {
-    "qk_norm": True, "head_dim": 16,
-    "moe": {"num_experts": 4, "top_k": 2, "expert_hidden_dim": 32, "norm_topk_prob": True, "aux_loss_weight": 0.0,
-            "router_z_loss_weight": 0.0},
+    "qk_norm": True,
+    "head_dim": 16,
+    "moe": {
+        "num_experts": 4,
+        "top_k": 2,
+        "expert_hidden_dim": 32,
+        "norm_topk_prob": True,
+        "aux_loss_weight": 0.0,
+        "router_z_loss_weight": 0.0,
+    },
 }
 MODELS = {"deepseek_v3_like": DEEPSEEK_V3_LIKE, "qwen3_moe_like": QWEN3_MOE_LIKE}
 LAYOUTS = ("fsdp", "tp", "ep")
 SPECS = {
-    (model, layout): plan(RunSpec(layout=layout, world_size=2, steps=3, global_batch=4, seq_len=16, eps=ADAM_EPS,
-                                  grad_clip=1.0, model_overrides=overrides))
-    for model, overrides in MODELS.items() for layout in LAYOUTS
+    (model, layout): plan(
+        RunSpec(
+            layout=layout,
+            world_size=2,
+            steps=3,
+            global_batch=4,
+            seq_len=16,
+            eps=ADAM_EPS,
+            grad_clip=1.0,
+            model_overrides=overrides,
+        )
+    )
+    for model, overrides in MODELS.items()
+    for layout in LAYOUTS
 }
 
 # Multi-token prediction (DeepSeek-V3's training objective) on the data-parallel layouts it runs with.
 MTP_SPECS = {
-    layout: plan(RunSpec(layout=layout, world_size=2, steps=3, global_batch=4, seq_len=16, eps=ADAM_EPS,
-                         grad_clip=1.0, model_overrides={**DEEPSEEK_V3_LIKE, "mtp_depth": 1}))
+    layout: plan(
+        RunSpec(
+            layout=layout,
+            world_size=2,
+            steps=3,
+            global_batch=4,
+            seq_len=16,
+            eps=ADAM_EPS,
+            grad_clip=1.0,
+            model_overrides={**DEEPSEEK_V3_LIKE, "mtp_depth": 1},
+        )
+    )
     for layout in ("fsdp", "ddp", "zero2", "zero3", "ep")
 }
+
 
 @pytest.mark.timeout(300)
 @pytest.mark.parametrize("model, layout", list(SPECS))

@@ -1,10 +1,10 @@
 """Pipeline parallel combined with the other engineer's FSDP2 and tensor parallel, applied to each stage by
 parallelize_stage: pp x fsdp (4 ranks) and pp x fsdp x tp (8 ranks) must train like one process (1e-4).
 """
+
 from __future__ import annotations
 
 import pytest
-
 from harness import RunSpec, assert_runs_match, run_layout
 
 # Adam's eps at the scale of the gradients, so an update depends on the gradient's size and a wrong gradient
@@ -23,6 +23,7 @@ LAYOUTS = {
 @pytest.mark.parametrize("layout", list(LAYOUTS))
 def test_pipeline_mixed_layout_matches_single_process(reference_run, layout):
     world_size, overrides = LAYOUTS[layout]
-    spec = RunSpec(layout=layout, world_size=world_size, steps=10, global_batch=4, seq_len=16, eps=ADAM_EPS,
-                   overrides=overrides)
+    spec = RunSpec(
+        layout=layout, world_size=world_size, steps=10, global_batch=4, seq_len=16, eps=ADAM_EPS, overrides=overrides
+    )
     assert_runs_match(run_layout(spec), reference_run(spec), rtol=1e-4)

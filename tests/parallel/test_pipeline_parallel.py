@@ -5,10 +5,10 @@ loss (mean over microbatches, read on the last stage) and every final parameter 
 the single-process run to 1e-4. The layer split and stage placement are unit-tested on their own; what pipeline
 parallel refuses is tested in tests/launcher/test_layout_rules.py.
 """
+
 from __future__ import annotations
 
 import pytest
-
 from harness import RunSpec, assert_runs_match, run_layouts
 
 # Adam's eps at the scale of the gradients, so an update depends on the gradient's size and a wrong gradient
@@ -26,8 +26,16 @@ SCHEDULE_CASES = {
 
 
 SPECS = {
-    name: RunSpec(layout="pp", world_size=2, steps=10, global_batch=4, seq_len=16, eps=ADAM_EPS,
-                  overrides=overrides, model_overrides=model_overrides)
+    name: RunSpec(
+        layout="pp",
+        world_size=2,
+        steps=10,
+        global_batch=4,
+        seq_len=16,
+        eps=ADAM_EPS,
+        overrides=overrides,
+        model_overrides=model_overrides,
+    )
     for name, (overrides, model_overrides) in SCHEDULE_CASES.items()
 }
 
@@ -73,9 +81,10 @@ def test_layer_split_from_config_and_stage_placement():
 
 
 def test_split_stage_keeps_parameter_names():
+    from harness import tiny_model_config
+
     import model as model_pkg
     from parallel.pipeline import split_stage
-    from harness import tiny_model_config
 
     cfg = tiny_model_config(n_layers=4)
     full = set(dict(model_pkg.build(cfg).named_parameters()))

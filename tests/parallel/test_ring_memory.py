@@ -6,6 +6,7 @@ hook): ring attention must hold exactly its local q, k, v, the fp32 output and l
 size, while the same attention over an all-gathered K/V (the layout the old backward matched) holds cp times the
 local K/V. Gradients are checked against full attention on one process at cp = 2 and 4.
 """
+
 from __future__ import annotations
 
 from datetime import timedelta
@@ -13,7 +14,6 @@ from datetime import timedelta
 import pytest
 import torch
 import torch.distributed as dist
-
 from harness import save_from_rank_0, spawn_gloo_workers
 
 pytestmark = pytest.mark.distributed
@@ -51,11 +51,14 @@ def _worker(rank, world, port, out):
 
     from parallel.ring_attention import chunk_positions, ring_attention
 
-    dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{port}", rank=rank, world_size=world,
-                            timeout=timedelta(seconds=60))
+    dist.init_process_group(
+        "gloo", init_method=f"tcp://127.0.0.1:{port}", rank=rank, world_size=world, timeout=timedelta(seconds=60)
+    )
     try:
-        meshes = {4: init_device_mesh("cpu", (4,), mesh_dim_names=("cp",))["cp"],
-                  2: init_device_mesh("cpu", (2, 2), mesh_dim_names=("dp", "cp"))["cp"]}
+        meshes = {
+            4: init_device_mesh("cpu", (4,), mesh_dim_names=("cp",))["cp"],
+            2: init_device_mesh("cpu", (2, 2), mesh_dim_names=("dp", "cp"))["cp"],
+        }
         report = {}
         for cp, mesh in meshes.items():
             group, cp_rank = mesh.get_group(), mesh.get_local_rank()
@@ -72,7 +75,8 @@ def _worker(rank, world, port, out):
             idx = chunk_positions(cp_rank, cp, LOCAL_LEN, load_balance=True)
             local = [t.detach()[:, :, idx].requires_grad_() for t in (q, k, v)]
             got, ring_saved = _saved_bytes(
-                lambda *t: ring_attention(*t, group, load_balance=True, sliding_window=window), *local)
+                lambda *t: ring_attention(*t, group, load_balance=True, sliding_window=window), *local
+            )
             got.backward(grad_out[:, :, idx])
             errors = [(got - reference.detach()[:, :, idx]).abs().max().item()]
             errors += [(t.grad - full.grad[:, :, idx]).abs().max().item() for t, full in zip(local, (q, k, v))]

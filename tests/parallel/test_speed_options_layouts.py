@@ -6,6 +6,7 @@ process:
   (names, shapes, sharding) are those of the split model.
 - the loss chunked outside the model (model.loss_chunk_size smaller than a batch) on tensor parallel's
   vocab-sharded logits (with z-loss and the final-logit softcap) and on the last pipeline stage."""
+
 import dataclasses
 
 import pytest
@@ -17,9 +18,15 @@ pytestmark = pytest.mark.distributed
 FUSED = {"fused_projections": True, "qkv_bias": True, "mlp_bias": True, "qk_norm": True}
 LAYOUTS = {
     "tp-sp": plan(RunSpec(layout="tp", world_size=2, model_overrides=FUSED, grad_clip=1.0)),
-    "tp-plain": plan(RunSpec(layout="tp", world_size=2, overrides={"sequence_parallel": False,
-                                                                   "loss_parallel": False},
-                             model_overrides={**FUSED, "mlp_type": "geglu"}, grad_clip=1.0)),
+    "tp-plain": plan(
+        RunSpec(
+            layout="tp",
+            world_size=2,
+            overrides={"sequence_parallel": False, "loss_parallel": False},
+            model_overrides={**FUSED, "mlp_type": "geglu"},
+            grad_clip=1.0,
+        )
+    ),
     "fsdp": plan(RunSpec(layout="fsdp", world_size=2, model_overrides=FUSED, grad_clip=1.0)),
     "fsdp_tp": plan(RunSpec(layout="fsdp_tp", world_size=4, model_overrides=FUSED, grad_clip=1.0)),
 }
@@ -35,8 +42,7 @@ CHUNKED_LOSS = {
 def test_fused_layout_matches_split_single_process(reference_run, name):
     spec = LAYOUTS[name]
     split = {k: v for k, v in spec.model_overrides.items() if k != "fused_projections"}
-    assert_runs_match(planned_result(spec), reference_run(dataclasses.replace(spec, model_overrides=split)),
-                      rtol=1e-4)
+    assert_runs_match(planned_result(spec), reference_run(dataclasses.replace(spec, model_overrides=split)), rtol=1e-4)
 
 
 @pytest.mark.parametrize("name", list(CHUNKED_LOSS))

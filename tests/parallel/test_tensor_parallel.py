@@ -1,4 +1,5 @@
 """Tensor + sequence parallel (alone and under FSDP) trains like one process, to 1e-4."""
+
 import pytest
 from harness import RunSpec, assert_runs_match, plan, planned_result
 

@@ -1,4 +1,5 @@
 """DeepSpeed ZeRO 1/2/3 train like one process (to 1e-5), with the DeepSpeed config generated from ours."""
+
 import pytest
 from harness import RunSpec, assert_runs_match, load_parallel_config, plan, planned_result
 
@@ -25,15 +26,29 @@ def test_layout_matches_single_process(reference_run, name):
 def test_deepspeed_config_comes_from_our_configs():
     pcfg = load_parallel_config("zero3", zero_offload=True)
     dims = ParallelDims.from_config(pcfg, 4)
-    ds = deepspeed_config(dims, micro_batch_size=3, grad_accum_steps=2, precision="bf16", lr=2e-4, betas=(0.9, 0.99),
-                          eps=1e-7, weight_decay=0.05, grad_clip=0.5)
+    ds = deepspeed_config(
+        dims,
+        micro_batch_size=3,
+        grad_accum_steps=2,
+        precision="bf16",
+        lr=2e-4,
+        betas=(0.9, 0.99),
+        eps=1e-7,
+        weight_decay=0.05,
+        grad_clip=0.5,
+    )
     assert ds["train_batch_size"] == 3 * 2 * 4
     assert ds["train_micro_batch_size_per_gpu"] == 3 and ds["gradient_accumulation_steps"] == 2
     assert ds["gradient_clipping"] == 0.5
     assert ds["bf16"] == {"enabled": True} and ds["fp16"] == {"enabled": False}
     assert ds["optimizer"]["type"] == "AdamW"
     assert ds["optimizer"]["params"] | {} == {
-        "lr": 2e-4, "betas": [0.9, 0.99], "eps": 1e-7, "weight_decay": 0.05, "torch_adam": True, "adam_w_mode": True,
+        "lr": 2e-4,
+        "betas": [0.9, 0.99],
+        "eps": 1e-7,
+        "weight_decay": 0.05,
+        "torch_adam": True,
+        "adam_w_mode": True,
     }
     zero = ds["zero_optimization"]
     assert zero["stage"] == 3

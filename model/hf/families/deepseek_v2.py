@@ -1,4 +1,5 @@
 """DeepSeek-V2: multi-head latent attention with softmax-routed MoE (greedy or group-limited greedy top-k)."""
+
 from __future__ import annotations
 
 from model.config import ModelConfig
@@ -10,8 +11,9 @@ from model.hf.family_kit import deepseek_from_hf, deepseek_problems, deepseek_to
 def _problems(cfg: ModelConfig) -> list[str]:
     problems = deepseek_problems(cfg, "deepseek_v2", norm_topk_prob=False)
     if cfg.moe is not None and cfg.moe.n_groups > 1 and cfg.moe.group_score != "max":
-        problems.append("deepseek_v2's group-limited routing scores a group by its best expert: set "
-                        "moe.group_score=max")
+        problems.append(
+            "deepseek_v2's group-limited routing scores a group by its best expert: set moe.group_score=max"
+        )
     return problems
 
 
@@ -32,7 +34,11 @@ def _from_hf(hf: dict, name: str) -> ModelConfig:
 
 
 FAMILY = Family(
-    "deepseek_v2", "DeepseekV2ForCausalLM", _problems, _to_hf, _from_hf,
+    "deepseek_v2",
+    "DeepseekV2ForCausalLM",
+    _problems,
+    _to_hf,
+    _from_hf,
     matches=lambda cfg: cfg.mla is not None,
     priority=120,  # latent attention that DeepSeek-V3 (higher) did not claim
     names=TensorNames(interleaved_rope=True),

@@ -1,5 +1,6 @@
 """DeepSeek-V3: multi-head latent attention with sigmoid-scored, bias-selected MoE routing and multi-token
 prediction modules."""
+
 from __future__ import annotations
 
 from model.config import ModelConfig
@@ -12,8 +13,14 @@ def _to_hf(cfg: ModelConfig) -> dict:
 
 
 def _from_hf(hf: dict, name: str) -> ModelConfig:
-    return deepseek_from_hf(hf, name, score_func="sigmoid", group_score="top2_sum", expert_bias=True,
-                            norm_topk_prob=bool(hf.get("norm_topk_prob", True)))
+    return deepseek_from_hf(
+        hf,
+        name,
+        score_func="sigmoid",
+        group_score="top2_sum",
+        expert_bias=True,
+        norm_topk_prob=bool(hf.get("norm_topk_prob", True)),
+    )
 
 
 def _matches(cfg: ModelConfig) -> bool:
@@ -22,12 +29,24 @@ def _matches(cfg: ModelConfig) -> bool:
 
 
 FAMILY = Family(
-    "deepseek_v3", "DeepseekV3ForCausalLM",
-    lambda cfg: deepseek_problems(cfg, "deepseek_v3", score_func="sigmoid", norm_topk_prob=ANY, expert_bias=ANY,
-                                  group_score="top2_sum" if cfg.moe is not None and cfg.moe.n_groups > 1 else ANY),
-    _to_hf, _from_hf,
+    "deepseek_v3",
+    "DeepseekV3ForCausalLM",
+    lambda cfg: deepseek_problems(
+        cfg,
+        "deepseek_v3",
+        score_func="sigmoid",
+        norm_topk_prob=ANY,
+        expert_bias=ANY,
+        group_score="top2_sum" if cfg.moe is not None and cfg.moe.n_groups > 1 else ANY,
+    ),
+    _to_hf,
+    _from_hf,
     matches=_matches,
     priority=130,  # after GPT-2 only: latent attention with V3's router is more specific than DeepSeek-V2
-    names=TensorNames(bias_name="gate.e_score_correction_bias", interleaved_rope=True,
-                      interleave_key="rope_interleave", mtp_layers=True),
+    names=TensorNames(
+        bias_name="gate.e_score_correction_bias",
+        interleaved_rope=True,
+        interleave_key="rope_interleave",
+        mtp_layers=True,
+    ),
 )

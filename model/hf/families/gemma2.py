@@ -1,5 +1,6 @@
 """Gemma 2: sandwich norms with unit offset, scaled embeddings, GeGLU, logit soft-capping, sliding window on every
 other layer."""
+
 from __future__ import annotations
 
 from model.config import ModelConfig
@@ -15,8 +16,16 @@ from model.hf.family_kit import (
     same_bias,
 )
 
-DEFAULTS = dict(max_position_embeddings=8192, rms_norm_eps=1e-6, tie_word_embeddings=True, sliding_window=4096,
-                head_dim=256, query_pre_attn_scalar=256, attn_logit_softcapping=50.0, final_logit_softcapping=30.0)
+DEFAULTS = dict(
+    max_position_embeddings=8192,
+    rms_norm_eps=1e-6,
+    tie_word_embeddings=True,
+    sliding_window=4096,
+    head_dim=256,
+    query_pre_attn_scalar=256,
+    attn_logit_softcapping=50.0,
+    final_logit_softcapping=30.0,
+)
 
 
 def _from_hf(hf: dict, name: str) -> ModelConfig:
@@ -26,9 +35,13 @@ def _from_hf(hf: dict, name: str) -> ModelConfig:
 
 
 FAMILY = Family(
-    "gemma2", "Gemma2ForCausalLM",
-    lambda cfg: plain_problems(cfg, "gemma2", **GEMMA) + same_bias(cfg, "gemma2")
-    + rope_kinds(cfg, "gemma2", ("linear", "dynamic", "yarn", "llama3")),
+    "gemma2",
+    "Gemma2ForCausalLM",
+    lambda cfg: (
+        plain_problems(cfg, "gemma2", **GEMMA)
+        + same_bias(cfg, "gemma2")
+        + rope_kinds(cfg, "gemma2", ("linear", "dynamic", "yarn", "llama3"))
+    ),
     lambda cfg: gemma_common_to_hf(cfg, FAMILY),
     _from_hf,
     matches=looks_like_gemma,

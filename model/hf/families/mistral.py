@@ -1,4 +1,5 @@
 """Mistral: a Llama decoder with sliding-window attention on every layer."""
+
 from __future__ import annotations
 
 from model.config import ModelConfig
@@ -22,9 +23,12 @@ def _from_hf(hf: dict, name: str) -> ModelConfig:
 
 
 FAMILY = Family(
-    "mistral", "MistralForCausalLM",
-    lambda cfg: plain_problems(cfg, "mistral", sliding_window=ANY)
-    + rope_kinds(cfg, "mistral", ("linear", "dynamic", "yarn", "llama3")),
+    "mistral",
+    "MistralForCausalLM",
+    lambda cfg: (
+        plain_problems(cfg, "mistral", sliding_window=ANY)
+        + rope_kinds(cfg, "mistral", ("linear", "dynamic", "yarn", "llama3"))
+    ),
     lambda cfg: {**common_hf_fields(cfg, FAMILY), "sliding_window": cfg.sliding_window},
     _from_hf,
     matches=lambda cfg: cfg.sliding_window is not None,

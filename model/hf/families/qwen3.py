@@ -1,4 +1,5 @@
 """Qwen3: a Llama decoder with per-head q/k RMSNorm and Qwen's per-layer sliding windows."""
+
 from __future__ import annotations
 
 from model.config import ModelConfig
@@ -22,15 +23,35 @@ def _from_hf(hf: dict, name: str) -> ModelConfig:
     base = loom_base(hf, name, {**QWEN_DEFAULTS, "head_dim": 128})
     window, pattern = qwen_windows(hf, base["n_layers"])
     bias = bool(hf.get("attention_bias", False))
-    return ModelConfig(**base, qkv_bias=bias, attn_out_bias=bias, qk_norm=True, qk_norm_scope="head",
-                       sliding_window=window, sliding_window_pattern=pattern, hf_model_type="qwen3")
+    return ModelConfig(
+        **base,
+        qkv_bias=bias,
+        attn_out_bias=bias,
+        qk_norm=True,
+        qk_norm_scope="head",
+        sliding_window=window,
+        sliding_window_pattern=pattern,
+        hf_model_type="qwen3",
+    )
 
 
 FAMILY = Family(
-    "qwen3", "Qwen3ForCausalLM",
-    lambda cfg: plain_problems(cfg, "qwen3", qk_norm=True, qkv_bias=ANY, attn_out_bias=ANY, sliding_window=ANY,
-                               sliding_window_pattern=ANY, qk_norm_scope="head")
-    + same_bias(cfg, "qwen3") + rope_kinds(cfg, "qwen3", ("linear", "dynamic", "yarn", "llama3")),
+    "qwen3",
+    "Qwen3ForCausalLM",
+    lambda cfg: (
+        plain_problems(
+            cfg,
+            "qwen3",
+            qk_norm=True,
+            qkv_bias=ANY,
+            attn_out_bias=ANY,
+            sliding_window=ANY,
+            sliding_window_pattern=ANY,
+            qk_norm_scope="head",
+        )
+        + same_bias(cfg, "qwen3")
+        + rope_kinds(cfg, "qwen3", ("linear", "dynamic", "yarn", "llama3"))
+    ),
     lambda cfg: {**common_hf_fields(cfg, FAMILY), **qwen_sliding_fields(cfg), "attention_bias": bool(cfg.qkv_bias)},
     _from_hf,
     matches=lambda cfg: cfg.qk_norm,
