@@ -281,7 +281,8 @@ class _RecordingSchedule:
 
 
 class _PipelineOnly:
-    """The part of the pipeline train module evaluate() uses, around a bare Pipeline (no process group)."""
+    """The part of the pipeline train module evaluate() (launcher/callbacks/val_loss.py) uses, around a bare
+    Pipeline (no process group)."""
 
     def __init__(self, pipeline):
         self.pipeline = pipeline
@@ -301,7 +302,7 @@ def test_pipeline_evaluation_is_forward_only_in_eval_mode_and_token_weighted(wit
     import torch
     from torch import nn
 
-    from launcher.trainer import evaluate
+    from launcher.callbacks.val_loss import evaluate
     from parallel.pipeline import Pipeline
 
     stages = [nn.Dropout(0.5), nn.Linear(2, 2)]
@@ -327,7 +328,7 @@ def test_pipeline_evaluation_runs_only_the_forward_actions_of_a_multi_stage_prog
     from torch import nn
     from torch.distributed.pipelining.schedules import _ComputationType as Kind
 
-    from launcher.trainer import evaluate
+    from launcher.callbacks.val_loss import evaluate
     from parallel.pipeline import Pipeline
 
     Action = namedtuple("Action", "computation_type")
