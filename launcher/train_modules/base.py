@@ -229,7 +229,6 @@ def materialize_model(plan: RunPlan, env: DistEnv, init_from: Optional[Path]):
         return parallelize(initial_model(plan, env, init_from), dims)
 
     torch.manual_seed(cfg.trainer.seed)
-
     with torch.device("meta"):
         model = model_lib.build(cfg.model)
     laid_out = parallelize(model, dims)
