@@ -1,6 +1,6 @@
-"""Training metrics and where they go, kept out of the loop as callbacks (OLMo-core's pattern).
+"""Training metrics and where they go, kept out of the loop (launcher/callbacks/metrics_logging.py drives them).
 
-The loop hands one dict per logged step to `MetricsLogger.log`, which fans it out to sinks: the console (through
+One dict per logged step goes to `MetricsLogger.log`, which fans it out to sinks: the console (through
 `logging`), a tqdm progress bar, `metrics.jsonl` in the run dir, wandb, and at the end a PNG plot. Only rank 0
 gets sinks. `SpeedMeter` turns wall time between log steps into tokens/s, MFU and peak memory; MFU is None (JSON
 null) when the device's peak FLOP/s is unknown, e.g. on CPU, rather than a made-up number.

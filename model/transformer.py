@@ -63,9 +63,11 @@ class Transformer(nn.Module):
         # Gemma multiplies the token embeddings by sqrt(dim) rounded to the compute dtype; a Python float (not a
         # tensor) so a sequence-parallel DTensor stream takes it too.
         self._embed_scale = math.sqrt(cfg.dim) if cfg.scale_embeddings else None
-        # The last forward's loss terms, detached, for logging: ce_loss, z_loss, mtp_loss, moe_aux_loss,
-        # moe_router_z_loss (whichever apply). The returned loss is unchanged by reading them.
+        # The last forward's loss terms by name, detached (reading them changes nothing). `last_aux_losses`: the
+        # auxiliary objectives (mtp_loss, moe_aux_loss, moe_router_z_loss, whichever apply), the figures a trainer
+        # logs beside the loss; `last_loss_terms`: those plus the next-token terms ce_loss and z_loss.
         self.last_aux_losses: dict[str, torch.Tensor] = {}
+        self.last_loss_terms: dict[str, torch.Tensor] = {}
 
     def _apply(self, fn, recurse=True):
         # `to_empty()` from the meta device builds a new Parameter per module (meta and CPU tensors cannot share
@@ -144,17 +146,17 @@ class Transformer(nn.Module):
             h = self.norm(h)
         if self.output is None or labels is None:
             # An earlier pipeline stage's MoE losses are logged but cannot join a loss computed elsewhere.
-            aux = self._moe_loss_terms()
-            self.last_aux_losses = {k: v.detach() for k, v in aux.items()}
+            self._keep_loss_terms({}, self._moe_loss_terms())
             return h if self.output is None else self.logits(h)
         ce, z = chunked_cross_entropy(
             h, labels, self._head, chunk_size=self.cfg.loss_chunk_size, with_z_loss=self.cfg.z_loss_weight > 0
         )
         loss = ce
-        aux = {}
+        next_token = {}
         if self.cfg.z_loss_weight > 0:
             loss = loss + self.cfg.z_loss_weight * z
-            aux["z_loss"] = z
+            next_token["z_loss"] = z
+        aux = {}
         # Held-out evaluation (eval mode) measures the next-token loss alone, comparable with runs without it.
         if self.mtp is not None and self.training:
             aux["mtp_loss"] = self._mtp_loss(h, labels, ropes, positions, masks)
@@ -163,9 +165,14 @@ class Transformer(nn.Module):
         if "moe_aux_loss" in aux:
             loss = (loss + self.cfg.moe.aux_loss_weight * aux["moe_aux_loss"]
                     + self.cfg.moe.router_z_loss_weight * aux["moe_router_z_loss"])
-        aux["ce_loss"] = ce
-        self.last_aux_losses = {k: v.detach() for k, v in aux.items()}
+        next_token["ce_loss"] = ce
+        self._keep_loss_terms(next_token, aux)
         return loss
+
+    def _keep_loss_terms(self, next_token: dict[str, torch.Tensor], aux: dict[str, torch.Tensor]) -> None:
+        """Keep the forward's loss terms, detached, in `last_aux_losses` and `last_loss_terms`."""
+        self.last_aux_losses = {k: v.detach() for k, v in aux.items()}
+        self.last_loss_terms = {**{k: v.detach() for k, v in next_token.items()}, **self.last_aux_losses}
 
     def _embed(self, tokens: torch.Tensor) -> torch.Tensor:
         h = self.tok_embeddings(tokens)

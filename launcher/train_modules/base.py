@@ -6,6 +6,11 @@ everything the loop and the checkpointer ask: one optimizer step over a batch, t
 state to checkpoint and restore, initial weights from another run, and the module to sample from. The loop in
 launcher/trainer.py talks only to this surface, so it never branches on the layout.
 
+What the families share is written here once: the model's construction with the seed's (or init_from's) weights
+(`initial_model`, `materialize_model`) and, for the families that step one module, micro-batch accumulation with
+the model's auxiliary losses (`accumulate`: the names the model reports in `last_aux_losses`, MoE router losses
+and the MTP loss), so every layout logs the same figures.
+
 Families (launcher/train_modules/__init__.py picks one):
 - torch_layouts.py: single process, DDP, FSDP2/HSDP, TP(+SP), CP, EP and their mixes: forward/backward per micro
   batch on one module, torch's AdamW.
@@ -19,7 +24,7 @@ import logging
 import math
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Optional
+from typing import Any, Callable, Optional
 
 import torch
 from torch import nn
@@ -49,6 +54,16 @@ class StepOutput:
     skipped: bool = False  # the update was dropped for a non-finite loss or gradient (trainer.skip_nonfinite_steps)
 
 
+@dataclass
+class MicroBatch:
+    """One micro batch of a step, as `TrainModule.accumulate` hands it to the family's forward and backward."""
+
+    inputs: torch.Tensor
+    labels: torch.Tensor
+    count: int  # micro batches in the step: each loss is 1/count of the step's
+    last: bool  # the step's final micro batch (data parallel syncs gradients on it)
+
+
 def autocast(precision: str, device: torch.device):
     """torch.autocast for bf16/fp16 training; nothing for fp32."""
     if precision == "fp32":
@@ -63,11 +78,12 @@ def max_grad_norm(grad_clip: float) -> float:
 
 class TrainModule:
     """Base of the three families; see the module docstring. Subclasses set `model_parts`, `optimizers` and
-    `schedulers` and implement `train_step`."""
+    `schedulers` (and `plain_model` where they step one module) and implement `train_step`."""
 
     model_parts: list[nn.Module]
     optimizers: Any  # launcher.optim.Optimizers, or the ZeRO engine's adapter
     schedulers: Any  # launcher.schedule.LRSchedulers
+    plain_model: Optional[nn.Module] = None  # the Transformer itself, unwrapped (DDP), where one module trains
 
     def __init__(self, plan: RunPlan, env: DistEnv) -> None:
         self.plan, self.env = plan, env
@@ -77,6 +93,22 @@ class TrainModule:
     def train_step(self, inputs: torch.Tensor, labels: torch.Tensor) -> StepOutput:
         """One optimizer step over this rank's batch (inputs, labels [rank batch, seq_len])."""
         raise NotImplementedError
+
+    def accumulate(self, inputs: torch.Tensor, labels: torch.Tensor,
+                   forward_backward: Callable[[MicroBatch], torch.Tensor]) -> tuple[torch.Tensor, dict]:
+        """Run this rank's batch in trainer.micro_batch_size micro batches through `forward_backward` (the
+        family's forward and backward of one micro batch, returning its loss, detached) and return the mean loss
+        and the mean of every auxiliary loss the model reported (`plain_model.last_aux_losses`), as device
+        tensors."""
+        micro = self.cfg.trainer.micro_batch_size
+        pieces = list(zip(inputs.split(micro), labels.split(micro)))
+        loss_sum = torch.zeros((), device=inputs.device)
+        aux_sums: dict[str, torch.Tensor] = {}
+        for i, (x, y) in enumerate(pieces):
+            loss_sum += forward_backward(MicroBatch(x, y, count=len(pieces), last=i == len(pieces) - 1)).float()
+            for name, value in self.plain_model.last_aux_losses.items():
+                aux_sums[name] = aux_sums.get(name, 0) + value.float()
+        return loss_sum / len(pieces), {name: total / len(pieces) for name, total in aux_sums.items()}
 
     @property
     def lr(self) -> float:
@@ -167,6 +199,20 @@ class TrainModule:
         """Restore what save_native wrote."""
 
 
+def initial_model(plan: RunPlan, env: DistEnv, init_from: Optional[Path]) -> nn.Module:
+    """The plain model, whole on this rank's device, holding the seed's initial weights (or `init_from`'s): what
+    unsharded layouts lay out and what DeepSpeed's engine partitions."""
+    from launcher.checkpoint import load_model_weights
+
+    torch.manual_seed(plan.cfg.trainer.seed)
+    with torch.device(env.device):
+        model = model_lib.build(plan.cfg.model)
+    model.init_weights()
+    if init_from is not None:
+        load_model_weights([model], init_from)
+    return model
+
+
 def materialize_model(plan: RunPlan, env: DistEnv, init_from: Optional[Path]):
     """The plain model built from the seed and laid out by `parallelize` (with pp > 1: a parallel.pipeline
     .Pipeline of this rank's stages), holding the single-process run's initial weights, or `init_from`'s.
@@ -179,15 +225,10 @@ def materialize_model(plan: RunPlan, env: DistEnv, init_from: Optional[Path]):
     from launcher.checkpoint import load_model_weights
 
     cfg, dims = plan.cfg, plan.dims
-    torch.manual_seed(cfg.trainer.seed)
     if not dims.shards_parameters:
-        with torch.device(env.device):
-            model = model_lib.build(cfg.model)
-        model.init_weights()
-        if init_from is not None:
-            load_model_weights([model], init_from)
-        return parallelize(model, dims)
+        return parallelize(initial_model(plan, env, init_from), dims)
 
+    torch.manual_seed(cfg.trainer.seed)
     with torch.device("meta"):
         model = model_lib.build(cfg.model)
     laid_out = parallelize(model, dims)

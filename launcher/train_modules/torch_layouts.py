@@ -1,11 +1,12 @@
 """The torch layouts' train module: single process, DDP, FSDP2/HSDP, TP(+SP), CP, EP and their mixes.
 
-One laid-out module, one AdamW. A step runs the rank's batch in `trainer.micro_batch_size` micro batches through
-`parallel.compute_loss` (which cuts sequences for context parallel and takes the loss of vocab-sharded logits for
-tensor parallel), each loss divided by the accumulation steps so the summed gradient is the mean over the batch
-(data-parallel averaging then makes it the mean over the global batch); DDP syncs gradients on the last micro batch
-only. Then global-norm clipping (parallel.clip_grad_norm_, which handles mixed DTensor meshes), the optimizer and
-the lr schedule. The host never waits for the device inside the step: loss and gradient norm stay device tensors.
+One laid-out module, one AdamW. A step runs the rank's batch in `trainer.micro_batch_size` micro batches (the base
+module's `accumulate`) through `parallel.compute_loss` (which cuts sequences for context parallel and takes the
+loss of vocab-sharded logits for tensor parallel), each loss divided by the accumulation steps so the summed
+gradient is the mean over the batch (data-parallel averaging then makes it the mean over the global batch); DDP
+syncs gradients on the last micro batch only. Then global-norm clipping (parallel.clip_grad_norm_, which handles
+mixed DTensor meshes), the optimizer and the lr schedule. The host never waits for the device inside the step:
+loss and gradient norm stay device tensors.
 fp16 uses torch's GradScaler (its unscale reads a device value: that library's choice).
 """
 from __future__ import annotations
@@ -21,7 +22,8 @@ from torch.nn.parallel import DistributedDataParallel
 from launcher.distributed import DistEnv
 from launcher.optim import Optimizers
 from launcher.schedule import LRSchedulers
-from launcher.train_modules.base import StepOutput, TrainModule, autocast, materialize_model, max_grad_norm
+from launcher.train_modules.base import (MicroBatch, StepOutput, TrainModule, autocast, materialize_model,
+                                         max_grad_norm)
 from launcher.validation import RunPlan
 from parallel import clip_grad_norm_, compute_loss, loss_context
 
@@ -31,40 +33,20 @@ class TorchTrainModule(TrainModule):
         super().__init__(plan, env)
         self.model: nn.Module = materialize_model(plan, env, init_from)
         self.model_parts = [self.model]
+        self.plain_model = self.model.module if isinstance(self.model, DistributedDataParallel) else self.model
         self.optimizers = Optimizers(self.model_parts, self.cfg.optim, env.device.type)
         self.schedulers = LRSchedulers(self.optimizers.optimizers, self.cfg.schedule, self.cfg.trainer.max_steps)
         precision = self.cfg.trainer.precision
         self.scaler = torch.amp.GradScaler(env.device.type) if precision == "fp16" else None
 
-    def _plain(self) -> nn.Module:
-        return self.model.module if isinstance(self.model, DistributedDataParallel) else self.model
-
     def train_step(self, inputs: torch.Tensor, labels: torch.Tensor) -> StepOutput:
-        micro = self.cfg.trainer.micro_batch_size
-        pieces = list(zip(inputs.split(micro), labels.split(micro)))
-        loss_sum = torch.zeros((), device=inputs.device)
-        aux_sums: dict[str, torch.Tensor] = {}
-        for i, (x, y) in enumerate(pieces):
-            with self._gradient_sync(enabled=i == len(pieces) - 1), loss_context(self.dims):
-                with autocast(self.cfg.trainer.precision, self.env.device):
-                    loss = compute_loss(self.model, x, y, self.dims)
-                scaled = loss / len(pieces)
-                if self.scaler is not None:
-                    scaled = self.scaler.scale(scaled)
-                scaled.backward()
-            loss = loss.detach()
-            loss_sum += loss.full_tensor() if hasattr(loss, "full_tensor") else loss  # DTensor under loss_parallel
-            for name, value in getattr(self._plain(), "last_aux_losses", {}).items():
-                if name.startswith("moe_") or name == "mtp_loss":
-                    aux_sums[name] = aux_sums.get(name, 0) + value.float()
+        loss, extra = self.accumulate(inputs, labels, self._forward_backward)
         if self.scaler is not None:
             for optimizer in self.optimizers.optimizers:
                 self.scaler.unscale_(optimizer)
         # parallel's clip, not torch's: torch's stacks every norm into one tensor, which fails when gradients live
         # on several meshes or mix plain tensors and DTensors (expert parallel, TP without SP). No host sync.
         grad_norm = clip_grad_norm_(self.model.parameters(), max_grad_norm(self.cfg.optim.grad_clip))
-        loss = loss_sum / len(pieces)
-        extra = {name: total / len(pieces) for name, total in aux_sums.items()}
         if self.scaler is None and self.skip_if_not_finite(loss, grad_norm):
             return StepOutput(loss, grad_norm.detach(), extra, skipped=True)
         if self.scaler is not None:
@@ -77,6 +59,17 @@ class TorchTrainModule(TrainModule):
         self.schedulers.step()
         self.balance_experts(extra)
         return StepOutput(loss, grad_norm.detach(), extra)
+
+    def _forward_backward(self, micro: MicroBatch) -> torch.Tensor:
+        with self._gradient_sync(enabled=micro.last), loss_context(self.dims):
+            with autocast(self.cfg.trainer.precision, self.env.device):
+                loss = compute_loss(self.model, micro.inputs, micro.labels, self.dims)
+            scaled = loss / micro.count
+            if self.scaler is not None:
+                scaled = self.scaler.scale(scaled)
+            scaled.backward()
+        loss = loss.detach()
+        return loss.full_tensor() if hasattr(loss, "full_tensor") else loss  # DTensor under loss_parallel
 
     def step_is_finite(self, out: StepOutput) -> torch.Tensor:
         # Under fp16 an infinite gradient norm is the loss scaler's business (it skips that step and lowers the
@@ -100,7 +93,7 @@ class TorchTrainModule(TrainModule):
         # Generation runs the model one token at a time, which sequence-sharded layouts (TP+SP, CP) cannot do.
         if self.dims.tp > 1 or self.dims.cp > 1:
             return None, "sample generation is skipped under tensor/context parallel (parallel.tp/cp > 1)"
-        return self._plain(), ""
+        return self.plain_model, ""
 
     def log_extras(self) -> dict[str, float]:
         return {"loss_scale": self.scaler.get_scale()} if self.scaler is not None else {}

@@ -3,10 +3,12 @@ backward (gradient partitioning and reduction), clipping and the step; it also s
 
 The engine is built with parallel.zero.deepspeed_config (batch sizes, precision, clipping, AdamW hyperparameters
 and offload from our configs) and our AdamW parameter groups (no decay on norms/embeddings, as launcher/optim.py
-does). Initial weights (`trainer.init_from`) go into the plain model before DeepSpeed copies it into its
-partitions. Checkpoints hold the full model weights under "model" like every layout (so HF export, init_from and
-other layouts read them) plus DeepSpeed's own partitioned state (`save_native`, in the subdirectory deepspeed/),
-which resumes exactly under the same ZeRO stage and world size and reshards only through DeepSpeed's own tools.
+does). The plain model with its initial weights (the seed's, or `trainer.init_from`'s) comes from the base module
+before DeepSpeed copies it into its partitions; the step's micro batches and the model's auxiliary losses go
+through the base module's `accumulate`, so ZeRO logs the MoE and MTP figures the torch layouts log.
+Checkpoints hold the full model weights under "model" like every layout (so HF export, init_from and other layouts
+read them) plus DeepSpeed's own partitioned state (`save_native`, in the subdirectory deepspeed/), which resumes
+exactly under the same ZeRO stage and world size and reshards only through DeepSpeed's own tools.
 """
 from __future__ import annotations
 
@@ -17,12 +19,11 @@ from typing import Any, Optional
 import torch
 from torch import nn
 
-import model as model_lib
-from launcher.checkpoint import CheckpointError, load_model_weights
+from launcher.checkpoint import CheckpointError
 from launcher.distributed import DistEnv
 from launcher.optim import parameter_groups
 from launcher.schedule import LRSchedulers
-from launcher.train_modules.base import StepOutput, TrainModule, autocast
+from launcher.train_modules.base import MicroBatch, StepOutput, TrainModule, autocast, initial_model
 from launcher.validation import RunPlan
 from parallel.zero import deepspeed_config, full_model_state_dict, prepare_deepspeed_env
 
@@ -78,12 +79,7 @@ class ZeroTrainModule(TrainModule):
         import deepspeed
 
         o, t = self.cfg.optim, self.cfg.trainer
-        torch.manual_seed(t.seed)
-        with torch.device(env.device):
-            model = model_lib.build(self.cfg.model)
-        model.init_weights()
-        if init_from is not None:
-            load_model_weights([model], init_from)
+        model = initial_model(plan, env, init_from)
         config = deepspeed_config(self.dims, micro_batch_size=t.micro_batch_size, grad_accum_steps=plan.grad_accum,
                                   precision=t.precision, lr=o.lr, betas=(o.beta1, o.beta2), eps=o.eps,
                                   weight_decay=o.weight_decay, grad_clip=o.grad_clip)
@@ -92,23 +88,22 @@ class ZeroTrainModule(TrainModule):
             lr_scheduler=lambda optimizer: LRSchedulers([optimizer], self.cfg.schedule, t.max_steps),
         )
         self.model_parts = [self.engine.module]
+        self.plain_model = self.engine.module
         self.optimizers = _EngineOptimizer(self.engine)
         self.engine.checkpoint_engine = _WeightsOnlyCheckpointEngine(self.engine.checkpoint_engine)
 
     def train_step(self, inputs: torch.Tensor, labels: torch.Tensor) -> StepOutput:
-        micro = self.cfg.trainer.micro_batch_size
-        pieces = list(zip(inputs.split(micro), labels.split(micro)))
-        loss_sum = torch.zeros((), device=inputs.device)
-        for x, y in pieces:
-            loss = self.engine(x, y)
-            self.engine.backward(loss)  # DeepSpeed divides by the accumulation steps itself
-            self.engine.step()  # optimizer + lr schedule only at the accumulation boundary
-            loss_sum += loss.detach().float()
+        loss, extra = self.accumulate(inputs, labels, self._forward_backward)
         grad_norm = self.engine.get_global_grad_norm()  # DeepSpeed reads it to the host: its choice
         grad_norm = torch.as_tensor(math.nan if grad_norm is None else grad_norm, dtype=torch.float64)
-        extra: dict[str, torch.Tensor] = {}
         self.balance_experts(extra)
-        return StepOutput(loss_sum / len(pieces), grad_norm.detach().cpu(), extra)
+        return StepOutput(loss, grad_norm.detach().cpu(), extra)
+
+    def _forward_backward(self, micro: MicroBatch) -> torch.Tensor:
+        loss = self.engine(micro.inputs, micro.labels)
+        self.engine.backward(loss)  # DeepSpeed divides by the accumulation steps itself
+        self.engine.step()  # optimizer + lr schedule only at the accumulation boundary
+        return loss.detach()
 
     def step_is_finite(self, out: StepOutput) -> torch.Tensor:
         if self.cfg.trainer.precision == "fp16":  # DeepSpeed's loss scaler skips overflowing steps itself

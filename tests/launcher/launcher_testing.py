@@ -79,6 +79,19 @@ def run_train(overrides: list[str], tmp_path: Path, timeout: float = 180, **env_
                           text=True, timeout=timeout)
 
 
+def launch(args: list[str], nproc: int, tmp: Path, timeout: float = 300) -> subprocess.CompletedProcess:
+    """The command a user types: `python -m launcher.train ...`, under torchrun for more than one process."""
+    runner = [PYTHON, "-m", "launcher.train"]
+    if nproc > 1:
+        runner = [PYTHON, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={nproc}", "-m",
+                  "launcher.train"]
+    # The shared-memory CPU all-reduce of DeepSpeed is a ~90 s C++ build and only a CPU speed-up: off in tests.
+    env = child_env(tmp, LOOM_DEEPSPEED_SHM_COMM="0", TORCH_EXTENSIONS_DIR=str(REPO / ".cache" / "torch_extensions"))
+    result = subprocess.run([*runner, *args], cwd=REPO, env=env, capture_output=True, text=True, timeout=timeout)
+    assert result.returncode == 0, result.stdout[-4000:] + result.stderr[-6000:]
+    return result
+
+
 def start_train(overrides: list[str], tmp_path: Path, log_name: str, **env_extra: str) -> subprocess.Popen:
     log = open(tmp_path / log_name, "w")
     return subprocess.Popen(train_cmd(*overrides), cwd=REPO, env=child_env(tmp_path, **env_extra), stdout=log,

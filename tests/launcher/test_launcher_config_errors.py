@@ -39,8 +39,8 @@ MORE_BAD_CONFIGS = [
 
 
 # Modules only the training path imports: seeing one means the run got past validation.
-WORK_MODULES = ("launcher.trainer", "launcher.data", "launcher.checkpoint", "launcher.train_modules",
-                "data_pipeline.embedded")
+WORK_MODULES = ("launcher.trainer", "launcher.callbacks", "launcher.data", "launcher.checkpoint",
+                "launcher.train_modules", "data_pipeline.embedded")
 
 
 @pytest.fixture(scope="module")

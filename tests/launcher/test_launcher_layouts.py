@@ -15,12 +15,11 @@ from __future__ import annotations
 import json
 import math
 import shutil
-import subprocess
 from pathlib import Path
 
 import pytest
 
-from launcher_testing import PYTHON, REPO, child_env, losses, tiny_overrides
+from launcher_testing import launch, losses, tiny_overrides
 
 pytestmark = pytest.mark.distributed
 
@@ -71,19 +70,6 @@ LAYOUTS = [
 
 def overrides(shards: Path, run_dir: Path, extra: dict) -> list[str]:
     return tiny_overrides(shards, run_dir, max_steps=STEPS, **{"trainer.checkpoint_every": 3, **MODEL, **extra})
-
-
-def launch(args: list[str], nproc: int, tmp: Path, timeout: float = 300) -> subprocess.CompletedProcess:
-    """The command a user types: `python -m launcher.train ...`, under torchrun for more than one process."""
-    runner = [PYTHON, "-m", "launcher.train"]
-    if nproc > 1:
-        runner = [PYTHON, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={nproc}", "-m",
-                  "launcher.train"]
-    # The shared-memory CPU all-reduce of DeepSpeed is a ~90 s C++ build and only a CPU speed-up: off in tests.
-    env = child_env(tmp, LOOM_DEEPSPEED_SHM_COMM="0", TORCH_EXTENSIONS_DIR=str(REPO / ".cache" / "torch_extensions"))
-    result = subprocess.run([*runner, *args], cwd=REPO, env=env, capture_output=True, text=True, timeout=timeout)
-    assert result.returncode == 0, result.stdout[-4000:] + result.stderr[-6000:]
-    return result
 
 
 @pytest.fixture(scope="module")
@@ -281,7 +267,8 @@ class _RecordingSchedule:
 
 
 class _PipelineOnly:
-    """The part of the pipeline train module evaluate() uses, around a bare Pipeline (no process group)."""
+    """The part of the pipeline train module evaluate() (launcher/callbacks/val_loss.py) uses, around a bare
+    Pipeline (no process group)."""
 
     def __init__(self, pipeline):
         self.pipeline = pipeline
@@ -301,7 +288,7 @@ def test_pipeline_evaluation_is_forward_only_in_eval_mode_and_token_weighted(wit
     import torch
     from torch import nn
 
-    from launcher.trainer import evaluate
+    from launcher.callbacks.val_loss import evaluate
     from parallel.pipeline import Pipeline
 
     stages = [nn.Dropout(0.5), nn.Linear(2, 2)]
@@ -327,7 +314,7 @@ def test_pipeline_evaluation_runs_only_the_forward_actions_of_a_multi_stage_prog
     from torch import nn
     from torch.distributed.pipelining.schedules import _ComputationType as Kind
 
-    from launcher.trainer import evaluate
+    from launcher.callbacks.val_loss import evaluate
     from parallel.pipeline import Pipeline
 
     Action = namedtuple("Action", "computation_type")

@@ -77,7 +77,7 @@ def test_mtp_exports_to_deepseek_v3_and_equals_transformers_mtp(depth: int, tmp_
     ours.train()  # the MTP loss is a training term (eval measures the next-token loss alone)
     with torch.no_grad():
         total = ours(TOKENS, shifted_labels(TOKENS))
-        terms = ours.last_aux_losses
+        terms = ours.last_loss_terms
         reference_ce = main(TOKENS, labels=TOKENS).loss
         reference = reference_mtp_loss(main, mtp.eval(), TOKENS)
     assert abs(terms["ce_loss"] - reference_ce) <= 1e-5
@@ -138,11 +138,12 @@ def test_mtp_trains_only_in_train_mode_and_reaches_every_parameter() -> None:
     loss = model(TOKENS[:, :16] % 40, labels)
     loss.backward()
     assert all(p.grad is not None and p.grad.abs().sum() > 0 for p in model.mtp.parameters())
-    assert set(model.last_aux_losses) == {"ce_loss", "mtp_loss", "moe_aux_loss", "moe_router_z_loss"}
+    assert set(model.last_loss_terms) == {"ce_loss", "mtp_loss", "moe_aux_loss", "moe_router_z_loss"}
+    assert list(model.last_aux_losses) == ["mtp_loss", "moe_aux_loss", "moe_router_z_loss"]
     model.eval()
     with torch.no_grad():
         held_out = model(TOKENS[:, :16] % 40, labels)
-    assert "mtp_loss" not in model.last_aux_losses
+    assert "mtp_loss" not in model.last_aux_losses and "mtp_loss" not in model.last_loss_terms
     without = dataclasses.replace(cfg, mtp_depth=0)
     plain = build(without).eval()
     plain.load_state_dict({k: v for k, v in model.state_dict().items() if not k.startswith("mtp.")})

@@ -60,8 +60,9 @@ def test_loss_is_mean_ce_plus_weighted_aux_losses_and_aux_are_logged_detached():
     labels = tokens.clone()
     labels[0, :3] = -100
     loss = model(tokens, labels)
-    aux = dict(model.last_aux_losses)
+    aux = dict(model.last_loss_terms)
     assert set(aux) == {"ce_loss", "z_loss", "moe_aux_loss", "moe_router_z_loss"}
+    assert list(model.last_aux_losses) == ["moe_aux_loss", "moe_router_z_loss"]  # what a trainer logs
     assert all(not v.requires_grad and v.dim() == 0 for v in aux.values())
     logits = model(tokens)
     torch.testing.assert_close(aux["ce_loss"], cross_entropy_loss(logits, labels), rtol=1e-5, atol=1e-6)

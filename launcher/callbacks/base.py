@@ -1,0 +1,138 @@
+"""The loop's periodic work as callbacks over one small interface (OLMo-core's callback shape).
+
+The loop in launcher/trainer.py trains; everything it does every so often (log the figures, the held-out loss, a
+text sample, a checkpoint) is a `Callback` in a file of its own, built from the config in one list
+(launcher/callbacks/__init__.py). At the end of every step the loop calls, in this order:
+
+1. `on_step_end(ctx, step, out)` on every callback, in the list's order: periodic work. Figures to log go into
+   `ctx.record`; a callback that logs or keeps the step's results calls `ctx.require_finite()` first (the run
+   stops there if a NaN slipped in since the last check); a callback that wants the run's state saved at this
+   step calls `ctx.request_save()`.
+2. `log_metrics(ctx, step, record)` when the step has figures: the sinks write them.
+3. `on_save(ctx, step)` when a save was requested, outside the tokens/s clock: the checkpoint is written.
+
+Around the loop: `on_train_start(ctx)` after the model is built (and resumed) and `on_train_end(ctx)` after the
+last step. Every rank runs every hook (evaluation, sampling and saving are collectives); rank-0-only work checks
+`ctx.env.is_main`. Work that evaluates or samples runs inside `ctx.paused()`, so it stays out of tokens/s.
+
+A new periodic action is one file: a `Callback` subclass with `from_config(cfg)` (None when its config turns it
+off), its config dataclass in launcher/config.py, and its entry in the list.
+"""
+from __future__ import annotations
+
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from launcher.checkpoint import Checkpointer
+    from launcher.config import TrainConfig
+    from launcher.data import TrainingData
+    from launcher.distributed import DistEnv
+    from launcher.metrics import SpeedMeter
+    from launcher.nonfinite import NonFiniteGuard
+    from launcher.train_modules import StepOutput, TrainModule
+    from launcher.validation import RunPlan
+
+
+@dataclass
+class TrainContext:
+    """What callbacks see: the run's parts (built once by the trainer) and the state of the step being ended."""
+
+    plan: RunPlan
+    config: dict[str, Any]  # the resolved config as plain data (saved with the run and its checkpoints)
+    env: DistEnv
+    run_dir: Path
+    data: TrainingData
+    module: TrainModule
+    checkpointer: Checkpointer
+    speed: SpeedMeter
+    guard: NonFiniteGuard
+    start_step: int  # the step the run (re)started from
+    # ---- the step being ended (set by `begin_step_end`)
+    step: int = 0
+    lr: float = 0.0  # the learning rate the step used
+    last: bool = False  # the run's final step (trainer.max_steps)
+    stopping: bool = False  # the ranks agreed to stop after this step (a stop signal)
+    record: dict[str, Any] = field(default_factory=dict)  # the step's figures to log, in the order added
+    save_requested: bool = False
+    _finite_until: int = -1
+
+    @property
+    def cfg(self) -> TrainConfig:
+        return self.plan.cfg
+
+    def begin_step_end(self, step: int, lr: float, *, last: bool, stopping: bool) -> None:
+        self.step, self.lr, self.last, self.stopping = step, lr, last, stopping
+        self.record = {}
+        self.save_requested = False
+
+    def require_finite(self) -> None:
+        """Stop the run (NonFiniteError on every rank) if a step since the last check had a non-finite loss or
+        gradient norm: called before logging or saving what the step produced. Once per step at most (it reads
+        the device and all-reduces)."""
+        if self._finite_until != self.step:
+            self.guard.check(self.step, self.checkpointer.last_saved_step)
+            self._finite_until = self.step
+
+    def request_save(self) -> None:
+        self.save_requested = True
+
+    def paused(self):
+        """A context in which time does not count towards tokens/s (evaluation, sampling, saving)."""
+        return self.speed.paused()
+
+
+class Callback:
+    """One periodic action of the loop; every hook does nothing unless overridden (see the module docstring)."""
+
+    @classmethod
+    def from_config(cls, cfg: TrainConfig) -> Callback | None:
+        """The callback the config asks for, or None when the config turns it off."""
+        raise NotImplementedError
+
+    def on_train_start(self, ctx: TrainContext) -> None:
+        pass
+
+    def on_step_end(self, ctx: TrainContext, step: int, out: StepOutput) -> None:
+        pass
+
+    def log_metrics(self, ctx: TrainContext, step: int, record: dict[str, Any]) -> None:
+        pass
+
+    def on_save(self, ctx: TrainContext, step: int) -> None:
+        pass
+
+    def on_train_end(self, ctx: TrainContext) -> None:
+        pass
+
+
+class Callbacks:
+    """The run's callbacks, each hook called on all of them in order."""
+
+    def __init__(self, callbacks: Iterable[Callback]) -> None:
+        self.callbacks = list(callbacks)
+
+    def __iter__(self):
+        return iter(self.callbacks)
+
+    def train_start(self, ctx: TrainContext) -> None:
+        for callback in self.callbacks:
+            callback.on_train_start(ctx)
+
+    def step_end(self, ctx: TrainContext, step: int, out: StepOutput) -> None:
+        for callback in self.callbacks:
+            callback.on_step_end(ctx, step, out)
+
+    def log_metrics(self, ctx: TrainContext, step: int, record: dict[str, Any]) -> None:
+        for callback in self.callbacks:
+            callback.log_metrics(ctx, step, record)
+
+    def save(self, ctx: TrainContext, step: int) -> None:
+        for callback in self.callbacks:
+            callback.on_save(ctx, step)
+
+    def train_end(self, ctx: TrainContext) -> None:
+        for callback in self.callbacks:
+            callback.on_train_end(ctx)
