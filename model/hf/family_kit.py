@@ -73,7 +73,11 @@ def same_bias(cfg: ModelConfig, name: str) -> list[str]:
     return []
 
 
-def rope_kinds(cfg: ModelConfig, name: str, allowed: tuple[str, ...]) -> list[str]:
+# The RoPE scalings transformers reads from `rope_scaling` for every family that takes any (Phi-3 alone differs)
+HF_ROPE_SCALINGS = ("linear", "dynamic", "yarn", "llama3")
+
+
+def rope_kinds(cfg: ModelConfig, name: str, allowed: tuple[str, ...] = HF_ROPE_SCALINGS) -> list[str]:
     s = cfg.rope_scaling
     if not s.is_plain and s.type not in allowed:
         return [f"{name} takes rope_scaling.type in {list(allowed)}, got {s.type!r}"]

@@ -37,11 +37,7 @@ def _from_hf(hf: dict, name: str) -> ModelConfig:
 FAMILY = Family(
     "gemma2",
     "Gemma2ForCausalLM",
-    lambda cfg: (
-        plain_problems(cfg, "gemma2", **GEMMA)
-        + same_bias(cfg, "gemma2")
-        + rope_kinds(cfg, "gemma2", ("linear", "dynamic", "yarn", "llama3"))
-    ),
+    lambda cfg: plain_problems(cfg, "gemma2", **GEMMA) + same_bias(cfg, "gemma2") + rope_kinds(cfg, "gemma2"),
     lambda cfg: gemma_common_to_hf(cfg, FAMILY),
     _from_hf,
     matches=looks_like_gemma,

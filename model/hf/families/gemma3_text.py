@@ -83,7 +83,7 @@ FAMILY = Family(
     lambda cfg: (
         plain_problems(cfg, "gemma3_text", **GEMMA, qk_norm=True, qk_norm_scope="head", local_rope_theta=ANY)
         + same_bias(cfg, "gemma3_text")
-        + rope_kinds(cfg, "gemma3_text", ("linear", "dynamic", "yarn", "llama3"))
+        + rope_kinds(cfg, "gemma3_text")
     ),
     _to_hf,
     _from_hf,

@@ -8,6 +8,7 @@ from model.hf.common import HFConversionError
 from model.hf.family import Family
 from model.hf.family_kit import (
     ANY,
+    HF_ROPE_SCALINGS,
     check_activation,
     common_hf_fields,
     loom_base,
@@ -48,7 +49,7 @@ FAMILY = Family(
     lambda cfg: (
         plain_problems(cfg, "llama", qkv_bias=ANY, attn_out_bias=ANY, mlp_bias=ANY)
         + same_bias(cfg, "llama")
-        + rope_kinds(cfg, "llama", ("linear", "dynamic", "yarn", "llama3", "longrope"))
+        + rope_kinds(cfg, "llama", (*HF_ROPE_SCALINGS, "longrope"))
     ),
     _to_hf,
     _from_hf,

@@ -25,10 +25,7 @@ def _from_hf(hf: dict, name: str) -> ModelConfig:
 FAMILY = Family(
     "mistral",
     "MistralForCausalLM",
-    lambda cfg: (
-        plain_problems(cfg, "mistral", sliding_window=ANY)
-        + rope_kinds(cfg, "mistral", ("linear", "dynamic", "yarn", "llama3"))
-    ),
+    lambda cfg: plain_problems(cfg, "mistral", sliding_window=ANY) + rope_kinds(cfg, "mistral"),
     lambda cfg: {**common_hf_fields(cfg, FAMILY), "sliding_window": cfg.sliding_window},
     _from_hf,
     matches=lambda cfg: cfg.sliding_window is not None,

@@ -45,7 +45,7 @@ FAMILY = Family(
             attn_out_bias=ANY,
         )
         + same_bias(cfg, "olmo2")
-        + rope_kinds(cfg, "olmo2", ("linear", "dynamic", "yarn", "llama3"))
+        + rope_kinds(cfg, "olmo2")
     ),
     lambda cfg: {**common_hf_fields(cfg, FAMILY), "attention_bias": bool(cfg.qkv_bias)},
     _from_hf,

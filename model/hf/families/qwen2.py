@@ -36,7 +36,7 @@ FAMILY = Family(
     "Qwen2ForCausalLM",
     lambda cfg: (
         plain_problems(cfg, "qwen2", qkv_bias=True, sliding_window=ANY, sliding_window_pattern=ANY)
-        + rope_kinds(cfg, "qwen2", ("linear", "dynamic", "yarn", "llama3"))
+        + rope_kinds(cfg, "qwen2")
     ),
     lambda cfg: {**common_hf_fields(cfg, FAMILY), **qwen_sliding_fields(cfg)},
     _from_hf,

@@ -50,7 +50,7 @@ FAMILY = Family(
             qk_norm_scope="head",
         )
         + same_bias(cfg, "qwen3")
-        + rope_kinds(cfg, "qwen3", ("linear", "dynamic", "yarn", "llama3"))
+        + rope_kinds(cfg, "qwen3")
     ),
     lambda cfg: {**common_hf_fields(cfg, FAMILY), **qwen_sliding_fields(cfg), "attention_bias": bool(cfg.qkv_bias)},
     _from_hf,
