@@ -21,6 +21,7 @@ checkpoint's in what the run computes is refused naming every changed key (launc
 trainer.resume_allow names them. Before a save, free space is compared with the previous checkpoint's size: a
 full disk gives "no space: need X, have Y at PATH" and leaves the last good checkpoint intact.
 """
+
 from __future__ import annotations
 
 import errno
@@ -83,9 +84,11 @@ class ResumeRefused(ValueError):
 def _rng_state(device: torch.device) -> dict[str, Any]:
     version, mt_state, gauss = random.getstate()
     kind, keys, pos, has_gauss, cached = np.random.get_state()
-    state = {"python": [version, list(mt_state), gauss],
-             "numpy": [kind, keys.tolist(), int(pos), int(has_gauss), float(cached)],
-             "torch": torch.get_rng_state().tolist()}
+    state = {
+        "python": [version, list(mt_state), gauss],
+        "numpy": [kind, keys.tolist(), int(pos), int(has_gauss), float(cached)],
+        "torch": torch.get_rng_state().tolist(),
+    }
     if device.type == "cuda":
         state["cuda"] = torch.cuda.get_rng_state(device).tolist()
     return state
@@ -213,26 +216,33 @@ class Checkpointer:
         self.last_saved_step = step
         return final
 
-    def _write(self, tmp: Path, step: int, module: Any, loader: Any, config: dict[str, Any],
-               state: dict[str, Any]) -> None:
+    def _write(
+        self, tmp: Path, step: int, module: Any, loader: Any, config: dict[str, Any], state: dict[str, Any]
+    ) -> None:
         if self.env.is_main:
             shutil.rmtree(tmp, ignore_errors=True)
             tmp.mkdir(parents=True)
         barrier()
         with single_process_dcp():
-            dcp.save({key: state[key] for key in _TENSOR_KEYS}, checkpoint_id=str(tmp),
-                     no_dist=not dist.is_initialized())
+            dcp.save(
+                {key: state[key] for key in _TENSOR_KEYS}, checkpoint_id=str(tmp), no_dist=not dist.is_initialized()
+            )
         module.save_native(tmp)
         atomic_write_text(tmp / f"rng_rank{self.env.rank}.json", json.dumps(_rng_state(self.env.device)))
         if self.env.is_main:
-            train_state = {"step": step, "world_size": self.env.world_size, "schedule": state["schedule"],
-                           "dataloader": loader.state_dict(), "data_fingerprint": loader.fingerprint(),
-                           "config": config}
+            train_state = {
+                "step": step,
+                "world_size": self.env.world_size,
+                "schedule": state["schedule"],
+                "dataloader": loader.state_dict(),
+                "data_fingerprint": loader.fingerprint(),
+                "config": config,
+            }
             atomic_write_text(tmp / TRAIN_STATE_FILE, json.dumps(train_state, indent=1))
             write_model_config(tmp, module.cfg.model)
         barrier()  # every rank's files are in before they are hashed and listed
         names = checkpoint_files(tmp)
-        share = describe_files(tmp, names[self.env.rank::self.env.world_size])
+        share = describe_files(tmp, names[self.env.rank :: self.env.world_size])
         if dist.is_initialized():
             shares = [None] * self.env.world_size
             dist.all_gather_object(shares, share)
@@ -252,16 +262,22 @@ class Checkpointer:
                 size = sum(entry["size"] for entry in read_manifest(previous[-1]).values())
             else:
                 # DTensor.numel() is the global size and DCP writes each shard once: the checkpoint's bytes.
-                size = sum(t.numel() * t.element_size() for key in _TENSOR_KEYS for t in state[key].values()
-                           if isinstance(t, torch.Tensor))
+                size = sum(
+                    t.numel() * t.element_size()
+                    for key in _TENSOR_KEYS
+                    for t in state[key].values()
+                    if isinstance(t, torch.Tensor)
+                )
             need = int(size * _SPACE_MARGIN) + _SPACE_SLACK
             free = shutil.disk_usage(self.root).free
             need = (need, free) if free < need else None
         need = broadcast_object(need)
         if need is not None:
-            raise NoSpaceError(f"no space: saving step {step} needs about {_gib(need[0])}, have {_gib(need[1])} at "
-                               f"{self.root}; nothing was written and the last good checkpoint is intact: free space "
-                               f"(or move trainer.run_dir) and relaunch to resume")
+            raise NoSpaceError(
+                f"no space: saving step {step} needs about {_gib(need[0])}, have {_gib(need[1])} at "
+                f"{self.root}; nothing was written and the last good checkpoint is intact: free space "
+                f"(or move trainer.run_dir) and relaunch to resume"
+            )
 
     def _prune(self) -> None:
         """Delete checkpoints older than the `keep`-th newest that this run verified (never a good one before a
@@ -301,9 +317,10 @@ class Checkpointer:
             failures.append(f"{directory.name}: {reason}")
         if failures:
             raise CheckpointError(
-                f"no checkpoint in {self.root} can be resumed, so nothing was changed:\n  " + "\n  ".join(failures)
+                f"no checkpoint in {self.root} can be resumed, so nothing was changed:\n  "
+                + "\n  ".join(failures)
                 + "\nTo start this run over from step 0 instead (the old checkpoints are moved aside, not deleted), "
-                  "relaunch with trainer.resume=never"
+                "relaunch with trainer.resume=never"
             )
         return 0
 
@@ -320,8 +337,9 @@ class Checkpointer:
             return state
         return state if isinstance(state, str) else f"{TRAIN_STATE_FILE} is unreadable on another rank"
 
-    def _refuse_drift(self, directory: Path, train_state: dict[str, Any], config: dict[str, Any], loader: Any,
-                      allow: list[str]) -> None:
+    def _refuse_drift(
+        self, directory: Path, train_state: dict[str, Any], config: dict[str, Any], loader: Any, allow: list[str]
+    ) -> None:
         """ResumeRefused, naming every key, when the checkpoint's run computed something else than this config
         would (model shape, data, batch, optimizer, schedule, seed...) and trainer.resume_allow does not list it."""
         changes = changed_keys(train_state.get("config", {}), config, allow)
@@ -332,7 +350,8 @@ class Checkpointer:
             keys = [change.split(":")[0].split(" ")[0] for change in changes]
             raise ResumeRefused(
                 f"{directory} was saved by a run with another config or data, so resuming would not continue it: "
-                + "; ".join(changes) + f". To resume with these changes anyway, add "
+                + "; ".join(changes)
+                + f". To resume with these changes anyway, add "
                 f"trainer.resume_allow=[{','.join(keys)}]; to start a new run, choose another trainer.run_dir"
             )
 
@@ -349,8 +368,12 @@ class Checkpointer:
             if rng_file.is_file():
                 _set_rng_state(json.loads(rng_file.read_text()), self.env.device)
             else:
-                log.warning("%s has no RNG state for rank %d (saved on %d ranks): RNG continues from the seed",
-                            directory, self.env.rank, train_state["world_size"])
+                log.warning(
+                    "%s has no RNG state for rank %d (saved on %d ranks): RNG continues from the seed",
+                    directory,
+                    self.env.rank,
+                    train_state["world_size"],
+                )
         except (Exception, CheckpointException) as exc:  # noqa: BLE001 - any failure falls back to an older one
             reason = f"{type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}"
         return None if self._all(reason is None) else (reason or "loading failed on another rank")

@@ -7,6 +7,7 @@ express (ranges, choices, combinations, the layout) is checked by launcher/valid
 
 Choice lists are defined here once and imported by the code that implements them.
 """
+
 from __future__ import annotations
 
 from dataclasses import dataclass, field

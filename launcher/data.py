@@ -14,13 +14,14 @@ epoch visits them in a fresh permutation drawn from (seed, epoch). A step consum
 windows of that permutation, and data-parallel rank r reads the r-th contiguous slice of them, so the ranks are
 disjoint and their union is exactly what one process would read with the same global batch.
 """
+
 from __future__ import annotations
 
 import logging
 import os
 import shutil
-from pathlib import Path
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any, Callable, Iterator, Optional, Union
 
 import numpy as np
@@ -140,8 +141,13 @@ class TokenBatches:
         }
 
     def load_state_dict(self, state: dict[str, int]) -> None:
-        _check_saved_with(state, self, ("seed", "seq_len", "n_windows"), "data position was saved",
-                          "resume with the same data, data.seq_len and seed (or start a new run_dir)")
+        _check_saved_with(
+            state,
+            self,
+            ("seed", "seq_len", "n_windows"),
+            "data position was saved",
+            "resume with the same data, data.seq_len and seed (or start a new run_dir)",
+        )
         samples = int(state["samples_in_epoch"])
         if samples % self.global_batch != 0:
             raise DataError(
@@ -156,20 +162,26 @@ class TokenBatches:
         """This rank's share of the first `n_sequences` held-out windows (equal shares), in micro batches."""
         n_val_windows = (self.val_tokens - 1) // self.seq_len
         return _rank_share_in_micro_batches(
-            min(n_sequences, n_val_windows), self.dp_rank, self.dp_degree, micro_batch,
+            min(n_sequences, n_val_windows),
+            self.dp_rank,
+            self.dp_degree,
+            micro_batch,
             lambda w: self.dataset.read(self.train_tokens + w * self.seq_len, self.seq_len + 1),
         )
 
 
-def _rank_share_in_micro_batches(n_rows: int, dp_rank: int, dp_degree: int, micro_batch: int,
-                                 read_row: Callable[[int], np.ndarray]) -> list[torch.Tensor]:
+def _rank_share_in_micro_batches(
+    n_rows: int, dp_rank: int, dp_degree: int, micro_batch: int, read_row: Callable[[int], np.ndarray]
+) -> list[torch.Tensor]:
     """Rows [r * n_rows // dp_degree, (r + 1) * n_rows // dp_degree) of a held-out set (r = dp_rank), read one by
     one with `read_row(index)` and stacked into micro batches of `micro_batch` rows (the last may be short)."""
     per_rank = n_rows // dp_degree
     first = dp_rank * per_rank
     end = first + per_rank
-    return [torch.from_numpy(np.stack([read_row(i) for i in range(lo, min(lo + micro_batch, end))]))
-            for lo in range(first, end, micro_batch)]
+    return [
+        torch.from_numpy(np.stack([read_row(i) for i in range(lo, min(lo + micro_batch, end))]))
+        for lo in range(first, end, micro_batch)
+    ]
 
 
 def _check_saved_with(state: dict[str, int], current: Any, keys: tuple[str, ...], what: str, fix: str) -> None:
@@ -189,8 +201,9 @@ class SyntheticBatches:
 
     _TRAIN, _VAL = 0, 1
 
-    def __init__(self, *, vocab_size: int, seq_len: int, global_batch: int, dp_rank: int, dp_degree: int,
-                 seed: int) -> None:
+    def __init__(
+        self, *, vocab_size: int, seq_len: int, global_batch: int, dp_rank: int, dp_degree: int, seed: int
+    ) -> None:
         if global_batch % dp_degree != 0:
             raise DataError(f"global batch {global_batch} is not divisible by {dp_degree} data-parallel ranks")
         self.vocab_size, self.seq_len, self.seed = vocab_size, seq_len, seed
@@ -216,18 +229,23 @@ class SyntheticBatches:
         return f"synthetic:vocab={self.vocab_size}:seq_len={self.seq_len}:seed={self.seed}"
 
     def state_dict(self) -> dict[str, int]:
-        return {"synthetic_steps": self.step, "seed": self.seed, "seq_len": self.seq_len,
-                "vocab_size": self.vocab_size}
+        return {"synthetic_steps": self.step, "seed": self.seed, "seq_len": self.seq_len, "vocab_size": self.vocab_size}
 
     def load_state_dict(self, state: dict[str, int]) -> None:
-        _check_saved_with(state, self, ("seed", "seq_len", "vocab_size"), "synthetic data was drawn",
-                          "resume with the same settings (or start a new run_dir)")
+        _check_saved_with(
+            state,
+            self,
+            ("seed", "seq_len", "vocab_size"),
+            "synthetic data was drawn",
+            "resume with the same settings (or start a new run_dir)",
+        )
         self.step = int(state["synthetic_steps"])
 
     def eval_batches(self, n_sequences: int, micro_batch: int) -> list[torch.Tensor]:
         """This rank's equal share of `n_sequences` held-out rows, in micro batches (as TokenBatches does)."""
-        return _rank_share_in_micro_batches(n_sequences, self.dp_rank, self.dp_degree, micro_batch,
-                                            lambda i: self._row(self._VAL, i))
+        return _rank_share_in_micro_batches(
+            n_sequences, self.dp_rank, self.dp_degree, micro_batch, lambda i: self._row(self._VAL, i)
+        )
 
 
 @dataclass
@@ -245,32 +263,57 @@ def check_document_ends(dataset: PackedDataset, eos_id: int, sample: int = 64) -
     and the last token of (the first `sample` of) each shard's documents."""
     recorded = dataset.tokenizer.get("eos_id")
     if recorded != eos_id:
-        raise DataError(f"model.document_mask_eos_id={eos_id} but the shards in {dataset.directory} record "
-                        f"eos_id={recorded}: set model.document_mask_eos_id={recorded}"
-                        + (" (or null)" if recorded is not None else " (null: these shards mark no document end)"))
+        raise DataError(
+            f"model.document_mask_eos_id={eos_id} but the shards in {dataset.directory} record "
+            f"eos_id={recorded}: set model.document_mask_eos_id={recorded}"
+            + (" (or null)" if recorded is not None else " (null: these shards mark no document end)")
+        )
     for shard in dataset.shards:
         for i in range(min(sample, shard.n_documents)):
             document = shard.document(i)
             if len(document) and int(document[-1]) != eos_id:
-                raise DataError(f"model.document_mask_eos_id={eos_id}: document {i} of {shard.header_path} ends "
-                                f"with token {int(document[-1])}, not eos_id {eos_id}, so the end-of-document tokens "
-                                f"do not mark the documents; set model.document_mask_eos_id=null")
+                raise DataError(
+                    f"model.document_mask_eos_id={eos_id}: document {i} of {shard.header_path} ends "
+                    f"with token {int(document[-1])}, not eos_id {eos_id}, so the end-of-document tokens "
+                    f"do not mark the documents; set model.document_mask_eos_id=null"
+                )
 
 
-def open_training_data(data_cfg: Any, *, vocab_size: int, global_batch: int, dp_rank: int, dp_degree: int,
-                       seed: int, document_mask_eos_id: Optional[int] = None) -> TrainingData:
+def open_training_data(
+    data_cfg: Any,
+    *,
+    vocab_size: int,
+    global_batch: int,
+    dp_rank: int,
+    dp_degree: int,
+    seed: int,
+    document_mask_eos_id: Optional[int] = None,
+) -> TrainingData:
     """The configured data for this data-parallel rank: packed shards (data=packed or the embedded corpus) or
     synthetic tokens. `document_mask_eos_id` (model.document_mask_eos_id) is checked against the shards."""
     if data_cfg.name == "synthetic":
-        batches = SyntheticBatches(vocab_size=vocab_size, seq_len=data_cfg.seq_len, global_batch=global_batch,
-                                   dp_rank=dp_rank, dp_degree=dp_degree, seed=seed)
+        batches = SyntheticBatches(
+            vocab_size=vocab_size,
+            seq_len=data_cfg.seq_len,
+            global_batch=global_batch,
+            dp_rank=dp_rank,
+            dp_degree=dp_degree,
+            seed=seed,
+        )
         return TrainingData(batches, tokenizer=None, eos_id=None)
     data_dir = resolve_data_dir(data_cfg)
     dataset = open_dataset(data_dir, vocab_size)
     if document_mask_eos_id is not None:
         check_document_ends(dataset, document_mask_eos_id)
-    batches = TokenBatches(dataset, seq_len=data_cfg.seq_len, global_batch=global_batch, dp_rank=dp_rank,
-                           dp_degree=dp_degree, seed=seed, val_fraction=data_cfg.val_fraction)
+    batches = TokenBatches(
+        dataset,
+        seq_len=data_cfg.seq_len,
+        global_batch=global_batch,
+        dp_rank=dp_rank,
+        dp_degree=dp_degree,
+        seed=seed,
+        val_fraction=data_cfg.val_fraction,
+    )
     return TrainingData(batches, load_tokenizer(data_dir), dataset.tokenizer.get("eos_id"))
 
 

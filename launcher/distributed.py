@@ -3,6 +3,7 @@ plain `srun` (SLURM_PROCID/SLURM_STEP_NUM_TASKS/SLURM_LOCALID, with MASTER_ADDR/
 job script). gloo on CPU, NCCL on GPU. A single process gets no process group, unless its layout needs a mesh
 (FSDP on one device).
 """
+
 from __future__ import annotations
 
 import datetime

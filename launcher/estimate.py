@@ -3,6 +3,7 @@
 Takes every `launcher.train` override as is (configs/estimate.yaml composes configs/train.yaml) plus the
 estimate's own keys, and prints a table or JSON; a config training would refuse exits 2 with training's message.
 """
+
 from __future__ import annotations
 
 import json

@@ -5,6 +5,7 @@ One dict per logged step goes to `MetricsLogger.log`, which fans it out to sinks
 gets sinks. `SpeedMeter` turns wall time between log steps into tokens/s, MFU and peak memory; MFU is None (JSON
 null) when the device's peak FLOP/s is unknown, e.g. on CPU, rather than a made-up number.
 """
+
 from __future__ import annotations
 
 import contextlib
@@ -118,8 +119,9 @@ class WandbSink:
     wandb history only moves forward. Under Slurm the run's config carries the job id, node count and restart
     count (`slurm.*`), so every requeue shows which job wrote it."""
 
-    def __init__(self, cfg: Any, run_dir: Path, config: dict[str, Any], run_name: str,
-                 resume_step: Optional[int] = None) -> None:
+    def __init__(
+        self, cfg: Any, run_dir: Path, config: dict[str, Any], run_name: str, resume_step: Optional[int] = None
+    ) -> None:
         mode = cfg.mode
         if mode == "auto":
             mode = "online" if os.environ.get("WANDB_API_KEY") else "offline"
@@ -243,8 +245,9 @@ class SpeedMeter:
     model.counting.flops_per_token (6N + attention) and the device's peak from model.peak_flops.
     """
 
-    def __init__(self, *, flops_per_token: float, peak_flops_per_device: Optional[float], world_size: int,
-                 device_type: str) -> None:
+    def __init__(
+        self, *, flops_per_token: float, peak_flops_per_device: Optional[float], world_size: int, device_type: str
+    ) -> None:
         self.flops_per_token = flops_per_token
         self.peak_total = peak_flops_per_device * world_size if peak_flops_per_device else None
         self.device_type = device_type

@@ -8,6 +8,7 @@ error, and no checkpoint is written from those weights, so the last good checkpo
 module then checks every step (a host sync each step) and drops a non-finite step's update (launcher/train_modules);
 the (N+1)-th stops the run.
 """
+
 from __future__ import annotations
 
 import logging
@@ -35,8 +36,13 @@ class NonFiniteGuard:
         """Record one step: `finite` is the step's device flag; `skipped` says its update was dropped."""
         if skipped:
             self.skipped.append(step)
-            log.warning("step %d: loss or gradient norm not finite, update skipped (%d of %d allowed by "
-                        "trainer.skip_nonfinite_steps)", step, len(self.skipped), self.skips_allowed)
+            log.warning(
+                "step %d: loss or gradient norm not finite, update skipped (%d of %d allowed by "
+                "trainer.skip_nonfinite_steps)",
+                step,
+                len(self.skipped),
+                self.skips_allowed,
+            )
             if len(self.skipped) > self.skips_allowed:
                 raise NonFiniteError(
                     f"steps {self.skipped} had a non-finite loss or gradient norm, more than "

@@ -9,6 +9,7 @@ torch.distributed.checkpoint.state_dict so the state is layout-free. Only the op
 counts) are checkpointed; its hyperparameters come from this run's config, so a deliberately changed `optim.lr`
 takes effect on resume (launcher/schedule.py sets the lr of the resumed step).
 """
+
 from __future__ import annotations
 
 from typing import Any
@@ -86,13 +87,17 @@ class Optimizers:
             optimizer.zero_grad(set_to_none=True)
 
     def _flat_states(self) -> list[dict[str, Any]]:
-        return [get_optimizer_state_dict(part, optimizer, options=_FLAT)
-                for part, optimizer in zip(self.model_parts, self.optimizers)]
+        return [
+            get_optimizer_state_dict(part, optimizer, options=_FLAT)
+            for part, optimizer in zip(self.model_parts, self.optimizers)
+        ]
 
     def state_dict(self) -> dict[str, Any]:
         """The tensors of every part's optimizer state ("state.<parameter name>.<key>"), merged."""
-        return merge_disjoint([{k: v for k, v in flat.items() if k.startswith(_STATE_PREFIX)}
-                               for flat in self._flat_states()], "optimizer")
+        return merge_disjoint(
+            [{k: v for k, v in flat.items() if k.startswith(_STATE_PREFIX)} for flat in self._flat_states()],
+            "optimizer",
+        )
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         """Each part takes its parameters' entries of `state`; hyperparameters stay this run's."""

@@ -10,6 +10,7 @@ CPU (gloo) process group of its own: each step starts one and reads the one star
 finished by then. The stop therefore lands one step after the signal on multi-rank runs; a single process stops
 at the step the signal arrived in.
 """
+
 from __future__ import annotations
 
 import logging

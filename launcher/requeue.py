@@ -6,6 +6,7 @@ or their metrics being flushed. Whether the run is complete is read from what th
 trainer.max_steps and the newest complete checkpoint), not from the exit code: a rank stopped by a signal and a
 rank that finished both exit 0. Exit codes: 0 requeued or complete, 3 requeue limit reached, 4 scontrol failed.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -15,7 +16,6 @@ import subprocess
 import sys
 from pathlib import Path
 from typing import Optional
-
 
 # The checkpoint layout of model/checkpoint_io.py (<run_dir>/checkpoints/step_<N:08d>/COMPLETE), read here without
 # importing it: it imports torch, seconds of start-up in the job's last moments. Only the marker's presence is
@@ -32,8 +32,11 @@ def run_progress(run_dir: Path) -> tuple[Optional[int], Optional[int]]:
         from omegaconf import OmegaConf
 
         max_steps = int(OmegaConf.load(config).trainer.max_steps)
-    steps = [int(m.group(1)) for p in (run_dir / "checkpoints").glob("step_*/COMPLETE")
-             if (m := _COMPLETE_CHECKPOINT.match(p.parent.name))]
+    steps = [
+        int(m.group(1))
+        for p in (run_dir / "checkpoints").glob("step_*/COMPLETE")
+        if (m := _COMPLETE_CHECKPOINT.match(p.parent.name))
+    ]
     return (max(steps) if steps else None), max_steps
 
 
@@ -53,17 +56,26 @@ def main(argv: Optional[list[str]] = None) -> int:
     restarts = int(os.environ.get("SLURM_RESTART_COUNT", "0") or 0)
     where = f"step {step}" if step is not None else "the start (no checkpoint yet)"
     if restarts >= args.max_requeues:
-        print(f"loom: not requeued: job {job_id} has already restarted {restarts} time(s) "
-              f"(cluster.max_requeues={args.max_requeues}); resubmit the same job to continue from {where}",
-              file=sys.stderr, flush=True)
+        print(
+            f"loom: not requeued: job {job_id} has already restarted {restarts} time(s) "
+            f"(cluster.max_requeues={args.max_requeues}); resubmit the same job to continue from {where}",
+            file=sys.stderr,
+            flush=True,
+        )
         return 3
     result = subprocess.run(["scontrol", "requeue", job_id], capture_output=True, text=True)
     if result.returncode != 0:
-        print(f"loom: scontrol requeue {job_id} failed ({result.returncode}): {result.stderr.strip()}; "
-              f"resubmit the same job to continue from {where}", file=sys.stderr, flush=True)
+        print(
+            f"loom: scontrol requeue {job_id} failed ({result.returncode}): {result.stderr.strip()}; "
+            f"resubmit the same job to continue from {where}",
+            file=sys.stderr,
+            flush=True,
+        )
         return 4
-    print(f"loom: requeued job {job_id} (restart {restarts + 1} of at most {args.max_requeues}); "
-          f"it resumes from {where}", flush=True)
+    print(
+        f"loom: requeued job {job_id} (restart {restarts + 1} of at most {args.max_requeues}); it resumes from {where}",
+        flush=True,
+    )
     return 0
 
 

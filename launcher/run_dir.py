@@ -7,6 +7,7 @@
   outputs/<name>-sweep-<stamp>. A sweep's jobs therefore never share a run directory (so never resume each
   other's checkpoints), which the old per-name cache did.
 """
+
 from __future__ import annotations
 
 import functools
@@ -88,11 +89,29 @@ def register_resolvers() -> None:
 # directory's run may be resumed with other values. Anything else (model, data, batch, optimizer, schedule, seed,
 # precision) makes it a different run, refused unless listed in trainer.resume_allow.
 OPERATIONAL_KEYS = (
-    "trainer.name", "trainer.run_dir", "trainer.max_steps", "trainer.log_every", "trainer.eval_every",
-    "trainer.eval_batches", "trainer.sample_every", "trainer.sample_prompt", "trainer.sample_tokens",
-    "trainer.checkpoint_every", "trainer.keep_checkpoints", "trainer.resume", "trainer.resume_allow",
-    "trainer.init_from", "trainer.dist_timeout_s", "trainer.progress_bar", "trainer.device",
-    "trainer.micro_batch_size", "data.path", "data.cache_dir", "parallel.", "logging.", "cluster.",
+    "trainer.name",
+    "trainer.run_dir",
+    "trainer.max_steps",
+    "trainer.log_every",
+    "trainer.eval_every",
+    "trainer.eval_batches",
+    "trainer.sample_every",
+    "trainer.sample_prompt",
+    "trainer.sample_tokens",
+    "trainer.checkpoint_every",
+    "trainer.keep_checkpoints",
+    "trainer.resume",
+    "trainer.resume_allow",
+    "trainer.init_from",
+    "trainer.dist_timeout_s",
+    "trainer.progress_bar",
+    "trainer.device",
+    "trainer.micro_batch_size",
+    "data.path",
+    "data.cache_dir",
+    "parallel.",
+    "logging.",
+    "cluster.",
 )
 SAVED_CONFIG = "config.yaml"
 

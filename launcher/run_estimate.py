@@ -4,6 +4,7 @@ The config is validated exactly as training validates it (launcher/validation.py
 ParallelDims.from_config's) on the number of GPUs to size, so a layout training would refuse is refused here with
 the same message; parallel/estimate.py then sizes memory and time from the validated plan.
 """
+
 from __future__ import annotations
 
 from typing import Any
@@ -27,10 +28,15 @@ def estimate_training_config(cfg: Any) -> dict[str, Any]:
         raise ConfigError(str(exc)) from exc
     plan = validate(config, world_size)
     t = config.trainer
-    run = TrainingRun(model=config.model, dims=plan.dims, seq_len=config.data.seq_len,
-                      micro_batch_size=t.micro_batch_size, global_batch=plan.global_batch, precision=t.precision)
+    run = TrainingRun(
+        model=config.model,
+        dims=plan.dims,
+        seq_len=config.data.seq_len,
+        micro_batch_size=t.micro_batch_size,
+        global_batch=plan.global_batch,
+        precision=t.precision,
+    )
     try:
-        return estimate(run, gpu=config.gpu, tokens=config.tokens, mfu=config.mfu,
-                        peak_flops_per_gpu=config.peak_flops)
+        return estimate(run, gpu=config.gpu, tokens=config.tokens, mfu=config.mfu, peak_flops_per_gpu=config.peak_flops)
     except ValueError as exc:
         raise ConfigError(str(exc)) from exc

@@ -7,6 +7,7 @@ schedule exactly. Warmup is linear from peak/warmup_steps to the peak.
   down to min_lr_ratio * peak, shaped linear, cosine or 1-sqrt.
 - constant: the peak after warmup.
 """
+
 from __future__ import annotations
 
 import math
@@ -54,8 +55,9 @@ class LRSchedulers:
     from this run's schedule (a run may also change trainer.max_steps or the schedule)."""
 
     def __init__(self, optimizers: list[torch.optim.Optimizer], cfg: Any, max_steps: int) -> None:
-        self.schedulers = [torch.optim.lr_scheduler.LambdaLR(optimizer, lr_multiplier(cfg, max_steps))
-                           for optimizer in optimizers]
+        self.schedulers = [
+            torch.optim.lr_scheduler.LambdaLR(optimizer, lr_multiplier(cfg, max_steps)) for optimizer in optimizers
+        ]
 
     def step(self) -> None:
         for scheduler in self.schedulers:

@@ -5,6 +5,7 @@ the end of the step (launcher/preemption.py makes every rank agree on that step)
 Apart from launcher/preemption.py and free of torch, so `python -m launcher.train` installs it first thing: a
 signal that arrives while the ranks are still importing torch or building the model is kept, not fatal.
 """
+
 from __future__ import annotations
 
 import signal

@@ -11,6 +11,7 @@ The run directory is `trainer.run_dir` if given, else `<working directory>/outpu
 across requeues and resubmissions of the same job name, so both resume from its newest checkpoint. Every path
 in the script is absolute and the job runs in the submitting directory, so it can be submitted from anywhere.
 """
+
 from __future__ import annotations
 
 import os
@@ -19,7 +20,7 @@ import subprocess
 import sys
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Optional
+from typing import Optional
 
 from omegaconf import DictConfig, OmegaConf
 
@@ -62,7 +63,8 @@ def template_body() -> str:
 
 def compose(overrides: list[str]) -> DictConfig:
     """The training config exactly as `python -m launcher.train <overrides>` composes it."""
-    from hydra import compose as hydra_compose, initialize_config_dir
+    from hydra import compose as hydra_compose
+    from hydra import initialize_config_dir
     from hydra.core.global_hydra import GlobalHydra
 
     register_configs()
@@ -96,10 +98,10 @@ def plan_job(overrides: list[str], cwd: Optional[Path] = None) -> TrainJob:
             f"processes: change the layout or cluster.nodes / cluster.gpus_per_node / cluster.ranks_per_node]"
         ) from exc
     job_overrides = [a for a in overrides if _override_key(a) != "trainer.run_dir"]
-    script = render_script(cluster, name=cfg.trainer.name, run_dir=run_dir, ranks_per_node=ranks, cwd=cwd,
-                           overrides=job_overrides)
-    return TrainJob(script=script, run_dir=run_dir, name=cfg.trainer.name, nodes=cluster.nodes,
-                    ranks_per_node=ranks)
+    script = render_script(
+        cluster, name=cfg.trainer.name, run_dir=run_dir, ranks_per_node=ranks, cwd=cwd, overrides=job_overrides
+    )
+    return TrainJob(script=script, run_dir=run_dir, name=cfg.trainer.name, nodes=cluster.nodes, ranks_per_node=ranks)
 
 
 def _cluster(cfg: DictConfig) -> ClusterConfig:
@@ -111,15 +113,21 @@ def _cluster(cfg: DictConfig) -> ClusterConfig:
         raise ConfigError(f"cluster: {exc}") from exc
 
 
-def render_script(cluster: ClusterConfig, *, name: str, run_dir: Path, ranks_per_node: int, cwd: Path,
-                  overrides: list[str]) -> str:
+def render_script(
+    cluster: ClusterConfig, *, name: str, run_dir: Path, ranks_per_node: int, cwd: Path, overrides: list[str]
+) -> str:
     """#SBATCH lines and LOOM_* settings from the config, the training overrides, then the template's body."""
     options = [f"--job-name={name}", f"--nodes={cluster.nodes}", "--ntasks-per-node=1"]
     if cluster.uses_gpus:
         options.append(f"--gpus-per-node={cluster.gpus_per_node}")
     options += resource_options(cluster, cluster.training_cpus_per_task())
-    options += [f"--signal=B:USR1@{cluster.signal_lead_s}", "--requeue", "--open-mode=append", f"--chdir={cwd}",
-                f"--output={run_dir}/slurm-%j.out"]
+    options += [
+        f"--signal=B:USR1@{cluster.signal_lead_s}",
+        "--requeue",
+        "--open-mode=append",
+        f"--chdir={cwd}",
+        f"--output={run_dir}/slurm-%j.out",
+    ]
     options += [str(a) for a in cluster.sbatch_args]
     settings = {
         "LOOM_REPO": str(REPO),

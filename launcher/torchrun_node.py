@@ -13,6 +13,7 @@ signal that arrives before the workers started ends the node at once, with nothi
 The workers (launcher.train) checkpoint at the end of their current step and exit 0 (launcher/preemption.py);
 whether the job is requeued is decided after the step by slurm/train.sbatch and launcher/requeue.py.
 """
+
 from __future__ import annotations
 
 import signal
@@ -77,8 +78,10 @@ def main(argv: Optional[list[str]] = None) -> int:
         _launch(argv)
     except _Stopped:
         _ignore_stop_signals()
-        print(f"loom: torchrun node stopped on {_received[0].name}: the workers were asked to checkpoint and exit",
-              flush=True)
+        print(
+            f"loom: torchrun node stopped on {_received[0].name}: the workers were asked to checkpoint and exit",
+            flush=True,
+        )
         return 0
     _ignore_stop_signals()
     return 0

@@ -9,6 +9,7 @@ after that, so a typo costs a second, not a model build. Failures an operator mu
 resumed, no disk space, a diverged run, a resume that would not continue the run) end with one clear message and
 a non-zero exit, not a traceback.
 """
+
 from __future__ import annotations
 
 if __name__ == "__main__":  # a command: catch SIGTERM/USR1 from the start, while torch and the rest still import

@@ -12,6 +12,7 @@ The host never waits for the device inside a step: loss and gradient norm stay d
 steps; the batch is copied from pinned memory on CUDA; ranks agree to stop through an asynchronous CPU all-reduce
 (launcher/preemption.py).
 """
+
 from __future__ import annotations
 
 import logging
@@ -62,10 +63,15 @@ def train(plan: RunPlan, config: dict[str, Any], stop: Optional[StopRequest] = N
         logging.getLogger().setLevel(logging.WARNING)
 
     # ---- data
-    data = open_training_data(cfg.data, vocab_size=cfg.model.vocab_size, global_batch=plan.global_batch,
-                              dp_rank=dims.dp_rank(), dp_degree=dims.dp_degree,
-                              seed=cfg.data.seed if cfg.data.seed is not None else t.seed,
-                              document_mask_eos_id=cfg.model.document_mask_eos_id)
+    data = open_training_data(
+        cfg.data,
+        vocab_size=cfg.model.vocab_size,
+        global_batch=plan.global_batch,
+        dp_rank=dims.dp_rank(),
+        dp_degree=dims.dp_degree,
+        seed=cfg.data.seed if cfg.data.seed is not None else t.seed,
+        document_mask_eos_id=cfg.model.document_mask_eos_id,
+    )
     loader = data.batches
 
     # ---- the train module of this layout, resumed from the newest good checkpoint or started from init_from
@@ -85,11 +91,24 @@ def train(plan: RunPlan, config: dict[str, Any], stop: Optional[StopRequest] = N
     from model.peak_flops import peak_flops
 
     peak = peak_flops(torch.cuda.get_device_name(env.device)) if env.device.type == "cuda" else None
-    speed = SpeedMeter(flops_per_token=flops_per_token(cfg.model, cfg.data.seq_len), peak_flops_per_device=peak,
-                       world_size=env.world_size, device_type=env.device.type)
-    log.info("model %s: %.2fM parameters | global batch %d x %d tokens, %s per rank, %d data-parallel rank(s) | "
-             "steps %d -> %d", cfg.model.name, count_parameters(cfg.model) / 1e6, plan.global_batch,
-             cfg.data.seq_len, module.batch_plan_text(), dims.dp_degree, start_step, t.max_steps)
+    speed = SpeedMeter(
+        flops_per_token=flops_per_token(cfg.model, cfg.data.seq_len),
+        peak_flops_per_device=peak,
+        world_size=env.world_size,
+        device_type=env.device.type,
+    )
+    log.info(
+        "model %s: %.2fM parameters | global batch %d x %d tokens, %s per rank, %d data-parallel rank(s) | "
+        "steps %d -> %d",
+        cfg.model.name,
+        count_parameters(cfg.model) / 1e6,
+        plan.global_batch,
+        cfg.data.seq_len,
+        module.batch_plan_text(),
+        dims.dp_degree,
+        start_step,
+        t.max_steps,
+    )
     guard = NonFiniteGuard(env.device, start_step, t.skip_nonfinite_steps)
     ctx = TrainContext(plan, config, env, run_dir, data, module, checkpointer, speed, guard, start_step)
     callbacks = build_callbacks(cfg)

@@ -7,6 +7,7 @@ what pipeline/tensor/expert/context parallel cannot carry, DeepSpeed's limits, f
 batch plan. It returns the `RunPlan` the trainer then runs, so what was checked is exactly what runs. Any problem
 is a ConfigError naming the key and the fix. Nothing here imports torch, so a bad config fails in about a second.
 """
+
 from __future__ import annotations
 
 import math
@@ -50,8 +51,13 @@ def validate(cfg: Any, world_size: int) -> RunPlan:
     _check_optim(config)
     _check_data(config)
     try:
-        dims = ParallelDims.from_config(config.parallel, world_size, model_cfg=config.model,
-                                        seq_len=config.data.seq_len, precision=config.trainer.precision)
+        dims = ParallelDims.from_config(
+            config.parallel,
+            world_size,
+            model_cfg=config.model,
+            seq_len=config.data.seq_len,
+            precision=config.trainer.precision,
+        )
     except ValueError as exc:
         raise ConfigError(str(exc)) from exc
     global_batch, grad_accum = batch_plan(config, dims)
@@ -91,15 +97,23 @@ def _check_trainer(cfg: TrainConfig) -> None:
     for key in ("max_steps", "log_every", "dist_timeout_s"):
         if getattr(t, key) <= 0:
             raise ConfigError(f"trainer.{key} must be positive, got {getattr(t, key)}")
-    for key in ("eval_every", "eval_batches", "checkpoint_every", "keep_checkpoints", "sample_tokens",
-                "skip_nonfinite_steps"):
+    for key in (
+        "eval_every",
+        "eval_batches",
+        "checkpoint_every",
+        "keep_checkpoints",
+        "sample_tokens",
+        "skip_nonfinite_steps",
+    ):
         if getattr(t, key) < 0:
             raise ConfigError(f"trainer.{key} must be >= 0 (0 disables), got {getattr(t, key)}")
     if t.init_from is not None and not Path(t.init_from).exists():
         raise ConfigError(f"trainer.init_from={t.init_from}: no such checkpoint or run directory")
     if t.skip_nonfinite_steps and cfg.parallel.engine == "deepspeed":
-        raise ConfigError("trainer.skip_nonfinite_steps needs a torch layout: DeepSpeed's engine owns the step (its "
-                          "fp16 loss scaler skips overflowing steps itself); set it to 0")
+        raise ConfigError(
+            "trainer.skip_nonfinite_steps needs a torch layout: DeepSpeed's engine owns the step (its "
+            "fp16 loss scaler skips overflowing steps itself); set it to 0"
+        )
     if not t.run_dir:
         raise ConfigError("trainer.run_dir is empty: give a directory, or leave the default (outputs/<name>-<id>)")
 

@@ -5,6 +5,7 @@ their index so parameter names survive a pipeline split (a stage is this class w
 `tok_embeddings` / `norm` / `output` set to None). Weight initialisation is `init_weights()`, separate from
 construction, so a large model can be built on the meta device and materialised shard by shard.
 """
+
 from __future__ import annotations
 
 import functools
@@ -52,13 +53,17 @@ class Transformer(nn.Module):
         # Multi-token prediction modules (training only), after the output head in the data flow.
         self.mtp: Optional[nn.ModuleDict] = (
             nn.ModuleDict({str(k): MultiTokenPrediction(cfg, k) for k in range(cfg.mtp_depth)})
-            if cfg.mtp_depth else None
+            if cfg.mtp_depth
+            else None
         )
         # RoPE of the global layers, and Gemma 3's unscaled one of the sliding-window layers.
         rope = cfg.pos_embedding == "rope"
         self.rope = RotaryEmbedding(cfg.rope_dim, cfg.max_seq_len, cfg.rope_theta, cfg.rope_scaling) if rope else None
-        self.local_rope = (RotaryEmbedding(cfg.rope_dim, cfg.max_seq_len, cfg.local_rope_theta, RopeScalingConfig())
-                           if rope and cfg.local_rope_theta is not None else None)
+        self.local_rope = (
+            RotaryEmbedding(cfg.rope_dim, cfg.max_seq_len, cfg.local_rope_theta, RopeScalingConfig())
+            if rope and cfg.local_rope_theta is not None
+            else None
+        )
         self._local_layers = {str(i) for i in range(cfg.n_layers + cfg.mtp_depth) if cfg.uses_local_rope(i)}
         # Gemma multiplies the token embeddings by sqrt(dim) rounded to the compute dtype; a Python float (not a
         # tensor) so a sequence-parallel DTensor stream takes it too.
@@ -163,8 +168,11 @@ class Transformer(nn.Module):
             loss = loss + self.cfg.mtp_loss_weight * aux["mtp_loss"]
         aux.update(self._moe_loss_terms())  # after the MTP modules, whose MoE layers count too
         if "moe_aux_loss" in aux:
-            loss = (loss + self.cfg.moe.aux_loss_weight * aux["moe_aux_loss"]
-                    + self.cfg.moe.router_z_loss_weight * aux["moe_router_z_loss"])
+            loss = (
+                loss
+                + self.cfg.moe.aux_loss_weight * aux["moe_aux_loss"]
+                + self.cfg.moe.router_z_loss_weight * aux["moe_router_z_loss"]
+            )
         next_token["ce_loss"] = ce
         self._keep_loss_terms(next_token, aux)
         return loss
@@ -178,15 +186,16 @@ class Transformer(nn.Module):
         h = self.tok_embeddings(tokens)
         return h * _rounded(self._embed_scale, h.dtype) if self._embed_scale is not None else h
 
-    def _mtp_loss(self, h: torch.Tensor, labels: torch.Tensor, ropes: dict, positions: torch.Tensor,
-                  masks: Optional[dict]) -> torch.Tensor:
+    def _mtp_loss(
+        self, h: torch.Tensor, labels: torch.Tensor, ropes: dict, positions: torch.Tensor, masks: Optional[dict]
+    ) -> torch.Tensor:
         """Mean over the MTP modules of their cross-entropy. Module k (1-based) at position i takes the previous
         depth's state there with the embedding of token i + k (labels[i + k - 1]) and predicts token i + k + 1
         (labels[i + k]); the last k positions, and those whose input token is an ignored label, have no target."""
         losses = []
         for name, module in self.mtp.items():
             k = int(name) + 1
-            ahead = F.pad(labels[:, k - 1:], (0, k - 1), value=-100)
+            ahead = F.pad(labels[:, k - 1 :], (0, k - 1), value=-100)
             targets = F.pad(labels[:, k:], (0, k), value=-100).masked_fill(ahead == -100, -100)
             rope = ropes.get("local" if str(self.cfg.n_layers + k - 1) in self._local_layers else "global")
             h = module(h, self._embed(ahead.clamp(min=0)), rope, positions=positions, masks=masks)
@@ -203,13 +212,21 @@ class Transformer(nn.Module):
         docs = None
         if cfg.document_mask_eos_id is not None:
             if self.tok_embeddings is None:
-                raise ValueError("model.document_mask_eos_id needs the token ids, which a pipeline stage after the "
-                                 "first does not see: use parallel.pp=1")
+                raise ValueError(
+                    "model.document_mask_eos_id needs the token ids, which a pipeline stage after the "
+                    "first does not see: use parallel.pp=1"
+                )
             docs = document_ids(tokens, cfg.document_mask_eos_id)
         mtp_layers = [cfg.n_layers + k for k in range(cfg.mtp_depth)] if self.mtp is not None else []
         windows = [cfg.layer_window(i) for i in [*map(int, self.layers), *mtp_layers]]
-        return shared_masks(windows, h.shape[1], h.device, backend=cfg.attention_backend, docs=docs,
-                            softcap=cfg.attn_logit_softcap is not None)
+        return shared_masks(
+            windows,
+            h.shape[1],
+            h.device,
+            backend=cfg.attention_backend,
+            docs=docs,
+            softcap=cfg.attn_logit_softcap is not None,
+        )
 
     def logits(self, h: torch.Tensor) -> torch.Tensor:
         """Output head (with the optional final-logit softcap) on final-normed hidden states: [..., vocab_size]."""
@@ -260,8 +277,10 @@ class Transformer(nn.Module):
         """One empty decoding cache per layer (KVCache, or LatentKVCache for latent attention), in the
         parameters' dtype and device."""
         param = next(self.parameters())
-        return {name: layer.attention.new_cache(batch_size, max_len, dtype=param.dtype, device=param.device)
-                for name, layer in self.layers.items()}
+        return {
+            name: layer.attention.new_cache(batch_size, max_len, dtype=param.dtype, device=param.device)
+            for name, layer in self.layers.items()
+        }
 
     @torch.no_grad()
     def update_expert_biases(

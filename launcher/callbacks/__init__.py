@@ -1,5 +1,6 @@
 """The loop's periodic work (launcher/callbacks/base.py says how the loop calls it): the one list of callbacks a
 run gets, built from its config here and nowhere else."""
+
 from __future__ import annotations
 
 from launcher.callbacks.base import Callback, Callbacks, TrainContext

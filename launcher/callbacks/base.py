@@ -18,6 +18,7 @@ last step. Every rank runs every hook (evaluation, sampling and saving are colle
 A new periodic action is one file: a `Callback` subclass with `from_config(cfg)` (None when its config turns it
 off), its config dataclass in launcher/config.py, and its entry in the list.
 """
+
 from __future__ import annotations
 
 from collections.abc import Iterable

@@ -1,6 +1,7 @@
 """Checkpoints: every trainer.checkpoint_every steps, at the last step, and when the ranks agreed to stop (a stop
 signal: the loop exits after the save, so the job can be requeued and resume exactly). launcher/checkpoint.py
 writes them; resuming happens before the loop (launcher/trainer.py)."""
+
 from __future__ import annotations
 
 from launcher.callbacks.base import Callback, TrainContext

@@ -5,6 +5,7 @@ Every trainer.log_every steps (and at the last) the step's figures join the reco
 gradient norm, tokens/s, MFU and peak memory, the model's auxiliary losses and the MoE load imbalance (each a
 mean over ranks), and the train module's host values (the fp16 loss scale). Reading them is the only host sync
 these steps add."""
+
 from __future__ import annotations
 
 import logging
@@ -43,8 +44,14 @@ class MetricsLogging(Callback):
         if step % self.log_every and not ctx.last:
             return
         ctx.require_finite()  # never log what a NaN produced
-        ctx.record.update({"loss": mean_over_ranks(out.loss.float().reshape(1)).item(), "lr": ctx.lr,
-                           "grad_norm": out.grad_norm.item(), **ctx.speed.measure()})
+        ctx.record.update(
+            {
+                "loss": mean_over_ranks(out.loss.float().reshape(1)).item(),
+                "lr": ctx.lr,
+                "grad_norm": out.grad_norm.item(),
+                **ctx.speed.measure(),
+            }
+        )
         ctx.record.update({name: mean_over_ranks(value.float().reshape(1)).item() for name, value in out.extra.items()})
         ctx.record.update(ctx.module.log_extras())
 

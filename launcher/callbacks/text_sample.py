@@ -1,6 +1,7 @@
 """A greedy text sample from trainer.sample_prompt, logged as "sample": every trainer.sample_every steps, and at
 the last step when trainer.sample_tokens > 0 (sample_every 0: only then; < 0: never). Layouts that cannot
 generate (pipeline, tensor or context parallel) say so once at the start."""
+
 from __future__ import annotations
 
 import logging
@@ -16,8 +17,9 @@ log = logging.getLogger("launcher")
 
 
 @torch.no_grad()
-def sample_text(model: torch.nn.Module, tokenizer, prompt: str, max_new_tokens: int, max_seq_len: int,
-                eos_id: Optional[int]) -> str:
+def sample_text(
+    model: torch.nn.Module, tokenizer, prompt: str, max_new_tokens: int, max_seq_len: int, eos_id: Optional[int]
+) -> str:
     """Greedy continuation of the prompt, decoded when the data comes with a tokenizer, else token ids. Every rank
     runs it (sharded layouts need all ranks in the forward); rank 0 logs it."""
     from model.generation import generate
@@ -58,5 +60,6 @@ class TextSample(Callback):
             return
         if (self.every > 0 and step % self.every == 0) or (ctx.last and self.tokens):
             with ctx.paused():
-                ctx.record["sample"] = sample_text(self.model, ctx.data.tokenizer, self.prompt, self.tokens,
-                                                   ctx.cfg.model.max_seq_len, ctx.data.eos_id)
+                ctx.record["sample"] = sample_text(
+                    self.model, ctx.data.tokenizer, self.prompt, self.tokens, ctx.cfg.model.max_seq_len, ctx.data.eos_id
+                )

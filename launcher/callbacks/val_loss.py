@@ -1,6 +1,7 @@
 """The held-out loss and perplexity: every trainer.eval_every steps and at the last step, over
 trainer.eval_batches micro batches of the data's held-out tail (data.val_fraction) split over the data-parallel
 ranks. Off when trainer.eval_batches is 0."""
+
 from __future__ import annotations
 
 import math

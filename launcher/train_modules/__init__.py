@@ -1,5 +1,6 @@
 """Train modules: the training of each layout family in one object (see base.py). `build_train_module` is the one
 place where the launcher depends on the layout."""
+
 from __future__ import annotations
 
 from pathlib import Path

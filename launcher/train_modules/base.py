@@ -17,6 +17,7 @@ Families (launcher/train_modules/__init__.py picks one):
 - pipeline.py: pipeline parallel: the schedule runs forward/backward over several stage modules per rank.
 - zero.py: DeepSpeed ZeRO 1/2/3: DeepSpeed's engine owns the optimizer and the backward.
 """
+
 from __future__ import annotations
 
 import contextlib
@@ -94,8 +95,9 @@ class TrainModule:
         """One optimizer step over this rank's batch (inputs, labels [rank batch, seq_len])."""
         raise NotImplementedError
 
-    def accumulate(self, inputs: torch.Tensor, labels: torch.Tensor,
-                   forward_backward: Callable[[MicroBatch], torch.Tensor]) -> tuple[torch.Tensor, dict]:
+    def accumulate(
+        self, inputs: torch.Tensor, labels: torch.Tensor, forward_backward: Callable[[MicroBatch], torch.Tensor]
+    ) -> tuple[torch.Tensor, dict]:
         """Run this rank's batch in trainer.micro_batch_size micro batches through `forward_backward` (the
         family's forward and backward of one micro batch, returning its loss, detached) and return the mean loss
         and the mean of every auxiliary loss the model reported (`plain_model.last_aux_losses`), as device
@@ -181,8 +183,11 @@ class TrainModule:
     def state_dict(self) -> dict[str, Any]:
         """Everything a checkpoint holds of this module: tensors under "model"/"optimizer", plain values under
         "schedule" (the checkpointer writes tensors with DCP and plain values as JSON)."""
-        return {"model": self.model_state_dict(), "optimizer": self.optimizers.state_dict(),
-                "schedule": self.schedulers.state_dict()}
+        return {
+            "model": self.model_state_dict(),
+            "optimizer": self.optimizers.state_dict(),
+            "schedule": self.schedulers.state_dict(),
+        }
 
     def load_state_dict(self, state: dict[str, Any], directory: Path) -> None:
         """Restore `state` (loaded from the checkpoint in `directory`); the lr schedule last, so the lr of the
@@ -246,9 +251,11 @@ def materialize_model(plan: RunPlan, env: DistEnv, init_from: Optional[Path]):
             (part.module if hasattr(part, "module") else part).init_weights()  # buffers (RoPE tables)
         # A copy per stage: set_model_state_dict writes the module's own (sharded) tensors back into the dict it
         # is given, and rank 0 would then broadcast those, not the full ones, to the next stage.
-        set_model_state_dict(part, dict(full) if full is not None else {},
-                             options=StateDictOptions(full_state_dict=True, broadcast_from_rank0=True,
-                                                      strict=dims.pp == 1))
+        set_model_state_dict(
+            part,
+            dict(full) if full is not None else {},
+            options=StateDictOptions(full_state_dict=True, broadcast_from_rank0=True, strict=dims.pp == 1),
+        )
     if init_from is not None:
         load_model_weights(parts, init_from)
     return laid_out

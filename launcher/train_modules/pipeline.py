@@ -8,6 +8,7 @@ group reads the same batch; the first stage feeds the tokens, the last computes 
 squared norms over the pp group (and this rank's stages), so it is the norm of the whole model's gradient.
 Held-out evaluation goes forward only through the same schedule, in batches of the training shape.
 """
+
 from __future__ import annotations
 
 import logging
@@ -43,8 +44,11 @@ class PipelineTrainModule(TrainModule):
     def train_step(self, inputs: torch.Tensor, labels: torch.Tensor) -> StepOutput:
         with loss_context(self.dims), autocast(self.cfg.trainer.precision, self.env.device):
             loss: Optional[torch.Tensor] = self.pipeline.step(inputs, labels)
-        grad_norm = clip_grad_norm_([p for part in self.model_parts for p in part.parameters()],
-                                    max_grad_norm(self.cfg.optim.grad_clip), extra_group=self.pp_group)
+        grad_norm = clip_grad_norm_(
+            [p for part in self.model_parts for p in part.parameters()],
+            max_grad_norm(self.cfg.optim.grad_clip),
+            extra_group=self.pp_group,
+        )
         # Only last-stage ranks (world/pp of them) hold a loss: they contribute pp x loss, the others 0, so the
         # mean over all ranks is the mean over the last-stage ranks.
         if loss is None:
@@ -67,13 +71,23 @@ class PipelineTrainModule(TrainModule):
         held_out = sum(b.shape[0] for b in batches)
         if batches and not regrouped:
             micro = self.cfg.trainer.micro_batch_size
-            log.info("evaluation is skipped under pipeline parallel: it runs whole per-rank batches of %d rows (the "
-                     "training shape) but this rank has %d held-out rows; set trainer.eval_batches >= %d (x "
-                     "trainer.micro_batch_size=%d rows, >= the global batch) with enough held-out data "
-                     "(data.val_fraction)", self.plan.rank_batch, held_out, -(-self.plan.global_batch // micro), micro)
+            log.info(
+                "evaluation is skipped under pipeline parallel: it runs whole per-rank batches of %d rows (the "
+                "training shape) but this rank has %d held-out rows; set trainer.eval_batches >= %d (x "
+                "trainer.micro_batch_size=%d rows, >= the global batch) with enough held-out data "
+                "(data.val_fraction)",
+                self.plan.rank_batch,
+                held_out,
+                -(-self.plan.global_batch // micro),
+                micro,
+            )
         elif held_out % self.plan.rank_batch:
-            log.info("pipeline-parallel evaluation uses %d of this rank's %d held-out rows (whole batches of %d)",
-                     len(regrouped) * self.plan.rank_batch, held_out, self.plan.rank_batch)
+            log.info(
+                "pipeline-parallel evaluation uses %d of this rank's %d held-out rows (whole batches of %d)",
+                len(regrouped) * self.plan.rank_batch,
+                held_out,
+                self.plan.rank_batch,
+            )
         return regrouped
 
     def eval_loss(self, inputs: torch.Tensor, labels: torch.Tensor) -> Optional[torch.Tensor]:

@@ -9,6 +9,7 @@ mixed DTensor meshes), the optimizer and the lr schedule. The host never waits f
 loss and gradient norm stay device tensors.
 fp16 uses torch's GradScaler (its unscale reads a device value: that library's choice).
 """
+
 from __future__ import annotations
 
 import contextlib
@@ -22,8 +23,7 @@ from torch.nn.parallel import DistributedDataParallel
 from launcher.distributed import DistEnv
 from launcher.optim import Optimizers
 from launcher.schedule import LRSchedulers
-from launcher.train_modules.base import (MicroBatch, StepOutput, TrainModule, autocast, materialize_model,
-                                         max_grad_norm)
+from launcher.train_modules.base import MicroBatch, StepOutput, TrainModule, autocast, materialize_model, max_grad_norm
 from launcher.validation import RunPlan
 from parallel import clip_grad_norm_, compute_loss, loss_context
 

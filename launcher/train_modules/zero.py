@@ -10,6 +10,7 @@ Checkpoints hold the full model weights under "model" like every layout (so HF e
 read them) plus DeepSpeed's own partitioned state (`save_native`, in the subdirectory deepspeed/), which resumes
 exactly under the same ZeRO stage and world size and reshards only through DeepSpeed's own tools.
 """
+
 from __future__ import annotations
 
 import math
@@ -80,11 +81,22 @@ class ZeroTrainModule(TrainModule):
 
         o, t = self.cfg.optim, self.cfg.trainer
         model = initial_model(plan, env, init_from)
-        config = deepspeed_config(self.dims, micro_batch_size=t.micro_batch_size, grad_accum_steps=plan.grad_accum,
-                                  precision=t.precision, lr=o.lr, betas=(o.beta1, o.beta2), eps=o.eps,
-                                  weight_decay=o.weight_decay, grad_clip=o.grad_clip)
+        config = deepspeed_config(
+            self.dims,
+            micro_batch_size=t.micro_batch_size,
+            grad_accum_steps=plan.grad_accum,
+            precision=t.precision,
+            lr=o.lr,
+            betas=(o.beta1, o.beta2),
+            eps=o.eps,
+            weight_decay=o.weight_decay,
+            grad_clip=o.grad_clip,
+        )
         self.engine, _, _, self.schedulers = deepspeed.initialize(
-            model=model, model_parameters=parameter_groups(model, o), config=config, dist_init_required=False,
+            model=model,
+            model_parameters=parameter_groups(model, o),
+            config=config,
+            dist_init_required=False,
             lr_scheduler=lambda optimizer: LRSchedulers([optimizer], self.cfg.schedule, t.max_steps),
         )
         self.model_parts = [self.engine.module]
@@ -133,7 +145,8 @@ class ZeroTrainModule(TrainModule):
                 f"{directory}: no DeepSpeed state in {source} (saved by a torch layout?): ZeRO resumes only its own "
                 f"checkpoints; start from its weights with trainer.init_from={directory} trainer.resume=never"
             )
-        load_path, _ = self.engine.load_checkpoint(str(source), tag=self.TAG, load_optimizer_states=True,
-                                                   load_lr_scheduler_states=False)
+        load_path, _ = self.engine.load_checkpoint(
+            str(source), tag=self.TAG, load_optimizer_states=True, load_lr_scheduler_states=False
+        )
         if load_path is None:
             raise CheckpointError(f"{source}: DeepSpeed could not load its checkpoint (tag {self.TAG!r})")

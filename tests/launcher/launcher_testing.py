@@ -3,6 +3,7 @@
 Runs are real subprocesses (the same command a user types) on a tiny model, with wandb off and every directory
 under pytest's tmp_path, so nothing lands in $HOME.
 """
+
 from __future__ import annotations
 
 import json
@@ -13,7 +14,6 @@ import subprocess
 import sys
 import time
 from pathlib import Path
-
 
 REPO = Path(__file__).resolve().parents[2]
 PYTHON = sys.executable
@@ -52,8 +52,11 @@ def tiny_overrides(shards: Path, run_dir: Path, max_steps: int = 16, **extra) ->
 
 
 def child_env(tmp_path: Path, **extra: str | None) -> dict[str, str]:
-    env = {k: v for k, v in os.environ.items() if not k.startswith(("RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_",
-                                                                        "SLURM_", "TORCHELASTIC_", "WANDB_"))}
+    env = {
+        k: v
+        for k, v in os.environ.items()
+        if not k.startswith(("RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_", "SLURM_", "TORCHELASTIC_", "WANDB_"))
+    }
     env.update(
         WANDB_MODE="disabled",
         WANDB_DIR=str(tmp_path / "wandb"),
@@ -74,17 +77,32 @@ def train_cmd(*overrides: str) -> list[str]:
     return [PYTHON, "-m", "launcher.train", *overrides]
 
 
-def run_train(overrides: list[str], tmp_path: Path, timeout: float = 180, **env_extra: str) -> subprocess.CompletedProcess:
-    return subprocess.run(train_cmd(*overrides), cwd=REPO, env=child_env(tmp_path, **env_extra), capture_output=True,
-                          text=True, timeout=timeout)
+def run_train(
+    overrides: list[str], tmp_path: Path, timeout: float = 180, **env_extra: str
+) -> subprocess.CompletedProcess:
+    return subprocess.run(
+        train_cmd(*overrides),
+        cwd=REPO,
+        env=child_env(tmp_path, **env_extra),
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+    )
 
 
 def launch(args: list[str], nproc: int, tmp: Path, timeout: float = 300) -> subprocess.CompletedProcess:
     """The command a user types: `python -m launcher.train ...`, under torchrun for more than one process."""
     runner = [PYTHON, "-m", "launcher.train"]
     if nproc > 1:
-        runner = [PYTHON, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={nproc}", "-m",
-                  "launcher.train"]
+        runner = [
+            PYTHON,
+            "-m",
+            "torch.distributed.run",
+            "--standalone",
+            f"--nproc_per_node={nproc}",
+            "-m",
+            "launcher.train",
+        ]
     # The shared-memory CPU all-reduce of DeepSpeed is a ~90 s C++ build and only a CPU speed-up: off in tests.
     env = child_env(tmp, LOOM_DEEPSPEED_SHM_COMM="0", TORCH_EXTENSIONS_DIR=str(REPO / ".cache" / "torch_extensions"))
     result = subprocess.run([*runner, *args], cwd=REPO, env=env, capture_output=True, text=True, timeout=timeout)
@@ -94,8 +112,14 @@ def launch(args: list[str], nproc: int, tmp: Path, timeout: float = 300) -> subp
 
 def start_train(overrides: list[str], tmp_path: Path, log_name: str, **env_extra: str) -> subprocess.Popen:
     log = open(tmp_path / log_name, "w")
-    return subprocess.Popen(train_cmd(*overrides), cwd=REPO, env=child_env(tmp_path, **env_extra), stdout=log,
-                            stderr=subprocess.STDOUT, text=True)
+    return subprocess.Popen(
+        train_cmd(*overrides),
+        cwd=REPO,
+        env=child_env(tmp_path, **env_extra),
+        stdout=log,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
 
 
 def free_port() -> int:
@@ -128,5 +152,3 @@ def checkpoint_complete(run_dir: Path, step: int) -> bool:
 def stop(proc: subprocess.Popen, sig: int = signal.SIGTERM) -> None:
     if proc.poll() is None:
         proc.send_signal(sig)
-
-

@@ -1,6 +1,7 @@
 """The loop's callbacks (launcher/callbacks/): the config picks them, in one order; checkpoints come at the
 cadence, the last step and a stop, each after the finiteness check, which runs once per step however many
 callbacks ask for it."""
+
 from __future__ import annotations
 
 from types import SimpleNamespace
@@ -15,11 +16,14 @@ from launcher.callbacks.val_loss import ValidationLoss
 from launcher.config import TrainConfig
 
 
-@pytest.mark.parametrize("eval_batches, sample_every, kinds", [
-    (4, 0, [Checkpointing, MetricsLogging, ValidationLoss, TextSample]),
-    (0, 0, [Checkpointing, MetricsLogging, TextSample]),
-    (4, -1, [Checkpointing, MetricsLogging, ValidationLoss]),
-])
+@pytest.mark.parametrize(
+    "eval_batches, sample_every, kinds",
+    [
+        (4, 0, [Checkpointing, MetricsLogging, ValidationLoss, TextSample]),
+        (0, 0, [Checkpointing, MetricsLogging, TextSample]),
+        (4, -1, [Checkpointing, MetricsLogging, ValidationLoss]),
+    ],
+)
 def test_config_picks_the_callbacks_in_one_order(eval_batches, sample_every, kinds):
     cfg = TrainConfig()
     cfg.trainer.eval_batches, cfg.trainer.sample_every = eval_batches, sample_every
@@ -36,8 +40,18 @@ class _Guard:
 
 def _context() -> TrainContext:
     checkpointer = SimpleNamespace(last_saved_step=None)
-    return TrainContext(plan=None, config={}, env=None, run_dir=None, data=None, module=None,
-                        checkpointer=checkpointer, speed=None, guard=_Guard(), start_step=0)
+    return TrainContext(
+        plan=None,
+        config={},
+        env=None,
+        run_dir=None,
+        data=None,
+        module=None,
+        checkpointer=checkpointer,
+        speed=None,
+        guard=_Guard(),
+        start_step=0,
+    )
 
 
 def test_checkpoints_at_the_cadence_the_last_step_and_a_stop_after_the_finiteness_check():

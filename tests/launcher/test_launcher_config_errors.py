@@ -1,4 +1,5 @@
 """Bad configs stop `python -m launcher.train` before any work: non-zero exit, a message naming the key, fast."""
+
 from __future__ import annotations
 
 import re
@@ -6,7 +7,6 @@ import time
 from concurrent.futures import ThreadPoolExecutor
 
 import pytest
-
 from launcher_testing import REPO, run_train, tiny_overrides
 
 # (case id, overrides on top of a valid tiny config, text the error must contain): each run as a real process.
@@ -24,10 +24,16 @@ BAD_CONFIGS = [
 ]
 # More cases checked in-process (compose + validate, as launcher.train does), which costs no interpreter start.
 MORE_BAD_CONFIGS = [
-    ("wsd_decay_overlaps_warmup", ["schedule=wsd", "schedule.warmup_steps=10", "schedule.decay_fraction=0.5"],
-     "schedule.decay_fraction"),
-    ("batch_tokens_not_multiple", ["trainer.global_batch_size=null", "trainer.global_batch_tokens=100"],
-     "trainer.global_batch_tokens"),
+    (
+        "wsd_decay_overlaps_warmup",
+        ["schedule=wsd", "schedule.warmup_steps=10", "schedule.decay_fraction=0.5"],
+        "schedule.decay_fraction",
+    ),
+    (
+        "batch_tokens_not_multiple",
+        ["trainer.global_batch_size=null", "trainer.global_batch_tokens=100"],
+        "trainer.global_batch_tokens",
+    ),
     ("two_batch_sizes", ["trainer.global_batch_tokens=256"], "exactly one"),
     ("bad_precision", ["trainer.precision=fp8"], "trainer.precision"),
     ("bad_wandb_mode", ["logging.wandb.mode=sometimes"], "logging.wandb.mode"),
@@ -39,8 +45,14 @@ MORE_BAD_CONFIGS = [
 
 
 # Modules only the training path imports: seeing one means the run got past validation.
-WORK_MODULES = ("launcher.trainer", "launcher.callbacks", "launcher.data", "launcher.checkpoint",
-                "launcher.train_modules", "data_pipeline.embedded")
+WORK_MODULES = (
+    "launcher.trainer",
+    "launcher.callbacks",
+    "launcher.data",
+    "launcher.checkpoint",
+    "launcher.train_modules",
+    "data_pipeline.embedded",
+)
 
 
 @pytest.fixture(scope="module")
@@ -53,8 +65,9 @@ def outcomes(shards, tmp_path_factory):
         case_dir = tmp / name
         case_dir.mkdir()
         start = time.monotonic()
-        result = run_train(tiny_overrides(shards, case_dir / "run") + overrides, case_dir, timeout=120,
-                           PYTHONPROFILEIMPORTTIME="1")
+        result = run_train(
+            tiny_overrides(shards, case_dir / "run") + overrides, case_dir, timeout=120, PYTHONPROFILEIMPORTTIME="1"
+        )
         return name, (result, time.monotonic() - start, case_dir / "run")
 
     with ThreadPoolExecutor(max_workers=4) as pool:
@@ -67,7 +80,9 @@ def test_bad_config_fails_before_any_work(name, expected, outcomes):
     output = result.stdout + result.stderr
     assert result.returncode != 0, output[-2000:]
     assert expected in output, output[-3000:]
-    imported = {line.rsplit("|", 1)[-1].strip() for line in result.stderr.splitlines() if line.startswith("import time:")}
+    imported = {
+        line.rsplit("|", 1)[-1].strip() for line in result.stderr.splitlines() if line.startswith("import time:")
+    }
     assert imported, "PYTHONPROFILEIMPORTTIME produced no import log"
     started = [m for m in WORK_MODULES if m in imported]
     assert not started, f"config rejected only after {started} were imported"
@@ -76,8 +91,7 @@ def test_bad_config_fails_before_any_work(name, expected, outcomes):
     assert elapsed < 60, f"took {elapsed:.1f} s to reject the config"
 
 
-@pytest.mark.parametrize("overrides, expected", [c[1:] for c in MORE_BAD_CONFIGS],
-                         ids=[c[0] for c in MORE_BAD_CONFIGS])
+@pytest.mark.parametrize("overrides, expected", [c[1:] for c in MORE_BAD_CONFIGS], ids=[c[0] for c in MORE_BAD_CONFIGS])
 def test_more_bad_configs_are_rejected_by_validate(overrides, expected, shards, tmp_path):
     from hydra import compose, initialize_config_dir
 

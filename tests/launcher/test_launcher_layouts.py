@@ -10,6 +10,7 @@ rows), and its checkpoints resume under one process and the other way round.
 
 Each torchrun launch costs ~5-15 s here, so runs are 6 steps of a tiny model, shared between tests of a module.
 """
+
 from __future__ import annotations
 
 import json
@@ -18,7 +19,6 @@ import shutil
 from pathlib import Path
 
 import pytest
-
 from launcher_testing import launch, losses, tiny_overrides
 
 pytestmark = pytest.mark.distributed
@@ -34,8 +34,13 @@ DP_RTOL, SHARDED_RTOL = 1e-5, 1e-4
 EVAL = {"trainer.eval_every": 3, "trainer.eval_batches": 4}
 # Several pipeline stages per rank: 2 ranks x 2 stages of a 4-layer model, against a 4-layer single process.
 DEEP = {"model.n_layers": 4}
-INTERLEAVED = {"parallel": "pp", "parallel.pp_schedule": "Interleaved1F1B", "parallel.pp_stages_per_rank": 2,
-               **DEEP, **EVAL}
+INTERLEAVED = {
+    "parallel": "pp",
+    "parallel.pp_schedule": "Interleaved1F1B",
+    "parallel.pp_stages_per_rank": 2,
+    **DEEP,
+    **EVAL,
+}
 ZBV = {"parallel": "pp", "parallel.pp_schedule": "ZBVZeroBubble", "parallel.pp_stages_per_rank": 2, **DEEP, **EVAL}
 INTERLEAVED_ZB = {**INTERLEAVED, "parallel.pp_schedule": "InterleavedZeroBubble"}
 # 2 stages per rank, each stage FSDP-sharded over 2 data-parallel ranks (4 processes).
@@ -128,8 +133,15 @@ def test_zero_checkpoint_weights_load_into_another_layout(runs, shards, tmp_path
     fresh run's first loss."""
     source = runs("zero2", 2, {"parallel": "zero2"}) / "checkpoints" / f"step_{STEPS:08d}"
     fresh = losses(runs("single_dense", 1, REFERENCES["dense"]))
-    launch(overrides(shards, tmp_path / "run", {"trainer.init_from": str(source), "trainer.max_steps": 3,
-                                                "schedule.warmup_steps": 1}), 1, tmp_path)
+    launch(
+        overrides(
+            shards,
+            tmp_path / "run",
+            {"trainer.init_from": str(source), "trainer.max_steps": 3, "schedule.warmup_steps": 1},
+        ),
+        1,
+        tmp_path,
+    )
     started = losses(tmp_path / "run")
     assert started[1] < fresh[1] - 0.05, (started, fresh)
 
@@ -139,15 +151,18 @@ def val_losses(run_dir: Path) -> dict[int, float]:
     return {r["step"]: r["val_loss"] for r in records if "val_loss" in r}
 
 
-@pytest.mark.parametrize("name,nproc,extra,reference", [
-    ("pp", 2, EVAL, "dense"),
-    ("pp_interleaved", 2, INTERLEAVED, "deep"),
-    ("pp_zbv", 2, ZBV, "deep"),
-    pytest.param("pp_interleaved_zb", 2, INTERLEAVED_ZB, "deep", marks=pytest.mark.slow),
-    # 2 data-parallel ranks of 4 held-out rows each (token weighting over ranks); with tensor parallel inside.
-    pytest.param("pp_fsdp", 4, EVAL, "dense", marks=pytest.mark.slow),
-    pytest.param("3d", 8, EVAL, "dense", marks=pytest.mark.slow),
-])
+@pytest.mark.parametrize(
+    "name,nproc,extra,reference",
+    [
+        ("pp", 2, EVAL, "dense"),
+        ("pp_interleaved", 2, INTERLEAVED, "deep"),
+        ("pp_zbv", 2, ZBV, "deep"),
+        pytest.param("pp_interleaved_zb", 2, INTERLEAVED_ZB, "deep", marks=pytest.mark.slow),
+        # 2 data-parallel ranks of 4 held-out rows each (token weighting over ranks); with tensor parallel inside.
+        pytest.param("pp_fsdp", 4, EVAL, "dense", marks=pytest.mark.slow),
+        pytest.param("3d", 8, EVAL, "dense", marks=pytest.mark.slow),
+    ],
+)
 def test_pipeline_val_loss_matches_single_process(runs, name, nproc, extra, reference):
     """The held-out loss under pipeline parallel (forward-only through the schedule, one stage or several per
     rank) is the single process's on the same 8 held-out rows, at every evaluation step."""
@@ -166,18 +181,23 @@ def relaunch_from_step_3(finished: Path, run_dir: Path, shards: Path, extra: dic
     assert f"resumed from {run_dir / 'checkpoints' / 'step_00000003'}" in result.stdout + result.stderr
 
 
-@pytest.mark.parametrize("saved,resumed", [
-    ("pp_interleaved", "single_deep"),
-    ("single_deep", "pp_interleaved"),
-    pytest.param("pp_fsdp_interleaved", "single_deep", marks=pytest.mark.slow),
-])
+@pytest.mark.parametrize(
+    "saved,resumed",
+    [
+        ("pp_interleaved", "single_deep"),
+        ("single_deep", "pp_interleaved"),
+        pytest.param("pp_fsdp_interleaved", "single_deep", marks=pytest.mark.slow),
+    ],
+)
 def test_checkpoint_moves_between_interleaved_pipeline_and_one_process(runs, shards, tmp_path, saved, resumed):
     """A checkpoint saved with two pipeline stages per rank (per-stage model and optimizer state merged into the
     layout-free DCP files) resumes under one process, and a single-process checkpoint resumes split into those
     stages: steps 4-6 and the step-6 val_loss equal the uninterrupted run's."""
-    settings = {"pp_interleaved": (2, {"parallel": "pp_interleaved", **INTERLEAVED}),
-                "pp_fsdp_interleaved": (4, {"parallel": "pp_fsdp_interleaved", **FSDP_INTERLEAVED}),
-                "single_deep": (1, REFERENCES["deep"])}
+    settings = {
+        "pp_interleaved": (2, {"parallel": "pp_interleaved", **INTERLEAVED}),
+        "pp_fsdp_interleaved": (4, {"parallel": "pp_fsdp_interleaved", **FSDP_INTERLEAVED}),
+        "single_deep": (1, REFERENCES["deep"]),
+    }
     finished = runs(saved, *settings[saved])
     nproc, extra = settings[resumed]
     relaunch_from_step_3(finished, tmp_path / "run", shards, extra, nproc, tmp_path)
@@ -318,8 +338,12 @@ def test_pipeline_evaluation_runs_only_the_forward_actions_of_a_multi_stage_prog
     from parallel.pipeline import Pipeline
 
     Action = namedtuple("Action", "computation_type")
-    program = {0: [Action(Kind(k)) for k in ("UNSHARD", "F", "SEND_F", "RECV_B", "I", "W", "B", "SEND_B",
-                                             "RECV_F", "REDUCE_GRAD", "RESHARD")]}
+    program = {
+        0: [
+            Action(Kind(k))
+            for k in ("UNSHARD", "F", "SEND_F", "RECV_B", "I", "W", "B", "SEND_B", "RECV_F", "REDUCE_GRAD", "RESHARD")
+        ]
+    }
     stages = [nn.Linear(2, 2)]
     schedule = _RecordingSchedule(stages, [], with_eval=True, program=program)
     pipeline = Pipeline(schedule, stages, has_first=True, has_last=False)

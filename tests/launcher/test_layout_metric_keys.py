@@ -4,13 +4,13 @@ real launcher under one process, FSDP x2 and ZeRO-2 x2: each writes the same met
 metrics.jsonl, the MoE and MTP figures among them, and those figures agree with the single process's (same initial
 weights, same global batch), so each layout logs the same quantity under the same name, not just some number.
 """
+
 from __future__ import annotations
 
 import json
 from pathlib import Path
 
 import pytest
-
 from launcher_testing import launch, tiny_overrides
 
 pytestmark = pytest.mark.distributed

@@ -5,6 +5,7 @@ the directory Loom exports, beside `DeepseekV3ForCausalLM`. transformers finds D
 pattern it ignores on load, which names layer 61 (the published model has 61 layers and one module), so the tiny
 model here has 61 layers; for two modules the pattern is widened to layers 61-62 in the test.
 """
+
 from __future__ import annotations
 
 import dataclasses
@@ -14,8 +15,8 @@ from pathlib import Path
 import pytest
 import torch
 import torch.nn.functional as F
-
 from family_configs import VOCAB, hf_configs, randomised_loom_model
+
 from model import build
 from model.checkpoint_io import save_model_checkpoint
 from model.config import ModelConfig
@@ -48,7 +49,7 @@ def reference_mtp_loss(main, mtp, tokens: torch.Tensor) -> torch.Tensor:
         length = seq - k  # positions with an input token i + k
         hidden = mtp.forward_layer(k - 1, hidden[:, :length], positions[:, k:], None, input_ids=tokens[:, k:])
         logits = mtp._project_to_logits(hidden[:, : seq - k - 1])  # positions with a target i + k + 1
-        losses.append(F.cross_entropy(logits.reshape(-1, logits.shape[-1]), tokens[:, k + 1:].reshape(-1)))
+        losses.append(F.cross_entropy(logits.reshape(-1, logits.shape[-1]), tokens[:, k + 1 :].reshape(-1)))
     return torch.stack(losses).mean()
 
 
@@ -58,8 +59,9 @@ def test_mtp_exports_to_deepseek_v3_and_equals_transformers_mtp(depth: int, tmp_
     from transformers.modeling_layers import MtpModel
 
     if depth > 1:  # transformers names only the published model's single module (layer 61)
-        monkeypatch.setattr(DeepseekV3ForCausalLM, "_keys_to_ignore_on_load_unexpected",
-                            [r"model\.layers\.(?:61|62)\."])
+        monkeypatch.setattr(
+            DeepseekV3ForCausalLM, "_keys_to_ignore_on_load_unexpected", [r"model\.layers\.(?:61|62)\."]
+        )
     cfg = deepseek_v3_with_mtp(depth)
     ours = randomised_loom_model(cfg, seed=7)
     save_model_checkpoint(ours.state_dict(), cfg, tmp_path / "ckpt")
@@ -83,8 +85,9 @@ def test_mtp_exports_to_deepseek_v3_and_equals_transformers_mtp(depth: int, tmp_
     assert abs(terms["ce_loss"] - reference_ce) <= 1e-5
     assert abs(terms["mtp_loss"] - reference) <= 1e-5, (terms["mtp_loss"].item(), reference.item())
     expected = terms["ce_loss"] + cfg.mtp_loss_weight * terms["mtp_loss"]
-    expected += (cfg.moe.aux_loss_weight * terms["moe_aux_loss"]
-                 + cfg.moe.router_z_loss_weight * terms["moe_router_z_loss"])
+    expected += (
+        cfg.moe.aux_loss_weight * terms["moe_aux_loss"] + cfg.moe.router_z_loss_weight * terms["moe_router_z_loss"]
+    )
     assert torch.allclose(total, expected)
 
     # ... and back: the import finds the modules in the files and restores every tensor
@@ -131,8 +134,16 @@ def test_mtp_loss_sees_no_token_beyond_its_input() -> None:
 
 
 def test_mtp_trains_only_in_train_mode_and_reaches_every_parameter() -> None:
-    cfg = ModelConfig(vocab_size=40, dim=32, n_layers=2, n_heads=4, max_seq_len=16, mtp_depth=1, multiple_of=32,
-                      moe=dict(num_experts=4, top_k=2, first_dense=1))
+    cfg = ModelConfig(
+        vocab_size=40,
+        dim=32,
+        n_layers=2,
+        n_heads=4,
+        max_seq_len=16,
+        mtp_depth=1,
+        multiple_of=32,
+        moe=dict(num_experts=4, top_k=2, first_dense=1),
+    )
     model = randomised_loom_model(cfg, seed=7).train()
     labels = shifted_labels(TOKENS[:, :16] % 40)
     loss = model(TOKENS[:, :16] % 40, labels)
@@ -154,8 +165,9 @@ def test_mtp_trains_only_in_train_mode_and_reaches_every_parameter() -> None:
 def test_family_without_mtp_exports_the_main_model_and_says_so(tmp_path: Path, caplog) -> None:
     from transformers import AutoModelForCausalLM
 
-    cfg = ModelConfig(name="llama_mtp", vocab_size=VOCAB, dim=32, n_layers=2, n_heads=4, max_seq_len=32,
-                      multiple_of=32, mtp_depth=1)
+    cfg = ModelConfig(
+        name="llama_mtp", vocab_size=VOCAB, dim=32, n_layers=2, n_heads=4, max_seq_len=32, multiple_of=32, mtp_depth=1
+    )
     ours = randomised_loom_model(cfg, seed=7).eval()
     save_model_checkpoint(ours.state_dict(), cfg, tmp_path / "ckpt")
     with caplog.at_level("WARNING"):

@@ -1,5 +1,6 @@
 """The decoder: build from configs, shapes/dtypes/causality, meta-device init, init statistics, the chunked loss,
 auxiliary-loss bookkeeping and pipeline-stage slicing."""
+
 import math
 
 import pytest
@@ -14,12 +15,21 @@ pytestmark = pytest.mark.usefixtures("single_thread")
 SMALL = dict(vocab_size=97, dim=32, n_layers=2, n_heads=4, max_seq_len=32, multiple_of=16)
 ARCHITECTURES = {
     "llama": dict(n_kv_heads=2),
-    "gpt2": dict(norm_type="layernorm", norm_bias=True, pos_embedding="learned", mlp_type="gelu", mlp_bias=True,
-                 qkv_bias=True, attn_out_bias=True, tie_embeddings=True),
+    "gpt2": dict(
+        norm_type="layernorm",
+        norm_bias=True,
+        pos_embedding="learned",
+        mlp_type="gelu",
+        mlp_bias=True,
+        qkv_bias=True,
+        attn_out_bias=True,
+        tie_embeddings=True,
+    ),
     "mistral": dict(n_kv_heads=1, sliding_window=4),
     "alibi_post": dict(pos_embedding="alibi", norm_position="post"),
-    "gemma_like": dict(norm_position="sandwich", attn_logit_softcap=20.0, final_logit_softcap=10.0, qk_norm=True,
-                       z_loss_weight=1e-3),
+    "gemma_like": dict(
+        norm_position="sandwich", attn_logit_softcap=20.0, final_logit_softcap=10.0, qk_norm=True, z_loss_weight=1e-3
+    ),
     "moe": dict(n_kv_heads=2, moe=dict(num_experts=4, top_k=2, num_shared_experts=1, first_dense=1)),
     "nope": dict(pos_embedding="none"),
 }
@@ -67,8 +77,12 @@ def test_loss_is_mean_ce_plus_weighted_aux_losses_and_aux_are_logged_detached():
     logits = model(tokens)
     torch.testing.assert_close(aux["ce_loss"], cross_entropy_loss(logits, labels), rtol=1e-5, atol=1e-6)
     moe_cfg = model.cfg.moe
-    expected = (aux["ce_loss"] + 1e-2 * aux["z_loss"] + moe_cfg.aux_loss_weight * aux["moe_aux_loss"]
-                + moe_cfg.router_z_loss_weight * aux["moe_router_z_loss"])
+    expected = (
+        aux["ce_loss"]
+        + 1e-2 * aux["z_loss"]
+        + moe_cfg.aux_loss_weight * aux["moe_aux_loss"]
+        + moe_cfg.router_z_loss_weight * aux["moe_router_z_loss"]
+    )
     torch.testing.assert_close(loss.detach(), expected)
     for layer in model.layers.values():  # nothing graph-holding left behind on the modules
         assert layer.moe is None or layer.moe.aux_loss is None
@@ -122,8 +136,16 @@ def test_alibi_buffers_restored_after_meta_init():
 
 
 def test_init_statistics():
-    cfg = ModelConfig(vocab_size=512, dim=256, n_layers=8, n_heads=4, multiple_of=64, init_std=0.02, qkv_bias=True,
-                      moe=dict(num_experts=2, top_k=1, first_dense=7))
+    cfg = ModelConfig(
+        vocab_size=512,
+        dim=256,
+        n_layers=8,
+        n_heads=4,
+        multiple_of=64,
+        init_std=0.02,
+        qkv_bias=True,
+        moe=dict(num_experts=2, top_k=1, first_dense=7),
+    )
     torch.manual_seed(0)
     model = build(cfg)
     out_std = 0.02 / math.sqrt(16)
@@ -190,7 +212,13 @@ def test_yaml_configs_build():
         assert model(torch.randint(0, model.cfg.vocab_size, (1, 8))).shape == (1, 8, model.cfg.vocab_size)
     tiny = build(OmegaConf.merge(OmegaConf.structured(ModelConfig), OmegaConf.load(root / "tiny.yaml"))).cfg
     assert (tiny.vocab_size, tiny.dim, tiny.n_layers, tiny.n_heads, tiny.kv_heads, tiny.max_seq_len) == (
-        2048, 128, 4, 4, 2, 256)
+        2048,
+        128,
+        4,
+        4,
+        2,
+        256,
+    )
 
 
 def test_moe_aux_loss_gradients_survive_activation_checkpointing():

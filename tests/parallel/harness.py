@@ -13,6 +13,7 @@ Starting processes and importing torch costs more than training the tiny model, 
 specs in one spawn, and tests `plan()` their specs at import time so `planned_result()` runs every planned spec
 of one world size and engine together.
 """
+
 from __future__ import annotations
 
 import dataclasses
@@ -52,8 +53,15 @@ def tiny_model_config(**overrides: Any):
     from model.config import ModelConfig
 
     base = dict(
-        name="tiny-test", vocab_size=128, dim=64, n_layers=2, n_heads=4, n_kv_heads=2, hidden_dim=128,
-        max_seq_len=64, init_std=0.02,
+        name="tiny-test",
+        vocab_size=128,
+        dim=64,
+        n_layers=2,
+        n_heads=4,
+        n_kv_heads=2,
+        hidden_dim=128,
+        max_seq_len=64,
+        init_std=0.02,
     )
     base.update(overrides)
     return ModelConfig(**base)
@@ -94,12 +102,24 @@ class RunSpec:
             model=self.model_config(),
             parallel=self.parallel_config(),
             data=DataConfig(name="synthetic", seq_len=self.seq_len),
-            optim=OptimConfig(lr=self.lr, beta1=self.betas[0], beta2=self.betas[1], eps=self.eps,
-                              weight_decay=self.weight_decay, grad_clip=self.grad_clip),
+            optim=OptimConfig(
+                lr=self.lr,
+                beta1=self.betas[0],
+                beta2=self.betas[1],
+                eps=self.eps,
+                weight_decay=self.weight_decay,
+                grad_clip=self.grad_clip,
+            ),
             schedule=ScheduleConfig(name="constant", warmup_steps=0),
-            trainer=TrainerConfig(run_dir="harness", seed=self.seed, max_steps=self.start_step + self.steps,
-                                  global_batch_size=self.global_batch, micro_batch_size=self.global_batch,
-                                  precision="fp32", device="cpu"),
+            trainer=TrainerConfig(
+                run_dir="harness",
+                seed=self.seed,
+                max_steps=self.start_step + self.steps,
+                global_batch_size=self.global_batch,
+                micro_batch_size=self.global_batch,
+                precision="fp32",
+                device="cpu",
+            ),
         )
 
 
@@ -197,7 +217,7 @@ def train(spec: RunSpec, *, world_size: int = 1) -> RunResult:
     losses = []
     for step in range(spec.start_step, spec.start_step + spec.steps):
         tokens, labels = global_batch(spec, step)
-        out = module.train_step(tokens[first:first + rows], labels[first:first + rows])
+        out = module.train_step(tokens[first : first + rows], labels[first : first + rows])
         losses.append(float(mean_over_ranks(out.loss.detach().double().reshape(1))))
     if spec.save_to:
         Checkpointer(Path(spec.save_to), env, keep=0).save(spec.start_step + spec.steps, module, _NoData(), {})
@@ -251,8 +271,7 @@ def run_layouts(specs: list[RunSpec]) -> list:
     )
     with tempfile.TemporaryDirectory(prefix="loom-harness-") as tmp:
         out = os.path.join(tmp, "results.pt")
-        mp.start_processes(_worker, args=(specs, store.port, out), nprocs=world_size, start_method="spawn",
-                           join=True)
+        mp.start_processes(_worker, args=(specs, store.port, out), nprocs=world_size, start_method="spawn", join=True)
         saved = torch.load(out, weights_only=False)  # written by this test's own workers
     del store
     return saved
@@ -302,8 +321,13 @@ def _worker(rank: int, specs: list, port: int, out: str) -> None:
     world_size = specs[0].world_size
     torch.set_num_threads(1)
     os.environ.update(
-        MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), RANK=str(rank), LOCAL_RANK=str(rank),
-        WORLD_SIZE=str(world_size), LOCAL_WORLD_SIZE=str(world_size), LOOM_DEEPSPEED_SHM_COMM="0",
+        MASTER_ADDR="127.0.0.1",
+        MASTER_PORT=str(port),
+        RANK=str(rank),
+        LOCAL_RANK=str(rank),
+        WORLD_SIZE=str(world_size),
+        LOCAL_WORLD_SIZE=str(world_size),
+        LOOM_DEEPSPEED_SHM_COMM="0",
     )
     timeout = timedelta(seconds=PG_TIMEOUT_S)
     store = dist.TCPStore("127.0.0.1", port, is_master=False, timeout=timeout)
@@ -362,8 +386,11 @@ def assert_runs_match(got: RunResult, ref: RunResult, *, rtol: float):
     Adam's update m / sqrt(v) there amplifies the last-bit differences that any change of reduction order makes.)"""
     assert len(got.losses) == len(ref.losses), (got.losses, ref.losses)
     torch.testing.assert_close(
-        torch.tensor(got.losses, dtype=torch.float64), torch.tensor(ref.losses, dtype=torch.float64),
-        rtol=rtol, atol=0.0, msg=lambda m: f"per-step losses differ: {got.losses} vs {ref.losses}\n{m}",
+        torch.tensor(got.losses, dtype=torch.float64),
+        torch.tensor(ref.losses, dtype=torch.float64),
+        rtol=rtol,
+        atol=0.0,
+        msg=lambda m: f"per-step losses differ: {got.losses} vs {ref.losses}\n{m}",
     )
     assert set(got.params) == set(ref.params), f"parameter names differ: {sorted(set(got.params) ^ set(ref.params))}"
     for name, expected in ref.params.items():
