@@ -10,8 +10,9 @@ CONTEXT = 128  # short, so rolling windows and left truncation are exercised
 
 
 def _tokenizer_files(target: Path) -> int:
-    from data_pipeline.tokenizer import save_tokenizer, train_bpe
     from task_fixtures import LICENSES
+
+    from data_pipeline.tokenizer import save_tokenizer, train_bpe
 
     texts = [(LICENSES / name).read_text(encoding="utf-8") for name in ("GPL-3", "Apache-2.0", "MPL-2.0", "LGPL-3")]
     tokenizer = train_bpe(texts, vocab_size=VOCAB, special_tokens=["<|endoftext|>"])
@@ -31,9 +32,9 @@ def save_tiny_model(target: Path, family: str) -> Path:
 
     target.mkdir(parents=True, exist_ok=True)
     eos = _tokenizer_files(target)
-    common = dict(vocab_size=VOCAB, hidden_size=32, intermediate_size=64, num_hidden_layers=2,
-                  num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=CONTEXT,
-                  bos_token_id=eos, eos_token_id=eos, pad_token_id=eos, tie_word_embeddings=False)
+    common = {"vocab_size": VOCAB, "hidden_size": 32, "intermediate_size": 64, "num_hidden_layers": 2,
+                  "num_attention_heads": 4, "num_key_value_heads": 2, "max_position_embeddings": CONTEXT,
+                  "bos_token_id": eos, "eos_token_id": eos, "pad_token_id": eos, "tie_word_embeddings": False}
     if family == "llama":
         config = tf.LlamaConfig(**common)
     elif family == "qwen3_moe":

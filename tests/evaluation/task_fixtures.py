@@ -144,7 +144,7 @@ def write_task_dir(root: Path) -> Path:
         "num_fewshot: 2\n"
         "doc_to_text: 'Continue: {{prompt}}'\n"
         "doc_to_target: '{{answer}}'\n"
-        "generation_kwargs:\n  until: ['\\n', '.']\n  max_gen_toks: 8\n  do_sample: false\n"
+        'generation_kwargs:\n  until: ["\\n", "."]\n  max_gen_toks: 8\n  do_sample: false\n'
         "metric_list:\n"
         "  - metric: exact_match\n    ignore_case: true\n"
         "  - metric: bleu\n  - metric: chrf\n"

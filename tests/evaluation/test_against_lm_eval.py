@@ -7,7 +7,6 @@ import math
 import os
 
 import pytest
-
 from hf_fixtures import HFLMScorer, hflm, save_tiny_model
 from task_fixtures import write_task_dir
 
