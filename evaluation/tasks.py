@@ -298,6 +298,9 @@ class Task:
 
     def _check_documents(self) -> None:
         cfg = self.config
+        for key in ("doc_to_text", "doc_to_target"):
+            if cfg.get(key) is None:
+                raise TaskInputError(f"{self.where}: {key} is required (a field name, a Jinja template, or '' for none)")
         if self.output_type == "multiple_choice" and cfg.get("doc_to_choice") is None:
             raise TaskInputError(f"{self.where}: doc_to_choice is required for output_type: multiple_choice")
         eval_split = cfg[self.eval_split_key]

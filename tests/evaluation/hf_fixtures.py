@@ -33,8 +33,8 @@ def save_tiny_model(target: Path, family: str) -> Path:
     target.mkdir(parents=True, exist_ok=True)
     eos = _tokenizer_files(target)
     common = {"vocab_size": VOCAB, "hidden_size": 32, "intermediate_size": 64, "num_hidden_layers": 2,
-                  "num_attention_heads": 4, "num_key_value_heads": 2, "max_position_embeddings": CONTEXT,
-                  "bos_token_id": eos, "eos_token_id": eos, "pad_token_id": eos, "tie_word_embeddings": False}
+              "num_attention_heads": 4, "num_key_value_heads": 2, "max_position_embeddings": CONTEXT,
+              "bos_token_id": eos, "eos_token_id": eos, "pad_token_id": eos, "tie_word_embeddings": False}
     if family == "llama":
         config = tf.LlamaConfig(**common)
     elif family == "qwen3_moe":

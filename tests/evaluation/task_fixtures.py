@@ -133,6 +133,16 @@ def write_task_dir(root: Path) -> Path:
         "metric_list:\n"
         "  - metric: word_perplexity\n  - metric: byte_perplexity\n  - metric: bits_per_byte\n"
     )
+    (tasks / "license_last_word.yaml").write_text(
+        "task: license_last_word\n"
+        "output_type: loglikelihood\n"
+        "dataset_path: json\n"
+        f"dataset_kwargs:\n  data_files:\n    test: {data / 'cloze_apache_test.jsonl'}\n"
+        "test_split: test\n"
+        "doc_to_text: '{{context}}'\n"
+        "doc_to_target: ' {{choices[label]}}'\n"
+        "metric_list:\n  - metric: perplexity\n  - metric: acc\n"
+    )
     (tasks / "license_complete.yaml").write_text(
         "task: license_complete\n"
         "output_type: generate_until\n"
