@@ -138,3 +138,33 @@ def test_the_evaluation_core_imports_no_torch():
             "assert 'torch' not in sys.modules, 'torch imported'")
     root = Path(__file__).resolve().parents[2]
     subprocess.run([sys.executable, "-c", code], check=True, cwd=root, env={"PYTHONPATH": str(root)})
+
+
+def test_generation_metrics_equal_rouge_score_and_sacrebleu_on_overlapping_text(task_dir):
+    """Answers that overlap the references (some exact, some with words dropped) so every score is non-trivial."""
+    import sacrebleu
+    from rouge_score import rouge_scorer
+
+    rows = [json.loads(line) for line in (task_dir.parent / "data" / "complete_test.jsonl").open()]
+    by_prompt = {r["prompt"]: r["answer"] for r in rows}
+
+    class NearlyRight(HashScorer):
+        def generate_until(self, requests):
+            out = []
+            for r in requests:
+                answer = by_prompt[r.context.rsplit("Continue: ", 1)[1]]
+                words = answer.split()
+                out.append(answer.upper() if len(out) % 4 == 0 else " ".join(words[:: 1 + len(out) % 3]))
+            return out
+
+    results = evaluate(load_tasks(["license_complete"], [task_dir]), NearlyRight(), log_samples=True)
+    got = results.results["license_complete"]
+    refs = [r["answer"] for r in rows]
+    preds = [s["filtered_resps"][0] for s in results.samples["license_complete"]]
+    assert got["exact_match,none"] == sum(p.lower() == r.lower() for p, r in zip(preds, refs)) / len(refs) > 0
+    assert got["bleu,none"] == sacrebleu.corpus_bleu(preds, [refs]).score > 10
+    assert got["chrf,none"] == sacrebleu.corpus_chrf(preds, [refs]).score > 10
+    for rouge_type in ("rouge1", "rouge2", "rougeL"):
+        scorer = rouge_scorer.RougeScorer([rouge_type])
+        values = [scorer.score(r, p)[rouge_type].fmeasure for r, p in zip(refs, preds)]
+        assert got[f"{rouge_type},none"] == sum(values) / len(values) > 0.1

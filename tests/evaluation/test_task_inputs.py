@@ -95,3 +95,14 @@ def test_network_dataset_is_refused(tmp_path):
     with pytest.raises(TaskInputError, match="never downloads") as err:
         load_tasks(["hub"], [tmp_path])
     assert str(path) in str(err.value)
+
+
+def test_function_tag_resolves_beside_the_yaml_and_a_missing_module_is_named(tmp_path):
+    data = _jsonl(tmp_path / "cloze.jsonl", cloze_docs("GPL-3", 4, seed=0))
+    (tmp_path / "prompts.py").write_text("def as_question(doc):\n    return 'Q: ' + doc['context'] + '?'\n")
+    _task_yaml(tmp_path, "with_function", data, doc_to_text="!function prompts.as_question")
+    (task,) = load_tasks(["with_function"], [tmp_path])
+    assert task.context(task.docs[0], task.make_sampler()) == f"Q: {task.docs[0]['context']}?"
+    _task_yaml(tmp_path, "with_function", data, doc_to_text="!function missing_module.as_question")
+    with pytest.raises(TaskInputError, match="missing_module.py"):
+        load_tasks(["with_function"], [tmp_path])
