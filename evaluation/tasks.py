@@ -104,8 +104,8 @@ class Task:
         self.output_type: str = cfg.get("output_type", "generate_until")
         if self.output_type not in OUTPUT_TYPES:
             raise TaskInputError(f"{self.where}: output_type {self.output_type!r} is not one of {OUTPUT_TYPES}")
-        self.version = (cfg.get("metadata") or {}).get("version", "Yaml") if isinstance(cfg.get("metadata"), dict) \
-            else "Yaml"
+        metadata = cfg.get("metadata")
+        self.version = metadata.get("version", "Yaml") if isinstance(metadata, dict) else "Yaml"  # lm-eval's VERSION
         self.description = cfg.get("description", "")
         self.target_delimiter: str = cfg.get("target_delimiter", " ")
         self.fewshot_delimiter: str = cfg.get("fewshot_delimiter", "\n\n")

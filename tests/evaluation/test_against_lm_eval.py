@@ -4,7 +4,6 @@ every rendered context and per-document value must come out equal (to 1e-9)."""
 from __future__ import annotations
 
 import math
-import os
 
 import pytest
 from hf_fixtures import HFLMScorer, hflm, save_tiny_model
@@ -34,24 +33,36 @@ def _register_rouge_in_lm_eval() -> None:
 
 @pytest.fixture(scope="module", params=["llama", "qwen3_moe"])
 def both_runs(request, tmp_path_factory):
-    os.environ.update(HF_DATASETS_OFFLINE="1", HF_HUB_OFFLINE="1", DISABLE_MULTIPROC="1", TOKENIZERS_PARALLELISM="false")
-    import lm_eval
+    try:
+        import accelerate  # noqa: F401 - lm-eval's HFLM imports it
+    except ImportError:
+        pytest.fail("accelerate is missing: install the dev extra (pip install -e '.[dev]'); lm-eval's HFLM needs it")
     import torch
-    from lm_eval.tasks import TaskManager
-
-    torch.set_num_threads(1)  # a tiny model: threads only contend with each other on a shared machine
 
     from evaluation.runner import evaluate
     from evaluation.tasks import load_tasks
 
     root = tmp_path_factory.mktemp(f"eval_{request.param}")
     task_dir = write_task_dir(root)
-    lm = hflm(save_tiny_model(root / "model", request.param))
-    _register_rouge_in_lm_eval()
-    theirs = lm_eval.simple_evaluate(model=lm, tasks=TASKS, bootstrap_iters=BOOTSTRAP, log_samples=True,
-                                     task_manager=TaskManager(include_path=str(task_dir), include_defaults=False))
-    scorer = HFLMScorer(lm)
-    ours = evaluate(load_tasks(TASKS, [task_dir]), scorer, log_samples=True, bootstrap_iters=BOOTSTRAP)
+    threads = torch.get_num_threads()
+    with pytest.MonkeyPatch.context() as env:
+        for name in ("HF_DATASETS_OFFLINE", "HF_HUB_OFFLINE", "DISABLE_MULTIPROC"):  # offline; bootstrap in-process
+            env.setenv(name, "1")
+        env.setenv("TOKENIZERS_PARALLELISM", "false")
+        torch.set_num_threads(1)  # a tiny model: threads only contend with each other on a shared machine
+        try:
+            import lm_eval
+            from lm_eval.tasks import TaskManager
+
+            lm = hflm(save_tiny_model(root / "model", request.param))
+            _register_rouge_in_lm_eval()
+            theirs = lm_eval.simple_evaluate(
+                model=lm, tasks=TASKS, bootstrap_iters=BOOTSTRAP, log_samples=True,
+                task_manager=TaskManager(include_path=str(task_dir), include_defaults=False))
+            scorer = HFLMScorer(lm)
+            ours = evaluate(load_tasks(TASKS, [task_dir]), scorer, log_samples=True, bootstrap_iters=BOOTSTRAP)
+        finally:
+            torch.set_num_threads(threads)
     return ours, theirs, scorer
 
 
