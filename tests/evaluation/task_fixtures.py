@@ -2,7 +2,7 @@
 
 `write_task_dir(root)` writes: two 4-choice cloze tasks (last word of a license sentence; few-shot from a train
 split, and from the evaluated split itself), sharing a base file through `include:`, and a group of both with
-aggregate metrics; a rolling-perplexity task over license paragraphs; a generation task (complete a sentence)
+aggregate metrics; a third cloze task (first_n few-shot, gen_prefix, mutual-information accuracy); a rolling-perplexity task over license paragraphs; a generation task (complete a sentence)
 with stop strings. Documents are real text; only their arrangement into fields is made here.
 """
 from __future__ import annotations
@@ -72,6 +72,9 @@ def write_task_dir(root: Path) -> Path:
     _write_jsonl(data / "cloze_gpl_train.jsonl", gpl[:20])
     _write_jsonl(data / "cloze_gpl_test.jsonl", gpl[20:])
     _write_jsonl(data / "cloze_apache_test.jsonl", cloze_docs("Apache-2.0", 16, seed=1))
+    gpl2 = cloze_docs("GPL-2", 24, seed=2)
+    _write_jsonl(data / "cloze_gpl2_train.jsonl", gpl2[:8])
+    _write_jsonl(data / "cloze_gpl2_test.jsonl", gpl2[8:])
     _write_jsonl(data / "license_paragraphs.jsonl", [{"text": p} for p in paragraphs("GPL-3")[:12]])
     completions = completion_docs("MPL-2.0", 28)
     _write_jsonl(data / "complete_train.jsonl", completions[:8])
@@ -121,6 +124,23 @@ def write_task_dir(root: Path) -> Path:
         "  - metric: acc\n    weight_by_size: true\n"
         "  - metric: acc_norm\n    weight_by_size: false\n"
         "metadata:\n  version: 2.0\n"
+    )
+    (tasks / "cloze_gpl2.yaml").write_text(  # first_n few-shot, a generation prefix, a text target
+        "task: cloze_gpl2\n"
+        "task_alias: GPL-2 cloze\n"
+        "output_type: multiple_choice\n"
+        "dataset_path: json\n"
+        f"dataset_kwargs:\n  data_files:\n    train: {data / 'cloze_gpl2_train.jsonl'}\n"
+        f"    test: {data / 'cloze_gpl2_test.jsonl'}\n"
+        "test_split: test\n"
+        "fewshot_split: train\n"
+        "num_fewshot: 2\n"
+        "fewshot_config:\n  sampler: first_n\n"
+        "gen_prefix: 'Last word:'\n"
+        "doc_to_text: '{{context}}'\n"
+        "doc_to_choice: '{{choices}}'\n"
+        "doc_to_target: '{{choices[label]}}'\n"
+        "metric_list:\n  - metric: acc_mutual_info\n  - metric: acc_bytes\n  - metric: exact_match\n"
     )
     (tasks / "license_ppl.yaml").write_text(
         "task: license_ppl\n"

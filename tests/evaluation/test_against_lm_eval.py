@@ -9,8 +9,8 @@ import pytest
 from hf_fixtures import HFLMScorer, hflm, save_tiny_model
 from task_fixtures import write_task_dir
 
-TASKS = ["cloze", "license_last_word", "license_ppl", "license_complete"]
-LOGLIKELIHOOD_TASKS = ("cloze_gpl", "cloze_apache", "license_last_word")
+TASKS = ["cloze", "cloze_gpl2", "license_last_word", "license_ppl", "license_complete"]
+LOGLIKELIHOOD_TASKS = ("cloze_gpl", "cloze_apache", "cloze_gpl2", "license_last_word")
 BOOTSTRAP = 2000  # perplexity: two chunks of 1000 resamples (seeds 0, 1); bleu/chrf: lm-eval caps at 100
 
 
@@ -75,7 +75,7 @@ def _close(a, b) -> bool:
 def test_every_metric_and_stderr_equals_lm_eval(both_runs):
     ours, theirs, _ = both_runs
     ours_json = ours.to_lm_eval_json()
-    names = ["cloze", "cloze_gpl", "cloze_apache", "license_last_word", "license_ppl", "license_complete"]
+    names = ["cloze", "cloze_gpl", "cloze_apache", "cloze_gpl2", "license_last_word", "license_ppl", "license_complete"]
     compared = 0
     for name in names:
         mine, ref = ours_json["results"][name], theirs["results"][name]
@@ -90,11 +90,11 @@ def test_every_metric_and_stderr_equals_lm_eval(both_runs):
             compared += 1
         assert mine["sample_len"] == ref["sample_len"]
         assert mine["alias"] == ref["alias"]
-    expected = {"acc", "acc_norm", "brier_score", "perplexity", "word_perplexity", "byte_perplexity", "bits_per_byte",
+    expected = {"acc", "acc_norm", "brier_score", "acc_mutual_info", "acc_bytes", "perplexity", "word_perplexity", "byte_perplexity", "bits_per_byte",
                 "exact_match", "bleu", "chrf", "rouge1", "rouge2", "rougeL"}
     reported = {k.split(",")[0] for n in names for k in theirs["results"][n] if "," in k and "_stderr" not in k}
     assert expected <= reported
-    assert compared == 38  # values and stderrs: 4 group, 6 + 6 multiple-choice, 4 last-word, 6 rolling, 12 generation
+    assert compared == 44  # values and stderrs: 4 group, 6 + 6 + 6 multiple-choice, 4 last-word, 6 rolling, 12 generation
     assert ours_json["n-samples"] == {k: dict(v) for k, v in theirs["n-samples"].items()}
     assert ours_json["n-shot"] == theirs["n-shot"]
     assert ours_json["higher_is_better"] == theirs["higher_is_better"]
@@ -104,7 +104,7 @@ def test_every_metric_and_stderr_equals_lm_eval(both_runs):
 
 def test_rendered_requests_and_per_document_values_equal_lm_eval(both_runs):
     ours, theirs, _ = both_runs
-    for name in ["cloze_gpl", "cloze_apache", "license_last_word", "license_ppl", "license_complete"]:
+    for name in ["cloze_gpl", "cloze_apache", "cloze_gpl2", "license_last_word", "license_ppl", "license_complete"]:
         mine, ref = ours.samples[name], theirs["samples"][name]
         assert [s["doc_id"] for s in mine] == [s["doc_id"] for s in ref]
         for m, r in zip(mine, ref):
