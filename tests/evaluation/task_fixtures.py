@@ -3,7 +3,7 @@
 `write_task_dir(root)` writes: two 4-choice cloze tasks (last word of a license sentence; few-shot from a train
 split, and from the evaluated split itself), sharing a base file through `include:`, and a group of both with
 aggregate metrics; a third cloze task (first_n few-shot, gen_prefix, mutual-information accuracy); a rolling-perplexity task over license paragraphs; a generation task (complete a sentence)
-with stop strings. Documents are real text; only their arrangement into fields is made here.
+with stop strings, and a copy of it with several gold answers per document. Documents are real text; only their arrangement into fields is made here.
 """
 from __future__ import annotations
 
@@ -179,5 +179,11 @@ def write_task_dir(root: Path) -> Path:
         "  - metric: exact_match\n    ignore_case: true\n"
         "  - metric: bleu\n  - metric: chrf\n"
         "  - metric: rouge1\n  - metric: rouge2\n  - metric: rougeL\n"
+    )
+    (tasks / "license_complete_any.yaml").write_text(  # the same requests again, and several gold answers
+        "include: license_complete.yaml\n"
+        "task: license_complete_any\n"
+        "doc_to_target: '{{[answer, answer.split()[0]]}}'\n"
+        "metric_list:\n  - metric: exact_match\n"
     )
     return tasks

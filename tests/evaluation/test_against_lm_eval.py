@@ -9,7 +9,7 @@ import pytest
 from hf_fixtures import HFLMScorer, hflm, save_tiny_model
 from task_fixtures import write_task_dir
 
-TASKS = ["cloze", "cloze_gpl2", "license_last_word", "license_ppl", "license_complete"]
+TASKS = ["cloze", "cloze_gpl2", "license_last_word", "license_ppl", "license_complete", "license_complete_any"]
 LOGLIKELIHOOD_TASKS = ("cloze_gpl", "cloze_apache", "cloze_gpl2", "license_last_word")
 BOOTSTRAP = 2000  # perplexity: two chunks of 1000 resamples (seeds 0, 1); bleu/chrf: lm-eval caps at 100
 
@@ -75,7 +75,8 @@ def _close(a, b) -> bool:
 def test_every_metric_and_stderr_equals_lm_eval(both_runs):
     ours, theirs, _ = both_runs
     ours_json = ours.to_lm_eval_json()
-    names = ["cloze", "cloze_gpl", "cloze_apache", "cloze_gpl2", "license_last_word", "license_ppl", "license_complete"]
+    names = ["cloze", "cloze_gpl", "cloze_apache", "cloze_gpl2", "license_last_word", "license_ppl", "license_complete",
+             "license_complete_any"]
     compared = 0
     for name in names:
         mine, ref = ours_json["results"][name], theirs["results"][name]
@@ -94,7 +95,7 @@ def test_every_metric_and_stderr_equals_lm_eval(both_runs):
                 "exact_match", "bleu", "chrf", "rouge1", "rouge2", "rougeL"}
     reported = {k.split(",")[0] for n in names for k in theirs["results"][n] if "," in k and "_stderr" not in k}
     assert expected <= reported
-    assert compared == 44  # values and stderrs: 4 group, 6 + 6 + 6 multiple-choice, 4 last-word, 6 rolling, 12 generation
+    assert compared == 46  # values and stderrs: 4 group, 6 + 6 + 6 multiple-choice, 4 last-word, 6 rolling, 14 generation
     assert ours_json["n-samples"] == {k: dict(v) for k, v in theirs["n-samples"].items()}
     assert ours_json["n-shot"] == theirs["n-shot"]
     assert ours_json["higher_is_better"] == theirs["higher_is_better"]
@@ -104,12 +105,13 @@ def test_every_metric_and_stderr_equals_lm_eval(both_runs):
 
 def test_rendered_requests_and_per_document_values_equal_lm_eval(both_runs):
     ours, theirs, _ = both_runs
-    for name in ["cloze_gpl", "cloze_apache", "cloze_gpl2", "license_last_word", "license_ppl", "license_complete"]:
+    for name in ["cloze_gpl", "cloze_apache", "cloze_gpl2", "license_last_word", "license_ppl", "license_complete",
+                 "license_complete_any"]:
         mine, ref = ours.samples[name], theirs["samples"][name]
         assert [s["doc_id"] for s in mine] == [s["doc_id"] for s in ref]
         for m, r in zip(mine, ref):
             ref_args = [list(a) for a in r["arguments"]]
-            if name == "license_complete":  # (context, generation_kwargs): compare the context and the stops
+            if name.startswith("license_complete"):  # (context, generation_kwargs): compare the context and the stops
                 assert m["arguments"][0][0] == ref_args[0][0]
                 assert m["arguments"][0][1]["until"] == ref_args[0][1]["until"]
                 assert m["filtered_resps"] == r["filtered_resps"]
@@ -172,3 +174,10 @@ def test_identical_requests_are_scored_once(both_runs):
     requested = sum(len(s["arguments"]) for name in LOGLIKELIHOOD_TASKS for s in ours.samples[name])
     unique = {tuple(a) for name in LOGLIKELIHOOD_TASKS for s in ours.samples[name] for a in s["arguments"]}
     assert scorer.calls["loglikelihood"] == len(unique) <= requested
+
+
+def test_repeated_generation_requests_are_generated_once(both_runs):
+    ours, _, scorer = both_runs
+    contexts = [s["arguments"][0][0] for s in ours.samples["license_complete"]]
+    assert contexts == [s["arguments"][0][0] for s in ours.samples["license_complete_any"]]
+    assert scorer.calls["generate_until"] == len(set(contexts))
