@@ -1,0 +1,89 @@
+"""Tiny Loom runs for the scorer tests: a byte-level BPE trained on the licence texts every Debian machine ships,
+a random Llama-style or Mixtral-style model saved as a run directory's checkpoint beside that tokenizer, and its
+Hugging Face export (what lm-eval's HFLM loads as the reference)."""
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+
+LICENSES = Path("/usr/share/common-licenses")
+VOCAB = 320
+MAX_SEQ_LEN = 48  # short, so truncation and several rolling windows happen on a few sentences
+
+COMMON = {"dim": 64, "n_layers": 2, "n_heads": 4, "n_kv_heads": 2, "max_seq_len": MAX_SEQ_LEN, "multiple_of": 32}
+CONFIGS = {
+    "llama": dict(name="tiny_eval_llama", **COMMON),
+    "mixtral": dict(name="tiny_eval_mixtral", rope_theta=1e6, hidden_dim=96, **COMMON,
+                    moe={"num_experts": 4, "top_k": 2, "expert_hidden_dim": 64}),
+}
+
+
+def license_text(name: str = "GPL-3", start: int = 0, chars: int = 20000) -> str:
+    return (LICENSES / name).read_text(encoding="utf-8")[start:start + chars]
+
+
+def train_tokenizer(directory: Path) -> Path:
+    """tokenizer.json (vocab VOCAB, <|endoftext|> as its one special token) trained on two licences."""
+    from data_pipeline.tokenizer import save_tokenizer, train_bpe
+
+    texts = [license_text("GPL-3"), license_text("Apache-2.0")]
+    return save_tokenizer(train_bpe(texts, VOCAB), directory / "tokenizer.json")
+
+
+def make_run(root: Path, family: str, tokenizer_json: Path, seed: int = 0, steps: int = 40) -> Path:
+    """<root>/run: checkpoints/step_00000001 of a `family` model trained `steps` AdamW steps on a licence text (so
+    it continues text with real words: greedy continuations re-encode to themselves and is_greedy can be true),
+    with tokenizer.json beside it."""
+    import shutil
+
+    from tokenizers import Tokenizer
+
+    from model import build
+    from model.checkpoint_io import save_model_checkpoint, step_dir_name
+    from model.config import ModelConfig
+
+    cfg = ModelConfig.coerce({**CONFIGS[family], "vocab_size": VOCAB})
+    torch.manual_seed(seed)
+    model = build(cfg)
+    model.init_weights()
+    ids = torch.tensor(Tokenizer.from_file(str(tokenizer_json)).encode(license_text("GPL-2")).ids)
+    optimizer = torch.optim.AdamW(model.parameters(), lr=5e-3)
+    generator = torch.Generator().manual_seed(seed)
+    for _ in range(steps):
+        starts = torch.randint(0, len(ids) - MAX_SEQ_LEN - 1, (8,), generator=generator)
+        windows = torch.stack([ids[s:s + MAX_SEQ_LEN + 1] for s in starts.tolist()])
+        loss = model(windows[:, :-1], windows[:, 1:])
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+    model.eval()
+    run = root / "run"
+    save_model_checkpoint(model.state_dict(), cfg, run / "checkpoints" / step_dir_name(1), step=1)
+    shutil.copyfile(tokenizer_json, run / "tokenizer.json")
+    return run
+
+
+def export(run: Path, hf_dir: Path) -> Path:
+    from model.hf import export_checkpoint
+
+    return export_checkpoint(run, hf_dir)
+
+
+_CACHE: dict[str, tuple[Path, Path]] = {}
+
+
+def cached_run(family: str) -> tuple[Path, Path]:
+    """(run dir, its HF export) of `family`, built once per test process (training is the slow part) in a
+    temporary directory removed at exit; tests must not modify them."""
+    import atexit
+    import shutil
+    import tempfile
+
+    if family not in _CACHE:
+        root = Path(tempfile.mkdtemp(prefix=f"loom_eval_{family}_"))
+        atexit.register(shutil.rmtree, root, True)
+        tokenizer_json = train_tokenizer(root)
+        run = make_run(root, family, tokenizer_json)
+        _CACHE[family] = (run, export(run, root / "hf"))
+    return _CACHE[family]
