@@ -87,3 +87,42 @@ def cached_run(family: str) -> tuple[Path, Path]:
         run = make_run(root, family, tokenizer_json)
         _CACHE[family] = (run, export(run, root / "hf"))
     return _CACHE[family]
+
+
+def write_license_tasks(directory: Path, n_docs: int = 10) -> Path:
+    """Three small lm-eval YAML tasks over licence sentences (data files by absolute path, so lm-eval itself reads
+    them from any working directory): license_choice (multiple_choice, 4 continuations, the true one first in
+    the text), license_ppl (loglikelihood_rolling) and license_gen (generate_until, until newline or '.')."""
+    import json
+
+    text = license_text("GPL-2", start=4000, chars=12000).replace("\n", " ")
+    sentences = [" ".join(s.split()) for s in text.split(".") if len(s.split()) >= 8][:n_docs + 3]
+    directory.mkdir(parents=True, exist_ok=True)
+    rows = []
+    for i, sentence in enumerate(sentences[:n_docs]):
+        words = sentence.split()
+        true = " ".join(words[4:7])
+        others = [" ".join(sentences[(i + k) % len(sentences)].split()[4:7]) for k in (1, 2, 3)]
+        gold = i % 4
+        choices = others[:gold] + [true] + others[gold:]
+        rows.append({"context": " ".join(words[:4]), "choices": choices, "gold": gold, "text": sentence,
+                     "answer": " ".join(words[4:6])})
+    data = directory / "license.jsonl"
+    data.write_text("".join(json.dumps(r) + "\n" for r in rows), encoding="utf-8")
+    common = (f"dataset_path: json\ndataset_kwargs:\n  data_files:\n    test: {data}\ntest_split: test\n"
+              f"metadata:\n  version: 1.0\n")
+    (directory / "license_choice.yaml").write_text(
+        "task: license_choice\n" + common + "output_type: multiple_choice\ndoc_to_text: \"{{context}}\"\n"
+        "doc_to_choice: \"{{choices}}\"\ndoc_to_target: gold\nmetric_list:\n  - metric: acc\n"
+        "    aggregation: mean\n    higher_is_better: true\n  - metric: acc_norm\n    aggregation: mean\n"
+        "    higher_is_better: true\n", encoding="utf-8")
+    (directory / "license_ppl.yaml").write_text(
+        "task: license_ppl\n" + common + "output_type: loglikelihood_rolling\ndoc_to_text: \"\"\n"
+        "doc_to_target: \"{{text}}\"\nmetric_list:\n  - metric: word_perplexity\n  - metric: byte_perplexity\n"
+        "  - metric: bits_per_byte\n", encoding="utf-8")
+    (directory / "license_gen.yaml").write_text(
+        "task: license_gen\n" + common + "output_type: generate_until\ndoc_to_text: \"{{context}}\"\n"
+        "doc_to_target: \" {{answer}}\"\ngeneration_kwargs:\n  until: [\"\\n\", \".\"]\n  max_gen_toks: 8\n"
+        "  do_sample: false\nmetric_list:\n  - metric: exact_match\n    aggregation: mean\n"
+        "    higher_is_better: true\n", encoding="utf-8")
+    return directory
