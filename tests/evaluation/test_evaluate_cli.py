@@ -84,8 +84,9 @@ def test_two_ranks_write_what_one_process_writes(task_dir, tmp_path):
 
 def test_metrics_equal_lm_eval_simple_evaluate_on_the_loom_model(task_dir, tmp_path):
     lm_eval = pytest.importorskip("lm_eval")
-    import evaluation.lm_eval_adapter  # noqa: F401  (registers "loom")
     from lm_eval.tasks import TaskManager
+
+    import evaluation.lm_eval_adapter  # noqa: F401  (registers "loom")
 
     run, _ = cached_run("llama")
     code, _, stderr = run_in_process([str(run), *settings(task_dir, tmp_path / "ours")])
