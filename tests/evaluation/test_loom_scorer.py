@@ -123,3 +123,36 @@ def test_results_do_not_depend_on_batch_size():
     assert max(abs(x - y) for x, y in zip(one.loglikelihood_rolling(rolling), five.loglikelihood_rolling(rolling))) \
         <= 1e-4
     assert one.generate_until(generation) == five.generate_until(generation)
+
+
+def test_a_document_masked_model_scores_as_its_export_does(tmp_path):
+    """A run trained with document masks (model.document_mask_eos_id) would, by default, hide the prefix EOS from
+    the context; the scorer attends across it as the exported HF model (and so HFLM) does."""
+    import dataclasses
+    import shutil
+
+    import torch
+
+    from evaluation.loom_scorer import LoomScorer
+    from model.checkpoint_io import (
+        load_model_checkpoint,
+        save_model_checkpoint,
+        step_dir_name,
+    )
+
+    run, _ = cached_run("llama")
+    state, cfg = load_model_checkpoint(run)
+    plain = LoomScorer.load(run, batch_size=2)
+    eos = plain.rules.eos_id
+    masked_run = tmp_path / "masked"
+    save_model_checkpoint(state, dataclasses.replace(cfg, document_mask_eos_id=eos),
+                          masked_run / "checkpoints" / step_dir_name(1), step=1)
+    shutil.copyfile(run / "tokenizer.json", masked_run / "tokenizer.json")
+    masked = LoomScorer.load(masked_run, batch_size=2)
+    requests = [LoglikelihoodRequest("", "This License applies to any program"),
+                LoglikelihoodRequest("", "Copyright (C) 1989")]
+    tokens = torch.tensor([[eos, *plain.rules.encode("This License applies")]])
+    with torch.no_grad():  # the document mask does change a plain forward over the prefix EOS ...
+        assert (masked.model(tokens) - plain.model(tokens)).abs().max() > 1e-3
+    for (a, greedy_a), (b, greedy_b) in zip(masked.loglikelihood(requests), plain.loglikelihood(requests)):
+        assert abs(a - b) <= 1e-5 and greedy_a == greedy_b  # ... but not the scores
