@@ -121,11 +121,12 @@ class LoomScorer:
                 tokens[row, :len(inputs[i])] = torch.tensor(inputs[i], dtype=torch.long)
             tokens = tokens.to(self.device)
             mask = torch.ones_like(tokens, dtype=torch.bool) if self._plain_causal_mask else None
-            logits = self.model(tokens, attention_mask=mask)
+            hidden = self.model(tokens, attention_mask=mask, hidden_states=True)  # the head on scored rows only
             for row, i in enumerate(batch):
                 continuation = pairs[i][1]
                 length = len(inputs[i])
-                log_probs = torch.log_softmax(logits[row, length - len(continuation):length].float(), dim=-1)
+                logits = self.model.logits(hidden[row, length - len(continuation):length])
+                log_probs = torch.log_softmax(logits.float(), dim=-1)
                 target = torch.tensor(continuation, dtype=torch.long, device=log_probs.device)
                 greedy = bool((log_probs.argmax(dim=-1) == target).all())
                 results[i] = (float(log_probs.gather(-1, target[:, None]).sum()), greedy)
