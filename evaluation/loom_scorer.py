@@ -26,7 +26,8 @@ class LoomScorer:
     max_length: the longest sequence a forward sees (HFLM: config.json's max_position_embeddings, which a Loom
     export writes from model.max_seq_len)."""
 
-    def __init__(self, model: Any, rules: TokenRules, *, max_length: int, batch_size: int = 1, pad_id: int = 0):
+    def __init__(self, model: Any, rules: TokenRules, *, max_length: int, batch_size: int = 1, pad_id: int = 0,
+                 stop_ids: Sequence[int] = ()):
         if batch_size < 1:
             raise ValueError(f"eval batch_size must be >= 1, got {batch_size}")
         if max_length < 2:
@@ -36,6 +37,8 @@ class LoomScorer:
         self.max_length = max_length
         self.batch_size = batch_size
         self.pad_id = pad_id
+        # Generation ends at any end-of-sequence id of the model's generation config, as HF generate does.
+        self.stop_ids = list(dict.fromkeys([rules.eos_id, *stop_ids]))
         self.device = next(model.parameters()).device
         # A model trained with document masks would not let the context see the prefix EOS; HF exports (and so
         # HFLM) attend across it. A padding mask of ones selects the plain causal path.
@@ -60,7 +63,7 @@ class LoomScorer:
                              f"evaluation needs one (end of generation; the scoring prefix without a BOS token)")
         rules = TokenRules(loaded.tokenizer, eos_id=eos, bos_id=specials.bos[1] if specials.bos else None)
         return cls(loaded.model, rules, max_length=max_length or loaded.model.cfg.max_seq_len,
-                   batch_size=batch_size, pad_id=loaded.pad_id)
+                   batch_size=batch_size, pad_id=loaded.pad_id, stop_ids=loaded.stop_ids)
 
     # ------------------------------------------------------------------------------------------ Scorer
     def loglikelihood(self, requests: list[LoglikelihoodRequest]) -> list[tuple[float, bool]]:
@@ -94,7 +97,7 @@ class LoomScorer:
                         for row, row_stops in zip(rows, batch_stops)]
 
             new_tokens = generate(self.model, [prompts[i] for i in batch], requests[batch[0]].max_gen_toks,
-                                  greedy=True, stop_tokens=[self.rules.eos_id], pad_id=self.pad_id,
+                                  greedy=True, stop_tokens=self.stop_ids, pad_id=self.pad_id,
                                   stop_when=reached_stop)
             for i, tokens in zip(batch, new_tokens):
                 results[i] = cut_at_stops(self.rules.decode(tokens), stops[i])

@@ -30,7 +30,8 @@ def main(argv: list[str] | None = None) -> int:
     except (EvaluateConfigError, TaskInputError, GenerateError) as exc:
         print(f"error: {exc}", file=sys.stderr, flush=True)
         return 2
-    print(results.to_markdown(), end="")
+    if results is not None:  # rank 0
+        print(results.to_markdown(), end="")
     return 0
 
 

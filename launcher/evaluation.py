@@ -74,8 +74,8 @@ def parse_overrides(overrides: list[str]) -> EvalSettings:
 
 
 def run_evaluation(model_path: str | os.PathLike, settings: EvalSettings) -> Any:
-    """Evaluate the model at `model_path` on settings.tasks; every rank returns the EvalResults, rank 0 writes
-    them to settings.output."""
+    """Evaluate the model at `model_path` on settings.tasks; rank 0 writes the results to settings.output and
+    returns them (the other ranks, which hold the same numbers, return None)."""
     from evaluation.loom_scorer import LoomScorer
     from evaluation.runner import evaluate
     from evaluation.tasks import load_tasks
@@ -93,7 +93,7 @@ def run_evaluation(model_path: str | os.PathLike, settings: EvalSettings) -> Any
             write_outputs(results, Path(settings.output), model_path, settings)
     finally:
         shutdown()
-    return results
+    return results if env.is_main else None
 
 
 def _all_gather(answers: list) -> list[list]:

@@ -2,9 +2,10 @@
 files; two data-parallel ranks under torchrun (gloo) write byte-identical files; the metric values equal lm-eval's
 own `simple_evaluate(model="loom")` on the same tasks; a bad setting exits 2 with the key named.
 
-Byte-identical needs the same batch shapes: each rank batches only its share of the requests, and a request scored
-in a batch of another padded width differs in the last float bits (seen: 2e-6 on one log-likelihood). So the
-identity is checked at batch size 1, and batch size 3 is held to batch size 1 within float tolerance."""
+Byte-identical needs the same float kernels: each rank batches only its share of the requests, and a request
+scored in a batch of another padded width, or with another thread count, differs in the last float bits (seen:
+2e-6 on one log-likelihood). So the identity is checked at batch size 1 with one thread in every process, and batch
+size 3 is held to batch size 1 within float tolerance."""
 from __future__ import annotations
 
 import contextlib
@@ -65,8 +66,11 @@ def test_two_ranks_write_what_one_process_writes(task_dir, tmp_path):
         records = (tmp_path / "one" / f"samples_{task}.jsonl").read_text().splitlines()
         assert [json.loads(r)["doc_id"] for r in records] == list(range(7))
 
-    code, _, stderr = run_in_process([str(run), *settings(task_dir, tmp_path / "one_b1", batch_size=1)])
-    assert code == 0, stderr
+    # The one-process reference in a child like the ranks: same thread count, so the same float kernels.
+    done = subprocess.run([sys.executable, "-m", "launcher.evaluate", str(run),
+                           *settings(task_dir, tmp_path / "one_b1", batch_size=1)],
+                          check=False, cwd=REPO, env=child_env(), capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-3000:]
     batched = json.loads((tmp_path / "one_b1" / "results.json").read_text())["results"]
     for task in TASKS:
         for key, value in batched[task].items():
