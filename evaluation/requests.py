@@ -8,7 +8,7 @@ tests and our numbers can be held against lm-eval's. Torch-free: this module is 
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Protocol, Union, runtime_checkable
+from typing import Protocol, runtime_checkable
 
 
 @dataclass(frozen=True)
@@ -39,7 +39,7 @@ class GenerationRequest:
     max_gen_toks: int = 256
 
 
-Request = Union[LoglikelihoodRequest, RollingRequest, GenerationRequest]
+Request = LoglikelihoodRequest | RollingRequest | GenerationRequest
 
 
 @runtime_checkable
