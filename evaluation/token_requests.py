@@ -69,6 +69,8 @@ class TokenRules:
             raise ValueError(f"max_gen_toks={max_gen_toks} leaves no room for a context in the model's "
                              f"max_length={max_length}")
         ids = self.encode(context, prefix_text=self.token_text(self.bos_id) or "")
+        if not ids:  # an empty context: generate after the prefix token (HF generate cannot start from nothing)
+            ids = [self.prefix_id]
         return ids[-(max_length - max_gen_toks):]
 
     def stop_strings(self, until: Sequence[str]) -> list[str]:

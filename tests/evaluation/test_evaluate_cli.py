@@ -51,6 +51,7 @@ def run_in_process(argv: list[str]) -> tuple[int, str, str]:
     return code, out.getvalue(), err.getvalue()
 
 
+@pytest.mark.distributed
 def test_two_ranks_write_what_one_process_writes(task_dir, tmp_path):
     run, _ = cached_run("llama")
     code, stdout, stderr = run_in_process([str(run), *settings(task_dir, tmp_path / "one")])

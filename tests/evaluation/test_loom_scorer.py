@@ -123,6 +123,8 @@ def test_results_do_not_depend_on_batch_size():
     assert max(abs(x - y) for x, y in zip(one.loglikelihood_rolling(rolling), five.loglikelihood_rolling(rolling))) \
         <= 1e-4
     assert one.generate_until(generation) == five.generate_until(generation)
+    empty_context = one.generate_until([GenerationRequest("", ("\n",), 5)])[0]  # generated after the prefix token
+    assert empty_context == one.generate_until([GenerationRequest("<|endoftext|>", ("\n",), 5)])[0]
 
 
 def test_a_document_masked_model_scores_as_its_export_does(tmp_path):
