@@ -81,6 +81,8 @@ def run_evaluation(model_path: str | os.PathLike, settings: EvalSettings) -> Any
     from evaluation.tasks import load_tasks
     from launcher.distributed import init_distributed, shutdown
 
+    if not Path(model_path).exists():
+        raise EvaluateConfigError(f"{model_path}: no such run directory, checkpoint or Hugging Face directory")
     tasks = load_tasks(list(settings.tasks), list(settings.task_dirs))  # bad task input fails before the model
     env = init_distributed(settings.device, settings.timeout_s)
     try:

@@ -115,4 +115,6 @@ def test_a_misspelt_setting_exits_2_naming_the_key(task_dir, tmp_path):
     code, _, stderr = run_in_process([str(run), "eval.tasks=[nope]", f"eval.task_dirs=[{task_dir}]",
                                       f"eval.output={tmp_path / 'y'}"])
     assert code == 2 and "nope" in stderr
-    assert not (tmp_path / "x").exists() and not (tmp_path / "y").exists()
+    code, _, stderr = run_in_process([str(tmp_path / "missing"), *settings(task_dir, tmp_path / "z")])
+    assert code == 2 and "missing: no such run directory" in stderr
+    assert not any((tmp_path / name).exists() for name in "xyz")
