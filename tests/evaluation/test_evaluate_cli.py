@@ -17,7 +17,7 @@ import sys
 from pathlib import Path
 
 import pytest
-from tiny_loom_runs import cached_run, write_license_tasks
+from tiny_loom_runs import cached_run, require_lm_eval_hf, write_license_tasks
 
 pytestmark = pytest.mark.filterwarnings("ignore::UserWarning")
 REPO = Path(__file__).resolve().parents[2]
@@ -88,7 +88,8 @@ def test_two_ranks_write_what_one_process_writes(task_dir, tmp_path):
 
 
 def test_metrics_equal_lm_eval_simple_evaluate_on_the_loom_model(task_dir, tmp_path):
-    lm_eval = pytest.importorskip("lm_eval")
+    require_lm_eval_hf()
+    import lm_eval
     from lm_eval.tasks import TaskManager
 
     import evaluation.lm_eval_adapter  # noqa: F401  (registers "loom")

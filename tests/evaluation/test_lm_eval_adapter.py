@@ -11,7 +11,7 @@ import sys
 from pathlib import Path
 
 import pytest
-from tiny_loom_runs import cached_run, write_license_tasks
+from tiny_loom_runs import cached_run, require_lm_eval_hf, write_license_tasks
 
 pytestmark = pytest.mark.filterwarnings("ignore::UserWarning")
 REPO = Path(__file__).resolve().parents[2]
@@ -46,8 +46,7 @@ def evaluate_with(model: str, model_args: str, task_dir: Path) -> dict:
 
 
 def test_simple_evaluate_loom_equals_hf_on_the_export(task_dir):
-    pytest.importorskip("lm_eval")
-    pytest.importorskip("accelerate")  # lm-eval's HFLM imports it
+    require_lm_eval_hf()
     import evaluation.lm_eval_adapter  # noqa: F401  (registers "loom")
 
     run, hf_dir = cached_run("llama")
@@ -60,7 +59,7 @@ def test_simple_evaluate_loom_equals_hf_on_the_export(task_dir):
 
 
 def test_lm_eval_cli_runs_the_loom_model(task_dir, tmp_path):
-    pytest.importorskip("lm_eval")
+    require_lm_eval_hf()
     import evaluation.lm_eval_adapter  # noqa: F401
 
     run, _ = cached_run("llama")
@@ -82,7 +81,7 @@ def test_lm_eval_cli_runs_the_loom_model(task_dir, tmp_path):
 
 
 def test_generation_settings_that_are_not_greedy_are_refused():
-    pytest.importorskip("lm_eval")
+    require_lm_eval_hf()
     from evaluation.lm_eval_adapter import generation_request
 
     request = generation_request("Q:", {"until": "\n", "max_new_tokens": 5, "do_sample": False, "temperature": 0})

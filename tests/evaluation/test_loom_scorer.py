@@ -8,7 +8,7 @@ from __future__ import annotations
 import os
 
 import pytest
-from tiny_loom_runs import MAX_SEQ_LEN, cached_run, license_text
+from tiny_loom_runs import MAX_SEQ_LEN, cached_run, license_text, require_lm_eval_hf
 
 from evaluation.requests import GenerationRequest, LoglikelihoodRequest, RollingRequest
 
@@ -52,7 +52,7 @@ def single_thread():
 
 
 def hflm(hf_dir):
-    pytest.importorskip("accelerate")  # lm-eval's HFLM imports it
+    require_lm_eval_hf()
     from lm_eval.models.huggingface import HFLM
 
     lm = HFLM(pretrained=str(hf_dir), dtype="float32", device="cpu", batch_size=1)
@@ -84,7 +84,6 @@ def hflm_generate(lm, requests):
 
 @pytest.mark.parametrize("family", ["llama", "mixtral"])
 def test_scorer_equals_lm_eval_hflm_on_the_export(family):
-    pytest.importorskip("lm_eval")
     from evaluation.loom_scorer import LoomScorer
 
     run, hf_dir = cached_run(family)
