@@ -12,7 +12,7 @@ caches (what transformers does for Phi-3). `python -m model.generate` is the com
 
 from __future__ import annotations
 
-from typing import Optional, Sequence
+from typing import Callable, Optional, Sequence
 
 import torch
 from torch import nn
@@ -140,25 +140,31 @@ def generate(
     stop_tokens: Sequence[int] = (),
     pad_id: int = 0,
     generator: Optional[torch.Generator] = None,
+    stop_when: Optional[Callable[[list[list[int]]], list[bool]]] = None,
 ) -> list[list[int]]:
     """New tokens for each prompt, each row ended at its first stop token (included) or after max_new_tokens.
 
     num_beams > 1 runs beam search on log-probabilities, ranking finished beams by sum(log p) / length **
-    length_penalty (length = generated tokens)."""
+    length_penalty (length = generated tokens). `stop_when(new tokens of each row so far)` -> which rows are done
+    (e.g. a stop string decoded, as the evaluator's generate_until asks) ends those rows after their last token,
+    as a stop token would; without beams only."""
     _check_args(model, prompts, max_new_tokens, temperature, top_k, top_p, greedy, num_beams)
+    if stop_when is not None and num_beams > 1:
+        raise ValueError("stop_when applies to greedy decoding and sampling, not to beam search (num_beams > 1)")
     was_training = model.training
     model.eval()
     try:
         if num_beams > 1:
             return _beam_search(model, prompts, max_new_tokens, num_beams, length_penalty, stop_tokens, pad_id)
         return _sample(
-            model, prompts, max_new_tokens, temperature, top_k, top_p, greedy, stop_tokens, pad_id, generator
+            model, prompts, max_new_tokens, temperature, top_k, top_p, greedy, stop_tokens, pad_id, generator, stop_when
         )
     finally:
         model.train(was_training)
 
 
-def _sample(model, prompts, max_new_tokens, temperature, top_k, top_p, greedy, stop_tokens, pad_id, generator):
+def _sample(model, prompts, max_new_tokens, temperature, top_k, top_p, greedy, stop_tokens, pad_id, generator,
+            stop_when=None):
     device = next(model.parameters()).device
     longest = max(len(p) for p in prompts)
     tokens, mask, positions, lengths = _left_pad(prompts, pad_id, longest + max_new_tokens, device)
@@ -167,22 +173,23 @@ def _sample(model, prompts, max_new_tokens, temperature, top_k, top_p, greedy, s
     stops = torch.tensor(list(stop_tokens), dtype=torch.long, device=device)
     finished = torch.zeros(len(prompts), dtype=torch.bool, device=device)
     steps = []
+    outputs: list[list[int]] = [[] for _ in prompts]  # each row's new tokens, up to the step it finished
     for step in range(max_new_tokens):
         next_token = sample_next(
             logits, greedy=greedy, temperature=temperature, top_k=top_k, top_p=top_p, generator=generator
         )
         next_token = torch.where(finished, torch.full_like(next_token, pad_id), next_token)
-        steps.append((next_token, finished.clone()))
-        finished |= torch.isin(next_token, stops)
-        if bool(finished.all()) or step == max_new_tokens - 1:
-            break
-        generated = torch.stack([t for t, _ in steps], dim=1)
-        logits = _next_logits(model, next_token, step, lengths, cache, mask, tokens, generated)
-    outputs: list[list[int]] = [[] for _ in prompts]
-    for next_token, was_finished in steps:
-        for row, (tok, done) in enumerate(zip(next_token.tolist(), was_finished.tolist())):
+        steps.append(next_token)
+        for row, (tok, done) in enumerate(zip(next_token.tolist(), finished.tolist())):
             if not done:
                 outputs[row].append(tok)
+        finished |= torch.isin(next_token, stops)
+        if stop_when is not None:
+            finished |= torch.tensor(stop_when(outputs), dtype=torch.bool, device=device)
+        if bool(finished.all()) or step == max_new_tokens - 1:
+            break
+        generated = torch.stack(steps, dim=1)
+        logits = _next_logits(model, next_token, step, lengths, cache, mask, tokens, generated)
     return outputs
 
 

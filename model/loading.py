@@ -10,7 +10,7 @@ import json
 import os
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Optional
 
 from model.dtypes import torch_dtype
 
@@ -25,6 +25,7 @@ class LoadedModel:
     tokenizer: Any  # a `tokenizers.Tokenizer`, or None
     stop_ids: list[int]
     pad_id: int
+    tokenizer_dir: Optional[Path] = None  # where the tokenizer was found (its special tokens, tokenizer_config.json)
 
 
 def _is_hf_dir(path: Path) -> bool:
@@ -94,4 +95,4 @@ def load_model(path: str | os.PathLike, *, dtype: str = "fp32", device: str = "c
             stop_ids = [specials.eos[1]]
         if specials.pad is not None:
             pad_id = specials.pad[1]
-    return LoadedModel(model, tokenizer, stop_ids, pad_id)
+    return LoadedModel(model, tokenizer, stop_ids, pad_id, tokenizer_dir if tokenizer is not None else None)

@@ -123,13 +123,16 @@ class Transformer(nn.Module):
         positions: Optional[torch.Tensor] = None,
         cache: Optional[dict[str, Any]] = None,
         attention_mask: Optional[torch.Tensor] = None,
+        hidden_states: bool = False,
     ) -> torch.Tensor:
         """tokens [B, T] (or hidden [B, T, dim] when tok_embeddings is None); labels [B, T] (already shifted,
         -100 ignored) -> scalar loss, else logits [B, T, V] (hidden states when output is None).
 
         positions [T] or [B, T]: defaults to arange (continuing after the cache when decoding).
         cache: {layer name: its attention's cache (`new_caches`)} for incremental decoding.
-        attention_mask [B, keys] (1 real, 0 padding) over every key slot attended (cached ones included)."""
+        attention_mask [B, keys] (1 real, 0 padding) over every key slot attended (cached ones included).
+        hidden_states: return the final-normed hidden states [B, T, dim] instead of logits, for a caller that needs
+        the logits of a few positions only (`self.logits(h[...])`: evaluation never builds [B, T, vocab])."""
         h = self._embed(tokens) if self.tok_embeddings is not None else tokens
         seqlen = h.shape[1]
         if positions is None:
@@ -152,7 +155,7 @@ class Transformer(nn.Module):
         if self.output is None or labels is None:
             # An earlier pipeline stage's MoE losses are logged but cannot join a loss computed elsewhere.
             self._keep_loss_terms({}, self._moe_loss_terms())
-            return h if self.output is None else self.logits(h)
+            return h if self.output is None or hidden_states else self.logits(h)
         ce, z = chunked_cross_entropy(
             h, labels, self._head, chunk_size=self.cfg.loss_chunk_size, with_z_loss=self.cfg.z_loss_weight > 0
         )

@@ -64,6 +64,25 @@ def test_stop_tokens_end_each_row_at_its_first_stop_inclusive():
         assert row == expected
 
 
+def test_stop_when_ends_rows_the_caller_says_are_done_and_the_batch_once_all_are():
+    model = make()
+    free = generate(model, PROMPTS, 10, greedy=True)
+    lengths = [2, 5, 10, 1]  # row i is done once it holds lengths[i] tokens
+    seen = []
+
+    def done(rows: list[list[int]]) -> list[bool]:
+        seen.append([len(r) for r in rows])
+        return [len(r) >= n for r, n in zip(rows, lengths)]
+
+    out = generate(model, PROMPTS, 10, greedy=True, stop_when=done)
+    assert out == [row[:n] for row, n in zip(free, lengths)]
+    assert seen[-1] == [2, 5, 10, 1]  # finished rows stop growing; the last call is the one that ends the batch
+    out = generate(model, PROMPTS, 10, greedy=True, stop_when=lambda rows: [len(r) >= 3 for r in rows])
+    assert out == [row[:3] for row in free]
+    with pytest.raises(ValueError, match="stop_when"):
+        generate(model, PROMPTS, 10, num_beams=2, stop_when=done)
+
+
 def nucleus(probs: torch.Tensor, top_p: float) -> set[int]:
     """Smallest set of most probable tokens whose mass reaches top_p (the definition, not the implementation)."""
     order = torch.argsort(probs, descending=True).tolist()

@@ -241,3 +241,14 @@ def test_moe_aux_loss_gradients_survive_activation_checkpointing():
     for layer in wrapped.layers.values():  # the backward's recomputation left no graph on the modules
         moe = layer._checkpoint_wrapped_module.moe
         assert moe is None or moe.aux_loss is None
+
+
+@pytest.mark.parametrize("arch", ["llama", "gemma_like"])
+def test_hidden_states_through_the_head_give_the_logits(arch):
+    model = make(arch, vocab_multiple=64).eval()  # a padded head (97 -> 128 columns), and a softcap for gemma
+    tokens = torch.randint(0, SMALL["vocab_size"], (2, 12), generator=torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        logits = model(tokens)
+        hidden = model(tokens, hidden_states=True)
+        assert hidden.shape == (2, 12, model.cfg.dim)
+        torch.testing.assert_close(model.logits(hidden[1, 3:7]), logits[1, 3:7])

@@ -1,0 +1,133 @@
+"""Downstream evaluation of a saved model (`python -m launcher.evaluate`, launcher/evaluate.py): load a Loom run
+directory, checkpoint or Hugging Face directory as a LoomScorer, load lm-eval YAML tasks, run the evaluator and
+write lm-eval's files.
+
+Data-parallel under torchrun or srun: every rank holds a whole model copy and scores its share of the requests
+(rank r: requests[r::world_size] of each kind, evaluation/runner.py); `all_gather_object` gives every rank every
+answer, so all ranks aggregate the same numbers as one process would, and rank 0 writes:
+  <output>/results.json   lm-eval's results layout (results, configs, versions, n-shot, higher_is_better, ...)
+  <output>/results.md     one row per task and metric (value, stderr, documents)
+  <output>/samples_<task>.jsonl   with eval.log_samples: one record per document, as lm-eval's --log_samples
+"""
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+
+class EvaluateConfigError(ValueError):
+    """A command-line setting the evaluation cannot use; the message names the key and the fix."""
+
+
+@dataclass
+class EvalSettings:
+    tasks: list[str] = field(default_factory=list)  # task, group or tag names found in task_dirs
+    task_dirs: list[str] = field(default_factory=list)  # directories of lm-eval task YAML (searched recursively)
+    output: str = ""  # directory for results.json, results.md and the samples
+    limit: float | None = None  # documents per task: N >= 1, or a fraction < 1 (lm-eval's --limit)
+    log_samples: bool = False
+    batch_size: int = 8
+    dtype: str = "fp32"  # the model's compute dtype (fp32 | bf16 | fp16)
+    device: str = "auto"  # auto (cuda when visible) | cpu | cuda
+    max_length: int | None = None  # None: the model's max_seq_len (HFLM: max_position_embeddings)
+    bootstrap_iters: int = 100000  # lm-eval's default for the stderr of non-mean metrics
+    timeout_s: int = 1800  # process-group timeout (one rank failing must not hang the others forever)
+
+
+@dataclass
+class EvaluateConfig:
+    eval: EvalSettings = field(default_factory=EvalSettings)
+
+
+def parse_overrides(overrides: list[str]) -> EvalSettings:
+    """`eval.key=value` overrides (Hydra's syntax: lists as [a,b]) onto the defaults; a misspelt key or a wrong
+    type is refused with the valid keys named."""
+    from omegaconf import OmegaConf
+    from omegaconf.errors import OmegaConfBaseException
+
+    schema = OmegaConf.structured(EvaluateConfig)
+    for item in overrides:
+        if "=" not in item or not item.startswith("eval."):
+            raise EvaluateConfigError(f"{item!r}: settings are eval.<key>=<value> (keys: "
+                                      f"{', '.join(EvalSettings.__dataclass_fields__)})")
+    try:
+        merged = OmegaConf.merge(schema, OmegaConf.from_dotlist(overrides))
+    except OmegaConfBaseException as exc:
+        raise EvaluateConfigError(f"{exc} (keys: eval.{', eval.'.join(EvalSettings.__dataclass_fields__)})") \
+            from exc
+    settings: EvalSettings = OmegaConf.to_object(merged).eval
+    if not settings.tasks:
+        raise EvaluateConfigError("eval.tasks is empty: name the tasks, e.g. eval.tasks=[hellaswag,arc_easy]")
+    if not settings.task_dirs:
+        raise EvaluateConfigError("eval.task_dirs is empty: give the directories of the task YAML files")
+    if not settings.output:
+        raise EvaluateConfigError("eval.output is empty: give the directory for results.json")
+    if settings.batch_size < 1:
+        raise EvaluateConfigError(f"eval.batch_size={settings.batch_size}: must be >= 1")
+    if settings.limit is not None and settings.limit <= 0:
+        raise EvaluateConfigError(f"eval.limit={settings.limit}: must be > 0 (documents, or a fraction < 1)")
+    return settings
+
+
+def run_evaluation(model_path: str | os.PathLike, settings: EvalSettings) -> Any:
+    """Evaluate the model at `model_path` on settings.tasks; rank 0 writes the results to settings.output and
+    returns them (the other ranks, which hold the same numbers, return None)."""
+    from evaluation.loom_scorer import LoomScorer
+    from evaluation.runner import evaluate
+    from evaluation.tasks import load_tasks
+    from launcher.distributed import init_distributed, shutdown
+
+    if not Path(model_path).exists():
+        raise EvaluateConfigError(f"{model_path}: no such run directory, checkpoint or Hugging Face directory")
+    tasks = load_tasks(list(settings.tasks), list(settings.task_dirs))  # bad task input fails before the model
+    env = init_distributed(settings.device, settings.timeout_s)
+    try:
+        scorer = LoomScorer.load(model_path, batch_size=settings.batch_size, dtype=settings.dtype,
+                                 device=str(env.device), max_length=settings.max_length)
+        results = evaluate(tasks, scorer, limit=settings.limit, log_samples=settings.log_samples, rank=env.rank,
+                           world_size=env.world_size, gather=_all_gather if env.distributed else None,
+                           bootstrap_iters=settings.bootstrap_iters)
+        if env.is_main:
+            write_outputs(results, Path(settings.output), model_path, settings)
+    finally:
+        shutdown()
+    return results if env.is_main else None
+
+
+def _all_gather(answers: list) -> list[list]:
+    import torch.distributed as dist
+
+    gathered: list = [None] * dist.get_world_size()
+    dist.all_gather_object(gathered, answers)
+    return gathered
+
+
+def write_outputs(results: Any, output: Path, model_path: str | os.PathLike, settings: EvalSettings) -> None:
+    """results.json (lm-eval's layout, with the model and settings under "config"), results.md and, with
+    log_samples, samples_<task>.jsonl; each written atomically."""
+    data = results.to_lm_eval_json()
+    data["config"] = {"model": "loom", "model_args": f"pretrained={os.fspath(model_path)}",
+                      "batch_size": settings.batch_size, "limit": settings.limit, "dtype": settings.dtype,
+                      "bootstrap_iters": settings.bootstrap_iters}
+    output.mkdir(parents=True, exist_ok=True)
+    _write_atomic(output / "results.json", json.dumps(data, indent=2, ensure_ascii=False, default=str) + "\n")
+    _write_atomic(output / "results.md", results.to_markdown())
+    if settings.log_samples:
+        for task, records in results.samples.items():
+            lines = "".join(json.dumps(r, ensure_ascii=False, default=str) + "\n" for r in records)
+            _write_atomic(output / f"samples_{task}.jsonl", lines)
+
+
+def _write_atomic(path: Path, text: str) -> None:
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8") as handle:
+            handle.write(text)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
