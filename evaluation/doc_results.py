@@ -38,8 +38,11 @@ def loglikelihood_results(answer: tuple[float, bool]) -> dict[str, Any]:
 
 
 def rolling_results(text: str, ll: float) -> dict[str, Any]:
-    return {"word_perplexity": (ll, count_words(text)), "byte_perplexity": (ll, count_bytes(text)),
-            "bits_per_byte": (ll, count_bytes(text))}
+    return {
+        "word_perplexity": (ll, count_words(text)),
+        "byte_perplexity": (ll, count_bytes(text)),
+        "bits_per_byte": (ll, count_bytes(text)),
+    }
 
 
 def gold_index(target, choices: list[str]) -> int | list[int] | None:
@@ -54,11 +57,12 @@ def gold_index(target, choices: list[str]) -> int | list[int] | None:
     return None
 
 
-def multiple_choice_results(choices: list[str], gold: int | list[int], answers: list, wanted: set[str],
-                            target_delimiter: str) -> dict[str, Any]:
+def multiple_choice_results(
+    choices: list[str], gold: int | list[int], answers: list, wanted: set[str], target_delimiter: str
+) -> dict[str, Any]:
     lls, greedy = zip(*answers)
     if 2 * len(choices) == len(lls) and "acc_mutual_info" in wanted:
-        unconditional, lls = lls[len(choices):], lls[: len(choices)]
+        unconditional, lls = lls[len(choices) :], lls[: len(choices)]
     char_lens = np.array([float(len(c)) for c in choices])
     byte_lens = np.array([float(len(c.encode("utf-8"))) for c in choices])
     multi = isinstance(gold, list)

@@ -9,6 +9,7 @@ imports this module and then runs lm-eval's CLI unchanged.
 Generation is greedy only (do_sample false, temperature 0), as the Scorer contract is; other sampling settings
 are refused rather than ignored.
 """
+
 from __future__ import annotations
 
 import logging
@@ -29,19 +30,34 @@ class LoomLM(LM):
     """lm-eval's LM over evaluation.loom_scorer.LoomScorer (model_args: pretrained, batch_size, dtype, device,
     max_length)."""
 
-    def __init__(self, pretrained: str, batch_size: int | str = 8, dtype: str = "fp32", device: str | None = None,
-                 max_length: int | None = None, max_batch_size: int | None = None, **unused: Any) -> None:
+    def __init__(
+        self,
+        pretrained: str,
+        batch_size: int | str = 8,
+        dtype: str = "fp32",
+        device: str | None = None,
+        max_length: int | None = None,
+        max_batch_size: int | None = None,
+        **unused: Any,
+    ) -> None:
         super().__init__()
         from evaluation.loom_scorer import LoomScorer
 
         if unused:
-            raise ValueError(f"model loom: unknown model_args {sorted(unused)} (known: pretrained, batch_size, "
-                             f"dtype, device, max_length)")
+            raise ValueError(
+                f"model loom: unknown model_args {sorted(unused)} (known: pretrained, batch_size, "
+                f"dtype, device, max_length)"
+            )
         if str(batch_size).startswith("auto"):
             raise ValueError("model loom: batch_size=auto is not supported; give a number")
         dtype = {"float32": "fp32", "bfloat16": "bf16", "float16": "fp16"}.get(str(dtype), str(dtype))
-        self.scorer = LoomScorer.load(pretrained, batch_size=int(batch_size), dtype=dtype, device=_device(device),
-                                      max_length=int(max_length) if max_length else None)
+        self.scorer = LoomScorer.load(
+            pretrained,
+            batch_size=int(batch_size),
+            dtype=dtype,
+            device=_device(device),
+            max_length=int(max_length) if max_length else None,
+        )
 
     @classmethod
     def create_from_arg_string(cls, arg_string: str, additional_config: dict | None = None) -> LoomLM:
@@ -82,8 +98,9 @@ def _device(device: str | None) -> str:
 
     if device in (None, "auto") or (str(device).startswith("cuda") and not torch.cuda.is_available()):
         if device not in (None, "auto"):
-            logging.getLogger(__name__).warning("model loom: device=%s but no CUDA device is visible; using cpu",
-                                                device)
+            logging.getLogger(__name__).warning(
+                "model loom: device=%s but no CUDA device is visible; using cpu", device
+            )
         return "cuda" if torch.cuda.is_available() else "cpu"
     return str(device)
 
@@ -100,9 +117,10 @@ def generation_request(context: str, gen_kwargs: dict | None) -> GenerationReque
     do_sample = bool(kwargs.pop("do_sample", False))
     temperature = float(kwargs.pop("temperature", 0.0) or 0.0)
     if do_sample or temperature > 0:
-        raise ValueError(f"model loom generates greedily only; got do_sample={do_sample}, "
-                         f"temperature={temperature}")
+        raise ValueError(f"model loom generates greedily only; got do_sample={do_sample}, temperature={temperature}")
     if kwargs:
-        raise ValueError(f"model loom: generation_kwargs {sorted(kwargs)} are not supported (supported: until, "
-                         f"max_gen_toks, do_sample=false, temperature=0)")
+        raise ValueError(
+            f"model loom: generation_kwargs {sorted(kwargs)} are not supported (supported: until, "
+            f"max_gen_toks, do_sample=false, temperature=0)"
+        )
     return GenerationRequest(context, tuple(until), max_gen_toks)

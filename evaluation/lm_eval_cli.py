@@ -6,6 +6,7 @@ plain `lm_eval --model loom` cannot see Loom; this runs the same CLI, arguments 
   python -m evaluation.lm_eval_cli run --model loom --model_args pretrained=outputs/my_run,batch_size=8 \
       --tasks arc_easy --include_path my_tasks/ --output_path eval_out
 """
+
 from __future__ import annotations
 
 

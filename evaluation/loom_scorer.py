@@ -8,6 +8,7 @@ padding never reaches a scored position and a result does not depend on its batc
 or once its decoded text holds a stop string; the text is then cut at the first stop string. Results come back in
 the requests' order.
 """
+
 from __future__ import annotations
 
 import os
@@ -26,8 +27,16 @@ class LoomScorer:
     max_length: the longest sequence a forward sees (HFLM: config.json's max_position_embeddings, which a Loom
     export writes from model.max_seq_len)."""
 
-    def __init__(self, model: Any, rules: TokenRules, *, max_length: int, batch_size: int = 1, pad_id: int = 0,
-                 stop_ids: Sequence[int] = ()):
+    def __init__(
+        self,
+        model: Any,
+        rules: TokenRules,
+        *,
+        max_length: int,
+        batch_size: int = 1,
+        pad_id: int = 0,
+        stop_ids: Sequence[int] = (),
+    ):
         if batch_size < 1:
             raise ValueError(f"eval batch_size must be >= 1, got {batch_size}")
         if max_length < 2:
@@ -45,25 +54,42 @@ class LoomScorer:
         self._plain_causal_mask = getattr(model.cfg, "document_mask_eos_id", None) is not None
 
     @classmethod
-    def load(cls, path: str | os.PathLike, *, batch_size: int = 1, dtype: str = "fp32", device: str = "cpu",
-             max_length: int | None = None) -> LoomScorer:
+    def load(
+        cls,
+        path: str | os.PathLike,
+        *,
+        batch_size: int = 1,
+        dtype: str = "fp32",
+        device: str = "cpu",
+        max_length: int | None = None,
+    ) -> LoomScorer:
         """The scorer of a Loom run directory, checkpoint or Hugging Face model directory with its tokenizer."""
         from model.hf.files import special_tokens
         from model.loading import load_model
 
         loaded = load_model(path, dtype=dtype, device=device)
         if loaded.tokenizer is None:
-            raise ValueError(f"{path}: no tokenizer.json beside the model (checkpoint, run or HF directory); "
-                             f"evaluation needs the tokenizer the model was trained with")
+            raise ValueError(
+                f"{path}: no tokenizer.json beside the model (checkpoint, run or HF directory); "
+                f"evaluation needs the tokenizer the model was trained with"
+            )
         specials = special_tokens(loaded.tokenizer_dir)
         eos = specials.eos[1] if specials.eos is not None else (loaded.stop_ids[0] if loaded.stop_ids else None)
         if eos is None:
-            raise ValueError(f"{loaded.tokenizer_dir}: the tokenizer names no end-of-sequence token "
-                             f"(tokenizer_config.json eos_token, or generation_config.json eos_token_id); "
-                             f"evaluation needs one (end of generation; the scoring prefix without a BOS token)")
+            raise ValueError(
+                f"{loaded.tokenizer_dir}: the tokenizer names no end-of-sequence token "
+                f"(tokenizer_config.json eos_token, or generation_config.json eos_token_id); "
+                f"evaluation needs one (end of generation; the scoring prefix without a BOS token)"
+            )
         rules = TokenRules(loaded.tokenizer, eos_id=eos, bos_id=specials.bos[1] if specials.bos else None)
-        return cls(loaded.model, rules, max_length=max_length or loaded.model.cfg.max_seq_len,
-                   batch_size=batch_size, pad_id=loaded.pad_id, stop_ids=loaded.stop_ids)
+        return cls(
+            loaded.model,
+            rules,
+            max_length=max_length or loaded.model.cfg.max_seq_len,
+            batch_size=batch_size,
+            pad_id=loaded.pad_id,
+            stop_ids=loaded.stop_ids,
+        )
 
     # ------------------------------------------------------------------------------------------ Scorer
     def loglikelihood(self, requests: list[LoglikelihoodRequest]) -> list[tuple[float, bool]]:
@@ -93,12 +119,20 @@ class LoomScorer:
             batch_stops = [stops[i] for i in batch]
 
             def reached_stop(rows: list[list[int]], batch_stops=batch_stops) -> list[bool]:
-                return [any(s and s in self.rules.decode(row) for s in row_stops)
-                        for row, row_stops in zip(rows, batch_stops)]
+                return [
+                    any(s and s in self.rules.decode(row) for s in row_stops)
+                    for row, row_stops in zip(rows, batch_stops)
+                ]
 
-            new_tokens = generate(self.model, [prompts[i] for i in batch], requests[batch[0]].max_gen_toks,
-                                  greedy=True, stop_tokens=self.stop_ids, pad_id=self.pad_id,
-                                  stop_when=reached_stop)
+            new_tokens = generate(
+                self.model,
+                [prompts[i] for i in batch],
+                requests[batch[0]].max_gen_toks,
+                greedy=True,
+                stop_tokens=self.stop_ids,
+                pad_id=self.pad_id,
+                stop_when=reached_stop,
+            )
             for i, tokens in zip(batch, new_tokens):
                 results[i] = cut_at_stops(self.rules.decode(tokens), stops[i])
         return results
@@ -112,23 +146,24 @@ class LoomScorer:
             if not context or not continuation:
                 raise ValueError("every scored pair needs at least one context and one continuation token")
             if len(continuation) > self.max_length:
-                raise ValueError(f"a continuation of {len(continuation)} tokens is longer than max_length="
-                                 f"{self.max_length}")
-        inputs = [(c + x)[-(self.max_length + 1):][:-1] for c, x in pairs]
+                raise ValueError(
+                    f"a continuation of {len(continuation)} tokens is longer than max_length={self.max_length}"
+                )
+        inputs = [(c + x)[-(self.max_length + 1) :][:-1] for c, x in pairs]
         order = sorted(range(len(pairs)), key=lambda i: (-len(inputs[i]), tuple(inputs[i])))
         results: list[tuple[float, bool]] = [(0.0, False)] * len(pairs)
         for batch in self._batches(order):
             width = len(inputs[batch[0]])
             tokens = torch.full((len(batch), width), self.pad_id, dtype=torch.long)
             for row, i in enumerate(batch):
-                tokens[row, :len(inputs[i])] = torch.tensor(inputs[i], dtype=torch.long)
+                tokens[row, : len(inputs[i])] = torch.tensor(inputs[i], dtype=torch.long)
             tokens = tokens.to(self.device)
             mask = torch.ones_like(tokens, dtype=torch.bool) if self._plain_causal_mask else None
             hidden = self.model(tokens, attention_mask=mask, hidden_states=True)  # the head on scored rows only
             for row, i in enumerate(batch):
                 continuation = pairs[i][1]
                 length = len(inputs[i])
-                logits = self.model.logits(hidden[row, length - len(continuation):length])
+                logits = self.model.logits(hidden[row, length - len(continuation) : length])
                 log_probs = torch.log_softmax(logits.float(), dim=-1)
                 target = torch.tensor(continuation, dtype=torch.long, device=log_probs.device)
                 greedy = bool((log_probs.argmax(dim=-1) == target).all())

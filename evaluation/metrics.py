@@ -165,8 +165,14 @@ def aggregate_subtask_metrics(values: list[float], sizes: list[int], weight_by_s
 
 
 # ---------------------------------------------------------------- per-document metrics of generated text
-def exact_match(reference: str, prediction: str, regexes_to_ignore=None, ignore_case=False,
-                ignore_punctuation=False, ignore_numbers=False) -> float:
+def exact_match(
+    reference: str,
+    prediction: str,
+    regexes_to_ignore=None,
+    ignore_case=False,
+    ignore_punctuation=False,
+    ignore_numbers=False,
+) -> float:
     """1.0 when the prediction equals the reference after lm-eval's optional normalisations, else 0.0."""
     pair = [prediction, reference]
     for pattern in regexes_to_ignore or []:

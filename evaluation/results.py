@@ -140,8 +140,17 @@ def build_results(items: list[Task | Group], outcomes: list[TaskOutcome], bootst
         if group.aggregate_metrics:
             groups_out[group.name] = dict(results[group.name])
         _propagate(group, higher, n_shot)
-    return EvalResults(results, groups_out, subtasks, dict(sorted(configs.items())), dict(sorted(versions.items())),
-                       dict(sorted(n_shot.items())), dict(sorted(higher.items())), n_samples, samples)
+    return EvalResults(
+        results,
+        groups_out,
+        subtasks,
+        dict(sorted(configs.items())),
+        dict(sorted(versions.items())),
+        dict(sorted(n_shot.items())),
+        dict(sorted(higher.items())),
+        n_samples,
+        samples,
+    )
 
 
 def _aggregate_task(task: Task, raw: dict[str, list], bootstrap_iters: int) -> tuple[dict[str, Any], int]:
@@ -183,10 +192,14 @@ def _aggregate_group(group: Group, results: dict[str, dict[str, Any]]) -> dict[s
     entry["sample_len"] = sum(results[n].get("sample_len", 0) for n in leaves if n in results)
     counts: dict[str, int] = {}
     for spec in group.aggregate_metrics:
-        filters = spec.filter_list or sorted({
-            key.split(",", 1)[1] for n in leaves for key in results.get(n, {})
-            if key.startswith(f"{spec.metric},") and "_stderr" not in key
-        })
+        filters = spec.filter_list or sorted(
+            {
+                key.split(",", 1)[1]
+                for n in leaves
+                for key in results.get(n, {})
+                if key.startswith(f"{spec.metric},") and "_stderr" not in key
+            }
+        )
         for filt in filters:
             key, stderr_key = f"{spec.metric},{filt}", f"{spec.metric}_stderr,{filt}"
             values, stderrs, sizes = [], [], []
@@ -201,8 +214,9 @@ def _aggregate_group(group: Group, results: dict[str, dict[str, Any]]) -> dict[s
             entry[key] = M.aggregate_subtask_metrics(values, sizes, spec.weight_by_size)
             counts[key] = sum(sizes)
             if len(stderrs) == len(values) and M.NOT_AVAILABLE not in stderrs:
-                entry[stderr_key] = (M.pooled_sample_stderr(stderrs, sizes) if spec.weight_by_size
-                                     else M.unweighted_mean_stderr(stderrs))
+                entry[stderr_key] = (
+                    M.pooled_sample_stderr(stderrs, sizes) if spec.weight_by_size else M.unweighted_mean_stderr(stderrs)
+                )
             else:
                 entry[stderr_key] = M.NOT_AVAILABLE
     if counts:

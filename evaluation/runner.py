@@ -46,10 +46,18 @@ def leaf_tasks(items: list[Task | Group]) -> list[Task]:
     return list(seen.values())
 
 
-def evaluate(tasks: list[Task | Group], scorer: Scorer, *, limit: float | None = None,
-             log_samples: bool = False, rank: int = 0, world_size: int = 1,
-             gather: Callable[[list], list[list]] | None = None, bootstrap_iters: int = 100000,
-             fewshot_seed: int | None = DEFAULT_FEWSHOT_SEED) -> EvalResults:
+def evaluate(
+    tasks: list[Task | Group],
+    scorer: Scorer,
+    *,
+    limit: float | None = None,
+    log_samples: bool = False,
+    rank: int = 0,
+    world_size: int = 1,
+    gather: Callable[[list], list[list]] | None = None,
+    bootstrap_iters: int = 100000,
+    fewshot_seed: int | None = DEFAULT_FEWSHOT_SEED,
+) -> EvalResults:
     """Score the tasks with `scorer` and aggregate as lm-eval does (see the module docstring for sharding)."""
     if world_size > 1 and gather is None:
         raise ValueError("evaluate: world_size > 1 needs gather (all_gather_object of each rank's answers)")

@@ -108,7 +108,9 @@ class Task:
                 self.eval_split_key = key
                 docs = self._split(key, cfg[key], cfg.get("process_docs"))
                 if not docs:
-                    raise TaskInputError(f"{self.where}: {key} {cfg[key]!r} ({self._source(cfg[key])}) has no documents")
+                    raise TaskInputError(
+                        f"{self.where}: {key} {cfg[key]!r} ({self._source(cfg[key])}) has no documents"
+                    )
                 return docs
         raise TaskInputError(f"{self.where}: set test_split or validation_split (the split to evaluate)")
 
@@ -159,7 +161,9 @@ class Task:
         cfg = self.config
         for key in ("doc_to_text", "doc_to_target"):
             if cfg.get(key) is None:
-                raise TaskInputError(f"{self.where}: {key} is required (a field name, a Jinja template, or '' for none)")
+                raise TaskInputError(
+                    f"{self.where}: {key} is required (a field name, a Jinja template, or '' for none)"
+                )
         if self.output_type == "multiple_choice" and cfg.get("doc_to_choice") is None:
             raise TaskInputError(f"{self.where}: doc_to_choice is required for output_type: multiple_choice")
         eval_split = cfg[self.eval_split_key]
@@ -167,23 +171,34 @@ class Task:
         self._require_fields(self.docs, {k: v for k, v in keys.items() if v is not None}, eval_split)
         if self.num_fewshot > 0:
             if not self.fewshot_pool:
-                raise TaskInputError(f"{self.where}: num_fewshot: {self.num_fewshot} but there are no few-shot documents")
+                raise TaskInputError(
+                    f"{self.where}: num_fewshot: {self.num_fewshot} but there are no few-shot documents"
+                )
             fs = self.fewshot
-            fs_keys = {"fewshot doc_to_text": fs.doc_to_text, "fewshot doc_to_target": fs.doc_to_target,
-                       "fewshot doc_to_choice": fs.doc_to_choice, "fewshot gen_prefix": fs.gen_prefix}
-            self._require_fields(self.fewshot_pool, {k: v for k, v in fs_keys.items() if v is not None},
-                                 self.fewshot_pool_split)
+            fs_keys = {
+                "fewshot doc_to_text": fs.doc_to_text,
+                "fewshot doc_to_target": fs.doc_to_target,
+                "fewshot doc_to_choice": fs.doc_to_choice,
+                "fewshot gen_prefix": fs.gen_prefix,
+            }
+            self._require_fields(
+                self.fewshot_pool, {k: v for k, v in fs_keys.items() if v is not None}, self.fewshot_pool_split
+            )
         if cfg.get("doc_to_text") is not None and isinstance(self.doc_to_text(self.docs[0]), int):
-            raise TaskInputError(f"{self.where}: doc_to_text gives a choice index (multiple-input tasks such as "
-                                 "winogrande) - not supported")
+            raise TaskInputError(
+                f"{self.where}: doc_to_text gives a choice index (multiple-input tasks such as "
+                "winogrande) - not supported"
+            )
         for index, doc in enumerate(self.docs):
             try:
                 self._check_document(doc)
             except TaskInputError as err:
                 raise TaskInputError(f"{self.where}: document {index} of {self._source(eval_split)}: {err}") from None
             except (jinja2.TemplateError, KeyError, ValueError, SyntaxError, TypeError) as err:
-                raise TaskInputError(f"{self.where}: document {index} of {self._source(eval_split)} cannot be "
-                                     f"rendered ({type(err).__name__}: {err})") from None
+                raise TaskInputError(
+                    f"{self.where}: document {index} of {self._source(eval_split)} cannot be "
+                    f"rendered ({type(err).__name__}: {err})"
+                ) from None
 
     def _check_document(self, doc: dict) -> None:
         text = self.doc_to_text(doc)
@@ -191,8 +206,10 @@ class Task:
         if self.output_type == "multiple_choice" or self.config.get("doc_to_choice") is not None:
             choices = self.doc_to_choice(doc)
             if not isinstance(choices, list) or not choices:
-                raise TaskInputError(f"doc_to_choice ({self.config['doc_to_choice']!r}) gives {choices!r}; "
-                                     "a multiple-choice document needs a non-empty list of choices")
+                raise TaskInputError(
+                    f"doc_to_choice ({self.config['doc_to_choice']!r}) gives {choices!r}; "
+                    "a multiple-choice document needs a non-empty list of choices"
+                )
             if not all(isinstance(c, str) for c in choices):
                 raise TaskInputError(f"doc_to_choice gives non-text choices {choices!r}")
         if not isinstance(text, str):
@@ -260,10 +277,16 @@ class Task:
             exclude = doc if fs.split == self.config.get("test_split") else None
             for shot in sampler.sample(self.num_fewshot, exclude=exclude):
                 choices = self.doc_to_choice(shot, fs.doc_to_choice) if fs.doc_to_choice else None
-                parts.append(qa_turn(
-                    self.doc_to_text(shot, fs.doc_to_text), choices, self.doc_to_target(shot, fs.doc_to_target),
-                    self._field_or_template(shot, fs.gen_prefix), fs.target_delimiter, fs.fewshot_delimiter,
-                ))
+                parts.append(
+                    qa_turn(
+                        self.doc_to_text(shot, fs.doc_to_text),
+                        choices,
+                        self.doc_to_target(shot, fs.doc_to_target),
+                        self._field_or_template(shot, fs.gen_prefix),
+                        fs.target_delimiter,
+                        fs.fewshot_delimiter,
+                    )
+                )
         gen_prefix = self.gen_prefix(doc)
         parts.append(qa_turn(self.doc_to_text(doc), None, None, gen_prefix, self.target_delimiter, ""))
         return "".join(parts)
@@ -302,10 +325,13 @@ class Task:
             choices = self.doc_to_choice(doc)
             gold = gold_index(self.doc_to_target(doc), choices)
             if gold is None:
-                raise TaskInputError(f"{self.where}: doc_to_target {self.doc_to_target(doc)!r} is not one of the "
-                                     f"{len(choices)} choices of document {doc}")
-            values = multiple_choice_results(choices, gold, answers, {m.name for m in self.metrics},
-                                             self.target_delimiter)
+                raise TaskInputError(
+                    f"{self.where}: doc_to_target {self.doc_to_target(doc)!r} is not one of the "
+                    f"{len(choices)} choices of document {doc}"
+                )
+            values = multiple_choice_results(
+                choices, gold, answers, {m.name for m in self.metrics}, self.target_delimiter
+            )
         else:
             gold = self.doc_to_target(doc)
             if self.config.get("doc_to_choice") is not None:
@@ -323,6 +349,7 @@ class Task:
 
     def dump_config(self) -> dict[str, Any]:
         """The task's config for the results file (callables by name)."""
+
         def plain(value):
             if callable(value):
                 return getattr(value, "__name__", str(value))

@@ -13,11 +13,36 @@ from evaluation.fewshot import SAMPLERS
 from evaluation.task_files import FunctionRef
 
 TASK_KEYS = {
-    "task", "task_alias", "tag", "dataset_path", "dataset_name", "dataset_kwargs", "training_split",
-    "validation_split", "test_split", "fewshot_split", "process_docs", "doc_to_text", "doc_to_target",
-    "doc_to_choice", "process_results", "description", "target_delimiter", "fewshot_delimiter", "fewshot_config",
-    "num_fewshot", "metric_list", "output_type", "generation_kwargs", "repeats", "filter_list",
-    "should_decontaminate", "doc_to_decontamination_query", "gen_prefix", "metadata", "unsafe_code",
+    "task",
+    "task_alias",
+    "tag",
+    "dataset_path",
+    "dataset_name",
+    "dataset_kwargs",
+    "training_split",
+    "validation_split",
+    "test_split",
+    "fewshot_split",
+    "process_docs",
+    "doc_to_text",
+    "doc_to_target",
+    "doc_to_choice",
+    "process_results",
+    "description",
+    "target_delimiter",
+    "fewshot_delimiter",
+    "fewshot_config",
+    "num_fewshot",
+    "metric_list",
+    "output_type",
+    "generation_kwargs",
+    "repeats",
+    "filter_list",
+    "should_decontaminate",
+    "doc_to_decontamination_query",
+    "gen_prefix",
+    "metadata",
+    "unsafe_code",
 }
 REFUSED_KEYS = {
     "use_prompt": "promptsource prompts need the network",
@@ -26,8 +51,19 @@ REFUSED_KEYS = {
     "custom_dataset": "a Python dataset builder is not supported; use dataset_path: json",
     "class": "Python task classes are not supported; write the task as YAML",
 }
-_FEWSHOT_KEYS = {"sampler", "split", "process_docs", "samples", "doc_to_text", "doc_to_choice", "doc_to_target",
-                 "gen_prefix", "fewshot_delimiter", "target_delimiter", "fewshot_indices"}
+_FEWSHOT_KEYS = {
+    "sampler",
+    "split",
+    "process_docs",
+    "samples",
+    "doc_to_text",
+    "doc_to_choice",
+    "doc_to_target",
+    "gen_prefix",
+    "fewshot_delimiter",
+    "target_delimiter",
+    "fewshot_indices",
+}
 _GREEDY_GEN_KEYS = {"until", "max_gen_toks", "do_sample", "temperature"}
 DEFAULT_MAX_GEN_TOKS = 256  # lm-eval's default
 
@@ -111,23 +147,26 @@ def metric_specs(cfg: dict, output_type: str, has_process_results: bool, where: 
             function, name = name, name.__name__
             if output_type != "generate_until" and not has_process_results:
                 raise TaskInputError(f"{where}: metric {name}: a `!function` metric needs generate_until")
-        kwargs = {k: v for k, v in entry.items() if k not in ("metric", "aggregation", "higher_is_better",
-                                                               "hf_evaluate")}
+        kwargs = {
+            k: v for k, v in entry.items() if k not in ("metric", "aggregation", "higher_is_better", "hf_evaluate")
+        }
         info = M.BUILTIN_METRICS.get(name)
         if info is None and function is None and not has_process_results:
             raise TaskInputError(
                 f"{where}: metric_list names {name!r}, which is not built in "
                 f"({sorted(M.BUILTIN_METRICS)}); name one of those or give process_results: !function ..."
             )
-        if info is not None and function is None and not has_process_results \
-                and output_type not in info.output_types:
-            raise TaskInputError(f"{where}: metric {name!r} is not produced by output_type {output_type} "
-                                 f"(it is for {list(info.output_types)})")
+        if info is not None and function is None and not has_process_results and output_type not in info.output_types:
+            raise TaskInputError(
+                f"{where}: metric {name!r} is not produced by output_type {output_type} "
+                f"(it is for {list(info.output_types)})"
+            )
         aggregation = entry.get("aggregation", info.aggregation if info else None)
         if isinstance(aggregation, str):
             if aggregation not in M.AGGREGATIONS:
-                raise TaskInputError(f"{where}: metric {name}: unknown aggregation {aggregation!r} "
-                                     f"(known: {sorted(M.AGGREGATIONS)})")
+                raise TaskInputError(
+                    f"{where}: metric {name}: unknown aggregation {aggregation!r} (known: {sorted(M.AGGREGATIONS)})"
+                )
             aggregation = M.AGGREGATIONS[aggregation]
         if not callable(aggregation):
             raise TaskInputError(f"{where}: metric {name}: give `aggregation:` (a name or !function)")

@@ -58,7 +58,10 @@ def load_tasks(names: list[str], task_dirs: list[str | Path]) -> list[Task | Gro
 
 def _unknown_name_message(name: str, index: TaskIndex, task_dirs) -> str:
     close = difflib.get_close_matches(name, list(index.entries), n=3)
-    msg = f"eval.tasks: unknown task {name!r}: no task, group or tag of that name in eval.task_dirs {list(map(str, task_dirs))}"
+    msg = (
+        f"eval.tasks: unknown task {name!r}: no task, group or tag of that name in eval.task_dirs "
+        f"{list(map(str, task_dirs))}"
+    )
     if close:
         msg += f"; did you mean {close}?"
     if index.unreadable:
@@ -93,8 +96,14 @@ def _build_group(name: str, cfg: dict, index: TaskIndex, yaml_path: Path | None)
         elif isinstance(item, dict) and "group" in item:
             sub = item["group"]
             if sub in index.entries:
-                children.append(_build(index.entries[sub], index, {**task_overrides,
-                                       **{k: v for k, v in item.items() if k != "group"}}, name))
+                children.append(
+                    _build(
+                        index.entries[sub],
+                        index,
+                        {**task_overrides, **{k: v for k, v in item.items() if k != "group"}},
+                        name,
+                    )
+                )
             else:
                 children.append(_build_group(f"{name}::{sub}", item, index, yaml_path))
             continue
@@ -106,8 +115,9 @@ def _build_group(name: str, cfg: dict, index: TaskIndex, yaml_path: Path | None)
             if isinstance(item, dict):  # an inline task defined inside the group
                 children.append(Task({**item_overrides, "task": f"{name}::{base}"}, yaml_path))
                 continue
-            raise TaskInputError(f"{where}: group {name!r} lists " + _unknown_name_message(base, index, [])
-                                 .removeprefix("eval.tasks: "))
+            raise TaskInputError(
+                f"{where}: group {name!r} lists " + _unknown_name_message(base, index, []).removeprefix("eval.tasks: ")
+            )
         built = _build(index.entries[base], index, item_overrides or None, name)
         children.extend(built if isinstance(built, list) else [built])
     aggregates = []
@@ -117,8 +127,19 @@ def _build_group(name: str, cfg: dict, index: TaskIndex, yaml_path: Path | None)
         if aggregation != "mean":
             raise TaskInputError(f"{where}: aggregate_metric_list: only `aggregation: mean` is defined by lm-eval")
         filters = item.get("filter_list")
-        aggregates.append(AggregateMetric(item["metric"], [filters] if isinstance(filters, str) else filters,
-                                          bool(item.get("weight_by_size", True))))
+        aggregates.append(
+            AggregateMetric(
+                item["metric"],
+                [filters] if isinstance(filters, str) else filters,
+                bool(item.get("weight_by_size", True)),
+            )
+        )
     metadata = cfg.get("metadata") or {}
-    return Group(name, cfg.get("group_alias") or name, children, aggregates,
-                 str(metadata.get("version", "N/A")) if metadata else "N/A", dict(cfg))
+    return Group(
+        name,
+        cfg.get("group_alias") or name,
+        children,
+        aggregates,
+        str(metadata.get("version", "N/A")) if metadata else "N/A",
+        dict(cfg),
+    )

@@ -10,6 +10,7 @@
 - generation: the context left-truncated to `max_length - max_gen_toks` tokens; the decoded continuation (special
   tokens skipped) cut before the first stop string, the EOS text counting as one.
 """
+
 from __future__ import annotations
 
 from collections.abc import Sequence
@@ -35,8 +36,7 @@ class TokenRules:
             return None
         return self.tokenizer.decode([token_id], skip_special_tokens=False)
 
-    def encode(self, text: str, add_special_tokens: bool | None = None, *,
-               prefix_text: str | None = None) -> list[int]:
+    def encode(self, text: str, add_special_tokens: bool | None = None, *, prefix_text: str | None = None) -> list[int]:
         """Token ids of `text`; add_special_tokens None: the tokenizer's own post-processing, skipped when the text
         already starts with `prefix_text` (default: the prefix token's text)."""
         if add_special_tokens is None:
@@ -52,26 +52,28 @@ class TokenRules:
         if context == "":
             cont = self.encode(continuation, add_special_tokens=False)
             if not cont:
-                raise ValueError("a log-likelihood request with an empty context and an empty continuation "
-                                 "scores nothing")
+                raise ValueError(
+                    "a log-likelihood request with an empty context and an empty continuation scores nothing"
+                )
             return ([self.prefix_id], cont) if cont[0] != self.prefix_id else (cont[:1], cont[1:])
         spaces = len(context) - len(context.rstrip())
         if spaces:
             context, continuation = context[:-spaces], context[-spaces:] + continuation
         whole = self.encode(context + continuation)
         context_ids = self.encode(context)
-        return context_ids, whole[len(context_ids):]
+        return context_ids, whole[len(context_ids) :]
 
     def generation_prompt(self, context: str, max_length: int, max_gen_toks: int) -> list[int]:
         """The context's ids, left-truncated so that max_gen_toks new tokens fit in max_length (HFLM checks for
         a leading BOS text, not the EOS fallback, before adding special tokens)."""
         if max_gen_toks >= max_length:
-            raise ValueError(f"max_gen_toks={max_gen_toks} leaves no room for a context in the model's "
-                             f"max_length={max_length}")
+            raise ValueError(
+                f"max_gen_toks={max_gen_toks} leaves no room for a context in the model's max_length={max_length}"
+            )
         ids = self.encode(context, prefix_text=self.token_text(self.bos_id) or "")
         if not ids:  # an empty context: generate after the prefix token (HF generate cannot start from nothing)
             ids = [self.prefix_id]
-        return ids[-(max_length - max_gen_toks):]
+        return ids[-(max_length - max_gen_toks) :]
 
     def stop_strings(self, until: Sequence[str]) -> list[str]:
         """The request's stop strings plus the EOS token's text (lm-eval's handle_stop_sequences)."""
@@ -88,16 +90,16 @@ def rolling_windows(tokens: Sequence[int], prefix_id: int, max_length: int) -> l
     windows = []
     first = min(max_length, len(tokens))
     if tokens:
-        windows.append(([prefix_id] + tokens[:first - 1], tokens[:first]))
+        windows.append(([prefix_id] + tokens[: first - 1], tokens[:first]))
     done = first
     while done < len(tokens):
         n_pred = min(len(tokens) - done, max_length)
         end = done + n_pred
-        inputs = tokens[max(end - max_length - 1, 0):end - 1]
-        windows.append((inputs, tokens[end - n_pred:end]))
+        inputs = tokens[max(end - max_length - 1, 0) : end - 1]
+        windows.append((inputs, tokens[end - n_pred : end]))
         done = end
     # make_disjoint_window: the context keeps only what precedes the first predicted token
-    return [(inputs[:len(inputs) - (len(pred) - 1)], pred) for inputs, pred in windows]
+    return [(inputs[: len(inputs) - (len(pred) - 1)], pred) for inputs, pred in windows]
 
 
 def cut_at_stops(text: str, stops: Sequence[str]) -> str:
@@ -106,4 +108,3 @@ def cut_at_stops(text: str, stops: Sequence[str]) -> str:
         if stop:
             text = text.split(stop)[0]
     return text
-

@@ -8,6 +8,7 @@ Other settings: eval.limit=N, eval.log_samples=true, eval.batch_size, eval.dtype
 (launcher/evaluation.py, where the work is). Under torchrun each rank holds the model and scores its share of the
 requests; rank 0 writes the files. A bad setting or task exits with status 2 and one line saying what to fix.
 """
+
 from __future__ import annotations
 
 import argparse

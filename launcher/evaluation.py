@@ -9,6 +9,7 @@ answer, so all ranks aggregate the same numbers as one process would, and rank 0
   <output>/results.md     one row per task and metric (value, stderr, documents)
   <output>/samples_<task>.jsonl   with eval.log_samples: one record per document, as lm-eval's --log_samples
 """
+
 from __future__ import annotations
 
 import json
@@ -52,13 +53,13 @@ def parse_overrides(overrides: list[str]) -> EvalSettings:
     schema = OmegaConf.structured(EvaluateConfig)
     for item in overrides:
         if "=" not in item or not item.startswith("eval."):
-            raise EvaluateConfigError(f"{item!r}: settings are eval.<key>=<value> (keys: "
-                                      f"{', '.join(EvalSettings.__dataclass_fields__)})")
+            raise EvaluateConfigError(
+                f"{item!r}: settings are eval.<key>=<value> (keys: {', '.join(EvalSettings.__dataclass_fields__)})"
+            )
     try:
         merged = OmegaConf.merge(schema, OmegaConf.from_dotlist(overrides))
     except OmegaConfBaseException as exc:
-        raise EvaluateConfigError(f"{exc} (keys: eval.{', eval.'.join(EvalSettings.__dataclass_fields__)})") \
-            from exc
+        raise EvaluateConfigError(f"{exc} (keys: eval.{', eval.'.join(EvalSettings.__dataclass_fields__)})") from exc
     settings: EvalSettings = OmegaConf.to_object(merged).eval
     if not settings.tasks:
         raise EvaluateConfigError("eval.tasks is empty: name the tasks, e.g. eval.tasks=[hellaswag,arc_easy]")
@@ -86,11 +87,23 @@ def run_evaluation(model_path: str | os.PathLike, settings: EvalSettings) -> Any
     tasks = load_tasks(list(settings.tasks), list(settings.task_dirs))  # bad task input fails before the model
     env = init_distributed(settings.device, settings.timeout_s)
     try:
-        scorer = LoomScorer.load(model_path, batch_size=settings.batch_size, dtype=settings.dtype,
-                                 device=str(env.device), max_length=settings.max_length)
-        results = evaluate(tasks, scorer, limit=settings.limit, log_samples=settings.log_samples, rank=env.rank,
-                           world_size=env.world_size, gather=_all_gather if env.distributed else None,
-                           bootstrap_iters=settings.bootstrap_iters)
+        scorer = LoomScorer.load(
+            model_path,
+            batch_size=settings.batch_size,
+            dtype=settings.dtype,
+            device=str(env.device),
+            max_length=settings.max_length,
+        )
+        results = evaluate(
+            tasks,
+            scorer,
+            limit=settings.limit,
+            log_samples=settings.log_samples,
+            rank=env.rank,
+            world_size=env.world_size,
+            gather=_all_gather if env.distributed else None,
+            bootstrap_iters=settings.bootstrap_iters,
+        )
         if env.is_main:
             write_outputs(results, Path(settings.output), model_path, settings)
     finally:
@@ -110,9 +123,14 @@ def write_outputs(results: Any, output: Path, model_path: str | os.PathLike, set
     """results.json (lm-eval's layout, with the model and settings under "config"), results.md and, with
     log_samples, samples_<task>.jsonl; each written atomically."""
     data = results.to_lm_eval_json()
-    data["config"] = {"model": "loom", "model_args": f"pretrained={os.fspath(model_path)}",
-                      "batch_size": settings.batch_size, "limit": settings.limit, "dtype": settings.dtype,
-                      "bootstrap_iters": settings.bootstrap_iters}
+    data["config"] = {
+        "model": "loom",
+        "model_args": f"pretrained={os.fspath(model_path)}",
+        "batch_size": settings.batch_size,
+        "limit": settings.limit,
+        "dtype": settings.dtype,
+        "bootstrap_iters": settings.bootstrap_iters,
+    }
     output.mkdir(parents=True, exist_ok=True)
     _write_atomic(output / "results.json", json.dumps(data, indent=2, ensure_ascii=False, default=str) + "\n")
     _write_atomic(output / "results.md", results.to_markdown())

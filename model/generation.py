@@ -163,8 +163,9 @@ def generate(
         model.train(was_training)
 
 
-def _sample(model, prompts, max_new_tokens, temperature, top_k, top_p, greedy, stop_tokens, pad_id, generator,
-            stop_when=None):
+def _sample(
+    model, prompts, max_new_tokens, temperature, top_k, top_p, greedy, stop_tokens, pad_id, generator, stop_when=None
+):
     device = next(model.parameters()).device
     longest = max(len(p) for p in prompts)
     tokens, mask, positions, lengths = _left_pad(prompts, pad_id, longest + max_new_tokens, device)

@@ -1,10 +1,12 @@
 """Tasks in lm-eval's YAML over JSONL made from the license texts on this machine (/usr/share/common-licenses).
 
-`write_task_dir(root)` writes: two 4-choice cloze tasks (last word of a license sentence; few-shot from a train
-split, and from the evaluated split itself), sharing a base file through `include:`, and a group of both with
-aggregate metrics; a third cloze task (first_n few-shot, gen_prefix, mutual-information accuracy); a rolling-perplexity task over license paragraphs; a generation task (complete a sentence)
-with stop strings, and a copy of it with several gold answers per document. Documents are real text; only their arrangement into fields is made here.
+`write_task_dir(root)` writes: two 4-choice cloze tasks (last word of a license sentence; few-shot from a train split,
+and from the evaluated split itself), sharing a base file through `include:`, and a group of both with aggregate
+metrics; a third cloze task (first_n few-shot, gen_prefix, mutual-information accuracy); a rolling-perplexity task over
+license paragraphs; a generation task (complete a sentence) with stop strings, and a copy of it with several gold
+answers per document. Documents are real text; only their arrangement into fields is made here.
 """
+
 from __future__ import annotations
 
 import json

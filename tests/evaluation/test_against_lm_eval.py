@@ -1,6 +1,7 @@
 """Our evaluator against lm-evaluation-harness itself: the same YAML tasks, the same HFLM (a tiny random Llama and
 a tiny Qwen3-MoE), so the same log-likelihoods and generations go in; every aggregated metric and standard error,
 every rendered context and per-document value must come out equal (to 1e-9)."""
+
 from __future__ import annotations
 
 import math
@@ -27,8 +28,9 @@ def _register_rouge_in_lm_eval() -> None:
             scorer = rouge_scorer.RougeScorer([_type], use_stemmer=False)
             return scorer.score(references[0], predictions[0])[_type].fmeasure
 
-        register_metric(metric=rouge_type, higher_is_better=True, output_type="generate_until",
-                        aggregation="mean")(score)
+        register_metric(metric=rouge_type, higher_is_better=True, output_type="generate_until", aggregation="mean")(
+            score
+        )
 
 
 @pytest.fixture(scope="module", params=["llama", "qwen3_moe"])
@@ -57,8 +59,12 @@ def both_runs(request, tmp_path_factory):
             lm = hflm(save_tiny_model(root / "model", request.param))
             _register_rouge_in_lm_eval()
             theirs = lm_eval.simple_evaluate(
-                model=lm, tasks=TASKS, bootstrap_iters=BOOTSTRAP, log_samples=True,
-                task_manager=TaskManager(include_path=str(task_dir), include_defaults=False))
+                model=lm,
+                tasks=TASKS,
+                bootstrap_iters=BOOTSTRAP,
+                log_samples=True,
+                task_manager=TaskManager(include_path=str(task_dir), include_defaults=False),
+            )
             scorer = HFLMScorer(lm)
             ours = evaluate(load_tasks(TASKS, [task_dir]), scorer, log_samples=True, bootstrap_iters=BOOTSTRAP)
         finally:
@@ -75,8 +81,16 @@ def _close(a, b) -> bool:
 def test_every_metric_and_stderr_equals_lm_eval(both_runs):
     ours, theirs, _ = both_runs
     ours_json = ours.to_lm_eval_json()
-    names = ["cloze", "cloze_gpl", "cloze_apache", "cloze_gpl2", "license_last_word", "license_ppl", "license_complete",
-             "license_complete_any"]
+    names = [
+        "cloze",
+        "cloze_gpl",
+        "cloze_apache",
+        "cloze_gpl2",
+        "license_last_word",
+        "license_ppl",
+        "license_complete",
+        "license_complete_any",
+    ]
     compared = 0
     for name in names:
         mine, ref = ours_json["results"][name], theirs["results"][name]
@@ -91,11 +105,28 @@ def test_every_metric_and_stderr_equals_lm_eval(both_runs):
             compared += 1
         assert mine["sample_len"] == ref["sample_len"]
         assert mine["alias"] == ref["alias"]
-    expected = {"acc", "acc_norm", "brier_score", "acc_mutual_info", "acc_bytes", "perplexity", "word_perplexity", "byte_perplexity", "bits_per_byte",
-                "exact_match", "bleu", "chrf", "rouge1", "rouge2", "rougeL"}
+    expected = {
+        "acc",
+        "acc_norm",
+        "brier_score",
+        "acc_mutual_info",
+        "acc_bytes",
+        "perplexity",
+        "word_perplexity",
+        "byte_perplexity",
+        "bits_per_byte",
+        "exact_match",
+        "bleu",
+        "chrf",
+        "rouge1",
+        "rouge2",
+        "rougeL",
+    }
     reported = {k.split(",")[0] for n in names for k in theirs["results"][n] if "," in k and "_stderr" not in k}
     assert expected <= reported
-    assert compared == 46  # values and stderrs: 4 group, 6 + 6 + 6 multiple-choice, 4 last-word, 6 rolling, 14 generation
+    assert (
+        compared == 46
+    )  # values and stderrs: 4 group, 6 + 6 + 6 multiple-choice, 4 last-word, 6 rolling, 14 generation
     assert ours_json["n-samples"] == {k: dict(v) for k, v in theirs["n-samples"].items()}
     assert ours_json["n-shot"] == theirs["n-shot"]
     assert ours_json["higher_is_better"] == theirs["higher_is_better"]
@@ -105,8 +136,15 @@ def test_every_metric_and_stderr_equals_lm_eval(both_runs):
 
 def test_rendered_requests_and_per_document_values_equal_lm_eval(both_runs):
     ours, theirs, _ = both_runs
-    for name in ["cloze_gpl", "cloze_apache", "cloze_gpl2", "license_last_word", "license_ppl", "license_complete",
-                 "license_complete_any"]:
+    for name in [
+        "cloze_gpl",
+        "cloze_apache",
+        "cloze_gpl2",
+        "license_last_word",
+        "license_ppl",
+        "license_complete",
+        "license_complete_any",
+    ]:
         mine, ref = ours.samples[name], theirs["samples"][name]
         assert [s["doc_id"] for s in mine] == [s["doc_id"] for s in ref]
         for m, r in zip(mine, ref):

@@ -6,6 +6,7 @@ Byte-identical needs the same float kernels: each rank batches only its share of
 scored in a batch of another padded width, or with another thread count, differs in the last float bits (seen:
 2e-6 on one log-likelihood). So the identity is checked at batch size 1 with one thread in every process, and batch
 size 3 is held to batch size 1 within float tolerance."""
+
 from __future__ import annotations
 
 import contextlib
@@ -25,16 +26,31 @@ TASKS = ["license_choice", "license_ppl", "license_gen"]
 
 
 def child_env() -> dict[str, str]:
-    env = {k: v for k, v in os.environ.items()
-           if not k.startswith(("RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_", "SLURM_", "TORCHELASTIC_"))}
-    env.update(OMP_NUM_THREADS="1", PYTHONUNBUFFERED="1", HF_DATASETS_OFFLINE="1", HF_HUB_OFFLINE="1",
-               PYTHONPATH=os.pathsep.join([str(REPO), os.environ.get("PYTHONPATH", "")]))
+    env = {
+        k: v
+        for k, v in os.environ.items()
+        if not k.startswith(("RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_", "SLURM_", "TORCHELASTIC_"))
+    }
+    env.update(
+        OMP_NUM_THREADS="1",
+        PYTHONUNBUFFERED="1",
+        HF_DATASETS_OFFLINE="1",
+        HF_HUB_OFFLINE="1",
+        PYTHONPATH=os.pathsep.join([str(REPO), os.environ.get("PYTHONPATH", "")]),
+    )
     return env
 
 
 def settings(task_dir: Path, output: Path, batch_size: int = 3) -> list[str]:
-    return [f"eval.tasks=[{','.join(TASKS)}]", f"eval.task_dirs=[{task_dir}]", f"eval.output={output}",
-            "eval.log_samples=true", f"eval.batch_size={batch_size}", "eval.limit=7", "eval.device=cpu"]
+    return [
+        f"eval.tasks=[{','.join(TASKS)}]",
+        f"eval.task_dirs=[{task_dir}]",
+        f"eval.output={output}",
+        "eval.log_samples=true",
+        f"eval.batch_size={batch_size}",
+        "eval.limit=7",
+        "eval.device=cpu",
+    ]
 
 
 @pytest.fixture(scope="module")
@@ -68,9 +84,15 @@ def test_two_ranks_write_what_one_process_writes(task_dir, tmp_path):
         assert [json.loads(r)["doc_id"] for r in records] == list(range(7))
 
     # The one-process reference in a child like the ranks: same thread count, so the same float kernels.
-    done = subprocess.run([sys.executable, "-m", "launcher.evaluate", str(run),
-                           *settings(task_dir, tmp_path / "one_b1", batch_size=1)],
-                          check=False, cwd=REPO, env=child_env(), capture_output=True, text=True, timeout=300)
+    done = subprocess.run(
+        [sys.executable, "-m", "launcher.evaluate", str(run), *settings(task_dir, tmp_path / "one_b1", batch_size=1)],
+        check=False,
+        cwd=REPO,
+        env=child_env(),
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert done.returncode == 0, done.stderr[-3000:]
     batched = json.loads((tmp_path / "one_b1" / "results.json").read_text())["results"]
     for task in TASKS:
@@ -79,9 +101,26 @@ def test_two_ranks_write_what_one_process_writes(task_dir, tmp_path):
                 assert results["results"][task][key] == pytest.approx(value, rel=1e-5, abs=1e-7), (task, key)
 
     done = subprocess.run(
-        [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2", "-m",
-         "launcher.evaluate", str(run), *settings(task_dir, tmp_path / "two", batch_size=1), "eval.timeout_s=120"],
-        check=False, cwd=REPO, env=child_env(), capture_output=True, text=True, timeout=300)
+        [
+            sys.executable,
+            "-m",
+            "torch.distributed.run",
+            "--standalone",
+            "--nproc_per_node",
+            "2",
+            "-m",
+            "launcher.evaluate",
+            str(run),
+            *settings(task_dir, tmp_path / "two", batch_size=1),
+            "eval.timeout_s=120",
+        ],
+        check=False,
+        cwd=REPO,
+        env=child_env(),
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-3000:]
     for name in ["results.json", "results.md", *(f"samples_{task}.jsonl" for task in TASKS)]:
         assert (tmp_path / "two" / name).read_text() == (tmp_path / "one_b1" / name).read_text(), name
@@ -98,8 +137,13 @@ def test_metrics_equal_lm_eval_simple_evaluate_on_the_loom_model(task_dir, tmp_p
     code, _, stderr = run_in_process([str(run), *settings(task_dir, tmp_path / "ours")])
     assert code == 0, stderr
     ours = json.loads((tmp_path / "ours" / "results.json").read_text())["results"]
-    reference = lm_eval.simple_evaluate(model="loom", model_args=f"pretrained={run},batch_size=3", tasks=TASKS,
-                                        task_manager=TaskManager(include_path=str(task_dir)), limit=7)["results"]
+    reference = lm_eval.simple_evaluate(
+        model="loom",
+        model_args=f"pretrained={run},batch_size=3",
+        tasks=TASKS,
+        task_manager=TaskManager(include_path=str(task_dir)),
+        limit=7,
+    )["results"]
     compared = 0
     for task in TASKS:
         for key, value in reference[task].items():
@@ -113,8 +157,9 @@ def test_a_misspelt_setting_exits_2_naming_the_key(task_dir, tmp_path):
     run, _ = cached_run("llama")
     code, _, stderr = run_in_process([str(run), *settings(task_dir, tmp_path / "x"), "eval.batchsize=4"])
     assert code == 2 and "batchsize" in stderr and "eval.batch_size" in stderr
-    code, _, stderr = run_in_process([str(run), "eval.tasks=[nope]", f"eval.task_dirs=[{task_dir}]",
-                                      f"eval.output={tmp_path / 'y'}"])
+    code, _, stderr = run_in_process(
+        [str(run), "eval.tasks=[nope]", f"eval.task_dirs=[{task_dir}]", f"eval.output={tmp_path / 'y'}"]
+    )
     assert code == 2 and "nope" in stderr
     code, _, stderr = run_in_process([str(tmp_path / "missing"), *settings(task_dir, tmp_path / "z")])
     assert code == 2 and "missing: no such run directory" in stderr

@@ -2,6 +2,7 @@
 the metrics `simple_evaluate(model="hf")` gives on its Hugging Face export, for three local tasks (multiple choice,
 rolling log-likelihood, greedy generation); `python -m evaluation.lm_eval_cli run --model loom ...` runs lm-eval's
 CLI on it and writes the same numbers."""
+
 from __future__ import annotations
 
 import json
@@ -21,8 +22,12 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 
 def numbers(results: dict) -> dict[str, float]:
-    return {f"{task}/{key}": value for task, entry in results["results"].items() for key, value in entry.items()
-            if "," in key and isinstance(value, (int, float))}
+    return {
+        f"{task}/{key}": value
+        for task, entry in results["results"].items()
+        for key, value in entry.items()
+        if "," in key and isinstance(value, (int, float))
+    }
 
 
 def assert_same_numbers(ours: dict, reference: dict, tol: float = 1e-4) -> None:
@@ -40,9 +45,15 @@ def evaluate_with(model: str, model_args: str, task_dir: Path) -> dict:
     import lm_eval
     from lm_eval.tasks import TaskManager
 
-    return lm_eval.simple_evaluate(model=model, model_args=model_args, tasks=TASKS, batch_size=2,
-                                   task_manager=TaskManager(include_path=str(task_dir)), bootstrap_iters=0,
-                                   log_samples=False)
+    return lm_eval.simple_evaluate(
+        model=model,
+        model_args=model_args,
+        tasks=TASKS,
+        batch_size=2,
+        task_manager=TaskManager(include_path=str(task_dir)),
+        bootstrap_iters=0,
+        log_samples=False,
+    )
 
 
 def test_simple_evaluate_loom_equals_hf_on_the_export(task_dir):
@@ -53,8 +64,9 @@ def test_simple_evaluate_loom_equals_hf_on_the_export(task_dir):
     ours = evaluate_with("loom", f"pretrained={run}", task_dir)
     reference = evaluate_with("hf", f"pretrained={hf_dir},dtype=float32,device=cpu", task_dir)
     assert_same_numbers(numbers(ours), numbers(reference))
-    assert {"license_choice/acc,none", "license_ppl/word_perplexity,none", "license_gen/exact_match,none"} \
-        <= numbers(ours).keys()
+    assert {"license_choice/acc,none", "license_ppl/word_perplexity,none", "license_gen/exact_match,none"} <= numbers(
+        ours
+    ).keys()
     assert ours["n-samples"] == reference["n-samples"]
 
 
@@ -63,13 +75,35 @@ def test_lm_eval_cli_runs_the_loom_model(task_dir, tmp_path):
     import evaluation.lm_eval_adapter  # noqa: F401
 
     run, _ = cached_run("llama")
-    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(REPO), os.environ.get("PYTHONPATH", "")]),
-           "OMP_NUM_THREADS": "1"}
+    env = {
+        **os.environ,
+        "PYTHONPATH": os.pathsep.join([str(REPO), os.environ.get("PYTHONPATH", "")]),
+        "OMP_NUM_THREADS": "1",
+    }
     done = subprocess.run(
-        [sys.executable, "-m", "evaluation.lm_eval_cli", "run", "--model", "loom", "--model_args",
-         f"pretrained={run},batch_size=3", "--tasks", ",".join(TASKS), "--include_path", str(task_dir),
-         "--output_path", str(tmp_path / "out")],
-        check=False, cwd=REPO, env=env, capture_output=True, text=True, timeout=300)
+        [
+            sys.executable,
+            "-m",
+            "evaluation.lm_eval_cli",
+            "run",
+            "--model",
+            "loom",
+            "--model_args",
+            f"pretrained={run},batch_size=3",
+            "--tasks",
+            ",".join(TASKS),
+            "--include_path",
+            str(task_dir),
+            "--output_path",
+            str(tmp_path / "out"),
+        ],
+        check=False,
+        cwd=REPO,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert done.returncode == 0, done.stderr[-3000:]
     files = list((tmp_path / "out").rglob("results_*.json"))
     assert len(files) == 1, files

@@ -3,6 +3,7 @@ per-request log-likelihoods (<= 1e-4) and is_greedy flags, the same rolling log-
 generations, for a Llama-style and a Mixtral-style (MoE) Loom run. The requests cover what HFLM's tokenisation
 does differently from a plain encode: an empty context, trailing spaces, contexts longer than the model's 48
 positions (left truncation), texts spanning several rolling windows, stop strings and max_gen_toks."""
+
 from __future__ import annotations
 
 import os
@@ -25,18 +26,25 @@ def text_requests():
     for i, sentence in enumerate(sentences[:8]):
         words = sentence.split()
         cut = max(1, len(words) // 2)
-        context, continuation = " ".join(words[:cut]), " " + " ".join(words[cut:cut + 3])
+        context, continuation = " ".join(words[:cut]), " " + " ".join(words[cut : cut + 3])
         loglikelihood.append(LoglikelihoodRequest(context, continuation))
         loglikelihood.append(LoglikelihoodRequest(context + " ", continuation.lstrip()))  # trailing space moved
     loglikelihood.append(LoglikelihoodRequest("", "The licenses for most software"))  # empty context: prefix token
     long_context = " ".join(sentences[:6])  # far more than MAX_SEQ_LEN tokens: left-truncated
     loglikelihood.append(LoglikelihoodRequest(long_context, " is free software"))
     loglikelihood.append(LoglikelihoodRequest("Copyright", " (C)"))
-    rolling = [RollingRequest(sentences[0]), RollingRequest(" ".join(sentences[:5])),
-               RollingRequest(text[:MAX_SEQ_LEN * 6])]
+    rolling = [
+        RollingRequest(sentences[0]),
+        RollingRequest(" ".join(sentences[:5])),
+        RollingRequest(text[: MAX_SEQ_LEN * 6]),
+    ]
     generation = [GenerationRequest(sentences[i], ("\n", "."), 12) for i in range(3)]
-    generation += [GenerationRequest(sentences[3], (" ",), 12), GenerationRequest(sentences[4], (), 7),
-                   GenerationRequest(long_context, ("the", "e "), 16), GenerationRequest("This", ("\n\n",), 12)]
+    generation += [
+        GenerationRequest(sentences[3], (" ",), 12),
+        GenerationRequest(sentences[4], (), 7),
+        GenerationRequest(long_context, ("the", "e "), 16),
+        GenerationRequest("This", ("\n\n",), 12),
+    ]
     return loglikelihood, rolling, generation
 
 
@@ -63,23 +71,35 @@ def hflm(hf_dir):
 def hflm_loglikelihood(lm, requests):
     from lm_eval.api.instance import Instance
 
-    return lm.loglikelihood([Instance("loglikelihood", {}, (r.context, r.continuation), i)
-                             for i, r in enumerate(requests)], disable_tqdm=True)
+    return lm.loglikelihood(
+        [Instance("loglikelihood", {}, (r.context, r.continuation), i) for i, r in enumerate(requests)],
+        disable_tqdm=True,
+    )
 
 
 def hflm_rolling(lm, requests):
     from lm_eval.api.instance import Instance
 
-    return lm.loglikelihood_rolling([Instance("loglikelihood_rolling", {}, (r.text,), i)
-                                     for i, r in enumerate(requests)], disable_tqdm=True)
+    return lm.loglikelihood_rolling(
+        [Instance("loglikelihood_rolling", {}, (r.text,), i) for i, r in enumerate(requests)], disable_tqdm=True
+    )
 
 
 def hflm_generate(lm, requests):
     from lm_eval.api.instance import Instance
 
-    return lm.generate_until([Instance("generate_until", {}, (r.context, {"until": list(r.until), "do_sample": False,
-                                                                           "max_gen_toks": r.max_gen_toks}), i)
-                              for i, r in enumerate(requests)], disable_tqdm=True)
+    return lm.generate_until(
+        [
+            Instance(
+                "generate_until",
+                {},
+                (r.context, {"until": list(r.until), "do_sample": False, "max_gen_toks": r.max_gen_toks}),
+                i,
+            )
+            for i, r in enumerate(requests)
+        ],
+        disable_tqdm=True,
+    )
 
 
 @pytest.mark.parametrize("family", ["llama", "mixtral"])
@@ -106,8 +126,10 @@ def test_scorer_equals_lm_eval_hflm_on_the_export(family):
         roll_diff = max(abs(a - b) for a, b in zip(roll, ref_roll))
         assert roll_diff <= TOL, roll_diff
         assert scorer.generate_until(generation) == ref_gen
-        print(f"{family} {path.name}: {len(ll)} loglikelihoods max |diff| {ll_diff:.2e}, {len(roll)} rolling "
-              f"max |diff| {roll_diff:.2e}, {len(ref_gen)} generations equal")
+        print(
+            f"{family} {path.name}: {len(ll)} loglikelihoods max |diff| {ll_diff:.2e}, {len(roll)} rolling "
+            f"max |diff| {roll_diff:.2e}, {len(ref_gen)} generations equal"
+        )
 
 
 def test_results_do_not_depend_on_batch_size():
@@ -119,8 +141,9 @@ def test_results_do_not_depend_on_batch_size():
     a, b = one.loglikelihood(loglikelihood), five.loglikelihood(loglikelihood)
     assert max(abs(x - y) for (x, _), (y, _) in zip(a, b)) <= 1e-5
     assert [g for _, g in a] == [g for _, g in b]
-    assert max(abs(x - y) for x, y in zip(one.loglikelihood_rolling(rolling), five.loglikelihood_rolling(rolling))) \
-        <= 1e-4
+    assert (
+        max(abs(x - y) for x, y in zip(one.loglikelihood_rolling(rolling), five.loglikelihood_rolling(rolling))) <= 1e-4
+    )
     assert one.generate_until(generation) == five.generate_until(generation)
     empty_context = one.generate_until([GenerationRequest("", ("\n",), 5)])[0]  # generated after the prefix token
     assert empty_context == one.generate_until([GenerationRequest("<|endoftext|>", ("\n",), 5)])[0]
@@ -146,12 +169,15 @@ def test_a_document_masked_model_scores_as_its_export_does(tmp_path):
     plain = LoomScorer.load(run, batch_size=2)
     eos = plain.rules.eos_id
     masked_run = tmp_path / "masked"
-    save_model_checkpoint(state, dataclasses.replace(cfg, document_mask_eos_id=eos),
-                          masked_run / "checkpoints" / step_dir_name(1), step=1)
+    save_model_checkpoint(
+        state, dataclasses.replace(cfg, document_mask_eos_id=eos), masked_run / "checkpoints" / step_dir_name(1), step=1
+    )
     shutil.copyfile(run / "tokenizer.json", masked_run / "tokenizer.json")
     masked = LoomScorer.load(masked_run, batch_size=2)
-    requests = [LoglikelihoodRequest("", "This License applies to any program"),
-                LoglikelihoodRequest("", "Copyright (C) 1989")]
+    requests = [
+        LoglikelihoodRequest("", "This License applies to any program"),
+        LoglikelihoodRequest("", "Copyright (C) 1989"),
+    ]
     tokens = torch.tensor([[eos, *plain.rules.encode("This License applies")]])
     with torch.no_grad():  # the document mask does change a plain forward over the prefix EOS ...
         assert (masked.model(tokens) - plain.model(tokens)).abs().max() > 1e-3

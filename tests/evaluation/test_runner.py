@@ -1,5 +1,6 @@
 """The runner without a model: a deterministic stand-in Scorer checks deduplication, rank sharding (answers put
 back in order), the results layout, Markdown, samples, saved `datasets` input, and that the core imports no torch."""
+
 from __future__ import annotations
 
 import json
@@ -30,8 +31,9 @@ class HashScorer:
 
     def loglikelihood(self, requests):
         self.seen += requests
-        return [(-(self._h(r.context, r.continuation) % 9973) / 997.0, self._h(r.continuation) % 3 == 0)
-                for r in requests]
+        return [
+            (-(self._h(r.context, r.continuation) % 9973) / 997.0, self._h(r.continuation) % 3 == 0) for r in requests
+        ]
 
     def loglikelihood_rolling(self, requests):
         self.seen += requests
@@ -39,7 +41,7 @@ class HashScorer:
 
     def generate_until(self, requests):
         self.seen += requests
-        return [" ".join(r.context.split()[-(self._h(r.context) % 5 + 1):]) for r in requests]
+        return [" ".join(r.context.split()[-(self._h(r.context) % 5 + 1) :]) for r in requests]
 
 
 @pytest.fixture(scope="module")
@@ -74,8 +76,15 @@ def test_sharded_ranks_give_the_single_rank_results(task_dir, world_size):
             barrier.wait()
             return everyone
 
-        outputs[rank] = evaluate(load_tasks(TASKS, [task_dir]), scorers[rank], log_samples=True, rank=rank,
-                                 world_size=world_size, gather=gather, bootstrap_iters=200)
+        outputs[rank] = evaluate(
+            load_tasks(TASKS, [task_dir]),
+            scorers[rank],
+            log_samples=True,
+            rank=rank,
+            world_size=world_size,
+            gather=gather,
+            bootstrap_iters=200,
+        )
 
     threads = [threading.Thread(target=run, args=(r,)) for r in range(world_size)]
     for t in threads:
@@ -126,16 +135,19 @@ def test_saved_datasets_directory_reads_like_the_json_files(task_dir, tmp_path):
     datasets.DatasetDict({"test": datasets.Dataset.from_list(rows)}).save_to_disk(str(tmp_path / "saved"))
     yaml_text = (task_dir / "license_ppl.yaml").read_text().replace("task: license_ppl", "task: saved_ppl")
     yaml_text = yaml_text.replace("dataset_path: json", f"dataset_path: {tmp_path / 'saved'}")
-    (tmp_path / "saved_ppl.yaml").write_text(yaml_text.split("dataset_kwargs")[0] + "test_split: test\n"
-                                             + yaml_text.split("test_split: test\n")[1])
+    (tmp_path / "saved_ppl.yaml").write_text(
+        yaml_text.split("dataset_kwargs")[0] + "test_split: test\n" + yaml_text.split("test_split: test\n")[1]
+    )
     saved = evaluate(load_tasks(["saved_ppl"], [tmp_path]), HashScorer()).results["saved_ppl"]
     json_run = evaluate(load_tasks(["license_ppl"], [task_dir]), HashScorer()).results["license_ppl"]
     assert saved["word_perplexity,none"] == json_run["word_perplexity,none"]
 
 
 def test_the_evaluation_core_imports_no_torch():
-    code = ("import sys; import evaluation.runner, evaluation.results, evaluation.tasks, evaluation.metrics; "
-            "assert 'torch' not in sys.modules, 'torch imported'")
+    code = (
+        "import sys; import evaluation.runner, evaluation.results, evaluation.tasks, evaluation.metrics; "
+        "assert 'torch' not in sys.modules, 'torch imported'"
+    )
     root = Path(__file__).resolve().parents[2]
     subprocess.run([sys.executable, "-c", code], check=True, cwd=root, env={"PYTHONPATH": str(root)})
 

@@ -1,4 +1,5 @@
 """Each bad task input is refused while the tasks load (before any request is scored), naming file and field."""
+
 from __future__ import annotations
 
 import json
@@ -12,8 +13,13 @@ from evaluation.tasks import load_tasks
 
 
 def _task_yaml(directory: Path, name: str, data_file: Path, **fields: str) -> Path:
-    lines = [f"task: {name}", "output_type: multiple_choice", "dataset_path: json",
-             f"dataset_kwargs:\n  data_files:\n    test: {data_file}", "test_split: test"]
+    lines = [
+        f"task: {name}",
+        "output_type: multiple_choice",
+        "dataset_path: json",
+        f"dataset_kwargs:\n  data_files:\n    test: {data_file}",
+        "test_split: test",
+    ]
     defaults = {"doc_to_text": "'{{context}}'", "doc_to_choice": "choices", "doc_to_target": "label"}
     lines += [f"{k}: {v}" for k, v in {**defaults, **fields}.items()]
     path = directory / f"{name}.yaml"
@@ -83,8 +89,13 @@ def test_unknown_metric_and_sampling_generation_are_refused(tmp_path):
         load_tasks(["odd_metric"], [tmp_path])
     assert str(yaml_path) in str(err.value)
     yaml_path.unlink()
-    _task_yaml(tmp_path, "sampled", data, output_type="generate_until",
-               generation_kwargs="\n  until: ['.']\n  do_sample: true\n  temperature: 0.7")
+    _task_yaml(
+        tmp_path,
+        "sampled",
+        data,
+        output_type="generate_until",
+        generation_kwargs="\n  until: ['.']\n  do_sample: true\n  temperature: 0.7",
+    )
     with pytest.raises(TaskInputError, match="greedy"):
         load_tasks(["sampled"], [tmp_path])
 

@@ -1,6 +1,7 @@
 """Tiny Loom runs for the scorer tests: a byte-level BPE trained on the licence texts every Debian machine ships,
 a random Llama-style or Mixtral-style model saved as a run directory's checkpoint beside that tokenizer, and its
 Hugging Face export (what lm-eval's HFLM loads as the reference)."""
+
 from __future__ import annotations
 
 from pathlib import Path
@@ -14,13 +15,18 @@ MAX_SEQ_LEN = 48  # short, so truncation and several rolling windows happen on a
 COMMON = {"dim": 64, "n_layers": 2, "n_heads": 4, "n_kv_heads": 2, "max_seq_len": MAX_SEQ_LEN, "multiple_of": 32}
 CONFIGS = {
     "llama": dict(name="tiny_eval_llama", **COMMON),
-    "mixtral": dict(name="tiny_eval_mixtral", rope_theta=1e6, hidden_dim=96, **COMMON,
-                    moe={"num_experts": 4, "top_k": 2, "expert_hidden_dim": 64}),
+    "mixtral": dict(
+        name="tiny_eval_mixtral",
+        rope_theta=1e6,
+        hidden_dim=96,
+        **COMMON,
+        moe={"num_experts": 4, "top_k": 2, "expert_hidden_dim": 64},
+    ),
 }
 
 
 def license_text(name: str = "GPL-3", start: int = 0, chars: int = 20000) -> str:
-    return (LICENSES / name).read_text(encoding="utf-8")[start:start + chars]
+    return (LICENSES / name).read_text(encoding="utf-8")[start : start + chars]
 
 
 def train_tokenizer(directory: Path) -> Path:
@@ -52,7 +58,7 @@ def make_run(root: Path, family: str, tokenizer_json: Path, seed: int = 0, steps
     generator = torch.Generator().manual_seed(seed)
     for _ in range(steps):
         starts = torch.randint(0, len(ids) - MAX_SEQ_LEN - 1, (8,), generator=generator)
-        windows = torch.stack([ids[s:s + MAX_SEQ_LEN + 1] for s in starts.tolist()])
+        windows = torch.stack([ids[s : s + MAX_SEQ_LEN + 1] for s in starts.tolist()])
         loss = model(windows[:, :-1], windows[:, 1:])
         optimizer.zero_grad()
         loss.backward()
@@ -96,7 +102,7 @@ def write_license_tasks(directory: Path, n_docs: int = 10) -> Path:
     import json
 
     text = license_text("GPL-2", start=4000, chars=12000).replace("\n", " ")
-    sentences = [" ".join(s.split()) for s in text.split(".") if len(s.split()) >= 8][:n_docs + 3]
+    sentences = [" ".join(s.split()) for s in text.split(".") if len(s.split()) >= 8][: n_docs + 3]
     directory.mkdir(parents=True, exist_ok=True)
     rows = []
     for i, sentence in enumerate(sentences[:n_docs]):
@@ -105,26 +111,41 @@ def write_license_tasks(directory: Path, n_docs: int = 10) -> Path:
         others = [" ".join(sentences[(i + k) % len(sentences)].split()[4:7]) for k in (1, 2, 3)]
         gold = i % 4
         choices = others[:gold] + [true] + others[gold:]
-        rows.append({"context": " ".join(words[:4]), "choices": choices, "gold": gold, "text": sentence,
-                     "answer": " ".join(words[4:6])})
+        rows.append(
+            {
+                "context": " ".join(words[:4]),
+                "choices": choices,
+                "gold": gold,
+                "text": sentence,
+                "answer": " ".join(words[4:6]),
+            }
+        )
     data = directory / "license.jsonl"
     data.write_text("".join(json.dumps(r) + "\n" for r in rows), encoding="utf-8")
-    common = (f"dataset_path: json\ndataset_kwargs:\n  data_files:\n    test: {data}\ntest_split: test\n"
-              f"metadata:\n  version: 1.0\n")
+    common = (
+        f"dataset_path: json\ndataset_kwargs:\n  data_files:\n    test: {data}\ntest_split: test\n"
+        f"metadata:\n  version: 1.0\n"
+    )
     (directory / "license_choice.yaml").write_text(
-        "task: license_choice\n" + common + "output_type: multiple_choice\ndoc_to_text: \"{{context}}\"\n"
-        "doc_to_choice: \"{{choices}}\"\ndoc_to_target: gold\nmetric_list:\n  - metric: acc\n"
+        "task: license_choice\n" + common + 'output_type: multiple_choice\ndoc_to_text: "{{context}}"\n'
+        'doc_to_choice: "{{choices}}"\ndoc_to_target: gold\nmetric_list:\n  - metric: acc\n'
         "    aggregation: mean\n    higher_is_better: true\n  - metric: acc_norm\n    aggregation: mean\n"
-        "    higher_is_better: true\n", encoding="utf-8")
+        "    higher_is_better: true\n",
+        encoding="utf-8",
+    )
     (directory / "license_ppl.yaml").write_text(
-        "task: license_ppl\n" + common + "output_type: loglikelihood_rolling\ndoc_to_text: \"\"\n"
-        "doc_to_target: \"{{text}}\"\nmetric_list:\n  - metric: word_perplexity\n  - metric: byte_perplexity\n"
-        "  - metric: bits_per_byte\n", encoding="utf-8")
+        "task: license_ppl\n" + common + 'output_type: loglikelihood_rolling\ndoc_to_text: ""\n'
+        'doc_to_target: "{{text}}"\nmetric_list:\n  - metric: word_perplexity\n  - metric: byte_perplexity\n'
+        "  - metric: bits_per_byte\n",
+        encoding="utf-8",
+    )
     (directory / "license_gen.yaml").write_text(
-        "task: license_gen\n" + common + "output_type: generate_until\ndoc_to_text: \"{{context}}\"\n"
-        "doc_to_target: \" {{answer}}\"\ngeneration_kwargs:\n  until: [\"\\n\", \".\"]\n  max_gen_toks: 8\n"
+        "task: license_gen\n" + common + 'output_type: generate_until\ndoc_to_text: "{{context}}"\n'
+        'doc_to_target: " {{answer}}"\ngeneration_kwargs:\n  until: ["\\n", "."]\n  max_gen_toks: 8\n'
         "  do_sample: false\nmetric_list:\n  - metric: exact_match\n    aggregation: mean\n"
-        "    higher_is_better: true\n", encoding="utf-8")
+        "    higher_is_better: true\n",
+        encoding="utf-8",
+    )
     return directory
 
 
