@@ -37,6 +37,8 @@ class ClusterConfig:
     max_requeues: int = 3  # a training job requeues itself after USR1 at most this many times (Slurm's restart count)
     task_retries: int = 2  # a failed pipeline array task is requeued alone at most this many times
     python: Optional[str] = None  # interpreter on the nodes; None: the one running the submit command (absolute)
+    # launcher.submit builds the job at full world size (launcher/dry_run.py) and refuses a layout needing more
+    gpu_memory_gb: Optional[float] = None  # GiB of one GPU; None: no memory check before submission
     sbatch_args: list[str] = field(
         default_factory=list
     )  # extra sbatch options, e.g. ["--exclusive", "--constraint=h100"]
@@ -58,6 +60,10 @@ class ClusterConfig:
             raise ClusterConfigError(
                 f"cluster.ranks_per_node={self.ranks_per_node} with cluster.gpus_per_node={self.gpus_per_node}: "
                 f"each rank drives one GPU, so leave ranks_per_node null (or set cluster.gpus_per_node=0 for CPUs)"
+            )
+        if self.gpu_memory_gb is not None and self.gpu_memory_gb <= 0:
+            raise ClusterConfigError(
+                f"cluster.gpu_memory_gb={self.gpu_memory_gb} must be > 0 (GiB of one GPU), or null for no check"
             )
         limit = time_limit_seconds(self.time)
         if self.signal_lead_s >= limit:

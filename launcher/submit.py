@@ -7,6 +7,12 @@ layout that cannot run is refused here, before sbatch, not in the job log), rend
 #SBATCH lines and LOOM_* settings from the config above the template's shared body, writes it into the run
 directory and submits it with `sbatch --parsable`. `--dry-run` prints the script and submits nothing.
 
+`--dry-run` also builds the job's model at full world size on this machine (launcher/dry_run.py: each pipeline
+stage's rank 0 laid out on the meta device over a fake process group) and prints, on stderr so stdout stays the
+script, each rank's built bytes of weights, gradients and optimizer state beside the estimate's. With
+cluster.gpu_memory_gb set the same build runs before any submission, and a layout whose largest rank needs more is
+refused (exit 2). `--no-build` skips the build (and so the memory check).
+
 The run directory is `trainer.run_dir` if given, else `<working directory>/outputs/<trainer.name>`: stable
 across requeues and resubmissions of the same job name, so both resume from its newest checkpoint. Every path
 in the script is absolute and the job runs in the submitting directory, so it can be submitted from anywhere.
@@ -34,9 +40,9 @@ TEMPLATE = SLURM_DIR / "train.sbatch"
 BODY_MARKER = "# ---- shared body:"
 SCRIPT_NAME = "slurm_job.sbatch"
 USAGE = (
-    "usage: python -m launcher.submit [--dry-run] [cluster=<name>] [cluster.nodes=N cluster.gpus_per_node=G "
-    "cluster.cpus_per_task= cluster.partition= cluster.account= cluster.qos= cluster.time= cluster.mem=] "
-    "[training overrides ...]"
+    "usage: python -m launcher.submit [--dry-run] [--no-build] [cluster=<name>] [cluster.nodes=N "
+    "cluster.gpus_per_node=G cluster.cpus_per_task= cluster.partition= cluster.account= cluster.qos= cluster.time= "
+    "cluster.mem= cluster.gpu_memory_gb=] [training overrides ...]"
 )
 
 
@@ -47,6 +53,7 @@ class TrainJob:
     name: str  # Slurm job name (trainer.name)
     nodes: int
     ranks_per_node: int
+    gpu_memory_gb: Optional[float] = None  # cluster.gpu_memory_gb: submit checks the built job against it
 
     def log_path(self, job_id: str) -> Path:
         return self.run_dir / f"slurm-{job_id}.out"
@@ -101,7 +108,14 @@ def plan_job(overrides: list[str], cwd: Optional[Path] = None) -> TrainJob:
     script = render_script(
         cluster, name=cfg.trainer.name, run_dir=run_dir, ranks_per_node=ranks, cwd=cwd, overrides=job_overrides
     )
-    return TrainJob(script=script, run_dir=run_dir, name=cfg.trainer.name, nodes=cluster.nodes, ranks_per_node=ranks)
+    return TrainJob(
+        script=script,
+        run_dir=run_dir,
+        name=cfg.trainer.name,
+        nodes=cluster.nodes,
+        ranks_per_node=ranks,
+        gpu_memory_gb=cluster.gpu_memory_gb,
+    )
 
 
 def _cluster(cfg: DictConfig) -> ClusterConfig:
@@ -162,13 +176,35 @@ def submit(job: TrainJob, cwd: Path) -> str:
     return result.stdout.strip().split(";")[0]
 
 
+def _check_memory(overrides: list[str]) -> int:
+    """Build the job at full world size (launcher/dry_run.py), print its per-rank table on stderr and refuse a
+    layout that exceeds cluster.gpu_memory_gb: 0 when it fits (or no limit is set), 2 refused, 1 build failed."""
+    from launcher.dry_run import check_fits, dry_run, format_report
+
+    try:
+        report = dry_run(overrides)
+    except ConfigError as exc:
+        print(f"config error: {exc}", file=sys.stderr, flush=True)
+        return 2
+    except RuntimeError as exc:
+        print(f"dry run failed: {exc}", file=sys.stderr, flush=True)
+        return 1
+    print(format_report(report), file=sys.stderr, flush=True)
+    try:
+        check_fits(report)
+    except ConfigError as exc:
+        print(f"config error: {exc} [nothing was submitted]", file=sys.stderr, flush=True)
+        return 2
+    return 0
+
+
 def main(argv: Optional[list[str]] = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     if any(a in ("-h", "--help") for a in argv):
         print(__doc__.split("\n\n")[0] + "\n\n" + USAGE)
         return 0
-    dry_run = "--dry-run" in argv
-    overrides = [a for a in argv if a != "--dry-run"]
+    dry_run, no_build = "--dry-run" in argv, "--no-build" in argv
+    overrides = [a for a in argv if a not in ("--dry-run", "--no-build")]
     unknown = [a for a in overrides if a.startswith("--")]
     if unknown:
         print(f"unknown option(s) {unknown}\n{USAGE}", file=sys.stderr)
@@ -184,6 +220,12 @@ def main(argv: Optional[list[str]] = None) -> int:
         return 2
     if dry_run:
         sys.stdout.write(job.script)
+        sys.stdout.flush()
+    if not no_build and (dry_run or job.gpu_memory_gb is not None):
+        rc = _check_memory(overrides)
+        if rc != 0 or dry_run:
+            return rc
+    elif dry_run:
         return 0
     resumes = any((job.run_dir / "checkpoints").glob("step_*"))
     try:

@@ -295,7 +295,29 @@ def sharding(run: TrainingRun) -> str:
     return "none"
 
 
-def stage_memory(run: TrainingRun, stage: int) -> MemoryEstimate:
+@dataclass(frozen=True)
+class StageState:
+    """One GPU's weights, gradients and optimizer state of a stage as sharded (before any host offload), and the
+    unsharded layers FSDP/ZeRO-3 gathers for compute: what launcher/dry_run.py compares with the built model."""
+
+    weights: float
+    gradients: float
+    optimizer: float
+    gathered: float
+
+
+def on_host(run: TrainingRun) -> frozenset[str]:
+    """Which kinds of state offloading keeps in host memory: fsdp_cpu_offload moves all three, zero_offload the
+    optimizer state (and ZeRO-3's weights)."""
+    cfg = run.dims.cfg
+    if run.engine == "torch" and run.dims.fsdp_enabled and cfg.fsdp_cpu_offload:
+        return frozenset({"weights", "gradients", "optimizer"})
+    if run.engine == "deepspeed" and cfg.zero_offload:
+        return frozenset({"weights", "optimizer"} if cfg.zero_stage == 3 else {"optimizer"})
+    return frozenset()
+
+
+def stage_state(run: TrainingRun, stage: int) -> StageState:
     _check_schedule(run)
     p, dims, cfg, b = stage_params(run, stage), run.dims, run.dims.cfg, _bytes(run)
     fsdp = run.engine == "torch" and dims.fsdp_enabled
@@ -305,22 +327,32 @@ def stage_memory(run: TrainingRun, stage: int) -> MemoryEstimate:
     def held(sharded: bool) -> float:
         return p.dense / shards + p.experts / (shards // dims.ep) if sharded else p.dense + p.experts
 
-    weights = held(fsdp or zero >= 3) * b.weights
-    gradients = held(fsdp or zero >= 2) * b.gradients
-    optimizer = held(fsdp or zero >= 1) * b.optimizer
-    on_host = (cfg.fsdp_cpu_offload and fsdp) or (cfg.zero_offload and zero == 3)
-    if on_host:
-        weights = 0.0
-    if (cfg.fsdp_cpu_offload and fsdp) or (cfg.zero_offload and zero):
-        optimizer = 0.0
-    if cfg.fsdp_cpu_offload and fsdp:
-        gradients = 0.0
-    if fsdp and (shards > 1 or b.gathered != b.weights or on_host):
+    gathered = 0.0
+    if fsdp and (shards > 1 or b.gathered != b.weights or "weights" in on_host(run)):
         in_flight = p.dense + p.experts if not cfg.reshard_after_forward else 2 * p.largest_layer
-        weights += in_flight * b.gathered
+        gathered = in_flight * b.gathered
     elif zero >= 3 and shards > 1:
-        weights += 2 * p.largest_layer * b.gathered  # the gathered layer and the prefetched next one
-    return MemoryEstimate(weights, gradients, optimizer, activation_bytes(run, stage))
+        gathered = 2 * p.largest_layer * b.gathered  # the gathered layer and the prefetched next one
+    return StageState(
+        weights=held(fsdp or zero >= 3) * b.weights,
+        gradients=held(fsdp or zero >= 2) * b.gradients,
+        optimizer=held(fsdp or zero >= 1) * b.optimizer,
+        gathered=gathered,
+    )
+
+
+def stage_figures(run: TrainingRun, stage: int) -> dict[str, float]:
+    """One stage's estimate, each kind apart and before offload (weights, gradients, optimizer, gathered,
+    activations): what launcher/dry_run.py prints beside the built model's figures."""
+    return {**asdict(stage_state(run, stage)), "activations": activation_bytes(run, stage)}
+
+
+def stage_memory(run: TrainingRun, stage: int) -> MemoryEstimate:
+    state, host = stage_state(run, stage), on_host(run)
+    on_gpu = {key: 0.0 if key in host else getattr(state, key) for key in ("weights", "gradients", "optimizer")}
+    return MemoryEstimate(
+        on_gpu["weights"] + state.gathered, on_gpu["gradients"], on_gpu["optimizer"], activation_bytes(run, stage)
+    )
 
 
 def estimate_memory(run: TrainingRun) -> MemoryEstimate:

@@ -71,7 +71,8 @@ def sbatch_options(script: str) -> dict[str, str]:
 
 
 def test_dry_run_16_nodes_of_8_gpus_golden(tmp_path):
-    result = submit_cmd(BIG_JOB, tmp_path)
+    # --no-build: the script alone (tests/launcher/test_dry_run.py builds this job and checks its memory)
+    result = submit_cmd([*BIG_JOB, "--no-build"], tmp_path)
     assert result.returncode == 0, result.stderr
     rendered = result.stdout.replace(str(tmp_path), "<CWD>").replace(str(REPO), "<REPO>")
     if os.environ.get("LOOM_UPDATE_GOLDEN"):
@@ -86,7 +87,7 @@ def test_dry_run_16_nodes_of_8_gpus_golden(tmp_path):
 def test_rendered_script_launches_one_torchrun_per_node(tmp_path, monkeypatch, capsys):
     """Run the rendered script's launch under bash with the variables Slurm sets for this allocation and stand-in
     srun/scontrol/scancel that record their arguments."""
-    result = submit_cmd(BIG_JOB, tmp_path)
+    result = submit_cmd([*BIG_JOB, "--no-build"], tmp_path)
     assert result.returncode == 0, result.stderr
     bin_dir = tmp_path / "bin"
     bin_dir.mkdir()
@@ -189,7 +190,10 @@ def test_bad_cluster_settings_are_refused(tmp_path, monkeypatch, capsys):
 def test_template_and_submit_agree(tmp_path, monkeypatch, capsys):
     """The rendered body is train.sbatch's; the by-hand header asks what submit asks for the same values."""
     result = submit_main(
-        ["--dry-run", "cluster.gpus_per_node=0", "cluster.ranks_per_node=1"], tmp_path, monkeypatch, capsys
+        ["--dry-run", "--no-build", "cluster.gpus_per_node=0", "cluster.ranks_per_node=1"],
+        tmp_path,
+        monkeypatch,
+        capsys,
     )
     assert result.returncode == 0, result.stderr
     assert result.stdout.endswith(template_body()) and template_body().startswith(BODY_MARKER)

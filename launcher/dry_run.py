@@ -1,0 +1,340 @@
+"""`python -m launcher.dry_run [cluster.nodes=N cluster.gpus_per_node=G cluster.gpu_memory_gb=M] <training
+overrides>`: the job `launcher.submit` would start, built at full world size on this machine, without Slurm.
+
+The config is composed and validated as `launcher.submit` does (world size = cluster.nodes x ranks per node).
+Then, for the rank that holds the most of each pipeline stage (the stage's rank 0: FSDP pads the last shards), one
+process joins a fake process group of the full world size, builds the real model on the meta device and lays it
+out with `parallel.parallelize`, and counts the bytes of its local shards, of their gradients and of training's
+AdamW state after one step over them (parallel/footprint.py). Those processes run side by side, as many as
+this machine has CPUs. Beside each built figure stands the estimate's (parallel/estimate.py) for the same stage;
+what a meta build cannot measure - the unsharded layers FSDP/ZeRO-3 gathers for compute, and activations - comes
+from the estimate. With cluster.gpu_memory_gb set, a rank whose total exceeds it is refused (exit 2), naming the
+figures and what to change; `launcher.submit` runs the same check before sbatch.
+
+DeepSpeed (engine=deepspeed) cannot be built on a fake process group; its ZeRO partitions are sized from the
+parameter count of the model built on the meta device (parallel/footprint.py's zero_state_bytes).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import time
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from typing import Any, Optional
+
+from cluster.config import ClusterConfig, local_cpus
+from cluster.slurm import REPO
+from launcher.validation import ConfigError, RunPlan, validate
+
+GIB = 1024**3
+INSPECT_FLAG = "--inspect-rank"
+WORKER_TIMEOUT_S = 900
+USAGE = (
+    "usage: python -m launcher.dry_run [cluster.nodes=N cluster.gpus_per_node=G cluster.gpu_memory_gb=M] "
+    "[training overrides ...]"
+)
+
+
+# ---------------------------------------------------------------------------------------------------- the plan
+@dataclass(frozen=True)
+class DryRunPlan:
+    plan: RunPlan
+    cluster: ClusterConfig
+    ranks_per_node: int
+
+    @property
+    def world_size(self) -> int:
+        return self.cluster.nodes * self.ranks_per_node
+
+
+def plan_dry_run(overrides: list[str]) -> DryRunPlan:
+    """The training config of `overrides` validated on the job's world size (ConfigError names the key)."""
+    from omegaconf import OmegaConf
+
+    from launcher.submit import compose
+
+    cfg = compose(overrides)
+    try:
+        cluster = OmegaConf.to_object(cfg.cluster)
+    except Exception as exc:  # noqa: BLE001 - OmegaConf wraps __post_init__ errors in its own types
+        raise ConfigError(f"cluster: {exc}") from exc
+    ranks = cluster.training_ranks_per_node()
+    return DryRunPlan(validate(cfg, cluster.nodes * ranks), cluster, ranks)
+
+
+def training_run(plan: RunPlan):
+    """The estimate's view (parallel.estimate.TrainingRun) of a validated plan."""
+    from parallel.estimate import TrainingRun
+
+    t = plan.cfg.trainer
+    return TrainingRun(
+        model=plan.cfg.model,
+        dims=plan.dims,
+        seq_len=plan.cfg.data.seq_len,
+        micro_batch_size=t.micro_batch_size,
+        global_batch=plan.global_batch,
+        precision=t.precision,
+    )
+
+
+# ---------------------------------------------------------------------------------------------------- one rank
+def inspect_rank(plan: RunPlan, rank: int) -> dict[str, Any]:
+    """Build `rank`'s part of the laid-out model on the meta device and count its state (one call per process:
+    the fake process group is this process's)."""
+    import torch
+
+    import model as model_lib
+    from parallel.footprint import zero_state_bytes
+
+    cfg, dims = plan.cfg, plan.dims
+    start = time.perf_counter()
+    if cfg.parallel.engine == "deepspeed":
+        from model.dtypes import dtype_bytes
+
+        with torch.device("meta"):
+            model = model_lib.build(cfg.model)
+        total = sum(p.numel() for p in model.parameters() if p.requires_grad)
+        weight_bytes = dtype_bytes(cfg.trainer.precision, "trainer.precision")
+        state = zero_state_bytes(total, dims.dp_shard, cfg.parallel.zero_stage, weight_bytes)
+        return {"rank": rank, "stages": [0], "state": state.to_dict(), "seconds": time.perf_counter() - start}
+
+    from launcher.optim import build_optimizer
+    from parallel.api import parallelize
+    from parallel.footprint import init_fake_process_group, local_shards, measured_state_bytes
+    from parallel.stage_plan import stage_ids_for_rank
+
+    init_fake_process_group(rank, dims.world_size)
+    dims.build_mesh("cpu")
+    with torch.device("meta"):
+        model = model_lib.build(cfg.model)
+    laid_out = parallelize(model, dims)
+    parts = getattr(laid_out, "stages", [laid_out])
+    shards = local_shards(parts)
+    optimizer = build_optimizer(shards, cfg.optim, "cpu")  # training's AdamW, on this rank's local shards
+    optimizer.step()
+    totals = measured_state_bytes(shards, optimizer).to_dict()
+    stages = [0]
+    if dims.pp > 1:
+        pp_rank = dims.submesh("pp").get_local_rank()
+        stages = stage_ids_for_rank(pp_rank, dims.pp, cfg.parallel.pp_stages_per_rank, cfg.parallel.pp_schedule)
+    return {"rank": rank, "stages": list(stages), "state": totals, "seconds": time.perf_counter() - start}
+
+
+def _run_worker(overrides: list[str], rank: int) -> dict[str, Any]:
+    env = dict(os.environ, OMP_NUM_THREADS="1")
+    env["PYTHONPATH"] = str(REPO) + (os.pathsep + env["PYTHONPATH"] if env.get("PYTHONPATH") else "")
+    result = subprocess.run(
+        [sys.executable, "-m", "launcher.dry_run", INSPECT_FLAG, str(rank), *overrides],
+        cwd=REPO,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=WORKER_TIMEOUT_S,
+    )
+    lines = result.stdout.strip().splitlines()
+    if result.returncode != 0 or not lines:
+        tail = "\n".join(result.stderr.strip().splitlines()[-15:])
+        raise RuntimeError(f"building rank {rank} failed (exit {result.returncode}):\n{tail}")
+    return json.loads(lines[-1])
+
+
+# ---------------------------------------------------------------------------------------------------- the report
+@dataclass
+class RankReport:
+    rank: int
+    stage: int
+    layers: Optional[tuple[int, int]]  # first and last layer of the stage (None: not known to the estimate)
+    built: dict[str, int]  # parameters, weights, gradients, optimizer (parallel.footprint.StateBytes)
+    estimated: Optional[dict[str, float]]  # the estimate's weights, gradients, optimizer, gathered, activations
+    on_host: frozenset[str] = field(default_factory=frozenset)
+
+    def gpu_total(self) -> float:
+        """Built state kept on the GPU plus the estimate's gathered layers and activations."""
+        state = sum(self.built[k] for k in ("weights", "gradients", "optimizer") if k not in self.on_host)
+        if self.estimated is None:
+            return float(state)
+        return state + self.estimated["gathered"] + self.estimated["activations"]
+
+    def estimated_total(self) -> Optional[float]:
+        if self.estimated is None:
+            return None
+        e = self.estimated
+        return sum(e[k] for k in ("weights", "gradients", "optimizer") if k not in self.on_host) + (
+            e["gathered"] + e["activations"]
+        )
+
+
+@dataclass
+class DryRunReport:
+    plan: DryRunPlan
+    ranks: list[RankReport]
+    seconds: float
+    estimate_note: Optional[str] = None  # why the estimate has no figures for this layout
+
+    def largest(self) -> RankReport:
+        return max(self.ranks, key=lambda r: r.gpu_total())
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "world_size": self.plan.world_size,
+            "seconds": self.seconds,
+            "estimate_note": self.estimate_note,
+            "ranks": [
+                {
+                    "rank": r.rank,
+                    "stage": r.stage,
+                    "layers": r.layers,
+                    "built": r.built,
+                    "estimated": r.estimated,
+                    "on_host": sorted(r.on_host),
+                    "gpu_total": r.gpu_total(),
+                }
+                for r in self.ranks
+            ],
+        }
+
+
+def dry_run(overrides: list[str], plan: Optional[DryRunPlan] = None) -> DryRunReport:
+    """Build each pipeline stage's rank 0 of the job `overrides` describes, in parallel processes, and put the
+    estimate's figures beside the built ones."""
+    from parallel.estimate import on_host, stage_figures, stage_layers
+    from parallel.footprint import stage_first_ranks
+
+    plan = plan or plan_dry_run(overrides)
+    dims = plan.plan.dims
+    start = time.perf_counter()
+    ranks = stage_first_ranks(dims.pp, dims.world_size)
+    with ThreadPoolExecutor(max_workers=max(1, min(len(ranks), local_cpus()))) as pool:
+        results = list(pool.map(lambda r: _run_worker(overrides, r), ranks))
+    run = training_run(plan.plan)
+    note, layers = None, None
+    try:
+        layers = stage_layers(run)
+        estimates = [stage_figures(run, s) for s in range(len(layers))]
+    except ValueError as exc:  # the estimate sizes one stage per rank only
+        note, estimates = str(exc), None
+    reports = []
+    for result in results:
+        stage = result["stages"][0]
+        single = estimates is not None and len(result["stages"]) == 1
+        reports.append(
+            RankReport(
+                rank=result["rank"],
+                stage=stage,
+                layers=(layers[stage].start, layers[stage].stop - 1) if single else None,
+                built=result["state"],
+                estimated=estimates[stage] if single else None,
+                on_host=on_host(run),
+            )
+        )
+    return DryRunReport(plan, reports, time.perf_counter() - start, note)
+
+
+def _gib(value: Optional[float]) -> str:
+    return "-" if value is None else f"{value / GIB:.2f}"
+
+
+def format_report(report: DryRunReport) -> str:
+    """The per-rank table: built / estimated GiB of each kind of state, the estimate's gathered layers and
+    activations, the total the GPU needs."""
+    plan, dims = report.plan, report.plan.plan.dims
+    model_name = plan.plan.cfg.model.name
+    lines = [
+        f"dry run: {model_name} on {plan.world_size} ranks ({plan.cluster.nodes} node(s) x {plan.ranks_per_node}): "
+        f"pp {dims.pp} x dp {dims.dp_degree} x tp {dims.tp} x cp {dims.cp} (ep {dims.ep}), "
+        f"engine {dims.cfg.engine}; each stage's rank 0 built on the meta device over a fake process group "
+        f"in {report.seconds:.1f} s",
+    ]
+    header = ("rank", "stage", "layers", "params/rank", "weights", "gradients", "optimizer", "gathered*")
+    header += ("activations*", "total")
+    rows = [header, ("", "", "", "", "built / est GiB", "built / est GiB", "built / est GiB", "GiB", "GiB", "GiB")]
+    for r in report.ranks:
+        e = r.estimated or {}
+        rows.append(
+            (
+                str(r.rank),
+                str(r.stage),
+                "-" if r.layers is None else f"{r.layers[0]}-{r.layers[1]}",
+                f"{r.built['parameters']:,}",
+                *(f"{_gib(r.built[k])} / {_gib(e.get(k))}" for k in ("weights", "gradients", "optimizer")),
+                _gib(e.get("gathered")),
+                _gib(e.get("activations")),
+                _gib(r.gpu_total()),
+            )
+        )
+    widths = [max(len(row[i]) for row in rows) for i in range(len(header))]
+    lines += ["  ".join(cell.ljust(w) for cell, w in zip(row, widths)).rstrip() for row in rows]
+    lines.append("* from the estimate (parallel/estimate.py): a meta-device build does not measure them")
+    if report.ranks and report.ranks[0].on_host:
+        lines.append(f"offloaded to host memory (not in total): {', '.join(sorted(report.ranks[0].on_host))}")
+    if report.estimate_note:
+        lines.append(f"no estimate for this layout: {report.estimate_note} (total counts the built state only)")
+    limit = plan.cluster.gpu_memory_gb
+    if limit is not None:
+        worst = report.largest()
+        verdict = "fits" if worst.gpu_total() <= limit * GIB else "DOES NOT FIT"
+        lines.append(
+            f"cluster.gpu_memory_gb={limit:g}: largest rank {worst.rank} needs {_gib(worst.gpu_total())} GiB: {verdict}"
+        )
+    return "\n".join(lines)
+
+
+def check_fits(report: DryRunReport) -> None:
+    """ConfigError when a rank's total exceeds cluster.gpu_memory_gb (no limit set: nothing to check)."""
+    limit = report.plan.cluster.gpu_memory_gb
+    if limit is None:
+        return
+    worst = report.largest()
+    if worst.gpu_total() <= limit * GIB:
+        return
+    e = worst.estimated or {}
+    parts = [f"{k} {_gib(worst.built[k])}" for k in ("weights", "gradients", "optimizer") if k not in worst.on_host]
+    parts += [f"{k} {_gib(e[k])}" for k in ("gathered", "activations") if k in e]
+    raise ConfigError(
+        f"rank {worst.rank} (pipeline stage {worst.stage}) needs {_gib(worst.gpu_total())} GiB "
+        f"({' + '.join(parts)} GiB) but cluster.gpu_memory_gb={limit:g}: shard more (raise parallel.dp_shard, tp, "
+        f"pp or ep), lower trainer.micro_batch_size or data.seq_len, set parallel.ac_mode=selective or full, or "
+        f"use GPUs with more memory"
+    )
+
+
+# ---------------------------------------------------------------------------------------------------- command
+def main(argv: Optional[list[str]] = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if any(a in ("-h", "--help") for a in argv):
+        print(__doc__.split("\n\n")[0] + "\n\n" + USAGE)
+        return 0
+    if argv and argv[0] == INSPECT_FLAG:  # a worker: one rank, one JSON line on stdout
+        rank, overrides = int(argv[1]), argv[2:]
+        print(json.dumps(inspect_rank(plan_dry_run(overrides).plan, rank)), flush=True)
+        return 0
+    as_json = "--json" in argv
+    overrides = [a for a in argv if a != "--json"]
+    unknown = [a for a in overrides if a.startswith("--")]
+    if unknown:
+        print(f"unknown option(s) {unknown}\n{USAGE}", file=sys.stderr)
+        return 2
+    try:
+        plan = plan_dry_run(overrides)
+        report = dry_run(overrides, plan)
+    except ConfigError as exc:
+        print(f"config error: {exc}", file=sys.stderr, flush=True)
+        return 2
+    except RuntimeError as exc:
+        print(f"dry run failed: {exc}", file=sys.stderr, flush=True)
+        return 1
+    print(json.dumps(report.to_dict(), indent=2) if as_json else format_report(report), flush=True)
+    try:
+        check_fits(report)
+    except ConfigError as exc:
+        print(f"config error: {exc}", file=sys.stderr, flush=True)
+        return 2
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
