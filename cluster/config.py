@@ -22,29 +22,22 @@ class ClusterConfig:
     name: str = "default"  # which configs/cluster/<name>.yaml this is
     nodes: int = 1  # nodes per training job
     gpus_per_node: int = 8  # GPUs asked per node (--gpus-per-node); 0: a CPU job (gloo, no GPU request)
-    # training processes per node; None: gpus_per_node, or this machine's CPUs when gpus_per_node=0
-    ranks_per_node: Optional[int] = None
-    # CPUs of the one task per node (torchrun and its ranks) or of a pipeline task; None: ranks_per_node for CPU
-    # training, else the cluster's default
-    cpus_per_task: Optional[int] = None
+    ranks_per_node: Optional[int] = None  # training processes per node; None: gpus_per_node, or the CPUs if 0
+    # CPUs of the one task per node (torchrun and its ranks) or of a pipeline task
+    cpus_per_task: Optional[int] = None  # None: ranks_per_node for CPU training, else the cluster's default
     mem: Optional[str] = None  # --mem per node (e.g. 500G); None: the partition's default
     time: str = "24:00:00"  # --time limit ([D-]HH:MM:SS, MM:SS or minutes)
     partition: Optional[str] = None  # --partition
     account: Optional[str] = None  # --account
     qos: Optional[str] = None  # --qos
-    # Slurm sends USR1 this long before the time limit (--signal=B:USR1@<s>): checkpoint and requeue
-    signal_lead_s: int = 120
+    signal_lead_s: int = 120  # USR1 this long before the time limit (--signal=B:USR1@<s>): checkpoint, requeue
     max_requeues: int = 3  # a training job requeues itself after USR1 at most this many times (Slurm's restart count)
     task_retries: int = 2  # a failed pipeline array task is requeued alone at most this many times
     python: Optional[str] = None  # interpreter on the nodes; None: the one running the submit command (absolute)
     # launcher.submit builds the job at full world size (launcher/dry_run.py) and refuses a layout needing more
     gpu_memory_gb: Optional[float] = None  # GiB of one GPU; None: no memory check before submission
-    sbatch_args: list[str] = field(
-        default_factory=list
-    )  # extra sbatch options, e.g. ["--exclusive", "--constraint=h100"]
-    env: dict[str, str] = field(
-        default_factory=dict
-    )  # variables exported into every job (NCCL_*, GLOO_SOCKET_IFNAME, ...)
+    sbatch_args: list[str] = field(default_factory=list)  # extra sbatch options, e.g. ["--exclusive"]
+    env: dict[str, str] = field(default_factory=dict)  # exported into every job (NCCL_*, GLOO_SOCKET_IFNAME, ...)
 
     def __post_init__(self) -> None:
         for key in ("nodes", "task_retries", "max_requeues", "gpus_per_node", "signal_lead_s"):
