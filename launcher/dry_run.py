@@ -12,7 +12,9 @@ from the estimate. With cluster.gpu_memory_gb set, a rank whose total exceeds it
 figures and what to change; `launcher.submit` runs the same check before sbatch.
 
 DeepSpeed (engine=deepspeed) cannot be built on a fake process group; its ZeRO partitions are sized from the
-parameter count of the model built on the meta device (parallel/footprint.py's zero_state_bytes).
+parameter count of the model built on the meta device (parallel/footprint.py's zero_state_bytes). DDP, which
+shards nothing and cannot wrap meta parameters, is counted on the plain model; parallel.fsdp_cpu_offload is built
+without the offload (FSDP refuses it off-GPU; it moves the shards, not their shapes) and reported as host memory.
 """
 
 from __future__ import annotations
@@ -23,7 +25,7 @@ import subprocess
 import sys
 import time
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any, Optional
 
 from cluster.config import ClusterConfig, local_cpus
@@ -107,11 +109,14 @@ def inspect_rank(plan: RunPlan, rank: int) -> dict[str, Any]:
     from parallel.footprint import init_fake_process_group, local_shards, measured_state_bytes
     from parallel.stage_plan import stage_ids_for_rank
 
+    if dims.cfg.fsdp_cpu_offload:  # where the shards live, not their shapes: apply_fsdp refuses it off-GPU
+        dims = replace(dims, cfg=replace(dims.cfg, fsdp_cpu_offload=False))
     init_fake_process_group(rank, dims.world_size)
     dims.build_mesh("cpu")
     with torch.device("meta"):
         model = model_lib.build(cfg.model)
-    laid_out = parallelize(model, dims)
+    # DDP shards nothing (every rank holds the plain model) and cannot wrap meta parameters (it reads their values)
+    laid_out = model if dims.ddp_enabled else parallelize(model, dims)
     parts = getattr(laid_out, "stages", [laid_out])
     shards = local_shards(parts)
     optimizer = build_optimizer(shards, cfg.optim, "cpu")  # training's AdamW, on this rank's local shards
@@ -146,7 +151,7 @@ def _run_worker(overrides: list[str], rank: int) -> dict[str, Any]:
 @dataclass
 class RankReport:
     rank: int
-    stage: int
+    stages: tuple[int, ...]  # the pipeline stages this rank holds (several under interleaved schedules)
     layers: Optional[tuple[int, int]]  # first and last layer of the stage (None: not known to the estimate)
     built: dict[str, int]  # parameters, weights, gradients, optimizer (parallel.footprint.StateBytes)
     estimated: Optional[dict[str, float]]  # the estimate's weights, gradients, optimizer, gathered, activations
@@ -186,7 +191,7 @@ class DryRunReport:
             "ranks": [
                 {
                     "rank": r.rank,
-                    "stage": r.stage,
+                    "stages": list(r.stages),
                     "layers": r.layers,
                     "built": r.built,
                     "estimated": r.estimated,
@@ -219,12 +224,13 @@ def dry_run(overrides: list[str], plan: Optional[DryRunPlan] = None) -> DryRunRe
         note, estimates = str(exc), None
     reports = []
     for result in results:
-        stage = result["stages"][0]
-        single = estimates is not None and len(result["stages"]) == 1
+        stages = tuple(result["stages"])
+        stage = stages[0]
+        single = estimates is not None and len(stages) == 1
         reports.append(
             RankReport(
                 rank=result["rank"],
-                stage=stage,
+                stages=stages,
                 layers=(layers[stage].start, layers[stage].stop - 1) if single else None,
                 built=result["state"],
                 estimated=estimates[stage] if single else None,
@@ -257,7 +263,7 @@ def format_report(report: DryRunReport) -> str:
         rows.append(
             (
                 str(r.rank),
-                str(r.stage),
+                ",".join(map(str, r.stages)),
                 "-" if r.layers is None else f"{r.layers[0]}-{r.layers[1]}",
                 f"{r.built['parameters']:,}",
                 *(f"{_gib(r.built[k])} / {_gib(e.get(k))}" for k in ("weights", "gradients", "optimizer")),
@@ -295,7 +301,7 @@ def check_fits(report: DryRunReport) -> None:
     parts = [f"{k} {_gib(worst.built[k])}" for k in ("weights", "gradients", "optimizer") if k not in worst.on_host]
     parts += [f"{k} {_gib(e[k])}" for k in ("gathered", "activations") if k in e]
     raise ConfigError(
-        f"rank {worst.rank} (pipeline stage {worst.stage}) needs {_gib(worst.gpu_total())} GiB "
+        f"rank {worst.rank} (pipeline stage {','.join(map(str, worst.stages))}) needs {_gib(worst.gpu_total())} GiB "
         f"({' + '.join(parts)} GiB) but cluster.gpu_memory_gb={limit:g}: shard more (raise parallel.dp_shard, tp, "
         f"pp or ep), lower trainer.micro_batch_size or data.seq_len, set parallel.ac_mode=selective or full, or "
         f"use GPUs with more memory"
