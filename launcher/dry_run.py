@@ -165,6 +165,7 @@ class RankReport:
         return state + self.estimated["gathered"] + self.estimated["activations"]
 
     def estimated_total(self) -> Optional[float]:
+        """The estimate's total for the stage (parallel.estimate.stage_memory's)."""
         if self.estimated is None:
             return None
         e = self.estimated
@@ -257,7 +258,8 @@ def format_report(report: DryRunReport) -> str:
     ]
     header = ("rank", "stage", "layers", "params/rank", "weights", "gradients", "optimizer", "gathered*")
     header += ("activations*", "total")
-    rows = [header, ("", "", "", "", "built / est GiB", "built / est GiB", "built / est GiB", "GiB", "GiB", "GiB")]
+    pair = "built / est GiB"
+    rows = [header, ("", "", "", "", pair, pair, pair, "GiB", "GiB", pair)]
     for r in report.ranks:
         e = r.estimated or {}
         rows.append(
@@ -269,7 +271,7 @@ def format_report(report: DryRunReport) -> str:
                 *(f"{_gib(r.built[k])} / {_gib(e.get(k))}" for k in ("weights", "gradients", "optimizer")),
                 _gib(e.get("gathered")),
                 _gib(e.get("activations")),
-                _gib(r.gpu_total()),
+                f"{_gib(r.gpu_total())} / {_gib(r.estimated_total())}",
             )
         )
     widths = [max(len(row[i]) for row in rows) for i in range(len(header))]
