@@ -30,7 +30,7 @@ from typing import Any, Optional
 
 from cluster.config import ClusterConfig, local_cpus
 from cluster.slurm import REPO
-from launcher.validation import ConfigError, RunPlan, validate
+from launcher.validation import ConfigError, RunPlan
 
 GIB = 1024**3
 INSPECT_FLAG = "--inspect-rank"
@@ -55,17 +55,11 @@ class DryRunPlan:
 
 def plan_dry_run(overrides: list[str]) -> DryRunPlan:
     """The training config of `overrides` validated on the job's world size (ConfigError names the key)."""
-    from omegaconf import OmegaConf
-
-    from launcher.submit import compose
+    from launcher.submit import _cluster, compose, validate_on_allocation
 
     cfg = compose(overrides)
-    try:
-        cluster = OmegaConf.to_object(cfg.cluster)
-    except Exception as exc:  # noqa: BLE001 - OmegaConf wraps __post_init__ errors in its own types
-        raise ConfigError(f"cluster: {exc}") from exc
-    ranks = cluster.training_ranks_per_node()
-    return DryRunPlan(validate(cfg, cluster.nodes * ranks), cluster, ranks)
+    cluster = _cluster(cfg)
+    return DryRunPlan(validate_on_allocation(cfg, cluster), cluster, cluster.training_ranks_per_node())
 
 
 def training_run(plan: RunPlan):
@@ -335,6 +329,9 @@ def main(argv: Optional[list[str]] = None) -> int:
     except RuntimeError as exc:
         print(f"dry run failed: {exc}", file=sys.stderr, flush=True)
         return 1
+    except Exception as exc:  # noqa: BLE001 - Hydra's own errors (unknown key, bad group) name the key already
+        print(f"config error: {type(exc).__name__}: {exc}", file=sys.stderr, flush=True)
+        return 2
     print(json.dumps(report.to_dict(), indent=2) if as_json else format_report(report), flush=True)
     try:
         check_fits(report)

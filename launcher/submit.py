@@ -34,7 +34,7 @@ from cluster.config import ClusterConfig
 from cluster.slurm import REPO, SLURM_DIR, job_python, resource_options
 from launcher.config import register_configs
 from launcher.run_dir import register_resolvers
-from launcher.validation import ConfigError, validate
+from launcher.validation import ConfigError, RunPlan, validate
 
 TEMPLATE = SLURM_DIR / "train.sbatch"
 BODY_MARKER = "# ---- shared body:"
@@ -96,14 +96,7 @@ def plan_job(overrides: list[str], cwd: Optional[Path] = None) -> TrainJob:
     cfg.trainer.run_dir = str(run_dir)
 
     ranks = cluster.training_ranks_per_node()
-    world_size = cluster.nodes * ranks
-    try:
-        validate(cfg, world_size)
-    except ConfigError as exc:
-        raise ConfigError(
-            f"{exc} [the job would run {cluster.nodes} node(s) x {ranks} rank(s) per node = {world_size} "
-            f"processes: change the layout or cluster.nodes / cluster.gpus_per_node / cluster.ranks_per_node]"
-        ) from exc
+    validate_on_allocation(cfg, cluster)
     job_overrides = [a for a in overrides if _override_key(a) != "trainer.run_dir"]
     script = render_script(
         cluster, name=cfg.trainer.name, run_dir=run_dir, ranks_per_node=ranks, cwd=cwd, overrides=job_overrides
@@ -116,6 +109,19 @@ def plan_job(overrides: list[str], cwd: Optional[Path] = None) -> TrainJob:
         ranks_per_node=ranks,
         gpu_memory_gb=cluster.gpu_memory_gb,
     )
+
+
+def validate_on_allocation(cfg: DictConfig, cluster: ClusterConfig) -> RunPlan:
+    """The launcher's validation on the job's world size (nodes x ranks per node), the allocation named on error."""
+    ranks = cluster.training_ranks_per_node()
+    world_size = cluster.nodes * ranks
+    try:
+        return validate(cfg, world_size)
+    except ConfigError as exc:
+        raise ConfigError(
+            f"{exc} [the job would run {cluster.nodes} node(s) x {ranks} rank(s) per node = {world_size} "
+            f"processes: change the layout or cluster.nodes / cluster.gpus_per_node / cluster.ranks_per_node]"
+        ) from exc
 
 
 def _cluster(cfg: DictConfig) -> ClusterConfig:

@@ -150,3 +150,16 @@ def test_submit_dry_run_prints_the_script_and_the_table(tmp_path, monkeypatch, c
     assert lines[0].startswith("dry run: tiny on 4 ranks")
     row = next(line for line in lines if line.startswith("0 "))
     assert "/" in row and "DOES NOT FIT" in err
+
+
+def test_dry_run_command_refuses_bad_keys_before_building(capsys):
+    from launcher.dry_run import main
+
+    for args, words in (
+        (["parallel.tpp=2"], "parallel.tpp"),
+        (["cluster.gpu_memory_gb=-1"], "cluster.gpu_memory_gb=-1"),
+        (["cluster.gpus_per_node=0", "cluster.ranks_per_node=3", "parallel=3d"], "3 processes"),
+        (["--bogus"], "unknown option"),
+    ):
+        assert main(args) == 2, args
+        assert words in capsys.readouterr().err, args
