@@ -30,9 +30,10 @@ from typing import Any, Optional
 
 from cluster.config import ClusterConfig, local_cpus
 from cluster.slurm import REPO
+from launcher.submit import HELP_FLAGS, cluster_config, compose, validate_on_allocation
 from launcher.validation import ConfigError, RunPlan
+from parallel.estimate import GIB, STATE_KINDS
 
-GIB = 1024**3
 INSPECT_FLAG = "--inspect-rank"
 WORKER_TIMEOUT_S = 900
 USAGE = (
@@ -55,10 +56,8 @@ class DryRunPlan:
 
 def plan_dry_run(overrides: list[str]) -> DryRunPlan:
     """The training config of `overrides` validated on the job's world size (ConfigError names the key)."""
-    from launcher.submit import _cluster, compose, validate_on_allocation
-
     cfg = compose(overrides)
-    cluster = _cluster(cfg)
+    cluster = cluster_config(cfg)
     return DryRunPlan(validate_on_allocation(cfg, cluster), cluster, cluster.training_ranks_per_node())
 
 
@@ -153,7 +152,7 @@ class RankReport:
 
     def gpu_total(self) -> float:
         """Built state kept on the GPU plus the estimate's gathered layers and activations."""
-        state = sum(self.built[k] for k in ("weights", "gradients", "optimizer") if k not in self.on_host)
+        state = sum(self.built[k] for k in STATE_KINDS if k not in self.on_host)
         if self.estimated is None:
             return float(state)
         return state + self.estimated["gathered"] + self.estimated["activations"]
@@ -163,9 +162,7 @@ class RankReport:
         if self.estimated is None:
             return None
         e = self.estimated
-        return sum(e[k] for k in ("weights", "gradients", "optimizer") if k not in self.on_host) + (
-            e["gathered"] + e["activations"]
-        )
+        return sum(e[k] for k in STATE_KINDS if k not in self.on_host) + (e["gathered"] + e["activations"])
 
 
 @dataclass
@@ -262,7 +259,7 @@ def format_report(report: DryRunReport) -> str:
                 ",".join(map(str, r.stages)),
                 "-" if r.layers is None else f"{r.layers[0]}-{r.layers[1]}",
                 f"{r.built['parameters']:,}",
-                *(f"{_gib(r.built[k])} / {_gib(e.get(k))}" for k in ("weights", "gradients", "optimizer")),
+                *(f"{_gib(r.built[k])} / {_gib(e.get(k))}" for k in STATE_KINDS),
                 _gib(e.get("gathered")),
                 _gib(e.get("activations")),
                 f"{_gib(r.gpu_total())} / {_gib(r.estimated_total())}",
@@ -294,7 +291,7 @@ def check_fits(report: DryRunReport) -> None:
     if worst.gpu_total() <= limit * GIB:
         return
     e = worst.estimated or {}
-    parts = [f"{k} {_gib(worst.built[k])}" for k in ("weights", "gradients", "optimizer") if k not in worst.on_host]
+    parts = [f"{k} {_gib(worst.built[k])}" for k in STATE_KINDS if k not in worst.on_host]
     parts += [f"{k} {_gib(e[k])}" for k in ("gathered", "activations") if k in e]
     raise ConfigError(
         f"rank {worst.rank} (pipeline stage {','.join(map(str, worst.stages))}) needs {_gib(worst.gpu_total())} GiB "
@@ -307,7 +304,7 @@ def check_fits(report: DryRunReport) -> None:
 # ---------------------------------------------------------------------------------------------------- command
 def main(argv: Optional[list[str]] = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
-    if any(a in ("-h", "--help") for a in argv):
+    if any(a in HELP_FLAGS for a in argv):
         print(__doc__.split("\n\n")[0] + "\n\n" + USAGE)
         return 0
     if argv and argv[0] == INSPECT_FLAG:  # a worker: one rank, one JSON line on stdout

@@ -39,6 +39,7 @@ from launcher.validation import ConfigError, RunPlan, validate
 TEMPLATE = SLURM_DIR / "train.sbatch"
 BODY_MARKER = "# ---- shared body:"
 SCRIPT_NAME = "slurm_job.sbatch"
+HELP_FLAGS = ("-h", "--help")
 USAGE = (
     "usage: python -m launcher.submit [--dry-run] [--no-build] [cluster=<name>] [cluster.nodes=N "
     "cluster.gpus_per_node=G cluster.cpus_per_task= cluster.partition= cluster.account= cluster.qos= cluster.time= "
@@ -89,7 +90,7 @@ def plan_job(overrides: list[str], cwd: Optional[Path] = None) -> TrainJob:
     """Compose, validate against the allocation and render; raises ConfigError naming the key and the fix."""
     cwd = Path(cwd or os.getcwd()).resolve()
     cfg = compose(overrides)
-    cluster = _cluster(cfg)
+    cluster = cluster_config(cfg)
     explicit = [a for a in overrides if _override_key(a) == "trainer.run_dir"]
     run_dir = (cwd / cfg.trainer.run_dir) if explicit else (cwd / "outputs" / cfg.trainer.name)
     run_dir = Path(os.path.normpath(run_dir))
@@ -124,7 +125,8 @@ def validate_on_allocation(cfg: DictConfig, cluster: ClusterConfig) -> RunPlan:
         ) from exc
 
 
-def _cluster(cfg: DictConfig) -> ClusterConfig:
+def cluster_config(cfg: DictConfig) -> ClusterConfig:
+    """The composed `cluster` section as a ClusterConfig (its checks run); ConfigError naming the key."""
     try:
         return OmegaConf.to_object(cfg.cluster)
     except ValueError as exc:
@@ -206,7 +208,7 @@ def _check_memory(overrides: list[str]) -> int:
 
 def main(argv: Optional[list[str]] = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
-    if any(a in ("-h", "--help") for a in argv):
+    if any(a in HELP_FLAGS for a in argv):
         print(__doc__.split("\n\n")[0] + "\n\n" + USAGE)
         return 0
     dry_run, no_build = "--dry-run" in argv, "--no-build" in argv

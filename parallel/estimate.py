@@ -64,6 +64,7 @@ from parallel.stage_plan import stage_layer_ranges
 
 GIB = 1024**3
 FP32_BYTES = 4
+STATE_KINDS = ("weights", "gradients", "optimizer")  # what a GPU keeps between steps, apart from activations
 
 
 @dataclass(frozen=True)
@@ -349,7 +350,7 @@ def stage_figures(run: TrainingRun, stage: int) -> dict[str, float]:
 
 def stage_memory(run: TrainingRun, stage: int) -> MemoryEstimate:
     state, host = stage_state(run, stage), on_host(run)
-    on_gpu = {key: 0.0 if key in host else getattr(state, key) for key in ("weights", "gradients", "optimizer")}
+    on_gpu = {key: 0.0 if key in host else getattr(state, key) for key in STATE_KINDS}
     return MemoryEstimate(
         on_gpu["weights"] + state.gathered, on_gpu["gradients"], on_gpu["optimizer"], activation_bytes(run, stage)
     )
