@@ -30,7 +30,7 @@ from typing import Any, Optional
 
 from cluster.config import ClusterConfig, local_cpus
 from cluster.slurm import REPO
-from launcher.submit import HELP_FLAGS, cluster_config, compose, validate_on_allocation
+from launcher.job_config import HELP_FLAGS, cluster_config, compose, validate_on_allocation
 from launcher.validation import ConfigError, RunPlan
 from parallel.estimate import GIB, STATE_KINDS
 

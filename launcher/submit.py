@@ -28,18 +28,15 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Optional
 
-from omegaconf import DictConfig, OmegaConf
-
 from cluster.config import ClusterConfig
 from cluster.slurm import REPO, SLURM_DIR, job_python, resource_options
-from launcher.config import register_configs
-from launcher.run_dir import register_resolvers
-from launcher.validation import ConfigError, RunPlan, validate
+from launcher.dry_run import check_fits, dry_run, format_report
+from launcher.job_config import HELP_FLAGS, cluster_config, compose, validate_on_allocation
+from launcher.validation import ConfigError
 
 TEMPLATE = SLURM_DIR / "train.sbatch"
 BODY_MARKER = "# ---- shared body:"
 SCRIPT_NAME = "slurm_job.sbatch"
-HELP_FLAGS = ("-h", "--help")
 USAGE = (
     "usage: python -m launcher.submit [--dry-run] [--no-build] [cluster=<name>] [cluster.nodes=N "
     "cluster.gpus_per_node=G cluster.cpus_per_task= cluster.partition= cluster.account= cluster.qos= cluster.time= "
@@ -67,19 +64,6 @@ def template_body() -> str:
     if start < 0:
         raise RuntimeError(f"{TEMPLATE}: the line starting with {BODY_MARKER!r} is missing")
     return text[start:]
-
-
-def compose(overrides: list[str]) -> DictConfig:
-    """The training config exactly as `python -m launcher.train <overrides>` composes it."""
-    from hydra import compose as hydra_compose
-    from hydra import initialize_config_dir
-    from hydra.core.global_hydra import GlobalHydra
-
-    register_configs()
-    register_resolvers()
-    GlobalHydra.instance().clear()
-    with initialize_config_dir(config_dir=str(REPO / "configs"), version_base="1.3"):
-        return hydra_compose(config_name="train", overrides=overrides)
 
 
 def _override_key(arg: str) -> str:
@@ -110,29 +94,6 @@ def plan_job(overrides: list[str], cwd: Optional[Path] = None) -> TrainJob:
         ranks_per_node=ranks,
         gpu_memory_gb=cluster.gpu_memory_gb,
     )
-
-
-def validate_on_allocation(cfg: DictConfig, cluster: ClusterConfig) -> RunPlan:
-    """The launcher's validation on the job's world size (nodes x ranks per node), the allocation named on error."""
-    ranks = cluster.training_ranks_per_node()
-    world_size = cluster.nodes * ranks
-    try:
-        return validate(cfg, world_size)
-    except ConfigError as exc:
-        raise ConfigError(
-            f"{exc} [the job would run {cluster.nodes} node(s) x {ranks} rank(s) per node = {world_size} "
-            f"processes: change the layout or cluster.nodes / cluster.gpus_per_node / cluster.ranks_per_node]"
-        ) from exc
-
-
-def cluster_config(cfg: DictConfig) -> ClusterConfig:
-    """The composed `cluster` section as a ClusterConfig (its checks run); ConfigError naming the key."""
-    try:
-        return OmegaConf.to_object(cfg.cluster)
-    except ValueError as exc:
-        raise ConfigError(str(exc)) from exc
-    except Exception as exc:  # noqa: BLE001 - OmegaConf wraps __post_init__ errors in its own types
-        raise ConfigError(f"cluster: {exc}") from exc
 
 
 def render_script(
@@ -187,8 +148,6 @@ def submit(job: TrainJob, cwd: Path) -> str:
 def _check_memory(overrides: list[str]) -> int:
     """Build the job at full world size (launcher/dry_run.py), print its per-rank table on stderr and refuse a
     layout that exceeds cluster.gpu_memory_gb: 0 when it fits (or no limit is set), 2 refused, 1 build failed."""
-    from launcher.dry_run import check_fits, dry_run, format_report
-
     try:
         report = dry_run(overrides)
     except ConfigError as exc:
