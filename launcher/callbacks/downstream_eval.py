@@ -52,8 +52,7 @@ class DownstreamEval(Callback):
         from evaluation.runner import evaluate
 
         e, dims = ctx.cfg.eval, ctx.plan.dims
-        ctx.module.train(False)
-        try:
+        with ctx.module.scoring():
             return evaluate(
                 list(ctx.plan.eval_tasks),
                 self.scorer,
@@ -64,8 +63,6 @@ class DownstreamEval(Callback):
                 bootstrap_iters=e.bootstrap_iters,
                 replicated=(GenerationRequest,) if ctx.module.forward_is_collective else (),
             )
-        finally:
-            ctx.module.train(True)
 
     def write(self, ctx: TrainContext, step: int, results) -> None:
         from model.checkpoint_io import atomic_write_text

@@ -196,6 +196,34 @@ class TrainModule:
         mode, no gradients; the caller pads `tokens` to `scoring_shape`)."""
         raise NotImplementedError
 
+    @contextlib.contextmanager
+    def scoring(self):
+        """Eval mode for forwards outside training (evaluation, generation), then training mode with every model
+        part's parameters resharded and the very objects the optimizer steps: forwards without backward leave
+        FSDP's gathered weights registered, and FSDP-wrapped expert-parallel experts other tensors still after a
+        reshard (until a backward re-registers them), which a checkpoint at that step would not find in the
+        optimizer."""
+        registered = [
+            (module, name, param)
+            for part in self.model_parts
+            for module in part.modules()
+            for name, param in module.named_parameters(recurse=False)
+        ]
+        self.train(False)
+        try:
+            yield
+        finally:
+            from torch.distributed.fsdp import FSDPModule
+
+            for part in self.model_parts:  # FSDP keeps the gathered weights of a forward without backward
+                for module in part.modules():
+                    if isinstance(module, FSDPModule):
+                        module.reshard()
+            for module, name, param in registered:
+                if module._parameters.get(name) is not param:
+                    module._parameters[name] = param
+            self.train(True)
+
     def scoring_model(self) -> nn.Module:
         """The module a scoring forward runs: the laid-out one where its forward is part of the layout."""
         return self.plain_model

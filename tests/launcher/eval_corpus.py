@@ -106,6 +106,7 @@ def eval_overrides(shards: Path, tasks: Path, run_dir: Path, *extra: str, names=
         max_steps=2,
         **{
             "model.vocab_size": VOCAB,
+            "model.n_kv_heads": 2,
             "trainer.checkpoint_every": 0,
             "eval.tasks": "[" + ",".join(names) + "]",
             "eval.task_dirs": f"[{tasks}]",
