@@ -54,7 +54,6 @@ class TokenScorer:
         # Generation ends at any end-of-sequence id of the model's generation config, as HF generate does.
         self.stop_ids = list(dict.fromkeys([rules.eos_id, *stop_ids]))
 
-
     # ------------------------------------------------------------------------------------------ Scorer
     def loglikelihood(self, requests: list[LoglikelihoodRequest]) -> list[tuple[float, bool]]:
         pairs = [self.rules.context_continuation(r.context, r.continuation) for r in requests]

@@ -63,4 +63,7 @@ class LayoutScorer(TokenScorer):
         padded[: tokens.shape[0], : tokens.shape[1]] = tokens
         padded_targets[: targets.shape[0], : targets.shape[1]] = targets
         scores = self.module.score_batch(padded.to(self.device), padded_targets.to(self.device)).float().cpu()
-        return [(float(scores[row, start:end, 0].sum()), bool(scores[row, start:end, 1].all())) for row, (start, end) in enumerate(spans)]
+        return [
+            (float(scores[row, start:end, 0].sum()), bool(scores[row, start:end, 1].all()))
+            for row, (start, end) in enumerate(spans)
+        ]

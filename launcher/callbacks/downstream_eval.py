@@ -80,7 +80,9 @@ class DownstreamEval(Callback):
         }
         directory = ctx.run_dir / "eval" / f"step_{step}"
         directory.mkdir(parents=True, exist_ok=True)
-        atomic_write_text(directory / "results.json", json.dumps(data, indent=2, ensure_ascii=False, default=str) + "\n")
+        atomic_write_text(
+            directory / "results.json", json.dumps(data, indent=2, ensure_ascii=False, default=str) + "\n"
+        )
 
 
 def build_scorer(ctx: TrainContext):
