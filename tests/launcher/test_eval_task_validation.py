@@ -127,3 +127,12 @@ def test_layouts_and_keys_the_evaluation_cannot_use_are_refused(compose, corpus)
         validate(compose(["lic_cloze"], tasks, ["eval.batch_size=0"]), 1)
     with pytest.raises(ConfigError, match="data=synthetic"):
         validate(compose(["lic_cloze"], tasks, ["data=synthetic"]), 1)
+
+
+def test_eval_keys_may_change_when_a_run_resumes():
+    from launcher.run_dir import changed_keys
+
+    saved = {"optim": {"lr": 0.003}, "trainer": {"max_steps": 10}}  # a run saved before the eval group existed
+    new = {"optim": {"lr": 0.003}, "trainer": {"max_steps": 10}, "eval": {"tasks": ["lic_cloze"], "every": 5}}
+    assert changed_keys(saved, new, []) == []
+    assert changed_keys(saved, {**new, "optim": {"lr": 0.001}}, []) == ["optim.lr: 0.003 -> 0.001"]
