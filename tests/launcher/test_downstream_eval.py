@@ -77,6 +77,7 @@ def test_single_process_logs_scores_writes_results_and_equals_the_offline_comman
         assert offline[task][f"{metric},none"] == pytest.approx(value, rel=1e-5, abs=1e-5), key
 
 
+@pytest.mark.distributed
 @pytest.mark.parametrize(
     "layout, family, tasks",
     [
