@@ -241,6 +241,13 @@ def _check_eval(cfg: TrainConfig, dims: ParallelDims) -> tuple[tuple, tuple[str,
         raise ConfigError(f"eval.tasks: {exc}") from exc
     why_not = generation_blocked(dims)
     generating = [t.name for t in leaf_tasks(tasks) if t.output_type == "generate_until"]
+    for task in leaf_tasks(tasks):
+        new_tokens = int(task.generation.get("max_gen_toks", 0)) if task.output_type == "generate_until" else 0
+        if why_not is None and new_tokens >= max_length:
+            raise ConfigError(
+                f"{task.where}: generation_kwargs max_gen_toks={new_tokens} leaves no room for a context in "
+                f"eval.max_length={max_length} (null: model.max_seq_len): lower max_gen_toks or raise eval.max_length"
+            )
     if why_not is None or not generating:
         return tuple(tasks), ()
     kept = []

@@ -125,6 +125,8 @@ def test_layouts_and_keys_the_evaluation_cannot_use_are_refused(compose, corpus)
         validate(compose(["lic_cloze"], tasks, ["parallel=pp", "eval.max_length=null"], world_size=2), 2)
     with pytest.raises(ConfigError, match="eval.batch_size=0"):
         validate(compose(["lic_cloze"], tasks, ["eval.batch_size=0"]), 1)
+    with pytest.raises(ConfigError, match=r"lic_complete.yaml.*max_gen_toks=6 .* eval.max_length=6"):
+        validate(compose(["lic_complete"], tasks, ["eval.max_length=6"]), 1)
     with pytest.raises(ConfigError, match="data=synthetic"):
         validate(compose(["lic_cloze"], tasks, ["data=synthetic"]), 1)
 
