@@ -3,7 +3,10 @@
 All contexts are rendered (and every bad input refused) before the Scorer sees a request. Identical requests are
 scored once. With several data-parallel ranks, rank r scores requests[r::world_size] of each kind and `gather`
 (an all_gather_object in the caller) returns every rank's answers, which are put back in the original order, so
-every rank ends with the same results.
+every rank ends with the same results. Request kinds named in `replicated` are not sharded: every rank answers all
+of them (the training loop generates that way where a forward is a collective, so every rank decodes in step).
+A scorer with `lockstep = True` is called on every rank even with no requests of a kind (its forwards are
+collectives, and it pads every rank to the same number of them).
 """
 
 from __future__ import annotations
@@ -57,12 +60,13 @@ def evaluate(
     gather: Callable[[list], list[list]] | None = None,
     bootstrap_iters: int = 100000,
     fewshot_seed: int | None = DEFAULT_FEWSHOT_SEED,
+    replicated: tuple[type, ...] = (),
 ) -> EvalResults:
     """Score the tasks with `scorer` and aggregate as lm-eval does (see the module docstring for sharding)."""
     if world_size > 1 and gather is None:
         raise ValueError("evaluate: world_size > 1 needs gather (all_gather_object of each rank's answers)")
     work = [w for task in leaf_tasks(tasks) for w in _build_work(task, limit, fewshot_seed)]
-    answers = _score_all([r for w in work for r in w.requests], scorer, rank, world_size, gather)
+    answers = _score_all([r for w in work for r in w.requests], scorer, rank, world_size, gather, replicated)
     outcomes: dict[str, TaskOutcome] = {}
     for item in work:
         outcome = outcomes.setdefault(item.task.name, TaskOutcome(item.task))
@@ -84,15 +88,24 @@ def _build_work(task: Task, limit, fewshot_seed) -> list[_DocWork]:
     return work
 
 
-def _score_all(requests: list[Request], scorer: Scorer, rank: int, world_size: int, gather) -> dict:
+def _score_all(
+    requests: list[Request], scorer: Scorer, rank: int, world_size: int, gather, replicated: tuple[type, ...]
+) -> dict:
     unique = list(dict.fromkeys(requests))
     answers: dict[Request, object] = {}
     for kind, method in _SCORER_METHOD.items():
         of_kind = [r for r in unique if type(r) is kind]
         if not of_kind:
             continue
+        if kind in replicated:
+            got = list(getattr(scorer, method)(of_kind))
+            if len(got) != len(of_kind):
+                raise RuntimeError(f"scorer.{method} answered {len(got)} of {len(of_kind)} requests")
+            answers.update(zip(of_kind, got))
+            continue
         mine = of_kind[rank::world_size]
-        got = list(getattr(scorer, method)(mine)) if mine else []
+        called = mine or (world_size > 1 and getattr(scorer, "lockstep", False))
+        got = list(getattr(scorer, method)(mine)) if called else []
         if len(got) != len(mine):
             raise RuntimeError(f"scorer.{method} answered {len(got)} of {len(mine)} requests")
         per_rank = gather(got) if world_size > 1 else [got]

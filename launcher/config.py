@@ -96,6 +96,28 @@ class TrainerConfig:
 
 
 @dataclass
+class EvalTasksConfig:
+    """Downstream evaluation on lm-eval YAML tasks (evaluation/): the keys the training loop's `eval` group and the
+    offline command (`python -m launcher.evaluate`, launcher/evaluation.py's EvalSettings) share."""
+
+    tasks: list[str] = field(default_factory=list)  # task, group or tag names found in task_dirs; [] turns it off
+    task_dirs: list[str] = field(default_factory=list)  # directories of lm-eval task YAML (searched recursively)
+    limit: Optional[float] = None  # documents per task: N >= 1, or a fraction < 1 (lm-eval's --limit)
+    batch_size: int = 8  # sequences per scoring forward (pipeline parallel: the training per-rank batch)
+    max_length: Optional[int] = None  # longest scored sequence; None: model.max_seq_len (HFLM's max_length)
+    bootstrap_iters: int = 100000  # lm-eval's default for the stderr of non-mean metrics
+
+
+@dataclass
+class EvalConfig(EvalTasksConfig):
+    """The training loop's downstream evaluation (launcher/callbacks/downstream_eval.py): every `every` steps and
+    at the last step, logged as eval/<task>/<metric>."""
+
+    every: int = 0  # steps between evaluations; 0: only at the last step (when tasks are given)
+    save_results: bool = True  # rank 0 writes <run_dir>/eval/step_<N>/results.json (lm-eval's layout)
+
+
+@dataclass
 class WandbConfig:
     mode: str = "auto"  # WANDB_MODES: auto is online with WANDB_API_KEY, else offline
     project: str = "loom"
@@ -118,6 +140,7 @@ class TrainConfig:
     parallel: ParallelConfig = field(default_factory=ParallelConfig)
     trainer: TrainerConfig = field(default_factory=TrainerConfig)
     logging: LoggingConfig = field(default_factory=LoggingConfig)
+    eval: EvalConfig = field(default_factory=EvalConfig)  # downstream tasks in the loop (eval.tasks=[...])
     cluster: ClusterConfig = field(default_factory=ClusterConfig)  # where `launcher.submit` runs the job (Slurm)
 
 

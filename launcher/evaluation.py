@@ -19,23 +19,22 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from launcher.config import EvalTasksConfig
+
 
 class EvaluateConfigError(ValueError):
     """A command-line setting the evaluation cannot use; the message names the key and the fix."""
 
 
 @dataclass
-class EvalSettings:
-    tasks: list[str] = field(default_factory=list)  # task, group or tag names found in task_dirs
-    task_dirs: list[str] = field(default_factory=list)  # directories of lm-eval task YAML (searched recursively)
+class EvalSettings(EvalTasksConfig):
+    """The shared task keys (launcher/config.py's EvalTasksConfig: tasks, task_dirs, limit, batch_size,
+    max_length, bootstrap_iters) and what only the offline command needs."""
+
     output: str = ""  # directory for results.json, results.md and the samples
-    limit: float | None = None  # documents per task: N >= 1, or a fraction < 1 (lm-eval's --limit)
     log_samples: bool = False
-    batch_size: int = 8
     dtype: str = "fp32"  # the model's compute dtype (fp32 | bf16 | fp16)
     device: str = "auto"  # auto (cuda when visible) | cpu | cuda
-    max_length: int | None = None  # None: the model's max_seq_len (HFLM: max_position_embeddings)
-    bootstrap_iters: int = 100000  # lm-eval's default for the stderr of non-mean metrics
     timeout_s: int = 1800  # process-group timeout (one rank failing must not hang the others forever)
 
 
@@ -67,10 +66,12 @@ def parse_overrides(overrides: list[str]) -> EvalSettings:
         raise EvaluateConfigError("eval.task_dirs is empty: give the directories of the task YAML files")
     if not settings.output:
         raise EvaluateConfigError("eval.output is empty: give the directory for results.json")
-    if settings.batch_size < 1:
-        raise EvaluateConfigError(f"eval.batch_size={settings.batch_size}: must be >= 1")
-    if settings.limit is not None and settings.limit <= 0:
-        raise EvaluateConfigError(f"eval.limit={settings.limit}: must be > 0 (documents, or a fraction < 1)")
+    from launcher.validation import ConfigError, check_eval_keys
+
+    try:
+        check_eval_keys(settings)
+    except ConfigError as exc:
+        raise EvaluateConfigError(str(exc)) from exc
     return settings
 
 

@@ -111,6 +111,7 @@ OPERATIONAL_KEYS = (
     "data.cache_dir",
     "parallel.",
     "logging.",
+    "eval.",  # downstream evaluation reads the model, never changes it
     "cluster.",
 )
 SAVED_CONFIG = "config.yaml"

@@ -46,6 +46,8 @@ def main(cfg: DictConfig) -> None:
         check_same_run(plan.cfg.trainer.run_dir, config, plan.cfg.trainer.resume_allow)
         if int(os.environ.get("RANK", os.environ.get("SLURM_PROCID", "0"))) == 0:
             lock = RunLock(plan.cfg.trainer.run_dir)  # one writer per run dir, before any process group
+            for note in plan.notes:  # what this layout leaves out, said before anything starts
+                print(f"note: {note}", file=sys.stderr, flush=True)
     except (ConfigError, RunDirError) as exc:
         print(f"config error: {exc}", file=sys.stderr, flush=True)
         sys.exit(2)

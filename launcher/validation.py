@@ -6,6 +6,12 @@ files that must exist), asks `ParallelDims.from_config` for every layout rule (d
 what pipeline/tensor/expert/context parallel cannot carry, DeepSpeed's limits, fp16 under pp) and works out the
 batch plan. It returns the `RunPlan` the trainer then runs, so what was checked is exactly what runs. Any problem
 is a ConfigError naming the key and the fix. Nothing here imports torch, so a bad config fails in about a second.
+
+Downstream tasks (eval.tasks) are loaded here too (evaluation/ is torch-free): a missing data file, an unknown
+task, a template field the data lacks or an empty choice list stops the launch with the task loader's message
+(file and field named). What the layout cannot evaluate is decided here as well: context parallel is refused;
+pipeline and tensor parallel cannot generate, so their generation tasks are left out with a note in the plan
+(printed before training starts) and the log-likelihood tasks still run.
 """
 
 from __future__ import annotations
@@ -13,9 +19,9 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Optional
 
-from launcher.config import CHOICES, TrainConfig
+from launcher.config import CHOICES, EvalConfig, EvalTasksConfig, TrainConfig
 from parallel.dims import ParallelDims
 
 
@@ -31,6 +37,8 @@ class RunPlan:
     dims: ParallelDims
     global_batch: int  # sequences per optimizer step
     grad_accum: int  # micro batches per rank per step (torch layouts and ZeRO)
+    eval_tasks: tuple = ()  # eval.tasks loaded (evaluation.tasks Task/Group), those this layout can run
+    notes: tuple[str, ...] = ()  # what the run leaves out and why, printed before training starts
 
     @property
     def tokens_per_step(self) -> int:
@@ -61,7 +69,8 @@ def validate(cfg: Any, world_size: int) -> RunPlan:
     except ValueError as exc:
         raise ConfigError(str(exc)) from exc
     global_batch, grad_accum = batch_plan(config, dims)
-    return RunPlan(config, dims, global_batch, grad_accum)
+    eval_tasks, notes = _check_eval(config, dims)
+    return RunPlan(config, dims, global_batch, grad_accum, eval_tasks, notes)
 
 
 def to_train_config(cfg: Any) -> TrainConfig:
@@ -172,6 +181,88 @@ def _check_data(cfg: TrainConfig) -> None:
 
         if not list_shards(path):
             raise ConfigError(f"data.path={d.path}: no packed shards (*.json headers) in it; run the tokenize step")
+
+
+def check_eval_keys(e: EvalTasksConfig, prefix: str = "eval") -> None:
+    """Ranges of the evaluation keys the loop and the offline command share (and eval.every in the loop)."""
+    if e.batch_size < 1:
+        raise ConfigError(f"{prefix}.batch_size={e.batch_size}: must be >= 1")
+    if e.limit is not None and e.limit <= 0:
+        raise ConfigError(f"{prefix}.limit={e.limit}: must be > 0 (documents, or a fraction < 1)")
+    if e.max_length is not None and e.max_length < 2:
+        raise ConfigError(f"{prefix}.max_length={e.max_length}: must be >= 2 (or null: the model's max_seq_len)")
+    if e.bootstrap_iters < 0:
+        raise ConfigError(f"{prefix}.bootstrap_iters={e.bootstrap_iters}: must be >= 0")
+    if isinstance(e, EvalConfig) and e.every < 0:
+        raise ConfigError(f"{prefix}.every={e.every}: must be >= 0 (0: only at the last step)")
+
+
+def generation_blocked(dims: ParallelDims) -> Optional[str]:
+    """Why this layout cannot generate text (one token at a time), or None when it can: the one rule the text
+    sample and downstream generation tasks share."""
+    if dims.pp > 1:
+        return "pipeline parallel (parallel.pp > 1): each stage holds part of the model"
+    if dims.tp > 1 or dims.cp > 1:
+        return "tensor/context parallel (parallel.tp/cp > 1): decoding one token cannot be split by sequence"
+    return None
+
+
+def _check_eval(cfg: TrainConfig, dims: ParallelDims) -> tuple[tuple, tuple[str, ...]]:
+    """(the downstream tasks this layout runs, notes on what it leaves out); ConfigError on bad keys or tasks."""
+    e = cfg.eval
+    check_eval_keys(e)
+    if not e.tasks:
+        return (), ()
+    if not e.task_dirs:
+        raise ConfigError("eval.tasks is set but eval.task_dirs is empty: give the directories of the task YAML")
+    if cfg.data.name == "synthetic":
+        raise ConfigError("eval.tasks needs data with a tokenizer (data=packed or data=embedded), not data=synthetic")
+    if dims.cp > 1:
+        raise ConfigError(
+            "eval.tasks under context parallel (parallel.cp > 1) is not supported: the scoring forward would need "
+            "the sequence cut and its logits gathered back in order; evaluate the checkpoints with "
+            "`python -m launcher.evaluate` or set eval.tasks=[]"
+        )
+    max_length = e.max_length or cfg.model.max_seq_len
+    if max_length > cfg.model.max_seq_len:
+        raise ConfigError(f"eval.max_length={e.max_length} exceeds model.max_seq_len={cfg.model.max_seq_len}")
+    if dims.pp > 1 and max_length > cfg.data.seq_len:
+        raise ConfigError(
+            f"eval.max_length={max_length} (null: model.max_seq_len) exceeds data.seq_len={cfg.data.seq_len}: under "
+            f"pipeline parallel scoring batches have the training shape; set eval.max_length<={cfg.data.seq_len}"
+        )
+    from evaluation.errors import TaskInputError
+    from evaluation.runner import leaf_tasks
+    from evaluation.tasks import Group, load_tasks
+
+    try:
+        tasks = load_tasks(list(e.tasks), list(e.task_dirs))
+    except TaskInputError as exc:
+        raise ConfigError(f"eval.tasks: {exc}") from exc
+    why_not = generation_blocked(dims)
+    generating = [t.name for t in leaf_tasks(tasks) if t.output_type == "generate_until"]
+    for task in leaf_tasks(tasks):
+        new_tokens = int(task.generation.get("max_gen_toks", 0)) if task.output_type == "generate_until" else 0
+        if why_not is None and new_tokens >= max_length:
+            raise ConfigError(
+                f"{task.where}: generation_kwargs max_gen_toks={new_tokens} leaves no room for a context in "
+                f"eval.max_length={max_length} (null: model.max_seq_len): lower max_gen_toks or raise eval.max_length"
+            )
+    if why_not is None or not generating:
+        return tuple(tasks), ()
+    kept = []
+    for item in tasks:
+        leaves = item.leaf_tasks() if isinstance(item, Group) else [item]
+        kinds = {t.output_type == "generate_until" for t in leaves}
+        if kinds == {True, False}:
+            raise ConfigError(
+                f"eval.tasks: group {item.name!r} mixes generation tasks with others, and this layout cannot "
+                f"generate ({why_not}): name its log-likelihood tasks one by one"
+            )
+        if kinds == {False}:
+            kept.append(item)
+    note = f"eval: generation tasks {generating} are skipped under {why_not}; the log-likelihood tasks still run"
+    return tuple(kept), (note,)
 
 
 def batch_plan(cfg: TrainConfig, dims: ParallelDims) -> tuple[int, int]:

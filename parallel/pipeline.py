@@ -10,7 +10,8 @@ this file only builds.
 
 The schedule computes the loss on the last stage (model.loss.cross_entropy_loss per microbatch; gradients are the
 mean over microbatches), so the model's own loss is not used. `Pipeline.eval_loss` is the held-out loss through the
-same schedule, forward only.
+same schedule, forward only; `Pipeline.forward_results` runs it with another function of the logits (downstream
+scores).
 """
 
 from __future__ import annotations
@@ -80,6 +81,26 @@ class Pipeline:
                 forward_only(*inputs, target=labels, losses=losses)
                 return torch.stack([_plain(loss.detach()) for loss in losses]).mean()
             forward_only(*inputs)
+        return None
+
+    @torch.no_grad()
+    def forward_results(self, tokens: torch.Tensor, targets: torch.Tensor, fn: Callable) -> Optional[torch.Tensor]:
+        """Forward only through the schedule with `fn(logits, targets)` in place of the loss on the last stage (e.g.
+        per-token scores for downstream evaluation): the per-microbatch results concatenated along the batch on
+        the rank holding the last stage, else None. The batch must have the training batch's shape."""
+        results: list[torch.Tensor] = []
+        inputs = (tokens,) if self.has_first else ()
+        forward_only = getattr(self.schedule, "eval", None) or self._forward_only_step
+        saved = self.schedule._loss_fn
+        self.schedule._loss_fn = fn
+        try:
+            with _forward_actions_only(self.schedule):
+                if self.has_last:
+                    forward_only(*inputs, target=targets, losses=results)
+                    return torch.cat([_plain(r.detach()) for r in results])
+                forward_only(*inputs)
+        finally:
+            self.schedule._loss_fn = saved
         return None
 
     def _forward_only_step(self, *args, **kwargs):

@@ -59,7 +59,7 @@ class TextSample(Callback):
         if self.model is None:
             return
         if (self.every > 0 and step % self.every == 0) or (ctx.last and self.tokens):
-            with ctx.paused():
+            with ctx.paused(), ctx.module.scoring():  # scoring(): the parameters left as the optimizer knows them
                 ctx.record["sample"] = sample_text(
                     self.model, ctx.data.tokenizer, self.prompt, self.tokens, ctx.cfg.model.max_seq_len, ctx.data.eos_id
                 )

@@ -72,6 +72,19 @@ def autocast(precision: str, device: torch.device):
     return torch.autocast(device.type, dtype=torch_dtype(precision))
 
 
+def token_scores(logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+    """[B, T, 2] from logits [B, T, V] (plain, or a DTensor under tensor parallel): the float32 log-probability of
+    each target token and 1.0 where it is the argmax (what evaluation.loom_scorer extracts per scored row)."""
+    from torch.distributed.tensor import DTensor
+
+    if isinstance(logits, DTensor):
+        logits = logits.full_tensor()
+    log_probs = torch.log_softmax(logits.float(), dim=-1)
+    picked = log_probs.gather(-1, targets[..., None]).squeeze(-1)
+    greedy = (log_probs.argmax(dim=-1) == targets).float()
+    return torch.stack([picked, greedy], dim=-1)
+
+
 def max_grad_norm(grad_clip: float) -> float:
     """optim.grad_clip as a clipping bound: 0 disables clipping (the norm is still measured)."""
     return grad_clip if grad_clip > 0 else math.inf
@@ -169,6 +182,61 @@ class TrainModule:
     def generation_model(self) -> tuple[Optional[nn.Module], str]:
         """(the plain module to sample from, "") or (None, why this layout cannot sample)."""
         return None, "this layout cannot generate"
+
+    # ------------------------------------------------------------------------------------------ downstream scoring
+    # Downstream evaluation (launcher/callbacks/downstream_eval.py) scores padded token batches through the layout.
+    forward_is_collective: bool = False  # a forward needs every rank (all-gathers, all-to-all, pipeline p2p)
+
+    def scoring_shape(self, rows: int, width: int) -> tuple[int, int]:
+        """The (rows, width) a scoring batch of rows x width is padded to for this layout."""
+        return rows, width
+
+    def score_batch(self, tokens: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+        """[B, T, 2]: log P(targets[b, t] | tokens[b, :t+1]) and whether it is the argmax, on every rank (in eval
+        mode, no gradients; the caller pads `tokens` to `scoring_shape`)."""
+        raise NotImplementedError
+
+    @contextlib.contextmanager
+    def scoring(self):
+        """Eval mode for forwards outside training (evaluation, generation), then training mode with every model
+        part's parameters resharded and the very objects the optimizer steps: forwards without backward leave
+        FSDP's gathered weights registered, and FSDP-wrapped expert-parallel experts other tensors still after a
+        reshard (until a backward re-registers them), which a checkpoint at that step would not find in the
+        optimizer."""
+        registered = [
+            (module, name, param)
+            for part in self.model_parts
+            for module in part.modules()
+            for name, param in module.named_parameters(recurse=False)
+        ]
+        self.train(False)
+        try:
+            yield
+        finally:
+            from torch.distributed.fsdp import FSDPModule
+
+            for part in self.model_parts:  # FSDP keeps the gathered weights of a forward without backward
+                for module in part.modules():
+                    if isinstance(module, FSDPModule):
+                        module.reshard()
+            for module, name, param in registered:
+                if module._parameters.get(name) is not param:
+                    module._parameters[name] = param
+            self.train(True)
+
+    def scoring_model(self) -> nn.Module:
+        """The module a scoring forward runs: the laid-out one where its forward is part of the layout."""
+        return self.plain_model
+
+    @torch.no_grad()
+    def forward_scores(self, model: nn.Module, tokens: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+        """token_scores of `model`'s logits: eager (a compiled model would recompile per batch shape), under the
+        run's autocast; a model trained with document masks attends across the prefix EOS, as HF exports do."""
+        kwargs = {}
+        if self.cfg.model.document_mask_eos_id is not None:
+            kwargs["attention_mask"] = torch.ones_like(tokens, dtype=torch.bool)
+        with torch.compiler.set_stance("force_eager"), autocast(self.cfg.trainer.precision, self.env.device):
+            return token_scores(model(tokens, **kwargs), targets)
 
     # ------------------------------------------------------------------------------------------ state
     def model_state_dict(self) -> dict[str, Any]:

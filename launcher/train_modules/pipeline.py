@@ -21,8 +21,15 @@ from torch import nn
 from launcher.distributed import DistEnv
 from launcher.optim import Optimizers
 from launcher.schedule import LRSchedulers
-from launcher.train_modules.base import StepOutput, TrainModule, autocast, materialize_model, max_grad_norm
-from launcher.validation import RunPlan
+from launcher.train_modules.base import (
+    StepOutput,
+    TrainModule,
+    autocast,
+    materialize_model,
+    max_grad_norm,
+    token_scores,
+)
+from launcher.validation import RunPlan, generation_blocked
 from parallel import clip_grad_norm_, loss_context
 
 log = logging.getLogger(__name__)
@@ -95,7 +102,33 @@ class PipelineTrainModule(TrainModule):
             return self.pipeline.eval_loss(inputs, labels)
 
     def generation_model(self) -> tuple[Optional[nn.Module], str]:
-        return None, "sample generation is skipped under pipeline parallel: each stage holds part of the model"
+        return None, f"sample generation is skipped under {generation_blocked(self.dims)}"
+
+    forward_is_collective = True
+
+    def scoring_shape(self, rows: int, width: int) -> tuple[int, int]:
+        """The training batch's shape: stages fixed their receive buffers at the first step (validation keeps
+        eval.max_length <= data.seq_len and the scorer's batch size at the per-rank batch)."""
+        if rows > self.plan.rank_batch or width > self.cfg.data.seq_len:
+            raise ValueError(
+                f"a scoring batch of {rows} x {width} does not fit the pipeline's {self.plan.rank_batch} x "
+                f"{self.cfg.data.seq_len}"
+            )
+        return self.plan.rank_batch, self.cfg.data.seq_len
+
+    @torch.no_grad()
+    def score_batch(self, tokens: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+        """Forward only through the schedule, the last stage turning its logits into token scores in place of
+        the loss; the scores are then summed over the pp group (zeros elsewhere), so every stage holds them."""
+        import torch.distributed as dist
+
+        with autocast(self.cfg.trainer.precision, self.env.device):
+            scores = self.pipeline.forward_results(tokens, targets, token_scores)
+        if scores is None:
+            scores = torch.zeros((*tokens.shape, 2), device=self.env.device)
+        scores = scores.to(self.env.device).contiguous()
+        dist.all_reduce(scores, group=self.pp_group)
+        return scores
 
 
 def whole_batches(batches: list[torch.Tensor], rows_per_batch: int) -> list[torch.Tensor]:

@@ -24,7 +24,7 @@ from launcher.distributed import DistEnv
 from launcher.optim import Optimizers
 from launcher.schedule import LRSchedulers
 from launcher.train_modules.base import MicroBatch, StepOutput, TrainModule, autocast, materialize_model, max_grad_norm
-from launcher.validation import RunPlan
+from launcher.validation import RunPlan, generation_blocked
 from parallel import clip_grad_norm_, compute_loss, loss_context
 
 
@@ -91,9 +91,26 @@ class TorchTrainModule(TrainModule):
 
     def generation_model(self) -> tuple[Optional[nn.Module], str]:
         # Generation runs the model one token at a time, which sequence-sharded layouts (TP+SP, CP) cannot do.
-        if self.dims.tp > 1 or self.dims.cp > 1:
-            return None, "sample generation is skipped under tensor/context parallel (parallel.tp/cp > 1)"
+        why_not = generation_blocked(self.dims)
+        if why_not is not None:
+            return None, f"sample generation is skipped under {why_not}"
         return self.plain_model, ""
+
+    @property
+    def forward_is_collective(self) -> bool:
+        return self.dims.fsdp_enabled or self.dims.tp > 1 or self.dims.ep > 1 or self.dims.cp > 1
+
+    def scoring_shape(self, rows: int, width: int) -> tuple[int, int]:
+        # Sequence parallel shards the residual stream on the sequence: the width must divide by tp.
+        tp = self.dims.tp
+        return rows, -(-width // tp) * tp
+
+    def scoring_model(self) -> nn.Module:
+        # DDP's wrapper would broadcast buffers in its forward; the plain module computes the same logits alone.
+        return self.plain_model if isinstance(self.model, DistributedDataParallel) else self.model
+
+    def score_batch(self, tokens: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+        return self.forward_scores(self.scoring_model(), tokens, targets)
 
     def log_extras(self) -> dict[str, float]:
         return {"loss_scale": self.scaler.get_scale()} if self.scaler is not None else {}

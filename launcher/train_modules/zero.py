@@ -129,6 +129,13 @@ class ZeroTrainModule(TrainModule):
     def generation_model(self) -> tuple[Optional[nn.Module], str]:
         return self.engine.module, ""  # ZeRO-3 gathers the partitions in the module's own forward hooks
 
+    @property
+    def forward_is_collective(self) -> bool:
+        return self.dims.cfg.zero_stage == 3 or self.dims.ep > 1  # ZeRO-3 gathers parameters in its forward
+
+    def score_batch(self, tokens: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+        return self.forward_scores(self.engine.module, tokens, targets)
+
     def model_state_dict(self) -> dict[str, Any]:
         return full_model_state_dict(self.engine)  # a collective: every rank gathers
 
