@@ -1,0 +1,209 @@
+"""Where the personal data of a text is: e-mail addresses, IP addresses and phone numbers that are what they claim.
+
+A regex finds candidates; each is then checked on its format and on the words around it, because on real text
+most strings shaped like personal data are not (on Debian's documentation 225 of 232 dotted quads were section
+numbers, every phone-shaped match a timestamp, and `user@UID.service` a systemd unit). What is matched, and what
+is left alone on purpose:
+
+E-mail: `local@domain.tld` whose last label is a top-level domain of the public suffix list (the `tld` package,
+  which trafilatura already installs) and not a systemd unit type. Left alone: unit names (`user@1000.service`,
+  `getty@tty1.target`), `name@file.conf`, package pins (`lodash@4.17.21`), hosts without a dot (`root@localhost`,
+  `user@host`), and logins in commands: an address followed by `:path` (`git@github.com:org/repo.git`) or after
+  ssh, scp, sftp, rsync, mosh or telnet.
+IPv4: a dotted quad that `ipaddress` parses (public only by default). Left alone: a quad inside a longer dotted
+  number (`1.2.3.4.5`) or right after a section or version word (`section 6.1.2.3`, `version 10.1.1.1`), a
+  numbered heading (a line that starts `6.1.2.3 Title`), a quad whose first three parts also stand alone in the
+  text (`6.1.2` and `6.1.2.3`: a numbering), and a quad whose parts are all below 32 (`1.2.3.4`, `6.1.2.3`) unless a
+  network word (IP, address, server, DNS, ping, gateway...) is near or a `:port` or `/prefix` follows.
+IPv6: colon-hex groups that `ipaddress` parses, with at least three non-empty groups (`std::vector` is not an
+  address), in the global unicast block 2000::/3 by default. MAC addresses and clock times do not parse.
+Phone: a run of digits and phone separators on one line that libphonenumber (the `phonenumbers` package) finds
+  valid for one of the configured regions. Left alone: anything holding a date (`2023-02-04`, `15/01/2024`), a
+  number touching a clock time (`2023-02-04 11:59:01`), a part of a longer token (UUIDs, hex ids, `v2-1234567`),
+  dotted numbers other than the 3.3.4 form (`6.1.2.3456789`), a number after a section, version, ISBN or id word,
+  ISBN-13 shapes (978/979), and a bare run of digits (`2125550199`) with no phone word (phone, tel, call, fax,
+  mobile...) before it, nor one pair of digit groups (`32768-65535`, a range, `555-0199`) without one.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import re
+from dataclasses import dataclass
+from typing import Sequence
+
+EMAIL = re.compile(
+    r"(?<![\w.+-])[A-Za-z0-9!#$%&'*+/=?^_`{|}~-]+(?:\.[A-Za-z0-9!#$%&'*+/=?^_`{|}~-]+)*"
+    r"@(?:[A-Za-z0-9](?:[A-Za-z0-9-]*[A-Za-z0-9])?\.)+([A-Za-z]{2,})(?![\w-])"
+)
+# Dotted quads not inside a longer dotted number (1.2.3.4.5), and colon-hex groups that could be IPv6.
+IPV4 = re.compile(r"(?<![\w.])(?:\d{1,3}\.){3}\d{1,3}(?![\w]|\.\d)")
+IPV6 = re.compile(r"(?<![\w:.])(?:[0-9A-Fa-f]{0,4}:){2,7}(?:[0-9A-Fa-f]{1,4}|(?:\d{1,3}\.){3}\d{1,3})?(?![\w:])")
+IPV6_HINT = re.compile(r"[0-9A-Fa-f]:[0-9A-Fa-f:]*:")  # cheap test before the IPv6 regex
+# A run of digits and phone separators on one line, from its first to its last digit (greedy: no partial runs).
+PHONE_RUN = re.compile(r"\+?\(?\d[\d().\-/ \t\u00a0]*\d")
+DIGIT = re.compile(r"\d")
+
+SYSTEMD_UNIT_TYPES = frozenset(
+    "service socket target timer mount automount path slice scope device swap".split()
+)  # `.target` is also a real TLD: a unit name is far likelier than an address there
+LOGIN_COMMAND = re.compile(r"\b(?:ssh|scp|sftp|rsync|mosh|telnet)\b[^\n]{0,80}$")
+# The word right before a number that makes it a section, version or catalogue number, not an address.
+NUMBERING_WORD = re.compile(
+    r"(?:^|[^\w])(?:§|sections?|sect|sec|chapters?|chap|ch|clauses?|paragraphs?|para|articles?|art|parts?|"
+    r"appendix|annex|tables?|figures?|fig|items?|steps?|rules?|versions?|ver|v|releases?|rev|revision|build|"
+    r"patch|rfc|iso|isbn|issn|doi|id|serial|no|nr|level|exercise|theorem|lemma|equation|eq|listing|page|pp)"
+    r"\.?:?\s*(?:and\s+|or\s+|to\s+|-\s*)?$",
+    re.IGNORECASE,
+)
+NETWORK_WORD = re.compile(
+    r"\b(?:ip|ipv4|ip address|address(?:es)?|addr|servers?|hosts?|hostname|dns|resolvers?|nameservers?|gateway|"
+    r"routers?|route|inet|subnet|netmask|proxy|firewall|ping|traceroute|ssh|connect\w*|listen\w*|bind|clients?|"
+    r"peers?|interface|vpn|nat|dhcp|whois|origin)\b",
+    re.IGNORECASE,
+)
+PHONE_WORD = re.compile(
+    r"\b(?:phone|telephone|tel|call|fax|mobile|cell|contact|whatsapp|sms|hotline|dial|ring)\b|☎|📞",
+    re.IGNORECASE,
+)
+DATE = re.compile(r"\d{4}[-/.]\d{1,2}[-/.]\d{1,2}|\d{1,2}[-/.]\d{1,2}[-/.]\d{2,4}(?!\d)")
+DOTTED_PHONE = re.compile(r"(?:\+?\d{1,3}[ .])?\(?\d{3}\)?\.\d{3}\.\d{4}")
+ISBN13 = re.compile(r"97[89][-\s]?\d")
+SMALL_PART = 32  # a quad whose parts are all below this reads as a numbering unless the words say network
+CONTEXT_CHARS = 60
+
+
+@dataclass(frozen=True)
+class Found:
+    """One candidate: where it is, its kind, and whether it is personal data (`reason` says why not)."""
+
+    start: int
+    end: int
+    kind: str  # email | ip | phone
+    personal: bool
+    reason: str = ""
+
+
+def _before(text: str, start: int) -> str:
+    line_start = text.rfind("\n", 0, start) + 1
+    return text[max(line_start, start - CONTEXT_CHARS) : start]
+
+
+def _around(text: str, start: int, end: int) -> str:
+    return text[max(0, start - CONTEXT_CHARS) : end + CONTEXT_CHARS]
+
+
+def find_emails(text: str) -> list[Found]:
+    from tld import is_tld
+
+    found = []
+    for m in EMAIL.finditer(text):
+        suffix = m.group(1).lower()
+        after = text[m.end() : m.end() + 2]
+        if suffix in SYSTEMD_UNIT_TYPES:
+            reason = "unit_name"
+        elif not is_tld(suffix):
+            reason = "not_a_domain"
+        elif len(after) == 2 and after[0] == ":" and not after[1].isspace():
+            reason = "login"  # scp/git remote: git@github.com:org/repo.git
+        elif LOGIN_COMMAND.search(_before(text, m.start())):
+            reason = "login"
+        else:
+            reason = ""
+        found.append(Found(m.start(), m.end(), "email", not reason, reason))
+    return found
+
+
+def _dotted_numbers(text: str) -> set[str]:
+    """Standalone dotted numbers of two or three parts: the prefixes a section numbering leaves in its text."""
+    return set(re.findall(r"(?<![\w.])\d{1,3}(?:\.\d{1,3}){1,2}(?![\w]|\.\d)", text))
+
+
+def _ipv4_lookalike(text: str, m: re.Match, prefixes: set[str]) -> str:
+    """Why the dotted quad at `m` is not an address ("" when it is one)."""
+    candidate = m.group()
+    before = _before(text, m.start())
+    if NUMBERING_WORD.search(before):
+        return "numbering_word"
+    if not before.strip() and re.match(r"\.?[ \t]+[A-Z]", text[m.end() : m.end() + 3]):
+        return "heading_number"
+    if candidate.rsplit(".", 1)[0] in prefixes:
+        return "numbering"
+    if all(int(part) < SMALL_PART for part in candidate.split(".")):
+        suffix = re.match(r"[:/]\d", text[m.end() : m.end() + 2])
+        if not suffix and not NETWORK_WORD.search(_around(text, m.start(), m.end())):
+            return "small_parts_no_network_word"
+    return ""
+
+
+def _public(address, only_public: bool) -> bool:
+    if not only_public:
+        return True
+    # IPv6 must also be in the global unicast block (2000::/3), which `is_global` does not require.
+    return address.is_global and (address.version == 4 or address in ipaddress.ip_network("2000::/3"))
+
+
+def find_ips(text: str, only_public: bool = True) -> list[Found]:
+    found = []
+    if "." in text:
+        prefixes = None
+        for m in IPV4.finditer(text):
+            try:
+                address = ipaddress.ip_address(m.group())
+            except ValueError:
+                continue  # 999.1.2.3: not shaped like an address at all
+            if prefixes is None:
+                prefixes = _dotted_numbers(text)
+            reason = _ipv4_lookalike(text, m, prefixes) or ("" if _public(address, only_public) else "not_public")
+            found.append(Found(m.start(), m.end(), "ip", not reason, reason))
+    if IPV6_HINT.search(text):
+        for m in IPV6.finditer(text):
+            try:
+                address = ipaddress.ip_address(m.group())
+            except ValueError:
+                continue
+            if sum(1 for group in m.group().split(":") if group) < 3:
+                continue  # "a::b", "std::x": C++ scopes parse as IPv6 too
+            reason = "" if _public(address, only_public) else "not_public"
+            found.append(Found(m.start(), m.end(), "ip", not reason, reason))
+    return found
+
+
+def _phone_lookalike(text: str, start: int, end: int) -> str:
+    """Why text[start:end], which libphonenumber accepts, is not a phone number ("" when it is one)."""
+    number = text[start:end]
+    left, right = text[max(0, start - 2) : start], text[end : end + 2]
+    if DATE.search(number):
+        return "date"
+    if re.fullmatch(r"\d:", left) or re.match(r":\d", right) or re.search(r"\d:\d", number):
+        return "time"
+    if (left[-1:] and (left[-1].isalnum() or left[-1] in "._-/#@\\")) or re.match(r"[.\-/_]?\w", right):
+        return "part_of_token"
+    if "." in number and not DOTTED_PHONE.fullmatch(number.strip()):
+        return "dotted_number"
+    if ISBN13.match(number):
+        return "isbn"
+    before = _before(text, start)
+    if NUMBERING_WORD.search(before):
+        return "numbering_word"
+    if re.fullmatch(r"\d+(?:[-/]\d+)?", number) and not PHONE_WORD.search(before):
+        return "digits_or_range_no_phone_word"  # 2125550199, 32768-65535: ids, sizes, ranges without a phone word
+    return ""
+
+
+def find_phones(text: str, regions: Sequence[str]) -> list[Found]:
+    import phonenumbers
+
+    found = []
+    for run in PHONE_RUN.finditer(text):
+        if len(DIGIT.findall(run.group())) < 7:
+            continue
+        for region in regions:
+            matches = list(phonenumbers.PhoneNumberMatcher(run.group(), region, leniency=phonenumbers.Leniency.VALID))
+            if matches:
+                for match in matches:
+                    start, end = run.start() + match.start, run.start() + match.end
+                    reason = _phone_lookalike(text, start, end)
+                    found.append(Found(start, end, "phone", not reason, reason))
+                break
+    return found
