@@ -6,10 +6,10 @@ numbers, every phone-shaped match a timestamp, and `user@UID.service` a systemd 
 is left alone on purpose:
 
 E-mail: `local@domain.tld` whose last label is a top-level domain of the public suffix list (the `tld` package,
-  which trafilatura already installs) and not a systemd unit type. Left alone: unit names (`user@1000.service`,
-  `getty@tty1.target`), `name@file.conf`, package pins (`lodash@4.17.21`), hosts without a dot (`root@localhost`,
-  `user@host`), and logins in commands: an address followed by `:path` (`git@github.com:org/repo.git`) or after
-  ssh, scp, sftp, rsync, mosh or telnet.
+  which trafilatura already installs). Left alone: systemd unit names (`user@1000.service`, `getty@tty1.target`),
+  file names (`name@file.conf`, `logo@2x.png`, `archive@v2.zip`: .zip and .mov are TLDs too), package pins
+  (`lodash@4.17.21`), hosts without a dot (`root@localhost`, `user@host`), and logins in commands: an address
+  followed by `:path` (`git@github.com:org/repo.git`) or after ssh, scp, sftp, rsync, mosh or telnet.
 IPv4: a dotted quad that `ipaddress` parses (public only by default). Left alone: a quad inside a longer dotted
   number (`1.2.3.4.5`) or right after a section or version word (`section 6.1.2.3`, `version 10.1.1.1`), a
   numbered heading (a line that starts `6.1.2.3 Title`), a quad whose first three parts also stand alone in the
@@ -23,6 +23,11 @@ Phone: a run of digits and phone separators on one line that libphonenumber (the
   dotted numbers other than the 3.3.4 form (`6.1.2.3456789`), a number after a section, version, ISBN or id word,
   ISBN-13 shapes (978/979), and a bare run of digits (`2125550199`) with no phone word (phone, tel, call, fax,
   mobile...) before it, nor one pair of digit groups (`32768-65535`, a range, `555-0199`) without one.
+
+Not matched at all: obfuscated addresses (`jane at example dot org`), phone numbers written in the national format
+of a region not in `phone_regions` (`020 7946 0958` with the default US; `+44 20 7946 0958` is matched), and IPs
+outside the public ranges unless `only_public_ips` is false. Known misses the other way: a four-part version
+with a part of 32 or more right after a product name (`Firefox 102.0.1.2`) reads as an address.
 """
 
 from __future__ import annotations
@@ -47,6 +52,8 @@ DIGIT = re.compile(r"\d")
 SYSTEMD_UNIT_TYPES = frozenset(
     "service socket target timer mount automount path slice scope device swap".split()
 )  # `.target` is also a real TLD: a unit name is far likelier than an address there
+FILE_EXTENSION_TLDS = frozenset({"zip", "mov"})  # real TLDs, but `archive@v2.zip` is a file
+RETINA_IMAGE = re.compile(r"\d+(?:\.\d+)?x\.")  # logo@2x.png, icon@1.5x.webp
 LOGIN_COMMAND = re.compile(r"\b(?:ssh|scp|sftp|rsync|mosh|telnet)\b[^\n]{0,80}$")
 # The word right before a number that makes it a section, version or catalogue number, not an address.
 NUMBERING_WORD = re.compile(
@@ -100,8 +107,11 @@ def find_emails(text: str) -> list[Found]:
     for m in EMAIL.finditer(text):
         suffix = m.group(1).lower()
         after = text[m.end() : m.end() + 2]
+        domain = m.group().rsplit("@", 1)[1].lower()
         if suffix in SYSTEMD_UNIT_TYPES:
             reason = "unit_name"
+        elif suffix in FILE_EXTENSION_TLDS or RETINA_IMAGE.match(domain):
+            reason = "file_name"
         elif not is_tld(suffix):
             reason = "not_a_domain"
         elif len(after) == 2 and after[0] == ":" and not after[1].isspace():

@@ -6,6 +6,8 @@ printed (pytest -s) and must both be 1.0 on this set."""
 
 from __future__ import annotations
 
+import json
+
 from data_pipeline.document import Document
 from data_pipeline.steps import build_step
 
@@ -45,6 +47,7 @@ LOOKALIKES = [
     "scp backup.tar.gz admin@backup.example.com:/srv/ and ssh deploy@web01.example.com uptime",
     "git clone git@github.com:huggingface/datatrove.git",
     "npm install lodash@4.17.21 react@18.2.0",
+    '<img src="logo@2x.png" srcset="logo@1.5x.webp"> from archive@v2.zip',
     "The job id 3f2a9c1e-1234-5678-9abc-def012345678 and commit 4b825dc642cb6eb9a060e54bf8d69288fbee4904.",
     "Object 0x7f3a2b1c4d5e at offset 1234567890.",
     "Programs of 32768-65535 bytes are rejected; the range 1000000-2000000 is reserved.",
@@ -79,3 +82,22 @@ def test_pii_precision_and_recall_on_planted_look_alikes_and_real_values():
     counters = step.context.counters
     assert [counters[f"pii.{kind}"] for kind in ("email", "ip", "phone")] == [4, 6, 7]
     assert counters["pii.lookalike.ip"] >= 8 and counters["pii.lookalike.email"] >= 5
+
+
+def test_report_has_a_per_kind_pii_count(tmp_path):
+    from data_pipeline.cli import main
+
+    docs = [{"id": f"p{i}", "text": template.format(value)} for i, (_, template, value) in enumerate(PERSONAL)]
+    docs += [{"id": f"l{i}", "text": text} for i, text in enumerate(LOOKALIKES)]
+    (tmp_path / "in.jsonl").write_text("".join(json.dumps(d) + "\n" for d in docs))
+    assert main(["pii", f"input={tmp_path / 'in.jsonl'}", f"output={tmp_path / 'out'}", "tasks=1"]) == 0
+    report = (tmp_path / "out" / "report.md").read_text()
+    line = next(line for line in report.splitlines() if line.startswith("- **pii**: e-mail"))
+    counters = json.loads((tmp_path / "out" / "summary.json").read_text())["pii"]["counters"]
+    expected = "; ".join(
+        f"{label} {n} replaced, {counters[f'pii.lookalike.{kind}']} look-alikes kept"
+        for (kind, label), n in zip(
+            (("email", "e-mail addresses"), ("ip", "IP addresses"), ("phone", "phone numbers")), (4, 6, 7)
+        )
+    )
+    assert line == f"- **pii**: {expected}; 17 documents changed"
