@@ -18,7 +18,8 @@ pages (31,630 vs 15,146 characters). Headings are content; link-list pages are l
 heuristics, which see the whole corpus. The default still drops navigation, headers, footers, cookie banners and
 "related posts" of an article page (tests/data_pipeline/test_web_text.py). Cross-page deduplication changed 61
 of the 725 pages, losing 44,769 characters. Tables are kept (much documentation is tables); comments, links and
-images are not; output is plain text.
+images are not; output is plain text. trafilatura keeps the indentation of `<pre>` blocks but drops the blank
+lines inside them.
 
 On its own, importing no reader, because it reads no file: the extract step (data_pipeline/steps/extract.py)
 calls `extract_text` on documents already read, and the WARC reader (data_pipeline/readers.py) calls

@@ -4,6 +4,7 @@ line), in plain indented blocks, tab-indented lines and fenced blocks, while pro
 from __future__ import annotations
 
 import inspect
+import json
 
 from data_pipeline.document import Document
 from data_pipeline.steps import build_step
@@ -36,3 +37,19 @@ def test_indented_code_keeps_its_indentation_byte_for_byte():
 def test_first_line_indentation_survives_and_tab_indentation_is_not_rewritten():
     text = "\n\n    first = 1\n\tsecond = 2  \n"
     assert build_step("normalize")([Document("d", text)])[0].text == "    first = 1\n\tsecond = 2"
+
+
+def test_code_in_a_web_page_keeps_its_indentation_through_extract_normalize_and_pii():
+    import html
+
+    code = real_code()
+    prose = " ".join(inspect.getdoc(json).split("\n\n")[0].split())
+    page = (
+        f"<html><body><main><article><h1>raw_decode</h1><p>{html.escape(prose)}</p>"
+        f"<pre><code>{html.escape(code)}</code></pre><p>{html.escape(prose)}</p></article></main></body></html>"
+    )
+    docs = [Document("page", page)]
+    for name in ("extract", "normalize", "pii"):
+        docs = build_step(name)(docs)
+    # Every non-blank line byte for byte and in order (trafilatura itself drops the blank lines inside <pre>).
+    assert "\n".join(line.rstrip() for line in code.splitlines() if line.strip()) in docs[0].text
