@@ -8,13 +8,16 @@ is left alone on purpose:
 E-mail: `local@domain.tld` whose last label is a top-level domain of the public suffix list (the `tld` package,
   which trafilatura already installs). Left alone: systemd unit names (`user@1000.service`, `getty@tty1.target`),
   file names (`name@file.conf`, `logo@2x.png`, `archive@v2.zip`: .zip and .mov are TLDs too), package pins
-  (`lodash@4.17.21`), hosts without a dot (`root@localhost`, `user@host`), and logins in commands: an address
-  followed by `:path` (`git@github.com:org/repo.git`) or after ssh, scp, sftp, rsync, mosh or telnet.
+  (`lodash@4.17.21`), a decorator in backquotes (no letter or digit before the @), hosts without a dot
+  (`root@localhost`, `user@host`), and logins in commands: an address followed by `:path`
+  (`git@github.com:org/repo.git`) or after ssh, scp, sftp, rsync, mosh or telnet.
 IPv4: a dotted quad that `ipaddress` parses (public only by default). Left alone: a quad inside a longer dotted
   number (`1.2.3.4.5`) or right after a section or version word (`section 6.1.2.3`, `version 10.1.1.1`), a
   numbered heading (a line that starts `6.1.2.3 Title`), a quad whose first three parts also stand alone in the
-  text (`6.1.2` and `6.1.2.3`: a numbering), and a quad whose parts are all below 32 (`1.2.3.4`, `6.1.2.3`) unless a
-  network word (IP, address, server, DNS, ping, gateway...) is near or a `:port` or `/prefix` follows.
+  text (`6.1.2` and `6.1.2.3`: a numbering), a package version (`2:1.0.99.4-1`, `(>= 1.2.99.2)`), and a quad not
+  shaped like an address (first part under 10, or fewer than two parts of 32 or more: `1.0.99.4`, `4.3.99.16`,
+  `8.8.8.8`) unless a network word (IP, address, server, DNS, ping, gateway...) is within 60 characters on its line or a
+  `:port` or `/prefix` follows.
 IPv6: colon-hex groups that `ipaddress` parses, with at least three non-empty groups (`std::vector` is not an
   address), in the global unicast block 2000::/3 by default. MAC addresses and clock times do not parse.
 Phone: a run of digits and phone separators on one line that libphonenumber (the `phonenumbers` package) finds
@@ -22,12 +25,15 @@ Phone: a run of digits and phone separators on one line that libphonenumber (the
   number touching a clock time (`2023-02-04 11:59:01`), a part of a longer token (UUIDs, hex ids, `v2-1234567`),
   dotted numbers other than the 3.3.4 form (`6.1.2.3456789`), a number after a section, version, ISBN or id word,
   ISBN-13 shapes (978/979), and a bare run of digits (`2125550199`) with no phone word (phone, tel, call, fax,
-  mobile...) before it, nor one pair of digit groups (`32768-65535`, a range, `555-0199`) without one.
+  mobile...) before it, nor one pair of digit groups (`32768-65535`, a range, `555-0199`) or groups joined by
+  single spaces (`571 612 1056`, a list; `415 555 0132`) without one. `+` or parentheses make it a phone number
+  shape on its own (`+1 415-555-0132`, `(212) 555-0199`), as do three dashed or dotted groups (`212-555-0199`).
 
 Not matched at all: obfuscated addresses (`jane at example dot org`), phone numbers written in the national format
 of a region not in `phone_regions` (`020 7946 0958` with the default US; `+44 20 7946 0958` is matched), and IPs
-outside the public ranges unless `only_public_ips` is false. Known misses the other way: a four-part version
-with a part of 32 or more right after a product name (`Firefox 102.0.1.2`) reads as an address.
+outside the public ranges unless `only_public_ips` is false, nor a public address not shaped like one with no
+network word near (`3.5.7.9` alone). Known misses the other way: a four-part version shaped like an address
+(`Chrome 115.0.120.2`) or next to a network word (`server 1.0.99.4`) reads as an address.
 """
 
 from __future__ import annotations
@@ -74,9 +80,17 @@ PHONE_WORD = re.compile(
     re.IGNORECASE,
 )
 DATE = re.compile(r"\d{4}[-/.]\d{1,2}[-/.]\d{1,2}|\d{1,2}[-/.]\d{1,2}[-/.]\d{2,4}(?!\d)")
+# Digits alone, one pair joined by - or /, or groups joined by single spaces: a phone number only with a phone word.
+BARE_NUMBERS = re.compile(r"\d+(?:[-/]\d+)?|\d+(?: \d+)+")
 DOTTED_PHONE = re.compile(r"(?:\+?\d{1,3}[ .])?\(?\d{3}\)?\.\d{3}\.\d{4}")
 ISBN13 = re.compile(r"97[89][-\s]?\d")
-SMALL_PART = 32  # a quad whose parts are all below this reads as a numbering unless the words say network
+# An address-shaped quad: first part 10 or more and at least two parts of 32 or more (93.184.216.34). Versions
+# and section numbers rarely are (1.0.99.4, 4.3.99.16, 3.8.11.1, 6.1.2.3); others need a network word nearby.
+BIG_PART = 32
+# Package-version marks around a quad: a Debian epoch before it (2:1.0.99.4), a revision after it (1.0.99.4-1,
+# ~rc1, +dfsg), a dependency relation before it (>= 1.2.99.2).
+VERSION_BEFORE = re.compile(r"(?:\d:|(?:>=|<=|<<|>>|=)\s*)$")
+VERSION_AFTER = re.compile(r"[-~+][0-9a-zA-Z]")
 CONTEXT_CHARS = 60
 
 
@@ -97,7 +111,11 @@ def _before(text: str, start: int) -> str:
 
 
 def _around(text: str, start: int, end: int) -> str:
-    return text[max(0, start - CONTEXT_CHARS) : end + CONTEXT_CHARS]
+    """Up to CONTEXT_CHARS either side, within the line (a word on the next line is about something else)."""
+    line_start = text.rfind("\n", 0, start) + 1
+    line_end = text.find("\n", end)
+    line_end = len(text) if line_end < 0 else line_end
+    return text[max(line_start, start - CONTEXT_CHARS) : min(line_end, end + CONTEXT_CHARS)]
 
 
 def find_emails(text: str) -> list[Found]:
@@ -107,8 +125,10 @@ def find_emails(text: str) -> list[Found]:
     for m in EMAIL.finditer(text):
         suffix = m.group(1).lower()
         after = text[m.end() : m.end() + 2]
-        domain = m.group().rsplit("@", 1)[1].lower()
-        if suffix in SYSTEMD_UNIT_TYPES:
+        local, _, domain = m.group().lower().rpartition("@")
+        if not any(c.isalnum() for c in local):
+            reason = "not_a_local_part"  # ``@typing.final``: a decorator in backquotes
+        elif suffix in SYSTEMD_UNIT_TYPES:
             reason = "unit_name"
         elif suffix in FILE_EXTENSION_TLDS or RETINA_IMAGE.match(domain):
             reason = "file_name"
@@ -139,10 +159,13 @@ def _ipv4_lookalike(text: str, m: re.Match, prefixes: set[str]) -> str:
         return "heading_number"
     if candidate.rsplit(".", 1)[0] in prefixes:
         return "numbering"
-    if all(int(part) < SMALL_PART for part in candidate.split(".")):
+    if VERSION_BEFORE.search(before) or VERSION_AFTER.match(text[m.end() : m.end() + 2]):
+        return "package_version"
+    parts = [int(part) for part in candidate.split(".")]
+    if parts[0] < 10 or sum(part >= BIG_PART for part in parts) < 2:
         suffix = re.match(r"[:/]\d", text[m.end() : m.end() + 2])
         if not suffix and not NETWORK_WORD.search(_around(text, m.start(), m.end())):
-            return "small_parts_no_network_word"
+            return "version_shaped_no_network_word"
     return ""
 
 
@@ -196,8 +219,8 @@ def _phone_lookalike(text: str, start: int, end: int) -> str:
     before = _before(text, start)
     if NUMBERING_WORD.search(before):
         return "numbering_word"
-    if re.fullmatch(r"\d+(?:[-/]\d+)?", number) and not PHONE_WORD.search(before):
-        return "digits_or_range_no_phone_word"  # 2125550199, 32768-65535: ids, sizes, ranges without a phone word
+    if BARE_NUMBERS.fullmatch(number) and not PHONE_WORD.search(before):
+        return "bare_numbers_no_phone_word"  # 2125550199, 32768-65535, 571 612 1056: ids, ranges, lists
     return ""
 
 
@@ -208,7 +231,7 @@ def _phone_lookalike_run(text: str, run: re.Match) -> bool:
     before = text[run.start() - 1 : run.start()]
     if before and (before.isalnum() or before in "._-/#@\\"):
         return True
-    if DIGIT.match(run.group()) and re.fullmatch(r"\d+(?:[-/]\d+)?", run.group()):
+    if BARE_NUMBERS.fullmatch(run.group()):
         return not PHONE_WORD.search(_before(text, run.start()))
     return False
 
