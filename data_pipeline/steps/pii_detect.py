@@ -66,7 +66,7 @@ NUMBERING_WORD = re.compile(
     r"(?:^|[^\w])(?:§|sections?|sect|sec|chapters?|chap|ch|clauses?|paragraphs?|para|articles?|art|parts?|"
     r"appendix|annex|tables?|figures?|fig|items?|steps?|rules?|versions?|ver|v|releases?|rev|revision|build|"
     r"patch|rfc|iso|isbn|issn|doi|id|serial|no|nr|level|exercise|theorem|lemma|equation|eq|listing|page|pp)"
-    r"\.?:?\s*(?:and\s+|or\s+|to\s+|-\s*)?$",
+    r"\.?[:=]?\s*(?:and\s+|or\s+|to\s+|-\s*)?$",
     re.IGNORECASE,
 )
 NETWORK_WORD = re.compile(
@@ -89,8 +89,9 @@ ISBN13 = re.compile(r"97[89][-\s]?\d")
 BIG_PART = 32
 # Package-version marks around a quad: a Debian epoch before it (2:1.0.99.4), a revision after it (1.0.99.4-1,
 # ~rc1, +dfsg), a dependency relation before it (>= 1.2.99.2).
-VERSION_BEFORE = re.compile(r"(?:\d:|(?:>=|<=|<<|>>|=)\s*)$")
-VERSION_AFTER = re.compile(r"[-~+][0-9a-zA-Z]")
+# A plain `=` is not one: `--dns=1.1.1.1`, `address=192.0.2.10` assign addresses.
+VERSION_BEFORE = re.compile(r"(?:(?:^|[\s(])\d{1,2}:|(?:>=|<=|<<|>>|==|\(=)\s*)$")
+VERSION_AFTER = re.compile(r"-\d{1,3}(?![\d.])|-\d+[a-z]|[~+][0-9a-zA-Z]")  # not a range: 192.0.2.1-192.0.2.9
 CONTEXT_CHARS = 60
 
 
@@ -159,8 +160,9 @@ def _ipv4_lookalike(text: str, m: re.Match, prefixes: set[str]) -> str:
         return "heading_number"
     if candidate.rsplit(".", 1)[0] in prefixes:
         return "numbering"
-    if VERSION_BEFORE.search(before) or VERSION_AFTER.match(text[m.end() : m.end() + 2]):
-        return "package_version"
+    after = text[m.end() : m.end() + 8]
+    if not re.match(r":\d", after) and (VERSION_BEFORE.search(before) or VERSION_AFTER.match(after)):
+        return "package_version"  # `80:162.222.181.197:80` is a port forward: a port after it says address
     parts = [int(part) for part in candidate.split(".")]
     if parts[0] < 10 or sum(part >= BIG_PART for part in parts) < 2:
         suffix = re.match(r"[:/]\d", text[m.end() : m.end() + 2])

@@ -22,6 +22,8 @@ PERSONAL = [
     ("ip", "Our resolver listens on {} and on 127.0.0.1.", "2001:4860:4860::8888"),
     ("ip", "The attack came from {} at night.", "2606:4700:4700::1111"),
     ("ip", "ping {}", "1.1.1.1"),
+    ("ip", "gcloud sql connect --mysql-hostname={} --mysql-port=3306", "35.188.150.50"),
+    ("ip", "ssh -L 80:{}:80 example-instance", "162.222.181.197"),
     ("ip", "such as forward-addr: {}@853#dns.quad9.net", "9.9.9.9"),
     ("ip", "Failed password for root from {} port 22 ssh2", "45.33.32.156"),
     ("phone", "Call {} during office hours.", "+1 415-555-0132"),
@@ -59,6 +61,7 @@ LOOKALIKES = [
     "Mount 192.168.1.20:/export and 10.0.0.1; std::vector<int> v; a::b::c();",
     "psutil.boot_time() returns 1365519115.0 and svmem(total=10367352832, used=8186245120).",
     "libxrandr (2:1.2.99.4-2) experimental; urgency=low. Bump to 1.0.99.4; build-dep (>= 1.2.99.2).",
+    "Install with version=1.2.99.4 or pin xorg 1:7.7.0.1; see RFC 5280 section 4.2.1.2.",
     "IGNORED: failed tests: 571 612 1056; TESTDONE: 1214 tests out of 1215 reported OK.",
     "XFree86 4.3.99.16 Bring the tree up to date; at-spi2-core (2.39.90.1-1); Firefox 102.0.1.2 and 3.8.11.1.",
 ]
@@ -87,7 +90,7 @@ def test_pii_precision_and_recall_on_planted_look_alikes_and_real_values():
     assert all(right_kind)
     assert (precision, recall) == (1.0, 1.0)
     counters = step.context.counters
-    assert [counters[f"pii.{kind}"] for kind in ("email", "ip", "phone")] == [4, 8, 9]
+    assert [counters[f"pii.{kind}"] for kind in ("email", "ip", "phone")] == [4, 10, 9]
     assert counters["pii.lookalike.ip"] >= 8 and counters["pii.lookalike.email"] >= 5
 
 
@@ -104,7 +107,7 @@ def test_report_has_a_per_kind_pii_count(tmp_path):
     expected = "; ".join(
         f"{label} {n} replaced, {counters[f'pii.lookalike.{kind}']} look-alikes kept"
         for (kind, label), n in zip(
-            (("email", "e-mail addresses"), ("ip", "IP addresses"), ("phone", "phone numbers")), (4, 8, 9)
+            (("email", "e-mail addresses"), ("ip", "IP addresses"), ("phone", "phone numbers")), (4, 10, 9)
         )
     )
-    assert line == f"- **pii**: {expected}; 21 documents changed"
+    assert line == f"- **pii**: {expected}; 23 documents changed"
