@@ -62,8 +62,8 @@ class Quarantined:
     line: int
     raw: str
     byte_offset: Optional[int] = None  # a broken compressed file: the compressed offset where decoding stopped
-    # Size of the whole bad row (not only the preview in `raw`), so the report counts it in bytes and words too;
-    # None: measured on `raw`.
+    # Size of the whole bad row (not only the preview in `raw`), so the report counts it in bytes and words too
+    # (words split on whitespace as the stats count them; a JSON row's keys included). None: measured on `raw`.
     raw_bytes: Optional[int] = None
     raw_words: Optional[int] = None
 

@@ -222,5 +222,7 @@ def finalize(plan: PipelinePlan) -> None:
 
     merged = [merge_step_stats(plan, spec.name) for spec in plan.steps]
     log.info("%s", summary(merged[0], plan.root))
+    # A one-step plan has no later task to stop: the report job fails instead, before report.md (which --wait
+    # reads as success), as a local run stops before its report.
+    check_quarantine(plan)
     write_report(plan.root, [s.name for s in plan.steps])
-    check_quarantine(plan)  # a one-step plan has no later task to stop; fail the report job instead
