@@ -63,3 +63,25 @@ def test_max_quarantine_fraction_fails_the_run_naming_reasons_and_files(tmp_path
     assert run(tmp_path, "lenient", "max_quarantine_fraction=0.5") == 0
     assert run(tmp_path, "bad", "max_quarantine_fraction=5") == 1
     assert "max_quarantine_fraction=5" in capsys.readouterr().err
+
+
+def test_a_task_after_the_reading_step_refuses_to_run_over_the_limit(tmp_path):
+    """What stops a Slurm chain: the first task of the second step reads the first step's stats."""
+    import pytest
+
+    from data_pipeline.executors.base import PipelinePlan, StepSpec, run_task
+    from data_pipeline.quarantine import QuarantineExceeded
+    from data_pipeline.readers import InputSpec
+
+    write_inputs(tmp_path / "in")
+    plan = PipelinePlan(
+        input=InputSpec(str(tmp_path / "in")),
+        output=str(tmp_path / "out"),
+        steps=[StepSpec("normalize"), StepSpec("exact_dedup")],
+        tasks=2,
+        max_quarantine_fraction=0.2,
+    )
+    assert run_task(plan, 0, 0, 0) and run_task(plan, 0, 0, 1)
+    with pytest.raises(QuarantineExceeded, match="31.7% of the input was quarantined"):
+        run_task(plan, 1, 0, 0)
+    assert not (tmp_path / "out" / ".markers" / "exact_dedup").exists()
