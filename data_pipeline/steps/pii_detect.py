@@ -16,8 +16,10 @@ IPv4: a dotted quad that `ipaddress` parses (public only by default). Left alone
   numbered heading (a line that starts `6.1.2.3 Title`), a quad whose first three parts also stand alone in the
   text (`6.1.2` and `6.1.2.3`: a numbering), a package version (`2:1.0.99.4-1`, `(>= 1.2.99.2)`), and a quad not
   shaped like an address (first part under 10, or fewer than two parts of 32 or more: `1.0.99.4`, `4.3.99.16`,
-  `8.8.8.8`) unless a network word (IP, address, server, DNS, ping, gateway...) is within 60 characters on its line or a
-  `:port` or `/prefix` follows.
+  `8.8.8.8`) unless a network word (IP, address, server, DNS, ping, gateway...) is within 60 characters on its
+  line or a `:port` or `/prefix` follows. A quad whose parts are all below 32 (`6.1.2.3`, `8.8.8.8`) needs the
+  network word within the 30 characters before it (`DNS server 8.8.8.8`, not `6.1.2.3, the DNS server`), and is
+  a numbering when another such quad shares its first three parts (`6.1.2.3 and 6.1.2.4`).
 IPv6: colon-hex groups that `ipaddress` parses, with at least three non-empty groups (`std::vector` is not an
   address), in the global unicast block 2000::/3 by default. MAC addresses and clock times do not parse.
 Phone: a run of digits and phone separators on one line that libphonenumber (the `phonenumbers` package) finds
@@ -93,6 +95,7 @@ BIG_PART = 32
 VERSION_BEFORE = re.compile(r"(?:(?:^|[\s(])\d{1,2}:|(?:>=|<=|<<|>>|==|\(=)\s*)$")
 VERSION_AFTER = re.compile(r"-\d{1,3}(?![\d.])|-\d+[a-z]|[~+][0-9a-zA-Z]")  # not a range: 192.0.2.1-192.0.2.9
 CONTEXT_CHARS = 60
+SMALL_QUAD_CONTEXT_CHARS = 30
 
 
 @dataclass(frozen=True)
@@ -150,7 +153,16 @@ def _dotted_numbers(text: str) -> set[str]:
     return set(re.findall(r"(?<![\w.])\d{1,3}(?:\.\d{1,3}){1,2}(?![\w]|\.\d)", text))
 
 
-def _ipv4_lookalike(text: str, m: re.Match, prefixes: set[str]) -> str:
+def _small_quads_by_prefix(text: str) -> dict[str, set[str]]:
+    """Quads whose parts are all below BIG_PART, by their first three parts: 6.1.2.3 and 6.1.2.4 are a numbering."""
+    out: dict[str, set[str]] = {}
+    for quad in IPV4.findall(text):
+        if all(int(part) < BIG_PART for part in quad.split(".")):
+            out.setdefault(quad.rsplit(".", 1)[0], set()).add(quad)
+    return out
+
+
+def _ipv4_lookalike(text: str, m: re.Match, prefixes: set[str], small: dict[str, set[str]]) -> str:
     """Why the dotted quad at `m` is not an address ("" when it is one)."""
     candidate = m.group()
     before = _before(text, m.start())
@@ -164,8 +176,13 @@ def _ipv4_lookalike(text: str, m: re.Match, prefixes: set[str]) -> str:
     if not re.match(r":\d", after) and (VERSION_BEFORE.search(before) or VERSION_AFTER.match(after)):
         return "package_version"  # `80:162.222.181.197:80` is a port forward: a port after it says address
     parts = [int(part) for part in candidate.split(".")]
-    if parts[0] < 10 or sum(part >= BIG_PART for part in parts) < 2:
-        suffix = re.match(r"[:/]\d", text[m.end() : m.end() + 2])
+    suffix = re.match(r"[:/]\d", text[m.end() : m.end() + 2])
+    if all(part < BIG_PART for part in parts):  # 6.1.2.3 or 8.8.8.8: only a network word right before decides
+        if len(small.get(candidate.rsplit(".", 1)[0], ())) > 1:
+            return "numbering"
+        if not suffix and not NETWORK_WORD.search(before[-SMALL_QUAD_CONTEXT_CHARS:]):
+            return "version_shaped_no_network_word"
+    elif parts[0] < 10 or sum(part >= BIG_PART for part in parts) < 2:
         if not suffix and not NETWORK_WORD.search(_around(text, m.start(), m.end())):
             return "version_shaped_no_network_word"
     return ""
@@ -181,15 +198,17 @@ def _public(address, only_public: bool) -> bool:
 def find_ips(text: str, only_public: bool = True) -> list[Found]:
     found = []
     if "." in text:
-        prefixes = None
+        prefixes, small = None, {}
         for m in IPV4.finditer(text):
             try:
                 address = ipaddress.ip_address(m.group())
             except ValueError:
                 continue  # 999.1.2.3: not shaped like an address at all
             if prefixes is None:
-                prefixes = _dotted_numbers(text)
-            reason = _ipv4_lookalike(text, m, prefixes) or ("" if _public(address, only_public) else "not_public")
+                prefixes, small = _dotted_numbers(text), _small_quads_by_prefix(text)
+            reason = _ipv4_lookalike(text, m, prefixes, small) or (
+                "" if _public(address, only_public) else "not_public"
+            )
             found.append(Found(m.start(), m.end(), "ip", not reason, reason))
     if IPV6_HINT.search(text):
         for m in IPV6.finditer(text):

@@ -41,6 +41,8 @@ LOOKALIKES = [
     "See section 6.1.2.3 for the details of the apt configuration.",
     "6.1.2.4 Configuring the network interface",
     "Clause 12.3.4.5 overrides clause 4.4.4.4 of the standard.",
+    "As described in 6.1.2.3 and 6.1.2.4, the DNS server needs a static address on the interface.",
+    "Read 5.2.1.7 first: it explains how the proxy server and its clients share the network.",
     "The chapters 1.2.3.1 to 1.2.3.9 describe the boot process; 1.2.3 is the overview.",
     "Versions after 1.11.1.1 no longer support Python 2; version 10.1.1.1 is the last.",
     "Python 3.11.2 fixed it, as did 1.2.3.4.5 of the other tool.",
