@@ -24,6 +24,7 @@ from omegaconf.errors import OmegaConfBaseException
 
 from cluster.config import ClusterConfig
 from data_pipeline.executors.base import PipelinePlan, StepSpec, TaskFailed
+from data_pipeline.quarantine import QuarantineExceeded
 from data_pipeline.readers import InputSpec, describe_input
 from data_pipeline.steps import STEP_NAMES, build_step
 
@@ -52,6 +53,7 @@ class PipelineRunConfig:
     id_key: str = "id"  # field holding its id; absent: "<file>:<line>"
     input_split: str = "train"  # split of a DatasetDict / hub dataset
     max_doc_chars: int = 1_000_000  # longer documents are quarantined
+    max_quarantine_fraction: Optional[float] = None  # fail the run when more of the rows read are quarantined (0.01)
     tasks: int = 4  # shards; fixed for a run (results depend on it, not on workers)
     workers: int = 1  # tasks running at once (local: processes; slurm: the array's % limit)
     output_format: str = "jsonl"  # jsonl | parquet
@@ -123,6 +125,7 @@ def build_plan(cfg: DictConfig, single_step: Optional[str] = None) -> tuple[Pipe
         tasks=cfg.tasks,
         output_format=cfg.output_format,
         seed=cfg.seed,
+        max_quarantine_fraction=cfg.max_quarantine_fraction,
     )
     return plan, [s.name for s in skipped]
 
@@ -137,8 +140,10 @@ def run_pipeline(
         log.info("step %s skipped: disabled by its configuration", name)
     if cfg.executor == "local":
         from data_pipeline.executors.local import LocalExecutor
+        from data_pipeline.quarantine import summary
 
         stats = LocalExecutor(plan, workers=cfg.workers).run()
+        print(summary(stats[plan.steps[0].name], plan.root), flush=True)
     elif cfg.executor == "slurm":
         from data_pipeline.executors.slurm import SlurmExecutor, wait_for_jobs
 
@@ -272,6 +277,9 @@ def main(argv: Optional[list[str]] = None) -> int:
             return 2
     except TaskFailed as exc:  # a bug or an environment failure inside a task: the traceback, then where it was
         traceback.print_exception(exc)
+        print(f"error: {exc}", file=sys.stderr)
+        return 1
+    except QuarantineExceeded as exc:  # the input is mostly bad: the whole summary, per reason and file
         print(f"error: {exc}", file=sys.stderr)
         return 1
     except RuntimeError as exc:  # a Slurm job failed for good (--wait), or sbatch refused a job

@@ -62,6 +62,16 @@ class Quarantined:
     line: int
     raw: str
     byte_offset: Optional[int] = None  # a broken compressed file: the compressed offset where decoding stopped
+    # Size of the whole bad row (not only the preview in `raw`), so the report counts it in bytes and words too
+    # (words split on whitespace as the stats count them; a JSON row's keys included). None: measured on `raw`.
+    raw_bytes: Optional[int] = None
+    raw_words: Optional[int] = None
+
+    def __post_init__(self) -> None:
+        if self.raw_bytes is None:
+            self.raw_bytes = len(self.raw.encode("utf-8", "surrogatepass"))
+        if self.raw_words is None:
+            self.raw_words = len(self.raw.split())
 
     def to_record(self) -> dict[str, Any]:
         record = {"reason": self.reason, "source": self.source, "line": self.line, "raw": self.raw}
@@ -171,21 +181,27 @@ def _unwritable_field(record: dict, first: tuple[str, ...] = ()) -> Optional[tup
     return None
 
 
+def _bad_row(reason: str, source: str, line: int, raw: str) -> Quarantined:
+    """A quarantine record for the whole row `raw`: its preview, and its full size in bytes and words."""
+    size = len(raw.encode("utf-8", "surrogatepass"))
+    return Quarantined(reason, source, line, _preview(raw), raw_bytes=size, raw_words=len(raw.split()))
+
+
 def _record_to_row(record: Any, spec: InputSpec, source: str, line: int, raw: str, check_strings: bool = True) -> Row:
     if not isinstance(record, dict):
-        return Quarantined("not_an_object", source, line, _preview(raw))
+        return _bad_row("not_an_object", source, line, raw)
     unwritable = _unwritable_field(record, first=(spec.text_key, spec.id_key)) if check_strings else None
     if unwritable is not None:
-        return Quarantined(f"{unwritable[0]}:{unwritable[1]}", source, line, _preview(raw))
+        return _bad_row(f"{unwritable[0]}:{unwritable[1]}", source, line, raw)
     if spec.text_key not in record:
-        return Quarantined(f"missing_field:{spec.text_key}", source, line, _preview(raw))
+        return _bad_row(f"missing_field:{spec.text_key}", source, line, raw)
     text = record[spec.text_key]
     if not isinstance(text, str):
-        return Quarantined(f"text_not_string:{type(text).__name__}", source, line, _preview(raw))
+        return _bad_row(f"text_not_string:{type(text).__name__}", source, line, raw)
     if not text.strip():
-        return Quarantined("empty_document", source, line, _preview(raw))
+        return _bad_row("empty_document", source, line, raw)
     if len(text) > spec.max_doc_chars:
-        return Quarantined(f"too_large:{len(text)}_chars", source, line, _preview(raw))
+        return _bad_row(f"too_large:{len(text)}_chars", source, line, raw)
     doc_id = record.get(spec.id_key)
     metadata = {k: v for k, v in record.items() if k not in (spec.text_key, spec.id_key)}
     return Document(id=str(doc_id) if doc_id is not None else f"{source}:{line}", text=text, metadata=metadata)
@@ -218,12 +234,14 @@ def _line_to_row(raw: bytes, spec: InputSpec, source: str, line_no: int) -> Row:
         line = raw.decode("utf-8")
     except UnicodeDecodeError as exc:
         preview = raw[:RAW_PREVIEW_CHARS].decode("utf-8", "backslashreplace")
-        return Quarantined(_invalid_utf8(raw, exc), source, line_no, preview)
+        return Quarantined(
+            _invalid_utf8(raw, exc), source, line_no, preview, raw_bytes=len(raw), raw_words=len(raw.split())
+        )
     if not line.strip():
-        return Quarantined("empty_line", source, line_no, "")
+        return Quarantined("empty_line", source, line_no, "", raw_bytes=len(raw))
     record, error = _parse_json(line)
     if error is not None:
-        return Quarantined(error, source, line_no, _preview(line))
+        return _bad_row(error, source, line_no, line)
     return _record_to_row(record, spec, source, line_no, line, check_strings=_SUSPECT_ESCAPE.search(line) is not None)
 
 
@@ -287,10 +305,12 @@ def warc_rows(path: Path, source: str, max_doc_chars: int = 1_000_000) -> Iterat
                         source,
                         number,
                         body[:RAW_PREVIEW_CHARS].decode("utf-8", "replace"),
+                        raw_bytes=len(body),
+                        raw_words=len(body.split()),
                     )
                     continue
                 if len(html) > max_doc_chars:
-                    yield Quarantined(f"too_large:{len(html)}_chars", source, number, html[:RAW_PREVIEW_CHARS])
+                    yield _bad_row(f"too_large:{len(html)}_chars", source, number, html)
                     continue
                 metadata = {
                     "url": url,

@@ -142,6 +142,32 @@ def _pct(part: float, whole: float) -> str:
     return f"{100 * part / whole:.1f}%" if whole else "-"
 
 
+def _quarantined(s: dict[str, Any]) -> str:
+    """Quarantined rows in every unit: documents, words and bytes (rows as read; see readers.Quarantined)."""
+    if not s["docs_quarantined"]:
+        return "0"
+    words, size = s.get("words_quarantined", 0), s.get("bytes_quarantined", 0)
+    return f"{s['docs_quarantined']:,} ({words:,} words, {size / 1e6:.2f} MB)"
+
+
+PII_KINDS = (("email", "e-mail addresses"), ("ip", "IP addresses"), ("phone", "phone numbers"))
+
+
+def _pii_lines(stats: list[dict[str, Any]]) -> list[str]:
+    """Per kind: how many were replaced and how many look-alikes were left alone (data_pipeline/steps/pii.py)."""
+    lines = []
+    for s in stats:
+        c = s["counters"]
+        if s["step"] != "pii" and not any(k.startswith("pii.") for k in c):
+            continue
+        kinds = "; ".join(
+            f"{label} {c.get(f'pii.{kind}', 0):,} replaced, {c.get(f'pii.lookalike.{kind}', 0):,} look-alikes kept"
+            for kind, label in PII_KINDS
+        )
+        lines.append(f"- **{s['step']}**: {kinds}; {c.get('pii.documents', 0):,} documents changed")
+    return lines
+
+
 def _table(stats: list[dict[str, Any]]) -> list[list[str]]:
     rows = [
         [
@@ -168,7 +194,7 @@ def _table(stats: list[dict[str, Any]]) -> list[list[str]]:
                 f"{s['docs_in']:,}",
                 f"{s['docs_out']:,}",
                 f"{s['docs_excluded']:,}",
-                f"{s['docs_quarantined']:,}",
+                _quarantined(s),
                 f"{s['words_in']:,}",
                 f"{s['words_out']:,}",
                 _pct(s["words_out"], s["words_in"]),
@@ -200,14 +226,26 @@ def write_report(
         f"{times['task_s']:.1f} s, both summed over tasks (with several workers they exceed the wall time).",
         "",
     ]
+    # Read = documents plus quarantined rows, in every unit (docs_in already counts the quarantined rows).
+    words_read = first["words_in"] + first.get("words_quarantined", 0)
+    bytes_read = first["bytes_in"] + first.get("bytes_quarantined", 0)
     md += [
         f"**Funnel**: {first['docs_in']:,} documents in, {last['docs_out']:,} out "
         f"({_pct(last['docs_out'], first['docs_in'])}); "
-        f"{first['words_in']:,} words in, {last['words_out']:,} out ({_pct(last['words_out'], first['words_in'])}); "
-        f"{first['bytes_in'] / 1e6:.2f} MB in, {last['bytes_out'] / 1e6:.2f} MB out"
+        f"{words_read:,} words in, {last['words_out']:,} out ({_pct(last['words_out'], words_read)}); "
+        f"{bytes_read / 1e6:.2f} MB in, {last['bytes_out'] / 1e6:.2f} MB out"
         + (f"; {tokens:,} tokens written." if tokens else "."),
         "",
     ]
+    if first["docs_quarantined"]:
+        md += [
+            f"**Quarantined** (rows that were not valid documents, quarantine/{first['step']}/): "
+            f"{first['docs_quarantined']:,} documents ({_pct(first['docs_quarantined'], first['docs_in'])}), "
+            f"{first.get('words_quarantined', 0):,} words ({_pct(first.get('words_quarantined', 0), words_read)}), "
+            f"{first.get('bytes_quarantined', 0) / 1e6:.2f} MB "
+            f"({_pct(first.get('bytes_quarantined', 0), bytes_read)}) of what was read.",
+            "",
+        ]
     if skipped:
         md += [f"Skipped (disabled by configuration): {', '.join(skipped)}", ""]
     md += ["| " + " | ".join(rows[0]) + " |", "|" + "---|" * len(rows[0])]
@@ -231,9 +269,13 @@ def write_report(
             )
     else:
         md.append("Nothing was removed.")
+    pii = _pii_lines(stats)
+    if pii:
+        md += ["", "## Personal data", ""] + pii
     md += ["", "## What the steps changed", ""]
     for s in stats:
-        other = {k: v for k, v in s["counters"].items() if not k.startswith(("excluded.", "excluded_words."))}
+        hidden = ("excluded.", "excluded_words.", "quarantined_source.")  # per-file quarantine: the console summary
+        other = {k: v for k, v in s["counters"].items() if not k.startswith(hidden)}
         text = ", ".join(f"{k} {v:,}" for k, v in sorted(other.items()))
         if s["docs_quarantined"]:
             text += f"; quarantined {s['docs_quarantined']:,} (see quarantine/{s['step']}/)"
@@ -256,9 +298,12 @@ def write_report(
         **times,
         "docs_in": first["docs_in"],
         "docs_out": last["docs_out"],
-        "words_in": first["words_in"],
+        "words_in": words_read,
         "words_out": last["words_out"],
-        "bytes_in": first["bytes_in"],
+        "bytes_in": bytes_read,
+        "docs_quarantined": first["docs_quarantined"],
+        "words_quarantined": first.get("words_quarantined", 0),
+        "bytes_quarantined": first.get("bytes_quarantined", 0),
         "bytes_out": last["bytes_out"],
         "tokens": tokens,
     }

@@ -27,6 +27,8 @@ SUMMED_FIELDS = (
     "docs_excluded",
     "docs_quarantined",
     "docs_added",
+    "bytes_quarantined",
+    "words_quarantined",
     "bytes_in",
     "bytes_out",
     "words_in",
@@ -46,6 +48,8 @@ class TaskStats:
     docs_excluded: int = 0
     docs_quarantined: int = 0
     docs_added: int = 0
+    bytes_quarantined: int = 0  # size of the quarantined rows as read (bytes_in/words_in count documents only)
+    words_quarantined: int = 0
     bytes_in: int = 0
     bytes_out: int = 0
     words_in: int = 0

@@ -32,6 +32,7 @@ from typing import Any, Iterator, Optional
 
 from data_pipeline.document import Document
 from data_pipeline.fingerprint import START_OVER, InputChanged, describe_changes, fingerprint_files
+from data_pipeline.quarantine import check_fraction, enforce
 from data_pipeline.readers import InputSpec, Quarantined, input_files, read_input_shard
 from data_pipeline.shards import (
     OUTPUT_FORMATS,
@@ -73,8 +74,11 @@ class PipelinePlan:
     seed: int = 0
     # name -> {size, mtime_ns, sha256} of every input file, filled by save_plan_checked (data_pipeline/fingerprint.py)
     input_files: dict[str, dict[str, Any]] = field(default_factory=dict)
+    # Fail the run when more than this fraction of the rows read is quarantined (None: never; see quarantine.py)
+    max_quarantine_fraction: Optional[float] = None
 
     def __post_init__(self) -> None:
+        self.max_quarantine_fraction = check_fraction(self.max_quarantine_fraction)
         if self.tasks < 1:
             raise ValueError(f"tasks={self.tasks}: must be at least 1")
         if self.output_format not in OUTPUT_FORMATS:
@@ -106,6 +110,7 @@ class PipelinePlan:
             output_format=data["output_format"],
             seed=data["seed"],
             input_files=data.get("input_files", {}),
+            max_quarantine_fraction=data.get("max_quarantine_fraction"),
         )
 
     def save(self, path: Path) -> None:
@@ -136,6 +141,7 @@ def save_plan_checked(plan: PipelinePlan) -> None:
     if path.exists():
         previous = json.loads(path.read_text())
         recorded = previous.pop("input_files", None)
+        previous.setdefault("max_quarantine_fraction", None)  # plans saved before the key existed
         if previous != json.loads(json.dumps({k: v for k, v in plan.to_json().items() if k != "input_files"})):
             raise ValueError(
                 f"output={plan.root} holds a run with a different configuration ({path}); "
@@ -230,6 +236,8 @@ def run_task(plan: PipelinePlan, step_index: int, stage_index: int, rank: int = 
     marker = plan.marker(step.name, stage.name, rank)
     if marker.exists():
         return False
+    if step_index == 1 and stage_index == 0 and plan.max_quarantine_fraction is not None:
+        check_quarantine(plan)  # under Slurm, the first task after the reading step is where the run can stop
     for directory in _task_directories(plan, step.name):  # what a killed earlier run of this task left
         remove_stale_temporaries(directory, rank)
     context = _context(plan, step, rank)
@@ -296,7 +304,11 @@ def _run_output_stage(plan: PipelinePlan, step: Step, fn, rank: int, context: Ta
             stats.docs_in += 1
             if isinstance(row, Quarantined):
                 stats.docs_quarantined += 1
-                context.count(f"quarantined.{row.reason.split(':')[0]}")
+                stats.bytes_quarantined += row.raw_bytes or 0
+                stats.words_quarantined += row.raw_words or 0
+                reason = row.reason.split(":")[0]
+                context.count(f"quarantined.{reason}")
+                context.count(f"quarantined_source.{reason}|{row.source}")
                 quarantine_writer.write(row.to_record())
                 continue
             stats.bytes_in += len(row.text.encode("utf-8"))
@@ -324,6 +336,14 @@ def _run_output_stage(plan: PipelinePlan, step: Step, fn, rank: int, context: Ta
             writer.discard()
         raise
     write_json_atomic(plan.stats_file(step.name, rank), stats.to_json())
+
+
+def check_quarantine(plan: PipelinePlan) -> dict[str, Any]:
+    """The first step's merged stats; raises QuarantineExceeded when it quarantined more than the plan allows."""
+    first = merge_step_dir(plan.root / "stats" / plan.steps[0].name)
+    first["step"] = plan.steps[0].name
+    enforce(first, plan.max_quarantine_fraction, plan.root)
+    return first
 
 
 def merge_step_stats(plan: PipelinePlan, step_name: str) -> dict[str, Any]:

@@ -20,6 +20,7 @@ from typing import Any, Callable, Optional
 from cluster.ownership import die_with_parent, hold_lock
 from data_pipeline.executors.base import (
     PipelinePlan,
+    check_quarantine,
     merge_step_stats,
     run_task,
     save_plan_checked,
@@ -75,6 +76,8 @@ class LocalExecutor:
                         args = [(plan.to_json(), step_index, stage_index, r) for r in pending]
                         list(pool.map(_run_task_args, args))  # re-raises the first task error
                 all_stats[spec.name] = merge_step_stats(plan, spec.name)
+                if step_index == 0:
+                    check_quarantine(plan)  # stop before any later step when the input is mostly bad
         finally:
             if pool is not None:
                 pool.shutdown(cancel_futures=True)

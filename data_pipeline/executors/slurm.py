@@ -25,7 +25,13 @@ from typing import Optional
 
 from cluster.config import ClusterConfig
 from cluster.slurm import REPO, SLURM_DIR, TERMINAL_STATES, job_python, job_records, resource_options
-from data_pipeline.executors.base import PipelinePlan, merge_step_stats, save_plan_checked, stage_names
+from data_pipeline.executors.base import (
+    PipelinePlan,
+    check_quarantine,
+    merge_step_stats,
+    save_plan_checked,
+    stage_names,
+)
 
 log = logging.getLogger(__name__)
 SBATCH_SCRIPT = SLURM_DIR / "pipeline.sbatch"
@@ -211,8 +217,12 @@ def wait_for_jobs(
 
 
 def finalize(plan: PipelinePlan) -> None:
+    from data_pipeline.quarantine import summary
     from data_pipeline.report import write_report
 
-    for spec in plan.steps:
-        merge_step_stats(plan, spec.name)
+    merged = [merge_step_stats(plan, spec.name) for spec in plan.steps]
+    log.info("%s", summary(merged[0], plan.root))
+    # A one-step plan has no later task to stop: the report job fails instead, before report.md (which --wait
+    # reads as success), as a local run stops before its report.
+    check_quarantine(plan)
     write_report(plan.root, [s.name for s in plan.steps])

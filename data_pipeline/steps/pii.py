@@ -1,33 +1,30 @@
 """Replace personal data in text by placeholders: e-mail addresses, IP addresses (v4 and v6) and phone numbers.
 
 As FineWeb (datatrove's PIIFormatter), only public IP addresses are replaced by default: 127.0.0.1, 10.x and
-documentation ranges are not personal data. Candidates are found by regex and then validated: IP addresses by
-the standard library's `ipaddress`, phone numbers by `phonenumbers` (Google's libphonenumber rules), so version
-numbers (3.11.2), dates (2024-01-15), decimals (3.14159) and ISBNs stay as they are. The step keeps every
-document; counters `pii.email`, `pii.ip`, `pii.phone` and `pii.documents` say how much it replaced.
+documentation ranges are not personal data. Unlike a bare regex, each candidate is checked on its format and its
+context (data_pipeline/steps/pii_detect.py says exactly what is matched and what is left alone), because most
+strings shaped like personal data in real text are not: section and version numbers (6.1.2.3, 3.11.2), dates and
+timestamps (2023-02-04 11:59:01), decimals, ISBNs, systemd unit names (user@1000.service), package pins and
+logins in commands stay as they are. The step keeps every document; counters `pii.email`, `pii.ip`, `pii.phone`
+say how many of each kind it replaced, `pii.documents` in how many documents, and `pii.lookalike.<kind>` how many
+candidates of each kind it left alone as look-alikes (the report prints both).
 """
 
 from __future__ import annotations
 
-import ipaddress
-import re
 from typing import Iterable, Iterator, Sequence
 
 from data_pipeline.document import Document
 from data_pipeline.steps.base import Step
+from data_pipeline.steps.pii_detect import DIGIT, Found, find_emails, find_ips, find_phones
 
-_EMAIL = re.compile(
-    r"(?<![\w.+-])[A-Za-z0-9!#$%&'*+/=?^_`{|}~-]+(?:\.[A-Za-z0-9!#$%&'*+/=?^_`{|}~-]+)*"
-    r"@(?:[A-Za-z0-9](?:[A-Za-z0-9-]*[A-Za-z0-9])?\.)+[A-Za-z]{2,}(?![\w-])"
-)
-# Dotted quads not inside a longer dotted number (1.2.3.4.5), and colon-hex groups that could be IPv6.
-_IPV4 = re.compile(r"(?<![\w.])(?:\d{1,3}\.){3}\d{1,3}(?![\w]|\.\d)")
-_IPV6 = re.compile(r"(?<![\w:.])(?:[0-9A-Fa-f]{0,4}:){2,7}(?:[0-9A-Fa-f]{1,4}|(?:\d{1,3}\.){3}\d{1,3})?(?![\w:])")
-# Seven or more digits with phone separators: the only stretches worth handing to libphonenumber.
-_PHONE_CANDIDATE = re.compile(r"(?<![\w.])\+?\(?\d[\d\s().\-/]{5,}\d(?![\w])")
-_DIGIT = re.compile(r"\d")
-_GLOBAL_UNICAST = ipaddress.ip_network("2000::/3")
-_IPV6_HINT = re.compile(r"[0-9A-Fa-f]:[0-9A-Fa-f:]*:")  # cheap test before the IPv6 regex
+KINDS = ("email", "ip", "phone")
+
+
+def _replace(text: str, found: list[Found], placeholder: str) -> str:
+    for item in sorted((f for f in found if f.personal), key=lambda f: f.start, reverse=True):
+        text = text[: item.start] + placeholder + text[item.end :]
+    return text
 
 
 class Pii(Step):
@@ -63,67 +60,36 @@ class Pii(Step):
     def enabled(self) -> bool:
         return self.emails or self.ip_addresses or self.phone_numbers
 
-    def _is_personal_ip(self, candidate: str) -> bool:
-        try:
-            address = ipaddress.ip_address(candidate)
-        except ValueError:
-            return False
-        if address.version == 6 and sum(1 for group in candidate.split(":") if group) < 3:
-            return False  # "a::b", "std::x": C++ scopes parse as IPv6 too
-        if not self.only_public_ips:
-            return True
-        # Public: IPv6 must also be in the global unicast block (2000::/3), which `is_global` does not require.
-        return address.is_global and (address.version == 4 or address in _GLOBAL_UNICAST)
-
-    def _phone_spans(self, text: str) -> list[tuple[int, int]]:
-        import phonenumbers
-
-        spans = []
-        for candidate in _PHONE_CANDIDATE.finditer(text):
-            if len(_DIGIT.findall(candidate.group())) < 7:
-                continue
-            for region in self.phone_regions:
-                found = [
-                    (candidate.start() + m.start, candidate.start() + m.end)
-                    for m in phonenumbers.PhoneNumberMatcher(
-                        candidate.group(), region, leniency=phonenumbers.Leniency.VALID
-                    )
-                ]
-                if found:
-                    spans.extend(found)
-                    break
-        return spans
+    def find(self, text: str) -> tuple[str, list[Found]]:
+        """The text with personal data replaced, and every candidate looked at (replaced or left alone)."""
+        seen: list[Found] = []
+        if self.emails and "@" in text:
+            found = find_emails(text)
+            text, seen = _replace(text, found, self.email_placeholder), seen + found
+        has_digit = DIGIT.search(text) is not None
+        if self.ip_addresses and has_digit:
+            found = find_ips(text, self.only_public_ips)
+            text, seen = _replace(text, found, self.ip_placeholder), seen + found
+        if self.phone_numbers and has_digit:
+            found = find_phones(text, self.phone_regions)
+            text, seen = _replace(text, found, self.phone_placeholder), seen + found
+        return text, seen
 
     def scrub(self, text: str) -> tuple[str, dict[str, int]]:
         """The text with personal data replaced, and how many of each kind were replaced."""
-        counts = {"email": 0, "ip": 0, "phone": 0}
-        if self.emails and "@" in text:
-            text, counts["email"] = _EMAIL.subn(self.email_placeholder, text)
-        has_digit = _DIGIT.search(text) is not None
-        if self.ip_addresses and has_digit and ("." in text or _IPV6_HINT.search(text)):
-
-            def ip(match: re.Match) -> str:
-                if self._is_personal_ip(match.group()):
-                    counts["ip"] += 1
-                    return self.ip_placeholder
-                return match.group()
-
-            text = _IPV4.sub(ip, text) if "." in text else text
-            text = _IPV6.sub(ip, text) if _IPV6_HINT.search(text) else text
-        if self.phone_numbers and has_digit:
-            spans = self._phone_spans(text)
-            for start, end in reversed(spans):
-                text = text[:start] + self.phone_placeholder + text[end:]
-            counts["phone"] = len(spans)
-        return text, counts
+        text, seen = self.find(text)
+        return text, {kind: sum(1 for f in seen if f.kind == kind and f.personal) for kind in KINDS}
 
     def run(self, documents: Iterable[Document], rank: int = 0, world_size: int = 1) -> Iterator[Document]:
         for doc in documents:
-            text, counts = self.scrub(doc.text)
+            text, seen = self.find(doc.text)
+            for item in seen:
+                # Private addresses are left alone by configuration, not as look-alikes.
+                if item.personal:
+                    self.context.count(f"pii.{item.kind}")
+                elif item.reason != "not_public":
+                    self.context.count(f"pii.lookalike.{item.kind}")
             if text != doc.text:
                 self.context.count("pii.documents")
-                for kind, n in counts.items():
-                    if n:
-                        self.context.count(f"pii.{kind}", n)
                 doc = Document(doc.id, text, doc.metadata)
             yield doc

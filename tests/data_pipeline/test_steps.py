@@ -23,8 +23,13 @@ def test_normalize_nfc_controls_whitespace_and_boilerplate():
     step = build_step("normalize", {"boilerplate_patterns": [r"(?i)^subscribe now"]})
     decomposed = "Cafe\u0301 \u200b au\t\t lait\x07.\r\n\n\n\nSubscribe now to our list\n  second   line.  "
     out = step(docs([decomposed, "\x00 \u200b \n"]))
-    assert [d.text for d in out] == ["Caf\u00e9 au lait.\n\nsecond line."]
+    # An indented line is preformatted: it keeps its leading whitespace and inner spacing (indentation: keep).
+    assert [d.text for d in out] == ["Caf\u00e9 au lait.\n\n  second   line."]
     assert [(d.id, r) for d, r, _ in step.context.excluded] == [("d001", "empty_after_normalize")]
+    strip = build_step("normalize", {"boilerplate_patterns": [r"(?i)^subscribe now"], "indentation": "strip"})
+    assert [d.text for d in strip(docs([decomposed]))] == ["Caf\u00e9 au lait.\n\nsecond line."]
+    with pytest.raises(ValueError, match="normalize.indentation"):
+        build_step("normalize", {"indentation": "tabs"})
     with pytest.raises(ValueError, match="boilerplate_patterns"):
         build_step("normalize", {"boilerplate_patterns": ["("]})
 
