@@ -82,6 +82,7 @@ class TrainerConfig:
     sample_prompt: str = "The"  # prompt of the logged greedy sample
     sample_tokens: int = 32  # new tokens in the logged sample
     checkpoint_every: int = 50  # 0 disables periodic checkpoints (one is still written at the end)
+    checkpoint_async: bool = False  # write checkpoints in the background (the loop waits only for a host copy)
     keep_checkpoints: int = 2  # newest complete checkpoints kept; 0 keeps all
     resume: str = "auto"  # RESUME_MODES: auto continues the run in run_dir from its newest good checkpoint
     # Keys a resumed run may change although they break an exact resume (e.g. [optim.lr]); others are refused.

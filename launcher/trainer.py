@@ -75,7 +75,9 @@ def train(plan: RunPlan, config: dict[str, Any], stop: Optional[StopRequest] = N
     loader = data.batches
 
     # ---- the train module of this layout, resumed from the newest good checkpoint or started from init_from
-    checkpointer = Checkpointer(run_dir, env, keep=t.keep_checkpoints)
+    checkpointer = Checkpointer(
+        run_dir, env, keep=t.keep_checkpoints, async_save=t.checkpoint_async, timeout_s=t.dist_timeout_s
+    )
     checkpointer.remove_stale_temporaries()
     if t.resume == "never":
         checkpointer.set_aside_old_run()

@@ -1,8 +1,15 @@
 """Checkpoints: every trainer.checkpoint_every steps, at the last step, and when the ranks agreed to stop (a stop
 signal: the loop exits after the save, so the job can be requeued and resume exactly). launcher/checkpoint.py
-writes them; resuming happens before the loop (launcher/trainer.py)."""
+writes them; resuming happens before the loop (launcher/trainer.py).
+
+With trainer.checkpoint_async the save of the last step and of a stop signal is waited for before the loop ends,
+and the end of training waits for any save still in flight. The timings of each save (`checkpoint/blocked_s`: the
+loop's wait; `checkpoint/write_s`: an asynchronous save's start to publish) join the next logged record: the save
+runs after its step's figures are logged."""
 
 from __future__ import annotations
+
+from typing import Any
 
 from launcher.callbacks.base import Callback, TrainContext
 from launcher.config import TrainConfig
@@ -22,5 +29,12 @@ class Checkpointing(Callback):
             ctx.require_finite()  # never save what a NaN produced
             ctx.request_save()
 
+    def log_metrics(self, ctx: TrainContext, step: int, record: dict[str, Any]) -> None:
+        # First in the callback list, so these join the record before the sinks write it.
+        record.update(ctx.checkpointer.pop_figures())
+
     def on_save(self, ctx: TrainContext, step: int) -> None:
-        ctx.checkpointer.save(step, ctx.module, ctx.data.batches, ctx.config)
+        ctx.checkpointer.save(step, ctx.module, ctx.data.batches, ctx.config, wait=ctx.stopping or ctx.last)
+
+    def on_train_end(self, ctx: TrainContext) -> None:
+        ctx.checkpointer.close()
