@@ -148,6 +148,21 @@ def barrier_on(group: Any) -> None:
         dist.barrier(group=group)
 
 
+def _make_stager(device: torch.device) -> Any:
+    """DCP's stager copying into host memory (pinned for CUDA), synchronously: the copy is done when a save
+    returns, so training may change the tensors right after. It caches its buffers by source storage."""
+    from torch.distributed.checkpoint.staging import DefaultStager, StagingOptions
+
+    return DefaultStager(
+        StagingOptions(
+            use_pinned_memory=device.type == "cuda",
+            use_shared_memory=False,
+            use_async_staging=False,
+            use_non_blocking_copy=False,
+        )
+    )
+
+
 class Checkpointer:
     """Saves and restores the training state of one run directory, whatever the train module.
 
@@ -239,7 +254,9 @@ class Checkpointer:
             self._write_small_files(tmp, step, module, loader, config, state)
             tensors = {key: state[key] for key in _TENSOR_KEYS}
             if self.async_save:
+                staging = time.perf_counter()
                 self._start_background_write(tmp, step, tensors, started)
+                staging = time.perf_counter() - staging
             else:
                 self._write_tensors(tmp, tensors, group=None)
                 self._publish(tmp, step, group=None)
@@ -253,11 +270,23 @@ class Checkpointer:
             "checkpoint step %d: the loop was blocked %.3f s (%s)",
             step,
             blocked,
-            "writing in the background" if self.async_save else "synchronous save",
+            f"{staging:.3f} s of it staging; writing in the background" if self.async_save else "synchronous save",
         )
         if wait:
             self.wait()
         return final
+
+    def prepare_staging(self, module: Any) -> None:
+        """Allocate (and on CUDA pin) the host buffers asynchronous saves stage into, once, outside any save: the
+        first save then costs the loop a copy, not an allocation. Called after the first step (AdamW creates its
+        moments there); every rank calls it (a train module's state may be a collective)."""
+        if not self.async_save or self._stager is not None:
+            return
+        started = time.perf_counter()
+        state = module.state_dict()
+        self._stager = _make_stager(self.env.device)
+        self._stager.stage({key: state[key] for key in _TENSOR_KEYS})
+        log.info("staging buffers for asynchronous checkpoints allocated in %.3f s", time.perf_counter() - started)
 
     def wait(self) -> None:
         """Wait for the save in flight, if any (a collective when one is): its error, if it failed, is raised here
@@ -331,13 +360,10 @@ class Checkpointer:
     def _start_background_write(self, tmp: Path, step: int, tensors: dict[str, Any], started: float) -> None:
         """Stage `tensors` into host memory (the loop waits for this copy only), then let DCP write them in its
         background thread and our finaliser publish them once written (the loop does not wait for either)."""
-        from torch.distributed.checkpoint.staging import DefaultStager, StagingOptions
-
         if not dist.is_initialized():  # DCP's thread warns about the single process that is intended
             warnings.filterwarnings("ignore", message=".*assuming the intent is to save in a single process")
         if self._stager is None:  # kept for the run: it reuses its (pinned) buffers from one save to the next
-            pinned = self.env.device.type == "cuda"
-            self._stager = DefaultStager(StagingOptions(pinned, False, False, False))
+            self._stager = _make_stager(self.env.device)
         with single_process_dcp():
             written = dcp.async_save(
                 tensors,

@@ -5,7 +5,9 @@ writes them; resuming happens before the loop (launcher/trainer.py).
 With trainer.checkpoint_async the save of the last step and of a stop signal is waited for before the loop ends,
 and the end of training waits for any save still in flight. The timings of each save (`checkpoint/blocked_s`: the
 loop's wait; `checkpoint/write_s`: an asynchronous save's start to publish) join the next logged record: the save
-runs after its step's figures are logged."""
+runs after its step's figures are logged. The host buffers an asynchronous save stages into are allocated once,
+after the run's first step (`Checkpointer.prepare_staging`), so no save pays for them.
+"""
 
 from __future__ import annotations
 
@@ -25,6 +27,8 @@ class Checkpointing(Callback):
         return cls(cfg.trainer.checkpoint_every)
 
     def on_step_end(self, ctx: TrainContext, step: int, out: StepOutput) -> None:
+        if step == ctx.start_step + 1:
+            ctx.checkpointer.prepare_staging(ctx.module)  # once, with the optimizer's state in place
         if ctx.stopping or ctx.last or (self.every > 0 and step % self.every == 0):
             ctx.require_finite()  # never save what a NaN produced
             ctx.request_save()
