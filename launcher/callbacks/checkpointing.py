@@ -19,15 +19,16 @@ from launcher.train_modules import StepOutput
 
 
 class Checkpointing(Callback):
-    def __init__(self, every: int) -> None:
+    def __init__(self, every: int, async_save: bool = False) -> None:
         self.every = every  # 0: only at the end (and on a stop signal)
+        self.async_save = async_save
 
     @classmethod
     def from_config(cls, cfg: TrainConfig) -> Checkpointing:
-        return cls(cfg.trainer.checkpoint_every)
+        return cls(cfg.trainer.checkpoint_every, cfg.trainer.checkpoint_async)
 
     def on_step_end(self, ctx: TrainContext, step: int, out: StepOutput) -> None:
-        if step == ctx.start_step + 1:
+        if self.async_save and step == ctx.start_step + 1:
             ctx.checkpointer.prepare_staging(ctx.module)  # once, with the optimizer's state in place
         if ctx.stopping or ctx.last or (self.every > 0 and step % self.every == 0):
             ctx.require_finite()  # never save what a NaN produced
