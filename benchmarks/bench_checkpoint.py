@@ -48,7 +48,9 @@ DEFAULT_OVERRIDES = [
 
 def _run(run_dir: Path, overrides: list[str], checkpoint_async: bool) -> dict[str, float]:
     """One training run; the blocked time of step SAVE_STEP's save (and its background write time if async)."""
-    env = {**os.environ, "WANDB_MODE": "disabled", "PYTHONUNBUFFERED": "1"}
+    # One intra-op thread unless the caller sets it: on a shared 2-core machine OpenMP's spinning threads made
+    # every step and copy several times slower, and both runs measure the same way.
+    env = {"OMP_NUM_THREADS": "1", **os.environ, "WANDB_MODE": "disabled", "PYTHONUNBUFFERED": "1"}
     cmd = [
         sys.executable,
         "-m",
