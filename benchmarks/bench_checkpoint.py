@@ -77,9 +77,9 @@ def _run(run_dir: Path, overrides: list[str], checkpoint_async: bool) -> dict[st
 
 
 def run_bench(overrides: list[str], out: Path) -> dict:
+    commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=REPO, capture_output=True, text=True)
     sync = _run(out / "sync", overrides, checkpoint_async=False)
     asynchronous = _run(out / "async", overrides, checkpoint_async=True)
-    commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=REPO, capture_output=True, text=True)
     return {
         "date": datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
         "commit": commit.stdout.strip(),
