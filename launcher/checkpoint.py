@@ -296,10 +296,10 @@ class Checkpointer:
             return
         step, tmp, future, started = pending
         try:
-            future.result()
+            finished = future.result()
         except BaseException as exc:
             self._raise_failed_save(tmp, step, exc)
-        total = time.perf_counter() - started
+        total = finished - started  # when the finaliser ended, not when the loop looked
         self._figures["checkpoint/write_s"] = total
         log.info("checkpoint step %d: written in the background in %.3f s", step, total)
 
@@ -377,9 +377,9 @@ class Checkpointer:
         executor.shutdown(wait=False)  # the thread ends with its one task
         self._in_flight = (step, tmp, future, started)
 
-    def _finalise_in_background(self, written: Any, tmp: Path, step: int) -> None:
+    def _finalise_in_background(self, written: Any, tmp: Path, step: int) -> float:
         """After DCP's write: hash, publish, read back and prune, with collectives on the checkpoint's own process
-        group only (the loop's collectives run meanwhile on the default one)."""
+        group only (the loop's collectives run meanwhile on the default one). Returns when it finished."""
         written.result()
         stall = os.environ.get(_STALL_ENV)
         if stall is not None and int(stall) == step:  # tests: a write caught mid-way by kill -9
@@ -388,6 +388,7 @@ class Checkpointer:
                 time.sleep(1)
         self._publish(tmp, step, group=self._group)
         self._read_back_and_prune(self.root / step_dir_name(step), step, group=self._group)
+        return time.perf_counter()
 
     def _publish(self, tmp: Path, step: int, group: Any) -> None:
         """Hash every file (the ranks share the files), write the manifest last and rename into place."""
