@@ -20,16 +20,27 @@ newer one has been saved and verified by reading it back. A resume whose config 
 checkpoint's in what the run computes is refused naming every changed key (launcher/run_dir.py), unless
 trainer.resume_allow names them. Before a save, free space is compared with the previous checkpoint's size: a
 full disk gives "no space: need X, have Y at PATH" and leaves the last good checkpoint intact.
+
+trainer.checkpoint_async=true writes while training goes on: the loop waits only while the tensors are staged into
+host memory (pinned on CUDA) and the small files are written; DCP's `async_save` writes the tensors in a
+background thread and a finaliser thread then hashes, publishes, reads back and prunes exactly as a synchronous
+save does, so the manifest, verification, atomic publish and pruning keep their guarantees. At most one save is
+in flight (the next save, the last step and a stop signal wait for it, and a failure is raised there); a process
+killed mid-write leaves only a hidden temporary directory, and resume takes the previous checkpoint.
 """
 
 from __future__ import annotations
 
+import datetime
 import errno
 import json
 import logging
+import os
 import random
 import shutil
 import time
+import warnings
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any, Optional
 
@@ -71,6 +82,9 @@ DATA_FINGERPRINT = "data.fingerprint"  # the key a resume names (and trainer.res
 _TENSOR_KEYS = (MODEL_KEY, "optimizer")
 _SPACE_MARGIN = 1.1  # a save needs the previous checkpoint's size, plus 10% ...
 _SPACE_SLACK = 16 * 2**20  # ... plus 16 MiB for the small files
+# Tests only: the background save of this step stalls after DCP's write, before its manifest, until the process is
+# killed (how a test catches an asynchronous write mid-way with kill -9).
+_STALL_ENV = "LOOM_TEST_STALL_ASYNC_SAVE_AT_STEP"
 
 
 class NoSpaceError(OSError):
@@ -128,39 +142,74 @@ def _is_no_space(exc: BaseException) -> bool:
     return False
 
 
-class Checkpointer:
-    """Saves and restores the training state of one run directory, whatever the train module."""
+def barrier_on(group: Any) -> None:
+    """A barrier on `group` (None: the default group); nothing without a process group."""
+    if dist.is_initialized():
+        dist.barrier(group=group)
 
-    def __init__(self, run_dir: Path, env: DistEnv, keep: int) -> None:
+
+def _make_stager(device: torch.device) -> Any:
+    """DCP's stager copying into host memory (pinned for CUDA), synchronously: the copy is done when a save
+    returns, so training may change the tensors right after. It caches its buffers by source storage."""
+    from torch.distributed.checkpoint.staging import DefaultStager, StagingOptions
+
+    return DefaultStager(
+        StagingOptions(
+            use_pinned_memory=device.type == "cuda",
+            use_shared_memory=False,
+            use_async_staging=False,
+            use_non_blocking_copy=False,
+        )
+    )
+
+
+class Checkpointer:
+    """Saves and restores the training state of one run directory, whatever the train module.
+
+    `async_save` (trainer.checkpoint_async) writes checkpoints while training goes on (see `save`); its background
+    collectives run on a gloo process group of their own, created here (every rank constructs the Checkpointer),
+    so they never interleave with the loop's."""
+
+    def __init__(
+        self, run_dir: Path, env: DistEnv, keep: int, *, async_save: bool = False, timeout_s: int = 600
+    ) -> None:
         self.run_dir = Path(run_dir)
         self.root = self.run_dir / CHECKPOINTS_DIR
         self.env = env
         self.keep = keep
         self.last_saved_step: Optional[int] = None
         self.verified: set[str] = set()  # checkpoint names this run has read back whole
+        self.async_save = async_save
+        self._group: Any = None  # the process group of the background saves (None: the default group)
+        if async_save and dist.is_initialized():
+            self._group = dist.new_group(backend="gloo", timeout=datetime.timedelta(seconds=timeout_s))
+        self._stager: Any = None  # DCP's DefaultStager, made at the first asynchronous save
+        self._in_flight: Optional[tuple[int, Path, Any, float]] = None  # (step, tmp dir, future, start time)
+        self._figures: dict[str, float] = {}
 
     # ---------------------------------------------------------------------------------------------- agreement
-    def _all(self, ok: bool) -> bool:
-        """True only if `ok` on every rank (a collective: every rank must call it)."""
+    def _all(self, ok: bool, group: Any = None) -> bool:
+        """True only if `ok` on every rank (a collective on `group`, None: the default one, on the run's device)."""
         if not dist.is_initialized():
             return ok
-        flag = torch.tensor([1 if ok else 0], device=self.env.device if self.env.device.type == "cuda" else "cpu")
-        dist.all_reduce(flag, op=dist.ReduceOp.MIN)
+        on_cuda = group is None and self.env.device.type == "cuda"
+        flag = torch.tensor([1 if ok else 0], device=self.env.device if on_cuda else "cpu")
+        dist.all_reduce(flag, op=dist.ReduceOp.MIN, group=group)
         return bool(flag.item())
 
-    def _verify(self, directory: Path) -> Optional[str]:
+    def _verify(self, directory: Path, group: Any = None) -> Optional[str]:
         """None if `directory` verifies on every rank (each rank checksums its share of the files), else a reason
-        (a collective)."""
+        (a collective on `group`)."""
         reason = None
         try:
             verify_checkpoint(directory, part=(self.env.rank, self.env.world_size), metadata=self.env.is_main)
         except CheckpointError as exc:
             reason = str(exc)
-        if self._all(reason is None):
+        if self._all(reason is None, group):
             return None
         reasons = [None] * self.env.world_size if dist.is_initialized() else [reason]
         if dist.is_initialized():
-            dist.all_gather_object(reasons, reason)
+            dist.all_gather_object(reasons, reason, group=group)
         return "; ".join(r for r in reasons if r)
 
     # ---------------------------------------------------------------------------------------------- start
@@ -186,47 +235,110 @@ class Checkpointer:
         barrier()
 
     # ---------------------------------------------------------------------------------------------- save
-    def save(self, step: int, module: Any, loader: Any, config: dict[str, Any]) -> Path:
+    def save(self, step: int, module: Any, loader: Any, config: dict[str, Any], *, wait: bool = False) -> Path:
+        """Save the run's state at `step` into `<run_dir>/checkpoints/step_<N>` (a collective).
+
+        Synchronous: everything is written, published, read back and pruned before this returns. Asynchronous
+        (`async_save`): the tensors are staged into host memory (pinned on CUDA) and the small files written here;
+        DCP then writes the tensors in a background thread, which also hashes, publishes, reads back and prunes,
+        while training goes on. At most one save is in flight: a save waits for the previous one first (and raises
+        its error). `wait=True` (the last step, a stop signal) returns only once this save is published. The time
+        the loop was blocked is logged and kept for the metrics (`pop_figures`)."""
+        started = time.perf_counter()
+        self.wait()
         final = self.root / step_dir_name(step)
         tmp = temporary_dir_for(final)
         state = module.state_dict()
         self._check_space(state, step)
         try:
-            self._write(tmp, step, module, loader, config, state)
+            self._write_small_files(tmp, step, module, loader, config, state)
+            tensors = {key: state[key] for key in _TENSOR_KEYS}
+            if self.async_save:
+                staging = time.perf_counter()
+                self._start_background_write(tmp, step, tensors, started)
+                staging = time.perf_counter() - staging
+            else:
+                self._write_tensors(tmp, tensors, group=None)
+                self._publish(tmp, step, group=None)
         except BaseException as exc:
-            free = shutil.disk_usage(self.root).free if self.root.is_dir() else 0
-            if self.env.is_main:
-                shutil.rmtree(tmp, ignore_errors=True)
-            if _is_no_space(exc):
-                raise NoSpaceError(
-                    f"no space: saving step {step} into {self.root} failed with {free} bytes free "
-                    f"({type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}); the partial save was "
-                    f"removed and the last good checkpoint is intact: free space (or move trainer.run_dir) and "
-                    f"relaunch to resume"
-                ) from exc
-            raise
-        reason = self._verify(final)  # read back before anything older is pruned
-        if reason is not None:
-            raise CheckpointError(f"the checkpoint just saved does not verify: {reason}")
-        self.verified.add(final.name)
-        if self.env.is_main:
-            self._prune()
-            log.info("saved checkpoint %s", final)
-        barrier()
-        self.last_saved_step = step
+            self._raise_failed_save(tmp, step, exc)
+        if not self.async_save:
+            self._read_back_and_prune(final, step, group=None)
+        blocked = time.perf_counter() - started
+        self._figures["checkpoint/blocked_s"] = blocked
+        log.info(
+            "checkpoint step %d: the loop was blocked %.3f s (%s)",
+            step,
+            blocked,
+            f"{staging:.3f} s of it staging; writing in the background" if self.async_save else "synchronous save",
+        )
+        if wait:
+            self.wait()
         return final
 
-    def _write(
+    def prepare_staging(self, module: Any) -> None:
+        """Allocate (and on CUDA pin) the host buffers asynchronous saves stage into, once, outside any save: the
+        first save then costs the loop a copy, not an allocation. Called after the first step (AdamW creates its
+        moments there); every rank calls it (a train module's state may be a collective)."""
+        if not self.async_save or self._stager is not None:
+            return
+        started = time.perf_counter()
+        state = module.state_dict()
+        self._stager = _make_stager(self.env.device)
+        self._stager.stage({key: state[key] for key in _TENSOR_KEYS})
+        log.info("staging buffers for asynchronous checkpoints allocated in %.3f s", time.perf_counter() - started)
+
+    def wait(self) -> None:
+        """Wait for the save in flight, if any (a collective when one is): its error, if it failed, is raised here
+        with its partial directory removed, so a checkpoint is never silently missing."""
+        pending, self._in_flight = self._in_flight, None
+        if pending is None:
+            return
+        step, tmp, future, started = pending
+        try:
+            finished = future.result()
+        except BaseException as exc:
+            self._raise_failed_save(tmp, step, exc)
+        total = finished - started  # when the finaliser ended, not when the loop looked
+        self._figures["checkpoint/write_s"] = total
+        log.info("checkpoint step %d: written in the background in %.3f s", step, total)
+
+    def close(self) -> None:
+        """Wait for the save in flight and free the staging buffers (the end of training)."""
+        self.wait()
+        if self._stager is not None:
+            self._stager.close()
+            self._stager = None
+
+    def pop_figures(self) -> dict[str, float]:
+        """The timings of the saves since the last call: `checkpoint/blocked_s` (the loop's wait for the latest
+        save) and `checkpoint/write_s` (start to publish of the latest save finished in the background)."""
+        figures, self._figures = self._figures, {}
+        return figures
+
+    def _raise_failed_save(self, tmp: Path, step: int, exc: BaseException) -> None:
+        """Remove the partial save and raise: NoSpaceError for a full disk, else the error itself."""
+        free = shutil.disk_usage(self.root).free if self.root.is_dir() else 0
+        if self.env.is_main:
+            shutil.rmtree(tmp, ignore_errors=True)
+        if _is_no_space(exc):
+            raise NoSpaceError(
+                f"no space: saving step {step} into {self.root} failed with {free} bytes free "
+                f"({type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}); the partial save was "
+                f"removed and the last good checkpoint is intact: free space (or move trainer.run_dir) and "
+                f"relaunch to resume"
+            ) from exc
+        raise exc
+
+    def _write_small_files(
         self, tmp: Path, step: int, module: Any, loader: Any, config: dict[str, Any], state: dict[str, Any]
     ) -> None:
+        """The temporary directory with everything but the DCP tensors: the module's native state, this rank's
+        RNG, the training state and the model config (all captured now, at the step being saved)."""
         if self.env.is_main:
             shutil.rmtree(tmp, ignore_errors=True)
             tmp.mkdir(parents=True)
         barrier()
-        with single_process_dcp():
-            dcp.save(
-                {key: state[key] for key in _TENSOR_KEYS}, checkpoint_id=str(tmp), no_dist=not dist.is_initialized()
-            )
         module.save_native(tmp)
         atomic_write_text(tmp / f"rng_rank{self.env.rank}.json", json.dumps(_rng_state(self.env.device)))
         if self.env.is_main:
@@ -240,16 +352,67 @@ class Checkpointer:
             }
             atomic_write_text(tmp / TRAIN_STATE_FILE, json.dumps(train_state, indent=1))
             write_model_config(tmp, module.cfg.model)
-        barrier()  # every rank's files are in before they are hashed and listed
+
+    def _write_tensors(self, tmp: Path, tensors: dict[str, Any], group: Any) -> None:
+        with single_process_dcp():
+            dcp.save(tensors, checkpoint_id=str(tmp), process_group=group, no_dist=not dist.is_initialized())
+
+    def _start_background_write(self, tmp: Path, step: int, tensors: dict[str, Any], started: float) -> None:
+        """Stage `tensors` into host memory (the loop waits for this copy only), then let DCP write them in its
+        background thread and our finaliser publish them once written (the loop does not wait for either)."""
+        if not dist.is_initialized():  # DCP's thread warns about the single process that is intended
+            warnings.filterwarnings("ignore", message=".*assuming the intent is to save in a single process")
+        if self._stager is None:  # kept for the run: it reuses its (pinned) buffers from one save to the next
+            self._stager = _make_stager(self.env.device)
+        with single_process_dcp():
+            written = dcp.async_save(
+                tensors,
+                checkpoint_id=str(tmp),
+                process_group=self._group,
+                async_stager=self._stager,
+                no_dist=not dist.is_initialized(),
+            )
+        executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="loom-checkpoint")
+        future = executor.submit(self._finalise_in_background, written, tmp, step)
+        executor.shutdown(wait=False)  # the thread ends with its one task
+        self._in_flight = (step, tmp, future, started)
+
+    def _finalise_in_background(self, written: Any, tmp: Path, step: int) -> float:
+        """After DCP's write: hash, publish, read back and prune, with collectives on the checkpoint's own process
+        group only (the loop's collectives run meanwhile on the default one). Returns when it finished."""
+        written.result()
+        stall = os.environ.get(_STALL_ENV)
+        if stall is not None and int(stall) == step:  # tests: a write caught mid-way by kill -9
+            log.warning("%s=%s: the save of step %d stalls before its manifest", _STALL_ENV, stall, step)
+            while True:
+                time.sleep(1)
+        self._publish(tmp, step, group=self._group)
+        self._read_back_and_prune(self.root / step_dir_name(step), step, group=self._group)
+        return time.perf_counter()
+
+    def _publish(self, tmp: Path, step: int, group: Any) -> None:
+        """Hash every file (the ranks share the files), write the manifest last and rename into place."""
+        barrier_on(group)  # every rank's files are in before they are hashed and listed
         names = checkpoint_files(tmp)
         share = describe_files(tmp, names[self.env.rank :: self.env.world_size])
         if dist.is_initialized():
             shares = [None] * self.env.world_size
-            dist.all_gather_object(shares, share)
+            dist.all_gather_object(shares, share, group=group)
             share = {name: entry for part in shares for name, entry in part.items()}
         if self.env.is_main:
             publish_checkpoint(tmp, self.root / step_dir_name(step), step, files=share)
-        barrier()
+        barrier_on(group)
+
+    def _read_back_and_prune(self, final: Path, step: int, group: Any) -> None:
+        reason = self._verify(final, group=group)  # read back before anything older is pruned
+        if reason is not None:
+            raise CheckpointError(f"the checkpoint just saved does not verify: {reason}")
+        self.verified.add(final.name)
+        if self.env.is_main:
+            self._prune()
+            log.info("saved checkpoint %s", final)
+        barrier_on(group)
+        self.last_saved_step = step
 
     def _check_space(self, state: dict[str, Any], step: int) -> None:
         """NoSpaceError before writing when the disk cannot hold the checkpoint: the previous checkpoint's size,

@@ -64,6 +64,16 @@ class ScheduleConfig:
 
 
 @dataclass
+class BatchRampConfig:
+    """trainer.batch_ramp (launcher/batch_ramp.py): the global batch starts at `start` sequences and grows by
+    `increment` in equal stages to the full global batch over the first `tokens` training tokens. All 0: none."""
+
+    start: int = 0  # sequences per step at the start of the run (a multiple of micro_batch_size x dp ranks)
+    increment: int = 0  # sequences added at each stage (the same multiple)
+    tokens: int = 0  # training tokens over which the batch reaches trainer.global_batch_size
+
+
+@dataclass
 class TrainerConfig:
     name: str = "loom"  # run name: the default run dir is outputs/<name>-<timestamp or job id>
     # Decided once for all ranks (launcher/run_dir.py); under Hydra multirun each job gets <sweep dir>/<job number>.
@@ -73,6 +83,7 @@ class TrainerConfig:
     global_batch_size: Optional[int] = 16  # sequences per optimizer step, over all data-parallel ranks
     global_batch_tokens: Optional[int] = None  # alternative to global_batch_size: tokens per step
     micro_batch_size: int = 8  # sequences per forward/backward on one rank
+    batch_ramp: BatchRampConfig = field(default_factory=BatchRampConfig)  # a growing global batch (default: none)
     precision: str = "fp32"  # model.dtypes.PRECISIONS: fp32 | bf16 (autocast) | fp16 (autocast + loss scaling)
     device: str = "auto"  # DEVICES
     log_every: int = 10  # steps between logged metrics
@@ -82,6 +93,7 @@ class TrainerConfig:
     sample_prompt: str = "The"  # prompt of the logged greedy sample
     sample_tokens: int = 32  # new tokens in the logged sample
     checkpoint_every: int = 50  # 0 disables periodic checkpoints (one is still written at the end)
+    checkpoint_async: bool = False  # write checkpoints in the background (the loop waits only for a host copy)
     keep_checkpoints: int = 2  # newest complete checkpoints kept; 0 keeps all
     resume: str = "auto"  # RESUME_MODES: auto continues the run in run_dir from its newest good checkpoint
     # Keys a resumed run may change although they break an exact resume (e.g. [optim.lr]); others are refused.

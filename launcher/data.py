@@ -10,9 +10,13 @@ measurements, where reading data must not be what is measured.
 
 The token stream (all shards, in name order) is split into a training head and a held-out tail
 (`data.val_fraction`). Training samples are windows of seq_len + 1 tokens starting every seq_len tokens; each
-epoch visits them in a fresh permutation drawn from (seed, epoch). A step consumes `global_batch` consecutive
-windows of that permutation, and data-parallel rank r reads the r-th contiguous slice of them, so the ranks are
-disjoint and their union is exactly what one process would read with the same global batch.
+epoch visits them in a fresh permutation drawn from (seed, epoch), and the epochs follow each other as one stream
+of samples. A step consumes the next `global batch` samples of that stream (the batch of the step: fixed, or
+growing under trainer.batch_ramp, launcher/batch_ramp.py), and data-parallel rank r reads the r-th contiguous
+slice of them, so the ranks are disjoint and their union is exactly what one process would read with the same
+global batch. Nothing is dropped or repeated: every window is read exactly once per epoch (a step may end one
+epoch and begin the next). The position is the number of samples read, so a resume at any step continues the
+stream exactly, on any data-parallel layout.
 """
 
 from __future__ import annotations
@@ -28,6 +32,7 @@ import numpy as np
 import torch
 
 from data_pipeline.formats import PackedDataset, ShardFormatError
+from launcher.batch_ramp import GlobalBatchSchedule
 
 log = logging.getLogger(__name__)
 
@@ -66,7 +71,7 @@ def open_dataset(data_dir: Path, vocab_size: int) -> PackedDataset:
 
 
 class TokenBatches:
-    """Per-rank training batches [local_batch, seq_len + 1] with a checkpointable position."""
+    """Per-rank training batches [local batch, seq_len + 1] with a checkpointable position."""
 
     def __init__(
         self,
@@ -78,48 +83,50 @@ class TokenBatches:
         dp_degree: int,
         seed: int,
         val_fraction: float,
+        batch_schedule: Optional[GlobalBatchSchedule] = None,
     ) -> None:
-        if global_batch % dp_degree != 0:
-            raise DataError(f"global batch {global_batch} is not divisible by {dp_degree} data-parallel ranks")
+        self.schedule = batch_schedule or GlobalBatchSchedule(global_batch, seq_len)
+        _check_divisible(self.schedule, dp_degree)
         self.dataset = dataset
         self.seq_len = seq_len
-        self.global_batch = global_batch
-        self.local_batch = global_batch // dp_degree
+        self.global_batch = self.schedule.at(0)  # the batch of the next step (the last one read, after a step)
         self.dp_rank = dp_rank
         self.dp_degree = dp_degree
         self.seed = seed
         self.val_tokens = max(seq_len + 1, int(dataset.n_tokens * val_fraction))
         self.train_tokens = dataset.n_tokens - self.val_tokens
         self.n_windows = max(0, (self.train_tokens - 1) // seq_len)
-        if self.n_windows < global_batch:
+        if self.n_windows < self.schedule.full:
             raise DataError(
                 f"{dataset.directory}: {self.train_tokens} training tokens make {self.n_windows} sequences of "
-                f"data.seq_len={seq_len}, fewer than one global batch of {global_batch}: use more data, a smaller "
-                f"batch or a shorter data.seq_len"
+                f"data.seq_len={seq_len}, fewer than one global batch of {self.schedule.full}: use more data, a "
+                f"smaller batch or a shorter data.seq_len"
             )
-        self.batches_per_epoch = self.n_windows // global_batch
-        self.epoch = 0
-        self.batch_in_epoch = 0
-        self._order_epoch = -1
-        self._order: Optional[np.ndarray] = None
+        self.samples = 0  # samples read by all ranks together since the start of the run (the position)
+        self.last_read: tuple[np.ndarray, np.ndarray] = (np.empty(0, np.int64), np.empty(0, np.int64))
+        self._orders: dict[int, np.ndarray] = {}
 
-    def _permutation(self) -> np.ndarray:
-        if self._order_epoch != self.epoch:
-            rng = np.random.default_rng([self.seed, self.epoch])
-            self._order = rng.permutation(self.n_windows)
-            self._order_epoch = self.epoch
-        assert self._order is not None
-        return self._order
+    @property
+    def epoch(self) -> int:
+        return self.samples // self.n_windows
+
+    def _window(self, position: int) -> int:
+        """The window at `position` of the sample stream: its epoch's permutation, at its place in the epoch."""
+        epoch, index = divmod(position, self.n_windows)
+        if epoch not in self._orders:
+            self._orders = {e: order for e, order in self._orders.items() if e >= epoch - 1}  # at most two kept
+            self._orders[epoch] = np.random.default_rng([self.seed, epoch]).permutation(self.n_windows)
+        return int(self._orders[epoch][index])
 
     def next_batch(self) -> torch.Tensor:
-        order = self._permutation()
-        start = self.batch_in_epoch * self.global_batch + self.dp_rank * self.local_batch
-        windows = order[start : start + self.local_batch]
+        self.global_batch = self.schedule.at(self.samples)
+        local = self.global_batch // self.dp_degree
+        first = self.samples + self.dp_rank * local
+        positions = np.arange(first, first + local, dtype=np.int64)
+        windows = np.array([self._window(int(p)) for p in positions], dtype=np.int64)
         rows = np.stack([self.dataset.read(int(w) * self.seq_len, self.seq_len + 1) for w in windows])
-        self.batch_in_epoch += 1
-        if self.batch_in_epoch == self.batches_per_epoch:
-            self.epoch += 1
-            self.batch_in_epoch = 0
+        self.samples += self.global_batch
+        self.last_read = (positions, windows)  # which samples this rank just read (tests read the order)
         return torch.from_numpy(rows)
 
     def __iter__(self) -> Iterator[torch.Tensor]:
@@ -130,11 +137,11 @@ class TokenBatches:
         """What identifies the data: the shards' fingerprint (names, headers and content hashes)."""
         return f"packed:{self.dataset.fingerprint()}"
 
-    # The position is global (samples consumed in the epoch), so it restores onto any dp layout.
+    # The position is global (samples read in the epoch), so it restores onto any dp layout.
     def state_dict(self) -> dict[str, int]:
         return {
             "epoch": self.epoch,
-            "samples_in_epoch": self.batch_in_epoch * self.global_batch,
+            "samples_in_epoch": self.samples % self.n_windows,
             "seed": self.seed,
             "seq_len": self.seq_len,
             "n_windows": self.n_windows,
@@ -148,14 +155,8 @@ class TokenBatches:
             "data position was saved",
             "resume with the same data, data.seq_len and seed (or start a new run_dir)",
         )
-        samples = int(state["samples_in_epoch"])
-        if samples % self.global_batch != 0:
-            raise DataError(
-                f"the checkpoint stopped {samples} samples into an epoch, not a multiple of the global batch "
-                f"{self.global_batch}: resume with the batch size it was saved with"
-            )
-        self.epoch = int(state["epoch"])
-        self.batch_in_epoch = samples // self.global_batch
+        self.samples = int(state["epoch"]) * self.n_windows + int(state["samples_in_epoch"])
+        self.global_batch = self.schedule.at(self.samples)
 
     # ------------------------------------------------------------------------------------------ evaluation
     def eval_batches(self, n_sequences: int, micro_batch: int) -> list[torch.Tensor]:
@@ -184,6 +185,12 @@ def _rank_share_in_micro_batches(
     ]
 
 
+def _check_divisible(schedule: GlobalBatchSchedule, dp_degree: int) -> None:
+    for batch in {schedule.full, schedule.start or schedule.full, schedule.increment or schedule.full}:
+        if batch % dp_degree != 0:
+            raise DataError(f"global batch {batch} is not divisible by {dp_degree} data-parallel ranks")
+
+
 def _check_saved_with(state: dict[str, int], current: Any, keys: tuple[str, ...], what: str, fix: str) -> None:
     """DataError unless the checkpoint's data `state` has this run's values for `keys`."""
     for key in keys:
@@ -197,28 +204,41 @@ class SyntheticBatches:
     """Uniform random tokens of the model's vocabulary (data=synthetic), for benchmarks: there is nothing to learn
     (the loss stays near ln(vocab)), and no file is read. Row i of step s is drawn from its own stream
     (seed, s, i), so every data-parallel layout reads exactly the same global batch, and the position (steps
-    drawn) checkpoints and resumes like TokenBatches'. Held-out rows come from a stream of their own."""
+    drawn, and samples for trainer.batch_ramp) checkpoints and resumes like TokenBatches'. Held-out rows come from
+    a stream of their own."""
 
     _TRAIN, _VAL = 0, 1
 
     def __init__(
-        self, *, vocab_size: int, seq_len: int, global_batch: int, dp_rank: int, dp_degree: int, seed: int
+        self,
+        *,
+        vocab_size: int,
+        seq_len: int,
+        global_batch: int,
+        dp_rank: int,
+        dp_degree: int,
+        seed: int,
+        batch_schedule: Optional[GlobalBatchSchedule] = None,
     ) -> None:
-        if global_batch % dp_degree != 0:
-            raise DataError(f"global batch {global_batch} is not divisible by {dp_degree} data-parallel ranks")
+        self.schedule = batch_schedule or GlobalBatchSchedule(global_batch, seq_len)
+        _check_divisible(self.schedule, dp_degree)
         self.vocab_size, self.seq_len, self.seed = vocab_size, seq_len, seed
-        self.global_batch, self.local_batch = global_batch, global_batch // dp_degree
+        self.global_batch = self.schedule.at(0)
         self.dp_rank, self.dp_degree = dp_rank, dp_degree
         self.step = 0
+        self.samples = 0
 
     def _row(self, *key: int) -> np.ndarray:
         rng = np.random.default_rng([self.seed, *key])
         return rng.integers(0, self.vocab_size, size=self.seq_len + 1, dtype=np.int64)
 
     def next_batch(self) -> torch.Tensor:
-        first = self.dp_rank * self.local_batch
-        rows = [self._row(self._TRAIN, self.step, i) for i in range(first, first + self.local_batch)]
+        self.global_batch = self.schedule.at(self.samples)
+        local = self.global_batch // self.dp_degree
+        first = self.dp_rank * local
+        rows = [self._row(self._TRAIN, self.step, i) for i in range(first, first + local)]
         self.step += 1
+        self.samples += self.global_batch
         return torch.from_numpy(np.stack(rows))
 
     def __iter__(self) -> Iterator[torch.Tensor]:
@@ -229,7 +249,13 @@ class SyntheticBatches:
         return f"synthetic:vocab={self.vocab_size}:seq_len={self.seq_len}:seed={self.seed}"
 
     def state_dict(self) -> dict[str, int]:
-        return {"synthetic_steps": self.step, "seed": self.seed, "seq_len": self.seq_len, "vocab_size": self.vocab_size}
+        return {
+            "synthetic_steps": self.step,
+            "synthetic_samples": self.samples,
+            "seed": self.seed,
+            "seq_len": self.seq_len,
+            "vocab_size": self.vocab_size,
+        }
 
     def load_state_dict(self, state: dict[str, int]) -> None:
         _check_saved_with(
@@ -240,6 +266,9 @@ class SyntheticBatches:
             "resume with the same settings (or start a new run_dir)",
         )
         self.step = int(state["synthetic_steps"])
+        # Saved before batch ramps: every step read the full global batch.
+        self.samples = int(state.get("synthetic_samples", self.step * self.schedule.full))
+        self.global_batch = self.schedule.at(self.samples)
 
     def eval_batches(self, n_sequences: int, micro_batch: int) -> list[torch.Tensor]:
         """This rank's equal share of `n_sequences` held-out rows, in micro batches (as TokenBatches does)."""
@@ -288,9 +317,11 @@ def open_training_data(
     dp_degree: int,
     seed: int,
     document_mask_eos_id: Optional[int] = None,
+    batch_schedule: Optional[GlobalBatchSchedule] = None,
 ) -> TrainingData:
     """The configured data for this data-parallel rank: packed shards (data=packed or the embedded corpus) or
-    synthetic tokens. `document_mask_eos_id` (model.document_mask_eos_id) is checked against the shards."""
+    synthetic tokens. `document_mask_eos_id` (model.document_mask_eos_id) is checked against the shards;
+    `batch_schedule` (trainer.batch_ramp) sets each step's global batch (default: `global_batch` throughout)."""
     if data_cfg.name == "synthetic":
         batches = SyntheticBatches(
             vocab_size=vocab_size,
@@ -299,6 +330,7 @@ def open_training_data(
             dp_rank=dp_rank,
             dp_degree=dp_degree,
             seed=seed,
+            batch_schedule=batch_schedule,
         )
         return TrainingData(batches, tokenizer=None, eos_id=None)
     data_dir = resolve_data_dir(data_cfg)
@@ -313,6 +345,7 @@ def open_training_data(
         dp_degree=dp_degree,
         seed=seed,
         val_fraction=data_cfg.val_fraction,
+        batch_schedule=batch_schedule,
     )
     return TrainingData(batches, load_tokenizer(data_dir), dataset.tokenizer.get("eos_id"))
 

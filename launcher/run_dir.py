@@ -99,6 +99,7 @@ OPERATIONAL_KEYS = (
     "trainer.sample_prompt",
     "trainer.sample_tokens",
     "trainer.checkpoint_every",
+    "trainer.checkpoint_async",
     "trainer.keep_checkpoints",
     "trainer.resume",
     "trainer.resume_allow",

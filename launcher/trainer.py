@@ -71,11 +71,14 @@ def train(plan: RunPlan, config: dict[str, Any], stop: Optional[StopRequest] = N
         dp_degree=dims.dp_degree,
         seed=cfg.data.seed if cfg.data.seed is not None else t.seed,
         document_mask_eos_id=cfg.model.document_mask_eos_id,
+        batch_schedule=plan.batch_schedule,
     )
     loader = data.batches
 
     # ---- the train module of this layout, resumed from the newest good checkpoint or started from init_from
-    checkpointer = Checkpointer(run_dir, env, keep=t.keep_checkpoints)
+    checkpointer = Checkpointer(
+        run_dir, env, keep=t.keep_checkpoints, async_save=t.checkpoint_async, timeout_s=t.dist_timeout_s
+    )
     checkpointer.remove_stale_temporaries()
     if t.resume == "never":
         checkpointer.set_aside_old_run()
@@ -98,11 +101,11 @@ def train(plan: RunPlan, config: dict[str, Any], stop: Optional[StopRequest] = N
         device_type=env.device.type,
     )
     log.info(
-        "model %s: %.2fM parameters | global batch %d x %d tokens, %s per rank, %d data-parallel rank(s) | "
+        "model %s: %.2fM parameters | global batch %s x %d tokens, %s per rank, %d data-parallel rank(s) | "
         "steps %d -> %d",
         cfg.model.name,
         count_parameters(cfg.model) / 1e6,
-        plan.global_batch,
+        plan.batch_schedule.describe(),
         cfg.data.seq_len,
         module.batch_plan_text(),
         dims.dp_degree,
@@ -125,7 +128,7 @@ def train(plan: RunPlan, config: dict[str, Any], stop: Optional[StopRequest] = N
         batch = to_device(loader.next_batch(), env.device)
         out = module.train_step(batch[:, :-1], batch[:, 1:])
         guard.add(step, module.step_is_finite(out), out.skipped)
-        speed.add_tokens(plan.tokens_per_step)
+        speed.add_tokens(loader.global_batch * cfg.data.seq_len)  # the step's batch (trainer.batch_ramp)
 
         ctx.begin_step_end(step, lr, last=step == t.max_steps, stopping=stop_agreement.poll())
         callbacks.step_end(ctx, step, out)  # figures into ctx.record; a checkpoint asked for

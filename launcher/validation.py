@@ -21,6 +21,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Optional
 
+from launcher.batch_ramp import GlobalBatchSchedule, ramp_problem
 from launcher.config import CHOICES, EvalConfig, EvalTasksConfig, TrainConfig
 from parallel.dims import ParallelDims
 
@@ -35,14 +36,20 @@ class RunPlan:
 
     cfg: TrainConfig
     dims: ParallelDims
-    global_batch: int  # sequences per optimizer step
-    grad_accum: int  # micro batches per rank per step (torch layouts and ZeRO)
+    global_batch: int  # sequences per optimizer step (after the batch ramp, if any)
+    grad_accum: int  # micro batches per rank per step (torch layouts and ZeRO; after the ramp)
     eval_tasks: tuple = ()  # eval.tasks loaded (evaluation.tasks Task/Group), those this layout can run
     notes: tuple[str, ...] = ()  # what the run leaves out and why, printed before training starts
 
     @property
     def tokens_per_step(self) -> int:
         return self.global_batch * self.cfg.data.seq_len
+
+    @property
+    def batch_schedule(self) -> GlobalBatchSchedule:
+        """The global batch of every step (trainer.batch_ramp; without one, `global_batch` throughout)."""
+        ramp = self.cfg.trainer.batch_ramp
+        return GlobalBatchSchedule(self.global_batch, self.cfg.data.seq_len, ramp.start, ramp.increment, ramp.tokens)
 
     @property
     def rank_batch(self) -> int:
@@ -300,4 +307,14 @@ def batch_plan(cfg: TrainConfig, dims: ParallelDims) -> tuple[int, int]:
                 f"parallel.pp_microbatches={micro} does not divide each data-parallel rank's batch of {rank_batch} "
                 f"sequences ({key}={global_batch} over {dims.dp_degree} rank(s)): change one of them"
             )
+    ramp = t.batch_ramp
+    problem = ramp_problem(ramp.start, ramp.increment, ramp.tokens, global_batch, per_step)
+    if problem is not None:
+        raise ConfigError(problem)
+    if ramp.start and (dims.pp > 1 or dims.cfg.engine == "deepspeed"):
+        raise ConfigError(
+            "trainer.batch_ramp needs a torch layout without pipeline parallel: the pipeline schedule fixes its "
+            "microbatch shapes and DeepSpeed fixes its accumulation steps at the start; remove the ramp or "
+            "parallel.pp / parallel.engine=deepspeed"
+        )
     return global_batch, global_batch // per_step

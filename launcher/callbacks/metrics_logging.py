@@ -3,8 +3,8 @@
 
 Every trainer.log_every steps (and at the last) the step's figures join the record: loss (mean over ranks), lr,
 gradient norm, tokens/s, MFU and peak memory, the model's auxiliary losses and the MoE load imbalance (each a
-mean over ranks), and the train module's host values (the fp16 loss scale). Reading them is the only host sync
-these steps add."""
+mean over ranks), the train module's host values (the fp16 loss scale) and, under trainer.batch_ramp, the step's
+global batch. Reading them is the only host sync these steps add."""
 
 from __future__ import annotations
 
@@ -52,6 +52,8 @@ class MetricsLogging(Callback):
                 **ctx.speed.measure(),
             }
         )
+        if ctx.plan.batch_schedule.ramps:  # the step's global batch, in sequences (trainer.batch_ramp)
+            ctx.record["global_batch"] = ctx.data.batches.global_batch
         ctx.record.update({name: mean_over_ranks(value.float().reshape(1)).item() for name, value in out.extra.items()})
         ctx.record.update(ctx.module.log_extras())
 

@@ -115,14 +115,17 @@ def test_position_restores_mid_epoch_and_each_epoch_reshuffles(shards, counting_
     b.load_state_dict(state)
     assert torch.equal(b.next_batch(), a.next_batch()[4:])
     c = loader(counting_shards)
-    epoch0 = [c.next_batch() for _ in range(c.batches_per_epoch)]
-    assert c.epoch == 1
-    epoch1 = [c.next_batch() for _ in range(c.batches_per_epoch)]
-    assert not torch.equal(epoch0[0], epoch1[0])
-    for epoch in (epoch0, epoch1):  # an epoch never repeats a window (the remainder batch is dropped)
-        starts = torch.cat(epoch)[:, 0].tolist()
-        assert len(set(starts)) == len(starts) == c.batches_per_epoch * 8
-        assert all(s % 32 == 0 for s in starts)
+    read = []  # (position in the sample stream, window) of every row, in order
+    while c.samples < 2 * c.n_windows:
+        rows = c.next_batch()
+        assert torch.equal(rows[:, 0], torch.from_numpy(c.last_read[1] * 32))  # the rows are the windows named
+        read += zip(*(part.tolist() for part in c.last_read))
+    assert [position for position, _ in read] == list(range(len(read)))  # one stream, nothing skipped
+    epochs = [[w for p, w in read if p // c.n_windows == e] for e in (0, 1)]
+    for windows in epochs:  # every window exactly once per epoch (the last batch runs on into the next epoch)
+        assert sorted(windows) == list(range(c.n_windows))
+    assert epochs[0] != epochs[1]
+    assert c.epoch == 2
 
 
 def test_resuming_with_other_data_is_refused(shards):
@@ -142,7 +145,7 @@ def test_eval_batches_are_held_out_and_split_across_ranks(counting_shards):
     split = torch.cat(loader(shards, 0, 2).eval_batches(8, 2) + loader(shards, 1, 2).eval_batches(8, 2))
     assert torch.equal(split, single)
     assert single[:, 0].min().item() >= a.train_tokens  # held out: after every training token
-    train_max = torch.cat([a.next_batch() for _ in range(a.batches_per_epoch)]).max().item()
+    train_max = torch.cat([a.next_batch() for _ in range(a.n_windows // 8 + 1)]).max().item()
     assert train_max < a.train_tokens
 
 
