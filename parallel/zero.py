@@ -12,7 +12,7 @@ TORCH_EXTENSIONS_DIR pointing at a cache dir (`prepare_deepspeed_env`).
 from __future__ import annotations
 
 import os
-from typing import Any
+from typing import Any, Callable
 
 import torch
 
@@ -154,21 +154,44 @@ def _named_parameters(module) -> dict[str, torch.nn.Parameter]:
     return dict(module.named_parameters())
 
 
-def full_master_weights(engine) -> dict[str, torch.Tensor]:
+def row_shards(full: torch.Tensor, mesh) -> torch.Tensor:
+    """`full` (the same on every rank) as a DTensor sharded by rows over the 1-D `mesh`: this rank keeps its
+    torch.chunk share (a copy, so the full tensor can be freed). Scalars stay whole."""
+    from torch.distributed.tensor import DTensor, Shard
+
+    if full.ndim == 0:
+        return full
+    chunks = full.chunk(mesh.size(), dim=0)
+    rank = mesh.get_local_rank()
+    local = chunks[rank] if rank < len(chunks) else full.new_empty((0, *full.shape[1:]))
+    return DTensor.from_local(local.clone(), mesh, [Shard(0)], run_check=False, shape=full.shape, stride=full.stride())
+
+
+def _whole(tensor: torch.Tensor) -> torch.Tensor:
+    """A full tensor from a checkpoint's entry (a DTensor is gathered: a collective)."""
+    return tensor.full_tensor() if hasattr(tensor, "full_tensor") else tensor
+
+
+def _identity(tensor: torch.Tensor) -> torch.Tensor:
+    return tensor
+
+
+def full_master_weights(engine, keep: Callable[[torch.Tensor], torch.Tensor] = _identity) -> dict[str, torch.Tensor]:
     """The model's state dict with DeepSpeed's fp32 master weights (gathered whole from the ZeRO 1/2/3 partitions
     with safe_get_full_fp32_param) for its parameters: the weights an fp32 torch layout holds, whatever precision
-    the engine computes in. A collective: every rank gathers everything."""
+    the engine computes in. Each gathered tensor goes through `keep` at once (e.g. `row_shards`, so a rank holds
+    one full parameter at a time). A collective: every rank gathers everything."""
     from deepspeed.utils import safe_get_full_fp32_param
 
     module = engine.module
     first_name = {id(p): name for name, p in _named_parameters(module).items()}
     params = dict(module.named_parameters(remove_duplicate=False))
-    masters = {name: safe_get_full_fp32_param(p).detach().clone() for name, p in _named_parameters(module).items()}
+    masters = {name: keep(safe_get_full_fp32_param(p).detach()) for name, p in _named_parameters(module).items()}
     state: dict[str, torch.Tensor] = {}
     for key, value in module.state_dict().items():
         if key in params:  # a parameter (a tied alias shares its master)
             state[key] = masters[first_name[id(params[key])]]
-        else:  # a buffer: never partitioned
+        else:  # a buffer: never partitioned, the same on every rank
             state[key] = value.detach().clone()
     return state
 
@@ -181,29 +204,31 @@ def load_master_weights(engine, state: dict[str, torch.Tensor]) -> None:
     from deepspeed.utils import safe_set_full_fp32_param
 
     module = engine.module
-    named = _named_parameters(module)
-    for name, param in named.items():
-        safe_set_full_fp32_param(param, state[name].to(torch.float32))
     with torch.no_grad():
-        for name, param in named.items():
+        for name, param in _named_parameters(module).items():
+            full = _whole(state[name]).to(torch.float32)
+            safe_set_full_fp32_param(param, full)
             # No-op for ZeRO 1/2 (every rank holds the whole working copy); under ZeRO-3 the partitions are
             # gathered and rank 0's copy is partitioned again on exit.
             with deepspeed.zero.GatheredParameters([param], modifier_rank=0):
-                param.data.copy_(state[name].to(param.dtype).reshape(param.shape))
+                param.data.copy_(full.to(param.dtype).reshape(param.shape))
         params = dict(module.named_parameters(remove_duplicate=False))
         for key, buffer in module.state_dict(keep_vars=True).items():
             if key not in params:
-                buffer.data.copy_(state[key])
+                buffer.data.copy_(_whole(state[key]))
 
 
-def full_moments(engine) -> dict[str, dict[str, torch.Tensor]]:
+def full_moments(
+    engine, keep: Callable[[torch.Tensor], torch.Tensor] = _identity
+) -> dict[str, dict[str, torch.Tensor]]:
     """Each parameter's AdamW moments by parameter name ({name: {"exp_avg": ..., "exp_avg_sq": ...}}), gathered
-    whole from the ZeRO partitions with safe_get_full_optimizer_state (zeros before the first step). A collective."""
+    whole from the ZeRO partitions with safe_get_full_optimizer_state (zeros before the first step), each through
+    `keep` at once. A collective."""
     from deepspeed.utils import safe_get_full_optimizer_state
 
     materialize_optimizer_state(engine)
     return {
-        name: {key: safe_get_full_optimizer_state(param, key).detach().clone() for key in ADAM_MOMENT_KEYS}
+        name: {key: keep(safe_get_full_optimizer_state(param, key).detach()) for key in ADAM_MOMENT_KEYS}
         for name, param in _named_parameters(engine.module).items()
     }
 
@@ -215,5 +240,5 @@ def load_moments(engine, moments: dict[str, dict[str, torch.Tensor]], steps: int
     materialize_optimizer_state(engine)
     for name, param in _named_parameters(engine.module).items():
         for key in ADAM_MOMENT_KEYS:
-            safe_set_full_optimizer_state(param, moments[name][key].to(torch.float32), key)
+            safe_set_full_optimizer_state(param, _whole(moments[name][key]).to(torch.float32), key)
     set_optimizer_steps(engine, steps)

@@ -9,9 +9,10 @@ through the base module's `accumulate`, so ZeRO logs the MoE and MTP figures the
 
 Checkpoints are the torch layouts' format, so any layout and any world size resumes a ZeRO run and the other way
 round: "model" holds the fp32 master weights by parameter name, "optimizer" AdamW's exp_avg, exp_avg_sq and step
-under the names torch's get_optimizer_state_dict gives them ("state.<name>.<key>"), all gathered whole from (and
-scattered back into) DeepSpeed's partitions with its safe_get/set_full_* API. DeepSpeed's native files are not
-written: they resume only under the same stage and world size.
+under the names torch's get_optimizer_state_dict gives them ("state.<name>.<key>"), gathered from (and scattered
+back into) DeepSpeed's partitions one parameter at a time with its safe_get/set_full_* API and kept as row shards
+over the ranks (DTensors, which DCP reshards for any layout). DeepSpeed's native files are not written: they
+resume only under the same stage and world size.
 """
 
 from __future__ import annotations
@@ -19,7 +20,7 @@ from __future__ import annotations
 import math
 import os
 from pathlib import Path
-from typing import Any, Optional
+from typing import Any, Callable, Optional
 
 import torch
 from torch import nn
@@ -39,6 +40,7 @@ from parallel.zero import (
     load_moments,
     optimizer_steps,
     prepare_deepspeed_env,
+    row_shards,
 )
 
 
@@ -46,22 +48,22 @@ class _EngineOptimizer:
     """The engine's optimizer in the containers' shape: DeepSpeed steps it; its state is read and written by
     parameter name in the torch layouts' flat format, so checkpoints are interchangeable between engines."""
 
-    def __init__(self, engine: Any) -> None:
-        self.engine = engine
+    def __init__(self, engine: Any, keep: Callable[[torch.Tensor], torch.Tensor]) -> None:
+        self.engine, self.keep = engine, keep
 
     def state_dict(self) -> dict[str, Any]:
         """AdamW's state of every parameter, whole ("state.<name>.exp_avg", "...exp_avg_sq", "...step"). A
         collective."""
         steps = torch.tensor(float(optimizer_steps(self.engine)))
         state: dict[str, Any] = {}
-        for name, moments in full_moments(self.engine).items():
+        for name, moments in full_moments(self.engine, self.keep).items():
             for key, value in moments.items():
                 state[optimizer_state_key(name, key)] = value
             state[optimizer_state_key(name, "step")] = steps.clone()
         return state
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
-        names = list(full_moments(self.engine))
+        names = [name for name, _ in self.engine.module.named_parameters()]
         steps = {float(state[optimizer_state_key(name, "step")]) for name in names}
         if len(steps) != 1:
             # DeepSpeed keeps one step count per flat partition: per-parameter counts that differ (a torch run
@@ -134,7 +136,11 @@ class ZeroTrainModule(TrainModule):
         )
         self.model_parts = [self.engine.module]
         self.plain_model = self.engine.module
-        self.optimizers = _EngineOptimizer(self.engine)
+        # Checkpoint tensors are gathered one parameter at a time and kept as row shards over the ranks (DTensors:
+        # DCP writes each shard once and reshards them for any layout), so a save or load holds about 1/world of
+        # the fp32 weights and moments per rank, plus one whole parameter.
+        self.mesh = self.dims.submesh("dp_shard")
+        self.optimizers = _EngineOptimizer(self.engine, self._row_shards)
         self.engine.checkpoint_engine = _WeightsOnlyCheckpointEngine(self.engine.checkpoint_engine)
 
     def train_step(self, inputs: torch.Tensor, labels: torch.Tensor) -> StepOutput:
@@ -162,8 +168,11 @@ class ZeroTrainModule(TrainModule):
     def generation_model(self) -> tuple[Optional[nn.Module], str]:
         return self.engine.module, ""  # ZeRO-3 gathers the partitions in the module's own forward hooks
 
+    def _row_shards(self, full: torch.Tensor) -> torch.Tensor:
+        return row_shards(full, self.mesh)
+
     def model_state_dict(self) -> dict[str, Any]:
-        return full_master_weights(self.engine)  # a collective: every rank gathers
+        return full_master_weights(self.engine, self._row_shards)  # a collective: every rank gathers
 
     def load_model_state_dict(self, state: dict[str, Any]) -> None:
         load_master_weights(self.engine, state)
