@@ -101,6 +101,8 @@ def _flat_partitions(engine) -> list[tuple[int, torch.Tensor]]:
     zero = engine.optimizer
     if hasattr(zero, "fp32_partitioned_groups_flat"):  # ZeRO-3
         return [(zero.sub_group_to_group_id[i], flat) for i, flat in enumerate(zero.fp32_partitioned_groups_flat)]
+    if hasattr(zero, "fp32_groups_flat_partition"):  # DeepSpeed's BF16_Optimizer (bf16 ZeRO-1 in some configs)
+        return list(enumerate(zero.fp32_groups_flat_partition))
     return list(enumerate(zero.single_partition_of_fp32_groups))
 
 
@@ -125,7 +127,7 @@ def materialize_optimizer_state(engine) -> None:
             adamw.state[flat]["step"].zero_()
         for group, (params, lr) in zip(adamw.param_groups, saved):
             group["params"], group["lr"] = params, lr
-    if hasattr(engine.optimizer, "_hp_optimizer_states_linked"):  # ZeRO 1/2
+    if hasattr(engine.optimizer, "_hp_optimizer_states_linked"):  # ZeRO 1/2 and BF16_Optimizer
         # Linked again every time: DeepSpeed links them once, after stepping its first param group only, so the
         # other groups' (the undecayed parameters') views would be missing.
         engine.optimizer._hp_optimizer_states_linked = False
