@@ -5,11 +5,12 @@ gives it back (`load_state_dict`), so it never knows the layout. The directory f
 and atomic publish are model/checkpoint_io.py (one definition, which `python -m model.hf` reads too without
 importing the launcher). A checkpoint `<run_dir>/checkpoints/step_<N:08d>/` holds:
 - a torch.distributed.checkpoint (DCP) save of the tensors: "model" (weights by unwrapped parameter name) and
-  "optimizer" (moments and step counts by parameter name). Every rank writes its own shards in parallel, and a
-  checkpoint reloads onto any other layout;
+  "optimizer" (moments and step counts by parameter name, "state.<name>.<key>"). Every engine writes this one
+  format (DeepSpeed ZeRO's partitions are gathered by name too), every rank writes its own shards in parallel, and
+  a checkpoint reloads onto any other layout, engine and world size;
 - `train_state.json` (rank 0): step, world size, lr-schedule position, data position and fingerprint, and the
-  resolved config; `rng_rank<r>.json`: each rank's RNG states; what the module keeps natively (DeepSpeed's
-  partitioned state in deepspeed/); model_config.json; and, written last, the COMPLETE manifest (size and SHA-256
+  resolved config; `rng_rank<r>.json`: each rank's RNG states; what a module keeps outside DCP (`save_native`:
+  no built-in engine does); model_config.json; and, written last, the COMPLETE manifest (size and SHA-256
   of every file). Non-tensor state is JSON, never pickled.
 
 Checkpoints are untrusted. Resume takes the newest checkpoint that verifies (manifest, checksums: the ranks share

@@ -28,6 +28,12 @@ _FLAT = StateDictOptions(flatten_optimizer_state_dict=True)
 _STATE_PREFIX = "state."
 
 
+def optimizer_state_key(parameter_name: str, key: str) -> str:
+    """The checkpoint key of one optimizer state entry ("state.<parameter name>.<key>", e.g. exp_avg or step): the
+    flat name torch's get_optimizer_state_dict gives it, which every engine's checkpoint uses."""
+    return f"{_STATE_PREFIX}{parameter_name}.{key}"
+
+
 def parameter_groups(model: nn.Module, cfg: Any) -> list[dict[str, Any]]:
     """Two AdamW groups: decayed and not decayed. Tied parameters are counted once (by identity)."""
     decay, no_decay, seen = [], [], set()

@@ -25,6 +25,7 @@ import hydra
 from omegaconf import DictConfig, OmegaConf
 
 from launcher.config import register_configs
+from launcher.resume_check import ResumeFormatError, check_resumable
 from launcher.run_dir import RunDirError, RunLock, check_same_run, register_resolvers, world_size_from_env
 from launcher.stop_request import StopRequest
 from launcher.validation import ConfigError, validate
@@ -44,11 +45,12 @@ def main(cfg: DictConfig) -> None:
         plan = validate(cfg, world_size_from_env())
         config = OmegaConf.to_container(cfg, resolve=True)
         check_same_run(plan.cfg.trainer.run_dir, config, plan.cfg.trainer.resume_allow)
+        check_resumable(plan.cfg.trainer.run_dir, plan.cfg.trainer.resume, plan.cfg.parallel.name)
         if int(os.environ.get("RANK", os.environ.get("SLURM_PROCID", "0"))) == 0:
             lock = RunLock(plan.cfg.trainer.run_dir)  # one writer per run dir, before any process group
             for note in plan.notes:  # what this layout leaves out, said before anything starts
                 print(f"note: {note}", file=sys.stderr, flush=True)
-    except (ConfigError, RunDirError) as exc:
+    except (ConfigError, RunDirError, ResumeFormatError) as exc:
         print(f"config error: {exc}", file=sys.stderr, flush=True)
         sys.exit(2)
     logging.getLogger().setLevel(plan.cfg.logging.level)

@@ -340,8 +340,9 @@ class ParallelDims:
 
     @property
     def needs_mesh(self) -> bool:
-        """True when the layout needs a process group and a DeviceMesh: several ranks, or FSDP on one."""
-        return self.world_size > 1 or self.fsdp_one_rank
+        """True when the layout needs a process group and a DeviceMesh: several ranks, FSDP on one, or DeepSpeed
+        on one (its engine runs only inside a process group)."""
+        return self.world_size > 1 or self.fsdp_one_rank or self.cfg.engine == "deepspeed"
 
     # ------------------------------------------------------------------ mesh
     @property

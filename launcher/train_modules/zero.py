@@ -6,40 +6,74 @@ and offload from our configs) and our AdamW parameter groups (no decay on norms/
 does). The plain model with its initial weights (the seed's, or `trainer.init_from`'s) comes from the base module
 before DeepSpeed copies it into its partitions; the step's micro batches and the model's auxiliary losses go
 through the base module's `accumulate`, so ZeRO logs the MoE and MTP figures the torch layouts log.
-Checkpoints hold the full model weights under "model" like every layout (so HF export, init_from and other layouts
-read them) plus DeepSpeed's own partitioned state (`save_native`, in the subdirectory deepspeed/), which resumes
-exactly under the same ZeRO stage and world size and reshards only through DeepSpeed's own tools.
+
+Checkpoints are the torch layouts' format, so any layout and any world size resumes a ZeRO run and the other way
+round: "model" holds the fp32 master weights by parameter name, "optimizer" AdamW's exp_avg, exp_avg_sq and step
+under the names torch's get_optimizer_state_dict gives them ("state.<name>.<key>"), gathered from (and scattered
+back into) DeepSpeed's partitions one parameter at a time with its safe_get/set_full_* API and kept as row shards
+over the ranks (DTensors, which DCP reshards for any layout). DeepSpeed's native files are not written: they
+resume only under the same stage and world size.
 """
 
 from __future__ import annotations
 
 import math
+import os
 from pathlib import Path
-from typing import Any, Optional
+from typing import Any, Callable, Optional
 
 import torch
 from torch import nn
 
 from launcher.checkpoint import CheckpointError
 from launcher.distributed import DistEnv
-from launcher.optim import parameter_groups
+from launcher.optim import optimizer_state_key, parameter_groups
 from launcher.schedule import LRSchedulers
 from launcher.train_modules.base import MicroBatch, StepOutput, TrainModule, autocast, initial_model
 from launcher.validation import RunPlan
-from parallel.zero import deepspeed_config, full_model_state_dict, prepare_deepspeed_env
+from parallel.zero import (
+    ADAM_MOMENT_KEYS,
+    deepspeed_config,
+    full_master_weights,
+    full_moments,
+    load_master_weights,
+    load_moments,
+    optimizer_steps,
+    prepare_deepspeed_env,
+    row_shards,
+)
 
 
 class _EngineOptimizer:
-    """The engine's optimizer in the containers' shape: DeepSpeed steps it; its state is checkpointed natively."""
+    """The engine's optimizer in the containers' shape: DeepSpeed steps it; its state is read and written by
+    parameter name in the torch layouts' flat format, so checkpoints are interchangeable between engines."""
 
-    def __init__(self, engine: Any) -> None:
-        self.engine = engine
+    def __init__(self, engine: Any, keep: Callable[[torch.Tensor], torch.Tensor]) -> None:
+        self.engine, self.keep = engine, keep
 
     def state_dict(self) -> dict[str, Any]:
-        return {}
+        """AdamW's state of every parameter, whole ("state.<name>.exp_avg", "...exp_avg_sq", "...step"). A
+        collective."""
+        steps = torch.tensor(float(optimizer_steps(self.engine)))
+        state: dict[str, Any] = {}
+        for name, moments in full_moments(self.engine, self.keep).items():
+            for key, value in moments.items():
+                state[optimizer_state_key(name, key)] = value
+            state[optimizer_state_key(name, "step")] = steps.clone()
+        return state
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
-        pass
+        names = [name for name, _ in self.engine.module.named_parameters()]
+        steps = {float(state[optimizer_state_key(name, "step")]) for name in names}
+        if len(steps) != 1:
+            # DeepSpeed keeps one step count per flat partition: per-parameter counts that differ (a torch run
+            # whose parameters were not all updated equally) cannot be represented exactly.
+            raise CheckpointError(
+                f"the checkpoint's AdamW step counts differ between parameters ({sorted(steps)}); DeepSpeed ZeRO "
+                f"keeps one count for all: resume it under a torch layout (parallel=fsdp, ddp, ...)"
+            )
+        moments = {name: {key: state[optimizer_state_key(name, key)] for key in ADAM_MOMENT_KEYS} for name in names}
+        load_moments(self.engine, moments, int(steps.pop()))
 
 
 # The non-tensor types DeepSpeed's ZeRO 1-3 checkpoints hold (seen in its optimizer-state files): unpickling may
@@ -71,12 +105,13 @@ class _WeightsOnlyCheckpointEngine:
 
 
 class ZeroTrainModule(TrainModule):
-    NATIVE_DIR = "deepspeed"
-    TAG = "state"
-
     def __init__(self, plan: RunPlan, env: DistEnv, init_from: Optional[Path] = None) -> None:
         super().__init__(plan, env)
         prepare_deepspeed_env(env.device.type)
+        # DeepSpeed reads the rank from the environment torchrun sets; a single process without torchrun (parallel=
+        # zero2 on one rank, e.g. resuming a 2-rank ZeRO run alone) has its in-memory process group but no variables.
+        for name, value in (("LOCAL_RANK", env.local_rank), ("RANK", env.rank), ("WORLD_SIZE", env.world_size)):
+            os.environ.setdefault(name, str(value))
         import deepspeed
 
         o, t = self.cfg.optim, self.cfg.trainer
@@ -101,7 +136,11 @@ class ZeroTrainModule(TrainModule):
         )
         self.model_parts = [self.engine.module]
         self.plain_model = self.engine.module
-        self.optimizers = _EngineOptimizer(self.engine)
+        # Checkpoint tensors are gathered one parameter at a time and kept as row shards over the ranks (DTensors:
+        # DCP writes each shard once and reshards them for any layout), so a save or load holds about 1/world of
+        # the fp32 weights and moments per rank, plus one whole parameter.
+        self.mesh = self.dims.submesh("dp_shard")
+        self.optimizers = _EngineOptimizer(self.engine, self._row_shards)
         self.engine.checkpoint_engine = _WeightsOnlyCheckpointEngine(self.engine.checkpoint_engine)
 
     def train_step(self, inputs: torch.Tensor, labels: torch.Tensor) -> StepOutput:
@@ -136,24 +175,17 @@ class ZeroTrainModule(TrainModule):
     def score_batch(self, tokens: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
         return self.forward_scores(self.engine.module, tokens, targets)
 
+    def _row_shards(self, full: torch.Tensor) -> torch.Tensor:
+        return row_shards(full, self.mesh)
+
     def model_state_dict(self) -> dict[str, Any]:
-        return full_model_state_dict(self.engine)  # a collective: every rank gathers
+        return full_master_weights(self.engine, self._row_shards)  # a collective: every rank gathers
 
     def load_model_state_dict(self, state: dict[str, Any]) -> None:
-        """Weights come back with DeepSpeed's own state (load_native): its fp32 partitions are the master copy."""
+        load_master_weights(self.engine, state)
 
-    def save_native(self, directory: Path) -> None:
-        self.engine.save_checkpoint(str(directory / self.NATIVE_DIR), tag=self.TAG, save_latest=False)
-
-    def load_native(self, directory: Path) -> None:
-        source = directory / self.NATIVE_DIR
-        if not (source / self.TAG).is_dir():
-            raise CheckpointError(
-                f"{directory}: no DeepSpeed state in {source} (saved by a torch layout?): ZeRO resumes only its own "
-                f"checkpoints; start from its weights with trainer.init_from={directory} trainer.resume=never"
-            )
-        load_path, _ = self.engine.load_checkpoint(
-            str(source), tag=self.TAG, load_optimizer_states=True, load_lr_scheduler_states=False
-        )
-        if load_path is None:
-            raise CheckpointError(f"{source}: DeepSpeed could not load its checkpoint (tag {self.TAG!r})")
+    def load_state_dict(self, state: dict[str, Any], directory: Path) -> None:
+        super().load_state_dict(state, directory)
+        # DeepSpeed's own counters (its logging and boundary bookkeeping; AdamW's count is the optimizer state's).
+        self.engine.global_steps = self.schedulers.steps_done
+        self.engine.global_samples = self.schedulers.steps_done * self.engine.train_batch_size()

@@ -117,7 +117,7 @@ def test_layout_matches_single_process(runs, name, nproc, rtol, extra, reference
 def test_resume_continues_exactly(runs, shards, tmp_path, name, extra, rtol):
     """Drop the last checkpoint of a finished run, relaunch the same command (trainer.resume=auto): it resumes
     from step 3 under the same layout and repeats steps 4-6 bit for bit (pipeline: DCP of the stage modules and
-    their optimizer; ZeRO: DCP for weights/schedule/data/RNG, DeepSpeed's own files for the optimizer)."""
+    their optimizer; ZeRO: the same by-name DCP format, gathered from and scattered into its partitions)."""
     finished = runs(name, 2, {"parallel": name, **extra})
     run_dir = tmp_path / "run"
     relaunch_from_step_3(finished, run_dir, shards, {"parallel": name, **extra}, 2, tmp_path)
