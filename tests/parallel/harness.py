@@ -183,8 +183,9 @@ def full_state_dict(module) -> dict[str, torch.Tensor]:
 
     from launcher.train_modules.zero import ZeroTrainModule
 
-    if isinstance(module, ZeroTrainModule):
-        return {k: v.detach().clone() for k, v in module.model_state_dict().items()}
+    if isinstance(module, ZeroTrainModule):  # fp32 masters as row-sharded DTensors (the checkpoint format)
+        state = module.model_state_dict()
+        return {k: (v.full_tensor() if hasattr(v, "full_tensor") else v).detach().clone() for k, v in state.items()}
     local = {}
     for part in module.model_parts:
         state = get_model_state_dict(part, options=StateDictOptions(full_state_dict=True))
