@@ -55,9 +55,10 @@ ENV = {
 
 
 def sentences(min_words: int = 9) -> list[str]:
-    """Distinct sentences (runs of words between '.', ';' or ':' and whitespace) of the machine's licence and
-    copyright texts, in a fixed order: licences first, then the packages' copyright files sorted by path."""
-    seen: dict[str, None] = {}
+    """Sentences (runs of words between '.', ';' or ':' and whitespace) of the machine's licence and copyright
+    texts with distinct openings, in a fixed order: licences first, then the packages' copyright files by path.
+    Distinct prompts keep every request unique (the evaluator scores identical requests once; lm-eval does not)."""
+    by_opening: dict[str, str] = {}  # one sentence per five-word opening: no two documents share a prompt
     for pattern in TEXT_SOURCES:
         for path in sorted(glob.glob(pattern)):
             try:
@@ -67,8 +68,8 @@ def sentences(min_words: int = 9) -> list[str]:
             for piece in re.split(r"[.;:]\s", text):
                 words = piece.split()
                 if len(words) >= min_words and all(w.isprintable() for w in words):
-                    seen.setdefault(" ".join(words))
-    return list(seen)
+                    by_opening.setdefault(" ".join(words[:5]), " ".join(words))
+    return list(by_opening.values())
 
 
 def write_tasks(directory: Path, n_choice: int, n_gen: int, max_gen_toks: int) -> Path:
