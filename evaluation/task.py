@@ -95,7 +95,8 @@ class Task:
         if split not in self.splits:
             raise TaskInputError(
                 f"{self.where}: {key}: {split!r} is not a split of the data (splits: {sorted(self.splits)}); "
-                "name data_files per split, e.g. dataset_kwargs: {data_files: {test: file.jsonl}}"
+                "name data_files per split, e.g. dataset_kwargs: {data_files: {test: file.jsonl}}, or set "
+                f"{key}: null in your task YAML when your copy has no such split"
             )
         docs = self.splits[split]
         if process is not None:

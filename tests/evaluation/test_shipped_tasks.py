@@ -194,3 +194,13 @@ def test_a_filter_pipeline_without_take_first_is_refused(tmp_path):
     with pytest.raises(TaskInputError, match="take_first") as err:
         load_tasks(["gsm8k"], [tmp_path])
     assert "'gsm8k'" in str(err.value) and "only-regex" in str(err.value)
+
+
+def test_a_split_the_local_copy_lacks_is_refused_naming_the_fix(shipped_dir, tmp_path):
+    (tmp_path / "hellaswag.yaml").write_text(
+        f"include: {shipped_yaml('hellaswag/hellaswag.yaml')}\ndataset_path: json\ndataset_kwargs:\n  data_files:\n"
+        f"    validation: {shipped_dir / 'data' / 'hellaswag_val.jsonl'}\n"
+    )
+    with pytest.raises(TaskInputError, match="training_split: null") as err:
+        load_tasks(["hellaswag"], [tmp_path])
+    assert "'hellaswag'" in str(err.value) and "'train' is not a split" in str(err.value)
