@@ -204,10 +204,12 @@ def paired_runs(loom: list[str], lm_eval: list[str], pairs: int) -> None:
 def check_agreement(workdir: Path) -> None:
     """Both processes' metrics, side by side (one model, one set of tasks: they should agree)."""
     ours = json.loads((workdir / "out_loom" / "results.json").read_text())["results"]
-    found = sorted(glob.glob(str(workdir / "out_lm_eval" / "**" / "results_*.json"), recursive=True))
+    found = sorted(
+        glob.glob(str(workdir / "out_lm_eval" / "**" / "results_*.json"), recursive=True), key=os.path.getmtime
+    )
     if not found:
         raise SystemExit(f"no lm-eval results under {workdir / 'out_lm_eval'}: run its command first")
-    theirs = json.loads(Path(found[-1]).read_text())["results"]
+    theirs = json.loads(Path(found[-1]).read_text())["results"]  # the newest run's
     for task in ("bench_choice", "bench_gen"):
         for key, value in sorted(ours[task].items()):
             if "," in key and "stderr" not in key and key in theirs[task]:
