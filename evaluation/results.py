@@ -18,17 +18,16 @@ from typing import Any
 import numpy as np
 
 from evaluation import metrics as M
+from evaluation.filters import DEFAULT_FILTER
 from evaluation.tasks import Group, Task
-
-FILTER = "none"  # the one filter (lm-eval's default take_first)
 
 
 @dataclass
 class TaskOutcome:
-    """One task's per-document metric values (document order) and sample records."""
+    """One task's per-document metric values (document order) under (metric, filter) and its sample records."""
 
     task: Task
-    raw_metrics: dict[str, list] = field(default_factory=dict)
+    raw_metrics: dict[tuple[str, str], list] = field(default_factory=dict)
     samples: list[dict] = field(default_factory=list)
 
 
@@ -77,7 +76,7 @@ class EvalResults:
                 if "," not in key or "_stderr," in key:
                     continue
                 metric, filt = key.split(",", 1)
-                label = metric if filt == FILTER else key
+                label = metric if filt == DEFAULT_FILTER else key
                 stderr = entry.get(f"{metric}_stderr,{filt}", M.NOT_AVAILABLE)
                 rows.append((name, label, value, stderr, int(entry.get("sample_len", 0))))
         return rows
@@ -153,15 +152,15 @@ def build_results(items: list[Task | Group], outcomes: list[TaskOutcome], bootst
     )
 
 
-def _aggregate_task(task: Task, raw: dict[str, list], bootstrap_iters: int) -> tuple[dict[str, Any], int]:
+def _aggregate_task(task: Task, raw: dict[tuple[str, str], list], bootstrap_iters: int) -> tuple[dict[str, Any], int]:
     aggregations = {m.name: m.aggregation for m in task.metrics}
     entry: dict[str, Any] = {}
     sample_len = 0
-    for metric, items in raw.items():
+    for (metric, filt), items in raw.items():
         aggregation = aggregations.get(metric, M.mean)
-        entry[f"{metric},{FILTER}"] = aggregation(items)
+        entry[f"{metric},{filt}"] = aggregation(items)
         sample_len = max(sample_len, len(items))
-        entry[f"{metric}_stderr,{FILTER}"] = M.stderr(metric, aggregation, items, bootstrap_iters)
+        entry[f"{metric}_stderr,{filt}"] = M.stderr(metric, aggregation, items, bootstrap_iters)
     return entry, sample_len
 
 

@@ -71,11 +71,16 @@ def evaluate(
     for item in work:
         outcome = outcomes.setdefault(item.task.name, TaskOutcome(item.task))
         responses = [answers[r] for r in item.requests]
-        values = item.task.process_results(item.doc, responses)
-        for name, value in values.items():
-            outcome.raw_metrics.setdefault(name, []).append(value)
-        if log_samples:
-            outcome.samples.append(_sample(item, responses, values))
+        for pipeline in item.task.filters:  # each filter_list entry scored on its own, as lm-eval does
+            filtered = [pipeline.apply(response) for response in responses]
+            values = item.task.process_results(item.doc, filtered)
+            for name, value in values.items():
+                outcome.raw_metrics.setdefault((name, pipeline.name), []).append(value)
+            if log_samples:
+                outcome.samples.append(_sample(item, responses, filtered, pipeline.name, values))
+    for outcome in outcomes.values():  # lm-eval logs a task's samples filter by filter
+        order = {pipeline.name: i for i, pipeline in enumerate(outcome.task.filters)}
+        outcome.samples.sort(key=lambda record: order[record["filter"]])
     return build_results(tasks, list(outcomes.values()), bootstrap_iters)
 
 
@@ -114,7 +119,7 @@ def _score_all(
     return answers
 
 
-def _sample(item: _DocWork, responses: list, values: dict) -> dict:
+def _sample(item: _DocWork, responses: list, filtered: list, filter_name: str, values: dict) -> dict:
     """One document's record, shaped like lm-eval's --log_samples entry."""
     import hashlib
     import json
@@ -138,8 +143,8 @@ def _sample(item: _DocWork, responses: list, values: dict) -> dict:
         "context": item.context,
         "arguments": arguments,
         "resps": [[list(r) if isinstance(r, tuple) else r] for r in responses],
-        "filtered_resps": [list(r) if isinstance(r, tuple) else r for r in responses],
-        "filter": "none",
+        "filtered_resps": [list(r) if isinstance(r, tuple) else r for r in filtered],
+        "filter": filter_name,
         "metrics": list(values),
         "doc_hash": sha(json.dumps(item.doc, indent=2, default=str, ensure_ascii=False)),
         "prompt_hash": sha(arguments[0][0]),

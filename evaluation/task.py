@@ -25,6 +25,7 @@ from evaluation.doc_results import (
 )
 from evaluation.errors import TaskInputError
 from evaluation.fewshot import SAMPLERS, DefaultSampler
+from evaluation.filters import filter_pipelines
 from evaluation.prompts import qa_turn
 from evaluation.requests import (
     GenerationRequest,
@@ -51,7 +52,7 @@ class Task:
 
     def __init__(self, cfg: dict[str, Any], yaml_path: Path | None = None) -> None:
         self.yaml_path = yaml_path
-        self.where = str(yaml_path) if yaml_path else f"task {cfg.get('task')!r}"
+        self.where = f"{yaml_path} (task {cfg.get('task')!r})" if yaml_path else f"task {cfg.get('task')!r}"
         cfg = resolve_functions(dict(cfg))
         check_keys(cfg, self.where)
         self.config = cfg
@@ -70,6 +71,7 @@ class Task:
         if self.process_results_fn is not None and not callable(self.process_results_fn):
             raise TaskInputError(f"{self.where}: process_results must be a `!function module.name`")
         self.generation = generation_settings(cfg, self.where)
+        self.filters = filter_pipelines(cfg.get("filter_list"), self.output_type, self.where)
         self.metrics = metric_specs(cfg, self.output_type, self.process_results_fn is not None, self.where)
 
         self.splits, self.data_sources = self._load_data(cfg)
@@ -93,7 +95,8 @@ class Task:
         if split not in self.splits:
             raise TaskInputError(
                 f"{self.where}: {key}: {split!r} is not a split of the data (splits: {sorted(self.splits)}); "
-                "name data_files per split, e.g. dataset_kwargs: {data_files: {test: file.jsonl}}"
+                "name data_files per split, e.g. dataset_kwargs: {data_files: {test: file.jsonl}}, or set "
+                f"{key}: null in your task YAML when your copy has no such split"
             )
         docs = self.splits[split]
         if process is not None:

@@ -91,16 +91,6 @@ def check_keys(cfg: dict, where: str) -> None:
         raise TaskInputError(f"{where}: unknown task keys {unknown} (lm-eval's TaskConfig has no such field)")
     if int(cfg.get("repeats", 1)) != 1:
         raise TaskInputError(f"{where}: repeats: {cfg['repeats']} - only greedy single answers (repeats: 1)")
-    filters = cfg.get("filter_list")
-    if filters is not None and not _is_default_filter(filters):
-        raise TaskInputError(f"{where}: filter_list: only the default `none` / take_first filter is supported")
-
-
-def _is_default_filter(filters) -> bool:
-    if not isinstance(filters, list) or len(filters) != 1:
-        return False
-    only = filters[0]
-    return only.get("name") == "none" and all(f.get("function") == "take_first" for f in only.get("filter", []))
 
 
 def generation_settings(cfg: dict, where: str) -> dict[str, Any]:
