@@ -14,12 +14,12 @@ from __future__ import annotations
 
 import json
 import os
-import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from launcher.config import EvalTasksConfig
+from model.checkpoint_io import atomic_write_text
 
 
 class EvaluateConfigError(ValueError):
@@ -133,20 +133,9 @@ def write_outputs(results: Any, output: Path, model_path: str | os.PathLike, set
         "bootstrap_iters": settings.bootstrap_iters,
     }
     output.mkdir(parents=True, exist_ok=True)
-    _write_atomic(output / "results.json", json.dumps(data, indent=2, ensure_ascii=False, default=str) + "\n")
-    _write_atomic(output / "results.md", results.to_markdown())
+    atomic_write_text(output / "results.json", json.dumps(data, indent=2, ensure_ascii=False, default=str) + "\n")
+    atomic_write_text(output / "results.md", results.to_markdown())
     if settings.log_samples:
         for task, records in results.samples.items():
             lines = "".join(json.dumps(r, ensure_ascii=False, default=str) + "\n" for r in records)
-            _write_atomic(output / f"samples_{task}.jsonl", lines)
-
-
-def _write_atomic(path: Path, text: str) -> None:
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as handle:
-            handle.write(text)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+            atomic_write_text(output / f"samples_{task}.jsonl", lines)

@@ -110,7 +110,7 @@ MANIFEST_FORMAT = 2  # 1: sizes only (before checksums); 2: size and SHA-256 of 
 def atomic_write_text(path: Path, text: str) -> None:
     tmp = path.with_name(f".{path.name}.tmp.{os.getpid()}")
     try:
-        with open(tmp, "w") as f:
+        with open(tmp, "w", encoding="utf-8") as f:
             f.write(text)
             f.flush()
             os.fsync(f.fileno())
