@@ -1,11 +1,11 @@
 """FineWeb's own rules (Penedo et al. 2024, section 3.3), with the thresholds of its release.
 
 Over the lines that are not blank: the fraction ending in sentence-terminal punctuation (datatrove's list,
-`text.TERMINAL_PUNCTUATION`; the line's last character, spaces not stripped) must reach `min_line_punct_ratio`; the fraction of lines of at most
-`short_line_length` characters must not exceed `max_short_line_ratio`; the characters of lines repeating an
-earlier line, over the characters of the text without newlines, must not exceed `max_dup_line_char_ratio`;
-newlines per word must not exceed `max_newline_word_ratio` (words: the word tokenizer's tokens, `text.words_of`,
-punctuation included, as datatrove counts them).
+`text.TERMINAL_PUNCTUATION`; the line's last character, spaces not stripped) must reach `min_line_punct_ratio`;
+the fraction of lines of at most `short_line_length` characters must not exceed `max_short_line_ratio`; the
+characters of lines repeating an earlier line, over the characters of the text without newlines, must not exceed
+`max_dup_line_char_ratio`; newlines per word must not exceed `max_newline_word_ratio` (words: the word
+tokenizer's tokens, `text.words_of`, punctuation included, as datatrove counts them).
 """
 
 from __future__ import annotations

@@ -1,5 +1,6 @@
 """Faster equivalents of a long regex alternation anchored at one end (spaCy's prefix and suffix rules: ~100
-alternatives each) and a cheap test for an unanchored one (its infix rules: only the positions whose character can start a match are tried).
+alternatives each) and a cheaper scan for an unanchored one (its infix rules: only the positions whose character
+can start a match are tried).
 
 `re` tries every alternative at every position: ~10 us a word for spaCy's suffix rules. But a suffix can only end
 in a few characters, and a prefix start with a few: reading each alternative's parse tree (`re._parser`) gives
