@@ -8,7 +8,10 @@ does not end in terminal punctuation. Wikipedia-style citations ("[1]", "[edit]"
 from lines. Page rules drop the document: "lorem ipsum" or a curly bracket in a kept line, or fewer than
 `min_sentences` sentences in the kept lines, each counted by the word tokenizer's sentencizer
 (`words.WordTokenizer.count_sentences`: spaCy's rule, a sentence ends at ".", "!", "?" and the other scripts'
-marks when a non-punctuation token follows). The kept lines, joined by newlines, are the document's new text.
+marks when a non-punctuation token follows). The kept lines, joined by newlines, are the document's new text, as
+in datatrove: blank lines go (they have fewer than 3 words) and every line is stripped. `keep_blank_lines: true`
+keeps paragraph breaks (runs of blank lines as one) and leaves a document no line rule touched as it was; the
+FineWeb family after it then counts those newlines too, so its decisions drift from datatrove's.
 
 FineWeb runs C4 with the terminal-punctuation rule off (`C4QualityFilter(filter_no_terminal_punct=False)`):
 on hard-wrapped text that rule cuts every paragraph into fragments. It is off here by default too; C4's own
@@ -45,6 +48,7 @@ class C4(FilterStep):
         drop_curly_bracket: bool = True,
         policy_phrases: Sequence[str] = POLICY_PHRASES,
         language: str = "en",
+        keep_blank_lines: bool = False,
     ) -> None:
         super().__init__()
         self.remove_no_terminal_punct_lines = remove_no_terminal_punct_lines
@@ -58,20 +62,28 @@ class C4(FilterStep):
         self.drop_curly_bracket = drop_curly_bracket
         self.policy_phrases = tuple(p.lower() for p in policy_phrases)
         self.language = language
+        self.keep_blank_lines = keep_blank_lines
 
     def filter(self, doc: Document) -> Verdict:
         kept: list[str] = []
         sentences = 0
         lines_removed = 0
+        cited = False
         count_sentences = word_tokenizer(self.language).count_sentences
         for line in doc.text.splitlines():
             line = line.strip()
+            if not line and self.keep_blank_lines:
+                if kept and kept[-1]:
+                    kept.append("")  # a paragraph break
+                continue
             words = line.split()
             if self.max_word_length is not None and words and max(map(len, words)) > self.max_word_length:
                 lines_removed += 1
                 continue
             if self.remove_citations and "[" in line:
-                line = _CITATION.sub("", line)
+                uncited = _CITATION.sub("", line)
+                cited = cited or uncited != line
+                line = uncited
             if self.remove_no_terminal_punct_lines and (
                 not line.endswith(TERMINAL_PUNCTUATION) or line.endswith("...")
             ):
@@ -98,5 +110,6 @@ class C4(FilterStep):
             return reject("min_sentences", sentences, self.min_sentences)
         if lines_removed:
             self.context.count("c4_lines_removed", lines_removed)
-        doc.text = "\n".join(kept).strip()
+        if lines_removed or cited or not self.keep_blank_lines:
+            doc.text = "\n".join(kept).strip()
         return True
