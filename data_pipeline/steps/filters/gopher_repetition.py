@@ -82,19 +82,22 @@ class StringHashes:
             return self.powers[ends - 1] * (self.prefix[ends] - self.prefix[starts])
 
 
-def greedy_repeated_chars(keys: list, chars: np.ndarray, n: int) -> int:
-    """datatrove's scan: a key seen before adds its characters and jumps n ahead; others are remembered."""
+def greedy_repeated_chars(keys: np.ndarray, chars: np.ndarray, n: int) -> int:
+    """datatrove's scan: a key seen before adds its characters and jumps n ahead; others are remembered. Only
+    keys that occur more than once can repeat or be repeated, so the scan visits only their positions."""
+    _, inverse, counts = np.unique(keys, return_inverse=True, return_counts=True)
+    positions = np.flatnonzero(counts[inverse] > 1)
     seen: set = set()
     total = 0
-    index = 0
-    while index < len(keys):
-        key = keys[index]
+    barrier = 0  # positions before it were jumped over
+    for position, key, size in zip(positions.tolist(), keys[positions].tolist(), chars[positions].tolist()):
+        if position < barrier:
+            continue
         if key in seen:
-            total += int(chars[index])
-            index += n
+            total += size
+            barrier = position + n
         else:
             seen.add(key)
-            index += 1
     return total
 
 
@@ -190,7 +193,7 @@ class GopherRepetition(FilterStep):
             keys = strings.of(starts, ends)
             if covered_chars(keys, lengths, n) <= limit * total:
                 continue
-            fraction = greedy_repeated_chars(keys.tolist(), ends - starts, n) / total
+            fraction = greedy_repeated_chars(keys, ends - starts, n) / total
             if fraction > limit:
                 return reject(f"dup_{n}gram_char_frac", round(fraction, 4), limit)
         return True

@@ -183,6 +183,13 @@ class AnchoredAlternation:
         self._by_char[char] = found
         return found
 
+    def can_match(self, char: str) -> bool:
+        """Whether some alternative can begin (or end, at_end) with `char`: False says search finds nothing."""
+        if self._tests is None:
+            return True
+        found = self._by_char[char] if char in self._by_char else self._for_char(char)
+        return found is not None
+
     def search(self, text: str):
         if not text or self._tests is None:
             return self._whole(text)
@@ -211,6 +218,10 @@ class InfixFinder:
         found = re.compile("|".join(chosen)).match if chosen else None
         self._by_char[char] = found
         return found
+
+    def may_match(self, text: str) -> bool:
+        """False when no character of `text` can start a match (one C-level scan)."""
+        return self._open or self._candidate(text) is not None
 
     def spans(self, text: str) -> list[tuple[int, int]]:
         if self._open:

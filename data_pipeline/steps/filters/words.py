@@ -21,6 +21,7 @@ import json
 import re
 import unicodedata
 from functools import lru_cache
+from itertools import chain
 from pathlib import Path
 from typing import Callable, Optional
 
@@ -28,7 +29,7 @@ from data_pipeline.steps.filters.regex_edges import AnchoredAlternation, InfixFi
 
 RULES_DIR = Path(__file__).with_name("word_rules")
 _WHITESPACE_RUN = re.compile(r"\s+")
-_CACHE_LIMIT = 2_000_000  # remembered pieces before the memo is cleared (a bound on memory for endless corpora)
+_CACHE_LIMIT = 2_000_000  # remembered pieces before the memo is cleared, between documents (a bound on memory)
 
 
 def _compiled(pattern: Optional[str], method: str) -> Optional[Callable]:
@@ -54,9 +55,15 @@ class WordTokenizer:
         rules = json.loads(path.read_text(encoding="utf-8"))
         self.language = language
         self.specials: dict[str, tuple[str, ...]] = {k: tuple(v) for k, v in rules["special_cases"].items()}
-        self._prefix = AnchoredAlternation(rules["prefix"], at_end=False).search if rules["prefix"] else None
-        self._suffix = AnchoredAlternation(rules["suffix"], at_end=True).search if rules["suffix"] else None
-        self._infixes = InfixFinder(rules["infix"]).spans if rules["infix"] else None
+        prefix = AnchoredAlternation(rules["prefix"], at_end=False) if rules["prefix"] else None
+        suffix = AnchoredAlternation(rules["suffix"], at_end=True) if rules["suffix"] else None
+        infix = InfixFinder(rules["infix"]) if rules["infix"] else None
+        self._prefix = prefix.search if prefix else None
+        self._suffix = suffix.search if suffix else None
+        self._infixes = infix.spans if infix else None
+        self._may_start = prefix.can_match if prefix else lambda char: False
+        self._may_end = suffix.can_match if suffix else lambda char: False
+        self._may_cut = infix.may_match if infix else lambda text: False
         self._url = _compiled(rules["url"], "match")
         self._token_match = _compiled(rules["token_match"], "match")
         self.sentence_punctuation = frozenset(rules["sentence_punctuation"])
@@ -174,23 +181,29 @@ class WordTokenizer:
         """The tokens of one whitespace-free piece of text (remembered)."""
         tokens = self._cache.get(piece)
         if tokens is None:
-            tokens = self._affix_tokens(piece)
+            if self._token_match is None and not (
+                self._may_start(piece[0]) or self._may_end(piece[-1]) or self._may_cut(piece)
+            ):
+                tokens = (piece,)  # no rule can cut it (special cases are in the memo from the start)
+            else:
+                tokens = self._affix_tokens(piece)
             if len(tokens) > 1 and not self._merge_starts.isdisjoint(tokens):
                 tokens = self._merge_specials(tokens)
-            if len(self._cache) > _CACHE_LIMIT:
-                self._cache = dict(self.specials)
             self._cache[piece] = tokens
         return tokens
 
     def words(self, text: str) -> list[str]:
         """datatrove's `split_into_words`: the tokens, whitespace dropped."""
+        pieces = text.split()
         cache = self._cache
-        out: list[str] = []
-        extend = out.extend
-        for piece in text.split():
-            tokens = cache.get(piece)
-            extend(tokens if tokens is not None else self.piece_tokens(piece))
-        return out
+        try:
+            return list(chain.from_iterable(map(cache.__getitem__, pieces)))
+        except KeyError:
+            if len(cache) > _CACHE_LIMIT:
+                self._cache = cache = dict(self.specials)
+            for piece in set(pieces).difference(cache):
+                cache[piece] = self.piece_tokens(piece)
+            return list(chain.from_iterable(map(cache.__getitem__, pieces)))
 
     def count_sentences(self, line: str) -> int:
         """Sentences of a stripped line as datatrove's `split_into_sentences` (spaCy's sentencizer) counts them."""
