@@ -50,6 +50,11 @@ def test_hard_cases_tokenize_as_spacy(spacy_nlp):
     ours = WordTokenizer("en")
     assert ours.words(HARD) == _spacy_words(spacy_nlp, HARD)
     assert ours.words("x:)") == ["x", ":)"]  # a special case the affix rules cut, merged back as spaCy does
+    # whitespace other than one space is a token: after a sentence end it starts a sentence, unless it ends the line
+    lines = ["Foo bar.  ", "Foo bar.  baz", "Foo. \t. x", " Foo. Bar", "One.  Two.  ", "x ?  ", "Mr. Smith left. Then"]
+    with spacy_nlp.memory_zone():
+        theirs = [sum(1 for s in spacy_nlp(line).sents if s.text.strip()) for line in lines]
+    assert [ours.count_sentences(line) for line in lines] == theirs
 
 
 def test_documents_tokenize_and_split_into_sentences_as_spacy(spacy_nlp):

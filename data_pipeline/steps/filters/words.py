@@ -225,7 +225,9 @@ class WordTokenizer:
                     seen_end = False
                 elif ends:
                     seen_end = True
-            if index < len(gaps) and gaps[index] != " " and sentences:
+            # ...and starts a sentence after a sentence end, unless nothing follows it (a sentence of whitespace
+            # only, which datatrove drops): citations cut out of a line can leave "end.  " behind.
+            if index < len(gaps) and gaps[index] != " " and sentences and pieces[index + 1]:
                 if seen_end:
                     sentences += 1
                     seen_end = False
