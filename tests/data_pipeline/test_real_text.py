@@ -73,7 +73,10 @@ def test_kept_documents_keep_their_words(real_run):
     steps = list(json.loads((out / "summary.json").read_text()))
     assert steps[-2:] == ["pii", "tokenize"]  # decontaminate skipped: no eval sets
     kept = {r["id"]: len(r["text"].split()) for step, r in _records(out) if step == "pii"}
-    assert len(kept) >= 0.25 * len(corpus), f"only {len(kept)} of {len(corpus)} documents kept"
+    # FineWeb's filters, counting words as datatrove does, keep ~9% of these READMEs and docstrings (datatrove's
+    # own filters keep the same ones, tests/data_pipeline/test_datatrove_agreement.py): markup and code make
+    # fewer than 80% of their tokens words with a letter.
+    assert len(kept) >= 0.05 * len(corpus), f"only {len(kept)} of {len(corpus)} documents kept"
     ratios = [kept[doc_id] / words_in[doc_id] for doc_id in kept]
     mean = sum(ratios) / len(ratios)
     assert mean >= 0.90, f"kept documents keep {mean:.1%} of their words on average"

@@ -19,6 +19,11 @@ def docs(texts, prefix="d"):
     return [Document(f"{prefix}{i:03d}", t, {}) for i, t in enumerate(texts)]
 
 
+def c4_lines(text):
+    """The text as C4 writes back what it keeps: each line stripped, blank lines gone (as datatrove's C4 filter)."""
+    return "\n".join(line.strip() for line in text.splitlines() if line.strip())
+
+
 def test_normalize_nfc_controls_whitespace_and_boilerplate():
     step = build_step("normalize", {"boilerplate_patterns": [r"(?i)^subscribe now"]})
     decomposed = "Cafe\u0301 \u200b au\t\t lait\x07.\r\n\n\n\nSubscribe now to our list\n  second   line.  "
@@ -55,7 +60,7 @@ def test_heuristics_remove_each_junk_kind(kind):
     step = Heuristics()
     junk = [junk_document(rng, grammar, kind) for _ in range(5)]
     assert step(docs(junk)) == []
-    assert step(docs(CLEAN)) == docs(CLEAN)
+    assert step(docs(CLEAN)) == docs(map(c4_lines, CLEAN))  # kept whole
 
 
 def test_heuristics_thresholds_are_configurable_and_checked():
@@ -81,9 +86,11 @@ def test_c4_terminal_punctuation_rule_is_off_by_default_and_one_keyword_away():
     menu = "Home | About | Contact\n" + CLEAN[2] + "\nShare this\nuse javascript to see the page."
     fineweb_like = Heuristics(fineweb=False, gopher_repetition=False)(docs([menu]))
     # Off (FineWeb's setting): only the short "Share this" line and the javascript line go.
-    assert fineweb_like[0].text == "Home | About | Contact\n" + CLEAN[2]
+    assert fineweb_like[0].text == "Home | About | Contact\n" + c4_lines(CLEAN[2])
     c4_default = Heuristics(fineweb=False, gopher_repetition=False, c4={"remove_no_terminal_punct_lines": True})
-    assert c4_default(docs([menu]))[0].text == CLEAN[2]
+    assert c4_default(docs([menu]))[0].text == c4_lines(CLEAN[2])
+    paragraphs = Heuristics(fineweb=False, gopher_repetition=False, c4={"keep_blank_lines": True})
+    assert paragraphs(docs([menu]))[0].text == "Home | About | Contact\n" + CLEAN[2]
 
 
 def test_decontaminate_drops_shared_13_grams(tmp_path):

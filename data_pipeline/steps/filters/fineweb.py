@@ -1,10 +1,11 @@
 """FineWeb's own rules (Penedo et al. 2024, section 3.3), with the thresholds of its release.
 
-Over the non-empty lines: the fraction ending in sentence-terminal punctuation (Unicode's Sentence_Terminal
-set, as datatrove's list) must reach `min_line_punct_ratio`; the fraction of lines of at most
-`short_line_length` characters must not exceed `max_short_line_ratio`; the characters of lines repeating an
-earlier line, over the characters of the text without newlines, must not exceed `max_dup_line_char_ratio`;
-newlines per word must not exceed `max_newline_word_ratio` (words: whitespace tokens, see `text.py`).
+Over the lines that are not blank: the fraction ending in sentence-terminal punctuation (datatrove's list,
+`text.TERMINAL_PUNCTUATION`; the line's last character, spaces not stripped) must reach `min_line_punct_ratio`;
+the fraction of lines of at most `short_line_length` characters must not exceed `max_short_line_ratio`; the
+characters of lines repeating an earlier line, over the characters of the text without newlines, must not exceed
+`max_dup_line_char_ratio`; newlines per word must not exceed `max_newline_word_ratio` (words: the word
+tokenizer's tokens, `text.words_of`, punctuation included, as datatrove counts them).
 """
 
 from __future__ import annotations
@@ -13,7 +14,7 @@ from typing import Optional
 
 from data_pipeline.document import Document
 from data_pipeline.steps.base import FilterStep, Verdict, reject
-from data_pipeline.steps.filters.text import duplicated, sentence_terminals, words_of
+from data_pipeline.steps.filters.text import TERMINAL_PUNCTUATION, duplicated, words_of
 
 
 class FineWeb(FilterStep):
@@ -27,6 +28,7 @@ class FineWeb(FilterStep):
         short_line_length: int = 30,
         max_dup_line_char_ratio: Optional[float] = 0.01,
         max_newline_word_ratio: Optional[float] = 0.3,
+        language: str = "en",
     ) -> None:
         super().__init__()
         self.min_line_punct_ratio = min_line_punct_ratio
@@ -35,7 +37,7 @@ class FineWeb(FilterStep):
         self.short_line_length = short_line_length
         self.max_dup_line_char_ratio = max_dup_line_char_ratio
         self.max_newline_word_ratio = max_newline_word_ratio
-        self._terminals = sentence_terminals()
+        self.language = language
 
     def filter(self, doc: Document) -> Verdict:
         text = doc.text
@@ -43,7 +45,7 @@ class FineWeb(FilterStep):
         if not lines:
             return reject("no_lines", 0, 1)
         if self.min_line_punct_ratio is not None:
-            terminals = self._terminals
+            terminals = TERMINAL_PUNCTUATION
             ratio = sum(1 for line in lines if line[-1] in terminals) / len(lines)
             if ratio < self.min_line_punct_ratio and not (ratio == 0 and self.line_punct_exclude_zero):
                 return reject("line_punct_ratio", round(ratio, 4), self.min_line_punct_ratio)
@@ -57,7 +59,7 @@ class FineWeb(FilterStep):
             if ratio > self.max_dup_line_char_ratio:
                 return reject("dup_line_char_ratio", round(ratio, 4), self.max_dup_line_char_ratio)
         if self.max_newline_word_ratio is not None:
-            ratio = text.count("\n") / max(len(words_of(text)), 1)
+            ratio = text.count("\n") / max(len(words_of(text, self.language)), 1)
             if ratio > self.max_newline_word_ratio:
                 return reject("newline_word_ratio", round(ratio, 4), self.max_newline_word_ratio)
         return True

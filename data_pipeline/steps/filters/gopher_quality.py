@@ -1,44 +1,43 @@
-"""Gopher's quality rules (Rae et al. 2021, section A.1.1), with the thresholds datatrove and FineWeb use.
+"""Gopher's quality rules (Rae et al. 2021, section A.1.1), with the thresholds datatrove and FineWeb use, measured
+as datatrove measures them.
 
-Words are whitespace tokens; tokens with no letter or digit ("-", "|", "...") are symbols, left out of the word
-count and the mean word length as datatrove leaves out punctuation tokens. Punctuation glued to a word counts
-in its length (datatrove's tokenizers split it off): the mean reads ~0.15 higher on prose. Stop words are matched
-as whole lower-case words, as datatrove matches its tokens. Every measurement is one regex or C-level pass.
+Words are the word tokenizer's tokens (`text.words_of`: spaCy's English rules, punctuation split off as tokens of
+its own). A token made only of punctuation (`text.PUNCTUATION`) is a symbol: the word-count limits and the mean
+word length are over the other tokens; the hash and ellipsis ratios and the alphabetic-word ratio divide by all
+tokens. Bullet lines start (after spaces) with "•" or "-"; ellipsis lines end (before spaces) with "..." or "…";
+both are fractions of `str.splitlines()`. Stop words are looked up among the tokens as they are (case kept).
+The per-token work is done once per distinct token of the document (`collections.Counter` counts at C speed).
 """
 
 from __future__ import annotations
 
 import re
+from collections import Counter
 from typing import Optional, Sequence
 
 from data_pipeline.document import Document
 from data_pipeline.steps.base import FilterStep, Verdict, reject
-from data_pipeline.steps.filters.text import words_of
+from data_pipeline.steps.filters.text import PUNCTUATION, words_of
 
 STOP_WORDS = ("the", "be", "to", "of", "and", "that", "have", "with")
-BULLETS = "\u2022\u2023\u25e6\u2043\u25cf*-"  # •‣◦⁃● * -
-
-_WORD_CHAR = re.compile(r"\w").search
-_LETTER = re.compile(r"[^\W\d_]").search
-
-
-def symbol_and_letterless_tokens(tokens: list[str]) -> tuple[list[str], int]:
-    """(tokens with no letter, digit or underscore; the number of tokens with no letter). Most tokens are all
-    letters (`str.isalpha`, C speed); only the rest are searched."""
-    symbols: list[str] = []
-    letterless = 0
-    for token in tokens:
-        if token.isalpha():
-            continue
-        if _WORD_CHAR(token) is None:
-            symbols.append(token)
-            letterless += 1
-        elif _LETTER(token) is None:
-            letterless += 1
-    return symbols, letterless
+BULLETS = ("\u2022", "-")  # •, -
+# Line boundaries of str.splitlines(); a line "starts with" a bullet when only whitespace comes before it.
+_BOUNDARY = "\n\r\x0b\x0c\x1c\x1d\x1e\x85\u2028\u2029"
+_BULLET_LINE = re.compile(rf"(?:\A|[{_BOUNDARY}])\s*[\u2022\-]")
+_ELLIPSIS_LINE = re.compile(rf"(?:\.\.\.|\u2026)[^\S{_BOUNDARY}]*(?=[{_BOUNDARY}]|\Z)")
 
 
-_ELLIPSIS_LINE = re.compile(r"(?:\.\.\.|\u2026)[ \t]*$", re.MULTILINE)
+def token_classes(words: list[str]) -> tuple[int, int, int]:
+    """(symbol-free tokens, their characters, tokens with a letter), from each distinct token once."""
+    words_n = chars = alpha = 0
+    punctuation = PUNCTUATION
+    for token, count in Counter(words).items():
+        if not punctuation.issuperset(token):
+            words_n += count
+            chars += count * len(token)
+        if token.isalpha() or any(map(str.isalpha, token)):
+            alpha += count
+    return words_n, chars, alpha
 
 
 class GopherQuality(FilterStep):
@@ -56,6 +55,7 @@ class GopherQuality(FilterStep):
         min_alpha_words_ratio: Optional[float] = 0.8,
         min_stop_words: Optional[int] = 2,
         stop_words: Sequence[str] = STOP_WORDS,
+        language: str = "en",
     ) -> None:
         super().__init__()
         self.min_words = min_words
@@ -69,35 +69,36 @@ class GopherQuality(FilterStep):
         self.min_stop_words = min_stop_words
         if not stop_words:
             raise ValueError("gopher_quality.stop_words: give at least one word (or set min_stop_words: null)")
-        self.stop_words = tuple(stop_words)
-        self._stop_word = re.compile(r"(?<!\w)(?:" + "|".join(map(re.escape, self.stop_words)) + r")(?!\w)")
-        self._bullet_line = re.compile(r"^[ \t]*[" + re.escape(BULLETS) + "]", re.MULTILINE)
+        self.stop_words = frozenset(stop_words)
+        self.language = language
 
     def filter(self, doc: Document) -> Verdict:
         text = doc.text
-        tokens = words_of(text)
-        symbols, letterless = symbol_and_letterless_tokens(tokens)
-        n_words = len(tokens) - len(symbols)
+        tokens = words_of(text, self.language)
+        n_tokens = len(tokens)
+        n_words, word_chars, n_alpha = token_classes(tokens)
         if self.min_words is not None and n_words < self.min_words:
             return reject("min_words", n_words, self.min_words)
         if self.max_words is not None and n_words > self.max_words:
             return reject("max_words", n_words, self.max_words)
-        mean_length = (sum(map(len, tokens)) - sum(map(len, symbols))) / max(n_words, 1)
-        if self.min_mean_word_length is not None and mean_length < self.min_mean_word_length:
-            return reject("min_mean_word_length", round(mean_length, 3), self.min_mean_word_length)
-        if self.max_mean_word_length is not None and mean_length > self.max_mean_word_length:
-            return reject("max_mean_word_length", round(mean_length, 3), self.max_mean_word_length)
+        if n_words:  # with no word the mean is undefined and neither rule fires (as in datatrove)
+            mean_length = word_chars / n_words
+            if self.min_mean_word_length is not None and mean_length < self.min_mean_word_length:
+                return reject("min_mean_word_length", round(mean_length, 3), self.min_mean_word_length)
+            if self.max_mean_word_length is not None and mean_length > self.max_mean_word_length:
+                return reject("max_mean_word_length", round(mean_length, 3), self.max_mean_word_length)
+        per_token = max(n_tokens, 1)
         if self.max_symbol_word_ratio is not None:
             # Gopher: the ratio of the hash symbol, and of ellipses, to words (datatrove divides by all tokens).
             for rule, count in (
                 ("hash_word_ratio", text.count("#")),
                 ("ellipsis_word_ratio", text.count("...") + text.count("\u2026")),
             ):
-                if count / max(len(tokens), 1) > self.max_symbol_word_ratio:
-                    return reject(rule, round(count / max(len(tokens), 1), 4), self.max_symbol_word_ratio)
+                if count / per_token > self.max_symbol_word_ratio:
+                    return reject(rule, round(count / per_token, 4), self.max_symbol_word_ratio)
         n_lines = len(text.splitlines()) or 1
         if self.max_bullet_lines_ratio is not None and any(b in text for b in BULLETS):
-            ratio = len(self._bullet_line.findall(text)) / n_lines
+            ratio = len(_BULLET_LINE.findall(text)) / n_lines
             if ratio > self.max_bullet_lines_ratio:
                 return reject("bullet_lines_ratio", round(ratio, 4), self.max_bullet_lines_ratio)
         if self.max_ellipsis_lines_ratio is not None and ("..." in text or "\u2026" in text):
@@ -105,15 +106,11 @@ class GopherQuality(FilterStep):
             if ratio > self.max_ellipsis_lines_ratio:
                 return reject("ellipsis_lines_ratio", round(ratio, 4), self.max_ellipsis_lines_ratio)
         if self.min_alpha_words_ratio is not None:
-            ratio = 1 - letterless / max(len(tokens), 1)
+            ratio = n_alpha / per_token
             if ratio < self.min_alpha_words_ratio:
                 return reject("alpha_words_ratio", round(ratio, 4), self.min_alpha_words_ratio)
         if self.min_stop_words is not None:
-            found = set()
-            for match in self._stop_word.finditer(text):
-                found.add(match.group())
-                if len(found) >= self.min_stop_words:
-                    break
-            if len(found) < self.min_stop_words:
-                return reject("min_stop_words", len(found), self.min_stop_words)
+            found = len(self.stop_words.intersection(tokens))
+            if found < self.min_stop_words:
+                return reject("min_stop_words", found, self.min_stop_words)
         return True

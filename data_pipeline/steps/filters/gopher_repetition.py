@@ -1,14 +1,17 @@
-"""Gopher's repetition rules (Rae et al. 2021, table A1), with the thresholds datatrove and FineWeb use.
+"""Gopher's repetition rules (Rae et al. 2021, table A1), with the thresholds datatrove and FineWeb use, measured
+as datatrove measures them.
 
-Measured on the text as it is: duplicated paragraphs (split on blank lines) and lines, as a fraction of items and
-of characters; the characters of the most frequent 2/3/4-gram; the characters covered by repeated 5..10-grams.
-Character fractions are of `len(text)`, as in datatrove. Two definitions differ from datatrove's, on purpose:
-- n-grams are over whitespace words (datatrove: NLTK/spaCy tokens, punctuation separate);
-- "duplicated n-gram characters" counts each word covered by a repeated occurrence (not the first) of an
-  n-gram once, which is Gopher's wording; datatrove scans greedily and skips n words after each repeat, which
-  can miss overlapping repeats. On a text repeated k times both give the same figure.
-The n-gram work is vectorised over 64-bit word hashes (numpy); an upper bound from word counts settles most
-documents before any n-gram is counted.
+Paragraphs are the stripped text cut at runs of 2+ newlines, lines the text cut at runs of newlines; an item equal
+to an earlier one is a duplicate, counted as a fraction of the items and, by its characters, of `len(text)`. The
+n-gram rules are over the word tokenizer's tokens (`text.words_of`): the most frequent 2/3/4-gram (the first
+seen among equally frequent ones) weighs its count times its length with a space between tokens; the duplicated
+5..10-gram characters are found as datatrove scans: left to right, an n-gram whose tokens, concatenated, equal an
+earlier scanned one adds its characters and the scan jumps past it (the n-grams it jumps over are not scanned).
+
+Vectorised over 64-bit hashes (numpy): n-grams by a rolling hash of their tokens, and by a polynomial hash of
+their concatenated characters (the same for the same string however it is cut into tokens). Every repeated
+n-gram the scan counts is a later occurrence of an n-gram, so the characters of the tokens covered by later
+occurrences bound the figure from above; the sequential scan runs only when that bound passes the limit.
 """
 
 from __future__ import annotations
@@ -23,7 +26,10 @@ from data_pipeline.steps.base import FilterStep, Verdict, reject
 from data_pipeline.steps.filters.text import duplicated, words_of
 
 _PARAGRAPH_BREAK = re.compile(r"\n{2,}")
+_LINE_BREAK = re.compile(r"\n+")
 _MIX = np.uint64(0x9E3779B97F4A7C15)  # odd 64-bit multiplier of the rolling n-gram hash
+_BASE = 0x100000001B3  # odd base of the polynomial string hash (mod 2**64)
+_BASE_INVERSE = pow(_BASE, -1, 1 << 64)
 
 TOP_NGRAMS = {2: 0.20, 3: 0.18, 4: 0.16}
 DUP_NGRAMS = {5: 0.15, 6: 0.14, 7: 0.13, 8: 0.12, 9: 0.11, 10: 0.10}
@@ -39,7 +45,7 @@ def _thresholds(name: str, value: Optional[Mapping]) -> dict[int, float]:
 
 
 def ngram_hashes(word_hashes: np.ndarray, n: int) -> np.ndarray:
-    """Hash of every n-gram (len(words) - n + 1 values), from the words' hashes."""
+    """Hash of every n-gram as a sequence of tokens (len(words) - n + 1 values), from the tokens' hashes."""
     out = word_hashes[: len(word_hashes) - n + 1].copy()
     for k in range(1, n):
         out *= _MIX
@@ -55,12 +61,57 @@ def _window_min(values: np.ndarray, n: int) -> np.ndarray:
     return out
 
 
-def repeat_starts(hashes: np.ndarray) -> np.ndarray:
-    """Positions whose n-gram occurred earlier in the text."""
-    _, first = np.unique(hashes, return_index=True)
-    repeat = np.ones(len(hashes), dtype=bool)
-    repeat[first] = False
-    return np.flatnonzero(repeat)
+class StringHashes:
+    """Polynomial hashes of substrings of one string, each in O(1) after an O(len) pass: equal substrings get
+    equal hashes wherever they are."""
+
+    def __init__(self, text: str) -> None:
+        codes = np.frombuffer(text.encode("utf-32-le", "surrogatepass"), dtype=np.uint32).astype(np.uint64)
+        n = len(codes)
+        one = np.ones(1, dtype=np.uint64)
+        with np.errstate(over="ignore"):
+            self.powers = np.cumprod(np.concatenate((one, np.full(n, _BASE, dtype=np.uint64))), dtype=np.uint64)
+            inverse = np.cumprod(
+                np.concatenate((one, np.full(max(n - 1, 0), _BASE_INVERSE, dtype=np.uint64))), dtype=np.uint64
+            )
+            self.prefix = np.concatenate((one - one, np.cumsum(codes * inverse[:n], dtype=np.uint64)))
+
+    def of(self, starts: np.ndarray, ends: np.ndarray) -> np.ndarray:
+        """Hashes of text[starts[i]:ends[i]] (non-empty)."""
+        with np.errstate(over="ignore"):
+            return self.powers[ends - 1] * (self.prefix[ends] - self.prefix[starts])
+
+
+def greedy_repeated_chars(keys: np.ndarray, chars: np.ndarray, n: int) -> int:
+    """datatrove's scan: a key seen before adds its characters and jumps n ahead; others are remembered. Only
+    keys that occur more than once can repeat or be repeated, so the scan visits only their positions."""
+    _, inverse, counts = np.unique(keys, return_inverse=True, return_counts=True)
+    positions = np.flatnonzero(counts[inverse] > 1)
+    seen: set = set()
+    total = 0
+    barrier = 0  # positions before it were jumped over
+    for position, key, size in zip(positions.tolist(), keys[positions].tolist(), chars[positions].tolist()):
+        if position < barrier:
+            continue
+        if key in seen:
+            total += size
+            barrier = position + n
+        else:
+            seen.add(key)
+    return total
+
+
+def covered_chars(keys: np.ndarray, lengths: np.ndarray, n: int) -> int:
+    """Characters of the tokens covered by a later occurrence of an n-gram (an upper bound of the scan's sum)."""
+    _, first = np.unique(keys, return_index=True)
+    later = np.ones(len(keys), dtype=bool)
+    later[first] = False
+    starts = np.flatnonzero(later)
+    if not len(starts):
+        return 0
+    size = len(lengths) + 1
+    depth = np.bincount(starts, minlength=size) - np.bincount(starts + n, minlength=size)
+    return int(lengths[np.cumsum(depth[: len(lengths)]) > 0].sum())
 
 
 class GopherRepetition(FilterStep):
@@ -74,6 +125,7 @@ class GopherRepetition(FilterStep):
         dup_line_char_frac: Optional[float] = 0.20,
         top_ngram_char_frac: Optional[Mapping] = None,
         dup_ngram_char_frac: Optional[Mapping] = None,
+        language: str = "en",
     ) -> None:
         super().__init__()
         self.dup_para_frac = dup_para_frac
@@ -86,23 +138,18 @@ class GopherRepetition(FilterStep):
         self.dup_ngrams = _thresholds(
             "dup_ngram_char_frac", DUP_NGRAMS if dup_ngram_char_frac is None else dup_ngram_char_frac
         )
+        self.language = language
 
     def filter(self, doc: Document) -> Verdict:
         text = doc.text
-        total = len(text) or 1
-        lines = [line for line in text.split("\n") if line]
-        # A repeated paragraph repeats its lines: with no line repeated, neither rule can fire.
-        repeats = len(set(lines)) < len(lines)
+        if not text:
+            return reject("empty", 0, 1)
+        total = len(text)
         for unit, items, frac_limit, char_limit in (
-            (
-                "para",
-                _PARAGRAPH_BREAK.split(text.strip()) if repeats else [],
-                self.dup_para_frac,
-                self.dup_para_char_frac,
-            ),
-            ("line", lines, self.dup_line_frac, self.dup_line_char_frac),
+            ("para", _PARAGRAPH_BREAK.split(text.strip()), self.dup_para_frac, self.dup_para_char_frac),
+            ("line", _LINE_BREAK.split(text), self.dup_line_frac, self.dup_line_char_frac),
         ):
-            if not repeats or (frac_limit is None and char_limit is None):
+            if frac_limit is None and char_limit is None:
                 continue
             count, chars = duplicated(items)
             if frac_limit is not None and count / len(items) > frac_limit:
@@ -111,40 +158,42 @@ class GopherRepetition(FilterStep):
                 return reject(f"dup_{unit}_char_frac", round(chars / total, 4), char_limit)
         if not self.top_ngrams and not self.dup_ngrams:
             return True
-        words = words_of(text)
-        if len(words) < 2:
+        words = words_of(text, self.language)
+        if not words:
             return True
-        word_hashes = np.fromiter(map(hash, words), dtype=np.int64, count=len(words)).view(np.uint64)
         lengths = np.fromiter(map(len, words), dtype=np.int64, count=len(words))
         cumulative = np.concatenate(([0], np.cumsum(lengths)))
-        # An n-gram occurs at most as often as its rarest word: a cheap upper bound that settles most documents
-        # without sorting their n-grams (prose rarely repeats a long phrase often enough to come near a limit).
-        _, word_ids, word_counts = np.unique(word_hashes, return_inverse=True, return_counts=True)
-        occurrences = word_counts[word_ids]
+        if self.top_ngrams:
+            word_hashes = np.fromiter(map(hash, words), dtype=np.int64, count=len(words)).view(np.uint64)
+            # An n-gram occurs at most as often as its rarest token: a cheap upper bound that settles most
+            # documents without counting their n-grams.
+            _, word_ids, word_counts = np.unique(word_hashes, return_inverse=True, return_counts=True)
+            occurrences = word_counts[word_ids]
         for n, limit in self.top_ngrams.items():
             if len(words) < n:
                 continue
-            chars = cumulative[n:] - cumulative[:-n]
-            if int((_window_min(occurrences, n) * chars).max()) <= limit * total:
+            joined = cumulative[n:] - cumulative[:-n] + (n - 1)  # len(" ".join(ngram))
+            if int((_window_min(occurrences, n) * joined).max()) <= limit * total:
                 continue
-            _, inverse, counts = np.unique(ngram_hashes(word_hashes, n), return_inverse=True, return_counts=True)
-            # The most frequent n-gram; among equally frequent ones, the longest (datatrove takes the first seen).
-            top_count = int(counts.max())
-            fraction = top_count * int(chars[counts[inverse] == top_count].max()) / total
+            _, first, inverse, counts = np.unique(
+                ngram_hashes(word_hashes, n), return_index=True, return_inverse=True, return_counts=True
+            )
+            top = int(counts.max())
+            position = int(first[counts == top].min())  # the first seen of the most frequent
+            fraction = top * int(joined[position]) / total
             if fraction > limit:
                 return reject(f"top_{n}gram_char_frac", round(fraction, 4), limit)
-        for n, limit in sorted(self.dup_ngrams.items()):
-            if len(words) < n or not (_window_min(occurrences, n) >= 2).any():
-                break  # no n-gram can repeat, so no longer one does either
-            hashes = ngram_hashes(word_hashes, n)
-            if len(set(hashes.tolist())) == len(hashes):
-                break  # a Python set answers "any repeat?" ~3x faster than a sort on a few hundred values
-            starts = repeat_starts(hashes)
-            boundaries = np.bincount(starts, minlength=len(words) + 1) - np.bincount(
-                starts + n, minlength=len(words) + 1
-            )
-            covered = np.cumsum(boundaries[: len(words)]) > 0
-            fraction = int(lengths[covered].sum()) / total
+        if not self.dup_ngrams:
+            return True
+        strings = StringHashes("".join(words))
+        for n, limit in self.dup_ngrams.items():
+            if len(words) < n:
+                continue
+            starts, ends = cumulative[: len(words) - n + 1], cumulative[n:]
+            keys = strings.of(starts, ends)
+            if covered_chars(keys, lengths, n) <= limit * total:
+                continue
+            fraction = greedy_repeated_chars(keys, ends - starts, n) / total
             if fraction > limit:
                 return reject(f"dup_{n}gram_char_frac", round(fraction, 4), limit)
         return True

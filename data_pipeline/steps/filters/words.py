@@ -1,0 +1,240 @@
+"""Words and sentences counted as datatrove counts them, at a fraction of its cost.
+
+datatrove's filters count words with its word tokenizer, for English (and most European languages) spaCy's rule
+tokenizer (`spacy.blank(language)`): text is cut at whitespace, then each piece loses prefixes (opening brackets,
+quotes, currency signs...) and suffixes (closing punctuation, "'s", units after numbers...) one at a time, unless
+the piece is a special case ("don't" -> "do" "n't", "e.g.", ":)") or a URL; what is left is cut at infixes
+(hyphens between letters, "..." , "/" or ":" between letters...). Sentences are spaCy's sentencizer's: a new
+sentence starts at the first token after a sentence-final character (".", "!", "?", and the other scripts' marks)
+that is not itself punctuation.
+
+This module applies the same algorithm to the same rule tables (`word_rules/<language>.json`, exported from
+spaCy by `word_rules/export.py`) without importing spaCy, whose import alone takes ~2 s. A whitespace-separated
+piece is tokenized once and remembered: prose repeats its pieces, so a document costs little more than
+`str.split` and a dictionary look-up per piece. Tokens are returned as datatrove keeps them: whitespace tokens
+dropped.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import unicodedata
+from functools import lru_cache
+from itertools import chain
+from pathlib import Path
+from typing import Callable, Optional
+
+from data_pipeline.steps.filters.regex_edges import AnchoredAlternation, InfixFinder
+
+RULES_DIR = Path(__file__).with_name("word_rules")
+_WHITESPACE_RUN = re.compile(r"\s+")
+_CACHE_LIMIT = 2_000_000  # remembered pieces before the memo is cleared, between documents (a bound on memory)
+
+
+def _compiled(pattern: Optional[str], method: str) -> Optional[Callable]:
+    return None if pattern is None else getattr(re.compile(pattern), method)
+
+
+def is_punct(token: str) -> bool:
+    """spaCy's `Token.is_punct`: every character in a Unicode punctuation category."""
+    return all(unicodedata.category(char).startswith("P") for char in token)
+
+
+class WordTokenizer:
+    """spaCy's rule tokenizer and sentencizer for one language, from the exported tables."""
+
+    def __init__(self, language: str = "en") -> None:
+        path = RULES_DIR / f"{language}.json"
+        if not path.is_file():
+            known = sorted(p.stem for p in RULES_DIR.glob("*.json"))
+            raise ValueError(
+                f"word tokenizer: no rules for language {language!r} ({path} missing); known: {known}. "
+                f"Export them with `python -m data_pipeline.steps.filters.word_rules.export {language}` (needs spaCy)"
+            )
+        rules = json.loads(path.read_text(encoding="utf-8"))
+        self.language = language
+        self.specials: dict[str, tuple[str, ...]] = {k: tuple(v) for k, v in rules["special_cases"].items()}
+        prefix = AnchoredAlternation(rules["prefix"], at_end=False) if rules["prefix"] else None
+        suffix = AnchoredAlternation(rules["suffix"], at_end=True) if rules["suffix"] else None
+        infix = InfixFinder(rules["infix"]) if rules["infix"] else None
+        self._prefix = prefix.search if prefix else None
+        self._suffix = suffix.search if suffix else None
+        self._infixes = infix.spans if infix else None
+        self._may_start = prefix.can_match if prefix else lambda char: False
+        self._may_end = suffix.can_match if suffix else lambda char: False
+        self._may_cut = infix.may_match if infix else lambda text: False
+        self._url = _compiled(rules["url"], "match")
+        self._token_match = _compiled(rules["token_match"], "match")
+        self.sentence_punctuation = frozenset(rules["sentence_punctuation"])
+        self._cache: dict[str, tuple[str, ...]] = dict(self.specials)
+        # Special cases the affix rules would cut ("a:)" -> "a" ":" ")"): spaCy merges their pieces back after the
+        # affix pass (its "faster heuristics"); keyed by the pieces the special case is cut into without them.
+        self._merges: dict[tuple[str, ...], str] = {}
+        for special in self.specials:
+            if not rules["faster_heuristics"] or " " in special or self._affix_cut(special):
+                pieces = self._affix_tokens(special, use_specials=False)
+                if len(pieces) > 1:
+                    self._merges[pieces] = special
+        self._longest_merge = max(map(len, self._merges), default=0)
+        self._merge_starts = frozenset(pieces[0] for pieces in self._merges)
+
+    def _affix_cut(self, text: str) -> bool:
+        return bool(
+            (self._prefix and self._prefix(text))
+            or (self._suffix and self._suffix(text))
+            or (self._infixes and self._infixes(text))
+        )
+
+    @staticmethod
+    def _length(match) -> int:
+        return 0 if match is None else match.end() - match.start()
+
+    def _affix_tokens(self, text: str, use_specials: bool = True) -> tuple[str, ...]:
+        """spaCy's tokenization of one whitespace-free piece: prefixes and suffixes off, then infix cuts."""
+        specials = self.specials if use_specials else {}
+        prefixes: list[str] = []
+        suffixes: list[str] = []
+        last_size = -1
+        while text and len(text) != last_size:
+            if self._token_match and self._token_match(text):
+                break
+            if text in specials:
+                break
+            last_size = len(text)
+            pre_len = self._length(self._prefix(text)) if self._prefix else 0
+            if pre_len:
+                rest = text[pre_len:]
+                if rest and rest in specials:
+                    prefixes.append(text[:pre_len])
+                    text = rest
+                    break
+            suf_len = self._length(self._suffix(text[pre_len:])) if self._suffix else 0
+            if suf_len:
+                rest = text[:-suf_len]
+                if rest and rest in specials:
+                    suffixes.append(text[-suf_len:])
+                    text = rest
+                    break
+            if pre_len and suf_len and pre_len + suf_len <= len(text):
+                prefixes.append(text[:pre_len])
+                suffixes.append(text[-suf_len:])
+                text = text[pre_len:-suf_len]
+            elif pre_len:
+                prefixes.append(text[:pre_len])
+                text = text[pre_len:]
+            elif suf_len:
+                suffixes.append(text[-suf_len:])
+                text = text[:-suf_len]
+        tokens = prefixes
+        if text:
+            if text in specials:
+                tokens.extend(specials[text])
+            else:
+                # No infix: one token whatever the URL and token patterns say (so they are not asked).
+                spans = self._infixes(text) if self._infixes else ()
+                if not spans or (self._token_match and self._token_match(text)) or (self._url and self._url(text)):
+                    tokens.append(text)
+                else:
+                    start = 0
+                    for infix_start, infix_end in spans:
+                        if infix_start == 0:
+                            continue  # an infix at the very start is no cut (spaCy skips it)
+                        if infix_start != start:
+                            tokens.append(text[start:infix_start])
+                        if infix_start != infix_end:
+                            tokens.append(text[infix_start:infix_end])
+                        start = infix_end
+                    if text[start:]:
+                        tokens.append(text[start:])
+        tokens.extend(reversed(suffixes))
+        return tuple(tokens)
+
+    def _merge_specials(self, tokens: tuple[str, ...]) -> tuple[str, ...]:
+        """Pieces of a special case cut by the affix rules, merged back: longest first, then the later one."""
+        spans = []
+        for start in range(len(tokens)):
+            if tokens[start] not in self._merge_starts:
+                continue
+            for length in range(min(self._longest_merge, len(tokens) - start), 1, -1):
+                special = self._merges.get(tokens[start : start + length])
+                if special is not None:
+                    spans.append((length, start, special))
+        if not spans:
+            return tokens
+        taken: set[int] = set()
+        kept = []
+        for length, start, special in sorted(spans, reverse=True):
+            if start not in taken and start + length - 1 not in taken:
+                kept.append((start, length, special))
+            taken.update(range(start, start + length))
+        out: list[str] = []
+        position = 0
+        for start, length, special in sorted(kept):
+            out.extend(tokens[position:start])
+            out.extend(self.specials[special])
+            position = start + length
+        out.extend(tokens[position:])
+        return tuple(out)
+
+    def piece_tokens(self, piece: str) -> tuple[str, ...]:
+        """The tokens of one whitespace-free piece of text (remembered)."""
+        tokens = self._cache.get(piece)
+        if tokens is None:
+            if self._token_match is None and not (
+                self._may_start(piece[0]) or self._may_end(piece[-1]) or self._may_cut(piece)
+            ):
+                tokens = (piece,)  # no rule can cut it (special cases are in the memo from the start)
+            else:
+                tokens = self._affix_tokens(piece)
+            if len(tokens) > 1 and not self._merge_starts.isdisjoint(tokens):
+                tokens = self._merge_specials(tokens)
+            self._cache[piece] = tokens
+        return tokens
+
+    def words(self, text: str) -> list[str]:
+        """datatrove's `split_into_words`: the tokens, whitespace dropped."""
+        pieces = text.split()
+        cache = self._cache
+        try:
+            return list(chain.from_iterable(map(cache.__getitem__, pieces)))
+        except KeyError:
+            if len(cache) > _CACHE_LIMIT:
+                self._cache = cache = dict(self.specials)
+            for piece in set(pieces).difference(cache):
+                cache[piece] = self.piece_tokens(piece)
+            return list(chain.from_iterable(map(cache.__getitem__, pieces)))
+
+    def count_sentences(self, line: str) -> int:
+        """Sentences of a stripped line as datatrove's `split_into_sentences` (spaCy's sentencizer) counts them."""
+        punctuation = self.sentence_punctuation
+        if not any(char in punctuation for char in line):
+            return 1 if line else 0
+        sentences = 0
+        seen_end = False
+        # Whitespace between pieces is a token of its own unless it is exactly one space; it is not punctuation.
+        pieces = _WHITESPACE_RUN.split(line)
+        gaps = _WHITESPACE_RUN.findall(line)
+        for index, piece in enumerate(pieces):
+            for token in self.piece_tokens(piece) if piece else ():
+                if sentences == 0:
+                    sentences = 1
+                ends = token in punctuation
+                if seen_end and not ends and not is_punct(token):
+                    sentences += 1
+                    seen_end = False
+                elif ends:
+                    seen_end = True
+            # ...and starts a sentence after a sentence end, unless nothing follows it (a sentence of whitespace
+            # only, which datatrove drops): citations cut out of a line can leave "end.  " behind.
+            if index < len(gaps) and gaps[index] != " " and sentences and pieces[index + 1]:
+                if seen_end:
+                    sentences += 1
+                    seen_end = False
+        return sentences
+
+
+@lru_cache(maxsize=None)
+def word_tokenizer(language: str = "en") -> WordTokenizer:
+    """One tokenizer (and one memo) per language and process."""
+    return WordTokenizer(language)
