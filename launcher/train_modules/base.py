@@ -203,6 +203,7 @@ class TrainModule:
         FSDP's gathered weights registered, and FSDP-wrapped expert-parallel experts other tensors still after a
         reshard (until a backward re-registers them), which a checkpoint at that step would not find in the
         optimizer."""
+        self._reshard_fsdp()  # an earlier forward without backward (the held-out loss) may have left them gathered
         registered = [
             (module, name, param)
             for part in self.model_parts
@@ -213,16 +214,20 @@ class TrainModule:
         try:
             yield
         finally:
-            from torch.distributed.fsdp import FSDPModule
-
-            for part in self.model_parts:  # FSDP keeps the gathered weights of a forward without backward
-                for module in part.modules():
-                    if isinstance(module, FSDPModule):
-                        module.reshard()
+            self._reshard_fsdp()
             for module, name, param in registered:
                 if module._parameters.get(name) is not param:
                     module._parameters[name] = param
             self.train(True)
+
+    def _reshard_fsdp(self) -> None:
+        """FSDP keeps the gathered weights of a forward without backward registered; put the shards back."""
+        from torch.distributed.fsdp import FSDPModule
+
+        for part in self.model_parts:
+            for module in part.modules():
+                if isinstance(module, FSDPModule):
+                    module.reshard()
 
     def scoring_model(self) -> nn.Module:
         """The module a scoring forward runs: the laid-out one where its forward is part of the layout."""

@@ -140,3 +140,23 @@ def test_fsdp_checkpoint_reshards_onto_one_process(shards, tmp_path):
     resumed = losses(run_dir)
     for step in range(13, MAX_STEPS + 1):
         assert abs(resumed[step] - fsdp[step]) <= 1e-5, f"step {step}: 1 process {resumed[step]} vs fsdp {fsdp[step]}"
+
+
+def test_fsdp_saves_after_held_out_loss_and_sample_at_the_last_step(shards, tmp_path):
+    """The README's `parallel=fsdp` run ends with a held-out loss, a text sample and a save at one step. The held-out
+    forward leaves FSDP's gathered weights registered; the sample must not take those for the optimizer's (the save
+    then failed with a KeyError in get_optimizer_state_dict)."""
+    run_dir = tmp_path / "run"
+    overrides = tiny_overrides(shards, run_dir, max_steps=8, **{"trainer.eval_every": 4, "trainer.eval_batches": 1})
+    overrides = [o for o in overrides if not o.startswith("trainer.sample_every=")] + ["trainer.sample_every=0"]
+    cmd = [PYTHON, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2", "-m", "launcher.train"]
+    result = subprocess.run(
+        [*cmd, *overrides, "parallel=fsdp"],
+        cwd=REPO,
+        env=child_env(tmp_path),
+        capture_output=True,
+        text=True,
+        timeout=240,
+    )
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    assert checkpoint_complete(run_dir, 8)
