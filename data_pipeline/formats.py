@@ -1,14 +1,20 @@
 """Packed token shard format: the contract between the data pipeline (writer) and the trainer (reader).
 
-A shard named `<stem>` in a directory is three files:
+A shard named `<stem>` in a directory is three files, four when its documents carry their source:
   `<stem>.tokens`   token ids, little-endian uint16 (vocab <= 65535) or uint32, documents back to back;
   `<stem>.index`    little-endian uint64 document start offsets into `.tokens`, n_documents + 1 entries
                     (the last is n_tokens), so document i is tokens[index[i]:index[i + 1]];
+  `<stem>.sources`  (optional) little-endian uint16 per document: its source, as an index into the header's
+                    `document_sources` list of names, so held-out losses can be told apart by source after
+                    mixing shuffled the sources together;
   `<stem>.json`     header: format, version, dtype, n_tokens, n_documents, tokenizer (id, vocab_size,
-                    eos_id), sources (free-form counts by source), and the SHA-256 of the `.tokens` bytes
-                    (`tokens_sha256`), so a trainer can tell one corpus from another of the same size.
-The header is renamed into place last, after the two data files, so a shard without a header is incomplete and
-never read; every file is written under a temporary name first, so a killed writer leaves no partial shard.
+                    eos_id), sources (free-form counts by source), `document_sources` (the names the
+                    `.sources` file indexes, present exactly when that file is), and the SHA-256 of the
+                    `.tokens` bytes (`tokens_sha256`), so a trainer can tell one corpus from another of the same
+                    size.
+The header is renamed into place last, after the data files, so a shard without a header is incomplete and never
+read; every file is written under a temporary name first, so a killed writer leaves no partial shard. Readers of
+the format before `.sources` existed ignore it and read the same tokens.
 Readers memory-map, so opening a terabyte of shards costs nothing.
 
 Plain numpy memmaps rather than `datasets`/Arrow: the trainer needs O(1) random access to token windows that
@@ -31,6 +37,9 @@ FORMAT_VERSION = 1
 HEADER_SUFFIX = ".json"
 TOKENS_SUFFIX = ".tokens"
 INDEX_SUFFIX = ".index"
+SOURCES_SUFFIX = ".sources"
+SOURCE_ID_DTYPE = np.dtype("<u2")
+NO_SOURCE = "all"  # the source name of a document that names none (as the header's counts have always said)
 
 
 class ShardFormatError(ValueError):
@@ -77,12 +86,18 @@ class ShardWriter:
         self._tmp_tokens = self.directory / f".{stem}{TOKENS_SUFFIX}{suffix}"
         self._tmp_index = self.directory / f".{stem}{INDEX_SUFFIX}{suffix}"
         self._tmp_header = self.directory / f".{stem}{HEADER_SUFFIX}{suffix}"
+        self._tmp_sources = self.directory / f".{stem}{SOURCES_SUFFIX}{suffix}"
         self._tokens_file = open(self._tmp_tokens, "wb")
         self._tokens_hash = hashlib.sha256()
         self._offsets: list[int] = [0]
+        self._source_ids: list[int] = []  # per document, into self._source_names
+        self._source_names: dict[str, int] = {}
+        self._any_source = False
         self._closed = False
 
-    def add_document(self, tokens: Sequence[int] | np.ndarray) -> None:
+    def add_document(self, tokens: Sequence[int] | np.ndarray, source: str | None = None) -> None:
+        """Append one document; `source` (its dataset of origin) is recorded per document when any document of
+        the shard names one (those that do not count as NO_SOURCE)."""
         array = np.asarray(tokens)
         if array.ndim != 1:
             raise ShardFormatError(f"a document must be a 1-D token sequence, got shape {array.shape}")
@@ -94,6 +109,13 @@ class ShardWriter:
         self._tokens_file.write(data)
         self._tokens_hash.update(data)
         self._offsets.append(self._offsets[-1] + int(array.size))
+        name = NO_SOURCE if source is None else str(source)
+        self._any_source = self._any_source or source is not None
+        if name not in self._source_names:
+            if len(self._source_names) > np.iinfo(SOURCE_ID_DTYPE).max:
+                raise ShardFormatError(f"more than {np.iinfo(SOURCE_ID_DTYPE).max + 1} distinct sources in one shard")
+            self._source_names[name] = len(self._source_names)
+        self._source_ids.append(self._source_names[name])
 
     def add_documents(self, documents: Iterable[Sequence[int]]) -> None:
         for doc in documents:
@@ -110,6 +132,8 @@ class ShardWriter:
         self._closed = True
         self._tokens_file.close()
         np.asarray(self._offsets, dtype="<u8").tofile(self._tmp_index)
+        if self._any_source:
+            np.asarray(self._source_ids, dtype=SOURCE_ID_DTYPE).tofile(self._tmp_sources)
         header = {
             "format": FORMAT_NAME,
             "version": FORMAT_VERSION,
@@ -120,9 +144,13 @@ class ShardWriter:
             "sources": self.sources,
             "tokens_sha256": self._tokens_hash.hexdigest(),
         }
+        if self._any_source:
+            header["document_sources"] = list(self._source_names)
         self._tmp_header.write_text(json.dumps(header, indent=2))
         _atomic_replace(self._tmp_tokens, self.directory / f"{self.stem}{TOKENS_SUFFIX}")
         _atomic_replace(self._tmp_index, self.directory / f"{self.stem}{INDEX_SUFFIX}")
+        if self._any_source:
+            _atomic_replace(self._tmp_sources, self.directory / f"{self.stem}{SOURCES_SUFFIX}")
         final_header = self.directory / f"{self.stem}{HEADER_SUFFIX}"
         _atomic_replace(self._tmp_header, final_header)
         return final_header
@@ -130,7 +158,7 @@ class ShardWriter:
     def abort(self) -> None:
         self._closed = True
         self._tokens_file.close()
-        for tmp in (self._tmp_tokens, self._tmp_index, self._tmp_header):
+        for tmp in (self._tmp_tokens, self._tmp_index, self._tmp_header, self._tmp_sources):
             tmp.unlink(missing_ok=True)
 
     def __enter__(self) -> "ShardWriter":
@@ -153,6 +181,11 @@ class PackedShard:
     header: dict
     tokens: np.ndarray
     offsets: np.ndarray
+    source_ids: np.ndarray | None = None  # per document, into header["document_sources"]
+
+    @property
+    def source_names(self) -> list[str]:
+        return list(self.header.get("document_sources") or [])
 
     @classmethod
     def open(cls, header_path: str | os.PathLike) -> "PackedShard":
@@ -181,7 +214,7 @@ class PackedShard:
         offsets = np.fromfile(index_path, dtype="<u8")
         if offsets[0] != 0 or offsets[-1] != n_tokens or np.any(np.diff(offsets.astype(np.int64)) < 0):
             raise ShardFormatError(f"{index_path}: document offsets are inconsistent with the header")
-        return cls(header_path, header, tokens, offsets)
+        return cls(header_path, header, tokens, offsets, _open_source_ids(header_path, stem, header, n_docs))
 
     @property
     def n_tokens(self) -> int:
@@ -193,6 +226,27 @@ class PackedShard:
 
     def document(self, i: int) -> np.ndarray:
         return np.asarray(self.tokens[int(self.offsets[i]) : int(self.offsets[i + 1])])
+
+
+def _open_source_ids(header_path: Path, stem: str, header: dict, n_docs: int) -> np.ndarray | None:
+    """The shard's per-document source ids, checked against the header's names; None when it records none."""
+    names = header.get("document_sources")
+    if names is None:
+        return None
+    path = header_path.with_name(stem + SOURCES_SUFFIX)
+    if not isinstance(names, list) or not names or not all(isinstance(n, str) for n in names):
+        raise ShardFormatError(f"{header_path}: document_sources must be a non-empty list of source names")
+    if not path.exists():
+        raise ShardFormatError(f"{path}: missing, but {header_path.name} lists document_sources")
+    if path.stat().st_size != n_docs * SOURCE_ID_DTYPE.itemsize:
+        raise ShardFormatError(
+            f"{path}: size {path.stat().st_size} bytes, header says {n_docs * SOURCE_ID_DTYPE.itemsize} "
+            f"({n_docs} documents): truncated or corrupt shard"
+        )
+    ids = np.fromfile(path, dtype=SOURCE_ID_DTYPE)
+    if ids.size and int(ids.max()) >= len(names):
+        raise ShardFormatError(f"{path}: source id {int(ids.max())} but the header names {len(names)} sources")
+    return ids
 
 
 def _is_shard_header(path: Path) -> bool:
@@ -268,6 +322,44 @@ class PackedDataset:
             shard = self.shards[shard_idx]
             take = min(length - filled, shard.n_tokens - pos)
             out[filled : filled + take] = shard.tokens[pos : pos + take]
+            filled += take
+            shard_idx += 1
+            pos = 0
+        return out
+
+    @property
+    def source_names(self) -> list[str]:
+        """Every source the shards record per document, sorted; [] when no shard records any. Documents of shards
+        without the record count as NO_SOURCE."""
+        if all(shard.source_ids is None for shard in self.shards):
+            return []
+        names = {NO_SOURCE for shard in self.shards if shard.source_ids is None}
+        for shard in self.shards:
+            names.update(shard.source_names)
+        return sorted(names)
+
+    def read_sources(self, start: int, length: int) -> np.ndarray:
+        """For tokens [start, start+length) of the stream (as `read`), the index into `source_names` of the source
+        of the document each token belongs to."""
+        if start < 0 or start + length > self.n_tokens:
+            raise IndexError(f"token range [{start}, {start + length}) outside [0, {self.n_tokens})")
+        names = {name: i for i, name in enumerate(self.source_names)}
+        if not names:
+            raise ValueError(f"{self.directory}: the shards record no per-document sources")
+        out = np.empty(length, dtype=np.int64)
+        filled = 0
+        shard_idx = int(np.searchsorted(self.shard_starts, start, side="right") - 1)
+        pos = start - int(self.shard_starts[shard_idx])
+        while filled < length:
+            shard = self.shards[shard_idx]
+            take = min(length - filled, shard.n_tokens - pos)
+            if shard.source_ids is None:
+                out[filled : filled + take] = names[NO_SOURCE]
+            else:
+                to_global = np.array([names[name] for name in shard.source_names], dtype=np.int64)
+                positions = np.arange(pos, pos + take, dtype=np.uint64)
+                documents = np.searchsorted(shard.offsets, positions, side="right") - 1
+                out[filled : filled + take] = to_global[shard.source_ids[documents]]
             filled += take
             shard_idx += 1
             pos = 0

@@ -384,7 +384,9 @@ def write_corpus(corpus: SyntheticCorpus, directory: str | os.PathLike, files: i
 
 def write_arithmetic_shards(directory: str | os.PathLike, tokenizer_id: str) -> Path:
     """Two packed shards of 150 "arithmetic progression" documents each over a 256-token vocabulary (eos 0): a model
-    learns them within a few steps, so the launcher's tests and benchmarks/gpu_check.py can see a run learn."""
+    learns them within a few steps, so the launcher's tests and benchmarks/gpu_check.py can see a run learn. Each
+    document records its source, "small_steps" (steps of 1 or 2) or "large_steps" (3 or 4), as a mixed dataset's
+    documents do, so held-out losses are also reported per source."""
     import numpy as np
 
     from data_pipeline.formats import ShardWriter
@@ -396,5 +398,6 @@ def write_arithmetic_shards(directory: str | os.PathLike, tokenizer_id: str) -> 
             for _ in range(150):
                 n = int(rng.integers(20, 200))
                 first, step = int(rng.integers(1, 256)), int(rng.integers(1, 5))
-                writer.add_document((first + step * np.arange(n)) % 255 + 1)
+                source = "small_steps" if step <= 2 else "large_steps"
+                writer.add_document((first + step * np.arange(n)) % 255 + 1, source)
     return directory

@@ -161,13 +161,28 @@ class TokenBatches:
     # ------------------------------------------------------------------------------------------ evaluation
     def eval_batches(self, n_sequences: int, micro_batch: int) -> list[torch.Tensor]:
         """This rank's share of the first `n_sequences` held-out windows (equal shares), in micro batches."""
+        return self._held_out(n_sequences, micro_batch, self.dataset.read)
+
+    @property
+    def source_names(self) -> list[str]:
+        """The sources the shards record per document (sorted), [] when they record none."""
+        return self.dataset.source_names
+
+    def eval_sources(self, n_sequences: int, micro_batch: int) -> list[torch.Tensor]:
+        """For every token of `eval_batches`' rows (same shapes), the index into `source_names` of the source of
+        the document it belongs to."""
+        return self._held_out(n_sequences, micro_batch, self.dataset.read_sources)
+
+    def _held_out(
+        self, n_sequences: int, micro_batch: int, read: Callable[[int, int], np.ndarray]
+    ) -> list[torch.Tensor]:
         n_val_windows = (self.val_tokens - 1) // self.seq_len
         return _rank_share_in_micro_batches(
             min(n_sequences, n_val_windows),
             self.dp_rank,
             self.dp_degree,
             micro_batch,
-            lambda w: self.dataset.read(self.train_tokens + w * self.seq_len, self.seq_len + 1),
+            lambda w: read(self.train_tokens + w * self.seq_len, self.seq_len + 1),
         )
 
 
@@ -269,6 +284,8 @@ class SyntheticBatches:
         # Saved before batch ramps: every step read the full global batch.
         self.samples = int(state.get("synthetic_samples", self.step * self.schedule.full))
         self.global_batch = self.schedule.at(self.samples)
+
+    source_names: list[str] = []  # random tokens come from no source
 
     def eval_batches(self, n_sequences: int, micro_batch: int) -> list[torch.Tensor]:
         """This rank's equal share of `n_sequences` held-out rows, in micro batches (as TokenBatches does)."""

@@ -184,7 +184,8 @@ def _write_atomic(path: Path, text: str) -> None:
 
 
 def write_plot(run_dir: Path) -> Optional[Path]:
-    """PNG of training/validation loss and learning rate against step, from metrics.jsonl (matplotlib Agg)."""
+    """PNG of training/validation loss (per source too, when logged) and learning rate against step, from
+    metrics.jsonl (matplotlib Agg)."""
     records = read_metrics(Path(run_dir) / METRICS_FILE) if (Path(run_dir) / METRICS_FILE).exists() else []
     train = [r for r in records if r.get("loss") is not None]
     if not train:
@@ -199,6 +200,10 @@ def write_plot(run_dir: Path) -> Optional[Path]:
     val = [r for r in records if r.get("val_loss") is not None]
     if val:
         ax_loss.plot([r["step"] for r in val], [r["val_loss"] for r in val], "o-", label="val loss")
+    by_source = sorted({key for r in val for key in r if key.startswith("val_loss/")})
+    for key in by_source:  # the held-out loss of each source of a mixed dataset
+        points = [(r["step"], r[key]) for r in val if r.get(key) is not None]
+        ax_loss.plot(*zip(*points), ".--", label=f"val loss, {key.split('/', 1)[1]}")
     ax_loss.set_ylabel("loss")
     ax_loss.legend()
     ax_loss.grid(alpha=0.3)

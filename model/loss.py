@@ -19,6 +19,8 @@ import torch
 import torch.nn.functional as F
 from torch.utils.checkpoint import checkpoint
 
+IGNORE_INDEX = -100  # labels the loss skips (PyTorch's and transformers' convention)
+
 
 def _loss_sums(
     logits: torch.Tensor, labels: torch.Tensor, ignore_index: int, with_z_loss: bool
@@ -55,7 +57,7 @@ def cross_entropy_loss(
     labels: torch.Tensor,
     *,
     z_loss_weight: float = 0.0,
-    ignore_index: int = -100,
+    ignore_index: int = IGNORE_INDEX,
     chunk_size: Optional[int] = None,
 ) -> torch.Tensor:
     """Mean next-token CE over labels != ignore_index (labels already shifted), plus z_loss_weight * mean(lse^2);
@@ -83,7 +85,7 @@ def chunked_cross_entropy(
     *,
     chunk_size: int,
     with_z_loss: bool = False,
-    ignore_index: int = -100,
+    ignore_index: int = IGNORE_INDEX,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """(mean CE, mean z-loss) of head(hidden) against labels, `chunk_size` tokens at a time.
 

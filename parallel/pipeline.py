@@ -28,7 +28,7 @@ from torch.distributed.device_mesh import DeviceMesh
 from torch.distributed.pipelining import PipelineStage
 from torch.distributed.pipelining.schedules import PipelineScheduleSingle, get_schedule_class
 
-from model.loss import cross_entropy_loss
+from model.loss import IGNORE_INDEX, cross_entropy_loss
 from parallel.stage_plan import stage_ids_for_rank, stage_layer_ranges
 
 
@@ -70,16 +70,21 @@ class Pipeline:
 
     @torch.no_grad()
     def eval_loss(self, tokens: torch.Tensor, labels: torch.Tensor) -> Optional[torch.Tensor]:
-        """Forward only through the schedule (no backward, no gradients): the batch loss (mean over microbatches)
-        on the rank holding the last stage, else None. The batch must have the training batch's shape: stages fix
-        their receive buffers at the first step. Stages are not switched to eval mode here (the caller does)."""
+        """Forward only through the schedule (no backward, no gradients): the batch loss on the rank holding the
+        last stage, else None. Each microbatch's loss is its mean over its non-ignored labels, so the batch loss is
+        their mean weighted by those counts (the token mean a single process computes, also when labels are partly
+        ignored). The batch must have the training batch's shape: stages fix their receive buffers at the first
+        step. Stages are not switched to eval mode here (the caller does)."""
         losses: list[torch.Tensor] = []
         inputs = (tokens,) if self.has_first else ()
         forward_only = getattr(self.schedule, "eval", None) or self._forward_only_step
         with _forward_actions_only(self.schedule):
             if self.has_last:
                 forward_only(*inputs, target=labels, losses=losses)
-                return torch.stack([_plain(loss.detach()) for loss in losses]).mean()
+                # The schedule splits the batch with tensor_split along rows, as here.
+                counts = torch.stack([(chunk != IGNORE_INDEX).sum() for chunk in labels.tensor_split(len(losses))])
+                means = torch.stack([_plain(loss.detach()) for loss in losses])
+                return (means * counts).sum() / counts.sum().clamp(min=1)
             forward_only(*inputs)
         return None
 

@@ -21,7 +21,7 @@ from pathlib import Path
 from typing import Iterable, Iterator, Optional, Sequence
 
 from data_pipeline.document import Document
-from data_pipeline.formats import ShardWriter
+from data_pipeline.formats import NO_SOURCE, ShardWriter
 from data_pipeline.steps.base import Stage, Step
 from data_pipeline.tokenizer import (
     DEFAULT_EOS,
@@ -120,8 +120,11 @@ class Tokenize(Step):
                 # encode_batch_fast: ids without character offsets, which nothing here uses (~1.3x faster)
                 encodings = tokenizer.encode_batch_fast([d.text for d in batch], add_special_tokens=False)
                 for doc, encoding in zip(batch, encodings):
-                    writer.add_document(encoding.ids + [info.eos_id])
+                    # The document's source (the mix step's key) goes into the shard per document, so the trainer
+                    # can report a held-out loss per source of the mixed data.
+                    source = doc.metadata.get("source")
+                    writer.add_document(encoding.ids + [info.eos_id], None if source is None else str(source))
                     self.context.count("tokens", len(encoding.ids) + 1)
-                    sources[str(doc.metadata.get("source", "all"))] += 1
+                    sources[NO_SOURCE if source is None else str(source)] += 1
                     yield doc
             writer.sources = {"documents": dict(sorted(sources.items()))}

@@ -53,10 +53,10 @@ def layout(name, nproc, rtol, *, extra=None, reference="dense", slow=False):
 
 
 LAYOUTS = [
-    layout("fsdp", 2, DP_RTOL),
-    layout("tp", 2, SHARDED_RTOL),
-    layout("cp", 2, SHARDED_RTOL),
-    layout("zero2", 2, DP_RTOL),
+    layout("fsdp", 2, DP_RTOL, extra=EVAL),
+    layout("tp", 2, SHARDED_RTOL, extra=EVAL),
+    layout("cp", 2, SHARDED_RTOL, extra=EVAL),
+    layout("zero2", 2, DP_RTOL, extra=EVAL),
     layout("pp", 2, SHARDED_RTOL, extra=EVAL),
     layout("pp_interleaved", 2, SHARDED_RTOL, extra=INTERLEAVED, reference="deep"),
     layout("pp_zbv", 2, SHARDED_RTOL, extra=ZBV, reference="deep"),
@@ -113,7 +113,7 @@ def test_layout_matches_single_process(runs, name, nproc, rtol, extra, reference
     assert got[STEPS] < got[1], f"parallel={name} did not learn: {got}"
 
 
-@pytest.mark.parametrize("name,extra,rtol", [("pp", EVAL, 0.0), ("zero2", {}, 0.0)])
+@pytest.mark.parametrize("name,extra,rtol", [("pp", EVAL, 0.0), ("zero2", EVAL, 0.0)])
 def test_resume_continues_exactly(runs, shards, tmp_path, name, extra, rtol):
     """Drop the last checkpoint of a finished run, relaunch the same command (trainer.resume=auto): it resumes
     from step 3 under the same layout and repeats steps 4-6 bit for bit (pipeline: DCP of the stage modules and
@@ -131,7 +131,7 @@ def test_zero_checkpoint_weights_load_into_another_layout(runs, shards, tmp_path
     """A ZeRO checkpoint's "model" entry is the full weights in the common DCP layout: a single-process run
     started from it (trainer.init_from) begins at the ZeRO run's final weights, so its first loss is below the
     fresh run's first loss."""
-    source = runs("zero2", 2, {"parallel": "zero2"}) / "checkpoints" / f"step_{STEPS:08d}"
+    source = runs("zero2", 2, {"parallel": "zero2", **EVAL}) / "checkpoints" / f"step_{STEPS:08d}"
     fresh = losses(runs("single_dense", 1, REFERENCES["dense"]))
     launch(
         overrides(
@@ -170,6 +170,70 @@ def test_pipeline_val_loss_matches_single_process(runs, name, nproc, extra, refe
     got = val_losses(runs(name, nproc, {"parallel": name, **extra}))
     assert sorted(want) == [3, STEPS] and sorted(got) == sorted(want), (got, want)
     assert_losses_match(got, want, SHARDED_RTOL, f"{name} val", want)
+
+
+SOURCES = ("large_steps", "small_steps")  # what the arithmetic shards record per document
+
+
+def held_out_records(run_dir: Path) -> dict[int, dict[str, float]]:
+    records = [json.loads(line) for line in (Path(run_dir) / "metrics.jsonl").read_text().splitlines()]
+    return {r["step"]: {k: v for k, v in r.items() if k.startswith("val_")} for r in records if "val_loss" in r}
+
+
+@pytest.mark.parametrize("name", ["fsdp", "tp", "cp", "zero2", "pp"])
+def test_held_out_loss_per_source_matches_single_process(runs, name):
+    """The held-out loss of each source of the mixed shards (`val_loss/<source>`) is the single process's under
+    every layout: data parallel splits the rows, TP computes the loss on vocab-sharded logits, CP cuts the
+    sequences (weighting by each chunk's tokens of that source), ZeRO through its engine, pipeline through the
+    schedule (microbatch losses weighted by their tokens of that source)."""
+    want = held_out_records(runs("single_dense", 1, REFERENCES["dense"]))
+    got = held_out_records(runs(name, 2, {"parallel": name, **EVAL}))
+    keys = {"val_loss", *(f"val_loss/{source}" for source in SOURCES)}
+    assert sorted(got) == sorted(want) == [3, STEPS], (got, want)
+    for step in want:
+        assert keys <= set(want[step]) and keys <= set(got[step]), (got[step], want[step])
+        for key in keys:
+            assert_losses_match({step: got[step][key]}, {step: want[step][key]}, SHARDED_RTOL, f"{name} {key}", [step])
+
+
+def test_held_out_loss_per_source_is_the_token_mean_over_that_sources_documents(runs, shards):
+    """Recomputed by hand from the final checkpoint: cross-entropy of every held-out token, grouped by the source
+    of the document it is predicted in (read from the shards), averaged per source; and the sources' token-weighted
+    mean is the overall held-out loss."""
+    import torch
+    import torch.nn.functional as F
+    import yaml
+
+    from data_pipeline.formats import PackedDataset
+    from launcher.data import TokenBatches
+    from model.loading import load_model
+
+    run_dir = runs("single_dense", 1, REFERENCES["dense"])
+    logged = held_out_records(run_dir)[STEPS]
+    model = load_model(run_dir / "checkpoints" / f"step_{STEPS:08d}").model
+    data_cfg = yaml.safe_load((run_dir / "config.yaml").read_text())["data"]
+    data = TokenBatches(
+        PackedDataset(shards),
+        seq_len=data_cfg["seq_len"],
+        global_batch=8,
+        dp_rank=0,
+        dp_degree=1,
+        seed=0,
+        val_fraction=data_cfg["val_fraction"],
+    )
+    rows = torch.cat(data.eval_batches(8, 2))
+    row_sources = torch.cat(data.eval_sources(8, 2))[:, 1:]
+    with torch.no_grad():
+        token_losses = F.cross_entropy(
+            model(rows[:, :-1]).flatten(0, 1).float(), rows[:, 1:].flatten(), reduction="none"
+        )
+    token_losses = token_losses.view_as(row_sources)
+    assert data.source_names == list(SOURCES)
+    for index, source in enumerate(SOURCES):
+        mine = row_sources == index
+        assert mine.any() and not mine.all()
+        assert logged[f"val_loss/{source}"] == pytest.approx(token_losses[mine].mean().item(), rel=1e-5)
+    assert logged["val_loss"] == pytest.approx(token_losses.mean().item(), rel=1e-5)
 
 
 def relaunch_from_step_3(finished: Path, run_dir: Path, shards: Path, extra: dict, nproc: int, tmp: Path) -> None:
