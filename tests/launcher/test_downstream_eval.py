@@ -85,7 +85,7 @@ def test_single_process_logs_scores_writes_results_and_equals_the_offline_comman
         ("tp", "dense", LOG_LIKELIHOOD_TASKS),
         ("pp", "dense", LOG_LIKELIHOOD_TASKS),
         ("ep", "moe", TASKS),
-        pytest.param("zero2", "dense", TASKS, marks=pytest.mark.slow),
+        ("zero2", "dense", TASKS),
     ],
 )
 def test_in_loop_scores_under_a_layout_equal_one_process(corpus, single, tmp_path, layout, family, tasks):
