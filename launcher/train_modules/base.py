@@ -289,18 +289,28 @@ class TrainModule:
 
     @torch.no_grad()
     def forward_per_token(
-        self, model: nn.Module, tokens: torch.Tensor, per_token: Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
+        self,
+        model: nn.Module,
+        tokens: torch.Tensor,
+        per_token: Callable[[torch.Tensor, torch.Tensor], torch.Tensor],
+        *,
+        run_autocast: bool = True,
     ) -> torch.Tensor:
         """`per_token(logits, columns)` ([B, len(columns), ...] from the logits of tokens' columns `columns`) for
         every column of `tokens`, on every rank: eager (a compiled model would recompile per batch shape), under
-        the run's autocast; a model trained with document masks attends across the prefix EOS, as HF exports do.
-        Layouts that cut the sequence (context parallel) run it on their share and gather the rest."""
+        the run's autocast unless `run_autocast` is False; a model trained with document masks attends across the
+        prefix EOS, as HF exports do. Layouts that cut the sequence (context parallel) run it on their share and
+        gather the rest."""
         kwargs = {}
         if self.cfg.model.document_mask_eos_id is not None:
             kwargs["attention_mask"] = torch.ones_like(tokens, dtype=torch.bool)
         columns = torch.arange(tokens.shape[1], device=tokens.device)
-        with torch.compiler.set_stance("force_eager"), autocast(self.cfg.trainer.precision, self.env.device):
+        with torch.compiler.set_stance("force_eager"), self.forward_precision(run_autocast):
             return per_token(model(tokens, **kwargs), columns)
+
+    def forward_precision(self, run_autocast: bool):
+        """The run's autocast for a scoring forward, or nothing (the parameters' own dtype)."""
+        return autocast(self.cfg.trainer.precision, self.env.device) if run_autocast else contextlib.nullcontext()
 
     def forward_scores(self, model: nn.Module, tokens: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
         """token_scores of `model`'s logits for `targets` ([B, T, 2])."""
@@ -309,8 +319,11 @@ class TrainModule:
         )
 
     def forward_greedy(self, model: nn.Module, tokens: torch.Tensor) -> torch.Tensor:
-        """greedy_ids of `model`'s logits ([B, T]): the argmax next token after every position."""
-        return self.forward_per_token(model, tokens, lambda logits, columns: greedy_ids(logits)[..., None])[..., 0]
+        """greedy_ids of `model`'s logits ([B, T]): the argmax next token after every position. Without the run's
+        autocast, as the KV-cache decoding of the other layouts (and of one process) runs."""
+        return self.forward_per_token(
+            model, tokens, lambda logits, columns: greedy_ids(logits)[..., None], run_autocast=False
+        )[..., 0]
 
     # ------------------------------------------------------------------------------------------ state
     def model_state_dict(self) -> dict[str, Any]:

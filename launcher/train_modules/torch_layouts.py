@@ -109,17 +109,17 @@ class TorchTrainModule(TrainModule):
         return self.plain_model if isinstance(self.model, DistributedDataParallel) else self.model
 
     @torch.no_grad()
-    def forward_per_token(self, model, tokens, per_token) -> torch.Tensor:
+    def forward_per_token(self, model, tokens, per_token, *, run_autocast: bool = True) -> torch.Tensor:
         """Under context parallel as training cuts the sequence (parallel.compute_loss): this cp rank's chunks
         (zig-zag under cp_load_balance) with their global positions through the model, `per_token` on the local
         logits, then every rank's chunks gathered over the cp mesh and put back in sequence order."""
         if self.dims.cp == 1:
-            return super().forward_per_token(model, tokens, per_token)
+            return super().forward_per_token(model, tokens, per_token, run_autocast=run_autocast)
         from parallel.context import gather_from_context_parallel, shard_for_context_parallel
 
         cp_mesh = self.dims.submesh("cp")
         local, _, columns = shard_for_context_parallel(tokens, None, None, cp_mesh, self.dims.cfg)
-        with torch.compiler.set_stance("force_eager"), autocast(self.cfg.trainer.precision, self.env.device):
+        with torch.compiler.set_stance("force_eager"), self.forward_precision(run_autocast):
             values = per_token(model(local, positions=columns), columns)
         return gather_from_context_parallel(values, cp_mesh, self.dims.cfg)
 
