@@ -27,7 +27,8 @@ from evaluation.token_requests import TokenRules, cut_at_stops, rolling_windows
 
 class TokenScorer:
     """The Scorer contract over token ids: tokenisation (HFLM's), length-sorted padded batches, rolling windows and
-    greedy generation. Subclasses give `_score_batch` (the forward of one padded batch) and `generation_model`.
+    greedy generation. Subclasses give `_score_batch` (the forward of one padded batch) and `generation_model` (or
+    their own `_generate`, the greedy decoding of one batch of prompts).
 
     max_length: the longest sequence a forward sees (HFLM: config.json's max_position_embeddings, which a Loom
     export writes from model.max_seq_len)."""
@@ -71,8 +72,6 @@ class TokenScorer:
         return totals
 
     def generate_until(self, requests: list[GenerationRequest]) -> list[str]:
-        from model.generation import generate
-
         prompts = [self.rules.generation_prompt(r.context, self.max_length, r.max_gen_toks) for r in requests]
         stops = [self.rules.stop_strings(r.until) for r in requests]
         results: list[str] = [""] * len(requests)
@@ -87,18 +86,33 @@ class TokenScorer:
                     for row, row_stops in zip(rows, batch_stops)
                 ]
 
-            new_tokens = generate(
-                self.generation_model,
-                [prompts[i] for i in batch],
-                requests[batch[0]].max_gen_toks,
-                greedy=True,
-                stop_tokens=self.stop_ids,
-                pad_id=self.pad_id,
-                stop_when=reached_stop,
-            )
+            new_tokens = self._generate([prompts[i] for i in batch], requests[batch[0]].max_gen_toks, reached_stop)
             for i, tokens in zip(batch, new_tokens):
                 results[i] = cut_at_stops(self.rules.decode(tokens), stops[i])
         return results
+
+    def generation_batch_count(self, requests: list[GenerationRequest]) -> int:
+        """How many `_generate` calls `generate_until(requests)` makes: batches of batch_size requests of one
+        max_gen_toks each."""
+        per_length: dict[int, int] = {}
+        for request in requests:
+            per_length[request.max_gen_toks] = per_length.get(request.max_gen_toks, 0) + 1
+        return sum(-(-count // self.batch_size) for count in per_length.values())
+
+    def _generate(self, prompts: list[list[int]], max_new_tokens: int, stop_when) -> list[list[int]]:
+        """Greedy new tokens of each prompt (one batch), ended at a stop id, once `stop_when` says so or after
+        max_new_tokens: `model.generation.generate` through the KV cache of `generation_model`."""
+        from model.generation import generate
+
+        return generate(
+            self.generation_model,
+            prompts,
+            max_new_tokens,
+            greedy=True,
+            stop_tokens=self.stop_ids,
+            pad_id=self.pad_id,
+            stop_when=stop_when,
+        )
 
     # ------------------------------------------------------------------------------------------ token level
     @torch.no_grad()

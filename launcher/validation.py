@@ -9,9 +9,10 @@ is a ConfigError naming the key and the fix. Nothing here imports torch, so a ba
 
 Downstream tasks (eval.tasks) are loaded here too (evaluation/ is torch-free): a missing data file, an unknown
 task, a template field the data lacks or an empty choice list stops the launch with the task loader's message
-(file and field named). What the layout cannot evaluate is decided here as well: context parallel is refused;
-pipeline and tensor parallel cannot generate, so their generation tasks are left out with a note in the plan
-(printed before training starts) and the log-likelihood tasks still run.
+(file and field named). What the layout cannot evaluate is decided here as well: pipeline parallel cannot generate,
+so its generation tasks are left out with a note in the plan (printed before training starts) and the
+log-likelihood tasks still run; every other layout scores every task. Scoring batches are padded to the width the
+layout needs (`scoring_width_multiple`), which must stay within model.max_seq_len.
 """
 
 from __future__ import annotations
@@ -205,13 +206,25 @@ def check_eval_keys(e: EvalTasksConfig, prefix: str = "eval") -> None:
 
 
 def generation_blocked(dims: ParallelDims) -> Optional[str]:
-    """Why this layout cannot generate text (one token at a time), or None when it can: the one rule the text
-    sample and downstream generation tasks share."""
+    """Why this layout cannot generate text, or None when it can: the one rule the text sample and downstream
+    generation tasks share. Tensor and context parallel, whose sequence-sharded forward cannot decode one token
+    through a KV cache, generate by full forwards of the growing sequences (TrainModule.generate_greedy); the
+    pipeline's stages take only the training batch's shape, and each holds part of the model."""
     if dims.pp > 1:
         return "pipeline parallel (parallel.pp > 1): each stage holds part of the model"
-    if dims.tp > 1 or dims.cp > 1:
-        return "tensor/context parallel (parallel.tp/cp > 1): decoding one token cannot be split by sequence"
     return None
+
+
+def scoring_width_multiple(dims: ParallelDims) -> int:
+    """What the width of a scoring forward (downstream evaluation, generation by full forwards) must divide by,
+    as training's sequence length does: tp under tensor (sequence) parallel; with context parallel the cp ranks'
+    chunks (2*cp of them with cp_load_balance), each rank's share then divisible by tp. Pipeline parallel pads to
+    the training shape instead."""
+    multiple = dims.tp
+    if dims.cp > 1:
+        pieces = 2 * dims.cp if dims.cfg.cp_load_balance else dims.cp
+        multiple = math.lcm(pieces, dims.cp * dims.tp)
+    return multiple
 
 
 def _check_eval(cfg: TrainConfig, dims: ParallelDims) -> tuple[tuple, tuple[str, ...]]:
@@ -224,15 +237,18 @@ def _check_eval(cfg: TrainConfig, dims: ParallelDims) -> tuple[tuple, tuple[str,
         raise ConfigError("eval.tasks is set but eval.task_dirs is empty: give the directories of the task YAML")
     if cfg.data.name == "synthetic":
         raise ConfigError("eval.tasks needs data with a tokenizer (data=packed or data=embedded), not data=synthetic")
-    if dims.cp > 1:
-        raise ConfigError(
-            "eval.tasks under context parallel (parallel.cp > 1) is not supported: the scoring forward would need "
-            "the sequence cut and its logits gathered back in order; evaluate the checkpoints with "
-            "`python -m launcher.evaluate` or set eval.tasks=[]"
-        )
     max_length = e.max_length or cfg.model.max_seq_len
     if max_length > cfg.model.max_seq_len:
         raise ConfigError(f"eval.max_length={e.max_length} exceeds model.max_seq_len={cfg.model.max_seq_len}")
+    multiple = scoring_width_multiple(dims)
+    padded = -(-max_length // multiple) * multiple
+    if dims.pp == 1 and padded > cfg.model.max_seq_len and cfg.model.pos_embedding in ("rope", "learned"):
+        raise ConfigError(
+            f"eval.max_length={max_length} (null: model.max_seq_len): this layout pads scoring batches to a "
+            f"multiple of {multiple} tokens (parallel.tp={dims.tp}, parallel.cp={dims.cp}, cp_load_balance="
+            f"{dims.cfg.cp_load_balance}), {padded}, past model.max_seq_len={cfg.model.max_seq_len}: set "
+            f"eval.max_length<={cfg.model.max_seq_len // multiple * multiple}"
+        )
     if dims.pp > 1 and max_length > cfg.data.seq_len:
         raise ConfigError(
             f"eval.max_length={max_length} (null: model.max_seq_len) exceeds data.seq_len={cfg.data.seq_len}: under "

@@ -4,7 +4,9 @@ Two pieces, used together by the trainer:
 - `shard_for_context_parallel` gives each cp rank its slice of the token/label/position tensors. With a causal
   mask the later tokens attend to more keys, so with `cp_load_balance` the sequence is cut into 2*cp chunks and
   rank r takes chunks r and 2*cp-1-r (zig-zag), which evens out the attention work. The global positions go to
-  RoPE / learned position embeddings.
+  RoPE / learned position embeddings. `gather_from_context_parallel` is its inverse for per-token outputs (the
+  downstream evaluation's token scores and greedy tokens): every rank's slice gathered and put back in sequence
+  order.
 - `apply_context_parallel` swaps every block's `attention.inner_attention` for a `ContextParallelAttention` that
   runs ring attention (parallel/ring_attention.py) or DeepSpeed-Ulysses (parallel/ulysses.py) over the cp group.
   Everything else in the model is token-wise and needs no change.
@@ -60,6 +62,30 @@ def shard_for_context_parallel(
     else:
         local_positions = positions.index_select(1, index)
     return local_tokens, local_labels, local_positions
+
+
+def restore_sequence_order(pieces: list[torch.Tensor], load_balance: bool) -> torch.Tensor:
+    """The whole sequence [B, T, ...] from the slices [B, T/cp, ...] cp ranks 0..cp-1 hold (as
+    `shard_for_context_parallel` cut them), in sequence order."""
+    cp, local_len = len(pieces), pieces[0].shape[1]
+    first = pieces[0]
+    whole = first.new_empty((first.shape[0], cp * local_len, *first.shape[2:]))
+    for rank, piece in enumerate(pieces):
+        whole[:, chunk_positions(rank, cp, local_len, load_balance, device=first.device)] = piece
+    return whole
+
+
+@torch.no_grad()
+def gather_from_context_parallel(local: torch.Tensor, cp_mesh: DeviceMesh, cfg: ParallelConfig) -> torch.Tensor:
+    """This cp rank's per-token values [B, T/cp, ...] (of the tokens `shard_for_context_parallel` gave it) with
+    every other cp rank's, as the whole sequence [B, T, ...] in order, on every cp rank. No gradients."""
+    import torch.distributed as dist
+
+    _check_cp_mesh(cp_mesh)
+    local = local.contiguous()
+    pieces = [torch.empty_like(local) for _ in range(cp_mesh.size())]
+    dist.all_gather(pieces, local, group=cp_mesh.get_group())
+    return restore_sequence_order(pieces, cfg.cp_load_balance)
 
 
 class ContextParallelAttention(nn.Module):

@@ -4,9 +4,9 @@ every eval.every steps and at the last step, scored by the model being trained u
 
 Requests are sharded over data-parallel ranks (tensor/pipeline ranks of one group score the same share); answers
 are gathered so every rank aggregates the numbers one process would. Generation requests are not sharded where a
-forward is a collective (FSDP, ZeRO-3, expert parallel): every rank decodes all of them in step. The step's record
-gets eval/<task>/<metric> (and _stderr) and eval/time_s; the time is outside tokens/s. With eval.save_results,
-rank 0 writes <run_dir>/eval/step_<N>/results.json in lm-eval's layout.
+forward is a collective (FSDP, ZeRO-3, tensor, context, expert parallel): every rank decodes all of them in step.
+The step's record gets eval/<task>/<metric> (and _stderr) and eval/time_s; the time is outside tokens/s. With
+eval.save_results, rank 0 writes <run_dir>/eval/step_<N>/results.json in lm-eval's layout.
 """
 
 from __future__ import annotations

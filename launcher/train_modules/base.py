@@ -25,7 +25,7 @@ import logging
 import math
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Optional
+from typing import Any, Callable, Optional, Sequence
 
 import torch
 from torch import nn
@@ -38,7 +38,7 @@ from torch.distributed.checkpoint.state_dict import (
 import model as model_lib
 from launcher.distributed import DistEnv
 from launcher.optim import merge_disjoint
-from launcher.validation import RunPlan
+from launcher.validation import RunPlan, generation_blocked
 from model.dtypes import torch_dtype
 from parallel import parallelize
 
@@ -83,6 +83,16 @@ def token_scores(logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
     picked = log_probs.gather(-1, targets[..., None]).squeeze(-1)
     greedy = (log_probs.argmax(dim=-1) == targets).float()
     return torch.stack([picked, greedy], dim=-1)
+
+
+def greedy_ids(logits: torch.Tensor) -> torch.Tensor:
+    """[B, T] the argmax token of logits [B, T, V] (plain, or a DTensor under tensor parallel): greedy decoding's
+    next token after each position, as model.generation picks it."""
+    from torch.distributed.tensor import DTensor
+
+    if isinstance(logits, DTensor):
+        logits = logits.full_tensor()
+    return logits.argmax(dim=-1)
 
 
 def max_grad_norm(grad_clip: float) -> float:
@@ -179,9 +189,47 @@ class TrainModule:
         """Mean loss of one held-out batch on this rank, or None where this rank computes none."""
         raise NotImplementedError
 
-    def generation_model(self) -> tuple[Optional[nn.Module], str]:
-        """(the plain module to sample from, "") or (None, why this layout cannot sample)."""
-        return None, "this layout cannot generate"
+    def kv_cache_model(self) -> Optional[nn.Module]:
+        """The plain module greedy decoding can run one token at a time through a KV cache, or None where the
+        layout's forward cannot (sequence-sharded: tensor, context parallel) and decodes by full forwards."""
+        return None
+
+    def cannot_generate(self) -> Optional[str]:
+        """Why this layout cannot generate text (pipeline parallel), or None: launcher/validation.py's rule, which
+        left the generation tasks out with a note before training started."""
+        return generation_blocked(self.dims)
+
+    def generate_greedy(
+        self,
+        prompts: list[list[int]],
+        max_new_tokens: int,
+        *,
+        stop_ids: Sequence[int] = (),
+        pad_id: int = 0,
+        stop_when: Optional[Callable[[list[list[int]]], list[bool]]] = None,
+    ) -> list[list[int]]:
+        """Greedy new tokens of each prompt, each row ended at its first stop id (included), once `stop_when(new
+        tokens of every row)` says so, or after max_new_tokens, as model.generation.generate decodes on one
+        process: through the KV cache of `kv_cache_model` where the layout has one, else by full forwards of the
+        growing sequences (launcher/forward_decoding.py), which every rank runs in lockstep (a call with no prompts
+        joins the forwards of the others). Eager; call inside `scoring()`."""
+        why_not = self.cannot_generate()
+        if why_not is not None:
+            raise RuntimeError(f"this layout cannot generate: {why_not}")
+        from launcher.forward_decoding import decode_by_forwards
+        from model.generation import generate
+
+        model = self.kv_cache_model()
+        with torch.compiler.set_stance("force_eager"):
+            if model is None:
+                return decode_by_forwards(
+                    self, prompts, max_new_tokens, stop_ids=stop_ids, pad_id=pad_id, stop_when=stop_when
+                )
+            if not prompts:
+                return []
+            return generate(
+                model, prompts, max_new_tokens, greedy=True, stop_tokens=stop_ids, pad_id=pad_id, stop_when=stop_when
+            )
 
     # ------------------------------------------------------------------------------------------ downstream scoring
     # Downstream evaluation (launcher/callbacks/downstream_eval.py) scores padded token batches through the layout.
@@ -194,7 +242,13 @@ class TrainModule:
     def score_batch(self, tokens: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
         """[B, T, 2]: log P(targets[b, t] | tokens[b, :t+1]) and whether it is the argmax, on every rank (in eval
         mode, no gradients; the caller pads `tokens` to `scoring_shape`)."""
-        raise NotImplementedError
+        return self.forward_scores(self.scoring_model(), tokens, targets)
+
+    def next_tokens(self, tokens: torch.Tensor, at: torch.Tensor) -> torch.Tensor:
+        """[B]: the greedy next token after position at[b] of each row of `tokens` (padded to `scoring_shape`;
+        right padding never reaches a real position of a causal model), on every rank: one step of decoding by
+        full forwards."""
+        return self.forward_greedy(self.scoring_model(), tokens).gather(1, at[:, None]).squeeze(1)
 
     @contextlib.contextmanager
     def scoring(self):
@@ -234,14 +288,42 @@ class TrainModule:
         return self.plain_model
 
     @torch.no_grad()
-    def forward_scores(self, model: nn.Module, tokens: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
-        """token_scores of `model`'s logits: eager (a compiled model would recompile per batch shape), under the
-        run's autocast; a model trained with document masks attends across the prefix EOS, as HF exports do."""
+    def forward_per_token(
+        self,
+        model: nn.Module,
+        tokens: torch.Tensor,
+        per_token: Callable[[torch.Tensor, torch.Tensor], torch.Tensor],
+        *,
+        run_autocast: bool = True,
+    ) -> torch.Tensor:
+        """`per_token(logits, columns)` ([B, len(columns), ...] from the logits of tokens' columns `columns`) for
+        every column of `tokens`, on every rank: eager (a compiled model would recompile per batch shape), under
+        the run's autocast unless `run_autocast` is False; a model trained with document masks attends across the
+        prefix EOS, as HF exports do. Layouts that cut the sequence (context parallel) run it on their share and
+        gather the rest."""
         kwargs = {}
         if self.cfg.model.document_mask_eos_id is not None:
             kwargs["attention_mask"] = torch.ones_like(tokens, dtype=torch.bool)
-        with torch.compiler.set_stance("force_eager"), autocast(self.cfg.trainer.precision, self.env.device):
-            return token_scores(model(tokens, **kwargs), targets)
+        columns = torch.arange(tokens.shape[1], device=tokens.device)
+        with torch.compiler.set_stance("force_eager"), self.forward_precision(run_autocast):
+            return per_token(model(tokens, **kwargs), columns)
+
+    def forward_precision(self, run_autocast: bool):
+        """The run's autocast for a scoring forward, or nothing (the parameters' own dtype)."""
+        return autocast(self.cfg.trainer.precision, self.env.device) if run_autocast else contextlib.nullcontext()
+
+    def forward_scores(self, model: nn.Module, tokens: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+        """token_scores of `model`'s logits for `targets` ([B, T, 2])."""
+        return self.forward_per_token(
+            model, tokens, lambda logits, columns: token_scores(logits, targets.index_select(1, columns))
+        )
+
+    def forward_greedy(self, model: nn.Module, tokens: torch.Tensor) -> torch.Tensor:
+        """greedy_ids of `model`'s logits ([B, T]): the argmax next token after every position. Without the run's
+        autocast, as the KV-cache decoding of the other layouts (and of one process) runs."""
+        return self.forward_per_token(
+            model, tokens, lambda logits, columns: greedy_ids(logits)[..., None], run_autocast=False
+        )[..., 0]
 
     # ------------------------------------------------------------------------------------------ state
     def model_state_dict(self) -> dict[str, Any]:

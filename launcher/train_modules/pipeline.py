@@ -16,7 +16,6 @@ from pathlib import Path
 from typing import Optional
 
 import torch
-from torch import nn
 
 from launcher.distributed import DistEnv
 from launcher.optim import Optimizers
@@ -29,7 +28,7 @@ from launcher.train_modules.base import (
     max_grad_norm,
     token_scores,
 )
-from launcher.validation import RunPlan, generation_blocked
+from launcher.validation import RunPlan
 from parallel import clip_grad_norm_, loss_context
 
 log = logging.getLogger(__name__)
@@ -101,9 +100,6 @@ class PipelineTrainModule(TrainModule):
         with loss_context(self.dims), autocast(self.cfg.trainer.precision, self.env.device):
             return self.pipeline.eval_loss(inputs, labels)
 
-    def generation_model(self) -> tuple[Optional[nn.Module], str]:
-        return None, f"sample generation is skipped under {generation_blocked(self.dims)}"
-
     forward_is_collective = True
 
     def scoring_shape(self, rows: int, width: int) -> tuple[int, int]:
@@ -129,6 +125,9 @@ class PipelineTrainModule(TrainModule):
         scores = scores.to(self.env.device).contiguous()
         dist.all_reduce(scores, group=self.pp_group)
         return scores
+
+    def next_tokens(self, tokens: torch.Tensor, at: torch.Tensor) -> torch.Tensor:
+        raise NotImplementedError(f"greedy decoding under {self.cannot_generate()}")
 
 
 def whole_batches(batches: list[torch.Tensor], rows_per_batch: int) -> list[torch.Tensor]:

@@ -24,7 +24,7 @@ from launcher.distributed import DistEnv
 from launcher.optim import Optimizers
 from launcher.schedule import LRSchedulers
 from launcher.train_modules.base import MicroBatch, StepOutput, TrainModule, autocast, materialize_model, max_grad_norm
-from launcher.validation import RunPlan, generation_blocked
+from launcher.validation import RunPlan, scoring_width_multiple
 from parallel import clip_grad_norm_, compute_loss, loss_context
 
 
@@ -89,28 +89,39 @@ class TorchTrainModule(TrainModule):
             loss = compute_loss(self.model, inputs, labels, self.dims)
         return loss.full_tensor() if hasattr(loss, "full_tensor") else loss
 
-    def generation_model(self) -> tuple[Optional[nn.Module], str]:
-        # Generation runs the model one token at a time, which sequence-sharded layouts (TP+SP, CP) cannot do.
-        why_not = generation_blocked(self.dims)
-        if why_not is not None:
-            return None, f"sample generation is skipped under {why_not}"
-        return self.plain_model, ""
+    def kv_cache_model(self) -> Optional[nn.Module]:
+        # Decoding one token through the KV cache cannot be split by sequence (TP+SP, CP): those decode by full
+        # forwards of the laid-out model (the base module's generate_greedy).
+        return self.plain_model if self.dims.tp == 1 and self.dims.cp == 1 else None
 
     @property
     def forward_is_collective(self) -> bool:
         return self.dims.fsdp_enabled or self.dims.tp > 1 or self.dims.ep > 1 or self.dims.cp > 1
 
     def scoring_shape(self, rows: int, width: int) -> tuple[int, int]:
-        # Sequence parallel shards the residual stream on the sequence: the width must divide by tp.
-        tp = self.dims.tp
-        return rows, -(-width // tp) * tp
+        # Training's rule for the sequence length: sequence parallel shards it by tp, context parallel cuts it into
+        # cp (zig-zag: 2*cp) chunks.
+        multiple = scoring_width_multiple(self.dims)
+        return rows, -(-width // multiple) * multiple
 
     def scoring_model(self) -> nn.Module:
         # DDP's wrapper would broadcast buffers in its forward; the plain module computes the same logits alone.
         return self.plain_model if isinstance(self.model, DistributedDataParallel) else self.model
 
-    def score_batch(self, tokens: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
-        return self.forward_scores(self.scoring_model(), tokens, targets)
+    @torch.no_grad()
+    def forward_per_token(self, model, tokens, per_token, *, run_autocast: bool = True) -> torch.Tensor:
+        """Under context parallel as training cuts the sequence (parallel.compute_loss): this cp rank's chunks
+        (zig-zag under cp_load_balance) with their global positions through the model, `per_token` on the local
+        logits, then every rank's chunks gathered over the cp mesh and put back in sequence order."""
+        if self.dims.cp == 1:
+            return super().forward_per_token(model, tokens, per_token, run_autocast=run_autocast)
+        from parallel.context import gather_from_context_parallel, shard_for_context_parallel
+
+        cp_mesh = self.dims.submesh("cp")
+        local, _, columns = shard_for_context_parallel(tokens, None, None, cp_mesh, self.dims.cfg)
+        with torch.compiler.set_stance("force_eager"), self.forward_precision(run_autocast):
+            values = per_token(model(local, positions=columns), columns)
+        return gather_from_context_parallel(values, cp_mesh, self.dims.cfg)
 
     def log_extras(self) -> dict[str, float]:
         return {"loss_scale": self.scaler.get_scale()} if self.scaler is not None else {}

@@ -165,15 +165,12 @@ class ZeroTrainModule(TrainModule):
         with autocast(self.cfg.trainer.precision, self.env.device):
             return self.engine(inputs, labels)
 
-    def generation_model(self) -> tuple[Optional[nn.Module], str]:
-        return self.engine.module, ""  # ZeRO-3 gathers the partitions in the module's own forward hooks
+    def kv_cache_model(self) -> Optional[nn.Module]:
+        return self.engine.module  # ZeRO-3 gathers the partitions in the module's own forward hooks
 
     @property
     def forward_is_collective(self) -> bool:
         return self.dims.cfg.zero_stage == 3 or self.dims.ep > 1  # ZeRO-3 gathers parameters in its forward
-
-    def score_batch(self, tokens: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
-        return self.forward_scores(self.engine.module, tokens, targets)
 
     def _row_shards(self, full: torch.Tensor) -> torch.Tensor:
         return row_shards(full, self.mesh)

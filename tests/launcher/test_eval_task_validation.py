@@ -1,7 +1,8 @@
 """Bad downstream tasks stop the launch in the validation pass (launcher/validation.py), before any process group:
 the config is composed as `python -m launcher.train` composes it, `validate` raises a ConfigError naming the file
 and the field, and `torch.distributed.init_process_group` is never called. Layout limits of the evaluation are
-decided there too: pipeline/tensor parallel leave generation tasks out with a note, context parallel is refused."""
+decided there too: pipeline parallel leaves generation tasks out with a note; tensor and context parallel score
+every task, with scoring batches padded to the width they need, which must fit model.max_seq_len."""
 
 from __future__ import annotations
 
@@ -115,12 +116,40 @@ def test_pipeline_leaves_generation_out_with_a_note_and_keeps_the_rest(compose, 
     assert "lic_complete" in plan.notes[0] and "pipeline parallel" in plan.notes[0]
 
 
+@pytest.mark.parametrize("layout", ["tp", "cp", "fsdp_tp"])
+def test_tensor_and_context_parallel_score_every_task_generation_included(compose, corpus, layout):
+    from launcher.validation import validate
+
+    _, tasks = corpus
+    world = 4 if layout == "fsdp_tp" else 2
+    plan = validate(compose(["lic_cloze", "lic_ppl", "lic_complete"], tasks, [f"parallel={layout}"], world), world)
+    assert [t.name for t in plan.eval_tasks] == ["lic_cloze", "lic_ppl", "lic_complete"]
+    assert not [note for note in plan.notes if "eval" in note]
+
+
+def test_scoring_width_a_layout_pads_to_must_fit_the_model():
+    """tp under sequence parallel; the cp chunks (2*cp zig-zag), each rank's share divisible by tp."""
+    from launcher.validation import scoring_width_multiple
+    from parallel.config import ParallelConfig
+    from parallel.dims import ParallelDims
+
+    def multiple(world: int, **cfg) -> int:
+        return scoring_width_multiple(ParallelDims.from_config(ParallelConfig(**cfg), world))
+
+    assert multiple(1) == 1 and multiple(2, tp=2) == 2
+    assert multiple(2, cp=2) == 4 and multiple(2, cp=2, cp_load_balance=False) == 2
+    assert multiple(4, cp=2, tp=2) == 4 and multiple(8, cp=2, tp=4) == 8 and multiple(6, cp=3, tp=2) == 6
+
+
 def test_layouts_and_keys_the_evaluation_cannot_use_are_refused(compose, corpus):
     from launcher.validation import ConfigError, validate
 
     _, tasks = corpus
-    with pytest.raises(ConfigError, match="context parallel"):
-        validate(compose(["lic_cloze"], tasks, ["parallel=cp"], world_size=2), 2)
+    # zig-zag cp=2 pads scoring batches to a multiple of 4 tokens: 34 would become 36, past the model's 34
+    with pytest.raises(ConfigError, match=r"eval.max_length=34 .* multiple of 4 .* eval.max_length<=32"):
+        validate(compose(["lic_cloze"], tasks, ["parallel=cp", "model.max_seq_len=34", "eval.max_length=null"], 2), 2)
+    with pytest.raises(ConfigError, match=r"eval.max_length=33 .* multiple of 2 .* eval.max_length<=32"):
+        validate(compose(["lic_cloze"], tasks, ["parallel=tp", "model.max_seq_len=33", "eval.max_length=null"], 2), 2)
     with pytest.raises(ConfigError, match=r"eval.max_length=64 .* data.seq_len=32"):
         validate(compose(["lic_cloze"], tasks, ["parallel=pp", "eval.max_length=null"], world_size=2), 2)
     with pytest.raises(ConfigError, match="eval.batch_size=0"):

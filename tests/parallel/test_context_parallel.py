@@ -156,3 +156,15 @@ def test_shard_for_context_parallel_zigzag_positions():
     assert [p.tolist() for p in seen] == [[0, 1, 14, 15], [2, 3, 12, 13], [4, 5, 10, 11], [6, 7, 8, 9]]
     with pytest.raises(ValueError, match="not divisible by 8"):
         shard_for_context_parallel(torch.zeros(1, 12, dtype=torch.long), None, None, FakeMesh(0), ParallelConfig(cp=4))
+
+
+def test_restore_sequence_order_inverts_the_cut():
+    """Per-token values of each cp rank's chunks (zig-zag or contiguous) put back in sequence order: what the
+    downstream evaluation's scoring forward gathers under context parallel."""
+    from parallel.context import restore_sequence_order
+    from parallel.ring_attention import chunk_positions
+
+    values = torch.arange(2 * 16 * 3).reshape(2, 16, 3)
+    for cp, load_balance in [(4, True), (4, False), (2, True)]:
+        pieces = [values[:, chunk_positions(rank, cp, 16 // cp, load_balance)] for rank in range(cp)]
+        assert torch.equal(restore_sequence_order(pieces, load_balance), values)
