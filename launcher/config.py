@@ -100,6 +100,11 @@ class TrainerConfig:
     resume_allow: list[str] = field(default_factory=list)
     init_from: Optional[str] = None  # checkpoint or run dir whose model weights start this run
     dist_timeout_s: int = 600  # process-group timeout
+    # A rank without heartbeat this long is lost: the others name it and exit (None: min(60, dist_timeout_s / 4);
+    # 0: no watchdog).
+    peer_timeout_s: Optional[int] = None
+    # No rank progresses this long: stacks dumped, the stalled rank named, exit (None: 0.8 x dist_timeout_s; 0: off).
+    hang_timeout_s: Optional[int] = None
     skip_nonfinite_steps: int = 0  # drop the update of up to N non-finite steps (a host sync per step); 0: stop
     progress_bar: bool = True  # a tqdm bar on rank 0
 

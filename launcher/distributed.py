@@ -9,6 +9,8 @@ from __future__ import annotations
 import datetime
 import os
 from dataclasses import dataclass
+from pathlib import Path
+from typing import Optional
 
 import torch
 import torch.distributed as dist
@@ -57,10 +59,14 @@ def die_with_launcher() -> None:
     die_with_parent(os.getppid())
 
 
-def init_distributed(device_pref: str, timeout_s: int, *, one_rank_group: bool = False) -> DistEnv:
+def init_distributed(
+    device_pref: str, timeout_s: int, *, one_rank_group: bool = False, trace_dir: Optional[Path] = None
+) -> DistEnv:
     """This process's rank, world and device, with the process group joined (gloo on CPU, NCCL on GPU). A single
     process gets a group only with `one_rank_group` (FSDP on one device needs a DeviceMesh), from an in-memory
-    store: there is nobody to meet, so no address or port is needed."""
+    store: there is nobody to meet, so no address or port is needed. Under NCCL the flight recorder is on (unless
+    the environment says otherwise): the last collectives of each rank, dumped to `trace_dir` on a collective
+    timeout and by the peer watchdog (launcher/watchdog.py)."""
     rank, local_rank, world_size = _from_env()
     use_cuda = device_pref == "cuda" or (device_pref == "auto" and torch.cuda.is_available())
     if use_cuda and not torch.cuda.is_available():
@@ -70,6 +76,8 @@ def init_distributed(device_pref: str, timeout_s: int, *, one_rank_group: bool =
         device = torch.device("cuda", local_rank)
     else:
         device = torch.device("cpu")
+    if use_cuda and world_size > 1:
+        _enable_flight_recorder(trace_dir)
     if (world_size > 1 or one_rank_group) and not dist.is_initialized():
         store = {"init_method": "env://"} if world_size > 1 else {"store": dist.HashStore()}
         dist.init_process_group(
@@ -81,6 +89,16 @@ def init_distributed(device_pref: str, timeout_s: int, *, one_rank_group: bool =
             **store,
         )
     return DistEnv(rank, local_rank, world_size, device)
+
+
+def _enable_flight_recorder(trace_dir: Optional[Path]) -> None:
+    """NCCL's flight recorder, read by the process group when it is created: a ring of the last 2,000 collectives
+    per rank, dumped on a timeout to <trace_dir>/nccl_trace_rank_<rank> (torch's own variables; set ones win)."""
+    os.environ.setdefault("TORCH_NCCL_TRACE_BUFFER_SIZE", "2000")
+    os.environ.setdefault("TORCH_NCCL_DUMP_ON_TIMEOUT", "1")
+    if trace_dir is not None:
+        trace_dir.mkdir(parents=True, exist_ok=True)
+        os.environ.setdefault("TORCH_FR_DUMP_TEMP_FILE", str(trace_dir / "nccl_trace_rank_"))
 
 
 def barrier() -> None:

@@ -22,6 +22,7 @@ from evaluation.loom_scorer import TokenScorer
 from evaluation.requests import GenerationRequest
 from evaluation.token_requests import TokenRules
 from launcher.train_modules import TrainModule
+from launcher.watchdog import note_progress
 
 
 class LayoutScorer(TokenScorer):
@@ -58,6 +59,7 @@ class LayoutScorer(TokenScorer):
         return results
 
     def _generate(self, prompts: list[list[int]], max_new_tokens: int, stop_when) -> list[list[int]]:
+        note_progress()  # a long evaluation inside one step is not a hang
         return self.module.generate_greedy(
             prompts, max_new_tokens, stop_ids=self.stop_ids, pad_id=self.pad_id, stop_when=stop_when
         )
@@ -72,6 +74,7 @@ class LayoutScorer(TokenScorer):
     def _score_batch(
         self, tokens: torch.Tensor, targets: torch.Tensor, spans: list[tuple[int, int]]
     ) -> list[tuple[float, bool]]:
+        note_progress()
         rows, width = self.module.scoring_shape(*tokens.shape)
         padded = torch.full((rows, width), self.pad_id, dtype=torch.long)
         padded_targets = padded.clone()

@@ -105,6 +105,8 @@ OPERATIONAL_KEYS = (
     "trainer.resume_allow",
     "trainer.init_from",
     "trainer.dist_timeout_s",
+    "trainer.peer_timeout_s",
+    "trainer.hang_timeout_s",
     "trainer.progress_bar",
     "trainer.device",
     "trainer.micro_batch_size",

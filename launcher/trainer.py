@@ -6,7 +6,7 @@ place only: `build_train_module` picks the train module (launcher/train_modules/
 optimizers, lr schedules, the step, the held-out loss and the state to checkpoint. The loop's periodic work
 (logged figures, held-out loss, text sample, checkpoints) is callbacks (launcher/callbacks/), built from the config
 in one list; the loop trains and calls them at the end of every step. Everything else is a small module of its own
-(data, checkpoint, metrics, distributed, preemption).
+(data, checkpoint, metrics, distributed, preemption, the peer watchdog).
 
 The host never waits for the device inside a step: loss and gradient norm stay device tensors, read only at log
 steps; the batch is copied from pinned memory on CUDA; ranks agree to stop through an asynchronous CPU all-reduce
@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import logging
 import sys
+import time
 from pathlib import Path
 from typing import Any, Optional
 
@@ -26,13 +27,14 @@ from omegaconf import OmegaConf
 from launcher.callbacks import TrainContext, build_callbacks
 from launcher.checkpoint import Checkpointer
 from launcher.data import copy_tokenizer, open_training_data
-from launcher.distributed import barrier, die_with_launcher, init_distributed, shutdown
+from launcher.distributed import DistEnv, barrier, die_with_launcher, init_distributed, shutdown
 from launcher.metrics import SpeedMeter
 from launcher.nonfinite import NonFiniteGuard
 from launcher.preemption import StopAgreement
 from launcher.stop_request import StopRequest
 from launcher.train_modules import build_train_module
-from launcher.validation import RunPlan
+from launcher.validation import RunPlan, watchdog_timeouts
+from launcher.watchdog import note_progress, watch_peers
 from model.checkpoint_io import atomic_write_text, list_checkpoint_dirs
 
 log = logging.getLogger("launcher")
@@ -49,11 +51,20 @@ def to_device(batch: torch.Tensor, device: torch.device) -> torch.Tensor:
 def train(plan: RunPlan, config: dict[str, Any], stop: Optional[StopRequest] = None) -> None:
     """Train `plan` (its `config`: the resolved config as plain data, saved with the run and its checkpoints).
     `stop`: the signal flag the entry point installed before its imports (else installed here)."""
-    cfg, dims, t = plan.cfg, plan.dims, plan.cfg.trainer
+    dims, t = plan.dims, plan.cfg.trainer
     stop = stop or StopRequest().install()  # a SIGTERM from here on means "save and exit", never a lost run
     # ---- processes, mesh, run directory
     die_with_launcher()  # no orphan rank trains on after kill -9 of torchrun
-    env = init_distributed(t.device, t.dist_timeout_s, one_rank_group=dims.needs_mesh)
+    env = init_distributed(
+        t.device, t.dist_timeout_s, one_rank_group=dims.needs_mesh, trace_dir=Path(t.run_dir) / "flight_recorder"
+    )
+    # A lost, stopped or stuck peer is named and the run exits, instead of waiting out dist_timeout_s in silence.
+    with watch_peers(env.rank, env.world_size, *watchdog_timeouts(t)):
+        _train(plan, config, stop, env)
+
+
+def _train(plan: RunPlan, config: dict[str, Any], stop: StopRequest, env: DistEnv) -> None:
+    cfg, dims, t = plan.cfg, plan.dims, plan.cfg.trainer
     dims.build_mesh(env.device.type)
     run_dir = Path(t.run_dir)
     if env.is_main:
@@ -125,18 +136,21 @@ def train(plan: RunPlan, config: dict[str, Any], stop: Optional[StopRequest] = N
     while step < t.max_steps:
         step += 1
         lr = module.lr
+        started = time.perf_counter()
         batch = to_device(loader.next_batch(), env.device)
+        timing = (started, time.perf_counter())  # this rank's step and data times (stragglers)
         out = module.train_step(batch[:, :-1], batch[:, 1:])
         guard.add(step, module.step_is_finite(out), out.skipped)
         speed.add_tokens(loader.global_batch * cfg.data.seq_len)  # the step's batch (trainer.batch_ramp)
 
-        ctx.begin_step_end(step, lr, last=step == t.max_steps, stopping=stop_agreement.poll())
+        ctx.begin_step_end(step, lr, last=step == t.max_steps, stopping=stop_agreement.poll(), timing=timing)
         callbacks.step_end(ctx, step, out)  # figures into ctx.record; a checkpoint asked for
         if ctx.record:
             callbacks.log_metrics(ctx, step, ctx.record)
         if ctx.save_requested:
-            with speed.paused():  # checkpoints stay out of the throughput figures
+            with ctx.paused():  # checkpoints stay out of the throughput figures
                 callbacks.save(ctx, step)
+        note_progress()  # the step is done: the hang watchdog's clock restarts
         if ctx.stopping:
             log.warning("stop requested (%s): saved step %d, exiting", stop.signal_name or "another rank", step)
             break

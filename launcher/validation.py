@@ -24,6 +24,7 @@ from typing import Any, Optional
 
 from launcher.batch_ramp import GlobalBatchSchedule, ramp_problem
 from launcher.config import CHOICES, EvalConfig, EvalTasksConfig, TrainConfig
+from model.config import MAX_SEQ_LEN_BOUNDED
 from parallel.dims import ParallelDims
 
 
@@ -124,6 +125,7 @@ def _check_trainer(cfg: TrainConfig) -> None:
     ):
         if getattr(t, key) < 0:
             raise ConfigError(f"trainer.{key} must be >= 0 (0 disables), got {getattr(t, key)}")
+    _check_watchdog(t)
     if t.init_from is not None and not Path(t.init_from).exists():
         raise ConfigError(f"trainer.init_from={t.init_from}: no such checkpoint or run directory")
     if t.skip_nonfinite_steps and cfg.parallel.engine == "deepspeed":
@@ -133,6 +135,40 @@ def _check_trainer(cfg: TrainConfig) -> None:
         )
     if not t.run_dir:
         raise ConfigError("trainer.run_dir is empty: give a directory, or leave the default (outputs/<name>-<id>)")
+
+
+def watchdog_timeouts(t) -> tuple[int, int]:
+    """(trainer.peer_timeout_s, trainer.hang_timeout_s) with their defaults worked out from dist_timeout_s."""
+    peer = t.peer_timeout_s if t.peer_timeout_s is not None else min(60, t.dist_timeout_s // 4)
+    hang = t.hang_timeout_s if t.hang_timeout_s is not None else t.dist_timeout_s * 4 // 5
+    return peer, hang
+
+
+def _check_watchdog(t) -> None:
+    """The peer watchdog (launcher/watchdog.py) must speak before the collective timeout does, or a hang ends in
+    the process group's timeout error with no stacks and no rank named."""
+    for key in ("peer_timeout_s", "hang_timeout_s"):
+        value = getattr(t, key)
+        if value is not None and value < 0:
+            raise ConfigError(f"trainer.{key}={value} must be >= 0 (0 disables; null: worked out from dist_timeout_s)")
+    peer, hang = watchdog_timeouts(t)
+    if 0 < peer < 5:
+        raise ConfigError(
+            f"trainer.peer_timeout_s={peer}: too short to tell a busy rank from a lost one; use >= 5 (0: no watchdog)"
+            + ("" if t.peer_timeout_s is not None else f" or raise trainer.dist_timeout_s={t.dist_timeout_s}")
+        )
+    for key, value in (("peer_timeout_s", peer), ("hang_timeout_s", hang)):
+        if value >= t.dist_timeout_s:
+            raise ConfigError(
+                f"trainer.{key}={value} must be below trainer.dist_timeout_s={t.dist_timeout_s}: a lost or stalled "
+                f"rank would otherwise surface as a collective timeout naming nobody; lower it (0: off) or raise "
+                f"trainer.dist_timeout_s"
+            )
+    if hang and not peer:
+        raise ConfigError(
+            "trainer.hang_timeout_s needs the watchdog's heartbeats: set trainer.peer_timeout_s > 0, or "
+            "trainer.hang_timeout_s=0"
+        )
 
 
 def _check_schedule(cfg: TrainConfig) -> None:
@@ -242,7 +278,7 @@ def _check_eval(cfg: TrainConfig, dims: ParallelDims) -> tuple[tuple, tuple[str,
         raise ConfigError(f"eval.max_length={e.max_length} exceeds model.max_seq_len={cfg.model.max_seq_len}")
     multiple = scoring_width_multiple(dims)
     padded = -(-max_length // multiple) * multiple
-    if dims.pp == 1 and padded > cfg.model.max_seq_len and cfg.model.pos_embedding in ("rope", "learned"):
+    if dims.pp == 1 and padded > cfg.model.max_seq_len and cfg.model.pos_embedding in MAX_SEQ_LEN_BOUNDED:
         raise ConfigError(
             f"eval.max_length={max_length} (null: model.max_seq_len): this layout pads scoring batches to a "
             f"multiple of {multiple} tokens (parallel.tp={dims.tp}, parallel.cp={dims.cp}, cp_load_balance="

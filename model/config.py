@@ -308,6 +308,9 @@ NORM_TYPES = ("rmsnorm", "layernorm")
 BRANCH_NORM_POSITIONS = ("sandwich", "branch_output")  # a norm on each branch's output (Gemma 2/3, OLMo 2)
 NORM_POSITIONS = ("pre", "post", *BRANCH_NORM_POSITIONS)
 POS_EMBEDDINGS = ("rope", "alibi", "learned", "none")
+# Position encodings defined up to model.max_seq_len only (a table, or RoPE's scaled frequencies); ALiBi and
+# none have no such bound.
+MAX_SEQ_LEN_BOUNDED = ("rope", "learned")
 GATED_MLP_TYPES = ("swiglu", "geglu")  # three matrices: gate, up, down
 MLP_TYPES = (*GATED_MLP_TYPES, "gelu")
 QK_NORM_SCOPES = ("head", "full")

@@ -18,6 +18,7 @@ import torch
 from torch import nn
 
 from model.blocks.kv_cache import KVCache
+from model.config import MAX_SEQ_LEN_BOUNDED
 
 __all__ = ["KVCache", "generate", "make_kv_caches", "filter_logits", "sample_next"]
 
@@ -109,7 +110,7 @@ def _check_args(model, prompts, max_new_tokens, temperature, top_k, top_p, greed
         if min(p) < 0 or max(p) >= vocab:
             raise ValueError(f"prompt token ids must be in [0, {vocab}), got {min(p)}..{max(p)}")
     needed = max(len(p) for p in prompts) + max_new_tokens
-    if model.cfg.pos_embedding in ("rope", "learned") and needed > model.cfg.max_seq_len:
+    if model.cfg.pos_embedding in MAX_SEQ_LEN_BOUNDED and needed > model.cfg.max_seq_len:
         raise ValueError(
             f"longest prompt + max_new_tokens = {needed} exceeds model.max_seq_len={model.cfg.max_seq_len}"
         )

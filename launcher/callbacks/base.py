@@ -21,10 +21,13 @@ off), its config dataclass in launcher/config.py, and its entry in the list.
 
 from __future__ import annotations
 
+import contextlib
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
+
+from launcher.watchdog import note_progress
 
 if TYPE_CHECKING:
     from launcher.checkpoint import Checkpointer
@@ -57,6 +60,8 @@ class TrainContext:
     last: bool = False  # the run's final step (trainer.max_steps)
     stopping: bool = False  # the ranks agreed to stop after this step (a stop signal)
     record: dict[str, Any] = field(default_factory=dict)  # the step's figures to log, in the order added
+    step_started_at: float = 0.0  # time.perf_counter() when this rank asked for the step's batch
+    batch_ready_at: float = 0.0  # ... and when the batch was on its device
     save_requested: bool = False
     _finite_until: int = -1
 
@@ -64,8 +69,11 @@ class TrainContext:
     def cfg(self) -> TrainConfig:
         return self.plan.cfg
 
-    def begin_step_end(self, step: int, lr: float, *, last: bool, stopping: bool) -> None:
+    def begin_step_end(
+        self, step: int, lr: float, *, last: bool, stopping: bool, timing: tuple[float, float] = (0.0, 0.0)
+    ) -> None:
         self.step, self.lr, self.last, self.stopping = step, lr, last, stopping
+        self.step_started_at, self.batch_ready_at = timing
         self.record = {}
         self.save_requested = False
 
@@ -80,9 +88,14 @@ class TrainContext:
     def request_save(self) -> None:
         self.save_requested = True
 
+    @contextlib.contextmanager
     def paused(self):
-        """A context in which time does not count towards tokens/s (evaluation, sampling, saving)."""
-        return self.speed.paused()
+        """A context in which time does not count towards tokens/s (evaluation, sampling, saving); entering and
+        leaving it is progress for the hang watchdog (launcher/watchdog.py)."""
+        note_progress()
+        with self.speed.paused():
+            yield
+        note_progress()
 
 
 class Callback:

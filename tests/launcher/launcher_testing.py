@@ -90,7 +90,9 @@ def run_train(
     )
 
 
-def launch(args: list[str], nproc: int, tmp: Path, timeout: float = 300) -> subprocess.CompletedProcess:
+def launch(
+    args: list[str], nproc: int, tmp: Path, timeout: float = 300, **env_extra: str
+) -> subprocess.CompletedProcess:
     """The command a user types: `python -m launcher.train ...`, under torchrun for more than one process."""
     runner = [PYTHON, "-m", "launcher.train"]
     if nproc > 1:
@@ -104,7 +106,9 @@ def launch(args: list[str], nproc: int, tmp: Path, timeout: float = 300) -> subp
             "launcher.train",
         ]
     # The shared-memory CPU all-reduce of DeepSpeed is a ~90 s C++ build and only a CPU speed-up: off in tests.
-    env = child_env(tmp, LOOM_DEEPSPEED_SHM_COMM="0", TORCH_EXTENSIONS_DIR=str(REPO / ".cache" / "torch_extensions"))
+    env = child_env(
+        tmp, LOOM_DEEPSPEED_SHM_COMM="0", TORCH_EXTENSIONS_DIR=str(REPO / ".cache" / "torch_extensions"), **env_extra
+    )
     result = subprocess.run([*runner, *args], cwd=REPO, env=env, capture_output=True, text=True, timeout=timeout)
     assert result.returncode == 0, result.stdout[-4000:] + result.stderr[-6000:]
     return result

@@ -41,6 +41,12 @@ MORE_BAD_CONFIGS = [
     ("tp_on_one_process", ["parallel.tp=2"], "world size"),
     ("empty_micro_batch", ["trainer.micro_batch_size=0"], "trainer.micro_batch_size"),
     ("pp_stages_per_rank", ["parallel=pp", "parallel.pp_stages_per_rank=2"], "parallel.pp_stages_per_rank"),
+    # the watchdog must speak before the collective timeout (tiny_overrides: dist_timeout_s=60)
+    ("hang_timeout_past_dist_timeout", ["trainer.hang_timeout_s=60"], "trainer.hang_timeout_s=60 must be below"),
+    ("peer_timeout_past_dist_timeout", ["trainer.peer_timeout_s=90"], "trainer.peer_timeout_s=90 must be below"),
+    ("peer_timeout_too_short", ["trainer.peer_timeout_s=2"], "trainer.peer_timeout_s=2"),
+    ("hang_without_heartbeats", ["trainer.peer_timeout_s=0", "trainer.hang_timeout_s=30"], "trainer.hang_timeout_s"),
+    ("negative_peer_timeout", ["trainer.peer_timeout_s=-1"], "trainer.peer_timeout_s=-1"),
 ]
 
 
