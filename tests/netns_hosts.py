@@ -2,9 +2,9 @@
 bridge in the root namespace, so traffic between hosts is real TCP over separate interfaces and addresses, and
 a host can be cut off (its link set down: a partition in which no socket closes) or have its processes killed.
 
-Each command runs with `ip netns exec <ns> unshare --uts`, after setting its own hostname, so torchrun, gloo and
-Loom's own messages name a different host per node, as on a cluster. Needs root and iproute2 (CI runs as root);
-`NetnsUnavailable` carries the exact reason otherwise, for the tests to skip with.
+Each command runs in its host's network namespace with a hostname of its own and a hosts file naming every host,
+so torchrun, gloo, Slurm and Loom's own messages name a different host per node, as on a cluster. Needs root and
+iproute2 (CI runs as root); `NetnsUnavailable` carries the exact reason otherwise, for the tests to skip with.
 """
 
 from __future__ import annotations
@@ -48,6 +48,11 @@ class Hosts:
     def address(self, i: int) -> str:
         return f"10.{self.net}.0.{i + 1}"
 
+    @property
+    def gateway(self) -> str:
+        """The root namespace's address on the hosts' network (a controller outside the hosts listens there)."""
+        return f"10.{self.net}.0.254"
+
     def _veth(self, i: int) -> str:
         return f"lv{self.tag}n{i}"  # the host side of node i's link (<= 15 characters)
 
@@ -58,8 +63,8 @@ class Hosts:
     def start(self) -> "Hosts":
         if os.geteuid() != 0:
             raise NetnsUnavailable("network namespaces need root (ip netns add); run the tests as root")
-        if not shutil.which("ip") or not shutil.which("unshare"):
-            raise NetnsUnavailable("`ip` (iproute2) and `unshare` (util-linux) are needed: apt-get install iproute2")
+        if not all(shutil.which(tool) for tool in ("ip", "unshare", "nsenter")):
+            raise NetnsUnavailable("`ip` (iproute2), `unshare` and `nsenter` (util-linux) are needed")
         self.stop()  # leftovers of a killed test run with the same tag
         probe = _ip("netns", "add", self.namespace(0), check=False)
         if probe.returncode != 0:
@@ -67,6 +72,7 @@ class Hosts:
         try:
             _ip("link", "add", self._bridge, "type", "bridge")
             _ip("link", "set", self._bridge, "up")
+            _ip("addr", "add", f"{self.gateway}/24", "dev", self._bridge)
             for i in range(self.n):
                 ns = self.namespace(i)
                 if i:
@@ -84,17 +90,22 @@ class Hosts:
         return self
 
     def _write_hosts_files(self) -> None:
-        """Names resolve as on a cluster: `ip netns exec` mounts /etc/netns/<ns>/hosts over /etc/hosts."""
-        lines = ["127.0.0.1 localhost"] + [f"{self.address(i)} {self.hostname(i)}" for i in range(self.n)]
+        """Names resolve as on a cluster: each host's commands see /etc/netns/<ns>/hosts as /etc/hosts."""
+        lines = ["127.0.0.1 localhost", f"{self.gateway} gateway"]
+        lines += [f"{self.address(i)} {self.hostname(i)}" for i in range(self.n)]
         for i in range(self.n):
             directory = Path("/etc/netns") / self.namespace(i)
             directory.mkdir(parents=True, exist_ok=True)
             (directory / "hosts").write_text("\n".join(lines) + "\n")
 
     def command(self, i: int, argv: list[str]) -> list[str]:
-        """`argv` as run on host i: in its namespace, under its own hostname."""
-        script = f'hostname {self.hostname(i)} && exec "$@"'
-        return ["ip", "netns", "exec", self.namespace(i), "unshare", "--uts", "sh", "-c", script, "sh", *argv]
+        """`argv` as run on host i: in its network namespace, under its own hostname, with the hosts file naming
+        every host. Not `ip netns exec`, which remounts /sys and so hides the cgroup hierarchy slurmd needs: the
+        network namespace is entered alone, then a private mount namespace gets the hosts file."""
+        hosts_file = Path("/etc/netns") / self.namespace(i) / "hosts"
+        script = f'mount --bind {hosts_file} /etc/hosts && hostname {self.hostname(i)} && exec "$@"'
+        enter = ["nsenter", f"--net=/run/netns/{self.namespace(i)}", "unshare", "--mount", "--uts"]
+        return [*enter, "sh", "-c", script, "sh", *argv]
 
     def popen(self, i: int, argv: list[str], *, log: Path, env: Optional[dict] = None, cwd=None) -> subprocess.Popen:
         """Start `argv` on host i in a session of its own (so kill(i) reaches all its processes), output to `log`."""
