@@ -4,8 +4,9 @@
 the layout (resumed from its newest good checkpoint), the callbacks, then the loop. The layout matters in one
 place only: `build_train_module` picks the train module (launcher/train_modules/), which owns the model parts,
 optimizers, lr schedules, the step, the held-out loss and the state to checkpoint. The loop's periodic work
-(logged figures, held-out loss, text sample, checkpoints) is callbacks (launcher/callbacks/), built from the config
-in one list; the loop trains and calls them at the end of every step. Everything else is a small module of its own
+(logged figures, held-out loss, text sample, checkpoints, loss spikes, layer health) is callbacks
+(launcher/callbacks/), built from the config in one list; the loop trains and calls them at the end of every step
+(and, when a loss spike asks for it, rolls back to the last checkpoint). Everything else is a small module of its own
 (data, checkpoint, metrics, distributed, preemption).
 
 The host never waits for the device inside a step: loss and gradient norm stay device tensors, read only at log
@@ -72,6 +73,7 @@ def train(plan: RunPlan, config: dict[str, Any], stop: Optional[StopRequest] = N
         seed=cfg.data.seed if cfg.data.seed is not None else t.seed,
         document_mask_eos_id=cfg.model.document_mask_eos_id,
         batch_schedule=plan.batch_schedule,
+        skip_samples=cfg.data.skip_samples,
     )
     loader = data.batches
 
@@ -134,6 +136,10 @@ def train(plan: RunPlan, config: dict[str, Any], stop: Optional[StopRequest] = N
         callbacks.step_end(ctx, step, out)  # figures into ctx.record; a checkpoint asked for
         if ctx.record:
             callbacks.log_metrics(ctx, step, ctx.record)
+        if ctx.rollback is not None:  # a loss spike under trainer.spike.action=rollback (launcher/spikes.py)
+            with speed.paused():
+                step = ctx.rollback()  # the last checkpoint's step: the loop goes on after it
+            continue
         if ctx.save_requested:
             with speed.paused():  # checkpoints stay out of the throughput figures
                 callbacks.save(ctx, step)

@@ -11,6 +11,9 @@ text sample, a checkpoint) is a `Callback` in a file of its own, built from the 
 2. `log_metrics(ctx, step, record)` when the step has figures: the sinks write them.
 3. `on_save(ctx, step)` when a save was requested, outside the tokens/s clock: the checkpoint is written.
 
+Instead of 3., a callback may ask for a roll back (`ctx.request_rollback(reload)`, trainer.spike.action=rollback):
+the loop calls `reload()`, which restores the last checkpoint and returns its step, and continues after it.
+
 Around the loop: `on_train_start(ctx)` after the model is built (and resumed) and `on_train_end(ctx)` after the
 last step. Every rank runs every hook (evaluation, sampling and saving are collectives); rank-0-only work checks
 `ctx.env.is_main`. Work that evaluates or samples runs inside `ctx.paused()`, so it stays out of tokens/s.
@@ -24,7 +27,7 @@ from __future__ import annotations
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Callable, Optional
 
 if TYPE_CHECKING:
     from launcher.checkpoint import Checkpointer
@@ -58,6 +61,7 @@ class TrainContext:
     stopping: bool = False  # the ranks agreed to stop after this step (a stop signal)
     record: dict[str, Any] = field(default_factory=dict)  # the step's figures to log, in the order added
     save_requested: bool = False
+    rollback: Optional[Callable[[], int]] = None  # asked for by a callback: reloads a checkpoint, returns its step
     _finite_until: int = -1
 
     @property
@@ -68,6 +72,7 @@ class TrainContext:
         self.step, self.lr, self.last, self.stopping = step, lr, last, stopping
         self.record = {}
         self.save_requested = False
+        self.rollback = None
 
     def require_finite(self) -> None:
         """Stop the run (NonFiniteError on every rank) if a step since the last check had a non-finite loss or
@@ -79,6 +84,11 @@ class TrainContext:
 
     def request_save(self) -> None:
         self.save_requested = True
+
+    def request_rollback(self, reload: Callable[[], int]) -> None:
+        """After this step's figures are logged, the loop calls `reload` (instead of saving) and goes on after
+        the step it returns."""
+        self.rollback = reload
 
     def paused(self):
         """A context in which time does not count towards tokens/s (evaluation, sampling, saving)."""

@@ -64,6 +64,8 @@ class PipelineTrainModule(TrainModule):
             local = loss.detach().float().to(self.env.device) * self.dims.pp
         if self.skip_if_not_finite(local, grad_norm):
             return StepOutput(local, grad_norm, skipped=True)
+        if self.spike_drops_update(local, grad_norm):
+            return StepOutput(local, grad_norm)
         self.optimizers.step()
         self.optimizers.zero_grad()
         self.schedulers.step()

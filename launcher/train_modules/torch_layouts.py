@@ -49,6 +49,10 @@ class TorchTrainModule(TrainModule):
         grad_norm = clip_grad_norm_(self.model.parameters(), max_grad_norm(self.cfg.optim.grad_clip))
         if self.scaler is None and self.skip_if_not_finite(loss, grad_norm):
             return StepOutput(loss, grad_norm.detach(), extra, skipped=True)
+        if self.spike_drops_update(loss, grad_norm):
+            if self.scaler is not None:
+                self.scaler.update()  # closes the step the scaler unscaled (its scale is kept)
+            return StepOutput(loss, grad_norm.detach(), extra)
         if self.scaler is not None:
             for optimizer in self.optimizers.optimizers:
                 self.scaler.step(optimizer)
