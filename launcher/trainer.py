@@ -126,6 +126,7 @@ def train(plan: RunPlan, config: dict[str, Any], stop: Optional[StopRequest] = N
     speed.reset()
     while step < t.max_steps:
         step += 1
+        callbacks.step_start(ctx, step)  # e.g. per-layer health arms its probes on log steps
         lr = module.lr
         batch = to_device(loader.next_batch(), env.device)
         out = module.train_step(batch[:, :-1], batch[:, 1:])

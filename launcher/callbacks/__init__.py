@@ -6,6 +6,7 @@ from __future__ import annotations
 from launcher.callbacks.base import Callback, Callbacks, TrainContext
 from launcher.callbacks.checkpointing import Checkpointing
 from launcher.callbacks.downstream_eval import DownstreamEval
+from launcher.callbacks.layer_health import LayerHealthLogging
 from launcher.callbacks.metrics_logging import MetricsLogging
 from launcher.callbacks.spike_handling import SpikeHandling
 from launcher.callbacks.text_sample import TextSample
@@ -16,10 +17,11 @@ __all__ = ["CALLBACKS", "Callback", "Callbacks", "TrainContext", "build_callback
 
 # In the order their step-end work runs. Checkpointing first: at a save step it checks that the step is finite
 # before anything evaluates or logs it. The training figures before the held-out loss and the sample, so a logged
-# record reads loss, lr, ..., spike/*, val_loss, val_ppl, eval/<task>/<metric>, sample.
+# record reads loss, lr, ..., layer_*/<group>, spike/*, val_loss, val_ppl, eval/<task>/<metric>, sample.
 CALLBACKS: tuple[type[Callback], ...] = (
     Checkpointing,
     MetricsLogging,
+    LayerHealthLogging,
     SpikeHandling,
     ValidationLoss,
     DownstreamEval,

@@ -2,7 +2,8 @@
 
 The loop in launcher/trainer.py trains; everything it does every so often (log the figures, the held-out loss, a
 text sample, a checkpoint) is a `Callback` in a file of its own, built from the config in one list
-(launcher/callbacks/__init__.py). At the end of every step the loop calls, in this order:
+(launcher/callbacks/__init__.py). Before every step the loop calls `on_step_start(ctx, step)` (a callback that
+measures inside the step arms its probes there); at the end of every step, in this order:
 
 1. `on_step_end(ctx, step, out)` on every callback, in the list's order: periodic work. Figures to log go into
    `ctx.record`; a callback that logs or keeps the step's results calls `ctx.require_finite()` first (the run
@@ -106,6 +107,9 @@ class Callback:
     def on_train_start(self, ctx: TrainContext) -> None:
         pass
 
+    def on_step_start(self, ctx: TrainContext, step: int) -> None:
+        pass
+
     def on_step_end(self, ctx: TrainContext, step: int, out: StepOutput) -> None:
         pass
 
@@ -131,6 +135,10 @@ class Callbacks:
     def train_start(self, ctx: TrainContext) -> None:
         for callback in self.callbacks:
             callback.on_train_start(ctx)
+
+    def step_start(self, ctx: TrainContext, step: int) -> None:
+        for callback in self.callbacks:
+            callback.on_step_start(ctx, step)
 
     def step_end(self, ctx: TrainContext, step: int, out: StepOutput) -> None:
         for callback in self.callbacks:

@@ -51,6 +51,7 @@ class PipelineTrainModule(TrainModule):
     def train_step(self, inputs: torch.Tensor, labels: torch.Tensor) -> StepOutput:
         with loss_context(self.dims), autocast(self.cfg.trainer.precision, self.env.device):
             loss: Optional[torch.Tensor] = self.pipeline.step(inputs, labels)
+        self.measure_layer_gradients()
         grad_norm = clip_grad_norm_(
             [p for part in self.model_parts for p in part.parameters()],
             max_grad_norm(self.cfg.optim.grad_clip),
@@ -66,7 +67,8 @@ class PipelineTrainModule(TrainModule):
             return StepOutput(local, grad_norm, skipped=True)
         if self.spike_drops_update(local, grad_norm):
             return StepOutput(local, grad_norm)
-        self.optimizers.step()
+        with self.measuring_layer_update():
+            self.optimizers.step()
         self.optimizers.zero_grad()
         self.schedulers.step()
         extra: dict[str, torch.Tensor] = {}
