@@ -41,6 +41,12 @@ MORE_BAD_CONFIGS = [
     ("tp_on_one_process", ["parallel.tp=2"], "world size"),
     ("empty_micro_batch", ["trainer.micro_batch_size=0"], "trainer.micro_batch_size"),
     ("pp_stages_per_rank", ["parallel=pp", "parallel.pp_stages_per_rank=2"], "parallel.pp_stages_per_rank"),
+    ("bad_spike_action", ["trainer.spike.action=panic"], "trainer.spike.action"),
+    ("spike_window_too_short", ["trainer.spike.action=log", "trainer.spike.window=1"], "trainer.spike.window"),
+    ("spike_z_not_positive", ["trainer.spike.z=0"], "trainer.spike.z"),
+    ("spike_under_deepspeed", ["parallel=zero2", "trainer.spike.action=skip"], "trainer.spike.action=skip"),
+    ("layer_health_under_deepspeed", ["parallel=zero2", "trainer.layer_health=true"], "trainer.layer_health"),
+    ("skip_samples_not_a_range", ["data.skip_samples=[[8,4]]"], "data.skip_samples"),
 ]
 
 
