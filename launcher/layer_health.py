@@ -14,7 +14,8 @@ The parameters fall into groups: `embed` (token and position embeddings), `layer
 Norms are global (parallel.grouped_squared_norms: DTensor shards made whole, pipeline stages summed), the max
 logit a max and the entropy a mean over all ranks, so every layout logs the single process's figures. Under
 context parallel the attention kernel is replaced and under parallel.compile the model's forward is compiled, so
-there the max logit and the router entropy are not measured (the norms still are).
+there the max logit and the router entropy are not measured (the norms still are); under pipeline parallel not
+on the run's first step either, whose forwards include the schedule's shape inference on uninitialised tensors.
 """
 
 from __future__ import annotations
@@ -84,13 +85,13 @@ class LayerHealth:
         self._update_sq: Optional[torch.Tensor] = None
         self._weight_sq: Optional[torch.Tensor] = None
 
-    def arm(self, on: bool) -> None:
-        """Measure the next step (True) or nothing (False); turns the model's forward probes on or off."""
+    def arm(self, on: bool, forward: bool = True) -> None:
+        """Measure the next step (True) or nothing (False); `forward`: with the model's forward probes too."""
         self.armed = on
         for _, attention in self.attention:
-            attention.measure_max_logit, attention.max_logit = on, None
+            attention.measure_max_logit, attention.max_logit = on and forward, None
         for _, moe in self.moes:
-            moe.measure_router_entropy, moe.router_entropy = on, None
+            moe.measure_router_entropy, moe.router_entropy = on and forward, None
         self._grad_sq = self._update_sq = self._weight_sq = None
 
     def _norms(self, tensors: list[list[torch.Tensor]]) -> torch.Tensor:

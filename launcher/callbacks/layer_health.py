@@ -27,7 +27,9 @@ class LayerHealthLogging(Callback):
         ctx.module.layer_health = LayerHealth(ctx.module, measure_forward, pp_group)
 
     def on_step_start(self, ctx: TrainContext, step: int) -> None:
-        ctx.module.layer_health.arm(step % self.log_every == 0 or step == self.max_steps)
+        # A pipeline's first step also runs its stages on uninitialised tensors (shape inference): no forward probes.
+        forward = ctx.plan.dims.pp == 1 or step > ctx.start_step + 1
+        ctx.module.layer_health.arm(step % self.log_every == 0 or step == self.max_steps, forward)
 
     def on_step_end(self, ctx: TrainContext, step: int, out: StepOutput) -> None:
         probe = ctx.module.layer_health
