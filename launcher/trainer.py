@@ -11,7 +11,8 @@ optimizers, lr schedules, the step, the held-out loss and the state to checkpoin
 
 The host never waits for the device inside a step: loss and gradient norm stay device tensors, read only at log
 steps; the batch is copied from pinned memory on CUDA; ranks agree to stop through an asynchronous CPU all-reduce
-(launcher/preemption.py).
+(launcher/preemption.py). Two options read them every step by choice: trainer.skip_nonfinite_steps and
+trainer.spike (launcher/spikes.py), which must judge a step before its update.
 """
 
 from __future__ import annotations

@@ -47,3 +47,26 @@ def test_skipped_samples_jump_to_the_end_of_every_range_reached():
     assert [skipped.past(p) for p in (0, 8, 12, 16, 24)] == [0, 24, 24, 24, 24]
     skipped.add(8, 16)
     assert skipped.state() == [[8, 16], [16, 24]]
+
+
+def test_token_batches_jump_over_skipped_samples_and_keep_them_through_a_resume(tmp_path):
+    from data_pipeline.formats import PackedDataset
+    from data_pipeline.synthetic import write_arithmetic_shards
+    from launcher.data import TokenBatches
+
+    dataset = PackedDataset(write_arithmetic_shards(tmp_path, "test-arith"))
+
+    def batches(**extra) -> TokenBatches:
+        return TokenBatches(
+            dataset, seq_len=32, global_batch=8, dp_rank=0, dp_degree=1, seed=1, val_fraction=0.01, **extra
+        )
+
+    plain, skipping = batches(), batches(skip_samples=[[8, 16]])
+    first, _, third = plain.next_batch(), plain.next_batch(), plain.next_batch()
+    assert skipping.next_batch().equal(first) and skipping.last_batch == (0, 8)
+    assert skipping.next_batch().equal(third) and skipping.last_batch == (16, 24)
+    state = skipping.state_dict()
+    assert state["skipped"] == [[8, 16]]
+    resumed = batches(skip_samples=[[40, 48]])  # a resume keeps the checkpoint's ranges and adds its own
+    resumed.load_state_dict(state)
+    assert resumed.samples == 24 and resumed.skipped.state() == [[8, 16], [40, 48]]
