@@ -168,6 +168,11 @@ class TokenBatches:
         while True:
             yield self.next_batch()
 
+    def token_offsets(self, start: int, end: int) -> list[int]:
+        """Where samples [start, end) of the stream begin in the shards' token stream (each reads seq_len + 1
+        tokens from there): how a logged sample range leads back to its documents."""
+        return [self._window(position) * self.seq_len for position in range(start, end)]
+
     def fingerprint(self) -> str:
         """What identifies the data: the shards' fingerprint (names, headers and content hashes)."""
         return f"packed:{self.dataset.fingerprint()}"

@@ -23,7 +23,9 @@ default). Actions:
 
 Every event joins the step's logged record (metrics.jsonl, wandb) as spike/* keys: which figure spiked, its value
 and threshold, the window's mean, the action taken and the batch's [sample_start, sample_end) in the sample stream,
-the numbers data.skip_samples takes to skip those documents in another run.
+the numbers data.skip_samples takes to skip those documents in another run; with packed shards, metrics.jsonl
+also lists where each of the batch's samples starts in the shards' token stream (`spike/token_offsets`), which
+leads to the documents.
 """
 
 from __future__ import annotations
@@ -118,7 +120,9 @@ class SpikeGuard:
         self.detector.forget_after(step)
 
 
-def event_record(flags: dict[str, Flag], action: str, batch: tuple[int, int], count: int) -> dict[str, Any]:
+def event_record(
+    flags: dict[str, Flag], action: str, batch: tuple[int, int], count: int, token_offsets: Optional[list[int]] = None
+) -> dict[str, Any]:
     """The spike/* figures of one event, for the step's logged record (wandb takes the numbers)."""
     record: dict[str, Any] = {"spike/count": count}
     for name, flag in flags.items():
@@ -128,6 +132,8 @@ def event_record(flags: dict[str, Flag], action: str, batch: tuple[int, int], co
     record["spike/action"] = action
     record["spike/update_dropped"] = int(action in ("skip", "rollback"))
     record["spike/sample_start"], record["spike/sample_end"] = batch
+    if token_offsets is not None:  # metrics.jsonl only: wandb takes numbers
+        record["spike/token_offsets"] = token_offsets
     return record
 
 

@@ -38,7 +38,9 @@ class SpikeHandling(Callback):
                 why = "the ranks are stopping" if ctx.stopping else "no checkpoint saved yet"
                 log.warning("step %d: loss spike, not rolled back (%s): its update was dropped instead", step, why)
                 action = "skip"
-        batch = ctx.data.batches.last_batch
+        batches = ctx.data.batches
+        batch = batches.last_batch
+        offsets = batches.token_offsets(*batch) if hasattr(batches, "token_offsets") else None  # packed shards
         log.warning(
             "step %d: loss spike (%s), samples [%d, %d): %s",
             step,
@@ -46,7 +48,7 @@ class SpikeHandling(Callback):
             *batch,
             {"log": "logged only", "skip": "update dropped", "rollback": "rolling back"}[action],
         )
-        ctx.record.update(event_record(flags, action, batch, self.guard.events))
+        ctx.record.update(event_record(flags, action, batch, self.guard.events, offsets))
         if action == "rollback":
             ctx.request_rollback(lambda: self._roll_back(ctx))
 

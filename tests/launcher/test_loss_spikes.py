@@ -18,7 +18,9 @@ from pathlib import Path
 import pytest
 import torch
 from launcher_testing import launch, run_train, tiny_overrides
-from planted_data import planted_batch_shards
+from planted_data import PLANTED_TOKEN, planted_batch_shards
+
+from data_pipeline.formats import PackedDataset
 
 SPIKE_STEP, BATCH = 40, 8
 SPIKE_SAMPLES = [(SPIKE_STEP - 1) * BATCH, SPIKE_STEP * BATCH]  # [start, end) of step 40's batch in the stream
@@ -76,6 +78,9 @@ def test_skip_flags_only_the_planted_step_and_drops_its_update(planted, never_sa
     assert [event["spike/sample_start"], event["spike/sample_end"]] == SPIKE_SAMPLES
     assert event["spike/action"] == "skip" and event["spike/update_dropped"] == 1
     assert event["spike/grad_norm"] > event["spike/grad_norm_threshold"]
+    planted_data = PackedDataset(planted)  # the offsets lead to the planted samples
+    assert len(event["spike/token_offsets"]) == BATCH
+    assert all((planted_data.read(o, 33) == PLANTED_TOKEN).all() for o in event["spike/token_offsets"])
     assert_same_weights(final_weights(run_dir), never_saw_it)
 
 
