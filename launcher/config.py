@@ -26,6 +26,7 @@ SCHEDULES = ("cosine", "wsd", "constant")
 DECAY_SHAPES = ("linear", "cosine", "sqrt")
 DEVICES = ("auto", "cpu", "cuda")
 RESUME_MODES = ("auto", "never")
+SPIKE_ACTIONS = ("off", "log", "skip", "rollback")  # launcher/spikes.py
 WANDB_MODES = ("auto", "online", "offline", "disabled")
 ESTIMATE_FORMATS = ("table", "json")
 
@@ -38,6 +39,9 @@ class DataConfig:
     seq_len: int = 128  # tokens per training sequence (each sample reads seq_len + 1 tokens)
     val_fraction: float = 0.05  # tail of the token stream held out for evaluation
     seed: Optional[int] = None  # shuffle seed; None: trainer.seed
+    # [start, end) ranges of the sample stream never trained on (e.g. a batch a loss spike flagged: its
+    # spike/sample_start and spike/sample_end); reaching a range's start, the data jumps to its end.
+    skip_samples: list[list[int]] = field(default_factory=list)
 
 
 @dataclass
@@ -74,6 +78,17 @@ class BatchRampConfig:
 
 
 @dataclass
+class SpikeConfig:
+    """Loss-spike handling (launcher/spikes.py): a step is a spike when its loss or gradient norm exceeds the mean
+    plus z standard deviations of the last `window` unflagged steps."""
+
+    action: str = "off"  # SPIKE_ACTIONS: off | log (record it) | skip (drop its update) | rollback (to a checkpoint)
+    window: int = 50  # steps in the running mean and standard deviation; no step is flagged before it is full
+    z: float = 6.0  # standard deviations above the running mean that flag a spike
+    grad_norm: bool = True  # watch the gradient norm too (before clipping), not only the loss
+
+
+@dataclass
 class TrainerConfig:
     name: str = "loom"  # run name: the default run dir is outputs/<name>-<timestamp or job id>
     # Decided once for all ranks (launcher/run_dir.py); under Hydra multirun each job gets <sweep dir>/<job number>.
@@ -106,6 +121,9 @@ class TrainerConfig:
     # No rank progresses this long: stacks dumped, the stalled rank named, exit (None: 0.8 x dist_timeout_s; 0: off).
     hang_timeout_s: Optional[int] = None
     skip_nonfinite_steps: int = 0  # drop the update of up to N non-finite steps (a host sync per step); 0: stop
+    spike: SpikeConfig = field(default_factory=SpikeConfig)  # loss-spike detection and handling (default: off)
+    # Per-layer-group gradient norms, update/weight ratios, max attention logits and MoE router entropy at log steps
+    layer_health: bool = False
     progress_bar: bool = True  # a tqdm bar on rank 0
 
     def __post_init__(self) -> None:
@@ -182,6 +200,7 @@ CHOICES = {
     "schedule.decay_shape": DECAY_SHAPES,
     "trainer.device": DEVICES,
     "trainer.resume": RESUME_MODES,
+    "trainer.spike.action": SPIKE_ACTIONS,
     "logging.wandb.mode": WANDB_MODES,
 }
 

@@ -17,6 +17,10 @@ slice of them, so the ranks are disjoint and their union is exactly what one pro
 global batch. Nothing is dropped or repeated: every window is read exactly once per epoch (a step may end one
 epoch and begin the next). The position is the number of samples read, so a resume at any step continues the
 stream exactly, on any data-parallel layout.
+
+Ranges of the stream can be skipped (`SkippedSamples`: data.skip_samples, and the batches a loss spike rolled
+back, launcher/spikes.py): reaching a range's start, the position jumps to its end. The ranges are part of the
+checkpointed position, so a resumed run never trains on them either.
 """
 
 from __future__ import annotations
@@ -26,7 +30,7 @@ import os
 import shutil
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable, Iterator, Optional, Union
+from typing import Any, Callable, Iterable, Iterator, Optional, Union
 
 import numpy as np
 import torch
@@ -70,6 +74,32 @@ def open_dataset(data_dir: Path, vocab_size: int) -> PackedDataset:
     return dataset
 
 
+class SkippedSamples:
+    """[start, end) ranges of the sample stream never trained on. Kept sorted; `past(p)` is the first position at
+    or after p outside every range."""
+
+    def __init__(self, ranges: Iterable[Iterable[int]] = ()) -> None:
+        self.ranges: list[tuple[int, int]] = []
+        for start, end in ranges:
+            self.add(start, end)
+
+    def add(self, start: int, end: int) -> None:
+        if (int(start), int(end)) not in self.ranges:
+            self.ranges = sorted([*self.ranges, (int(start), int(end))])
+
+    def covers(self, position: int) -> bool:
+        return any(start <= position < end for start, end in self.ranges)
+
+    def past(self, position: int) -> int:
+        for start, end in self.ranges:  # sorted: a jump lands before any later range's start or inside it
+            if start <= position < end:
+                position = end
+        return position
+
+    def state(self) -> list[list[int]]:
+        return [[start, end] for start, end in self.ranges]
+
+
 class TokenBatches:
     """Per-rank training batches [local batch, seq_len + 1] with a checkpointable position."""
 
@@ -84,9 +114,12 @@ class TokenBatches:
         seed: int,
         val_fraction: float,
         batch_schedule: Optional[GlobalBatchSchedule] = None,
+        skip_samples: Iterable[Iterable[int]] = (),
     ) -> None:
         self.schedule = batch_schedule or GlobalBatchSchedule(global_batch, seq_len)
         _check_divisible(self.schedule, dp_degree)
+        self.skipped = SkippedSamples(skip_samples)
+        self.last_batch = (0, 0)  # [start, end) of the global batch the last next_batch read, in the sample stream
         self.dataset = dataset
         self.seq_len = seq_len
         self.global_batch = self.schedule.at(0)  # the batch of the next step (the last one read, after a step)
@@ -119,7 +152,9 @@ class TokenBatches:
         return int(self._orders[epoch][index])
 
     def next_batch(self) -> torch.Tensor:
+        self.samples = self.skipped.past(self.samples)
         self.global_batch = self.schedule.at(self.samples)
+        self.last_batch = (self.samples, self.samples + self.global_batch)
         local = self.global_batch // self.dp_degree
         first = self.samples + self.dp_rank * local
         positions = np.arange(first, first + local, dtype=np.int64)
@@ -133,6 +168,11 @@ class TokenBatches:
         while True:
             yield self.next_batch()
 
+    def token_offsets(self, start: int, end: int) -> list[int]:
+        """Where samples [start, end) of the stream begin in the shards' token stream (each reads seq_len + 1
+        tokens from there): how a logged sample range leads back to its documents."""
+        return [self._window(position) * self.seq_len for position in range(start, end)]
+
     def fingerprint(self) -> str:
         """What identifies the data: the shards' fingerprint (names, headers and content hashes)."""
         return f"packed:{self.dataset.fingerprint()}"
@@ -145,6 +185,7 @@ class TokenBatches:
             "seed": self.seed,
             "seq_len": self.seq_len,
             "n_windows": self.n_windows,
+            "skipped": self.skipped.state(),
         }
 
     def load_state_dict(self, state: dict[str, int]) -> None:
@@ -157,6 +198,8 @@ class TokenBatches:
         )
         self.samples = int(state["epoch"]) * self.n_windows + int(state["samples_in_epoch"])
         self.global_batch = self.schedule.at(self.samples)
+        for start, end in state.get("skipped", []):  # joined with this run's: a roll back keeps the newer ones
+            self.skipped.add(start, end)
 
     # ------------------------------------------------------------------------------------------ evaluation
     def eval_batches(self, n_sequences: int, micro_batch: int) -> list[torch.Tensor]:
@@ -234,9 +277,12 @@ class SyntheticBatches:
         dp_degree: int,
         seed: int,
         batch_schedule: Optional[GlobalBatchSchedule] = None,
+        skip_samples: Iterable[Iterable[int]] = (),
     ) -> None:
         self.schedule = batch_schedule or GlobalBatchSchedule(global_batch, seq_len)
         _check_divisible(self.schedule, dp_degree)
+        self.skipped = SkippedSamples(skip_samples)
+        self.last_batch = (0, 0)  # [start, end) of the global batch the last next_batch drew
         self.vocab_size, self.seq_len, self.seed = vocab_size, seq_len, seed
         self.global_batch = self.schedule.at(0)
         self.dp_rank, self.dp_degree = dp_rank, dp_degree
@@ -248,7 +294,11 @@ class SyntheticBatches:
         return rng.integers(0, self.vocab_size, size=self.seq_len + 1, dtype=np.int64)
 
     def next_batch(self) -> torch.Tensor:
+        while self.skipped.covers(self.samples):  # rows are keyed by step: a skipped range is skipped batch-wise
+            self.samples += self.schedule.at(self.samples)
+            self.step += 1
         self.global_batch = self.schedule.at(self.samples)
+        self.last_batch = (self.samples, self.samples + self.global_batch)
         local = self.global_batch // self.dp_degree
         first = self.dp_rank * local
         rows = [self._row(self._TRAIN, self.step, i) for i in range(first, first + local)]
@@ -270,6 +320,7 @@ class SyntheticBatches:
             "seed": self.seed,
             "seq_len": self.seq_len,
             "vocab_size": self.vocab_size,
+            "skipped": self.skipped.state(),
         }
 
     def load_state_dict(self, state: dict[str, int]) -> None:
@@ -284,6 +335,8 @@ class SyntheticBatches:
         # Saved before batch ramps: every step read the full global batch.
         self.samples = int(state.get("synthetic_samples", self.step * self.schedule.full))
         self.global_batch = self.schedule.at(self.samples)
+        for start, end in state.get("skipped", []):
+            self.skipped.add(start, end)
 
     source_names: list[str] = []  # random tokens come from no source
 
@@ -335,6 +388,7 @@ def open_training_data(
     seed: int,
     document_mask_eos_id: Optional[int] = None,
     batch_schedule: Optional[GlobalBatchSchedule] = None,
+    skip_samples: Iterable[Iterable[int]] = (),
 ) -> TrainingData:
     """The configured data for this data-parallel rank: packed shards (data=packed or the embedded corpus) or
     synthetic tokens. `document_mask_eos_id` (model.document_mask_eos_id) is checked against the shards;
@@ -348,6 +402,7 @@ def open_training_data(
             dp_degree=dp_degree,
             seed=seed,
             batch_schedule=batch_schedule,
+            skip_samples=skip_samples,
         )
         return TrainingData(batches, tokenizer=None, eos_id=None)
     data_dir = resolve_data_dir(data_cfg)
@@ -363,6 +418,7 @@ def open_training_data(
         seed=seed,
         val_fraction=data_cfg.val_fraction,
         batch_schedule=batch_schedule,
+        skip_samples=skip_samples,
     )
     return TrainingData(batches, load_tokenizer(data_dir), dataset.tokenizer.get("eos_id"))
 

@@ -4,13 +4,15 @@
 the layout (resumed from its newest good checkpoint), the callbacks, then the loop. The layout matters in one
 place only: `build_train_module` picks the train module (launcher/train_modules/), which owns the model parts,
 optimizers, lr schedules, the step, the held-out loss and the state to checkpoint. The loop's periodic work
-(logged figures, held-out loss, text sample, checkpoints) is callbacks (launcher/callbacks/), built from the config
-in one list; the loop trains and calls them at the end of every step. Everything else is a small module of its own
+(logged figures, held-out loss, text sample, checkpoints, loss spikes, layer health) is callbacks
+(launcher/callbacks/), built from the config in one list; the loop trains and calls them at the end of every step
+(and, when a loss spike asks for it, rolls back to the last checkpoint). Everything else is a small module of its own
 (data, checkpoint, metrics, distributed, preemption, the peer watchdog).
 
 The host never waits for the device inside a step: loss and gradient norm stay device tensors, read only at log
 steps; the batch is copied from pinned memory on CUDA; ranks agree to stop through an asynchronous CPU all-reduce
-(launcher/preemption.py).
+(launcher/preemption.py). Two options read them every step by choice: trainer.skip_nonfinite_steps and
+trainer.spike (launcher/spikes.py), which must judge a step before its update.
 """
 
 from __future__ import annotations
@@ -83,6 +85,7 @@ def _train(plan: RunPlan, config: dict[str, Any], stop: StopRequest, env: DistEn
         seed=cfg.data.seed if cfg.data.seed is not None else t.seed,
         document_mask_eos_id=cfg.model.document_mask_eos_id,
         batch_schedule=plan.batch_schedule,
+        skip_samples=cfg.data.skip_samples,
     )
     loader = data.batches
 
@@ -135,6 +138,7 @@ def _train(plan: RunPlan, config: dict[str, Any], stop: StopRequest, env: DistEn
     speed.reset()
     while step < t.max_steps:
         step += 1
+        callbacks.step_start(ctx, step)  # e.g. per-layer health arms its probes on log steps
         lr = module.lr
         started = time.perf_counter()
         batch = to_device(loader.next_batch(), env.device)
@@ -147,6 +151,10 @@ def _train(plan: RunPlan, config: dict[str, Any], stop: StopRequest, env: DistEn
         callbacks.step_end(ctx, step, out)  # figures into ctx.record; a checkpoint asked for
         if ctx.record:
             callbacks.log_metrics(ctx, step, ctx.record)
+        if ctx.rollback is not None:  # a loss spike under trainer.spike.action=rollback (launcher/spikes.py)
+            with ctx.paused():
+                step = ctx.rollback()  # the last checkpoint's step: the loop goes on after it
+            continue
         if ctx.save_requested:
             with ctx.paused():  # checkpoints stay out of the throughput figures
                 callbacks.save(ctx, step)

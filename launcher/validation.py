@@ -133,6 +133,12 @@ def _check_trainer(cfg: TrainConfig) -> None:
             "trainer.skip_nonfinite_steps needs a torch layout: DeepSpeed's engine owns the step (its "
             "fp16 loss scaler skips overflowing steps itself); set it to 0"
         )
+    _check_spike(cfg)
+    if t.layer_health and cfg.parallel.engine == "deepspeed":
+        raise ConfigError(
+            "trainer.layer_health needs a torch layout: DeepSpeed's engine keeps gradients and the update in its "
+            "own partitioned buffers; set trainer.layer_health=false"
+        )
     if not t.run_dir:
         raise ConfigError("trainer.run_dir is empty: give a directory, or leave the default (outputs/<name>-<id>)")
 
@@ -168,6 +174,19 @@ def _check_watchdog(t) -> None:
         raise ConfigError(
             "trainer.hang_timeout_s needs the watchdog's heartbeats: set trainer.peer_timeout_s > 0, or "
             "trainer.hang_timeout_s=0"
+        )
+
+
+def _check_spike(cfg: TrainConfig) -> None:
+    s = cfg.trainer.spike
+    if s.window < 2:
+        raise ConfigError(f"trainer.spike.window={s.window} must be >= 2 (steps in the running mean and deviation)")
+    if s.z <= 0:
+        raise ConfigError(f"trainer.spike.z={s.z} must be positive (standard deviations above the running mean)")
+    if s.action != "off" and cfg.parallel.engine == "deepspeed":
+        raise ConfigError(
+            f"trainer.spike.action={s.action} needs a torch layout: DeepSpeed's engine owns the step, so the update "
+            f"cannot be judged before it is applied; set trainer.spike.action=off"
         )
 
 
@@ -215,6 +234,12 @@ def _check_data(cfg: TrainConfig) -> None:
         )
     if not 0.0 < d.val_fraction < 1.0:
         raise ConfigError(f"data.val_fraction={d.val_fraction} must be in (0, 1)")
+    for entry in d.skip_samples:
+        if len(entry) != 2 or not 0 <= entry[0] < entry[1]:
+            raise ConfigError(
+                f"data.skip_samples entry {list(entry)} must be [start, end) with 0 <= start < end (sample "
+                f"positions, as spike/sample_start and spike/sample_end log them)"
+            )
     if d.name == "packed":
         if not d.path:
             raise ConfigError("data=packed needs data.path=<directory of packed shards> (it is null)")

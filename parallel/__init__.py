@@ -15,6 +15,7 @@ if TYPE_CHECKING:
     from parallel.api import (  # noqa: F401
         clip_grad_norm_,
         compute_loss,
+        grouped_squared_norms,
         loss_context,
         loss_outside_model,
         parallelize,
@@ -32,6 +33,7 @@ __all__ = [
     "loss_outside_model",
     "scalar_loss",
     "clip_grad_norm_",
+    "grouped_squared_norms",
 ]
 _LAZY = set(__all__) - {"ParallelConfig", "ParallelDims"}
 

@@ -170,21 +170,10 @@ def clip_grad_norm_(parameters, max_norm: float, *, extra_group=None) -> torch.T
     Norms are taken per mesh with torch.nn.utils.get_total_norm, DTensor norms made global with full_tensor(),
     then combined. `extra_group`: a process group whose ranks hold *different* parameters (pipeline stages),
     over which squared norms are summed."""
-    from torch.distributed.tensor import DTensor
-
     grads = [p.grad for p in parameters if p.grad is not None]
     device = grads[0].device if grads else torch.device("cpu")
-    groups: dict = {}
-    for g in grads:
-        key = id(g.device_mesh) if isinstance(g, DTensor) else None
-        groups.setdefault(key, []).append(g)
     # Everything stays on the gradients' device: no host sync in the step, and NCCL can reduce `squared`.
-    squared = torch.zeros((), dtype=torch.float64, device=device)
-    for group in groups.values():
-        norm = torch.nn.utils.get_total_norm(group, norm_type=2.0, foreach=False)
-        if isinstance(norm, DTensor):
-            norm = norm.full_tensor()
-        squared = squared + norm.detach().to(device=device, dtype=torch.float64) ** 2
+    squared = _global_squared_norm(grads, device)
     if extra_group is not None:
         import torch.distributed as dist
 
@@ -196,3 +185,34 @@ def clip_grad_norm_(parameters, max_norm: float, *, extra_group=None) -> torch.T
     for g in grads:
         g.mul_(coef.to(g.dtype))
     return total
+
+
+def _global_squared_norm(tensors: list[torch.Tensor], device: torch.device) -> torch.Tensor:
+    """The squared 2-norm of all `tensors` together as a float64 0-dim tensor on `device`, global over the ranks
+    that share each DTensor (one norm per mesh, made whole with full_tensor(): a collective on that mesh)."""
+    from torch.distributed.tensor import DTensor
+
+    by_mesh: dict = {}
+    for t in tensors:
+        by_mesh.setdefault(id(t.device_mesh) if isinstance(t, DTensor) else None, []).append(t)
+    squared = torch.zeros((), dtype=torch.float64, device=device)
+    for group in by_mesh.values():
+        norm = torch.nn.utils.get_total_norm(group, norm_type=2.0, foreach=False)
+        if isinstance(norm, DTensor):
+            norm = norm.full_tensor()
+        squared = squared + norm.detach().to(device=device, dtype=torch.float64) ** 2
+    return squared
+
+
+@torch.no_grad()
+def grouped_squared_norms(groups: list[list[torch.Tensor]], device: torch.device, *, extra_group=None) -> torch.Tensor:
+    """[len(groups)] float64: the squared global 2-norm of each group of tensors (e.g. the gradients of one
+    transformer block), the same number on every layout, as clip_grad_norm_'s total is. A group may be empty (a
+    pipeline stage holds some blocks only): `extra_group`, the process group whose ranks hold different groups,
+    sums the squares over it. Every rank must pass the same groups in the same order (collectives per mesh)."""
+    squared = torch.stack([_global_squared_norm(group, device) for group in groups])
+    if extra_group is not None:
+        import torch.distributed as dist
+
+        dist.all_reduce(squared, group=extra_group)
+    return squared

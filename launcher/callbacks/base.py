@@ -2,7 +2,8 @@
 
 The loop in launcher/trainer.py trains; everything it does every so often (log the figures, the held-out loss, a
 text sample, a checkpoint) is a `Callback` in a file of its own, built from the config in one list
-(launcher/callbacks/__init__.py). At the end of every step the loop calls, in this order:
+(launcher/callbacks/__init__.py). Before every step the loop calls `on_step_start(ctx, step)` (a callback that
+measures inside the step arms its probes there); at the end of every step, in this order:
 
 1. `on_step_end(ctx, step, out)` on every callback, in the list's order: periodic work. Figures to log go into
    `ctx.record`; a callback that logs or keeps the step's results calls `ctx.require_finite()` first (the run
@@ -10,6 +11,9 @@ text sample, a checkpoint) is a `Callback` in a file of its own, built from the 
    step calls `ctx.request_save()`.
 2. `log_metrics(ctx, step, record)` when the step has figures: the sinks write them.
 3. `on_save(ctx, step)` when a save was requested, outside the tokens/s clock: the checkpoint is written.
+
+Instead of 3., a callback may ask for a roll back (`ctx.request_rollback(reload)`, trainer.spike.action=rollback):
+the loop calls `reload()`, which restores the last checkpoint and returns its step, and continues after it.
 
 Around the loop: `on_train_start(ctx)` after the model is built (and resumed) and `on_train_end(ctx)` after the
 last step. Every rank runs every hook (evaluation, sampling and saving are collectives); rank-0-only work checks
@@ -25,7 +29,7 @@ import contextlib
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Callable, Optional
 
 from launcher.watchdog import note_progress
 
@@ -63,6 +67,7 @@ class TrainContext:
     step_started_at: float = 0.0  # time.perf_counter() when this rank asked for the step's batch
     batch_ready_at: float = 0.0  # ... and when the batch was on its device
     save_requested: bool = False
+    rollback: Optional[Callable[[], int]] = None  # asked for by a callback: reloads a checkpoint, returns its step
     _finite_until: int = -1
 
     @property
@@ -76,6 +81,7 @@ class TrainContext:
         self.step_started_at, self.batch_ready_at = timing
         self.record = {}
         self.save_requested = False
+        self.rollback = None
 
     def require_finite(self) -> None:
         """Stop the run (NonFiniteError on every rank) if a step since the last check had a non-finite loss or
@@ -87,6 +93,11 @@ class TrainContext:
 
     def request_save(self) -> None:
         self.save_requested = True
+
+    def request_rollback(self, reload: Callable[[], int]) -> None:
+        """After this step's figures are logged, the loop calls `reload` (instead of saving) and goes on after
+        the step it returns."""
+        self.rollback = reload
 
     @contextlib.contextmanager
     def paused(self):
@@ -107,6 +118,9 @@ class Callback:
         raise NotImplementedError
 
     def on_train_start(self, ctx: TrainContext) -> None:
+        pass
+
+    def on_step_start(self, ctx: TrainContext, step: int) -> None:
         pass
 
     def on_step_end(self, ctx: TrainContext, step: int, out: StepOutput) -> None:
@@ -134,6 +148,10 @@ class Callbacks:
     def train_start(self, ctx: TrainContext) -> None:
         for callback in self.callbacks:
             callback.on_train_start(ctx)
+
+    def step_start(self, ctx: TrainContext, step: int) -> None:
+        for callback in self.callbacks:
+            callback.on_step_start(ctx, step)
 
     def step_end(self, ctx: TrainContext, step: int, out: StepOutput) -> None:
         for callback in self.callbacks:

@@ -108,6 +108,9 @@ class TrainModule:
     optimizers: Any  # launcher.optim.Optimizers, or the ZeRO engine's adapter
     schedulers: Any  # launcher.schedule.LRSchedulers
     plain_model: Optional[nn.Module] = None  # the Transformer itself, unwrapped (DDP), where one module trains
+    # trainer.spike: judges each step's (loss, gradient norm) before its update; True drops it (launcher/spikes.py)
+    update_gate: Optional[Callable[[torch.Tensor, torch.Tensor], bool]] = None
+    layer_health: Any = None  # trainer.layer_health: a launcher.layer_health.LayerHealth probe, armed at log steps
 
     def __init__(self, plan: RunPlan, env: DistEnv) -> None:
         self.plan, self.env = plan, env
@@ -161,6 +164,29 @@ class TrainModule:
             return False
         self.optimizers.zero_grad()
         self.schedulers.step()
+        return True
+
+    def measure_layer_gradients(self) -> None:
+        """trainer.layer_health at a log step: the per-group gradient norms, called before clipping."""
+        if self.layer_health is not None:
+            self.layer_health.measure_gradients()
+
+    def measuring_layer_update(self):
+        """trainer.layer_health at a log step: around the optimizer step, the per-group update/weight ratios."""
+        return self.layer_health.measuring_update() if self.layer_health is not None else contextlib.nullcontext()
+
+    def spike_drops_update(self, loss: torch.Tensor, grad_norm: torch.Tensor) -> bool:
+        """With trainer.spike on: True (after dropping the gradients, the MoE loads counted and advancing the lr
+        schedule, as for a non-finite step) when the gate flags the step and its action drops updates. Called
+        after the gradients and their global norm, before the optimizer step, on every rank."""
+        if self.update_gate is None or not self.update_gate(loss, grad_norm):
+            return False
+        self.optimizers.zero_grad()
+        self.schedulers.step()
+        for part in self.model_parts:  # this batch's expert loads must not move the balancing biases either
+            for module in part.modules():
+                if hasattr(module, "take_load"):
+                    module.take_load()
         return True
 
     def balance_experts(self, extra: dict[str, torch.Tensor]) -> None:

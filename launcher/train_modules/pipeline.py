@@ -50,6 +50,7 @@ class PipelineTrainModule(TrainModule):
     def train_step(self, inputs: torch.Tensor, labels: torch.Tensor) -> StepOutput:
         with loss_context(self.dims), autocast(self.cfg.trainer.precision, self.env.device):
             loss: Optional[torch.Tensor] = self.pipeline.step(inputs, labels)
+        self.measure_layer_gradients()
         grad_norm = clip_grad_norm_(
             [p for part in self.model_parts for p in part.parameters()],
             max_grad_norm(self.cfg.optim.grad_clip),
@@ -63,7 +64,10 @@ class PipelineTrainModule(TrainModule):
             local = loss.detach().float().to(self.env.device) * self.dims.pp
         if self.skip_if_not_finite(local, grad_norm):
             return StepOutput(local, grad_norm, skipped=True)
-        self.optimizers.step()
+        if self.spike_drops_update(local, grad_norm):
+            return StepOutput(local, grad_norm)
+        with self.measuring_layer_update():
+            self.optimizers.step()
         self.optimizers.zero_grad()
         self.schedulers.step()
         extra: dict[str, torch.Tensor] = {}

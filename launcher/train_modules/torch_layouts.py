@@ -44,17 +44,23 @@ class TorchTrainModule(TrainModule):
         if self.scaler is not None:
             for optimizer in self.optimizers.optimizers:
                 self.scaler.unscale_(optimizer)
+        self.measure_layer_gradients()
         # parallel's clip, not torch's: torch's stacks every norm into one tensor, which fails when gradients live
         # on several meshes or mix plain tensors and DTensors (expert parallel, TP without SP). No host sync.
         grad_norm = clip_grad_norm_(self.model.parameters(), max_grad_norm(self.cfg.optim.grad_clip))
         if self.scaler is None and self.skip_if_not_finite(loss, grad_norm):
             return StepOutput(loss, grad_norm.detach(), extra, skipped=True)
-        if self.scaler is not None:
-            for optimizer in self.optimizers.optimizers:
-                self.scaler.step(optimizer)
-            self.scaler.update()
-        else:
-            self.optimizers.step()
+        if self.spike_drops_update(loss, grad_norm):
+            if self.scaler is not None:
+                self.scaler.update()  # closes the step the scaler unscaled (its scale is kept)
+            return StepOutput(loss, grad_norm.detach(), extra)
+        with self.measuring_layer_update():
+            if self.scaler is not None:
+                for optimizer in self.optimizers.optimizers:
+                    self.scaler.step(optimizer)
+                self.scaler.update()
+            else:
+                self.optimizers.step()
         self.optimizers.zero_grad()
         self.schedulers.step()
         self.balance_experts(extra)

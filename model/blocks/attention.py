@@ -8,6 +8,10 @@ for all layers (model/blocks/attention_masks.py: a boolean mask for SDPA, or a F
 padding and cache decoding build theirs here. A logit softcap needs the scores themselves, which SDPA never
 exposes, so that case is computed explicitly (or by FlexAttention's score_mod).
 
+`ScaledDotProductAttention.measure_max_logit` (set by the launcher at log steps with trainer.layer_health) keeps
+the largest pre-softmax logit q.k * scale over the causal pairs of the forwards since it was last read, computed
+explicitly in query chunks beside the kernel (which never exposes it); nothing is computed while it is off.
+
 Masked SDPA still repeats K/V: CUDA's memory-efficient kernel (the one that takes a mask) refuses grouped heads in
 older torch sources (current main accepts them; 2.11 was not checked), and a refusal means the math kernel, which
 materialises the scores.
@@ -50,6 +54,9 @@ class ScaledDotProductAttention(nn.Module):
     shared out here, so a replacement (ring attention) receives the smaller KV tensors. `masks` ({window: mask},
     model/blocks/attention_masks.py) holds the masks a training forward built once for all layers."""
 
+    measure_max_logit = False  # a plain attribute (not a buffer): the launcher turns it on at log steps
+    max_logit: Optional[torch.Tensor] = None  # the largest logit measured since the reader cleared it (0-dim fp32)
+
     def forward(
         self,
         q: torch.Tensor,
@@ -64,6 +71,8 @@ class ScaledDotProductAttention(nn.Module):
         scale: Optional[float] = None,
         masks: Optional[dict] = None,
     ) -> torch.Tensor:
+        if self.measure_max_logit:
+            self._measure_max_logit(q, k, q_start, q.shape[-1] ** -0.5 if scale is None else scale)
         grouped = q.shape[1] != k.shape[1]
         q_len, k_len = q.shape[2], k.shape[2]
         shared = masks.get(sliding_window) if masks is not None else None
@@ -98,6 +107,23 @@ class ScaledDotProductAttention(nn.Module):
         scores = scores.masked_fill(~mask, float("-inf"))
         probs = torch.softmax(scores, dim=-1, dtype=torch.float32).to(q.dtype)
         return torch.matmul(probs, v)
+
+    @torch.no_grad()
+    def _measure_max_logit(self, q: torch.Tensor, k: torch.Tensor, q_start: int, scale: float) -> None:
+        """Fold max(q.k * scale) over causal (query, key) pairs into `max_logit`, a chunk of queries at a time so
+        at most ~16M scores exist at once. Sliding windows, document masks, ALiBi and softcaps are not applied:
+        it measures how large the raw logits grow."""
+        b, h, t, d = q.shape
+        h_kv, s = k.shape[1], k.shape[2]
+        grouped = q.reshape(b, h_kv, h // h_kv, t, d)  # query heads sharing a KV head are consecutive (repeat_kv)
+        chunk = max(1, 2**24 // max(1, b * h * s))
+        best = torch.full((), float("-inf"), device=q.device)
+        for lo in range(0, t, chunk):
+            scores = torch.einsum("bgrtd,bgsd->bgrts", grouped[:, :, :, lo : lo + chunk].float(), k.float()) * scale
+            queries = torch.arange(lo, min(lo + chunk, t), device=q.device) + q_start
+            causal = torch.arange(s, device=q.device)[None, :] <= queries[:, None]
+            best = torch.maximum(best, scores.masked_fill(~causal, float("-inf")).amax())
+        self.max_logit = best if self.max_logit is None else torch.maximum(self.max_logit, best)
 
 
 class Attention(ProjectionGroups, nn.Module):

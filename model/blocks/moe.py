@@ -83,6 +83,10 @@ class MoE(nn.Module):
         self.aux_loss: Optional[torch.Tensor] = None
         self.router_z_loss: Optional[torch.Tensor] = None
         self.record_losses = True
+        # With `measure_router_entropy` (the launcher sets it at log steps, trainer.layer_health): the sum over
+        # training forwards of the mean entropy (nats) of the tokens' routing distributions, and their count.
+        self.measure_router_entropy = False
+        self.router_entropy: Optional[tuple[torch.Tensor, int]] = None
 
     def reset_buffers(self) -> None:
         if self.expert_bias is not None:
@@ -138,6 +142,16 @@ class MoE(nn.Module):
         return self.num_experts * torch.sum(fraction * probs.mean(dim=0))
 
     @torch.no_grad()
+    def _measure_router_entropy(self, logits: torch.Tensor) -> None:
+        """Add this forward's mean routing entropy (sigmoid scores normalised per token) to `router_entropy`."""
+        probs = self.scores(logits)
+        if self.cfg.score_func == "sigmoid":
+            probs = probs / probs.sum(dim=-1, keepdim=True)
+        entropy = -(probs * probs.clamp_min(1e-30).log()).sum(dim=-1).mean()
+        total, count = self.router_entropy if self.router_entropy is not None else (0.0, 0)
+        self.router_entropy = (entropy + total, count + 1)
+
+    @torch.no_grad()
     def update_expert_bias(self, load: torch.Tensor) -> None:
         """Move the selection bias against the measured load [E] (DeepSeek-V3's rule, kept zero-mean as torchtitan
         does): overloaded experts down by bias_update_rate, underloaded ones up."""
@@ -157,6 +171,8 @@ class MoE(nn.Module):
         router_z_loss = torch.logsumexp(logits, dim=-1).pow(2).mean()
         if self.record_losses:
             self.aux_loss, self.router_z_loss = aux_loss, router_z_loss
+            if self.training and self.measure_router_entropy:
+                self._measure_router_entropy(logits)
             if self.training:
                 counts32 = counts.detach().to(torch.float32)
                 seen = self.tokens_per_expert

@@ -47,6 +47,12 @@ MORE_BAD_CONFIGS = [
     ("peer_timeout_too_short", ["trainer.peer_timeout_s=2"], "trainer.peer_timeout_s=2"),
     ("hang_without_heartbeats", ["trainer.peer_timeout_s=0", "trainer.hang_timeout_s=30"], "trainer.hang_timeout_s"),
     ("negative_peer_timeout", ["trainer.peer_timeout_s=-1"], "trainer.peer_timeout_s=-1"),
+    ("bad_spike_action", ["trainer.spike.action=panic"], "trainer.spike.action"),
+    ("spike_window_too_short", ["trainer.spike.action=log", "trainer.spike.window=1"], "trainer.spike.window"),
+    ("spike_z_not_positive", ["trainer.spike.z=0"], "trainer.spike.z"),
+    ("spike_under_deepspeed", ["parallel=zero2", "trainer.spike.action=skip"], "trainer.spike.action=skip"),
+    ("layer_health_under_deepspeed", ["parallel=zero2", "trainer.layer_health=true"], "trainer.layer_health"),
+    ("skip_samples_not_a_range", ["data.skip_samples=[[8,4]]"], "data.skip_samples"),
 ]
 
 
