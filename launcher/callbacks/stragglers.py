@@ -1,6 +1,7 @@
-"""Stragglers: at every log step of a multi-rank run, each rank's time for the step and for reading its batch,
-gathered, logged as step_time/max_s, step_time/min_s and step_time/slowest_rank, data_time/max_s and
-data_time/slowest_rank, and a warning naming the rank and host when the slowest takes more than 1.5 x the median.
+"""Stragglers: at every log step, each rank's time for the step and for reading its batch, gathered, logged as
+step_time/max_s, step_time/min_s and step_time/slowest_rank, data_time/max_s and data_time/slowest_rank (one
+process logs its own, so every layout logs the same keys), and a warning naming the rank and host when the slowest
+takes more than 1.5 x the median.
 
 What it can see: a rank's own step time runs from asking for its batch to the step's results being ready on its
 device (synchronised at log steps only, where the loss is read anyway). Collectives inside the step make ranks
@@ -36,6 +37,7 @@ class Stragglers(Callback):
         return cls(cfg.trainer.log_every)
 
     def on_train_start(self, ctx: TrainContext) -> None:
+        self.hosts = [socket.gethostname()]  # one process logs the same keys (every layout logs the same figures)
         if ctx.env.distributed and dist.is_initialized():
             self.hosts = [""] * ctx.env.world_size
             dist.all_gather_object(self.hosts, socket.gethostname())
@@ -50,9 +52,12 @@ class Stragglers(Callback):
             dtype=torch.float64,
             device=ctx.env.device,
         )
-        every = [torch.zeros_like(mine) for _ in self.hosts]
-        dist.all_gather(every, mine)
-        times = torch.stack(every).cpu()
+        if len(self.hosts) > 1:
+            every = [torch.zeros_like(mine) for _ in self.hosts]
+            dist.all_gather(every, mine)
+            times = torch.stack(every).cpu()
+        else:
+            times = mine.cpu()[None]
         for column, name in ((0, "step_time"), (1, "data_time")):
             values = times[:, column].tolist()
             slowest = max(range(len(values)), key=values.__getitem__)
@@ -61,7 +66,8 @@ class Stragglers(Callback):
             if name == "step_time":
                 ctx.record[f"{name}/min_s"] = min(values)
             median = statistics.median(values)
-            if ctx.env.is_main and values[slowest] > SLOW_FACTOR * median and values[slowest] > 0.01:
+            slow = values[slowest] > SLOW_FACTOR * median and values[slowest] > 0.01
+            if len(values) > 1 and ctx.env.is_main and slow:
                 log.warning(
                     "straggler at step %d: rank %d on %s took %.3f s for its %s, the median rank %.3f s",
                     step,

@@ -11,6 +11,7 @@ import pytest
 from launcher.callbacks import TrainContext, build_callbacks
 from launcher.callbacks.checkpointing import Checkpointing
 from launcher.callbacks.metrics_logging import MetricsLogging
+from launcher.callbacks.stragglers import Stragglers
 from launcher.callbacks.text_sample import TextSample
 from launcher.callbacks.val_loss import ValidationLoss
 from launcher.config import TrainConfig
@@ -19,9 +20,9 @@ from launcher.config import TrainConfig
 @pytest.mark.parametrize(
     "eval_batches, sample_every, kinds",
     [
-        (4, 0, [Checkpointing, MetricsLogging, ValidationLoss, TextSample]),
-        (0, 0, [Checkpointing, MetricsLogging, TextSample]),
-        (4, -1, [Checkpointing, MetricsLogging, ValidationLoss]),
+        (4, 0, [Checkpointing, MetricsLogging, Stragglers, ValidationLoss, TextSample]),
+        (0, 0, [Checkpointing, MetricsLogging, Stragglers, TextSample]),
+        (4, -1, [Checkpointing, MetricsLogging, Stragglers, ValidationLoss]),
     ],
 )
 def test_config_picks_the_callbacks_in_one_order(eval_batches, sample_every, kinds):
