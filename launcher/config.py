@@ -21,7 +21,9 @@ from model.dtypes import canonical_precision
 from parallel.config import ParallelConfig
 
 DATA_SOURCES = ("embedded", "packed", "synthetic")
-OPTIMIZERS = ("adamw",)
+OPTIMIZERS = ("adamw", "muon")
+MUON_LR_RULES = ("match_rms_adamw", "original")
+MUON_NS_DTYPES = ("float32", "bfloat16")
 SCHEDULES = ("cosine", "wsd", "constant")
 DECAY_SHAPES = ("linear", "cosine", "sqrt")
 DEVICES = ("auto", "cpu", "cuda")
@@ -41,6 +43,21 @@ class DataConfig:
 
 
 @dataclass
+class MuonConfig:
+    """optim.muon (launcher/muon.py): Muon for the hidden matrices when optim.name=muon; AdamW (the other optim
+    keys) for embeddings, the output head, norms, biases, vectors and whatever `adamw_params` names."""
+
+    lr: Optional[float] = None  # Muon's peak lr; None: optim.lr (right for lr_rule=match_rms_adamw)
+    lr_rule: str = "match_rms_adamw"  # MUON_LR_RULES: update RMS matched to AdamW's | Keller Jordan's (lr ~0.02)
+    momentum: float = 0.95  # momentum of the gradient before orthogonalisation
+    nesterov: bool = True  # orthogonalise the Nesterov update (g + momentum (B - g)) rather than the buffer B
+    ns_steps: int = 5  # Newton-Schulz iterations
+    ns_dtype: str = "float32"  # MUON_NS_DTYPES: the iteration's dtype (bfloat16 is cheaper on GPU, as torch's)
+    adamw_params: list[str] = field(default_factory=lambda: ["output.weight"])  # names (fnmatch) kept on AdamW
+    qk_clip_tau: float = 0.0  # QK-clip (MuonClip): rescale W_q/W_k of heads whose max logit exceeds this; 0: off
+
+
+@dataclass
 class OptimConfig:
     name: str = "adamw"  # OPTIMIZERS
     lr: float = 3e-3  # peak learning rate
@@ -52,6 +69,7 @@ class OptimConfig:
     decay_embeddings: bool = False  # decay embedding rows too
     grad_clip: float = 1.0  # max global grad norm; 0 disables clipping (the norm is still logged)
     fused: Optional[bool] = None  # None: fused AdamW on CUDA, foreach elsewhere
+    muon: MuonConfig = field(default_factory=MuonConfig)  # used when name=muon
 
 
 @dataclass
@@ -173,6 +191,8 @@ class EstimateConfig(TrainConfig):
 CHOICES = {
     "data.name": DATA_SOURCES,
     "optim.name": OPTIMIZERS,
+    "optim.muon.lr_rule": MUON_LR_RULES,
+    "optim.muon.ns_dtype": MUON_NS_DTYPES,
     "schedule.name": SCHEDULES,
     "schedule.decay_shape": DECAY_SHAPES,
     "trainer.device": DEVICES,
