@@ -23,7 +23,6 @@ from parallel.config import ParallelConfig
 DATA_SOURCES = ("embedded", "packed", "synthetic")
 OPTIMIZERS = ("adamw", "muon")
 MUON_LR_RULES = ("match_rms_adamw", "original")
-MUON_NS_DTYPES = ("float32", "bfloat16")
 SCHEDULES = ("cosine", "wsd", "constant")
 DECAY_SHAPES = ("linear", "cosine", "sqrt")
 DEVICES = ("auto", "cpu", "cuda")
@@ -52,9 +51,12 @@ class MuonConfig:
     momentum: float = 0.95  # momentum of the gradient before orthogonalisation
     nesterov: bool = True  # orthogonalise the Nesterov update (g + momentum (B - g)) rather than the buffer B
     ns_steps: int = 5  # Newton-Schulz iterations
-    ns_dtype: str = "float32"  # MUON_NS_DTYPES: the iteration's dtype (bfloat16 is cheaper on GPU, as torch's)
+    ns_dtype: str = "fp32"  # model.dtypes precision of the iteration (bf16 is cheaper on GPU; torch's choice)
     adamw_params: list[str] = field(default_factory=lambda: ["output.weight"])  # names (fnmatch) kept on AdamW
     qk_clip_tau: float = 0.0  # QK-clip (MuonClip): rescale W_q/W_k of heads whose max logit exceeds this; 0: off
+
+    def __post_init__(self) -> None:
+        self.ns_dtype = canonical_precision(self.ns_dtype, "optim.muon.ns_dtype")
 
 
 @dataclass
@@ -192,7 +194,6 @@ CHOICES = {
     "data.name": DATA_SOURCES,
     "optim.name": OPTIMIZERS,
     "optim.muon.lr_rule": MUON_LR_RULES,
-    "optim.muon.ns_dtype": MUON_NS_DTYPES,
     "schedule.name": SCHEDULES,
     "schedule.decay_shape": DECAY_SHAPES,
     "trainer.device": DEVICES,

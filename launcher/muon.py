@@ -17,8 +17,8 @@ test checks equality on plain matrices). What torch's class lacks for this frame
   computes. A parameter sharded only along a leading (expert) dim is orthogonalised locally: its matrices are whole.
 - stacked expert weights [experts, out, in]: each expert's matrix is orthogonalised apart (a batched iteration),
   as if each expert were its own Linear; the lr rule uses the [out, in] shape.
-- the iteration's dtype (`ns_dtype`): torch always runs it in bfloat16; float32 costs more matmul time on GPU but
-  makes the update reproducible to float32 rounding (the parity tests use it).
+- the iteration's dtype (`ns_dtype`, fp32 | bf16 | fp16): torch always runs it in bfloat16; fp32 costs more
+  matmul time on GPU but makes the update reproducible to float32 rounding (the parity tests use it).
 AdamW for everything else (embeddings, the output head, norms, biases, vectors) is a separate torch.optim.AdamW
 (launcher/optim.py builds both; `Optimizers` checkpoints them together by parameter name).
 """
@@ -31,10 +31,11 @@ from typing import Any, Iterable
 import torch
 from torch.distributed.tensor import DTensor, Shard, distribute_tensor
 
+from launcher.config import MUON_LR_RULES as LR_RULES
+from model.dtypes import canonical_precision, torch_dtype
+
 NS_COEFFICIENTS = (3.4445, -4.7750, 2.0315)  # Keller Jordan's quintic (torch.optim.Muon's defaults)
 NS_EPS = 1e-7
-LR_RULES = ("match_rms_adamw", "original")
-NS_DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16}
 
 
 def newton_schulz(matrix: torch.Tensor, steps: int, dtype: torch.dtype = torch.float32) -> torch.Tensor:
@@ -94,13 +95,12 @@ class Muon(torch.optim.Optimizer):
         momentum: float = 0.95,
         nesterov: bool = True,
         ns_steps: int = 5,
-        ns_dtype: str = "float32",
+        ns_dtype: str = "fp32",
         lr_rule: str = "match_rms_adamw",
     ) -> None:
         if lr_rule not in LR_RULES:
             raise ValueError(f"optim.muon.lr_rule={lr_rule!r} is not one of {LR_RULES}")
-        if ns_dtype not in NS_DTYPES:
-            raise ValueError(f"optim.muon.ns_dtype={ns_dtype!r} is not one of {tuple(NS_DTYPES)}")
+        ns_dtype = canonical_precision(ns_dtype, "optim.muon.ns_dtype")
         defaults = dict(
             lr=lr,
             weight_decay=weight_decay,
@@ -127,7 +127,7 @@ class Muon(torch.optim.Optimizer):
                 loss = closure()
         for group in self.param_groups:
             lr, momentum = group["lr"], group["momentum"]
-            dtype = NS_DTYPES[group["ns_dtype"]]
+            dtype = torch_dtype(group["ns_dtype"])
             for param in group["params"]:
                 grad = param.grad
                 if grad is None:
