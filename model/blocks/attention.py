@@ -12,6 +12,13 @@ Masked SDPA still repeats K/V: CUDA's memory-efficient kernel (the one that take
 older torch sources (current main accepts them; 2.11 was not checked), and a refusal means the math kernel, which
 materialises the scores.
 
+QK-clip (launcher/qk_clip.py) needs each head's largest pre-softmax logit q.k * scale of a training step, which
+the fused kernels never expose. With `record_max_logit` set, a training forward also computes the scores once more
+without gradient, masked as the softmax sees them (causal, the layer's window, padding; a document mask is not
+applied, so the figure is an upper bound there), and keeps the running max per query head in `max_logit` until the
+clip reads and clears it. Cost: one extra q k^T per layer per forward ([B, H, T, T] floats, freed at once), only
+when the flag is on.
+
 `model.fused_projections` computes q/k/v (and the MLP's gate/up) as one matmul over the concatenated weights of
 the separate Linear layers (`ProjectionGroups`): parameter names, shapes, initialisation, checkpoints, Hugging
 Face mapping and FSDP units stay those of the split layers; tensor parallel overrides `_project`
@@ -129,10 +136,30 @@ class Attention(ProjectionGroups, nn.Module):
         self.use_alibi = cfg.pos_embedding == "alibi"
         # One slope per query head; under tensor parallelism this buffer must be sliced to the local heads.
         self.register_buffer("alibi_slopes", alibi_slopes(cfg.n_heads) if self.use_alibi else None, persistent=False)
+        self.record_max_logit = False  # QK-clip: keep each head's largest training logit in `max_logit`
+        self.max_logit: Optional[torch.Tensor] = None  # [n_heads] fp32 running max since the clip last cleared it
 
     def reset_buffers(self) -> None:
         if self.use_alibi:
             self.alibi_slopes = alibi_slopes(self.n_heads).to(self.wq.weight.device)
+
+    @torch.no_grad()
+    def _record_max_logit(
+        self, q: torch.Tensor, k: torch.Tensor, q_start: int, key_padding_mask: Optional[torch.Tensor]
+    ) -> None:
+        scale = self.scale if self.scale is not None else self.head_dim**-0.5
+        k = repeat_kv(k, q.shape[1] // k.shape[1])
+        scores = torch.matmul(q.float(), k.float().transpose(-2, -1)) * scale
+        mask = build_attention_mask(
+            q.shape[2],
+            k.shape[2],
+            q_start=q_start,
+            sliding_window=self.sliding_window,
+            key_padding_mask=key_padding_mask,
+            device=q.device,
+        )
+        per_head = scores.masked_fill(~mask, float("-inf")).amax(dim=(0, 2, 3))
+        self.max_logit = per_head if self.max_logit is None else torch.maximum(self.max_logit, per_head)
 
     def new_cache(self, batch_size: int, max_len: int, *, dtype: torch.dtype, device) -> KVCache:
         """An empty cache for decoding `batch_size` sequences of up to `max_len` tokens with this layer."""
@@ -171,6 +198,8 @@ class Attention(ProjectionGroups, nn.Module):
         key_padding_mask = None
         if attention_mask is not None:
             key_padding_mask = attention_mask[:, : k.shape[2]]
+        if self.record_max_logit and self.training:
+            self._record_max_logit(q, k, q_start, key_padding_mask)
         attn_bias = None
         if self.use_alibi:
             if cache is None and positions is not None:
