@@ -1,4 +1,4 @@
-"""optim=muon trains like one process under FSDP, TP and EP (2 ranks each), and resumes exactly under FSDP.
+"""optim=muon trains like one process under FSDP, TP, EP and PP (2 ranks each), and resumes exactly under FSDP.
 
 Muon orthogonalises whole matrices: a sharded parameter's Nesterov update is gathered, orthogonalised by every
 rank and sliced back (launcher/muon.py); experts split by the expert dim are orthogonalised where they live. Ten
@@ -34,6 +34,7 @@ CASES = {
     "fsdp": plan(spec("fsdp")),
     "tp": plan(spec("tp")),
     "ep": plan(spec("ep", model_overrides=MOE)),
+    "pp": plan(spec("pp")),  # one Muon + AdamW pair per stage module
     "fsdp_qk_clip": plan(spec("fsdp", {**MUON, "muon": MuonConfig(qk_clip_tau=0.1)})),
 }
 
