@@ -167,6 +167,11 @@ def _check_optim(cfg: TrainConfig) -> None:
         raise ConfigError("optim.weight_decay and optim.grad_clip must be >= 0 and optim.eps > 0")
     if o.name == "muon":
         _check_muon(cfg)
+    elif o.muon.qk_clip_tau > 0:
+        raise ConfigError(
+            f"optim.muon.qk_clip_tau={o.muon.qk_clip_tau} is read with optim=muon only (optim.name={o.name}): "
+            "add optim=muon or drop the key"
+        )
 
 
 def _check_muon(cfg: TrainConfig) -> None:

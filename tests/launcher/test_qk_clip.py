@@ -76,6 +76,21 @@ def test_qk_clip_refuses_layouts_that_split_heads_sequences_or_layers(key):
         validate(config(**{key: 2}), world_size=2)
 
 
+def test_qk_clip_without_muon_is_refused():
+    cfg = TrainConfig(optim=OptimConfig(muon=MuonConfig(qk_clip_tau=50.0)))
+    with pytest.raises(ConfigError, match="read with optim=muon only"):
+        validate(cfg, world_size=1)
+
+
+@pytest.mark.parametrize(
+    "muon,match",
+    [({"ns_steps": 0}, "ns_steps=0 must be >= 1"), ({"momentum": 1.0}, "momentum=1.0"), ({"lr": -1.0}, "muon.lr")],
+)
+def test_bad_muon_keys_are_refused_naming_them(muon, match):
+    with pytest.raises(ConfigError, match=match):
+        validate(TrainConfig(optim=OptimConfig(name="muon", muon=MuonConfig(**muon))), world_size=1)
+
+
 def test_muon_refuses_deepspeed():
     cfg = TrainConfig(optim=OptimConfig(name="muon"))
     cfg.parallel.engine = "deepspeed"
