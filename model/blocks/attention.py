@@ -16,8 +16,8 @@ QK-clip (launcher/qk_clip.py) needs each head's largest pre-softmax logit q.k * 
 the fused kernels never expose. With `record_max_logit` set, a training forward also computes the scores once more
 without gradient, masked as the softmax sees them (causal, the layer's window, padding; a document mask is not
 applied, so the figure is an upper bound there), and keeps the running max per query head in `max_logit` until the
-clip reads and clears it. Cost: one extra q k^T per layer per forward ([B, H, T, T] floats, freed at once), only
-when the flag is on.
+clip reads and clears it. Cost: one extra q k^T per layer per forward, in query chunks of at most 2^26 fp32 scores
+(256 MiB) at a time, only when the flag is on.
 
 `model.fused_projections` computes q/k/v (and the MLP's gate/up) as one matmul over the concatenated weights of
 the separate Linear layers (`ProjectionGroups`): parameter names, shapes, initialisation, checkpoints, Hugging
@@ -40,6 +40,8 @@ from model.blocks.norm import RMSNorm
 from model.blocks.projections import ProjectionGroups
 from model.blocks.rope import apply_rope
 from model.config import ModelConfig
+
+MAX_LOGIT_CHUNK_ELEMENTS = 1 << 26  # QK-clip's max-logit pass: at most 256 MiB of fp32 scores at a time
 
 
 def repeat_kv(x: torch.Tensor, n_rep: int) -> torch.Tensor:
@@ -148,8 +150,7 @@ class Attention(ProjectionGroups, nn.Module):
         self, q: torch.Tensor, k: torch.Tensor, q_start: int, key_padding_mask: Optional[torch.Tensor]
     ) -> None:
         scale = self.scale if self.scale is not None else self.head_dim**-0.5
-        k = repeat_kv(k, q.shape[1] // k.shape[1])
-        scores = torch.matmul(q.float(), k.float().transpose(-2, -1)) * scale
+        k = repeat_kv(k, q.shape[1] // k.shape[1]).float()
         mask = build_attention_mask(
             q.shape[2],
             k.shape[2],
@@ -158,7 +159,14 @@ class Attention(ProjectionGroups, nn.Module):
             key_padding_mask=key_padding_mask,
             device=q.device,
         )
-        per_head = scores.masked_fill(~mask, float("-inf")).amax(dim=(0, 2, 3))
+        # Query rows in chunks of at most MAX_LOGIT_CHUNK_ELEMENTS scores, so long sequences stay bounded.
+        b, h, t, s = q.shape[0], q.shape[1], q.shape[2], k.shape[2]
+        rows = max(1, MAX_LOGIT_CHUNK_ELEMENTS // (b * h * s))
+        per_head = torch.full((h,), float("-inf"), device=q.device)
+        for start in range(0, t, rows):
+            scores = torch.matmul(q[:, :, start : start + rows].float(), k.transpose(-2, -1)) * scale
+            visible = mask[..., start : start + rows, :]
+            per_head = torch.maximum(per_head, scores.masked_fill(~visible, float("-inf")).amax(dim=(0, 2, 3)))
         self.max_logit = per_head if self.max_logit is None else torch.maximum(self.max_logit, per_head)
 
     def new_cache(self, batch_size: int, max_len: int, *, dtype: torch.dtype, device) -> KVCache:

@@ -55,6 +55,16 @@ def test_recorded_maxima_equal_the_explicit_logits_and_the_clip_brings_them_to_t
     torch.testing.assert_close(after, before.clamp(max=tau), rtol=1e-5, atol=1e-6)
 
 
+def test_the_max_logit_pass_in_query_chunks_gives_the_same_maxima(monkeypatch):
+    import model.blocks.attention as attention_module
+
+    layer, x = attention(), torch.randn(2, 8, DIM, generator=torch.Generator().manual_seed(1))
+    QKClip([layer], tau=1.0)
+    monkeypatch.setattr(attention_module, "MAX_LOGIT_CHUNK_ELEMENTS", 2 * HEADS * 8 * 3)  # 3 query rows a chunk
+    layer(x)
+    torch.testing.assert_close(layer.max_logit, reference_max_logits(layer, x), rtol=1e-5, atol=1e-5)
+
+
 def test_nothing_is_recorded_in_eval_mode_and_no_clip_without_maxima():
     layer = attention()
     QKClip([layer], tau=1.0)
