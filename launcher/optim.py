@@ -55,7 +55,7 @@ def parameter_groups(model: nn.Module, cfg: Any, exclude: frozenset[int] = froze
                 no_decay.append(param)
             else:
                 decay.append(param)
-    groups = [{"params": decay, "weight_decay": cfg.weight_decay}] if decay else []
+    groups = [{"params": decay, "weight_decay": cfg.weight_decay}]
     if no_decay:
         groups.append({"params": no_decay, "weight_decay": 0.0})
     return groups
@@ -91,25 +91,19 @@ def muon_parameters(model: nn.Module, adamw_params: Iterable[str]) -> list[nn.Pa
 
 def build_optimizers(model: nn.Module, cfg: Any, device_type: str) -> list[torch.optim.Optimizer]:
     """The optimizers of one model part: [AdamW], or [AdamW, Muon] for optim.name=muon (AdamW first: its lr is the
-    one logged). A model with no AdamW parameters left gets Muon alone."""
+    one logged). A part with no parameter left for one of them (a pipeline stage) goes without it."""
     if cfg.name != "muon":
         return [build_optimizer(model, cfg, device_type)]
     from launcher.muon import Muon
 
     matrices = muon_parameters(model, cfg.muon.adamw_params)
     m = cfg.muon
-    muon = Muon(
-        matrices,
-        lr=m.lr if m.lr is not None else cfg.lr,
-        weight_decay=cfg.weight_decay,
-        momentum=m.momentum,
-        nesterov=m.nesterov,
-        ns_steps=m.ns_steps,
-        ns_dtype=m.ns_dtype,
-        lr_rule=m.lr_rule,
-    )
+    settings = dict(momentum=m.momentum, nesterov=m.nesterov, ns_steps=m.ns_steps, ns_dtype=m.ns_dtype)
+    lr = m.lr if m.lr is not None else cfg.lr
+    muon = [Muon(matrices, lr=lr, weight_decay=cfg.weight_decay, lr_rule=m.lr_rule, **settings)] if matrices else []
     groups = parameter_groups(model, cfg, exclude=frozenset(id(p) for p in matrices))
-    return ([build_optimizer(model, cfg, device_type, groups)] if groups else []) + [muon]
+    adamw = [build_optimizer(model, cfg, device_type, groups)] if any(g["params"] for g in groups) or not muon else []
+    return adamw + muon
 
 
 def build_optimizer(

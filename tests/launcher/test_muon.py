@@ -152,3 +152,17 @@ def test_checkpoint_round_trip_continues_identically():
 def test_muon_refuses_a_vector():
     with pytest.raises(ValueError, match="route it to AdamW"):
         Muon([nn.Parameter(torch.zeros(4))], lr=LR, weight_decay=WD)
+
+
+def test_a_part_with_nothing_for_one_optimizer_goes_without_it():
+    """Pipeline stages: one holding only an embedding and a norm gets AdamW alone, one holding only a hidden matrix
+    gets Muon alone, and both checkpoint through the same by-name path."""
+    stages = [nn.Sequential(nn.Embedding(8, 4), nn.LayerNorm(4)), nn.Sequential(nn.Linear(4, 4, bias=False))]
+    optimizers = Optimizers(stages, muon_config(), "cpu")
+    assert [type(o).__name__ for o in optimizers.optimizers] == ["AdamW", "Muon"]
+    for stage in stages:
+        for p in stage.parameters():
+            p.grad = torch.ones_like(p)
+    optimizers.step()
+    keys = set(optimizers.state_dict())
+    assert "state.0.weight.exp_avg" in keys and "state.0.weight.momentum_buffer" in keys, keys
