@@ -21,7 +21,8 @@ from model.dtypes import canonical_precision
 from parallel.config import ParallelConfig
 
 DATA_SOURCES = ("embedded", "packed", "synthetic")
-OPTIMIZERS = ("adamw",)
+OPTIMIZERS = ("adamw", "muon")
+MUON_LR_RULES = ("match_rms_adamw", "original")
 SCHEDULES = ("cosine", "wsd", "constant")
 DECAY_SHAPES = ("linear", "cosine", "sqrt")
 DEVICES = ("auto", "cpu", "cuda")
@@ -45,6 +46,24 @@ class DataConfig:
 
 
 @dataclass
+class MuonConfig:
+    """optim.muon (launcher/muon.py): Muon for the hidden matrices when optim.name=muon; AdamW (the other optim
+    keys) for embeddings, the output head, norms, biases, vectors and whatever `adamw_params` names."""
+
+    lr: Optional[float] = None  # Muon's peak lr; None: optim.lr (right for lr_rule=match_rms_adamw)
+    lr_rule: str = "match_rms_adamw"  # MUON_LR_RULES: update RMS matched to AdamW's | Keller Jordan's (lr ~0.02)
+    momentum: float = 0.95  # momentum of the gradient before orthogonalisation
+    nesterov: bool = True  # orthogonalise the Nesterov update (g + momentum (B - g)) rather than the buffer B
+    ns_steps: int = 5  # Newton-Schulz iterations
+    ns_dtype: str = "fp32"  # model.dtypes precision of the iteration (bf16 is cheaper on GPU; torch's choice)
+    adamw_params: list[str] = field(default_factory=lambda: ["output.weight"])  # names (fnmatch) kept on AdamW
+    qk_clip_tau: float = 0.0  # QK-clip (MuonClip): rescale W_q/W_k of heads whose max logit exceeds this; 0: off
+
+    def __post_init__(self) -> None:
+        self.ns_dtype = canonical_precision(self.ns_dtype, "optim.muon.ns_dtype")
+
+
+@dataclass
 class OptimConfig:
     name: str = "adamw"  # OPTIMIZERS
     lr: float = 3e-3  # peak learning rate
@@ -56,6 +75,7 @@ class OptimConfig:
     decay_embeddings: bool = False  # decay embedding rows too
     grad_clip: float = 1.0  # max global grad norm; 0 disables clipping (the norm is still logged)
     fused: Optional[bool] = None  # None: fused AdamW on CUDA, foreach elsewhere
+    muon: MuonConfig = field(default_factory=MuonConfig)  # used when name=muon
 
 
 @dataclass
@@ -196,6 +216,7 @@ class EstimateConfig(TrainConfig):
 CHOICES = {
     "data.name": DATA_SOURCES,
     "optim.name": OPTIMIZERS,
+    "optim.muon.lr_rule": MUON_LR_RULES,
     "schedule.name": SCHEDULES,
     "schedule.decay_shape": DECAY_SHAPES,
     "trainer.device": DEVICES,

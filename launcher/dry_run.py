@@ -73,6 +73,7 @@ def training_run(plan: RunPlan):
         micro_batch_size=t.micro_batch_size,
         global_batch=plan.global_batch,
         precision=t.precision,
+        optimizer=plan.cfg.optim.name,
     )
 
 
@@ -97,7 +98,6 @@ def inspect_rank(plan: RunPlan, rank: int) -> dict[str, Any]:
         state = zero_state_bytes(total, dims.dp_shard, cfg.parallel.zero_stage, weight_bytes)
         return {"rank": rank, "stages": [0], "state": state.to_dict(), "seconds": time.perf_counter() - start}
 
-    from launcher.optim import build_optimizer
     from parallel.api import parallelize
     from parallel.footprint import init_fake_process_group, local_shards, measured_state_bytes
     from parallel.stage_plan import stage_ids_for_rank
@@ -112,14 +112,35 @@ def inspect_rank(plan: RunPlan, rank: int) -> dict[str, Any]:
     laid_out = model if dims.ddp_enabled else parallelize(model, dims)
     parts = getattr(laid_out, "stages", [laid_out])
     shards = local_shards(parts)
-    optimizer = build_optimizer(shards, cfg.optim, "cpu")  # training's AdamW, on this rank's local shards
-    optimizer.step()
-    totals = measured_state_bytes(shards, optimizer).to_dict()
+    optimizers = shard_optimizers(parts, shards, cfg.optim)  # training's optimizers, on this rank's local shards
+    for optimizer in optimizers:
+        optimizer.step()
+    totals = measured_state_bytes(shards, optimizers).to_dict()
     stages = [0]
     if dims.pp > 1:
         pp_rank = dims.submesh("pp").get_local_rank()
         stages = stage_ids_for_rank(pp_rank, dims.pp, cfg.parallel.pp_stages_per_rank, cfg.parallel.pp_schedule)
     return {"rank": rank, "stages": list(stages), "state": totals, "seconds": time.perf_counter() - start}
+
+
+def shard_optimizers(parts: list, shards: Any, optim: Any) -> list:
+    """Training's optimizers over `shards` (parallel.footprint.local_shards of `parts`, one per unique trainable
+    parameter in order): AdamW; for optim=muon, Muon over the shards of the matrices launcher.optim picks for Muon
+    and AdamW over the rest, so the measured state is training's."""
+    import torch
+
+    from launcher.optim import build_optimizer, muon_parameters
+
+    if optim.name != "muon":
+        return [build_optimizer(shards, optim, "cpu")]
+    from launcher.muon import Muon
+
+    matrices = {id(p) for part in parts for p in muon_parameters(part, optim.muon.adamw_params)}
+    originals = list({id(p): p for part in parts for p in part.parameters() if p.requires_grad}.values())
+    muon = [shard for shard, p in zip(shards, originals, strict=True) if id(p) in matrices]
+    rest = [shard for shard, p in zip(shards, originals, strict=True) if id(p) not in matrices]
+    built = [Muon(muon, lr=optim.lr, weight_decay=optim.weight_decay)] if muon else []
+    return built + ([torch.optim.AdamW(rest, lr=optim.lr)] if rest else [])
 
 
 def _run_worker(overrides: list[str], rank: int) -> dict[str, Any]:

@@ -35,6 +35,7 @@ def estimate_training_config(cfg: Any) -> dict[str, Any]:
         micro_batch_size=t.micro_batch_size,
         global_batch=plan.global_batch,
         precision=t.precision,
+        optimizer=config.optim.name,
     )
     try:
         return estimate(run, gpu=config.gpu, tokens=config.tokens, mfu=config.mfu, peak_flops_per_gpu=config.peak_flops)

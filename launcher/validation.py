@@ -221,6 +221,54 @@ def _check_optim(cfg: TrainConfig) -> None:
         raise ConfigError(f"optim.beta1={o.beta1} and optim.beta2={o.beta2} must be in [0, 1)")
     if o.weight_decay < 0 or o.grad_clip < 0 or o.eps <= 0:
         raise ConfigError("optim.weight_decay and optim.grad_clip must be >= 0 and optim.eps > 0")
+    if o.name == "muon":
+        _check_muon(cfg)
+    elif o.muon.qk_clip_tau > 0:
+        raise ConfigError(
+            f"optim.muon.qk_clip_tau={o.muon.qk_clip_tau} is read with optim=muon only (optim.name={o.name}): "
+            "add optim=muon or drop the key"
+        )
+
+
+def _check_muon(cfg: TrainConfig) -> None:
+    m, p = cfg.optim.muon, cfg.parallel
+    if m.lr is not None and m.lr <= 0:
+        raise ConfigError(f"optim.muon.lr must be positive (or null: optim.lr), got {m.lr}")
+    if not 0.0 <= m.momentum < 1.0:
+        raise ConfigError(f"optim.muon.momentum={m.momentum} must be in [0, 1)")
+    if m.ns_steps < 1:
+        raise ConfigError(f"optim.muon.ns_steps={m.ns_steps} must be >= 1")
+    if m.qk_clip_tau < 0:
+        raise ConfigError(f"optim.muon.qk_clip_tau={m.qk_clip_tau} must be >= 0 (0 turns QK-clip off)")
+    if p.engine == "deepspeed":
+        raise ConfigError(
+            "optim.name=muon runs on the torch layouts only: DeepSpeed's ZeRO engine owns its optimizer and shards "
+            "it by flat partitions, which split the matrices Muon orthogonalises whole; use parallel.engine=torch "
+            "(FSDP shards like ZeRO-3) or optim=adamw"
+        )
+    if m.qk_clip_tau > 0:
+        _check_qk_clip(cfg)
+
+
+def _check_qk_clip(cfg: TrainConfig) -> None:
+    """QK-clip rescales each head's rows of W_q and W_k from the max logit the attention recorded; the layouts and
+    attention kinds where that is not done (or would not bound the logits) are refused here."""
+    p, model = cfg.parallel, cfg.model
+    if p.tp > 1 or p.cp > 1 or p.pp > 1:
+        raise ConfigError(
+            f"optim.muon.qk_clip_tau>0 runs on one process, DDP, FSDP/HSDP and EP layouts; parallel.tp={p.tp}, "
+            f"cp={p.cp}, pp={p.pp} split heads, sequences or layers across ranks (not implemented): set those to 1 "
+            "or optim.muon.qk_clip_tau=0"
+        )
+    if model.mla is not None:
+        raise ConfigError("optim.muon.qk_clip_tau>0 is implemented for MHA/GQA attention, not MLA (model.mla)")
+    if model.qk_norm:
+        raise ConfigError(
+            "optim.muon.qk_clip_tau>0 with model.qk_norm=true: the norm after W_q/W_k undoes their rescaling (and "
+            "already bounds the logits); turn one of them off"
+        )
+    if model.attn_logit_softcap is not None:
+        raise ConfigError("optim.muon.qk_clip_tau>0 with model.attn_logit_softcap: the softcap already bounds logits")
 
 
 def _check_data(cfg: TrainConfig) -> None:

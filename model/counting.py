@@ -110,6 +110,25 @@ def layer_params(cfg: ModelConfig, layer_idx: int) -> LayerParams:
     return LayerParams(attention, norms, ffn, router, moe.num_experts * per_expert, moe.top_k * per_expert, replicated)
 
 
+def layer_vectors_in_matrix_counts(cfg: ModelConfig, layer_idx: int) -> int:
+    """The biases and gate vectors that layer_params counts inside attention, ffn and router: what optim=muon leaves
+    to AdamW there (launcher/optim.py: Muon takes matrices only)."""
+    vectors = cfg.dim if cfg.attn_out_bias else 0
+    if cfg.qkv_bias:
+        if cfg.mla is None:
+            vectors += (cfg.n_heads + 2 * cfg.kv_heads) * cfg.attn_head_dim
+        else:
+            vectors += cfg.mla.kv_lora_rank + cfg.mla.qk_rope_head_dim + (cfg.mla.q_lora_rank or 0)
+    moe = cfg.moe
+    if moe is None or not cfg.is_moe_layer(layer_idx):
+        if cfg.mlp_bias:
+            hidden = cfg.ffn_hidden_dim
+            vectors += (2 * hidden + cfg.dim) if cfg.mlp_type in GATED_MLP_TYPES else (hidden + cfg.dim)
+    elif moe.shared_expert_gate:
+        vectors += cfg.dim
+    return vectors
+
+
 @dataclass
 class ParameterCounts:
     total: int  # every parameter once (tied embeddings once)

@@ -12,7 +12,9 @@ Memory per GPU (`estimate_memory`) is the worst pipeline stage under the layout,
   dp_shard x cp (HSDP replicates that over dp_replicate) and holds two unsharded layers in flight (the one
   computing and the one prefetched) in parallel.fsdp_param_dtype, or every layer of the stage when
   reshard_after_forward=false; fsdp_cpu_offload moves weights, gradients and optimizer state to the host.
-  DDP and one process shard nothing.
+  DDP and one process shard nothing. optim=muon keeps one fp32 momentum for each hidden matrix and expert element
+  (12 bytes per parameter there) and AdamW's two for embeddings, the output head and vectors; its step also
+  gathers one whole matrix at a time under FSDP/TP (a transient the estimate leaves out).
 - engine=deepspeed keeps weights and gradients in trainer.precision and, for bf16/fp16, an fp32 master copy next
   to the moments (2 + 2 + 12 bytes); ZeRO-1 shards the optimizer over dp_shard, ZeRO-2 also gradients, ZeRO-3 also
   weights plus two gathered layers; zero_offload moves the optimizer state (and ZeRO-3's weights) to the host.
@@ -53,6 +55,7 @@ from model.counting import (
     flops_per_token,
     kv_cache_elements_per_token,
     layer_params,
+    layer_vectors_in_matrix_counts,
     mtp_module_own_params,
     parameter_counts,
 )
@@ -78,6 +81,7 @@ class TrainingRun:
     micro_batch_size: int  # trainer.micro_batch_size: sequences per forward on one rank (pp == 1)
     global_batch: int  # sequences per optimizer step over all data-parallel ranks
     precision: str  # trainer.precision
+    optimizer: str = "adamw"  # optim.name: muon keeps one momentum per matrix element instead of AdamW's two
 
     @property
     def engine(self) -> str:
@@ -136,6 +140,11 @@ class _Bytes:
     optimizer: int  # AdamW's two moments, plus an fp32 master copy where weights are not fp32
     activations: int
 
+    @property
+    def muon_optimizer(self) -> int:
+        """Muon's state per matrix element: one fp32 momentum (torch engine only: ZeRO is refused with Muon)."""
+        return FP32_BYTES
+
 
 def _bytes(run: TrainingRun) -> _Bytes:
     cfg = run.dims.cfg
@@ -159,6 +168,7 @@ class StageParams:
     dense: float  # sharded over the data-parallel shard ranks by FSDP/ZeRO
     experts: float  # routed experts: sharded over the shard ranks / ep
     largest_layer: float  # one layer's parameters on this GPU (for the FSDP/ZeRO-3 gather)
+    dense_matrices: float = 0.0  # the hidden matrices among `dense` (Muon's under optim=muon; experts all are)
 
 
 def stage_params(run: TrainingRun, stage: int) -> StageParams:
@@ -168,11 +178,12 @@ def stage_params(run: TrainingRun, stage: int) -> StageParams:
     layers = list(ranges[stage])
     if last:  # the MTP modules' layers
         layers += range(cfg.n_layers, cfg.n_layers + cfg.mtp_depth)
-    dense = experts = largest = 0.0
+    dense = experts = largest = matrices = 0.0
     for i in layers:
         p = layer_params(cfg, i)
         layer_dense = (p.attention + p.ffn) / tp + p.attention_replicated + p.norms + p.router
         layer_experts = p.experts / (tp * ep)
+        matrices += layer_dense - p.norms - layer_vectors_in_matrix_counts(cfg, i) / tp
         dense += layer_dense
         experts += layer_experts
         largest = max(largest, layer_dense + layer_experts)  # FSDP gathers only the ep-local experts
@@ -180,9 +191,10 @@ def stage_params(run: TrainingRun, stage: int) -> StageParams:
         dense += parameter_counts(cfg).embedding / tp
     if last:
         dense += final_norm_params(cfg) + cfg.mtp_depth * mtp_module_own_params(cfg)
+        matrices += cfg.mtp_depth * 2 * cfg.dim * cfg.dim  # each MTP module's projection
         if not cfg.tie_embeddings:  # tied: the output is the embedding (pipeline parallel refuses tying)
             dense += cfg.vocab_size * cfg.dim / tp
-    return StageParams(dense, experts, largest)
+    return StageParams(dense, experts, largest, matrices)
 
 
 # ---------------------------------------------------------------------------------------------------- activations
@@ -325,8 +337,13 @@ def stage_state(run: TrainingRun, stage: int) -> StageState:
     zero = cfg.zero_stage if run.engine == "deepspeed" else 0
     shards = dims.dp_shard * dims.cp  # FSDP's shard mesh (dp_shard x cp); DeepSpeed: dp_shard (the world)
 
-    def held(sharded: bool) -> float:
-        return p.dense / shards + p.experts / (shards // dims.ep) if sharded else p.dense + p.experts
+    def held(sharded: bool, dense: float = p.dense, experts: float = p.experts) -> float:
+        return dense / shards + experts / (shards // dims.ep) if sharded else dense + experts
+
+    optimizer = held(fsdp or zero >= 1) * b.optimizer
+    if run.optimizer == "muon":  # matrices and experts: one momentum; the rest (embeddings, head, vectors): AdamW
+        optimizer = held(fsdp, p.dense - p.dense_matrices, 0.0) * b.optimizer
+        optimizer += held(fsdp, p.dense_matrices, p.experts) * b.muon_optimizer
 
     gathered = 0.0
     if fsdp and (shards > 1 or b.gathered != b.weights or "weights" in on_host(run)):
@@ -337,7 +354,7 @@ def stage_state(run: TrainingRun, stage: int) -> StageState:
     return StageState(
         weights=held(fsdp or zero >= 3) * b.weights,
         gradients=held(fsdp or zero >= 2) * b.gradients,
-        optimizer=held(fsdp or zero >= 1) * b.optimizer,
+        optimizer=optimizer,
         gathered=gathered,
     )
 

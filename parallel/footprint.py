@@ -101,12 +101,16 @@ def local_shards(parts: Iterable[nn.Module]) -> nn.ParameterList:
     return shards
 
 
-def measured_state_bytes(shards: nn.ParameterList, optimizer: torch.optim.Optimizer) -> StateBytes:
-    """Bytes of `shards` (local_shards), their gradients and `optimizer`'s state over them, read after one step
-    (which is when AdamW creates its moments)."""
+def measured_state_bytes(shards: nn.ParameterList, optimizers: list[torch.optim.Optimizer]) -> StateBytes:
+    """Bytes of `shards` (local_shards), their gradients and the `optimizers`' state over them, read after one
+    step (which is when AdamW creates its moments)."""
     params = list(shards)
     optimizer_bytes = sum(
-        _bytes(value) for state in optimizer.state.values() for value in state.values() if torch.is_tensor(value)
+        _bytes(value)
+        for optimizer in optimizers
+        for state in optimizer.state.values()
+        for value in state.values()
+        if torch.is_tensor(value)
     )
     return StateBytes(
         parameters=sum(p.numel() for p in params),

@@ -22,6 +22,7 @@ from torch.nn.parallel import DistributedDataParallel
 
 from launcher.distributed import DistEnv
 from launcher.optim import Optimizers
+from launcher.qk_clip import QKClip
 from launcher.schedule import LRSchedulers
 from launcher.train_modules.base import MicroBatch, StepOutput, TrainModule, autocast, materialize_model, max_grad_norm
 from launcher.validation import RunPlan, scoring_width_multiple
@@ -38,6 +39,8 @@ class TorchTrainModule(TrainModule):
         self.schedulers = LRSchedulers(self.optimizers.optimizers, self.cfg.schedule, self.cfg.trainer.max_steps)
         precision = self.cfg.trainer.precision
         self.scaler = torch.amp.GradScaler(env.device.type) if precision == "fp16" else None
+        self.qk_clip = QKClip.build(self.model_parts, self.cfg.optim)  # None unless optim.muon.qk_clip_tau > 0
+        self.max_attn_logit: Optional[torch.Tensor] = None  # the last step's largest logit (QK-clip), for the log
 
     def train_step(self, inputs: torch.Tensor, labels: torch.Tensor) -> StepOutput:
         loss, extra = self.accumulate(inputs, labels, self._forward_backward)
@@ -49,18 +52,25 @@ class TorchTrainModule(TrainModule):
         # on several meshes or mix plain tensors and DTensors (expert parallel, TP without SP). No host sync.
         grad_norm = clip_grad_norm_(self.model.parameters(), max_grad_norm(self.cfg.optim.grad_clip))
         if self.scaler is None and self.skip_if_not_finite(loss, grad_norm):
+            if self.qk_clip is not None:
+                self.qk_clip.clear()
             return StepOutput(loss, grad_norm.detach(), extra, skipped=True)
         if self.spike_drops_update(loss, grad_norm):
+            if self.qk_clip is not None:
+                self.qk_clip.clear()
             if self.scaler is not None:
                 self.scaler.update()  # closes the step the scaler unscaled (its scale is kept)
             return StepOutput(loss, grad_norm.detach(), extra)
-        with self.measuring_layer_update():
+        with self.measuring_layer_update():  # the update ratio covers QK-clip's rescaling too
             if self.scaler is not None:
                 for optimizer in self.optimizers.optimizers:
                     self.scaler.step(optimizer)
                 self.scaler.update()
             else:
                 self.optimizers.step()
+            if self.qk_clip is not None:
+                maxima = self.qk_clip.apply()
+                self.max_attn_logit = None if maxima is None else maxima.max()
         self.optimizers.zero_grad()
         self.schedulers.step()
         self.balance_experts(extra)
@@ -130,4 +140,7 @@ class TorchTrainModule(TrainModule):
         return gather_from_context_parallel(values, cp_mesh, self.dims.cfg)
 
     def log_extras(self) -> dict[str, float]:
-        return {"loss_scale": self.scaler.get_scale()} if self.scaler is not None else {}
+        extras = {"loss_scale": self.scaler.get_scale()} if self.scaler is not None else {}
+        if self.max_attn_logit is not None:
+            extras["max_attn_logit"] = float(self.max_attn_logit)
+        return extras

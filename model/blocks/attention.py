@@ -16,6 +16,13 @@ Masked SDPA still repeats K/V: CUDA's memory-efficient kernel (the one that take
 older torch sources (current main accepts them; 2.11 was not checked), and a refusal means the math kernel, which
 materialises the scores.
 
+QK-clip (launcher/qk_clip.py) needs each head's largest pre-softmax logit q.k * scale of a training step, which
+the fused kernels never expose. With `record_max_logit` set, a training forward also computes the scores once more
+without gradient, masked as the softmax sees them (causal, the layer's window, padding; a document mask is not
+applied, so the figure is an upper bound there), and keeps the running max per query head in `max_logit` until the
+clip reads and clears it. Cost: one extra q k^T per layer per forward, in query chunks of at most 2^26 fp32 scores
+(256 MiB) at a time, only when the flag is on.
+
 `model.fused_projections` computes q/k/v (and the MLP's gate/up) as one matmul over the concatenated weights of
 the separate Linear layers (`ProjectionGroups`): parameter names, shapes, initialisation, checkpoints, Hugging
 Face mapping and FSDP units stay those of the split layers; tensor parallel overrides `_project`
@@ -38,6 +45,8 @@ from model.blocks.projections import ProjectionGroups
 from model.blocks.rope import apply_rope
 from model.config import ModelConfig
 
+MAX_LOGIT_CHUNK_ELEMENTS = 1 << 26  # max-logit passes: at most 256 MiB of fp32 scores at a time
+
 
 def repeat_kv(x: torch.Tensor, n_rep: int) -> torch.Tensor:
     """[B, H_kv, S, D] -> [B, H_kv * n_rep, S, D], each KV head shared by n_rep consecutive query heads."""
@@ -45,6 +54,39 @@ def repeat_kv(x: torch.Tensor, n_rep: int) -> torch.Tensor:
         return x
     b, h_kv, s, d = x.shape
     return x[:, :, None].expand(b, h_kv, n_rep, s, d).reshape(b, h_kv * n_rep, s, d)
+
+
+@torch.no_grad()
+def causal_max_logits(
+    q: torch.Tensor,
+    k: torch.Tensor,
+    scale: float,
+    *,
+    q_start: int = 0,
+    sliding_window: Optional[int] = None,
+    key_padding_mask: Optional[torch.Tensor] = None,
+) -> torch.Tensor:
+    """[n_heads] fp32: each query head's largest q.k * scale over the (query, key) pairs the causal mask (with the
+    window and padding given) lets attend, which fused kernels never expose. Query rows go in chunks of at most
+    MAX_LOGIT_CHUNK_ELEMENTS scores, so long sequences stay bounded. Shared by QK-clip (`Attention.record_max_logit`)
+    and the per-layer health probe (`ScaledDotProductAttention.measure_max_logit`)."""
+    k = repeat_kv(k, q.shape[1] // k.shape[1]).float()
+    mask = build_attention_mask(
+        q.shape[2],
+        k.shape[2],
+        q_start=q_start,
+        sliding_window=sliding_window,
+        key_padding_mask=key_padding_mask,
+        device=q.device,
+    )
+    b, h, t, s = q.shape[0], q.shape[1], q.shape[2], k.shape[2]
+    rows = max(1, MAX_LOGIT_CHUNK_ELEMENTS // (b * h * s))
+    per_head = torch.full((h,), float("-inf"), device=q.device)
+    for start in range(0, t, rows):
+        scores = torch.matmul(q[:, :, start : start + rows].float(), k.transpose(-2, -1)) * scale
+        visible = mask[..., start : start + rows, :]
+        per_head = torch.maximum(per_head, scores.masked_fill(~visible, float("-inf")).amax(dim=(0, 2, 3)))
+    return per_head
 
 
 class ScaledDotProductAttention(nn.Module):
@@ -108,21 +150,10 @@ class ScaledDotProductAttention(nn.Module):
         probs = torch.softmax(scores, dim=-1, dtype=torch.float32).to(q.dtype)
         return torch.matmul(probs, v)
 
-    @torch.no_grad()
     def _measure_max_logit(self, q: torch.Tensor, k: torch.Tensor, q_start: int, scale: float) -> None:
-        """Fold max(q.k * scale) over causal (query, key) pairs into `max_logit`, a chunk of queries at a time so
-        at most ~16M scores exist at once. Sliding windows, document masks, ALiBi and softcaps are not applied:
-        it measures how large the raw logits grow."""
-        b, h, t, d = q.shape
-        h_kv, s = k.shape[1], k.shape[2]
-        grouped = q.reshape(b, h_kv, h // h_kv, t, d)  # query heads sharing a KV head are consecutive (repeat_kv)
-        chunk = max(1, 2**24 // max(1, b * h * s))
-        best = torch.full((), float("-inf"), device=q.device)
-        for lo in range(0, t, chunk):
-            scores = torch.einsum("bgrtd,bgsd->bgrts", grouped[:, :, :, lo : lo + chunk].float(), k.float()) * scale
-            queries = torch.arange(lo, min(lo + chunk, t), device=q.device) + q_start
-            causal = torch.arange(s, device=q.device)[None, :] <= queries[:, None]
-            best = torch.maximum(best, scores.masked_fill(~causal, float("-inf")).amax())
+        """Fold the largest causal q.k * scale into `max_logit`. Sliding windows, document masks, ALiBi and
+        softcaps are not applied: it measures how large the raw logits grow."""
+        best = causal_max_logits(q, k, scale, q_start=q_start).max()
         self.max_logit = best if self.max_logit is None else torch.maximum(self.max_logit, best)
 
 
@@ -155,10 +186,21 @@ class Attention(ProjectionGroups, nn.Module):
         self.use_alibi = cfg.pos_embedding == "alibi"
         # One slope per query head; under tensor parallelism this buffer must be sliced to the local heads.
         self.register_buffer("alibi_slopes", alibi_slopes(cfg.n_heads) if self.use_alibi else None, persistent=False)
+        self.record_max_logit = False  # QK-clip: keep each head's largest training logit in `max_logit`
+        self.max_logit: Optional[torch.Tensor] = None  # [n_heads] fp32 running max since the clip last cleared it
 
     def reset_buffers(self) -> None:
         if self.use_alibi:
             self.alibi_slopes = alibi_slopes(self.n_heads).to(self.wq.weight.device)
+
+    def _record_max_logit(
+        self, q: torch.Tensor, k: torch.Tensor, q_start: int, key_padding_mask: Optional[torch.Tensor]
+    ) -> None:
+        scale = self.scale if self.scale is not None else self.head_dim**-0.5
+        per_head = causal_max_logits(
+            q, k, scale, q_start=q_start, sliding_window=self.sliding_window, key_padding_mask=key_padding_mask
+        )
+        self.max_logit = per_head if self.max_logit is None else torch.maximum(self.max_logit, per_head)
 
     def new_cache(self, batch_size: int, max_len: int, *, dtype: torch.dtype, device) -> KVCache:
         """An empty cache for decoding `batch_size` sequences of up to `max_len` tokens with this layer."""
@@ -197,6 +239,8 @@ class Attention(ProjectionGroups, nn.Module):
         key_padding_mask = None
         if attention_mask is not None:
             key_padding_mask = attention_mask[:, : k.shape[2]]
+        if self.record_max_logit and self.training:
+            self._record_max_logit(q, k, q_start, key_padding_mask)
         attn_bias = None
         if self.use_alibi:
             if cache is None and positions is not None:

@@ -89,6 +89,16 @@ def test_deepseek_v3_with_expert_parallel_matches_the_estimate():
     assert rank.built["parameters"] * 128 == pytest.approx(counts.total, rel=0.001)
 
 
+def test_muon_state_matches_the_estimate():
+    """optim=muon: one fp32 momentum per hidden-matrix element (Muon) and two AdamW moments for the embedding,
+    the output head and the norms, built and estimated alike, under TP x FSDP x PP."""
+    report, _ = timed_dry_run(LLAMA_16X8_3D + ["optim=muon"])
+    assert_built_equals_estimate(report)
+    for rank in report.ranks:
+        params = rank.built["parameters"]
+        assert 4 * params < rank.built["optimizer"] < 6 * params, (rank.rank, rank.built)
+
+
 def test_deepspeed_zero_is_sized_from_the_built_parameter_count():
     report, _ = timed_dry_run([*TINY, "parallel=zero2", "trainer.precision=bf16"])
     assert_built_equals_estimate(report)

@@ -79,3 +79,28 @@ def test_stop_signal_before_the_first_step_saves_and_resumes(shards, single_base
     assert result.returncode == 0, result.stderr[-4000:]
     want, got = losses(single_baseline), losses(run_dir)
     assert all(got[step] == want[step] for step in range(1, MAX_STEPS + 1)), (got, want)
+
+
+def test_muon_run_killed_after_a_checkpoint_resumes_bitwise(shards, tmp_path):
+    """optim=muon: Muon's momentum and AdamW's moments (one checkpoint, by parameter name) resume exactly."""
+    muon = {"optim": "muon"}
+    baseline = tmp_path / "baseline"
+    result = run_train(tiny_overrides(shards, baseline, **muon), tmp_path)
+    assert result.returncode == 0, result.stderr[-4000:]
+    run_dir = tmp_path / "run"
+    proc = start_train(tiny_overrides(shards, run_dir, **muon), tmp_path, "killed.log")
+    try:
+        wait_for(lambda: checkpoint_complete(run_dir, 4), 150, "the step-4 checkpoint", [proc])
+        proc.send_signal(signal.SIGKILL)
+        assert proc.wait(timeout=60) == -signal.SIGKILL
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    stopped_at = complete_steps(run_dir)[-1]
+    assert stopped_at < MAX_STEPS, f"run finished before the kill (last checkpoint {stopped_at})"
+    result = run_train(tiny_overrides(shards, run_dir, **muon), tmp_path)
+    assert result.returncode == 0, result.stderr[-4000:]
+    want, got = losses(baseline), losses(run_dir)
+    assert sorted(got) == list(range(1, MAX_STEPS + 1))
+    for step in range(stopped_at + 1, MAX_STEPS + 1):
+        assert got[step] == want[step], f"step {step}: resumed loss {got[step]!r} != uninterrupted {want[step]!r}"

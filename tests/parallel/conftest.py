@@ -40,6 +40,7 @@ def reference_run():
                 spec.grad_clip,
                 spec.start_step,
                 spec.ignore_prefix,
+                spec.optim,
             )
         )
         if key not in _REFERENCES:

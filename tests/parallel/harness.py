@@ -87,6 +87,7 @@ class RunSpec:
     load_from: Optional[str] = None  # run dir whose newest checkpoint this run resumes (model, optimizer, schedule)
     save_to: Optional[str] = None  # run dir to checkpoint into after the last step
     start_step: int = 0  # step index of the first batch (so a resumed run sees the batches the reference saw)
+    optim: dict = field(default_factory=dict)  # further OptimConfig fields (name="muon", muon=MuonConfig(...))
 
     def model_config(self):
         return tiny_model_config(**self.model_overrides)
@@ -109,6 +110,7 @@ class RunSpec:
                 eps=self.eps,
                 weight_decay=self.weight_decay,
                 grad_clip=self.grad_clip,
+                **self.optim,
             ),
             schedule=ScheduleConfig(name="constant", warmup_steps=0),
             trainer=TrainerConfig(
