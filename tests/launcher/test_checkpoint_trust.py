@@ -243,17 +243,18 @@ def test_other_data_of_the_same_size_is_refused(shards, single_baseline, tmp_pat
     """Same shard names and sizes, other tokens: only the content hashes in the headers tell them apart."""
     import numpy as np
 
-    from data_pipeline.formats import ShardWriter
+    from data_pipeline.formats import PackedShard, ShardWriter
 
     other = tmp_path / "other_shards"
     rng = np.random.default_rng(99)
     for header in sorted(shards.glob("*.json")):
-        meta = json.loads(header.read_text())
+        shard = PackedShard.open(header)
         stem = header.name[: -len(".json")]
-        offsets = np.fromfile(shards / f"{stem}.index", dtype="<u8")
-        with ShardWriter(other, stem, vocab_size=256, eos_id=0, tokenizer_id=meta["tokenizer"]["id"]) as writer:
-            for n in np.diff(offsets.astype(np.int64)):
-                writer.add_document(rng.integers(1, 256, size=int(n)))
+        tokenizer_id = shard.header["tokenizer"]["id"]
+        with ShardWriter(other, stem, vocab_size=256, eos_id=0, tokenizer_id=tokenizer_id) as writer:
+            for i, n in enumerate(np.diff(shard.offsets.astype(np.int64))):
+                source = shard.source_names[shard.source_ids[i]] if shard.source_ids is not None else None
+                writer.add_document(rng.integers(1, 256, size=int(n)), source)
     assert [p.stat().st_size for p in sorted(other.iterdir())] == [p.stat().st_size for p in sorted(shards.iterdir())]
     run_dir = tmp_path / "run"
     shutil.copytree(single_baseline, run_dir)
