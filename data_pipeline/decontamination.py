@@ -24,6 +24,7 @@ import json
 from pathlib import Path
 from typing import Any, Optional
 
+from data_pipeline.formats import DECONTAMINATION_KINDS
 from data_pipeline.stats import merge_step_dir
 
 STEP_NAME = "decontaminate"
@@ -53,7 +54,7 @@ def collect_record(run_root: Optional[Path], world_size: int) -> Optional[dict[s
         raise RuntimeError(f"{stats_dir}: {done} of {world_size} decontaminate tasks counted; the step did not finish")
     record = json.loads(path.read_text(encoding="utf-8"))
     counters = merge_step_dir(stats_dir).get("counters", {})
-    for kind in ("tasks", "files"):
+    for kind in DECONTAMINATION_KINDS:
         for name, entry in record.get(kind, {}).items():
             entry["ngram"] = record["ngram"]
             entry["documents_removed"] = int(counters.get(removed_counter(name), 0))

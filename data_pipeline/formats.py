@@ -41,6 +41,8 @@ TOKENS_SUFFIX = ".tokens"
 INDEX_SUFFIX = ".index"
 SOURCES_SUFFIX = ".sources"
 SOURCE_ID_DTYPE = np.dtype("<u2")
+# The parts of a header's `decontamination` record that list what was decontaminated against, by name
+DECONTAMINATION_KINDS = ("tasks", "files")
 NO_SOURCE = "all"  # the source name of a document that names none (as the header's counts have always said)
 
 
@@ -314,8 +316,8 @@ class PackedDataset:
         if any(not isinstance(r, dict) for r in records):
             return None
         first = records[0]
-        common = {k: v for k, v in first.items() if k not in ("tasks", "files")}
-        for kind in ("tasks", "files"):
+        common = {k: v for k, v in first.items() if k not in DECONTAMINATION_KINDS}
+        for kind in DECONTAMINATION_KINDS:
             common[kind] = {
                 name: entry
                 for name, entry in (first.get(kind) or {}).items()
