@@ -148,7 +148,18 @@ class Decontaminate(Step):
             self._index = index
         return self._index
 
+    def check_record(self) -> None:
+        """A resumed run whose tasks or files changed since its record stage ran would count against one version
+        and record another: refused."""
+        written = self.context.work_dir / RECORD_FILE
+        if written.is_file() and json.loads(written.read_text(encoding="utf-8")) != self.record():
+            raise ValueError(
+                f"decontaminate: the evaluation tasks or eval_sets files changed since this run recorded them in "
+                f"{written}; start over in a new output directory"
+            )
+
     def run(self, documents: Iterable[Document], rank: int = 0, world_size: int = 1) -> Iterator[Document]:
+        self.check_record()
         index = self.index()
         for doc in documents:
             shared = [g for g in word_ngrams(doc.text, self.ngram) if g in index]

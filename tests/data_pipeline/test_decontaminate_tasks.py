@@ -96,3 +96,23 @@ def test_an_unknown_task_is_refused_before_anything_runs_naming_the_key_and_the_
     assert not output.exists(), "nothing ran"
     code = main(["run", f"input={corpus}", f"output={output}", "decontaminate_tasks=[lic_cloze]"])
     assert code == 1 and "decontaminate.task_dirs is empty" in capsys.readouterr().err
+
+
+def test_a_resume_after_the_task_changed_is_refused(planted, tmp_path):
+    """The record stage ran against one version of the task; a later task of the run sees another: refused."""
+    from data_pipeline.steps import TaskContext, build_step
+
+    _, tasks, _ = planted
+    copied = tmp_path / "tasks"
+    copied.mkdir()
+    for path in tasks.iterdir():
+        (copied / path.name).write_text(path.read_text().replace(str(tasks), str(copied)))
+    params = {"tasks": ["lic_cloze"], "task_dirs": [str(copied)]}
+    context = TaskContext(step_name="decontaminate", work_dir=tmp_path / "work")
+    first = build_step("decontaminate", params).bind(context)
+    first.write_record(1)
+    assert list(first.run(iter([]))) == []  # same tasks: runs
+    rows = (copied / "cloze.jsonl").read_text().splitlines()
+    (copied / "cloze.jsonl").write_text("\n".join(rows[1:]) + "\n")
+    with pytest.raises(ValueError, match="changed since this run recorded them"):
+        list(build_step("decontaminate", params).bind(context).run(iter([])))
