@@ -1,9 +1,10 @@
 """The decontamination record of a pipeline run: what its data was decontaminated against, carried by the shards.
 
-The decontaminate step writes, in its first stage, `<output>/.work/decontaminate/record.json`: the n-gram size and,
-per evaluation task, the task's content fingerprint (evaluation/contamination.py) and version; per eval-set file,
-its SHA-256. Its counters (`stats/decontaminate/task-*.json`) count, per task or file, the training documents it
-removed for it (`contaminated_by.<name>`; a document sharing n-grams with two tasks counts for both).
+Every pipeline task of the decontaminate step writes (the same content) `<output>/.work/decontaminate/record.json`:
+the n-gram size and, per evaluation task, the task's content fingerprint (evaluation/contamination.py) and version;
+per eval-set file, its SHA-256. Its counters (`stats/decontaminate/task-*.json`) count, per task or file, the
+training documents it removed for it (`contaminated_by.<name>`; a document sharing n-grams with two tasks counts
+for both).
 
 The tokenize step of the same run joins the two after the decontaminate step has finished (its `train` stage runs
 after every earlier step) into the record and writes it into every shard header it writes (`decontamination`):

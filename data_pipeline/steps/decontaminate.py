@@ -7,11 +7,11 @@ prompts, choices and targets as the evaluator renders them (evaluation/contamina
 the model is evaluated on. An unknown task name is refused when the step is built, before anything runs.
 
 A removed document is counted for every task (or file) it shares an n-gram with (`contaminated_by.<name>` in the
-step's counters). The step's first stage (`record`) writes what it decontaminates against, each task's content
-fingerprint and the n-gram size, to its work directory; the tokenize step of the same run joins it with the counts
-into the shards' decontamination record (data_pipeline/decontamination.py).
+step's counters). Every pipeline task of the step writes what it decontaminates against (each evaluation task's
+content fingerprint, the n-gram size) to the step's work directory, the same file atomically; the tokenize step of
+the same run joins it with the counts into the shards' decontamination record (data_pipeline/decontamination.py).
 
-The eval n-grams go into a Python dict once per task; eval sets are small compared with the corpus.
+The eval n-grams go into a Python dict once per pipeline task; eval sets are small compared with the corpus.
 """
 
 from __future__ import annotations
@@ -24,7 +24,7 @@ from typing import Iterable, Iterator, Optional, Sequence
 
 from data_pipeline.decontamination import RECORD_FILE, TASK_DIRS_KEY, TASKS_KEY, removed_counter
 from data_pipeline.document import Document
-from data_pipeline.steps.base import Stage, Step
+from data_pipeline.steps.base import Step
 
 _WORD = re.compile(r"\w+", re.UNICODE)
 
@@ -107,9 +107,6 @@ class Decontaminate(Step):
     def enabled(self) -> bool:
         return bool(self.eval_sets or self.tasks)
 
-    def stages(self) -> list[Stage]:
-        return [Stage("record", self.write_record, per_shard=False), Stage("run", self.run)]
-
     def sources(self) -> Iterator[tuple[str, Iterator[str]]]:
         """(name, texts) of every file and task decontaminated against."""
         from evaluation.contamination import task_texts
@@ -132,7 +129,7 @@ class Decontaminate(Step):
             "files": {path.name: {"sha256": hashlib.sha256(path.read_bytes()).hexdigest()} for path in self.eval_sets},
         }
 
-    def write_record(self, world_size: int) -> None:
+    def write_record(self) -> None:
         self.context.write_atomic(RECORD_FILE, json.dumps(self.record(), indent=1).encode("utf-8"))
 
     def index(self) -> dict[tuple[str, ...], tuple[str, ...]]:
@@ -149,8 +146,8 @@ class Decontaminate(Step):
         return self._index
 
     def check_record(self) -> None:
-        """A resumed run whose tasks or files changed since its record stage ran would count against one version
-        and record another: refused."""
+        """A resumed run whose tasks or files changed since an earlier task recorded them would count against one
+        version and record another: refused."""
         written = self.context.work_dir / RECORD_FILE
         if written.is_file() and json.loads(written.read_text(encoding="utf-8")) != self.record():
             raise ValueError(
@@ -160,6 +157,7 @@ class Decontaminate(Step):
 
     def run(self, documents: Iterable[Document], rank: int = 0, world_size: int = 1) -> Iterator[Document]:
         self.check_record()
+        self.write_record()  # every task writes the same record (atomically): no stage, no Slurm job of its own
         index = self.index()
         for doc in documents:
             shared = [g for g in word_ngrams(doc.text, self.ngram) if g in index]
