@@ -60,6 +60,8 @@ class PipelineRunConfig:
     executor: str = "local"  # local | slurm
     seed: int = 0  # passed to every task (TaskContext.seed) for steps that draw at random
     eval_sets: list[str] = field(default_factory=list)  # decontaminate's files: JSONL with text_key, or one per line
+    decontaminate_tasks: list[str] = field(default_factory=list)  # decontaminate against these evaluator tasks
+    decontaminate_task_dirs: list[str] = field(default_factory=list)  # their YAML directories (eval.task_dirs)
     step_params: dict[str, Any] = field(default_factory=dict)  # parameters of the step when running a single step
     report: bool = True  # write report.md/.html, summary.json and plots at the end
     wandb: bool = False  # also log the report to Weights & Biases
@@ -101,6 +103,8 @@ def build_plan(cfg: DictConfig, single_step: Optional[str] = None) -> tuple[Pipe
     # Absolute paths in the plan: Slurm tasks (and anything else reading plan.json) may run in another directory.
     if cfg.eval_sets:
         cfg.eval_sets = [os.path.abspath(p) for p in cfg.eval_sets]
+    if cfg.decontaminate_task_dirs:
+        cfg.decontaminate_task_dirs = [os.path.abspath(p) for p in cfg.decontaminate_task_dirs]
     if single_step is not None:
         specs = [StepSpec(single_step, OmegaConf.to_container(cfg.step_params, resolve=True, throw_on_missing=True))]
     else:

@@ -11,7 +11,9 @@ A shard named `<stem>` in a directory is three files, four when its documents ca
                     eos_id), sources (free-form counts by source), `document_sources` (the names the
                     `.sources` file indexes, present exactly when that file is), and the SHA-256 of the
                     `.tokens` bytes (`tokens_sha256`), so a trainer can tell one corpus from another of the same
-                    size.
+                    size; `decontamination` (optional): what the data was decontaminated against, per evaluation
+                    task its content fingerprint, the n-gram size and the documents removed for it
+                    (data_pipeline/decontamination.py).
 The header is renamed into place last, after the data files, so a shard without a header is incomplete and never
 read; every file is written under a temporary name first, so a killed writer leaves no partial shard. Readers of
 the format before `.sources` existed ignore it and read the same tokens.
@@ -39,6 +41,8 @@ TOKENS_SUFFIX = ".tokens"
 INDEX_SUFFIX = ".index"
 SOURCES_SUFFIX = ".sources"
 SOURCE_ID_DTYPE = np.dtype("<u2")
+# The parts of a header's `decontamination` record that list what was decontaminated against, by name
+DECONTAMINATION_KINDS = ("tasks", "files")
 NO_SOURCE = "all"  # the source name of a document that names none (as the header's counts have always said)
 
 
@@ -71,8 +75,10 @@ class ShardWriter:
         eos_id: int | None,
         tokenizer_id: str,
         sources: dict | None = None,
+        decontamination: dict | None = None,
     ) -> None:
         self.directory = Path(directory)
+        self.decontamination = decontamination
         self.directory.mkdir(parents=True, exist_ok=True)
         self.stem = stem
         self.dtype = dtype_for_vocab(vocab_size)
@@ -146,6 +152,8 @@ class ShardWriter:
         }
         if self._any_source:
             header["document_sources"] = list(self._source_names)
+        if self.decontamination is not None:
+            header["decontamination"] = self.decontamination
         self._tmp_header.write_text(json.dumps(header, indent=2))
         _atomic_replace(self._tmp_tokens, self.directory / f"{self.stem}{TOKENS_SUFFIX}")
         _atomic_replace(self._tmp_index, self.directory / f"{self.stem}{INDEX_SUFFIX}")
@@ -299,6 +307,23 @@ class PackedDataset:
     @property
     def vocab_size(self) -> int:
         return int(self.tokenizer["vocab_size"])
+
+    @property
+    def decontamination(self) -> dict | None:
+        """The decontamination record the shards carry: None when any shard has none; when the shards' records
+        differ (shards of several pipeline runs), only the tasks and files every shard records alike."""
+        records = [shard.header.get("decontamination") for shard in self.shards]
+        if any(not isinstance(r, dict) for r in records):
+            return None
+        first = records[0]
+        common = {k: v for k, v in first.items() if k not in DECONTAMINATION_KINDS}
+        for kind in DECONTAMINATION_KINDS:
+            common[kind] = {
+                name: entry
+                for name, entry in (first.get(kind) or {}).items()
+                if all((r.get(kind) or {}).get(name) == entry for r in records[1:])
+            }
+        return common
 
     def fingerprint(self) -> str:
         """SHA-256 over every shard's name and header (with the content hash the writer recorded): equal for the

@@ -2,7 +2,10 @@
 
 `results.<task>["<metric>,<filter>"]` with `"<metric>_stderr,<filter>"`, `alias`, `name`, `sample_len`; groups
 with aggregate_metric_list get lm-eval's size-weighted mean and pooled standard error (also under `groups`);
-`n-samples`, `configs`, `versions`, `n-shot`, `higher_is_better`, `group_subtasks` as lm-eval writes them.
+`n-samples`, `configs`, `versions`, `n-shot`, `higher_is_better`, `group_subtasks` as lm-eval writes them. Loom adds
+`decontamination` (per task: whether the run's training data was decontaminated against it, evaluation/
+contamination.py), a key lm-eval's readers ignore, a column of the Markdown table, `<task>/decontaminated` (1/0)
+among the flat metrics and `<task>/decontamination` (the status) in status_metrics.
 """
 
 from __future__ import annotations
@@ -42,6 +45,8 @@ class EvalResults:
     higher_is_better: dict[str, dict[str, bool | None]]
     n_samples: dict[str, dict[str, int]]
     samples: dict[str, list[dict]]
+    # task name -> {"status": decontaminated | unchecked | other_version, "fingerprint", ...}; empty: not asked
+    decontamination: dict[str, dict[str, Any]] = field(default_factory=dict)
 
     def to_lm_eval_json(self) -> dict[str, Any]:
         out = {
@@ -54,6 +59,8 @@ class EvalResults:
             "higher_is_better": self.higher_is_better,
             "n-samples": self.n_samples,
         }
+        if self.decontamination:
+            out["decontamination"] = _plain(self.decontamination)
         return out
 
     def write_json(self, path: str | Path, with_samples: bool = False) -> None:
@@ -82,10 +89,17 @@ class EvalResults:
         return rows
 
     def to_markdown(self) -> str:
-        lines = ["| Task | Metric | Value | Stderr | N docs |", "|---|---|---:|---:|---:|"]
+        """One row per task and metric; with a decontamination record asked for, a column saying, per task, whether
+        the training data was decontaminated against it (groups: empty)."""
+        marked = bool(self.decontamination)
+        lines = ["| Task | Metric | Value | Stderr | N docs |" + (" Decontamination |" if marked else "")]
+        lines.append("|---|---|---:|---:|---:|" + ("---|" if marked else ""))
         for name, metric, value, stderr, n in self.metric_rows():
             alias = self.results[name].get("alias", name)
-            lines.append(f"| {alias} | {metric} | {_fmt(value)} | {_fmt(stderr)} | {n} |")
+            row = f"| {alias} | {metric} | {_fmt(value)} | {_fmt(stderr)} | {n} |"
+            if marked:
+                row += f" {self.decontamination.get(name, {}).get('status', '')} |"
+            lines.append(row)
         return "\n".join(lines) + "\n"
 
     def flat_metrics(self) -> dict[str, float]:
@@ -96,7 +110,13 @@ class EvalResults:
                 out[f"{name}/{metric}"] = float(value)
             if isinstance(stderr, (int, float, np.floating, np.integer)):
                 out[f"{name}/{metric}_stderr"] = float(stderr)
+        for name, entry in self.decontamination.items():
+            out[f"{name}/decontaminated"] = float(entry["status"] == "decontaminated")
         return out
+
+    def status_metrics(self) -> dict[str, str]:
+        """{"<task>/decontamination": status} for the sinks that take text (metrics.jsonl, wandb)."""
+        return {f"{name}/decontamination": entry["status"] for name, entry in self.decontamination.items()}
 
 
 def _fmt(value) -> str:

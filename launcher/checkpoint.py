@@ -8,10 +8,10 @@ importing the launcher). A checkpoint `<run_dir>/checkpoints/step_<N:08d>/` hold
   "optimizer" (moments and step counts by parameter name, "state.<name>.<key>"). Every engine writes this one
   format (DeepSpeed ZeRO's partitions are gathered by name too), every rank writes its own shards in parallel, and
   a checkpoint reloads onto any other layout, engine and world size;
-- `train_state.json` (rank 0): step, world size, lr-schedule position, data position and fingerprint, and the
-  resolved config; `rng_rank<r>.json`: each rank's RNG states; what a module keeps outside DCP (`save_native`:
-  no built-in engine does); model_config.json; and, written last, the COMPLETE manifest (size and SHA-256
-  of every file). Non-tensor state is JSON, never pickled.
+- `train_state.json` (rank 0): step, world size, lr-schedule position, data position, fingerprint and
+  decontamination record, and the resolved config; `rng_rank<r>.json`: each rank's RNG states; what a module
+  keeps outside DCP (`save_native`: no built-in engine does); model_config.json; and, written last, the COMPLETE
+  manifest (size and SHA-256 of every file). Non-tensor state is JSON, never pickled.
 
 Checkpoints are untrusted. Resume takes the newest checkpoint that verifies (manifest, checksums: the ranks share
 the hashing) and loads; any failure (a missing or corrupt file, an exception while loading) is logged and the next
@@ -349,6 +349,7 @@ class Checkpointer:
                 "schedule": state["schedule"],
                 "dataloader": loader.state_dict(),
                 "data_fingerprint": loader.fingerprint(),
+                "data_decontamination": loader.decontamination(),  # per eval task (data_pipeline/decontamination)
                 "config": config,
             }
             atomic_write_text(tmp / TRAIN_STATE_FILE, json.dumps(train_state, indent=1))

@@ -25,6 +25,7 @@ checkpointed position, so a resumed run never trains on them either.
 
 from __future__ import annotations
 
+import json
 import logging
 import os
 import shutil
@@ -177,6 +178,10 @@ class TokenBatches:
         """What identifies the data: the shards' fingerprint (names, headers and content hashes)."""
         return f"packed:{self.dataset.fingerprint()}"
 
+    def decontamination(self) -> Optional[dict]:
+        """What the shards were decontaminated against (data_pipeline/decontamination.py); None: nothing known."""
+        return self.dataset.decontamination
+
     # The position is global (samples read in the epoch), so it restores onto any dp layout.
     def state_dict(self) -> dict[str, int]:
         return {
@@ -313,6 +318,9 @@ class SyntheticBatches:
     def fingerprint(self) -> str:
         return f"synthetic:vocab={self.vocab_size}:seq_len={self.seq_len}:seed={self.seed}"
 
+    def decontamination(self) -> Optional[dict]:
+        return None  # random tokens: decontaminated against nothing
+
     def state_dict(self) -> dict[str, int]:
         return {
             "synthetic_steps": self.step,
@@ -435,6 +443,20 @@ def copy_tokenizer(data_cfg: Any, run_dir: str | os.PathLike) -> Optional[Path]:
     target = Path(run_dir) / "tokenizer.json"
     tmp = target.with_name(f".tokenizer.json.tmp.{os.getpid()}")
     shutil.copyfile(source, tmp)
+    os.replace(tmp, target)
+    return target
+
+
+DECONTAMINATION_FILE = "decontamination.json"
+
+
+def write_decontamination_record(batches: Union[TokenBatches, SyntheticBatches], run_dir: str | os.PathLike) -> Path:
+    """`<run_dir>/decontamination.json`, atomically: the record the run's shards carry (what their data was
+    decontaminated against, per evaluation task), or null when they carry none. Checkpoints hold it too (in
+    train_state.json), for an evaluation of one checkpoint."""
+    target = Path(run_dir) / DECONTAMINATION_FILE
+    tmp = target.with_name(f".{DECONTAMINATION_FILE}.tmp.{os.getpid()}")
+    tmp.write_text(json.dumps(batches.decontamination(), indent=1) + "\n")
     os.replace(tmp, target)
     return target
 

@@ -8,6 +8,10 @@ answer, so all ranks aggregate the same numbers as one process would, and rank 0
   <output>/results.json   lm-eval's results layout (results, configs, versions, n-shot, higher_is_better, ...)
   <output>/results.md     one row per task and metric (value, stderr, documents)
   <output>/samples_<task>.jsonl   with eval.log_samples: one record per document, as lm-eval's --log_samples
+Every task is marked with whether the model's training data was decontaminated against it (results.json's
+`decontamination`, a column of results.md): the record comes from the checkpoint evaluated (train_state.json's
+`data_decontamination`, written from the shards' headers); a Hugging Face directory or a checkpoint without one
+marks every task unchecked (evaluation/contamination.py).
 """
 
 from __future__ import annotations
@@ -78,6 +82,7 @@ def parse_overrides(overrides: list[str]) -> EvalSettings:
 def run_evaluation(model_path: str | os.PathLike, settings: EvalSettings) -> Any:
     """Evaluate the model at `model_path` on settings.tasks; rank 0 writes the results to settings.output and
     returns them (the other ranks, which hold the same numbers, return None)."""
+    from evaluation.contamination import leaf_tasks, task_statuses
     from evaluation.loom_scorer import LoomScorer
     from evaluation.runner import evaluate
     from evaluation.tasks import load_tasks
@@ -106,10 +111,28 @@ def run_evaluation(model_path: str | os.PathLike, settings: EvalSettings) -> Any
             bootstrap_iters=settings.bootstrap_iters,
         )
         if env.is_main:
+            results.decontamination = task_statuses(leaf_tasks(tasks), training_decontamination(model_path))
             write_outputs(results, Path(settings.output), model_path, settings)
     finally:
         shutdown()
     return results if env.is_main else None
+
+
+def training_decontamination(model_path: str | os.PathLike) -> dict | None:
+    """The decontamination record of the data the model at `model_path` was trained on: from the checkpoint's
+    train_state.json (a run directory: its newest checkpoint that verifies, the one evaluated); None for a
+    Hugging Face directory or a checkpoint that records none."""
+    from launcher.checkpoint import TRAIN_STATE_FILE
+    from model.checkpoint_io import CheckpointError, resolve_checkpoint_dir
+
+    try:
+        checkpoint = resolve_checkpoint_dir(model_path)
+    except CheckpointError:
+        return None  # not a Loom checkpoint or run directory (a Hugging Face directory)
+    path = checkpoint / TRAIN_STATE_FILE
+    if not path.is_file():
+        return None  # a model-only checkpoint (an import or export): no training data to speak of
+    return json.loads(path.read_text()).get("data_decontamination")
 
 
 def _all_gather(answers: list) -> list[list]:

@@ -28,7 +28,7 @@ from omegaconf import OmegaConf
 
 from launcher.callbacks import TrainContext, build_callbacks
 from launcher.checkpoint import Checkpointer
-from launcher.data import copy_tokenizer, open_training_data
+from launcher.data import copy_tokenizer, open_training_data, write_decontamination_record
 from launcher.distributed import DistEnv, barrier, die_with_launcher, init_distributed, shutdown
 from launcher.metrics import SpeedMeter
 from launcher.nonfinite import NonFiniteGuard
@@ -102,6 +102,7 @@ def _train(plan: RunPlan, config: dict[str, Any], stop: StopRequest, env: DistEn
     if env.is_main:  # only now: a run that cannot resume changes nothing in its run dir
         atomic_write_text(run_dir / "config.yaml", OmegaConf.to_yaml(config))
         copy_tokenizer(cfg.data, run_dir)  # <run_dir>/tokenizer.json: what exports and model.generate read
+        write_decontamination_record(loader, run_dir)  # what evaluations of the run mark per task
 
     # ---- the periodic work: metrics, held-out loss, text sample, checkpoints (launcher/callbacks/)
     from model.counting import count_parameters, flops_per_token

@@ -184,6 +184,7 @@ def _context(plan: PipelinePlan, step: Step, rank: int) -> TaskContext:
         work_dir=plan.root / ".work" / step.name,
         output_dir=plan.root / TOKENS_DIR,
         seed=plan.seed,
+        run_root=plan.root,
     )
 
 

@@ -57,6 +57,9 @@ class TaskContext:
     work_dir: Path = field(default_factory=lambda: Path(tempfile.gettempdir()) / f"loom-step-{uuid.uuid4().hex}")
     output_dir: Optional[Path] = None  # for steps that write their own output format (tokenize -> <output>/tokens)
     seed: int = 0
+    # The pipeline's output directory, for a step that reads what an earlier step of the run recorded (tokenize
+    # reads decontaminate's record, data_pipeline/decontamination.py); None standalone.
+    run_root: Optional[Path] = None
     excluded: list[tuple[Document, str, dict]] = field(default_factory=list)
     counters: Counter = field(default_factory=Counter)
     scores: dict[str, list[float]] = field(default_factory=lambda: defaultdict(list))

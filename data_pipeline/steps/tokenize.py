@@ -4,8 +4,11 @@ Stages:
   sample (per shard)  keep this shard's `sample_docs` documents with the smallest hash of their id;
   train (reduce)      keep the `sample_docs` smallest overall and train on them in hash order, or load the given
                       tokenizer.json; save it to the step's work dir and next to the shards (for the trainer);
+                      it also collects the run's decontamination record (data_pipeline/decontamination.py), since
+                      every earlier step has finished by then;
   run (per shard)     encode the shard in batches into <output>/tokens/shard-RRRRR with an end-of-document token
-                      after every document (formats.ShardWriter: atomic, header last).
+                      after every document (formats.ShardWriter: atomic, header last), the decontamination
+                      record in every header.
 Sampling by a hash of the id (a bottom-k sample) rather than by position makes the sample, and therefore the
 tokenizer, the same however the corpus is split into shards.
 """
@@ -20,6 +23,7 @@ from itertools import islice
 from pathlib import Path
 from typing import Iterable, Iterator, Optional, Sequence
 
+from data_pipeline.decontamination import collect_record
 from data_pipeline.document import Document
 from data_pipeline.formats import NO_SOURCE, ShardWriter
 from data_pipeline.steps.base import Stage, Step
@@ -31,6 +35,8 @@ from data_pipeline.tokenizer import (
     save_tokenizer,
     train_bpe,
 )
+
+DECONTAMINATION_FILE = "decontamination.json"  # in the work dir: the record the train stage collected (or null)
 
 
 def _sample_key(doc_id: str) -> int:
@@ -101,11 +107,15 @@ class Tokenize(Step):
         save_tokenizer(tokenizer, self.context.work_path(TOKENIZER_FILE))
         save_tokenizer(tokenizer, self.tokens_dir / TOKENIZER_FILE)
         self.context.write_atomic("tokenizer_info.json", json.dumps(info.__dict__).encode())
+        record = collect_record(self.context.run_root, world_size)
+        self.context.write_atomic(DECONTAMINATION_FILE, json.dumps(record).encode())
 
     def run(self, documents: Iterable[Document], rank: int = 0, world_size: int = 1) -> Iterator[Document]:
         tokenizer = load_tokenizer(self.context.work_path(TOKENIZER_FILE))
         tokenizer.encode_special_tokens = True  # "<|endoftext|>" inside a text is text, not a document boundary
         info = TokenizerInfo.of(tokenizer, self.eos_token)
+        record_path = self.context.work_path(DECONTAMINATION_FILE)
+        decontamination = json.loads(record_path.read_text()) if record_path.is_file() else None
         sources: Counter = Counter()
         documents = iter(documents)
         with ShardWriter(
@@ -115,6 +125,7 @@ class Tokenize(Step):
             eos_id=info.eos_id,
             tokenizer_id=info.id,
             sources=None,
+            decontamination=decontamination,
         ) as writer:
             while batch := list(islice(documents, self.batch_size)):
                 # encode_batch_fast: ids without character offsets, which nothing here uses (~1.3x faster)

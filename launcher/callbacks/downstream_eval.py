@@ -7,6 +7,11 @@ are gathered so every rank aggregates the numbers one process would. Generation 
 forward is a collective (FSDP, ZeRO-3, tensor, context, expert parallel): every rank decodes all of them in step.
 The step's record gets eval/<task>/<metric> (and _stderr) and eval/time_s; the time is outside tokens/s. With
 eval.save_results, rank 0 writes <run_dir>/eval/step_<N>/results.json in lm-eval's layout.
+
+Every task is marked with whether the run's shards were decontaminated against this version of it
+(evaluation/contamination.py): eval/<task>/decontaminated (1 or 0, every sink) and eval/<task>/decontamination
+(decontaminated | unchecked | other_version: metrics.jsonl and the console; wandb takes numbers only), and the
+results file's `decontamination`.
 """
 
 from __future__ import annotations
@@ -26,6 +31,7 @@ class DownstreamEval(Callback):
     def __init__(self, every: int, save_results: bool) -> None:
         self.every, self.save_results = every, save_results
         self.scorer: Optional[Any] = None
+        self.decontamination: dict[str, dict[str, Any]] = {}
 
     @classmethod
     def from_config(cls, cfg: TrainConfig) -> DownstreamEval | None:
@@ -33,7 +39,11 @@ class DownstreamEval(Callback):
 
     def on_train_start(self, ctx: TrainContext) -> None:
         if ctx.plan.eval_tasks:  # (what the layout leaves out was printed by launcher/train.py before the start)
+            from evaluation.contamination import leaf_tasks, task_statuses
+
             self.scorer = build_scorer(ctx)
+            record = ctx.data.batches.decontamination()
+            self.decontamination = task_statuses(leaf_tasks(list(ctx.plan.eval_tasks)), record)
 
     def on_step_end(self, ctx: TrainContext, step: int, out: StepOutput) -> None:
         if self.scorer is None or not ((self.every > 0 and step % self.every == 0) or ctx.last):
@@ -42,7 +52,9 @@ class DownstreamEval(Callback):
             start = time.perf_counter()
             results = self.evaluate(ctx)
             elapsed = time.perf_counter() - start
+        results.decontamination = self.decontamination
         ctx.record.update({f"eval/{key}": value for key, value in results.flat_metrics().items()})
+        ctx.record.update({f"eval/{key}": value for key, value in results.status_metrics().items()})
         ctx.record["eval/time_s"] = elapsed
         if self.save_results and ctx.env.is_main:
             self.write(ctx, step, results)

@@ -120,12 +120,20 @@ def eval_overrides(shards: Path, tasks: Path, run_dir: Path, *extra: str, names=
     return base + list(extra)
 
 
-def eval_records(run_dir: Path) -> dict[int, dict[str, float]]:
-    """{step: {eval/... key: value}} from metrics.jsonl (eval/time_s left out)."""
+DECONTAMINATION_KEYS = ("/decontaminated", "/decontamination")  # per task: the data's record, not a score
+
+
+def eval_records(run_dir: Path, scores_only: bool = True) -> dict[int, dict[str, float]]:
+    """{step: {eval/... key: value}} from metrics.jsonl (eval/time_s left out; with scores_only, the tasks'
+    decontamination marks too)."""
     out = {}
     for line in (Path(run_dir) / "metrics.jsonl").read_text().splitlines():
         record = json.loads(line)
-        values = {k: v for k, v in record.items() if k.startswith("eval/") and k != "eval/time_s"}
+        values = {
+            k: v
+            for k, v in record.items()
+            if k.startswith("eval/") and k != "eval/time_s" and not (scores_only and k.endswith(DECONTAMINATION_KEYS))
+        }
         if values:
             out[record["step"]] = values
     return out

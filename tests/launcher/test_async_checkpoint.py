@@ -130,6 +130,9 @@ class _Loader:
     def fingerprint(self) -> str:
         return "test"
 
+    def decontamination(self) -> None:
+        return None
+
 
 def _checkpointer(tmp_path: Path) -> Checkpointer:
     return Checkpointer(tmp_path, DistEnv(0, 0, 1, torch.device("cpu")), keep=0, async_save=True)

@@ -178,6 +178,9 @@ class _NoData:
     def fingerprint(self) -> str:
         return "harness: batches fed by the test"
 
+    def decontamination(self) -> None:
+        return None
+
 
 def full_state_dict(module) -> dict[str, torch.Tensor]:
     """Unsharded weights of the whole model on every rank (a collective), gathered over pipeline stages."""
