@@ -41,6 +41,7 @@ class LoRALinear(nn.Linear):
     lora_A: nn.Parameter
     lora_B: nn.Parameter
     lora_scale: float
+    lora_dropout: float
 
     @classmethod
     def adapt(cls, linear: nn.Linear, lora: LoRAConfig) -> "LoRALinear":
@@ -49,7 +50,7 @@ class LoRALinear(nn.Linear):
         linear.__class__ = cls
         linear.lora_A = nn.Parameter(torch.empty(lora.rank, weight.shape[1], device=weight.device, dtype=weight.dtype))
         linear.lora_B = nn.Parameter(torch.empty(weight.shape[0], lora.rank, device=weight.device, dtype=weight.dtype))
-        linear.lora_dropout = nn.Dropout(lora.dropout) if lora.dropout > 0 else nn.Identity()
+        linear.lora_dropout = lora.dropout  # a float, not a submodule: TP styles partition every submodule
         linear.lora_scale = lora.scale
         with torch.no_grad():  # no random draw here: init_weights() draws A after the base, as the seed's model
             linear.lora_A.zero_()
@@ -63,8 +64,14 @@ class LoRALinear(nn.Linear):
         nn.init.zeros_(self.lora_B)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.lora_forward(x, self.lora_A, self.lora_B)
+
+    def lora_forward(self, x: torch.Tensor, lora_a: torch.Tensor, lora_b: torch.Tensor) -> torch.Tensor:
+        """W x + b + scale * B A dropout(x), with the adapters given (a layout may wrap them)."""
         out = F.linear(x, self.weight, self.bias)
-        return out + F.linear(F.linear(self.lora_dropout(x), self.lora_A), self.lora_B) * self.lora_scale
+        if self.lora_dropout > 0:
+            x = F.dropout(x, self.lora_dropout, self.training)
+        return out + F.linear(F.linear(x, lora_a), lora_b) * self.lora_scale
 
     def extra_repr(self) -> str:
         return f"{super().extra_repr()}, lora_rank={self.lora_A.shape[0]}, lora_scale={self.lora_scale}"
