@@ -136,3 +136,23 @@ def test_only_adapters_train_and_a_fresh_adapter_changes_nothing() -> None:
     tokens = torch.randint(0, 100, (2, 16))
     with torch.no_grad():
         assert torch.equal(plain(tokens), adapted(tokens))  # B = 0, and the base drew the seed's weights
+
+
+MLA = {"kv_lora_rank": 16, "qk_nope_head_dim": 16, "qk_rope_head_dim": 16, "v_head_dim": 16}
+
+
+@pytest.mark.parametrize(
+    "cfg",
+    [
+        {"lora": {"rank": 4, "targets": ["q", "k", "v", "o", "gate", "up", "down"]}},
+        {"mlp_type": "gelu", "lora": {"rank": 3, "targets": ["q", "up", "down"]}},
+        {"mla": {**MLA, "q_lora_rank": 24}, "mtp_depth": 1, "lora": {"rank": 2, "targets": ["q", "o", "down"]}},
+        {"moe": {"num_experts": 4, "num_shared_experts": 1, "first_dense": 1}, "lora": {"rank": 2, "targets": ["up"]}},
+    ],
+    ids=["dense", "gelu", "mla_mtp", "moe_shared"],
+)
+def test_lora_params_counts_the_built_adapters(cfg: dict) -> None:
+    from model.counting import lora_params
+
+    model = build(cfg)
+    assert lora_params(model.cfg) == trainable_fraction(model)[0] > 0
