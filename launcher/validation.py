@@ -67,6 +67,7 @@ def validate(cfg: Any, world_size: int) -> RunPlan:
     _check_schedule(config)
     _check_optim(config)
     _check_data(config)
+    _check_lora(config)
     try:
         dims = ParallelDims.from_config(
             config.parallel,
@@ -202,6 +203,30 @@ def _check_optim(cfg: TrainConfig) -> None:
         raise ConfigError(f"optim.beta1={o.beta1} and optim.beta2={o.beta2} must be in [0, 1)")
     if o.weight_decay < 0 or o.grad_clip < 0 or o.eps <= 0:
         raise ConfigError("optim.weight_decay and optim.grad_clip must be >= 0 and optim.eps > 0")
+
+
+def _check_lora(cfg: TrainConfig) -> None:
+    """model.lora: targets the architecture has, on a layout that trains adapters (torch engine, no float8)."""
+    from model.counting import lora_missing_targets
+
+    lora = cfg.model.lora
+    if not lora.enabled:
+        return
+    missing = lora_missing_targets(cfg.model)
+    if missing:
+        raise ConfigError(
+            f"model.lora.targets: {missing} do not exist in model {cfg.model.name!r} (latent attention has no "
+            f"separate k/v, GELU MLPs no gate, routed MoE experts take no adapters): leave them out"
+        )
+    if cfg.parallel.engine == "deepspeed":
+        raise ConfigError(
+            "model.lora with parallel.engine=deepspeed: ZeRO's checkpoints gather fp32 master weights of every "
+            "parameter, and the frozen base has none; use parallel=fsdp (sharded like ZeRO-3) or ddp"
+        )
+    if cfg.parallel.float8 != "none":
+        raise ConfigError(
+            "model.lora with parallel.float8: float8 replaces the adapted Linear modules; set parallel.float8=none"
+        )
 
 
 def _check_data(cfg: TrainConfig) -> None:

@@ -163,6 +163,13 @@ def lora_layer_params(cfg: ModelConfig, layer_idx: int) -> tuple[int, int]:
     return split, replicated
 
 
+def lora_missing_targets(cfg: ModelConfig) -> list[str]:
+    """model.lora.targets no layer of the model has (model/lora.py refuses them when building; this says so from
+    the config alone, before any torch import)."""
+    present = {t for i in range(cfg.n_layers + cfg.mtp_depth) for t in _lora_projections(cfg, i)}
+    return [t for t in cfg.lora.targets if t not in present] if cfg.lora.enabled else []
+
+
 def lora_params(cfg: ModelConfig) -> int:
     """Every LoRA adapter parameter of the model (MTP modules' layers included): what trains under model.lora."""
     return sum(sum(lora_layer_params(cfg, i)) for i in range(cfg.n_layers + cfg.mtp_depth))

@@ -47,6 +47,10 @@ MORE_BAD_CONFIGS = [
     ("peer_timeout_too_short", ["trainer.peer_timeout_s=2"], "trainer.peer_timeout_s=2"),
     ("hang_without_heartbeats", ["trainer.peer_timeout_s=0", "trainer.hang_timeout_s=30"], "trainer.hang_timeout_s"),
     ("negative_peer_timeout", ["trainer.peer_timeout_s=-1"], "trainer.peer_timeout_s=-1"),
+    ("lora_unknown_target", ["model.lora.rank=4", "model.lora.targets=[q,qq]"], "model.lora.targets"),
+    ("lora_gate_of_gelu_mlp", ["model.lora.rank=4", "model.mlp_type=gelu", "model.lora.targets=[gate]"], "['gate']"),
+    ("lora_on_deepspeed", ["model.lora.rank=4", "parallel=zero2"], "model.lora with parallel.engine=deepspeed"),
+    ("lora_negative_rank", ["model.lora.rank=-1"], "model.lora"),
 ]
 
 
