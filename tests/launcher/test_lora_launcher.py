@@ -1,6 +1,6 @@
 """LoRA fine-tuning through the launcher, from a Hugging Face directory given as trainer.init_from (a tiny random
 Llama saved by transformers, with a tokenizer): its architecture becomes the run's model, its weights the frozen
-base, and only the adapters train; ddp, fsdp and tp on 2 ranks equal one process over 10 steps (plain
+base, and only the adapters train; ddp, fsdp, tp, cp and pp on 2 ranks equal one process over 10 steps (plain
 pretraining shards: the SFT data is another issue's); kill -9 and a relaunch resume exactly; the optimizer holds
 the adapters only, and its state is their fraction of full fine-tuning's (measured from its state tensors)."""
 
@@ -95,7 +95,7 @@ def test_hf_init_from_gives_model_tokenizer_and_frozen_base(single_lora, hf_base
 
 
 @pytest.mark.distributed
-@pytest.mark.parametrize("layout,rtol", [("ddp", 1e-5), ("fsdp", 1e-5), ("tp", 1e-4)])
+@pytest.mark.parametrize("layout,rtol", [("ddp", 1e-5), ("fsdp", 1e-5), ("tp", 1e-4), ("cp", 1e-4), ("pp", 1e-4)])
 def test_lora_layouts_match_one_process(single_lora, shards, hf_base, tmp_path, layout, rtol):
     launch(lora_overrides(shards, hf_base, tmp_path / "run", parallel=layout), 2, tmp_path)
     got, want = losses(tmp_path / "run"), losses(single_lora)
