@@ -134,6 +134,7 @@ class LoRAConfig:
     alpha: float = 16.0  # scale = alpha / rank, as peft's lora_alpha
     dropout: float = 0.0  # dropout on the adapter's input (peft's lora_dropout)
     targets: list[str] = field(default_factory=lambda: ["q", "k", "v", "o"])  # of LORA_TARGETS
+    base_dtype: str = "fp32"  # fp32 | bf16 | fp16: what the adapted projections' frozen weights are held in
 
     @property
     def enabled(self) -> bool:
@@ -436,6 +437,9 @@ def _validate_lora(cfg: ModelConfig) -> None:
             f"model.lora: rank ({lora.rank}) must be >= 0 (0: off), alpha ({lora.alpha}) > 0 and dropout "
             f"({lora.dropout}) in [0, 1)"
         )
+    from model.dtypes import canonical_precision
+
+    lora.base_dtype = canonical_precision(lora.base_dtype, "model.lora.base_dtype")
     if not lora.enabled:
         return
     unknown = [t for t in lora.targets if t not in LORA_TARGETS]

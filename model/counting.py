@@ -146,9 +146,10 @@ def _lora_projections(cfg: ModelConfig, layer_idx: int) -> dict[str, list[tuple[
     return projections
 
 
-def lora_layer_params(cfg: ModelConfig, layer_idx: int) -> tuple[int, int]:
+def lora_layer_params(cfg: ModelConfig, layer_idx: int, *, base: bool = False) -> tuple[int, int]:
     """(tp-split, replicated) LoRA adapter parameters of one layer (model.lora): r * (in + out) per adapted
-    Linear; under tensor parallel B of a column-parallel and A of a row-parallel projection are split."""
+    Linear; under tensor parallel B of a column-parallel and A of a row-parallel projection are split. `base`:
+    the adapted Linears' own weights instead (in * out each, held in model.lora.base_dtype)."""
     lora = cfg.lora
     if not lora.enabled:
         return 0, 0
@@ -157,6 +158,11 @@ def lora_layer_params(cfg: ModelConfig, layer_idx: int) -> tuple[int, int]:
         if target not in lora.targets:
             continue
         for n_in, n_out, tp in linears:
+            if base:
+                split, replicated = (
+                    (split, replicated + n_in * n_out) if tp == "none" else (split + n_in * n_out, replicated)
+                )
+                continue
             sharded = {"col": n_out, "row": n_in, "none": 0}[tp]
             split += lora.rank * sharded
             replicated += lora.rank * (n_in + n_out - sharded)

@@ -2,9 +2,9 @@
 
 `apply_lora(model, cfg.lora)` turns the chosen `nn.Linear` projections into `LoRALinear` in place (same module,
 same `weight`/`bias` Parameters, so the base keeps its state-dict names and a checkpoint without adapters still
-fills it) with two new Parameters `lora_A` [r, in] and `lora_B` [out, r], and freezes every other parameter: only
-adapters reach the optimizer. Initialisation as peft's default: A kaiming-uniform (a = sqrt(5)), B zeros, so a
-fresh adapter changes nothing.
+fills it; the weight in model.lora.base_dtype, e.g. bf16 to halve the frozen base) with two new fp32 Parameters
+`lora_A` [r, in] and `lora_B` [out, r], and freezes every other parameter: only adapters reach the optimizer.
+Initialisation as peft's default: A kaiming-uniform (a = sqrt(5)), B zeros, so a fresh adapter changes nothing.
 
 Targets (model.config.LORA_TARGETS) per block:
 - attention: q, k, v, o -> wq, wk, wv, wo; latent attention (MLA): q -> wq (or the low-rank wq_a and wq_b), o -> wo;
@@ -30,6 +30,7 @@ from model.blocks.attention import Attention
 from model.blocks.mla import MultiHeadLatentAttention
 from model.blocks.mlp import FeedForward
 from model.config import LoRAConfig, ModelConfig
+from model.dtypes import torch_dtype
 
 ADAPTER_SUFFIXES = (".lora_A", ".lora_B")
 
@@ -50,6 +51,7 @@ class LoRALinear(nn.Linear):
         linear.__class__ = cls
         linear.lora_A = nn.Parameter(torch.empty(lora.rank, weight.shape[1], device=weight.device, dtype=weight.dtype))
         linear.lora_B = nn.Parameter(torch.empty(weight.shape[0], lora.rank, device=weight.device, dtype=weight.dtype))
+        weight.data = weight.data.to(torch_dtype(lora.base_dtype))  # the frozen base may be held narrower
         linear.lora_dropout = lora.dropout  # a float, not a submodule: TP styles partition every submodule
         linear.lora_scale = lora.scale
         with torch.no_grad():  # no random draw here: init_weights() draws A after the base, as the seed's model
@@ -67,8 +69,10 @@ class LoRALinear(nn.Linear):
         return self.lora_forward(x, self.lora_A, self.lora_B)
 
     def lora_forward(self, x: torch.Tensor, lora_a: torch.Tensor, lora_b: torch.Tensor) -> torch.Tensor:
-        """W x + b + scale * B A dropout(x), with the adapters given (a layout may wrap them)."""
-        out = F.linear(x, self.weight, self.bias)
+        """W x + b + scale * B A dropout(x), with the adapters given (a layout may wrap them); a base held in
+        another dtype than x (model.lora.base_dtype) is cast for the matmul (autocast casts it anyway)."""
+        weight = self.weight if self.weight.dtype == x.dtype else self.weight.to(x.dtype)
+        out = F.linear(x, weight, self.bias)
         if self.lora_dropout > 0:
             x = F.dropout(x, self.lora_dropout, self.training)
         return out + F.linear(F.linear(x, lora_a), lora_b) * self.lora_scale
@@ -135,13 +139,17 @@ def adapter_bases(state: dict[str, torch.Tensor]) -> list[str]:
 
 def merged_state(state: dict[str, torch.Tensor], cfg: ModelConfig) -> tuple[dict[str, torch.Tensor], ModelConfig]:
     """The state dict with every adapter folded into its base weight (W + scale * B A, in float32 or wider, then
-    the weight's dtype) and the config without adapters: the plain model that computes what the adapted one does."""
+    the wider of the weight's and the adapters' dtypes) and the config without adapters: the plain model that
+    computes what the adapted one does."""
     merged = {key: value for key, value in state.items() if not is_adapter_key(key)}
     for base in adapter_bases(state):
         weight = merged[f"{base}.weight"]
-        wide = torch.promote_types(weight.dtype, torch.float32)
-        delta = state[f"{base}.lora_B"].to(wide) @ state[f"{base}.lora_A"].to(wide)
-        merged[f"{base}.weight"] = (weight.to(wide) + cfg.lora.scale * delta).to(weight.dtype)
+        lora_a, lora_b = state[f"{base}.lora_A"], state[f"{base}.lora_B"]
+        wide = torch.promote_types(torch.promote_types(weight.dtype, lora_a.dtype), torch.float32)
+        delta = lora_b.to(wide) @ lora_a.to(wide)
+        merged[f"{base}.weight"] = (weight.to(wide) + cfg.lora.scale * delta).to(
+            torch.promote_types(weight.dtype, lora_a.dtype)  # a bf16 base with fp32 adapters merges into fp32
+        )
     return merged, dataclasses.replace(cfg, lora=LoRAConfig())
 
 

@@ -16,9 +16,9 @@ Memory per GPU (`estimate_memory`) is the worst pipeline stage under the layout,
 - engine=deepspeed keeps weights and gradients in trainer.precision and, for bf16/fp16, an fp32 master copy next
   to the moments (2 + 2 + 12 bytes); ZeRO-1 shards the optimizer over dp_shard, ZeRO-2 also gradients, ZeRO-3 also
   weights plus two gathered layers; zero_offload moves the optimizer state (and ZeRO-3's weights) to the host.
-- model.lora: the frozen base keeps its weights; only the adapters (model.counting.lora_params) have gradients and
-  optimizer state, sharded like the rest. The report's `lora` entry gives their count and what that saves per GPU
-  against full fine-tuning of the same layout.
+- model.lora: the frozen base keeps its weights (the adapted projections' in model.lora.base_dtype); only the
+  adapters (model.counting.lora_params) have gradients and optimizer state, sharded like the rest. The report's
+  `lora` entry gives their count and what that saves per GPU against full fine-tuning of the same layout.
 - Tensor parallelism divides every parameter except norms, routers and MLA's low-rank down-projections; expert
   parallelism divides the routed experts, which FSDP then shards over the remaining dp_shard x cp / ep ranks.
   The first stage also holds the input embeddings, the last the final norm, output projection and MTP modules.
@@ -166,6 +166,7 @@ class StageParams:
     experts: float  # routed experts: sharded over the shard ranks / ep
     largest_layer: float  # one layer's parameters on this GPU (for the FSDP/ZeRO-3 gather)
     adapters: float = 0.0  # LoRA adapters (model.lora), sharded like `dense`: with them only these train
+    adapted_base: float = 0.0  # the adapted Linears' weights (part of `dense`), held in model.lora.base_dtype
 
 
 def stage_params(run: TrainingRun, stage: int) -> StageParams:
@@ -175,11 +176,13 @@ def stage_params(run: TrainingRun, stage: int) -> StageParams:
     layers = list(ranges[stage])
     if last:  # the MTP modules' layers
         layers += range(cfg.n_layers, cfg.n_layers + cfg.mtp_depth)
-    dense = experts = largest = adapters = 0.0
+    dense = experts = largest = adapters = adapted_base = 0.0
     for i in layers:
         p = layer_params(cfg, i)
         lora_split, lora_replicated = lora_layer_params(cfg, i)
         layer_adapters = lora_split / tp + lora_replicated
+        base_split, base_replicated = lora_layer_params(cfg, i, base=True)
+        adapted_base += base_split / tp + base_replicated
         layer_dense = (p.attention + p.ffn) / tp + p.attention_replicated + p.norms + p.router
         layer_experts = p.experts / (tp * ep)
         dense += layer_dense
@@ -192,7 +195,7 @@ def stage_params(run: TrainingRun, stage: int) -> StageParams:
         dense += final_norm_params(cfg) + cfg.mtp_depth * mtp_module_own_params(cfg)
         if not cfg.tie_embeddings:  # tied: the output is the embedding (pipeline parallel refuses tying)
             dense += cfg.vocab_size * cfg.dim / tp
-    return StageParams(dense, experts, largest, adapters)
+    return StageParams(dense, experts, largest, adapters, adapted_base)
 
 
 # ---------------------------------------------------------------------------------------------------- activations
@@ -349,8 +352,11 @@ def stage_state(run: TrainingRun, stage: int) -> StageState:
         gathered = in_flight * b.gathered
     elif zero >= 3 and shards > 1:
         gathered = 2 * p.largest_layer * b.gathered  # the gathered layer and the prefetched next one
+    weight_shards = shards if fsdp or zero >= 3 else 1
+    narrow = b.weights - dtype_bytes(run.model.lora.base_dtype, "model.lora.base_dtype")  # bytes saved per base param
     return StageState(
-        weights=(held(fsdp or zero >= 3) + p.adapters / (shards if fsdp or zero >= 3 else 1)) * b.weights,
+        weights=(held(fsdp or zero >= 3) + p.adapters / weight_shards) * b.weights
+        - p.adapted_base / weight_shards * narrow,
         gradients=trained(fsdp or zero >= 2) * b.gradients,
         optimizer=trained(fsdp or zero >= 1) * b.optimizer,
         gathered=gathered,

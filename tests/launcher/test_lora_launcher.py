@@ -104,6 +104,28 @@ def test_lora_layouts_match_one_process(single_lora, shards, hf_base, tmp_path, 
         assert abs(got[step] - want[step]) <= rtol * abs(want[step]), (layout, step, got[step], want[step])
 
 
+@pytest.mark.distributed
+def test_bf16_base_under_fsdp_matches_one_process(shards, hf_base, tmp_path):
+    """model.lora.base_dtype=bf16: the adapted projections' frozen weights held in bf16 (FSDP2 shards a unit of
+    bf16 frozen and fp32 trained parameters), the same losses as one process holding them so."""
+    runs = {}
+    for nproc, layout in ((1, "single"), (2, "fsdp")):
+        run_dir = tmp_path / layout
+        launch(
+            lora_overrides(shards, hf_base, run_dir, parallel=layout, **{"model.lora.base_dtype": "bf16"}),
+            nproc,
+            tmp_path,
+        )
+        runs[layout] = losses(run_dir)
+    for step in range(1, STEPS + 1):
+        assert abs(runs["fsdp"][step] - runs["single"][step]) <= 1e-5 * abs(runs["single"][step]), (step, runs)
+    from model.checkpoint_io import load_model_checkpoint
+
+    state, _ = load_model_checkpoint(tmp_path / "fsdp")
+    assert state["layers.0.attention.wq.weight"].dtype == torch.bfloat16
+    assert state["layers.0.attention.wq.lora_A"].dtype == torch.float32
+
+
 def test_lora_kill9_resumes_exactly(single_lora, shards, hf_base, tmp_path):
     run_dir = tmp_path / "run"
     overrides = lora_overrides(shards, hf_base, run_dir)

@@ -156,3 +156,27 @@ def test_lora_params_counts_the_built_adapters(cfg: dict) -> None:
 
     model = build(cfg)
     assert lora_params(model.cfg) == trainable_fraction(model)[0] > 0
+
+
+def test_bf16_base_holds_the_adapted_weights_narrow_and_merges_into_fp32() -> None:
+    from model.counting import lora_layer_params
+
+    cfg = {"lora": {"rank": 4, "targets": ["q", "down"], "base_dtype": "bf16"}}
+    torch.manual_seed(0)
+    narrow = build(cfg).eval()
+    adapted = [m for m in narrow.modules() if isinstance(m, LoRALinear)]
+    assert {m.weight.dtype for m in adapted} == {torch.bfloat16}
+    assert {m.lora_A.dtype for m in adapted} == {m.lora_B.dtype for m in adapted} == {torch.float32}
+    with torch.no_grad():
+        for m in adapted:
+            m.lora_B.normal_(0, 0.2)
+    wide_cfg = dataclasses.replace(narrow.cfg, lora=dataclasses.replace(narrow.cfg.lora, base_dtype="fp32"))
+    wide = build(wide_cfg).eval()
+    wide.load_state_dict({k: v.float() for k, v in narrow.state_dict().items()})
+    tokens = torch.randint(0, 100, (2, 16))
+    with torch.no_grad():
+        assert torch.equal(narrow(tokens), wide(tokens))  # fp32 compute on the bf16-held weights
+    state, _ = merged_state(narrow.state_dict(), narrow.cfg)
+    assert state["layers.0.attention.wq.weight"].dtype == torch.float32  # adapters' detail kept
+    bases = sum(sum(lora_layer_params(narrow.cfg, i, base=True)) for i in range(narrow.cfg.n_layers))
+    assert bases == sum(m.weight.numel() for m in adapted)

@@ -37,3 +37,12 @@ def test_report_names_the_adapters_and_the_saving() -> None:
     assert lora["params"] == 8 * 4 * (4 * (1024 + 1024) + 3 * (1024 + 2048))
     assert lora["optimizer_saved_gib_per_gpu"] > 0 and lora["gradients_saved_gib_per_gpu"] > 0
     assert estimate(training_run(MODEL), gpu="H100 SXM", tokens=1e6, mfu=0.4)["lora"] is None
+
+
+def test_bf16_base_halves_the_adapted_weights() -> None:
+    from model.counting import lora_layer_params
+
+    narrow = dataclasses.replace(LORA, lora=dataclasses.replace(LORA.lora, base_dtype="bf16"))
+    wide_bytes = estimate_memory(training_run(LORA)).weights
+    adapted = sum(sum(lora_layer_params(LORA, i, base=True)) for i in range(LORA.n_layers))
+    assert estimate_memory(training_run(narrow)).weights == wide_bytes - 2 * adapted
