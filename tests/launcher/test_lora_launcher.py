@@ -175,3 +175,31 @@ def test_optimizer_holds_only_adapters_and_their_share_of_the_state():
     assert lora_bytes / full_bytes == pytest.approx(trainable / (total - trainable), rel=1e-9)
     assert lora_bytes < full_bytes / 10, (lora_bytes, full_bytes)
     print(json.dumps({"full_state_bytes": full_bytes, "lora_state_bytes": lora_bytes}))
+
+
+@pytest.mark.parametrize("layout,ranks", [("fsdp", 2), ("fsdp_tp", 4)])
+def test_dry_run_of_lora_matches_the_estimate(layout, ranks):
+    """Built on the meta device (launcher/dry_run.py): a bf16 base holds weights only, the adapters (split or
+    replicated under tensor parallel as parallel/tensor.py places them) gradients and AdamW state, as the
+    estimate sizes them."""
+    from launcher.dry_run import dry_run
+
+    report = dry_run(
+        [
+            "cluster.gpus_per_node=0",
+            f"cluster.ranks_per_node={ranks}",
+            f"parallel={layout}",
+            "model=llama3_1b",
+            "data=synthetic",
+            "data.seq_len=1024",
+            "trainer.micro_batch_size=1",
+            f"trainer.global_batch_size={ranks}",
+            "model.lora.rank=16",
+            "model.lora.base_dtype=bf16",
+            "model.lora.targets=[q,k,v,o,gate,up,down]",
+        ]
+    )
+    for rank in report.ranks:
+        for key in ("weights", "gradients", "optimizer"):
+            assert rank.built[key] == pytest.approx(rank.estimated[key], rel=0.01), (rank.rank, key)
+        assert rank.built["optimizer"] < rank.built["weights"] / 10
