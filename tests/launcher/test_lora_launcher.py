@@ -203,3 +203,32 @@ def test_dry_run_of_lora_matches_the_estimate(layout, ranks):
         for key in ("weights", "gradients", "optimizer"):
             assert rank.built[key] == pytest.approx(rank.estimated[key], rel=0.01), (rank.rank, key)
         assert rank.built["optimizer"] < rank.built["weights"] / 10
+
+
+def test_hf_tokenizer_decodes_samples_when_the_data_has_none(hf_base, tmp_path):
+    """Synthetic data brings no tokenizer: the HF directory's encodes the sample prompt and decodes the sample."""
+    run_dir = tmp_path / "run"
+    result = launch(
+        [
+            f"trainer.init_from={hf_base}",
+            "data=synthetic",
+            "data.seq_len=32",
+            f"trainer.run_dir={run_dir}",
+            "trainer.max_steps=2",
+            "schedule.warmup_steps=1",
+            "trainer.sample_every=2",
+            "trainer.sample_prompt=w1 w2",
+            "trainer.sample_tokens=4",
+            "trainer.global_batch_size=4",
+            "trainer.micro_batch_size=4",
+            "trainer.eval_every=0",
+            "logging.wandb.mode=disabled",
+            "logging.plot=false",
+            "trainer.progress_bar=false",
+        ],
+        1,
+        tmp_path,
+    )
+    samples = [line for line in (result.stdout + result.stderr).splitlines() if "| sample w1 w2w" in line]
+    assert samples, result.stderr[-3000:]
+    assert (run_dir / "tokenizer.json").read_bytes() == (hf_base / "tokenizer.json").read_bytes()
