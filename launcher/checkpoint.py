@@ -51,7 +51,7 @@ import torch.distributed as dist
 import torch.distributed.checkpoint as dcp
 from torch import nn
 from torch.distributed.checkpoint.api import CheckpointException
-from torch.distributed.checkpoint.state_dict import get_model_state_dict, set_model_state_dict
+from torch.distributed.checkpoint.state_dict import StateDictOptions, get_model_state_dict, set_model_state_dict
 
 from launcher.distributed import DistEnv, barrier, broadcast_object
 from launcher.optim import merge_disjoint
@@ -553,14 +553,24 @@ def read_train_state(directory: Path) -> dict[str, Any]:
 
 
 def load_model_weights(modules: list[nn.Module], source: str | Path) -> Path:
-    """The "model" weights of a checkpoint (a checkpoint dir, or a run dir's newest one that verifies) into
-    `modules` (one model, or a pipeline rank's stage modules), whatever their layout; returns the directory."""
+    """The "model" weights of a checkpoint (a checkpoint dir, or a run dir's newest one that verifies, or a Hugging
+    Face model directory: launcher/hf_init.py) into `modules` (one model, or a pipeline rank's stage modules),
+    whatever their layout; returns the directory. LoRA adapters (model.lora) keep their initialisation: init_from
+    gives the base weights."""
+    from launcher.hf_init import hf_init_dir, load_hf_weights
+    from model.lora import is_adapter_key
+
+    if hf_init_dir(source) is not None:
+        load_hf_weights(modules, Path(source))
+        return Path(source)
     directory = resolve_checkpoint_dir(source)
     verify_checkpoint(directory)
-    own = [get_model_state_dict(module) for module in modules]
+    own = [{k: v for k, v in get_model_state_dict(module).items() if not is_adapter_key(k)} for module in modules]
     state = {MODEL_KEY: merge_disjoint(own, MODEL_KEY)}
     load_tensors(state, directory, no_dist=not dist.is_initialized())
     for module, keys in zip(modules, own):
-        set_model_state_dict(module, {key: state[MODEL_KEY][key] for key in keys})
+        set_model_state_dict(
+            module, {key: state[MODEL_KEY][key] for key in keys}, options=StateDictOptions(strict=False)
+        )
     log.info("initialised model weights from %s", directory)
     return directory

@@ -9,6 +9,7 @@ from omegaconf import DictConfig, OmegaConf
 from cluster.config import ClusterConfig
 from cluster.slurm import REPO
 from launcher.config import register_configs
+from launcher.hf_init import adopt_hf_model
 from launcher.run_dir import register_resolvers
 from launcher.validation import ConfigError, RunPlan, validate
 
@@ -33,7 +34,7 @@ def validate_on_allocation(cfg: DictConfig, cluster: ClusterConfig) -> RunPlan:
     ranks = cluster.training_ranks_per_node()
     world_size = cluster.nodes * ranks
     try:
-        return validate(cfg, world_size)
+        return validate(adopt_hf_model(cfg), world_size)  # trainer.init_from=<HF directory>: its model
     except ConfigError as exc:
         raise ConfigError(
             f"{exc} [the job would run {cluster.nodes} node(s) x {ranks} rank(s) per node = {world_size} "

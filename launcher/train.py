@@ -25,6 +25,7 @@ import hydra
 from omegaconf import DictConfig, OmegaConf
 
 from launcher.config import register_configs
+from launcher.hf_init import adopt_hf_model
 from launcher.resume_check import ResumeFormatError, check_resumable
 from launcher.run_dir import RunDirError, RunLock, check_same_run, register_resolvers, world_size_from_env
 from launcher.stop_request import StopRequest
@@ -42,6 +43,7 @@ def main(cfg: DictConfig) -> None:
     stop = globals().get("_EARLY_STOP") or StopRequest().install()
     lock = None
     try:
+        cfg = adopt_hf_model(cfg)  # trainer.init_from=<HF directory>: the model is that directory's
         plan = validate(cfg, world_size_from_env())
         config = OmegaConf.to_container(cfg, resolve=True)
         check_same_run(plan.cfg.trainer.run_dir, config, plan.cfg.trainer.resume_allow)

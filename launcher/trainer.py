@@ -30,6 +30,7 @@ from launcher.callbacks import TrainContext, build_callbacks
 from launcher.checkpoint import Checkpointer
 from launcher.data import copy_tokenizer, open_training_data, write_decontamination_record
 from launcher.distributed import DistEnv, barrier, die_with_launcher, init_distributed, shutdown
+from launcher.hf_init import hf_init_dir, hf_tokenizer
 from launcher.metrics import SpeedMeter
 from launcher.nonfinite import NonFiniteGuard
 from launcher.preemption import StopAgreement
@@ -38,6 +39,7 @@ from launcher.train_modules import build_train_module
 from launcher.validation import RunPlan, watchdog_timeouts
 from launcher.watchdog import note_progress, watch_peers
 from model.checkpoint_io import atomic_write_text, list_checkpoint_dirs
+from model.hf.files import copy_tokenizer_files
 
 log = logging.getLogger("launcher")
 
@@ -87,6 +89,9 @@ def _train(plan: RunPlan, config: dict[str, Any], stop: StopRequest, env: DistEn
         batch_schedule=plan.batch_schedule,
         skip_samples=cfg.data.skip_samples,
     )
+    hf_dir = hf_init_dir(t.init_from)
+    if data.tokenizer is None and hf_dir is not None:  # synthetic data: text samples and evaluation use the HF one
+        data.tokenizer, data.eos_id = hf_tokenizer(hf_dir)
     loader = data.batches
 
     # ---- the train module of this layout, resumed from the newest good checkpoint or started from init_from
@@ -101,7 +106,9 @@ def _train(plan: RunPlan, config: dict[str, Any], stop: StopRequest, env: DistEn
     start_step = checkpointer.restore(module, loader, config, t.resume_allow)
     if env.is_main:  # only now: a run that cannot resume changes nothing in its run dir
         atomic_write_text(run_dir / "config.yaml", OmegaConf.to_yaml(config))
-        copy_tokenizer(cfg.data, run_dir)  # <run_dir>/tokenizer.json: what exports and model.generate read
+        # <run_dir>/tokenizer.json: what exports and model.generate read (the data's, else init_from's HF one)
+        if copy_tokenizer(cfg.data, run_dir) is None and hf_dir is not None:
+            copy_tokenizer_files(hf_dir, run_dir)
         write_decontamination_record(loader, run_dir)  # what evaluations of the run mark per task
 
     # ---- the periodic work: metrics, held-out loss, text sample, checkpoints (launcher/callbacks/)

@@ -67,6 +67,7 @@ def validate(cfg: Any, world_size: int) -> RunPlan:
     _check_schedule(config)
     _check_optim(config)
     _check_data(config)
+    _check_lora(config)
     try:
         dims = ParallelDims.from_config(
             config.parallel,
@@ -246,6 +247,11 @@ def _check_muon(cfg: TrainConfig) -> None:
             "it by flat partitions, which split the matrices Muon orthogonalises whole; use parallel.engine=torch "
             "(FSDP shards like ZeRO-3) or optim=adamw"
         )
+    if cfg.model.lora.enabled:
+        raise ConfigError(
+            "optim=muon with model.lora: the adapters are low-rank factors, whose orthogonalised update is not "
+            "what either method was made for (and the estimate does not model it); use optim=adamw with LoRA"
+        )
     if m.qk_clip_tau > 0:
         _check_qk_clip(cfg)
 
@@ -269,6 +275,30 @@ def _check_qk_clip(cfg: TrainConfig) -> None:
         )
     if model.attn_logit_softcap is not None:
         raise ConfigError("optim.muon.qk_clip_tau>0 with model.attn_logit_softcap: the softcap already bounds logits")
+
+
+def _check_lora(cfg: TrainConfig) -> None:
+    """model.lora: targets the architecture has, on a layout that trains adapters (torch engine, no float8)."""
+    from model.counting import lora_missing_targets
+
+    lora = cfg.model.lora
+    if not lora.enabled:
+        return
+    missing = lora_missing_targets(cfg.model)
+    if missing:
+        raise ConfigError(
+            f"model.lora.targets: {missing} do not exist in model {cfg.model.name!r} (latent attention has no "
+            f"separate k/v, GELU MLPs no gate, routed MoE experts take no adapters): leave them out"
+        )
+    if cfg.parallel.engine == "deepspeed":
+        raise ConfigError(
+            "model.lora with parallel.engine=deepspeed: ZeRO's checkpoints gather fp32 master weights of every "
+            "parameter, and the frozen base has none; use parallel=fsdp (sharded like ZeRO-3) or ddp"
+        )
+    if cfg.parallel.float8 != "none":
+        raise ConfigError(
+            "model.lora with parallel.float8: float8 replaces the adapted Linear modules; set parallel.float8=none"
+        )
 
 
 def _check_data(cfg: TrainConfig) -> None:

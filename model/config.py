@@ -122,6 +122,29 @@ class MoEConfig:
     first_dense: int = 0  # the first `first_dense` layers stay dense (DeepSeek)
 
 
+LORA_TARGETS = ("q", "k", "v", "o", "gate", "up", "down")  # projections model.lora.targets may name (model/lora.py)
+
+
+@dataclass
+class LoRAConfig:
+    """Low-rank adapters (LoRA, Hu et al. 2021, as peft computes them) on the chosen projections: y = W x + (alpha /
+    rank) * B A dropout(x), with W frozen and only A [rank, in] and B [out, rank] trained. rank 0: no adapters."""
+
+    rank: int = 0  # adapter rank r; 0: off (the whole model trains)
+    alpha: float = 16.0  # scale = alpha / rank, as peft's lora_alpha
+    dropout: float = 0.0  # dropout on the adapter's input (peft's lora_dropout)
+    targets: list[str] = field(default_factory=lambda: ["q", "k", "v", "o"])  # of LORA_TARGETS
+    base_dtype: str = "fp32"  # fp32 | bf16 | fp16: what the adapted projections' frozen weights are held in
+
+    @property
+    def enabled(self) -> bool:
+        return self.rank > 0
+
+    @property
+    def scale(self) -> float:
+        return self.alpha / self.rank
+
+
 @dataclass
 class ModelConfig:
     name: str = "custom"  # the model's name (configs/model/<name>.yaml)
@@ -193,6 +216,7 @@ class ModelConfig:
     # The Hugging Face model_type this model came from (set by import; export writes it again when the
     # architecture still fits it). None: export picks the architecture from the config.
     hf_model_type: Optional[str] = None
+    lora: LoRAConfig = field(default_factory=LoRAConfig)  # adapters on frozen weights (model/lora.py); rank 0: off
 
     def __post_init__(self) -> None:
         # Plain-dict sections (a checkpoint's JSON, `ModelConfig(moe={...})`) become their dataclasses here, so
@@ -202,6 +226,7 @@ class ModelConfig:
             self.moe = _section(MoEConfig, self.moe, "model.moe")
         if self.mla is not None:
             self.mla = _section(MLAConfig, self.mla, "model.mla")
+        self.lora = _section(LoRAConfig, self.lora, "model.lora")
         validate_model_config(self)
 
     @classmethod
@@ -401,6 +426,33 @@ def validate_model_config(cfg: ModelConfig) -> None:
         _validate_mla(cfg)
     if cfg.moe is not None:
         _validate_moe(cfg.moe)
+    _validate_lora(cfg)
+
+
+def _validate_lora(cfg: ModelConfig) -> None:
+    """The adapters' own values; model/lora.py refuses targets the architecture does not have."""
+    lora = cfg.lora
+    if lora.rank < 0 or lora.alpha <= 0 or not 0 <= lora.dropout < 1:
+        raise ValueError(
+            f"model.lora: rank ({lora.rank}) must be >= 0 (0: off), alpha ({lora.alpha}) > 0 and dropout "
+            f"({lora.dropout}) in [0, 1)"
+        )
+    from model.dtypes import canonical_precision
+
+    lora.base_dtype = canonical_precision(lora.base_dtype, "model.lora.base_dtype")
+    if not lora.enabled:
+        return
+    unknown = [t for t in lora.targets if t not in LORA_TARGETS]
+    if unknown or not lora.targets or len(set(lora.targets)) != len(lora.targets):
+        raise ValueError(
+            f"model.lora.targets={list(lora.targets)}: name each of {list(LORA_TARGETS)} at most once, at least one"
+            + (f" ({unknown} are not projections)" if unknown else "")
+        )
+    if cfg.fused_projections:
+        raise ValueError(
+            "model.lora with model.fused_projections=true: the fused matmul bypasses the adapters; set "
+            "model.fused_projections=false"
+        )
 
 
 def _validate_speed_options(cfg: ModelConfig) -> None:

@@ -16,6 +16,9 @@ Conventions (stated once, used everywhere):
   router, the top_k routed experts and the shared experts. Multi-token-prediction modules (`mtp_depth`, DeepSeek-V3)
   count their norms, 2*dim x dim projection and decoder layer as parameters; in FLOPs each adds its layer's
   attention and one more pass through the output head.
+- LoRA (model.lora) adapters are counted apart (`lora_params`, `lora_layer_params`): the counts above are the
+  base model's; FLOPs per token stay the base's (the adapters add 6 * r * (in + out) per adapted Linear, under 1%
+  at usual ranks, and the frozen base skips its weight gradients, which the figure does not subtract).
 - `LayerParams` splits each layer's parameters by how layouts divide them (tensor parallel, expert parallel,
   replicated), which is what the layout estimate needs; MLA's low-rank down-projections (wq_a, wkv_a) and latent
   norms stay replicated under tensor parallelism, as parallel/tensor.py lays them out.
@@ -127,6 +130,74 @@ def layer_vectors_in_matrix_counts(cfg: ModelConfig, layer_idx: int) -> int:
     elif moe.shared_expert_gate:
         vectors += cfg.dim
     return vectors
+
+
+def _lora_projections(cfg: ModelConfig, layer_idx: int) -> dict[str, list[tuple[int, int, str]]]:
+    """Target -> (in, out, tp split) of each Linear model/lora.py adapts in a layer; split: "col" (parallel/tensor.py
+    shards the output features), "row" (the input features) or "none" (replicated, MLA's wq_a)."""
+    d = cfg.dim
+    if cfg.mla is not None:
+        mla, heads = cfg.mla, cfg.n_heads
+        q_out = heads * mla.qk_head_dim
+        q = (
+            [(d, q_out, "col")]
+            if mla.q_lora_rank is None
+            else [(d, mla.q_lora_rank, "none"), (mla.q_lora_rank, q_out, "col")]
+        )
+        projections = {"q": q, "o": [(heads * mla.v_head_dim, d, "row")]}
+    else:
+        q_dim, kv_dim = cfg.n_heads * cfg.attn_head_dim, cfg.kv_heads * cfg.attn_head_dim
+        projections = {
+            "q": [(d, q_dim, "col")],
+            "k": [(d, kv_dim, "col")],
+            "v": [(d, kv_dim, "col")],
+            "o": [(q_dim, d, "row")],
+        }
+    if cfg.is_moe_layer(layer_idx):  # the shared experts' MLP (gated); routed experts take no adapters
+        hidden, gated = cfg.shared_experts_hidden_dim, True
+    else:
+        hidden, gated = cfg.ffn_hidden_dim, cfg.mlp_type in GATED_MLP_TYPES
+    if hidden:
+        projections["up"] = [(d, hidden, "col")]
+        projections["down"] = [(hidden, d, "row")]
+        if gated:
+            projections["gate"] = [(d, hidden, "col")]
+    return projections
+
+
+def lora_layer_params(cfg: ModelConfig, layer_idx: int, *, base: bool = False) -> tuple[int, int]:
+    """(tp-split, replicated) LoRA adapter parameters of one layer (model.lora): r * (in + out) per adapted
+    Linear; under tensor parallel B of a column-parallel and A of a row-parallel projection are split. `base`:
+    the adapted Linears' own weights instead (in * out each, held in model.lora.base_dtype)."""
+    lora = cfg.lora
+    if not lora.enabled:
+        return 0, 0
+    split = replicated = 0
+    for target, linears in _lora_projections(cfg, layer_idx).items():
+        if target not in lora.targets:
+            continue
+        for n_in, n_out, tp in linears:
+            if base:
+                split, replicated = (
+                    (split, replicated + n_in * n_out) if tp == "none" else (split + n_in * n_out, replicated)
+                )
+                continue
+            sharded = {"col": n_out, "row": n_in, "none": 0}[tp]
+            split += lora.rank * sharded
+            replicated += lora.rank * (n_in + n_out - sharded)
+    return split, replicated
+
+
+def lora_missing_targets(cfg: ModelConfig) -> list[str]:
+    """model.lora.targets no layer of the model has (model/lora.py refuses them when building; this says so from
+    the config alone, before any torch import)."""
+    present = {t for i in range(cfg.n_layers + cfg.mtp_depth) for t in _lora_projections(cfg, i)}
+    return [t for t in cfg.lora.targets if t not in present] if cfg.lora.enabled else []
+
+
+def lora_params(cfg: ModelConfig) -> int:
+    """Every LoRA adapter parameter of the model (MTP modules' layers included): what trains under model.lora."""
+    return sum(sum(lora_layer_params(cfg, i)) for i in range(cfg.n_layers + cfg.mtp_depth))
 
 
 @dataclass

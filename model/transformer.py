@@ -25,6 +25,7 @@ from model.blocks.mtp import MultiTokenPrediction
 from model.blocks.norm import LayerNorm, RMSNorm, build_norm
 from model.blocks.rope import RotaryEmbedding
 from model.config import ModelConfig, RopeScalingConfig
+from model.lora import apply_lora, lora_modules
 from model.loss import chunked_cross_entropy
 
 _OUTPUT_PROJECTIONS = ("wo", "w2")  # residual-branch outputs, initialised smaller (GPT-2 / Megatron)
@@ -73,6 +74,8 @@ class Transformer(nn.Module):
         # logs beside the loss; `last_loss_terms`: those plus the next-token terms ce_loss and z_loss.
         self.last_aux_losses: dict[str, torch.Tensor] = {}
         self.last_loss_terms: dict[str, torch.Tensor] = {}
+        if cfg.lora.enabled:  # adapters on the chosen projections, the rest frozen (model/lora.py)
+            apply_lora(self, cfg.lora)
 
     def _apply(self, fn, recurse=True):
         # `to_empty()` from the meta device builds a new Parameter per module (meta and CPU tensors cannot share
@@ -106,6 +109,8 @@ class Transformer(nn.Module):
                 module.reset_parameters()
             elif isinstance(module, (Attention, MultiHeadLatentAttention, MoE, RotaryEmbedding)):
                 module.reset_buffers()
+        for _, module in lora_modules(self):  # after the base, so its weights are those of the seed without LoRA
+            module.reset_adapter()
 
     def _ropes(self, positions: torch.Tensor) -> dict[str, tuple[torch.Tensor, torch.Tensor]]:
         ropes = {}

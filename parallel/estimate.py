@@ -18,6 +18,9 @@ Memory per GPU (`estimate_memory`) is the worst pipeline stage under the layout,
 - engine=deepspeed keeps weights and gradients in trainer.precision and, for bf16/fp16, an fp32 master copy next
   to the moments (2 + 2 + 12 bytes); ZeRO-1 shards the optimizer over dp_shard, ZeRO-2 also gradients, ZeRO-3 also
   weights plus two gathered layers; zero_offload moves the optimizer state (and ZeRO-3's weights) to the host.
+- model.lora: the frozen base keeps its weights (the adapted projections' in model.lora.base_dtype); only the
+  adapters (model.counting.lora_params) have gradients and optimizer state, sharded like the rest. The report's
+  `lora` entry gives their count and what that saves per GPU against full fine-tuning of the same layout.
 - Tensor parallelism divides every parameter except norms, routers and MLA's low-rank down-projections; expert
   parallelism divides the routed experts, which FSDP then shards over the remaining dp_shard x cp / ep ranks.
   The first stage also holds the input embeddings, the last the final norm, output projection and MTP modules.
@@ -46,16 +49,19 @@ Memory per GPU (`estimate_memory`) is the worst pipeline stage under the layout,
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import asdict, dataclass
 from typing import Any, Optional
 
-from model.config import BRANCH_NORM_POSITIONS, GATED_MLP_TYPES, ModelConfig
+from model.config import BRANCH_NORM_POSITIONS, GATED_MLP_TYPES, LoRAConfig, ModelConfig
 from model.counting import (
     final_norm_params,
     flops_per_token,
     kv_cache_elements_per_token,
     layer_params,
     layer_vectors_in_matrix_counts,
+    lora_layer_params,
+    lora_params,
     mtp_module_own_params,
     parameter_counts,
 )
@@ -169,6 +175,8 @@ class StageParams:
     experts: float  # routed experts: sharded over the shard ranks / ep
     largest_layer: float  # one layer's parameters on this GPU (for the FSDP/ZeRO-3 gather)
     dense_matrices: float = 0.0  # the hidden matrices among `dense` (Muon's under optim=muon; experts all are)
+    adapters: float = 0.0  # LoRA adapters (model.lora), sharded like `dense`: with them only these train
+    adapted_base: float = 0.0  # the adapted Linears' weights (part of `dense`), held in model.lora.base_dtype
 
 
 def stage_params(run: TrainingRun, stage: int) -> StageParams:
@@ -178,15 +186,20 @@ def stage_params(run: TrainingRun, stage: int) -> StageParams:
     layers = list(ranges[stage])
     if last:  # the MTP modules' layers
         layers += range(cfg.n_layers, cfg.n_layers + cfg.mtp_depth)
-    dense = experts = largest = matrices = 0.0
+    dense = experts = largest = matrices = adapters = adapted_base = 0.0
     for i in layers:
         p = layer_params(cfg, i)
+        lora_split, lora_replicated = lora_layer_params(cfg, i)
+        layer_adapters = lora_split / tp + lora_replicated
+        base_split, base_replicated = lora_layer_params(cfg, i, base=True)
+        adapted_base += base_split / tp + base_replicated
         layer_dense = (p.attention + p.ffn) / tp + p.attention_replicated + p.norms + p.router
         layer_experts = p.experts / (tp * ep)
         matrices += layer_dense - p.norms - layer_vectors_in_matrix_counts(cfg, i) / tp
         dense += layer_dense
         experts += layer_experts
-        largest = max(largest, layer_dense + layer_experts)  # FSDP gathers only the ep-local experts
+        adapters += layer_adapters
+        largest = max(largest, layer_dense + layer_experts + layer_adapters)  # FSDP gathers the ep-local experts
     if stage == 0:
         dense += parameter_counts(cfg).embedding / tp
     if last:
@@ -194,7 +207,7 @@ def stage_params(run: TrainingRun, stage: int) -> StageParams:
         matrices += cfg.mtp_depth * 2 * cfg.dim * cfg.dim  # each MTP module's projection
         if not cfg.tie_embeddings:  # tied: the output is the embedding (pipeline parallel refuses tying)
             dense += cfg.vocab_size * cfg.dim / tp
-    return StageParams(dense, experts, largest, matrices)
+    return StageParams(dense, experts, largest, dense_matrices=matrices, adapters=adapters, adapted_base=adapted_base)
 
 
 # ---------------------------------------------------------------------------------------------------- activations
@@ -345,16 +358,24 @@ def stage_state(run: TrainingRun, stage: int) -> StageState:
         optimizer = held(fsdp, p.dense - p.dense_matrices, 0.0) * b.optimizer
         optimizer += held(fsdp, p.dense_matrices, p.experts) * b.muon_optimizer
 
+    def trained(sharded: bool) -> float:  # with LoRA adapters, only they have gradients and optimizer state
+        if not run.model.lora.enabled:
+            return held(sharded)
+        return p.adapters / shards if sharded else p.adapters
+
     gathered = 0.0
     if fsdp and (shards > 1 or b.gathered != b.weights or "weights" in on_host(run)):
         in_flight = p.dense + p.experts if not cfg.reshard_after_forward else 2 * p.largest_layer
         gathered = in_flight * b.gathered
     elif zero >= 3 and shards > 1:
         gathered = 2 * p.largest_layer * b.gathered  # the gathered layer and the prefetched next one
+    weight_shards = shards if fsdp or zero >= 3 else 1
+    narrow = b.weights - dtype_bytes(run.model.lora.base_dtype, "model.lora.base_dtype")  # bytes saved per base param
     return StageState(
-        weights=held(fsdp or zero >= 3) * b.weights,
-        gradients=held(fsdp or zero >= 2) * b.gradients,
-        optimizer=optimizer,
+        weights=(held(fsdp or zero >= 3) + p.adapters / weight_shards) * b.weights
+        - p.adapted_base / weight_shards * narrow,
+        gradients=trained(fsdp or zero >= 2) * b.gradients,
+        optimizer=trained(fsdp or zero >= 1) * b.optimizer if run.model.lora.enabled else optimizer,
         gathered=gathered,
     )
 
@@ -421,6 +442,7 @@ def estimate(
             "stage_layers": [[r.start, r.stop] for r in stage_layers(run)],
         },
         "memory_per_gpu_gib": estimate_memory(run).gib(),
+        "lora": _lora_report(run, counts.total),
         "tokens": tokens,
         "train_flops_total": fpt * tokens,
         "gpu": gpu,
@@ -438,6 +460,22 @@ def estimate(
             gpu_hours=seconds / 3600 * dims.world_size,
         )
     return report
+
+
+def _lora_report(run: TrainingRun, base_params: int) -> Optional[dict[str, Any]]:
+    """With model.lora: its trained parameters, their share of the base's, and what it saves per GPU against full
+    fine-tuning of the same layout (gradients and optimizer state; the adapters' own weights added back)."""
+    if not run.model.lora.enabled:
+        return None
+    full = estimate_memory(dataclasses.replace(run, model=dataclasses.replace(run.model, lora=LoRAConfig())))
+    lora = estimate_memory(run)
+    adapters = lora_params(run.model)
+    return {
+        "params": adapters,
+        "trainable_fraction": adapters / base_params,
+        "optimizer_saved_gib_per_gpu": round((full.optimizer - lora.optimizer) / GIB, 3),
+        "gradients_saved_gib_per_gpu": round((full.gradients - lora.gradients) / GIB, 3),
+    }
 
 
 def _human(n: float) -> str:
@@ -475,6 +513,16 @@ def format_table(report: dict[str, Any]) -> str:
             ),
         ),
     ]
+    if report.get("lora") is not None:
+        lora = report["lora"]
+        rows.append(
+            (
+                "LoRA adapters (trained)",
+                f"{lora['params']:,} ({100 * lora['trainable_fraction']:.3f}% of the base); saves "
+                f"{lora['optimizer_saved_gib_per_gpu']:.2f} GiB optimizer + "
+                f"{lora['gradients_saved_gib_per_gpu']:.2f} GiB gradients per GPU",
+            )
+        )
     rows += [
         (f"memory/GPU {key} (GiB)", f"{mem[key]:.2f}")
         for key in ("weights", "gradients", "optimizer", "activations", "total")

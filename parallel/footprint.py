@@ -79,15 +79,14 @@ def _unique_parameters(parts: Iterable[nn.Module]) -> list[nn.Parameter]:
     seen: dict[int, nn.Parameter] = {}
     for part in parts:
         for param in part.parameters():
-            if param.requires_grad:
-                seen.setdefault(id(param), param)
+            seen.setdefault(id(param), param)
     return list(seen.values())
 
 
 def local_shards(parts: Iterable[nn.Module]) -> nn.ParameterList:
-    """Plain parameters shaped and typed like this rank's local shards of the trainable parameters of `parts`
-    (tied ones once), on the meta device, each with the gradient backward leaves (FSDP2's sharded gradient has the
-    shard's shape and dtype).
+    """Plain parameters shaped and typed like this rank's local shards of the parameters of `parts` (tied ones
+    once), on the meta device, each trainable one with the gradient backward leaves (FSDP2's sharded gradient has
+    the shard's shape and dtype); frozen ones (LoRA's base) hold weights only, no gradient and no optimizer state.
 
     The optimizer is stepped on these rather than on the DTensors: AdamW keeps per-element state shaped like its
     parameter's local shard either way, and a step over hundreds of meta DTensors spends about a minute in DTensor
@@ -95,8 +94,9 @@ def local_shards(parts: Iterable[nn.Module]) -> nn.ParameterList:
     shards = nn.ParameterList()
     for param in _unique_parameters(parts):
         local = torch.empty_like(_local(param), device="meta")
-        shard = nn.Parameter(local)
-        shard.grad = torch.empty_like(local)
+        shard = nn.Parameter(local, requires_grad=param.requires_grad)
+        if param.requires_grad:
+            shard.grad = torch.empty_like(local)
         shards.append(shard)
     return shards
 

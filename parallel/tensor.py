@@ -59,6 +59,8 @@ def apply_tensor_parallel(
 ) -> nn.Module:
     sp = cfg.sequence_parallel
     stream = Shard(1) if sp else Replicate()  # layout of the residual stream between sub-layers
+    # torch's parallel styles make new Parameters that train; frozen ones (LoRA's base) must stay frozen.
+    frozen = {name for name, param in model.named_parameters() if not param.requires_grad}
 
     top_plan: dict[str, object] = {}
     if getattr(model, "tok_embeddings", None) is not None:
@@ -78,6 +80,7 @@ def apply_tensor_parallel(
 
     for block in model.layers.values():
         parallelize_module(block, tp_mesh, _block_plan(block, sp, stream))
+        _place_lora_adapters(block, tp_mesh)
         for part in (block.attention, getattr(block, "feed_forward", None)):
             if getattr(part, "fused_projections", False):
                 _fuse_local_shards(part, tp_mesh)
@@ -90,7 +93,74 @@ def apply_tensor_parallel(
     if tied and model_cfg is not None and model_cfg.tie_embeddings:
         # Both plans shard the [vocab, dim] weight as Shard(0) but each made its own Parameter: tie them again.
         model.output.weight = model.tok_embeddings.weight
+    for name, param in model.named_parameters():
+        if name in frozen:
+            param.requires_grad_(False)
     return model
+
+
+def _place_lora_adapters(module: nn.Module, mesh: DeviceMesh) -> None:
+    """LoRA adapters (model/lora.py) beside their sharded base weight: a column-parallel base (Shard(0), output
+    features) gets B [out, r] by rows and A [r, in] replicated; a row-parallel one (Shard(1), input features) A by
+    columns and B replicated. Each rank's adapter then yields the same shard of the output as its base weight."""
+    from model.lora import lora_modules
+
+    for _, linear in lora_modules(module):
+        if not isinstance(linear.weight, DTensor):
+            continue
+        colwise = linear.weight.placements[0] == Shard(0)
+        placements = {"lora_A": Replicate() if colwise else Shard(1), "lora_B": Shard(0) if colwise else Replicate()}
+        for name, placement in placements.items():
+            param = getattr(linear, name)
+            if isinstance(param, DTensor) and param.placements[0] == placement:
+                placed = param
+            elif isinstance(param, DTensor):  # ColwiseParallel shards every parameter by rows
+                full = (
+                    torch.empty(param.shape, dtype=param.dtype, device="meta")
+                    if param.is_meta
+                    else param.full_tensor().detach()
+                )
+                placed = nn.Parameter(distribute_tensor(full, mesh, [placement]), requires_grad=param.requires_grad)
+            else:
+                placed = nn.Parameter(
+                    distribute_tensor(param.detach(), mesh, [placement]), requires_grad=param.requires_grad
+                )
+            setattr(linear, name, placed)
+        linear.__class__ = _tensor_parallel_lora_class(type(linear))
+
+
+class _ReplicatedGradient(torch.autograd.Function):
+    """Identity on a replicated DTensor whose gradient arrives as Partial (each rank's sum over its own heads or
+    channels): the backward reduces it to Replicate, so the gradient norm and the optimizer see the whole one."""
+
+    @staticmethod
+    def forward(ctx, x: torch.Tensor) -> torch.Tensor:
+        return x.view_as(x)
+
+    @staticmethod
+    def backward(ctx, grad: torch.Tensor) -> torch.Tensor:
+        if isinstance(grad, DTensor) and any(p.is_partial() for p in grad.placements):
+            grad = grad.redistribute(placements=[Replicate()] * len(grad.placements))
+        return grad
+
+
+class TensorParallelLoRA:
+    """Mixin put in front of a LoRALinear whose adapters parallel/tensor.py placed: the replicated one's
+    gradient is reduced in the backward (a class, not a tensor hook, so it survives materialising from meta)."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        adapters = {}
+        for name in ("lora_A", "lora_B"):
+            param = getattr(self, name)
+            replicated = all(p == Replicate() for p in param.placements)
+            adapters[name] = _ReplicatedGradient.apply(param) if replicated and param.requires_grad else param
+        return self.lora_forward(x, adapters["lora_A"], adapters["lora_B"])
+
+
+def _tensor_parallel_lora_class(cls: type) -> type:
+    if issubclass(cls, TensorParallelLoRA):
+        return cls
+    return type(f"TensorParallel{cls.__name__}", (TensorParallelLoRA, cls), {})
 
 
 def _to_replicated_with_summed_grad(x: torch.Tensor, mesh: DeviceMesh) -> torch.Tensor:

@@ -2,6 +2,7 @@
 does the work; model/hf/__main__.py runs this).
 
   python -m model.hf export <checkpoint_or_run_dir> <hf_dir> [--dtype bf16] [--model-type T] [--overwrite]
+                                [--lora merged|adapter]
   python -m model.hf import <hf_dir> <checkpoint_dir> [--name NAME]
 """
 
@@ -13,7 +14,7 @@ from typing import Optional
 
 from model.dtypes import PRECISIONS, canonical_precision
 from model.hf.common import DEFAULT_MAX_SHARD_BYTES, HFConversionError
-from model.hf.convert import export_checkpoint, import_checkpoint
+from model.hf.convert import LORA_EXPORTS, export_checkpoint, import_checkpoint
 
 
 def _precision(name: str) -> str:
@@ -43,6 +44,13 @@ def main(argv: Optional[list[str]] = None) -> int:
         help="tokenizer directory or tokenizer.json (default: beside the checkpoint or in its run dir)",
     )
     exp.add_argument("--overwrite", action="store_true", help="replace an existing hf_dir")
+    exp.add_argument(
+        "--lora",
+        choices=LORA_EXPORTS,
+        default=None,
+        help="a checkpoint with LoRA adapters: merged (adapters folded into the weights) or adapter (a peft "
+        "adapter directory for the base model's export)",
+    )
     imp = sub.add_parser("import", help="Hugging Face directory -> Loom model-only checkpoint")
     imp.add_argument("hf_dir")
     imp.add_argument("checkpoint_dir", help="e.g. runs/base/checkpoints/step_00000000")
@@ -60,6 +68,7 @@ def main(argv: Optional[list[str]] = None) -> int:
                 overwrite=args.overwrite,
                 model_type=args.model_type,
                 tokenizer=args.tokenizer,
+                lora=args.lora,
             )
         else:
             out = import_checkpoint(args.hf_dir, args.checkpoint_dir, name=args.name)

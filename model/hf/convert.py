@@ -1,7 +1,7 @@
 """Export a Loom checkpoint to a Hugging Face directory and import one back, and the command line for both.
 
 CLI:  python -m model.hf export <checkpoint_or_run_dir> <hf_dir> [--dtype bfloat16] [--model-type T]
-                                [--tokenizer DIR] [--overwrite]
+                                [--tokenizer DIR] [--overwrite] [--lora merged|adapter]
       python -m model.hf import <hf_dir> <checkpoint_dir> [--name NAME]
 """
 
@@ -26,6 +26,8 @@ from model.hf.files import (
 )
 from model.hf.registry import family, family_for
 from model.hf.weights import hf_to_loom_state, loom_to_hf_state, mtp_layers_in
+
+LORA_EXPORTS = ("merged", "adapter")  # export --lora: the adapters folded into the weights, or a peft adapter dir
 
 
 def hf_model_type(cfg: ModelConfig) -> str:
@@ -95,16 +97,35 @@ def export_checkpoint(
     overwrite: bool = False,
     model_type: Optional[str] = None,
     tokenizer: Optional[str | os.PathLike] = None,
+    lora: Optional[str] = None,
 ) -> Path:
     """Loom checkpoint (or run dir: its newest complete checkpoint) -> HF directory that
     `AutoModelForCausalLM.from_pretrained`, `AutoTokenizer.from_pretrained` and `pipeline("text-generation")`
     load as it is. The tokenizer is `tokenizer` (a directory or its tokenizer.json), else the one beside the
     checkpoint or in its run directory; without one the directory holds the model only.
-    `dtype`: float32 | bfloat16 | float16 (default: as stored); `model_type`: force a transformers family."""
+    `dtype`: float32 | bfloat16 | float16 (default: as stored); `model_type`: force a transformers family.
+    `lora` (a checkpoint with model.lora adapters needs it): "merged" writes the model with the adapters folded
+    into its weights, "adapter" a peft adapter directory for the HF export of the base (model/hf/adapters.py)."""
     from model.checkpoint_io import load_model_checkpoint, resolve_checkpoint_dir
+    from model.lora import merged_state
 
     state, cfg = load_model_checkpoint(checkpoint)
     check_against_model(state, cfg, f"checkpoint {checkpoint}")
+    if cfg.lora.enabled and lora not in LORA_EXPORTS:
+        raise HFConversionError(
+            f"checkpoint {checkpoint} holds LoRA adapters (model.lora.rank={cfg.lora.rank}): pass --lora merged (the "
+            f"model with the adapters folded in) or --lora adapter (a peft adapter directory)"
+        )
+    if lora is not None and not cfg.lora.enabled:
+        raise HFConversionError(f"--lora {lora}: checkpoint {checkpoint} holds no LoRA adapters (model.lora.rank=0)")
+    if lora == "adapter":
+        from model.hf.adapters import write_peft_adapter
+
+        return write_peft_adapter(
+            state, cfg, family_for(merged_state(state, cfg)[1], model_type), hf_dir, overwrite=overwrite
+        )
+    if lora == "merged":
+        state, cfg = merged_state(state, cfg)
     fam = family_for(cfg, model_type)
     hf_state = loom_to_hf_state(state, cfg, fam)
     if dtype is not None:

@@ -40,6 +40,7 @@ def _schemas() -> dict[str, type]:
 
     schemas = {
         "train.yaml": TrainConfig,
+        "lora_finetune.yaml": TrainConfig,
         "model": ModelConfig,
         "data": DataConfig,
         "optim": OptimConfig,

@@ -53,6 +53,11 @@ MORE_BAD_CONFIGS = [
     ("spike_under_deepspeed", ["parallel=zero2", "trainer.spike.action=skip"], "trainer.spike.action=skip"),
     ("layer_health_under_deepspeed", ["parallel=zero2", "trainer.layer_health=true"], "trainer.layer_health"),
     ("skip_samples_not_a_range", ["data.skip_samples=[[8,4]]"], "data.skip_samples"),
+    ("lora_unknown_target", ["model.lora.rank=4", "model.lora.targets=[q,qq]"], "model.lora.targets"),
+    ("lora_gate_of_gelu_mlp", ["model.lora.rank=4", "model.mlp_type=gelu", "model.lora.targets=[gate]"], "['gate']"),
+    ("lora_on_deepspeed", ["model.lora.rank=4", "parallel=zero2"], "model.lora with parallel.engine=deepspeed"),
+    ("lora_negative_rank", ["model.lora.rank=-1"], "model.lora"),
+    ("lora_with_muon", ["model.lora.rank=4", "optim=muon"], "optim=muon with model.lora"),
 ]
 
 
