@@ -20,7 +20,6 @@ import re
 import subprocess
 import sys
 import time
-from pathlib import Path
 from typing import Optional
 
 from launcher.ablation_report import run_complete, write_report

@@ -84,8 +84,9 @@ def data_provenance(plan: AblationPlan, variant: str) -> dict[str, Any]:
             "input_fingerprint": hashlib.sha256(json.dumps(fingerprints, sort_keys=True).encode()).hexdigest(),
             "input_files": len(fingerprints),
             "config_sha256": hashlib.sha256(
-                json.dumps({k: saved.get(k) for k in ("steps", "tasks", "seed", "output_format")}, sort_keys=True)
-                .encode()
+                json.dumps(
+                    {k: saved.get(k) for k in ("steps", "tasks", "seed", "output_format")}, sort_keys=True
+                ).encode()
             ).hexdigest(),
         }
     return out
@@ -152,16 +153,15 @@ def _markdown(summary: dict[str, Any], output: Path) -> str:
         "|---|---|" + "---|" * len(variants) + "---|",
     ]
     for metric, rows in summary["final"].items():
-        cells = [
-            f"{rows[v]['mean']:.4g} ± {rows[v]['spread'] / 2:.2g}" if v in rows else "missing" for v in variants
-        ]
+        cells = [f"{rows[v]['mean']:.4g} ± {rows[v]['spread'] / 2:.2g}" if v in rows else "missing" for v in variants]
         better = "lower" if lower_is_better(metric) else "higher"
         lines.append(f"| {metric} | {better} | " + " | ".join(cells) + f" | {' > '.join(summary['ranking'][metric])} |")
     lines += ["", "## Data of each variant", ""]
     for variant, info in summary["variants"].items():
-        lines.append(f"- **{variant}**: shards `{info['shards']}`" + (
-            f" (tokens_sha256 of the shard set {info['tokens_sha256'][:16]})" if "tokens_sha256" in info else ""
-        ))
+        lines.append(
+            f"- **{variant}**: shards `{info['shards']}`"
+            + (f" (tokens_sha256 of the shard set {info['tokens_sha256'][:16]})" if "tokens_sha256" in info else "")
+        )
         pipe = info.get("pipeline")
         if pipe:
             report = f"[pipeline report]({os.path.relpath(pipe['report'], output)})" if pipe["report"] else "no report"

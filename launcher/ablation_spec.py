@@ -186,7 +186,10 @@ def _steps(where: str, tokens: int, per_step: int, key: str) -> int:
 
 
 def _training_overrides(spec: AblationSpec, name: str, variant: VariantSpec) -> list[str]:
-    for where, overrides in (("recipe.overrides", spec.recipe.overrides), (f"variants.{name}.overrides", variant.overrides)):
+    for where, overrides in (
+        ("recipe.overrides", spec.recipe.overrides),
+        (f"variants.{name}.overrides", variant.overrides),
+    ):
         for override in overrides:
             if _key(override) in OWNED_KEYS:
                 raise ConfigError(
