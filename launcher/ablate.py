@@ -1,5 +1,5 @@
-"""`python -m launcher.ablate SPEC.yaml [key=value ...] [--report-only]`: train one model per data variant and seed
-on the same token budget, evaluate them at the same token counts, and write a report comparing them.
+"""`python -m launcher.ablate SPEC.yaml [key=value ...] [--dry-run | --report-only]`: train one model per data
+variant and seed on the same token budget, evaluate them at the same token counts, and write a report comparing them.
 
 The spec (configs/ablation/example.yaml; keys in launcher/ablation_spec.py) is checked whole before anything runs:
 an unknown data source, a pipeline override that does not exist or a variant whose budget differs is refused naming
@@ -8,7 +8,8 @@ the variant and the key (exit 2). Then, in order: each variant built from raw in
 <output>/runs/<variant>-s<seed> (skipped when complete: final checkpoint COMPLETE and evaluated; an unfinished one
 resumes from its newest checkpoint), one after another here or, with slurm=true, as one `launcher.submit` job each
 (this command then waits for them), and at the end <output>/report.md, report.json and plot.png. Re-running the
-command after a failure or a kill redoes only what is missing. Hydra multirun over `launcher.train` still works
+command after a failure or a kill redoes only what is missing. `--dry-run` checks the spec and lists what would run;
+`--report-only` writes the report from the runs as they are. Hydra multirun over `launcher.train` still works
 for sweeps of training keys; this command is the paved road for comparing data.
 """
 
@@ -26,7 +27,7 @@ from launcher.ablation_report import run_complete, write_report
 from launcher.ablation_spec import AblationPlan, PipelineRun, Run, load_spec, plan
 from launcher.validation import ConfigError
 
-USAGE = "usage: python -m launcher.ablate SPEC.yaml [key=value ...] [--report-only]"
+USAGE = "usage: python -m launcher.ablate SPEC.yaml [key=value ...] [--dry-run | --report-only]"
 PIPELINE_RECORD = "ablation_pipeline.json"  # the command that made a pipeline output, written when it finished
 SLURM_POLL_S = 2.0
 
@@ -98,13 +99,25 @@ def execute(ablation: AblationPlan) -> list[Run]:
     return []
 
 
+def describe(ablation: AblationPlan) -> str:
+    """What a run of the command would do now, one line per pipeline and training run."""
+    lines = [f"ablation {ablation.spec.name} in {ablation.output}:"]
+    for pipeline in ablation.pipelines.values():
+        state = "done, reused" if pipeline_done(pipeline) else "to run"
+        lines.append(f"  data {pipeline.variant}: python -m data_pipeline run {' '.join(pipeline.args)} [{state}]")
+    for run in ablation.runs:
+        state = "complete" if run_complete(run) else "to train"
+        lines.append(f"  run {run.name}: {run.max_steps} steps, evaluated at steps {run.eval_steps} [{state}]")
+    return "\n".join(lines)
+
+
 def main(argv: Optional[list[str]] = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     if not argv or argv[0] in ("-h", "--help"):
         print(__doc__.split("\n\n")[0] + "\n\n" + USAGE)
         return 0 if argv else 2
-    report_only = "--report-only" in argv
-    args = [a for a in argv if a != "--report-only"]
+    report_only, dry_run = "--report-only" in argv, "--dry-run" in argv
+    args = [a for a in argv if a not in ("--report-only", "--dry-run")]
     unknown = [a for a in args[1:] if a.startswith("-") or "=" not in a]
     if unknown:
         print(f"unknown argument(s) {unknown}\n{USAGE}", file=sys.stderr)
@@ -114,6 +127,9 @@ def main(argv: Optional[list[str]] = None) -> int:
     except ConfigError as exc:
         print(f"config error: {exc} [nothing was run]", file=sys.stderr, flush=True)
         return 2
+    if dry_run:
+        print(describe(ablation), flush=True)
+        return 0
     try:
         failed = [] if report_only else execute(ablation)
     except RuntimeError as exc:

@@ -147,7 +147,7 @@ def _pipeline_run(name: str, variant: VariantSpec, output: Path) -> PipelineRun:
     fails now, naming the variant."""
     from hydra.errors import HydraException
 
-    from data_pipeline.cli import compose_config
+    from data_pipeline.cli import build_plan, compose_config
 
     data_dir = output / DATA_DIR / name
     args = [f"pipeline={variant.pipeline}", f"input={Path(variant.input).resolve()}", f"output={data_dir}"]
@@ -165,6 +165,10 @@ def _pipeline_run(name: str, variant: VariantSpec, output: Path) -> PipelineRun:
         )
     if not Path(variant.input).exists():
         raise ConfigError(f"variants.{name}.input={variant.input}: no such file or directory")
+    try:  # builds every step with its parameters, as the run will: a misspelt step parameter fails here
+        build_plan(cfg)
+    except (ValueError, TypeError, OmegaConfBaseException) as exc:
+        raise ConfigError(f"variants.{name}: pipeline config refused: {str(exc).splitlines()[0]}") from exc
     return PipelineRun(name, args, data_dir)
 
 

@@ -168,6 +168,16 @@ def test_a_killed_ablation_resumes_only_unfinished_runs_into_the_same_report(cor
             "variants.noisy: pipeline config refused",
         ),
         (
+            {
+                "variants.noisy": {
+                    "input": "RAW",
+                    "pipeline": "default",
+                    "pipeline_overrides": ["pipeline.steps.4.params.nosuch=1"],
+                }
+            },
+            "variants.noisy: pipeline config refused",
+        ),
+        (
             {"variants.noisy": {"input": "RAW", "pipeline": "clean"}},
             "variants.noisy.pipeline=clean",
         ),
@@ -232,3 +242,17 @@ def test_slurm_path_two_variants_one_seed_with_a_pipeline_variant(slurm, corpus,
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
     assert "reusing the finished pipeline output" in result.stdout and "submitted " not in result.stdout
     assert (out / "data" / "piped" / "report.md").read_text().count("variant **piped**") == 1
+
+
+def test_example_spec_plans(corpus, tmp_path, capsys):
+    """configs/ablation/example.yaml passes every check once its input exists; --dry-run runs nothing."""
+    from launcher.ablate import main
+
+    raw = str(corpus["clean_jsonl"])
+    out = tmp_path / "example"
+    args = [f"variants.default.input={raw}", f"variants.c4_first.input={raw}", f"output={out}", "--dry-run"]
+    assert main([str(REPO / "configs" / "ablation" / "example.yaml"), *args]) == 0
+    printed = capsys.readouterr().out
+    assert "run c4_first-s1: 300 steps, evaluated at steps [100, 200, 300] [to train]" in printed, printed
+    assert "data default: python -m data_pipeline run pipeline=default" in printed
+    assert not out.exists()
