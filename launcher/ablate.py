@@ -25,6 +25,7 @@ from typing import Optional
 
 from launcher.ablation_report import run_complete, write_report
 from launcher.ablation_spec import AblationPlan, PipelineRun, Run, load_spec, plan
+from launcher.job_config import HELP_FLAGS
 from launcher.validation import ConfigError
 
 USAGE = "usage: python -m launcher.ablate SPEC.yaml [key=value ...] [--dry-run | --report-only]"
@@ -113,7 +114,7 @@ def describe(ablation: AblationPlan) -> str:
 
 def main(argv: Optional[list[str]] = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
-    if not argv or argv[0] in ("-h", "--help"):
+    if not argv or argv[0] in HELP_FLAGS:
         print(__doc__.split("\n\n")[0] + "\n\n" + USAGE)
         return 0 if argv else 2
     report_only, dry_run = "--report-only" in argv, "--dry-run" in argv
