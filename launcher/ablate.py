@@ -48,7 +48,8 @@ def run_pipeline(pipeline: PipelineRun) -> None:
         _log(f"data of {pipeline.variant}: reusing the finished pipeline output {pipeline.output}")
         return
     _log(f"data of {pipeline.variant}: python -m data_pipeline run {' '.join(pipeline.args)}")
-    result = subprocess.run([sys.executable, "-m", "data_pipeline", "run", *pipeline.args])
+    wait = ["--wait"] if "executor=slurm" in pipeline.args else []  # its Slurm jobs must end before training
+    result = subprocess.run([sys.executable, "-m", "data_pipeline", "run", *pipeline.args, *wait])
     if result.returncode != 0:
         raise RuntimeError(f"the data pipeline of variant {pipeline.variant} failed (exit {result.returncode})")
     tmp = pipeline.output / f".{PIPELINE_RECORD}.tmp"

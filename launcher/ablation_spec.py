@@ -205,7 +205,7 @@ def _training_overrides(spec: AblationSpec, name: str, variant: VariantSpec) -> 
 
 def plan(spec: AblationSpec) -> AblationPlan:
     """Every run of the ablation, or ConfigError naming the variant and key; nothing is run or written."""
-    from launcher.job_config import compose
+    from launcher.job_config import cluster_config, compose
 
     recipe, output = spec.recipe, Path(spec.output)
     if not spec.variants:
@@ -236,8 +236,10 @@ def plan(spec: AblationSpec) -> AblationPlan:
             base = [*overrides, f"data.path={shards[name]}", f"trainer.seed={seed}", f"trainer.run_dir={run_dir}"]
             base += [f"trainer.name={spec.name}-{name}-s{seed}"]
             try:
-                cfg = compose(base)
+                cfg = compose(base + (list(spec.cluster) if spec.slurm else []))
                 per_step = _tokens_per_step(cfg)
+                if spec.slurm:
+                    cluster_config(cfg)  # a bad cluster key fails here, not at the first sbatch
             except ConfigError as exc:
                 raise ConfigError(f"variants.{name}: {exc}") from exc
             except Exception as exc:  # noqa: BLE001 - Hydra's own errors name the key already

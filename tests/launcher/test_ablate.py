@@ -188,6 +188,7 @@ def test_a_killed_ablation_resumes_only_unfinished_runs_into_the_same_report(cor
         ),
         ({"variants.noisy.overrides": ["model.no_such_key=3"]}, "variants.noisy: training config refused"),
         ({"recipe.tokenz": 5}, "recipe.tokenz"),
+        ({"slurm": True, "cluster": ["cluster=local_cpu", "cluster.nodes=0"]}, "cluster.nodes=0 must be >= 1"),
     ],
 )
 def test_bad_spec_is_refused_before_anything_runs(corpus, tmp_path, capsys, changes, expected):
