@@ -94,14 +94,16 @@ def data_provenance(plan: AblationPlan, variant: str) -> dict[str, Any]:
 
 def summarize(plan: AblationPlan) -> dict[str, Any]:
     """Everything the report shows, as plain data (report.json)."""
-    per_step = plan.tokens_per_step
+    # Variants may differ in batch shape (same tokens per run, same evaluation points in tokens): steps -> tokens
+    # with each variant's own tokens per step.
+    per_step = {r.variant: r.tokens_per_step for r in plan.runs}
+    last = {r.variant: r.max_steps for r in plan.runs}
     curves: dict[str, dict[str, dict[str, list]]] = {}  # metric -> variant -> {tokens, mean, min, max}
     finals: dict[str, dict[str, dict[str, Any]]] = {}  # metric -> variant -> {mean, spread, seeds}
     by_variant: dict[str, list[dict[str, dict[int, float]]]] = {}
     for run in plan.runs:
         by_variant.setdefault(run.variant, []).append(eval_series(run.run_dir))
     metrics = sorted({m for runs in by_variant.values() for series in runs for m in series})
-    last = plan.runs[0].max_steps
     for metric in metrics:
         for variant, runs in by_variant.items():
             steps = sorted(set.intersection(*(set(r.get(metric, {})) for r in runs)))
@@ -109,12 +111,12 @@ def summarize(plan: AblationPlan) -> dict[str, Any]:
                 continue
             values = [[r[metric][s] for r in runs] for s in steps]
             curves.setdefault(metric, {})[variant] = {
-                "tokens": [s * per_step for s in steps],
+                "tokens": [s * per_step[variant] for s in steps],
                 "mean": [statistics.fmean(v) for v in values],
                 "min": [min(v) for v in values],
                 "max": [max(v) for v in values],
             }
-            if steps[-1] == last:
+            if steps[-1] == last[variant]:
                 seeds = values[-1]
                 finals.setdefault(metric, {})[variant] = {
                     "mean": statistics.fmean(seeds),
@@ -146,7 +148,7 @@ def _markdown(summary: dict[str, Any], output: Path) -> str:
         f"# Ablation report: {summary['name']}",
         "",
         f"{len(variants)} variant(s) x {len(summary['seeds'])} seed(s) {summary['seeds']}, "
-        f"{summary['tokens']:,} training tokens per run ({summary['tokens_per_step']:,} per step). Final scores: "
+        f"{summary['tokens']:,} training tokens per run. Final scores: "
         "mean over seeds, ± half the spread (max - min over seeds). Plot: plot.png; data: report.json.",
         "",
         "| metric | better | " + " | ".join(variants) + " | ranking |",

@@ -12,8 +12,6 @@ counts, is refused naming the variant and the key, since its scores would not be
 
 from __future__ import annotations
 
-import hashlib
-import json
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Optional
@@ -95,14 +93,6 @@ class AblationPlan:
     pipelines: dict[str, PipelineRun]  # variant -> its pipeline run (variants built from raw input only)
     shards: dict[str, Path]  # variant -> the shards it trains on
     runs: list[Run]
-
-    @property
-    def tokens_per_step(self) -> int:
-        return self.runs[0].tokens_per_step
-
-    def spec_digest(self) -> str:
-        text = json.dumps(OmegaConf.to_container(OmegaConf.structured(self.spec)), sort_keys=True)
-        return hashlib.sha256(text.encode()).hexdigest()[:16]
 
 
 def load_spec(path: str | Path, dotlist: list[str] = ()) -> AblationSpec:

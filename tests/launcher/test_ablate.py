@@ -257,3 +257,22 @@ def test_example_spec_plans(corpus, tmp_path, capsys):
     assert "run c4_first-s1: 300 steps, evaluated at steps [100, 200, 300] [to train]" in printed, printed
     assert "data default: python -m data_pipeline run pipeline=default" in printed
     assert not out.exists()
+
+
+def test_a_variant_with_another_batch_shape_keeps_the_token_budget_and_points(corpus, tmp_path):
+    """16 sequences of 32 tokens instead of 8 of 64: the same tokens per step, so the same steps; 16 of 64: half the
+    steps, evaluated at the same token counts."""
+    from launcher.ablation_spec import load_spec, plan
+
+    spec = write_spec(
+        tmp_path / "shape.yaml",
+        corpus,
+        tmp_path / "out",
+        seeds=[0],
+        **{"variants.noisy.overrides": ["trainer.global_batch_size=16", "trainer.micro_batch_size=16"]},
+    )
+    runs = {run.variant: run for run in plan(load_spec(spec)).runs}
+    clean, noisy = runs["clean"], runs["noisy"]
+    assert (clean.max_steps, clean.eval_steps) == (120, [40, 80, 120])
+    assert (noisy.max_steps, noisy.eval_steps) == (60, [20, 40, 60])
+    assert [s * noisy.tokens_per_step for s in noisy.eval_steps] == [s * 512 for s in clean.eval_steps]
