@@ -76,6 +76,19 @@ def submit(run: Run, cluster: list[str]) -> str:
     return match.group(1)
 
 
+def active_jobs(names: list[str]) -> dict[str, str]:
+    """Job name -> id of this user's pending or running jobs with those names: a re-run after this command was
+    killed waits for the jobs it submitted instead of submitting the runs twice."""
+    if not names:
+        return {}
+    out = subprocess.run(
+        ["squeue", "-h", "--me", "-o", "%j %i", "--name", ",".join(names)], capture_output=True, text=True
+    )
+    if out.returncode != 0:
+        raise RuntimeError(f"squeue failed: {out.stderr.strip()}")
+    return dict(line.split(None, 1) for line in out.stdout.splitlines() if line.strip())
+
+
 def wait_for_jobs(job_ids: list[str]) -> None:
     """Until none of the jobs is pending or running (a requeued job counts as pending)."""
     while job_ids:
@@ -94,7 +107,12 @@ def execute(ablation: AblationPlan) -> list[Run]:
     missing = [run for run in ablation.runs if not run_complete(run)]
     _log(f"{len(ablation.runs) - len(missing)} of {len(ablation.runs)} run(s) complete; {len(missing)} to train")
     if ablation.spec.slurm:
-        wait_for_jobs([submit(run, list(ablation.spec.cluster)) for run in missing])
+        active = active_jobs([run.job_name for run in missing])
+        for run in missing:
+            if run.job_name in active:
+                _log(f"{run.name}: job {active[run.job_name]} is already queued or running; waiting for it")
+        jobs = [active.get(run.job_name) or submit(run, list(ablation.spec.cluster)) for run in missing]
+        wait_for_jobs(jobs)
         return [run for run in missing if not run_complete(run)]
     for run in missing:
         train_locally(run)

@@ -81,6 +81,8 @@ class Run:
     tokens_per_step: int
     eval_steps: list[int]
 
+    job_name: str  # trainer.name: the Slurm job name under slurm=true
+
     @property
     def name(self) -> str:
         return self.run_dir.name
@@ -224,7 +226,8 @@ def plan(spec: AblationSpec) -> AblationPlan:
         for seed in recipe.seeds:
             run_dir = output / RUNS_DIR / f"{name}-s{seed}"
             base = [*overrides, f"data.path={shards[name]}", f"trainer.seed={seed}", f"trainer.run_dir={run_dir}"]
-            base += [f"trainer.name={spec.name}-{name}-s{seed}"]
+            job_name = f"{spec.name}-{name}-s{seed}"
+            base += [f"trainer.name={job_name}"]
             try:
                 cfg = compose(base + (list(spec.cluster) if spec.slurm else []))
                 per_step = _tokens_per_step(cfg)
@@ -244,7 +247,7 @@ def plan(spec: AblationSpec) -> AblationPlan:
             dirs = "[" + ",".join(str(Path(d).resolve()) for d in recipe.task_dirs) + "]"
             full = [*base, f"trainer.max_steps={steps}", f"eval.tasks={tasks}", f"eval.task_dirs={dirs}"]
             full += [f"eval.every={every}"]
-            runs.append(Run(name, seed, run_dir, full, steps, per_step, eval_steps))
+            runs.append(Run(name, seed, run_dir, full, steps, per_step, eval_steps, job_name))
     first = next(iter(budgets))
     for name, (tokens, points) in budgets.items():
         if (tokens, points) != budgets[first]:

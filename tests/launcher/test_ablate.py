@@ -150,6 +150,7 @@ def test_a_killed_ablation_resumes_only_unfinished_runs_into_the_same_report(cor
         assert (resumed / "runs" / name / "metrics.jsonl").stat().st_mtime_ns == mtime
     assert _comparable(resumed / "report.json", resumed) == _comparable(out / "report.json", out)
     assert _comparable(resumed / "report.md", resumed) == _comparable(out / "report.md", out)
+    assert (resumed / "plot.png").read_bytes() == (out / "plot.png").read_bytes()
 
     # Nothing missing: a third run trains nothing and rewrites the same report.
     result = ablate(spec, tmp_path)
@@ -225,11 +226,25 @@ def test_slurm_path_two_variants_one_seed_with_a_pipeline_variant(slurm, corpus,
         },
     )
     env = slurm.env(child_env(tmp_path))
+    # The command killed once it has submitted both jobs: the re-run waits for those jobs, submitting nothing.
+    log_path = tmp_path / "first.log"
+    with open(log_path, "w") as log:
+        proc = subprocess.Popen(
+            [PYTHON, "-m", "launcher.ablate", str(spec)],
+            cwd=REPO,
+            env=env,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
+        wait_for(lambda: log_path.read_text().count("submitted ") == 2, 180, "two submitted jobs", procs=[proc])
+        os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait()
     result = ablate(spec, tmp_path, env=env)
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
-    assert result.stdout.count("submitted ") == 2, result.stdout
+    assert "submitted " not in result.stdout, result.stdout
     for name in ("clean-s0", "piped-s0"):
-        assert list((out / "runs" / name).glob("slurm-*.out")), f"{name} did not run as a Slurm job"
+        assert len(list((out / "runs" / name).glob("slurm-*.out"))) == 1, f"{name}: not one Slurm job"
     summary = json.loads((out / "report.json").read_text())
     assert sorted(summary["final"]["abl_cloze/acc"]) == ["clean", "piped"]
     pipe = summary["variants"]["piped"]["pipeline"]
