@@ -9,6 +9,10 @@ import re
 import pytest
 from step_contract_runs import exclusion_records, kept_digests, run_default, run_web
 
+from data_pipeline.document import Document
+from data_pipeline.steps import build_step
+from data_pipeline.steps.heuristics import FAMILIES
+
 # Produced by the unmodified code (main at 5e27e33, before the step contract was unified) with
 # `kept_digests(run_default(tmp))` and `kept_digests(run_web(tmp))`: not invented, and the same on two runs there.
 MAIN_DEFAULT_DIGESTS = {
@@ -83,3 +87,45 @@ def test_default_pipeline_keeps_the_same_documents_and_tokens_as_before(default_
 
 def test_web_pipeline_keeps_the_same_documents_and_tokens_as_before(web_run):
     assert kept_digests(web_run) == MAIN_WEB_DIGESTS
+
+
+RULE = re.compile(r"^([a-z0-9_]+):([a-z0-9_]+)$")
+
+
+def assert_records_conform(output) -> set[str]:
+    """Every exclusion record names `<step>:<rule>` (heuristics: `<family>:<rule>`, the family being a step of its
+    own) and carries a value and a threshold; returns the steps that excluded something."""
+    records = exclusion_records(output)
+    assert records
+    for step, record in records:
+        reason = record["excluded_reason"]
+        match = RULE.match(reason)
+        assert match, (step, reason)
+        assert match.group(1) == step or (step == "heuristics" and match.group(1) in FAMILIES), (step, reason)
+        assert record["excluded_value"] is not None and record["excluded_threshold"] is not None, (step, record)
+    return {step for step, _ in records}
+
+
+def test_every_exclusion_of_the_default_pipeline_is_step_rule_value_and_threshold(default_run):
+    excluding = assert_records_conform(default_run)
+    assert excluding == {"exact_dedup", "minhash_dedup", "heuristics", "decontaminate"}
+
+
+def test_every_exclusion_of_the_web_pipeline_is_step_rule_value_and_threshold(web_run):
+    excluding = assert_records_conform(web_run)
+    assert excluding == {
+        "url_filter",
+        "extract",
+        "lang_id",
+        "exact_dedup",
+        "minhash_dedup",
+        "heuristics",
+        "classifier",
+        "decontaminate",
+    }
+
+
+def test_normalize_drops_an_empty_document_as_normalize_empty():
+    step = build_step("normalize")
+    assert step([Document("blank", "\u200b \n\t")]) == []
+    assert [(rule, x) for _, rule, x in step.context.excluded] == [("normalize:empty", {"value": 0, "threshold": 1})]
