@@ -7,8 +7,8 @@ its own (`gopher_repetition`, `gopher_quality`, `c4`, `fineweb`). A document is 
 fails, recorded as `<family>:<rule>` (the family is a step of its own, so that is `<step>:<rule>`) with the
 measured value and the threshold. Parameters: `order` (the families to run, in order) and one entry per family:
 true (defaults), false/null (off) or a dict of keyword arguments that override its defaults, e.g.
-`c4: {min_sentences: 3}`. The order used before FineWeb's
-(C4 first, with its terminal-punctuation rule) is `configs/pipeline/c4_first.yaml`.
+`c4: {min_sentences: 3}`. The order used before FineWeb's (C4 first, with its terminal-punctuation rule) is
+`configs/pipeline/c4_first.yaml`.
 """
 
 from __future__ import annotations
