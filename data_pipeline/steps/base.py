@@ -7,9 +7,15 @@ stats files, completion markers and atomic output. A step talks to the executor 
 removed it, the value it measured and the threshold that value crossed; `count`/`score` feed the stats and the
 report, and `work_dir` is a scratch directory shared by all tasks and stages of the step.
 
-Filters (`FilterStep`) take datatrove's contract: `filter(doc)` returns True to keep the document, or
-`(False, reason, {"value": ..., "threshold": ...})` to drop it (`reject()` builds that tuple). The base class
-owns the counting and the exclusion record, so a filter holds only its measurement.
+Rule names are `<step>:<rule>` everywhere (`extract:empty`, `lang_id:other_language`, `exact_dedup:duplicate`;
+`Step.rule` builds one), so the exclusion records, counters and the report group by step then rule. The heuristics
+step's rules are named by the rule family that is a step of its own (`c4:min_sentences`).
+
+Every per-document step (`FilterStep`) is a filter, an annotator or both over one method: `filter(doc)` returns
+True to keep the document, or `reject(rule, value, threshold, **details)` to drop it, and may add metadata
+(`annotate`) or rewrite the text of the copy it is handed. The base class owns the loop over the documents, the
+counting and the exclusion record, so a new filter is one method; `setup()` runs once per task before the first
+document (loading an index, writing a record).
 
 Global steps (deduplication, mixing, tokenizer training) need to see every shard before deciding. They return
 several `Stage`s from `stages()`: per-shard stages run once per shard (they read documents and write
@@ -68,7 +74,9 @@ class TaskContext:
     def exclude(self, doc: Document, rule: str, value: Any, threshold: Any, **details: Any) -> None:
         """Record that `rule` removed `doc`: the value it measured, the threshold it crossed, and any details
         (e.g. the kept neighbour). The exclusion record carries them as `excluded_reason` (the rule),
-        `excluded_value`, `excluded_threshold` and `excluded_<detail>`."""
+        `excluded_value`, `excluded_threshold` and `excluded_<detail>`. `rule` is `<step>:<rule>`."""
+        if ":" not in rule:
+            raise ValueError(f"step {self.step_name}: exclusion rule {rule!r} is not of the form '<step>:<rule>'")
         self.counters[f"excluded.{rule}"] += 1
         self.counters[f"excluded_words.{rule}"] += len(doc.text.split())
         if isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value):
@@ -114,6 +122,10 @@ class Step:
         self.context = context
         return self
 
+    def rule(self, reason: str) -> str:
+        """The name of this step's rule `reason` in exclusion records, counters and the report."""
+        return f"{self.name}:{reason}"
+
     def enabled(self) -> bool:
         """False when the configuration makes the step a no-op (e.g. decontaminate without eval sets)."""
         return True
@@ -140,19 +152,29 @@ class Step:
 Verdict = Union[bool, tuple]
 
 
-def reject(reason: str, value: Any, threshold: Any, **details: Any) -> tuple[bool, str, dict[str, Any]]:
-    """The verdict of a filter that drops a document: `(False, reason, {"value", "threshold", ...details})`."""
-    return False, reason, {"value": value, "threshold": threshold, **details}
+def reject(rule: str, value: Any, threshold: Any, **details: Any) -> tuple[bool, str, dict[str, Any]]:
+    """The verdict of a filter that drops a document: `(False, rule, {"value", "threshold", ...details})`, `rule`
+    without the step's name (the base class prefixes it)."""
+    return False, rule, {"value": value, "threshold": threshold, **details}
+
+
+def annotate(doc: Document, **fields: Any) -> None:
+    """Add metadata to the document a filter was handed (a new dict: the caller's document keeps its own)."""
+    doc.metadata = {**doc.metadata, **fields}
 
 
 class FilterStep(Step):
-    """A step that keeps or drops each document on its own: implement `filter(doc) -> Verdict`.
+    """A per-document step: a filter, an annotator or both. Implement `filter(doc) -> Verdict`.
 
-    `filter` returns True (keep), or `(False, reason)` / `(False, reason, details)` (drop), as in datatrove;
-    details should hold the measured `value` and the `threshold` (use `reject`). A bare False is accepted and
-    recorded with value and threshold unknown (None). The rule recorded is `<step name>:<reason>`. A filter may
-    rewrite `doc.text` of a document it keeps (C4 drops lines): it is handed a copy, never the caller's object.
+    `filter` returns True (keep) or `(False, rule, {"value": ..., "threshold": ..., **details})` (drop; build it
+    with `reject`), as datatrove's filters do, except that a drop must name its rule, the value measured and the
+    threshold: a bare False, or a drop without a rule, is refused. The rule recorded is `<step name>:<rule>`
+    (`rule()`). `filter` is handed a copy of the document: it may rewrite its text (C4 drops lines) or add metadata
+    (`annotate`: language ID's label, the classifier's score) for the document kept or for the exclusion record.
     """
+
+    def setup(self) -> None:
+        """Runs once per task before the first document: load an index, write a record the step keeps."""
 
     def filter(self, doc: Document) -> Verdict:
         raise NotImplementedError(f"{type(self).__name__} must implement filter()")
@@ -161,24 +183,29 @@ class FilterStep(Step):
         """None to keep; else (rule, value, threshold, other details) for `TaskContext.exclude`."""
         if verdict is True:
             return None
-        if verdict is False:
-            return self.name, None, None, {}
-        if isinstance(verdict, tuple) and verdict and isinstance(verdict[0], bool):
+        if isinstance(verdict, tuple) and len(verdict) == 3 and isinstance(verdict[0], bool) and verdict[1]:
             if verdict[0]:
                 return None
-            reason = f"{self.name}:{verdict[1]}" if len(verdict) > 1 and verdict[1] else self.name
-            details = dict(verdict[2]) if len(verdict) > 2 and verdict[2] else {}
-            return reason, details.pop("value", None), details.pop("threshold", None), details
+            details = dict(verdict[2])
+            if "value" in details and "threshold" in details:
+                return self.rule(verdict[1]), details.pop("value"), details.pop("threshold"), details
         raise TypeError(
-            f"{type(self).__name__}.filter returned {verdict!r}: expected True, False or (False, reason, details)"
+            f"{type(self).__name__}.filter returned {verdict!r}: expected True or "
+            "reject(rule, value, threshold, **details)"
         )
 
     def run(self, documents: Iterable[Document], rank: int = 0, world_size: int = 1) -> Iterator[Document]:
+        self.setup()
+        filter_document, exclude = self.filter, self.context.exclude
         for doc in documents:
             doc = Document(doc.id, doc.text, doc.metadata)
-            excluded = self.exclusion(self.filter(doc))
+            verdict = filter_document(doc)
+            if verdict is True:
+                yield doc
+                continue
+            excluded = self.exclusion(verdict)
             if excluded is None:
                 yield doc
             else:
                 rule, value, threshold, details = excluded
-                self.context.exclude(doc, rule, value, threshold, **details)
+                exclude(doc, rule, value, threshold, **details)

@@ -5,7 +5,7 @@ Template text (licence headers, cookie notices, navigation and sign-up blurbs) s
 because each page around it differs. Spans are compared after case folding, whitespace collapsing and mapping
 digits to 0 (as CCNet normalises), so "Copyright 2019" and "copyright 2021" match; spans shorter than
 `min_chars` (after that normalisation) are never cut. A document left with nothing is excluded
-(`boilerplate_only`).
+(`boilerplate_dedup:boilerplate_only`).
 
 Stages (each task's work is bounded, so it scales with the corpus like the MinHash step):
   hash (per shard)    the 64-bit hashes of each document's distinct spans, split into one file per bucket
@@ -104,7 +104,7 @@ class BoilerplateDedup(Step):
             self.context.count("boilerplate.chars_removed", removed_chars)
             text = self.join([s for s in kept if s.strip()]).strip()
             if not text:
-                self.context.exclude(doc, "boilerplate_only", 1.0, 1.0, spans=len(spans))
+                self.context.exclude(doc, self.rule("boilerplate_only"), 1.0, 1.0, spans=len(spans))
                 continue
             self.context.count("boilerplate.documents_changed")
             yield Document(doc.id, text, doc.metadata)

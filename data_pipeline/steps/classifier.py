@@ -19,10 +19,10 @@ import sys
 import tempfile
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Iterable, Iterator, Optional
+from typing import Optional
 
 from data_pipeline.document import Document
-from data_pipeline.steps.base import Step
+from data_pipeline.steps.base import FilterStep, Verdict, annotate, reject
 from data_pipeline.steps.decontaminate import read_eval_texts
 from data_pipeline.steps.lang_id import load_fasttext
 
@@ -192,7 +192,7 @@ def train_classifier(
     )
 
 
-class Classifier(Step):
+class Classifier(FilterStep):
     name = "classifier"
 
     def __init__(
@@ -219,12 +219,9 @@ class Classifier(Step):
         labels, probs = self._model.predict(_one_line(text), k=2)
         return float(dict(zip(labels, probs)).get(POSITIVE, 0.0))
 
-    def run(self, documents: Iterable[Document], rank: int = 0, world_size: int = 1) -> Iterator[Document]:
-        for doc in documents:
-            score = self.positive_probability(doc.text)
-            self.context.score(self.score_key, score)
-            scored = Document(doc.id, doc.text, {**doc.metadata, self.score_key: score})
-            if score >= self.threshold:
-                yield scored
-            else:
-                self.context.exclude(scored, "quality_below_threshold", round(score, 6), self.threshold)
+    def filter(self, doc: Document) -> Verdict:
+        """Scores every document (`score_key`); drops one under the threshold (`classifier:quality_below_threshold`)."""
+        score = self.positive_probability(doc.text)
+        self.context.score(self.score_key, score)
+        annotate(doc, **{self.score_key: score})
+        return True if score >= self.threshold else reject("quality_below_threshold", round(score, 6), self.threshold)

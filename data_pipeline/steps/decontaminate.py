@@ -20,11 +20,11 @@ import hashlib
 import json
 import re
 from pathlib import Path
-from typing import Iterable, Iterator, Optional, Sequence
+from typing import Iterator, Optional, Sequence
 
 from data_pipeline.decontamination import RECORD_FILE, TASK_DIRS_KEY, TASKS_KEY, removed_counter
 from data_pipeline.document import Document
-from data_pipeline.steps.base import Step
+from data_pipeline.steps.base import FilterStep, Verdict, reject
 
 _WORD = re.compile(r"\w+", re.UNICODE)
 
@@ -53,7 +53,7 @@ def read_eval_texts(path: Path, text_key: str) -> Iterator[str]:
                 yield line
 
 
-class Decontaminate(Step):
+class Decontaminate(FilterStep):
     name = "decontaminate"
 
     def __init__(
@@ -155,18 +155,19 @@ class Decontaminate(Step):
                 f"{written}; start over in a new output directory"
             )
 
-    def run(self, documents: Iterable[Document], rank: int = 0, world_size: int = 1) -> Iterator[Document]:
+    def setup(self) -> None:
         self.check_record()
         self.write_record()  # every task writes the same record (atomically): no stage, no Slurm job of its own
+        self.index()
+
+    def filter(self, doc: Document) -> Verdict:
+        """Drops a document sharing an n-gram with an eval set (`decontaminate:contaminated`, value the shared
+        n-grams, threshold 0)."""
         index = self.index()
-        for doc in documents:
-            shared = [g for g in word_ngrams(doc.text, self.ngram) if g in index]
-            if not shared:
-                yield doc
-                continue
-            hits = list(dict.fromkeys(name for g in shared for name in index[g]))
-            for name in hits:
-                self.context.count(removed_counter(name))
-            self.context.exclude(
-                doc, "contaminated", len(shared), 0, eval_set=hits[0], eval_sets=hits, ngram=" ".join(shared[0])
-            )
+        shared = [g for g in word_ngrams(doc.text, self.ngram) if g in index]
+        if not shared:
+            return True
+        hits = list(dict.fromkeys(name for g in shared for name in index[g]))
+        for name in hits:
+            self.context.count(removed_counter(name))
+        return reject("contaminated", len(shared), 0, eval_set=hits[0], eval_sets=hits, ngram=" ".join(shared[0]))

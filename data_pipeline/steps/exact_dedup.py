@@ -51,6 +51,6 @@ class ExactDedup(Step):
         drops = {int(k): v for k, v in json.loads(self.context.work_path(f"drops-{rank:05d}.json").read_text()).items()}
         for position, doc in enumerate(documents):
             if position in drops:
-                self.context.exclude(doc, "exact_duplicate", 1.0, 1.0, kept=drops[position])
+                self.context.exclude(doc, self.rule("duplicate"), 1.0, 1.0, kept=drops[position])
             else:
                 yield doc

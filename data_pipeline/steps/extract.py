@@ -4,21 +4,19 @@ replaces it. What a page yields depends on that page alone: no memory across pag
 change it.
 
 A page that yields no text is excluded with the reason, its value the characters extracted and the threshold
-`min_chars`: `no_text:not_html` (the input has no HTML tag: plain text under the HTML key), `no_text:extractor_error`
-(trafilatura raised; the record's `excluded_error` says what), `no_text:empty` (no main text found) and
-`no_text:too_short` (fewer than `min_chars` characters). Counters `no_text.<reason>` say how many.
+`min_chars`: `extract:not_html` (the input has no HTML tag: plain text under the HTML key), `extract:extractor_error`
+(trafilatura raised; the record's `excluded_error` says what), `extract:empty` (no main text found) and
+`extract:too_short` (fewer than `min_chars` characters). Counters `no_text.<reason>` say how many.
 """
 
 from __future__ import annotations
 
-from typing import Iterable, Iterator, Optional
-
 from data_pipeline.document import Document
 from data_pipeline.extraction import EXTRACTION_OPTIONS, extract_text, looks_like_html
-from data_pipeline.steps.base import Step
+from data_pipeline.steps.base import FilterStep, Verdict, reject
 
 
-class Extract(Step):
+class Extract(FilterStep):
     name = "extract"
 
     def __init__(
@@ -42,26 +40,21 @@ class Extract(Step):
         }
         self.min_chars = int(min_chars)
 
-    def _exclude(self, doc: Document, reason: str, chars: int, error: Optional[str] = None) -> None:
+    def _reject(self, reason: str, chars: int, **details: str) -> Verdict:
         self.context.count(f"no_text.{reason}")
-        details = {"error": error} if error is not None else {}
-        self.context.exclude(doc, f"no_text:{reason}", chars, self.min_chars, **details)
+        return reject(reason, chars, self.min_chars, **details)
 
-    def run(self, documents: Iterable[Document], rank: int = 0, world_size: int = 1) -> Iterator[Document]:
-        for doc in documents:
-            if not looks_like_html(doc.text):
-                self._exclude(doc, "not_html", 0)
-                continue
-            try:
-                text = (extract_text(doc.text, **self.options) or "").strip()
-            except Exception as exc:  # a page trafilatura cannot parse is that page's problem, not the run's
-                self._exclude(doc, "extractor_error", 0, f"{type(exc).__name__}: {exc}"[:500])
-                continue
-            if not text:
-                self._exclude(doc, "empty", 0)
-                continue
-            if len(text) < self.min_chars:
-                self._exclude(doc, "too_short", len(text))
-                continue
-            self.context.count("html_chars", len(doc.text))
-            yield Document(doc.id, text, doc.metadata)
+    def filter(self, doc: Document) -> Verdict:
+        if not looks_like_html(doc.text):
+            return self._reject("not_html", 0)
+        try:
+            text = (extract_text(doc.text, **self.options) or "").strip()
+        except Exception as exc:  # a page trafilatura cannot parse is that page's problem, not the run's
+            return self._reject("extractor_error", 0, error=f"{type(exc).__name__}: {exc}"[:500])
+        if not text:
+            return self._reject("empty", 0)
+        if len(text) < self.min_chars:
+            return self._reject("too_short", len(text))
+        self.context.count("html_chars", len(doc.text))
+        doc.text = text
+        return True

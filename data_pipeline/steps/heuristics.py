@@ -4,19 +4,20 @@ each with its published defaults.
 
 One step rather than four so a document is read and written once for all of them; each family is also a step of
 its own (`gopher_repetition`, `gopher_quality`, `c4`, `fineweb`). A document is removed by the first rule it
-fails, recorded as `<family>:<rule>` with the measured value and the threshold. Parameters: `order` (the
-families to run, in order) and one entry per family: true (defaults), false/null (off) or a dict of keyword
-arguments that override its defaults, e.g. `c4: {min_sentences: 3}`. The order used before FineWeb's
-(C4 first, with its terminal-punctuation rule) is `configs/pipeline/c4_first.yaml`.
+fails, recorded as `<family>:<rule>` (the family is a step of its own, so that is `<step>:<rule>`) with the
+measured value and the threshold. Parameters: `order` (the families to run, in order) and one entry per family:
+true (defaults), false/null (off) or a dict of keyword arguments that override its defaults, e.g.
+`c4: {min_sentences: 3}`. The order used before FineWeb's (C4 first, with its terminal-punctuation rule) is
+`configs/pipeline/c4_first.yaml`.
 """
 
 from __future__ import annotations
 
 import inspect
-from typing import Any, Iterable, Iterator, Optional, Sequence
+from typing import Any, Optional, Sequence
 
 from data_pipeline.document import Document
-from data_pipeline.steps.base import FilterStep, Step, TaskContext
+from data_pipeline.steps.base import FilterStep, TaskContext, Verdict
 from data_pipeline.steps.filters.c4 import C4
 from data_pipeline.steps.filters.fineweb import FineWeb
 from data_pipeline.steps.filters.gopher_quality import GopherQuality
@@ -47,7 +48,7 @@ def build_family(family: str, params: Any) -> Optional[FilterStep]:
         raise ValueError(f"heuristics.{family}: {exc}") from exc
 
 
-class Heuristics(Step):
+class Heuristics(FilterStep):
     name = "heuristics"
 
     def __init__(
@@ -80,23 +81,23 @@ class Heuristics(Step):
     def enabled(self) -> bool:
         return bool(self.filters)
 
+    def rule(self, reason: str) -> str:
+        """The families' verdicts already name their rule `<family>:<rule>`."""
+        return reason
+
+    def filter(self, doc: Document) -> Verdict:
+        """The first family's drop, its rule named `<family>:<rule>`; True when every family keeps `doc`."""
+        for family in self.filters:
+            verdict = family.filter(doc)
+            if verdict is not True:
+                excluded = family.exclusion(verdict)
+                if excluded is not None:
+                    rule, value, threshold, details = excluded
+                    return False, rule, {"value": value, "threshold": threshold, **details}
+        return True
+
     def check(self, doc: Document) -> tuple[str, Optional[str]]:
         """(text after the line rules, the first rule the document fails or None), recording nothing."""
         doc = Document(doc.id, doc.text, doc.metadata)
-        for family in self.filters:
-            excluded = family.exclusion(family.filter(doc))
-            if excluded is not None:
-                return doc.text, excluded[0]
-        return doc.text, None
-
-    def run(self, documents: Iterable[Document], rank: int = 0, world_size: int = 1) -> Iterator[Document]:
-        for doc in documents:
-            doc = Document(doc.id, doc.text, doc.metadata)
-            for family in self.filters:
-                excluded = family.exclusion(family.filter(doc))
-                if excluded is not None:
-                    rule, value, threshold, details = excluded
-                    self.context.exclude(doc, rule, value, threshold, **details)
-                    break
-            else:
-                yield doc
+        verdict = self.filter(doc)
+        return doc.text, None if verdict is True else verdict[1]

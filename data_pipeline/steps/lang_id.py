@@ -4,8 +4,9 @@ language-id model (e.g. `lid.176.bin`, FineWeb's choice) is used instead when `m
 
 The predicted language and its probability are stored in the document's metadata (`language`,
 `language_score`) so later steps and the report can use them. A document in another language is excluded as
-`language:<label>` with its probability as the value and the listed languages as the threshold; one in a listed
-language whose probability is below `threshold` as `language_score_below_threshold`.
+`lang_id:other_language` with its probability as the value and the listed languages as the threshold (the label is
+the record's `language`; counters `language.<label>` count every label); one in a listed language whose
+probability is below `threshold` as `lang_id:score_below_threshold`.
 
 Labels: py3langid's ISO 639 codes (`en`, `fr`, `zh`...; Wu and Cantonese count as `zh`, see ALIASES), plus `zxx`,
 "no linguistic content", which it gives to text made of numbers, paths, URLs and symbols. A page of tables and
@@ -27,10 +28,10 @@ from __future__ import annotations
 
 import re
 from pathlib import Path
-from typing import Iterable, Iterator, Optional, Sequence
+from typing import Optional, Sequence
 
 from data_pipeline.document import Document
-from data_pipeline.steps.base import Step
+from data_pipeline.steps.base import FilterStep, Verdict, annotate, reject
 
 # Labels a model may use for what a config calls by its ISO 639-1 code: py3langid labels some Chinese text as
 # Wu or Cantonese, which a `languages: [zh]` filter means to keep.
@@ -88,7 +89,7 @@ class FastTextLangId:
         return labels[0].removeprefix("__label__"), float(probs[0])
 
 
-class LangId(Step):
+class LangId(FilterStep):
     name = "lang_id"
 
     def __init__(
@@ -141,19 +142,16 @@ class LangId(Step):
         second = self._predict(prose)
         return (*second, True) if self._kept(*second) else (language, score, False)
 
-    def run(self, documents: Iterable[Document], rank: int = 0, world_size: int = 1) -> Iterator[Document]:
-        for doc in documents:
-            language, score, second_look = self._identify(doc.text)
-            if second_look and self._kept(language, score):
-                self.context.count("language.second_look_kept")
-            self.context.score("language_score", score)
-            self.context.count(f"language.{language}")
-            labelled = Document(
-                doc.id, doc.text, {**doc.metadata, "language": language, "language_score": round(score, 4)}
-            )
-            if self.languages and language not in self.languages:
-                self.context.exclude(labelled, f"language:{language}", round(score, 4), sorted(self.languages))
-            elif score < self.threshold:
-                self.context.exclude(labelled, "language_score_below_threshold", round(score, 4), self.threshold)
-            else:
-                yield labelled
+    def filter(self, doc: Document) -> Verdict:
+        """Labels every document (`language`, `language_score`), kept or dropped."""
+        language, score, second_look = self._identify(doc.text)
+        if second_look and self._kept(language, score):
+            self.context.count("language.second_look_kept")
+        self.context.score("language_score", score)
+        self.context.count(f"language.{language}")
+        annotate(doc, language=language, language_score=round(score, 4))
+        if self.languages and language not in self.languages:
+            return reject("other_language", round(score, 4), sorted(self.languages))
+        if score < self.threshold:
+            return reject("score_below_threshold", round(score, 4), self.threshold)
+        return True

@@ -3,8 +3,8 @@
 Stages (the algorithm lives in data_pipeline/minhash; see staged.py there for the files):
   signatures (per shard) -> band_pairs (per shard task, each task owns bands rank, rank + world_size, ...)
   -> clusters (one reduce: union of verified pairs, lowest id kept) -> run (per shard: drop the others).
-Each removed document is excluded as `near_duplicate` with its cluster id, the kept document's id, the cluster
-size and its estimated Jaccard similarity to the kept document.
+Each removed document is excluded as `minhash_dedup:near_duplicate` with its cluster id, the kept document's id,
+the cluster size and its estimated Jaccard similarity to the kept document.
 """
 
 from __future__ import annotations
@@ -99,4 +99,6 @@ class MinHashDedup(Step):
             else:
                 self.context.score("minhash_similarity", info["similarity"])
                 details = {k: v for k, v in info.items() if k != "similarity"}
-                self.context.exclude(doc, "near_duplicate", info["similarity"], self.params.threshold, **details)
+                self.context.exclude(
+                    doc, self.rule("near_duplicate"), info["similarity"], self.params.threshold, **details
+                )

@@ -4,7 +4,7 @@ Stages: count the tokens (whitespace words) of each source in every shard -> one
 budget into a sampling rate per source (capped at `max_repeats` copies of a document, the rest of the budget is
 then left unfilled and reported) -> each shard keeps floor(rate) or ceil(rate) copies of every document,
 chosen by a hash of (seed, id), so the result is deterministic for a seed and independent of shard order.
-Repeated copies get ids `<id>#rep<k>`; documents sampled out are excluded with reason `downsampled`.
+Repeated copies get ids `<id>#rep<k>`; documents sampled out are excluded as `mix:downsampled`.
 """
 
 from __future__ import annotations
@@ -88,12 +88,14 @@ class Mix(Step):
         for doc in documents:
             source = str(doc.metadata.get(self.source_key))
             if source not in rates:
-                self.context.exclude(doc, "source_not_in_mix", source, sorted(rates))
+                self.context.exclude(doc, self.rule("source_not_in_mix"), source, sorted(rates))
                 continue
             rate = rates[source]
             copies = math.floor(rate) + (1 if _unit_hash(self.seed, doc.id) < rate - math.floor(rate) else 0)
             if copies == 0:
-                self.context.exclude(doc, "downsampled", round(_unit_hash(self.seed, doc.id), 6), round(rate, 6))
+                self.context.exclude(
+                    doc, self.rule("downsampled"), round(_unit_hash(self.seed, doc.id), 6), round(rate, 6)
+                )
                 continue
             words = len(doc.text.split())
             self.context.count(f"mix_tokens.{source}", words * copies)

@@ -16,10 +16,10 @@ from __future__ import annotations
 
 import re
 import unicodedata
-from typing import Iterable, Iterator, Optional, Sequence
+from typing import Optional, Sequence
 
 from data_pipeline.document import Document
-from data_pipeline.steps.base import Step
+from data_pipeline.steps.base import FilterStep, Verdict, reject
 
 # Cc/Cf characters other than newline and tab (zero-width spaces, BOM, escape sequences, NUL...).
 _CONTROL = re.compile(r"[\x00-\x08\x0b-\x1f\x7f-\x9f\u200b-\u200f\u2028\u2029\u202a-\u202e\u2060-\u2064\ufeff]")
@@ -97,7 +97,7 @@ def normalize_text(
     return text
 
 
-class Normalize(Step):
+class Normalize(FilterStep):
     name = "normalize"
 
     def __init__(
@@ -123,12 +123,12 @@ class Normalize(Step):
             raise ValueError(f"normalize.boilerplate_patterns: invalid regex ({exc})") from exc
         self.form = form
 
-    def run(self, documents: Iterable[Document], rank: int = 0, world_size: int = 1) -> Iterator[Document]:
-        for doc in documents:
-            text = normalize_text(doc.text, self.form, self.boilerplate, self.symbols, self.indentation)
-            if not text:
-                self.context.exclude(doc, "empty_after_normalize", 0, 1)
-                continue
-            if text != doc.text:
-                self.context.count("changed")
-            yield Document(doc.id, text, doc.metadata)
+    def filter(self, doc: Document) -> Verdict:
+        """Rewrites the text; drops a document left empty (`normalize:empty`, value its characters, threshold 1)."""
+        text = normalize_text(doc.text, self.form, self.boilerplate, self.symbols, self.indentation)
+        if not text:
+            return reject("empty", 0, 1)
+        if text != doc.text:
+            self.context.count("changed")
+            doc.text = text
+        return True

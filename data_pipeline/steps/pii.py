@@ -12,10 +12,10 @@ candidates of each kind it left alone as look-alikes (the report prints both).
 
 from __future__ import annotations
 
-from typing import Iterable, Iterator, Sequence
+from typing import Sequence
 
 from data_pipeline.document import Document
-from data_pipeline.steps.base import Step
+from data_pipeline.steps.base import FilterStep, Verdict
 from data_pipeline.steps.pii_detect import DIGIT, Found, find_emails, find_ips, find_phones
 
 KINDS = ("email", "ip", "phone")
@@ -27,7 +27,7 @@ def _replace(text: str, found: list[Found], placeholder: str) -> str:
     return text
 
 
-class Pii(Step):
+class Pii(FilterStep):
     name = "pii"
 
     def __init__(
@@ -80,16 +80,16 @@ class Pii(Step):
         text, seen = self.find(text)
         return text, {kind: sum(1 for f in seen if f.kind == kind and f.personal) for kind in KINDS}
 
-    def run(self, documents: Iterable[Document], rank: int = 0, world_size: int = 1) -> Iterator[Document]:
-        for doc in documents:
-            text, seen = self.find(doc.text)
-            for item in seen:
-                # Private addresses are left alone by configuration, not as look-alikes.
-                if item.personal:
-                    self.context.count(f"pii.{item.kind}")
-                elif item.reason != "not_public":
-                    self.context.count(f"pii.lookalike.{item.kind}")
-            if text != doc.text:
-                self.context.count("pii.documents")
-                doc = Document(doc.id, text, doc.metadata)
-            yield doc
+    def filter(self, doc: Document) -> Verdict:
+        """Rewrites the text; keeps every document."""
+        text, seen = self.find(doc.text)
+        for item in seen:
+            # Private addresses are left alone by configuration, not as look-alikes.
+            if item.personal:
+                self.context.count(f"pii.{item.kind}")
+            elif item.reason != "not_public":
+                self.context.count(f"pii.lookalike.{item.kind}")
+        if text != doc.text:
+            self.context.count("pii.documents")
+            doc.text = text
+        return True

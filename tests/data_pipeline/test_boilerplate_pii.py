@@ -47,7 +47,7 @@ def test_boilerplate_in_200_documents_goes_and_a_paragraph_in_2_stays(tmp_path):
     stats = json.loads((out / "stats" / "boilerplate_dedup.json").read_text())
     assert stats["counters"]["boilerplate.spans_removed"] == 201
     assert stats["counters"]["boilerplate.documents_changed"] == 200
-    assert stats["counters"]["excluded.boilerplate_only"] == 1
+    assert stats["counters"]["excluded.boilerplate_dedup:boilerplate_only"] == 1
     excluded = json.loads((out / "excluded" / "boilerplate_dedup" / "shard-00000.jsonl").read_text().splitlines()[0])
     assert excluded["id"] == "only-banner" and excluded["excluded_value"] == 1.0
     assert "boilerplate.spans_removed 201" in (out / "report.md").read_text()

@@ -64,7 +64,10 @@ def test_run_subprocess_writes_outputs_and_report(small_corpus, tmp_path):
     ):
         assert len(list((out / step).glob("shard-*.jsonl"))) == 2
     report = (out / "report.md").read_text()
-    assert "| exact_dedup | exact_duplicate | 5 |" in report and "| decontaminate | contaminated | 4 |" in report
+    assert (
+        "| exact_dedup | exact_dedup:duplicate | 5 |" in report
+        and "| decontaminate | decontaminate:contaminated | 4 |" in report
+    )
     assert (out / "funnel.png").stat().st_size > 1000 and (out / "report.html").exists()
     assert list(out.glob("hist_minhash_dedup_*.png"))
     summary = json.loads((out / "summary.json").read_text())

@@ -80,8 +80,8 @@ def test_a_page_without_text_is_recorded_with_its_reason():
     kept = step(docs)
     assert [d.id for d in kept] == ["good"]
     records = {doc.id: (rule, details) for doc, rule, details in step.context.excluded}
-    assert records["plain"][0] == "no_text:not_html" and records["empty"][0] == "no_text:empty"
-    assert records["short"][0] == "no_text:too_short"
+    assert records["plain"][0] == "extract:not_html" and records["empty"][0] == "extract:empty"
+    assert records["short"][0] == "extract:too_short"
     assert 0 < records["short"][1]["value"] < 200 and records["short"][1]["threshold"] == 200
     assert all("value" in details and details["threshold"] == 200 for _, details in records.values())
     assert step.context.counters["no_text.not_html"] == 1
@@ -97,5 +97,5 @@ def test_an_extractor_error_excludes_the_page_with_the_error(monkeypatch):
     step = build_step("extract")
     assert step([Document("bad", page("Bad", ["Some text that will never be read by anyone."]))]) == []
     ((doc, rule, details),) = step.context.excluded
-    assert rule == "no_text:extractor_error" and details["error"] == "ValueError: parser gave up"
+    assert rule == "extract:extractor_error" and details["error"] == "ValueError: parser gave up"
     assert (details["value"], details["threshold"]) == (0, 1)

@@ -266,7 +266,7 @@ def test_step_excludes_near_duplicates_with_their_cluster(tmp_path):
     assert len(excluded) == 10
     kept_ids = {d.id for d in kept}
     for doc, reason, details in excluded:
-        assert reason == "near_duplicate"
+        assert reason == "minhash_dedup:near_duplicate"
         assert details["kept_id"] in kept_ids and details["cluster_id"] == details["kept_id"]
         assert details["cluster_size"] == 2 and details["value"] >= details["threshold"] == 0.8  # value: similarity
         assert id_sort_key(details["kept_id"]) < id_sort_key(doc.id)

@@ -8,7 +8,7 @@ import re
 import pytest
 
 from data_pipeline.document import Document
-from data_pipeline.steps import build_step
+from data_pipeline.steps import TaskContext, build_step
 from data_pipeline.steps.heuristics import Heuristics
 from data_pipeline.synthetic import JUNK_KINDS, Grammar, generate_clean_documents, junk_document
 
@@ -30,7 +30,7 @@ def test_normalize_nfc_controls_whitespace_and_boilerplate():
     out = step(docs([decomposed, "\x00 \u200b \n"]))
     # An indented line is preformatted: it keeps its leading whitespace and inner spacing (indentation: keep).
     assert [d.text for d in out] == ["Caf\u00e9 au lait.\n\n  second   line."]
-    assert [(d.id, r) for d, r, _ in step.context.excluded] == [("d001", "empty_after_normalize")]
+    assert [(d.id, r) for d, r, _ in step.context.excluded] == [("d001", "normalize:empty")]
     strip = build_step("normalize", {"boilerplate_patterns": [r"(?i)^subscribe now"], "indentation": "strip"})
     assert [d.text for d in strip(docs([decomposed]))] == ["Caf\u00e9 au lait.\n\nsecond line."]
     with pytest.raises(ValueError, match="normalize.indentation"):
@@ -46,8 +46,8 @@ def test_exact_dedup_keeps_lowest_id_across_case_and_spacing():
     kept = step(documents)
     assert [d.id for d in kept] == ["b", "a"]
     assert sorted((d.id, r, x["kept"]) for d, r, x in step.context.excluded) == [
-        ("c", "exact_duplicate", "a"),
-        ("d", "exact_duplicate", "a"),
+        ("c", "exact_dedup:duplicate", "a"),
+        ("d", "exact_dedup:duplicate", "a"),
     ]
 
 
@@ -176,7 +176,8 @@ def test_lang_id_keeps_listed_languages(tmp_path):
     out = step(docs([CLEAN[0], CLEAN[1][::-1], CLEAN[2]]))
     assert [d.id for d in out] == ["d000", "d002"]
     assert out[0].metadata["language"] == "en" and out[0].metadata["language_score"] >= 0.6
-    assert step.context.excluded[0][1] == "language:xx"
+    assert step.context.excluded[0][1] == "lang_id:other_language"
+    assert step.context.excluded[0][0].metadata["language"] == "xx"
     assert step.context.excluded[0][2]["threshold"] == ["en"] and 0 < step.context.excluded[0][2]["value"] <= 1
     with pytest.raises(ValueError, match="model_path"):
         build_step("lang_id", {"model_path": str(tmp_path / "missing.bin")})
@@ -189,31 +190,43 @@ def test_registry_errors_name_the_step_and_key():
         build_step("normalize", {"bogus": 1})
 
 
-def test_filter_step_takes_datatroves_contract_and_records_value_and_threshold():
-    from data_pipeline.steps.base import FilterStep, reject
+def test_a_filter_is_one_method_and_the_base_class_records_rule_value_and_threshold():
+    from data_pipeline.steps.base import FilterStep, annotate, reject
 
     class ShortDocuments(FilterStep):
         name = "short_documents"
+        setups = 0
+
+        def setup(self):
+            self.setups += 1
 
         def filter(self, doc):
             n = len(doc.text.split())
-            if n == 0:
-                return False  # datatrove's bare False: recorded with value and threshold unknown
+            annotate(doc, words=n)  # an annotator too: the kept document and the exclusion record carry it
             return True if n >= 5 else reject("few_words", n, 5)
 
     step = ShortDocuments()
-    kept = step(docs(["one two three", CLEAN[0], "", CLEAN[1]]))
-    assert [d.id for d in kept] == ["d001", "d003"]
-    assert [(d.id, rule, x) for d, rule, x in step.context.excluded] == [
-        ("d000", "short_documents:few_words", {"value": 3, "threshold": 5}),
-        ("d002", "short_documents", {"value": None, "threshold": None}),
+    given = docs(["one two three", CLEAN[0], CLEAN[1]])
+    kept = step(given)
+    assert [d.id for d in kept] == ["d001", "d002"] and step.setups == 1
+    assert kept[0].metadata["words"] == len(CLEAN[0].split()) and "words" not in given[1].metadata
+    assert [(d.id, rule, x, d.metadata) for d, rule, x in step.context.excluded] == [
+        ("d000", "short_documents:few_words", {"value": 3, "threshold": 5}, {"words": 3}),
     ]
     assert step.context.counters["excluded.short_documents:few_words"] == 1
     assert step.context.scores["excluded_value/short_documents:few_words"] == [3.0]
 
     class Broken(FilterStep):
-        def filter(self, doc):
-            return "not a verdict"
+        def __init__(self, verdict):
+            super().__init__()
+            self.verdict = verdict
 
-    with pytest.raises(TypeError, match="Broken.filter returned"):
-        Broken()(docs(["x"]))
+        def filter(self, doc):
+            return self.verdict
+
+    # A drop names its rule, the value and the threshold: datatrove's bare False or a drop without them is refused.
+    for verdict in ("not a verdict", False, (False, "few_words"), (False, "", {"value": 1, "threshold": 2})):
+        with pytest.raises(TypeError, match="Broken.filter returned"):
+            Broken(verdict)(docs(["x"]))
+    with pytest.raises(ValueError, match="'<step>:<rule>'"):
+        TaskContext(step_name="mine").exclude(Document("x", "x"), "no_step_name", 1, 2)

@@ -1,7 +1,8 @@
-"""Document filters with datatrove's contract (`filter(doc) -> True | (False, reason, details)`), one module per
-rule family: Gopher quality and repetition (Rae et al. 2021), C4 (Raffel et al. 2020), FineWeb (Penedo et al. 2024)
-and URL block lists. Each family's keyword arguments carry its published defaults (as datatrove and FineWeb set
-them); `None` switches one rule off. `data_pipeline.steps.heuristics` chains the families in FineWeb's order.
+"""Document filters with the steps' one contract (`filter(doc) -> True | reject(rule, value, threshold)`: datatrove's
+contract with the value and threshold required; data_pipeline/steps/base.py), one module per rule family: Gopher
+quality and repetition (Rae et al. 2021), C4 (Raffel et al. 2020), FineWeb (Penedo et al. 2024) and URL block lists.
+Each family's keyword arguments carry its published defaults (as datatrove and FineWeb set them); `None` switches one
+rule off. `data_pipeline.steps.heuristics` chains the families in FineWeb's order.
 
 Every statistic is counted as datatrove 0.10 counts it, because FineWeb's thresholds were tuned on those counts
 (tests/data_pipeline/test_datatrove_agreement.py runs datatrove's own filters beside these). Which unit each uses:
