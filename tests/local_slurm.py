@@ -142,7 +142,7 @@ class LocalSlurm:
             directory = Path("/run/munge")
             directory.mkdir(mode=0o755, parents=True, exist_ok=True)
             os.chown(directory, user.pw_uid, user.pw_gid)
-            stem = f"loom-test-{os.getpid()}"
+            stem = f"loom-test-{os.getpid()}-{self.root.name}"  # two clusters of one test run: two munged
             self.munge_socket = directory / f"{stem}.socket"
             self.munge_files = [
                 directory / f"{stem}{suffix}" for suffix in (".socket", ".socket.lock", ".pid", ".log", ".seed")
