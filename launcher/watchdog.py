@@ -134,11 +134,18 @@ class Watchdog:
             return None
         import torch.distributed as dist
 
+        if "MASTER_ADDR" not in os.environ or "MASTER_PORT" not in os.environ:
+            log.warning("peer watchdog off: no MASTER_ADDR/MASTER_PORT to find the rendezvous store at")
+            return None
         host, port = os.environ["MASTER_ADDR"], int(os.environ["MASTER_PORT"])
         interval = max(1.0, peer_timeout_s / 10)
-        store = dist.TCPStore(
-            host, port, is_master=False, timeout=datetime.timedelta(seconds=interval), wait_for_workers=False
-        )
+        try:
+            store = dist.TCPStore(
+                host, port, is_master=False, timeout=datetime.timedelta(seconds=interval), wait_for_workers=False
+            )
+        except (RuntimeError, dist.DistError) as exc:  # the process group reached it a moment ago: say so, go on
+            log.warning("peer watchdog off: no client to the rendezvous store at %s:%d (%s)", host, port, exc)
+            return None
         # Keys of this launch only: torchrun's agent store outlives a restart of its workers.
         run = "/".join(
             os.environ.get(name, "")
