@@ -337,20 +337,26 @@ class PackedDataset:
 
     def read(self, start: int, length: int) -> np.ndarray:
         """Tokens [start, start+length) of the concatenated stream as int64 (crosses shard boundaries)."""
+        out = np.empty(length, dtype=np.int64)
+        for shard, pos, at, take in self._pieces(start, length):
+            out[at : at + take] = shard.tokens[pos : pos + take]
+        return out
+
+    def _pieces(self, start: int, length: int) -> Iterator[tuple[PackedShard, int, int, int]]:
+        """(shard, position in it, position in the range, length) of each shard's part of the stream's tokens
+        [start, start+length), in order."""
         if start < 0 or start + length > self.n_tokens:
             raise IndexError(f"token range [{start}, {start + length}) outside [0, {self.n_tokens})")
-        out = np.empty(length, dtype=np.int64)
         filled = 0
         shard_idx = int(np.searchsorted(self.shard_starts, start, side="right") - 1)
         pos = start - int(self.shard_starts[shard_idx])
         while filled < length:
             shard = self.shards[shard_idx]
             take = min(length - filled, shard.n_tokens - pos)
-            out[filled : filled + take] = shard.tokens[pos : pos + take]
+            yield shard, pos, filled, take
             filled += take
             shard_idx += 1
             pos = 0
-        return out
 
     @property
     def source_names(self) -> list[str]:
@@ -366,28 +372,18 @@ class PackedDataset:
     def read_sources(self, start: int, length: int) -> np.ndarray:
         """For tokens [start, start+length) of the stream (as `read`), the index into `source_names` of the source
         of the document each token belongs to."""
-        if start < 0 or start + length > self.n_tokens:
-            raise IndexError(f"token range [{start}, {start + length}) outside [0, {self.n_tokens})")
         names = {name: i for i, name in enumerate(self.source_names)}
         if not names:
             raise ValueError(f"{self.directory}: the shards record no per-document sources")
         out = np.empty(length, dtype=np.int64)
-        filled = 0
-        shard_idx = int(np.searchsorted(self.shard_starts, start, side="right") - 1)
-        pos = start - int(self.shard_starts[shard_idx])
-        while filled < length:
-            shard = self.shards[shard_idx]
-            take = min(length - filled, shard.n_tokens - pos)
+        for shard, pos, at, take in self._pieces(start, length):
             if shard.source_ids is None:
-                out[filled : filled + take] = names[NO_SOURCE]
+                out[at : at + take] = names[NO_SOURCE]
             else:
                 to_global = np.array([names[name] for name in shard.source_names], dtype=np.int64)
                 positions = np.arange(pos, pos + take, dtype=np.uint64)
                 documents = np.searchsorted(shard.offsets, positions, side="right") - 1
-                out[filled : filled + take] = to_global[shard.source_ids[documents]]
-            filled += take
-            shard_idx += 1
-            pos = 0
+                out[at : at + take] = to_global[shard.source_ids[documents]]
         return out
 
     def documents(self) -> Iterator[np.ndarray]:
