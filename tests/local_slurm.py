@@ -31,6 +31,25 @@ PACKAGES = ("slurmctld", "slurmd", "slurm-client", "munge")
 BINARIES = ("slurmctld", "slurmd", "sbatch", "scontrol", "munged")
 
 
+# The slurm.conf lines every local cluster shares (the module docstring says why each matters).
+SCHEDULING = """\
+TaskPlugin=task/none
+SelectType=select/cons_tres
+SelectTypeParameters=CR_Core_Memory
+SchedulerType=sched/backfill
+SchedulerParameters=bf_interval=1,sched_interval=2
+DependencyParameters=kill_invalid_depend
+KillWait=5
+MinJobAge=3600
+ReturnToService=2
+MpiDefault=none
+SwitchType=switch/none
+JobAcctGatherType=jobacct_gather/none
+AccountingStorageType=accounting_storage/none
+MailProg=/bin/true
+"""
+
+
 class SlurmUnavailable(RuntimeError):
     """This machine cannot run the local Slurm; the message is the exact reason (tests skip with it)."""
 
@@ -114,12 +133,15 @@ class LocalSlurm:
             auth = self._start_munge()
             self._write_config(auth)
             self._spawn("slurmctld", [_which("slurmctld"), "-D", "-c", "-f", str(self.conf)])
-            self._spawn("slurmd", [_which("slurmd"), "-D", "-f", str(self.conf), "-N", self.node])
+            self._spawn_slurmds()
             self._wait_idle(timeout)
         except BaseException:
             self.stop()
             raise
         return self
+
+    def _spawn_slurmds(self) -> None:
+        self._spawn("slurmd", [_which("slurmd"), "-D", "-f", str(self.conf), "-N", self.node])
 
     def _spawn(self, name: str, command: list[str], **kwargs) -> subprocess.Popen:
         log = open(self.root / f"{name}.out", "w")
@@ -192,21 +214,7 @@ SlurmdPidFile={self.root / "slurmd.pid"}
 SlurmctldLogFile={self.root / "log" / "slurmctld.log"}
 SlurmdLogFile={self.root / "log" / "slurmd.log"}
 ProctrackType={proctrack}
-TaskPlugin=task/none
-SelectType=select/cons_tres
-SelectTypeParameters=CR_Core_Memory
-SchedulerType=sched/backfill
-SchedulerParameters=bf_interval=1,sched_interval=2
-DependencyParameters=kill_invalid_depend
-KillWait=5
-MinJobAge=3600
-ReturnToService=2
-MpiDefault=none
-SwitchType=switch/none
-JobAcctGatherType=jobacct_gather/none
-AccountingStorageType=accounting_storage/none
-MailProg=/bin/true
-{node_line} NodeAddr=127.0.0.1 State=UNKNOWN
+{SCHEDULING}{node_line} NodeAddr=127.0.0.1 State=UNKNOWN
 PartitionName=debug Nodes=ALL Default=YES MaxTime=INFINITE State=UP
 """)
 

@@ -13,7 +13,7 @@ from __future__ import annotations
 import socket
 from pathlib import Path
 
-from local_slurm import LocalSlurm, _which, free_port
+from local_slurm import SCHEDULING, LocalSlurm, _which, free_port
 from netns_hosts import Hosts
 
 
@@ -23,28 +23,11 @@ class TwoNodeSlurm(LocalSlurm):
         self.hosts = hosts
         self.node = hosts.hostname(0)
 
-    def start(self, timeout: float = 60) -> "TwoNodeSlurm":
-        import os
-
-        from local_slurm import SlurmUnavailable, ensure_installed
-
-        if os.geteuid() != 0:
-            raise SlurmUnavailable("the local Slurm needs root (slurmd launches jobs as their user; apt-get install)")
-        ensure_installed()
-        self.root.mkdir(parents=True, exist_ok=True)
-        try:
-            auth = self._start_munge()
-            self._write_config(auth)
-            self._spawn("slurmctld", [_which("slurmctld"), "-D", "-c", "-f", str(self.conf)])
-            for i in range(self.hosts.n):
-                name = self.hosts.hostname(i)
-                command = [_which("slurmd"), "-D", "-f", str(self.conf), "-N", name]
-                self.procs.append(self.hosts.popen(i, command, log=self.root / f"slurmd-{name}.out", env=self.env()))
-            self._wait_idle(timeout)
-        except BaseException:
-            self.stop()
-            raise
-        return self
+    def _spawn_slurmds(self) -> None:
+        for i in range(self.hosts.n):
+            name = self.hosts.hostname(i)
+            command = [_which("slurmd"), "-D", "-f", str(self.conf), "-N", name]
+            self.procs.append(self.hosts.popen(i, command, log=self.root / f"slurmd-{name}.out", env=self.env()))
 
     def _write_config(self, auth: str) -> None:
         for sub in ("state", "log"):
@@ -72,20 +55,6 @@ SlurmdPidFile={self.root / "slurmd-%n.pid"}
 SlurmctldLogFile={self.root / "log" / "slurmctld.log"}
 SlurmdLogFile={self.root / "log" / "slurmd-%n.log"}
 ProctrackType=proctrack/linuxproc
-TaskPlugin=task/none
-SelectType=select/cons_tres
-SelectTypeParameters=CR_Core_Memory
-SchedulerType=sched/backfill
-SchedulerParameters=bf_interval=1,sched_interval=2
-DependencyParameters=kill_invalid_depend
-KillWait=5
-MinJobAge=3600
-ReturnToService=2
-MpiDefault=none
-SwitchType=switch/none
-JobAcctGatherType=jobacct_gather/none
-AccountingStorageType=accounting_storage/none
-MailProg=/bin/true
-{nodes}
+{SCHEDULING}{nodes}
 PartitionName=debug Nodes=ALL Default=YES MaxTime=INFINITE State=UP
 """)
