@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
 from pathlib import Path
 
 import torch
@@ -21,7 +20,7 @@ from safetensors.torch import save_file
 from model.config import ModelConfig
 from model.hf.common import HFConversionError
 from model.hf.family import Family
-from model.hf.files import _replace_dir
+from model.hf.files import staged_dir
 from model.hf.weights import weight_rules
 from model.lora import adapter_bases
 
@@ -75,18 +74,7 @@ def write_peft_adapter(
     """The adapter directory, written into a temporary sibling and renamed into place."""
     tensors = peft_adapter_state(state, cfg, fam)
     modules = sorted({key.removeprefix("base_model.model.").rsplit(".lora_", 1)[0] for key in tensors})
-    final = Path(out_dir)
-    if final.exists() and not overwrite:
-        raise FileExistsError(f"{final}: already exists; pass --overwrite (overwrite=True) or pick another path")
-    final.parent.mkdir(parents=True, exist_ok=True)
-    tmp = final.with_name(f".tmp-{final.name}-{os.getpid()}")
-    shutil.rmtree(tmp, ignore_errors=True)
-    tmp.mkdir()
-    try:
+    with staged_dir(out_dir, overwrite=overwrite) as tmp:
         save_file(tensors, str(tmp / ADAPTER_WEIGHTS), metadata={"format": "pt"})
         (tmp / ADAPTER_CONFIG).write_text(json.dumps(peft_adapter_config(cfg, modules), indent=2))
-        _replace_dir(tmp, final, overwrite)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
-    return final
+    return Path(out_dir)

@@ -8,12 +8,13 @@ their ids. A tokenizer that already comes with its HF files (an imported model) 
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import shutil
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Optional
+from typing import Iterator, Optional
 
 import torch
 from safetensors import safe_open
@@ -167,6 +168,25 @@ def _replace_dir(tmp: Path, final: Path, overwrite: bool) -> None:
         shutil.rmtree(stale, ignore_errors=True)
 
 
+@contextlib.contextmanager
+def staged_dir(out_dir: str | os.PathLike, *, overwrite: bool) -> Iterator[Path]:
+    """A temporary sibling of `out_dir` to write into, renamed into place when the block ends (and removed if it
+    fails), so a reader never sees a half-written directory; an existing `out_dir` is refused unless `overwrite`."""
+    final = Path(out_dir)
+    if final.exists() and not overwrite:
+        raise FileExistsError(f"{final}: already exists; pass --overwrite (overwrite=True) or pick another path")
+    final.parent.mkdir(parents=True, exist_ok=True)
+    tmp = final.with_name(f".tmp-{final.name}-{os.getpid()}")
+    shutil.rmtree(tmp, ignore_errors=True)
+    tmp.mkdir()
+    try:
+        yield tmp
+        _replace_dir(tmp, final, overwrite)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+
+
 def write_hf_dir(
     hf_state: dict[str, torch.Tensor],
     config: dict,
@@ -179,14 +199,7 @@ def write_hf_dir(
     """config.json + safetensors (sharded with an index above `max_shard_bytes`) + the tokenizer files of
     `tokenizer_dir` (with its special-token ids in config.json), written into a temporary sibling directory and
     renamed into place so a reader never sees a half-written model."""
-    final = Path(hf_dir)
-    if final.exists() and not overwrite:
-        raise FileExistsError(f"{final}: already exists; pass --overwrite (overwrite=True) or pick another path")
-    final.parent.mkdir(parents=True, exist_ok=True)
-    tmp = final.with_name(f".tmp-{final.name}-{os.getpid()}")
-    shutil.rmtree(tmp, ignore_errors=True)
-    tmp.mkdir()
-    try:
+    with staged_dir(hf_dir, overwrite=overwrite) as tmp:
         shards: list[dict[str, torch.Tensor]] = [{}]
         size = 0
         for key, tensor in hf_state.items():
@@ -215,11 +228,7 @@ def write_hf_dir(
         else:
             config.update(bos_token_id=None, eos_token_id=None, pad_token_id=None)
         (tmp / "config.json").write_text(json.dumps(config, indent=2))
-        _replace_dir(tmp, final, overwrite)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
-    return final
+    return Path(hf_dir)
 
 
 def read_hf_config(hf_dir: str | os.PathLike) -> dict:
