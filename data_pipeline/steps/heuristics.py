@@ -86,18 +86,28 @@ class Heuristics(FilterStep):
         return reason
 
     def filter(self, doc: Document) -> Verdict:
-        """The first family's drop, its rule named `<family>:<rule>`; True when every family keeps `doc`."""
+        """The first family's drop, its rule named `<family>:<rule>`; True when every family keeps `doc`.
+
+        Every family decides on datatrove's view of the text: C4's kept lines, stripped, for the families after
+        it. What is written is C4's `rewrite` choice (by default the document as it came)."""
+        view = Document(doc.id, doc.text, doc.metadata)
         for family in self.filters:
-            verdict = family.filter(doc)
+            if isinstance(family, C4):
+                verdict, view.text, written = family.screen(view.text)
+            else:
+                verdict = family.filter(view)
             if verdict is not True:
                 excluded = family.exclusion(verdict)
                 if excluded is not None:
                     rule, value, threshold, details = excluded
                     return False, rule, {"value": value, "threshold": threshold, **details}
+            elif isinstance(family, C4):
+                doc.text = written
+        doc.metadata = view.metadata  # what a family annotated
         return True
 
     def check(self, doc: Document) -> tuple[str, Optional[str]]:
-        """(text after the line rules, the first rule the document fails or None), recording nothing."""
+        """(the text written, the first rule the document fails or None), recording nothing."""
         doc = Document(doc.id, doc.text, doc.metadata)
         verdict = self.filter(doc)
         return doc.text, None if verdict is True else verdict[1]

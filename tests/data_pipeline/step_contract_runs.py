@@ -35,7 +35,7 @@ def run_pipeline(overrides: list[str]) -> Path:
     return Path(cfg.output)
 
 
-def run_default(root: Path) -> Path:
+def run_default(root: Path, overrides: tuple[str, ...] = ()) -> Path:
     """The default pipeline over a planted corpus: duplicates, near duplicates, junk, contaminated documents."""
     corpus = generate_corpus(n_clean=120, n_exact_dups=10, n_near_dups=30, n_junk=30, n_contaminated=6, seed=11)
     paths = write_corpus(corpus, root / "source", files=2)
@@ -46,6 +46,7 @@ def run_default(root: Path) -> Path:
             f"output={root / 'out'}",
             f"eval_sets=[{paths['eval']}]",
             "tasks=2",
+            *overrides,
         ]
     )
 

@@ -53,3 +53,44 @@ def test_code_in_a_web_page_keeps_its_indentation_through_extract_normalize_and_
         docs = build_step(name)(docs)
     # Every non-blank line byte for byte and in order (trafilatura itself drops the blank lines inside <pre>).
     assert "\n".join(line.rstrip() for line in code.splitlines() if line.strip()) in docs[0].text
+
+
+def licence_prose() -> list[str]:
+    """The GPL-3 preamble's paragraphs, one line each: real prose the heuristics keep."""
+    from pathlib import Path
+
+    gpl = Path("/usr/share/common-licenses/GPL-3").read_text()
+    preamble = gpl[gpl.index("Preamble") : gpl.index("TERMS AND CONDITIONS")]
+    return [" ".join(p.split()) for p in preamble.split("\n\n")[1:] if p.strip()]
+
+
+def run_clean_pipeline(tmp_path, text: str, overrides: tuple[str, ...] = ()) -> dict[str, str]:
+    from data_pipeline.cli import compose_config, run_pipeline
+    from data_pipeline.synthetic import generate_clean_documents
+
+    rows = [{"id": "with-code", "text": text}]
+    rows += [{"id": f"clean{i}", "text": t} for i, t in enumerate(generate_clean_documents(20, seed=3))]
+    tmp_path.mkdir()
+    source = tmp_path / "corpus.jsonl"
+    source.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    out = tmp_path / "out"
+    cfg = compose_config(["pipeline=clean", f"input={source}", f"output={out}", "tasks=1", "report=false", *overrides])
+    run_pipeline(cfg)
+    return {r["id"]: r["text"] for r in map(json.loads, (out / "pii" / "shard-00000.jsonl").read_text().splitlines())}
+
+
+def test_indented_code_in_a_kept_document_survives_the_default_cleaning_steps(tmp_path):
+    """pipeline=clean (the default pipeline without tokenize): normalize, dedup, the heuristics (whose C4 decides on
+    stripped lines and drops short ones from its view), PII: the kept document's code block comes out byte for
+    byte, short lines (`return obj, end`) included."""
+    code = real_code()
+    assert any(0 < len(line.split()) < 3 for line in code.splitlines())  # lines C4's view drops
+    prose = licence_prose()
+    text = "\n\n".join(prose[:4]) + "\n\n" + code + "\n" + "\n\n".join(prose[4:8])
+    kept = run_clean_pipeline(tmp_path / "none", text)
+    assert "with-code" in kept
+    block = "\n".join(line.rstrip() for line in code.splitlines())  # normalize trims trailing spaces only
+    assert block in kept["with-code"]
+    # datatrove's writing (c4.rewrite: datatrove) keeps the same documents but strips and drops code lines.
+    as_datatrove = run_clean_pipeline(tmp_path / "datatrove", text, ("pipeline.steps.4.params.c4.rewrite=datatrove",))
+    assert set(as_datatrove) == set(kept) and block not in as_datatrove["with-code"]

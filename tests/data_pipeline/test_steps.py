@@ -60,7 +60,7 @@ def test_heuristics_remove_each_junk_kind(kind):
     step = Heuristics()
     junk = [junk_document(rng, grammar, kind) for _ in range(5)]
     assert step(docs(junk)) == []
-    assert step(docs(CLEAN)) == docs(map(c4_lines, CLEAN))  # kept whole
+    assert step(docs(CLEAN)) == docs(CLEAN)  # kept whole, as they came (c4.rewrite: none)
 
 
 def test_heuristics_thresholds_are_configurable_and_checked():
@@ -84,13 +84,17 @@ def test_heuristics_thresholds_are_configurable_and_checked():
 
 def test_c4_terminal_punctuation_rule_is_off_by_default_and_one_keyword_away():
     menu = "Home | About | Contact\n" + CLEAN[2] + "\nShare this\nuse javascript to see the page."
-    fineweb_like = Heuristics(fineweb=False, gopher_repetition=False)(docs([menu]))
     # Off (FineWeb's setting): only the short "Share this" line and the javascript line go.
+    as_datatrove = {"rewrite": "datatrove"}
+    fineweb_like = Heuristics(fineweb=False, gopher_repetition=False, c4=as_datatrove)(docs([menu]))
     assert fineweb_like[0].text == "Home | About | Contact\n" + c4_lines(CLEAN[2])
-    c4_default = Heuristics(fineweb=False, gopher_repetition=False, c4={"remove_no_terminal_punct_lines": True})
-    assert c4_default(docs([menu]))[0].text == c4_lines(CLEAN[2])
-    paragraphs = Heuristics(fineweb=False, gopher_repetition=False, c4={"keep_blank_lines": True})
-    assert paragraphs(docs([menu]))[0].text == "Home | About | Contact\n" + CLEAN[2]
+    strict = {"remove_no_terminal_punct_lines": True, **as_datatrove}
+    assert Heuristics(fineweb=False, gopher_repetition=False, c4=strict)(docs([menu]))[0].text == c4_lines(CLEAN[2])
+    # original_lines: the same lines go, the others (blank lines between them too) are written as they came.
+    original = Heuristics(fineweb=False, gopher_repetition=False, c4={"rewrite": "original_lines"})
+    assert original(docs([menu]))[0].text == "Home | About | Contact\n" + CLEAN[2]
+    # none (the default): decided the same way, written unchanged.
+    assert Heuristics(fineweb=False, gopher_repetition=False)(docs([menu]))[0].text == menu
 
 
 def test_decontaminate_drops_shared_13_grams(tmp_path):
