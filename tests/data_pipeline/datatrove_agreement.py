@@ -21,6 +21,7 @@ from data_pipeline.steps.filters.c4 import C4
 from data_pipeline.steps.filters.fineweb import FineWeb
 from data_pipeline.steps.filters.gopher_quality import GopherQuality
 from data_pipeline.steps.filters.gopher_repetition import GopherRepetition
+from data_pipeline.steps.heuristics import Heuristics
 
 FAMILIES = ("gopher_repetition", "gopher_quality", "c4", "fineweb")
 
@@ -97,6 +98,7 @@ class Agreement:
 
 def compare(documents: list[tuple[str, str]]) -> Agreement:
     ours, theirs = loom_filters(), datatrove_filters()
+    chain = Heuristics()  # FineWeb's order; C4 hands its stripped view to FineWeb
     result = Agreement(documents=len(documents))
     for family in (*FAMILIES, "chained"):
         result.agree[family] = 0
@@ -114,14 +116,11 @@ def compare(documents: list[tuple[str, str]]) -> Agreement:
                 result.disagreements.append(
                     f"{doc_id} [{family}] loom: {mine or 'kept'} | datatrove: {their or 'kept'}"
                 )
-        mine_text, their_text = text, text
-        mine = their = None
+        start = time.process_time()
+        mine = chain.check(Document(doc_id, text, {}))[1]  # the heuristics step itself, as a pipeline runs it
+        result.seconds["loom"] += time.process_time() - start
+        their_text, their = text, None
         for family in FAMILIES:
-            if mine is None:
-                start = time.process_time()
-                mine, mine_text = _ours(ours[family], doc_id, mine_text)
-                mine = mine and f"{family}:{mine}"
-                result.seconds["loom"] += time.process_time() - start
             if their is None:
                 start = time.process_time()
                 their, their_text = _theirs(theirs[family], doc_id, their_text)

@@ -101,8 +101,9 @@ def test_fineweb_order_keeps_whole_documents_where_the_old_c4_first_order_kept_f
         return sum(len(d.text.split()) / words[d.id] for d in kept) / len(kept)
 
     fineweb = Heuristics()(documents)
-    c4_first = Heuristics(
-        order=["c4", "gopher_quality", "gopher_repetition", "fineweb"], c4={"remove_no_terminal_punct_lines": True}
+    c4_first = Heuristics(  # as configs/pipeline/c4_first.yaml: the kept lines written as C4 writes them
+        order=["c4", "gopher_quality", "gopher_repetition", "fineweb"],
+        c4={"remove_no_terminal_punct_lines": True, "rewrite": "datatrove"},
     )(documents)
     assert kept_share(fineweb) >= 0.9 and kept_share(c4_first) < 0.5
     assert sum(len(d.text.split()) for d in fineweb) >= 2 * sum(len(d.text.split()) for d in c4_first)
