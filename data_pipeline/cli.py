@@ -54,6 +54,7 @@ class PipelineRunConfig:
     input_split: str = "train"  # split of a DatasetDict / hub dataset
     max_doc_chars: int = 1_000_000  # longer documents are quarantined
     max_quarantine_fraction: Optional[float] = None  # fail the run when more of the rows read are quarantined (0.01)
+    keep_intermediate: bool = False  # also write every step's kept documents (<output>/<step>/), for inspection
     tasks: int = 4  # shards; fixed for a run (results depend on it, not on workers)
     workers: int = 1  # tasks running at once (local: processes; slurm: the array's % limit)
     output_format: str = "jsonl"  # jsonl | parquet
@@ -130,6 +131,7 @@ def build_plan(cfg: DictConfig, single_step: Optional[str] = None) -> tuple[Pipe
         output_format=cfg.output_format,
         seed=cfg.seed,
         max_quarantine_fraction=cfg.max_quarantine_fraction,
+        keep_intermediate=cfg.keep_intermediate,
     )
     return plan, [s.name for s in skipped]
 

@@ -6,7 +6,8 @@ for a stage to finish; what a task reads and writes is decided here, so a task g
 runs.
 
 Layout under the output directory:
-  <step>/shard-RRRRR.<fmt>              kept documents
+  <step>/shard-RRRRR.<fmt>              kept documents: of the steps a later step reads from disk and of the last
+                                        step, or of every step with keep_intermediate (streams.py)
   excluded/<step>/shard-RRRRR.jsonl     removed documents with their reason (and details, e.g. cluster id)
   quarantine/<step>/shard-RRRRR.jsonl   rows that were not valid documents, with the reason
   stats/<step>/task-RRRRR.json          per-task stats of the output stage; stage-<stage>-RRRRR.json: the
@@ -27,18 +28,18 @@ import json
 import logging
 import time
 from dataclasses import asdict, dataclass, field
+from functools import cached_property
 from pathlib import Path
 from typing import Any, Iterator, Optional
 
 from data_pipeline.document import Document
+from data_pipeline.executors.streams import StepShape, group_of, input_rows, step_shapes, writes_kept_documents
 from data_pipeline.fingerprint import START_OVER, InputChanged, describe_changes, fingerprint_files
 from data_pipeline.quarantine import check_fraction, enforce
-from data_pipeline.readers import InputSpec, Quarantined, input_files, read_input_shard
+from data_pipeline.readers import InputSpec, Quarantined, input_files
 from data_pipeline.shards import (
     OUTPUT_FORMATS,
     AtomicRecordWriter,
-    find_shard,
-    read_shard,
     remove_stale_temporaries,
     shard_name,
     write_json_atomic,
@@ -76,6 +77,8 @@ class PipelinePlan:
     input_files: dict[str, dict[str, Any]] = field(default_factory=dict)
     # Fail the run when more than this fraction of the rows read is quarantined (None: never; see quarantine.py)
     max_quarantine_fraction: Optional[float] = None
+    # Write every step's kept documents (a copy of the corpus per step, for inspection); off: streams.py's rules
+    keep_intermediate: bool = False
 
     def __post_init__(self) -> None:
         self.max_quarantine_fraction = check_fraction(self.max_quarantine_fraction)
@@ -97,6 +100,10 @@ class PipelinePlan:
     def root(self) -> Path:
         return Path(self.output)
 
+    @cached_property
+    def shapes(self) -> list[StepShape]:
+        return step_shapes(self)
+
     def to_json(self) -> dict[str, Any]:
         return asdict(self)
 
@@ -111,6 +118,7 @@ class PipelinePlan:
             seed=data["seed"],
             input_files=data.get("input_files", {}),
             max_quarantine_fraction=data.get("max_quarantine_fraction"),
+            keep_intermediate=data.get("keep_intermediate", False),
         )
 
     def save(self, path: Path) -> None:
@@ -142,6 +150,7 @@ def save_plan_checked(plan: PipelinePlan) -> None:
         previous = json.loads(path.read_text())
         recorded = previous.pop("input_files", None)
         previous.setdefault("max_quarantine_fraction", None)  # plans saved before the key existed
+        previous.setdefault("keep_intermediate", True)  # before it, every step wrote its documents
         if previous != json.loads(json.dumps({k: v for k, v in plan.to_json().items() if k != "input_files"})):
             raise ValueError(
                 f"output={plan.root} holds a run with a different configuration ({path}); "
@@ -201,16 +210,6 @@ class _Reading:
             yield row
 
 
-def _input_rows(plan: PipelinePlan, step_index: int, rank: int) -> Iterator[Document | Quarantined]:
-    if step_index == 0:
-        return read_input_shard(plan.input, rank, plan.tasks, fingerprints=plan.input_files)
-    previous = plan.steps[step_index - 1].name
-    path = find_shard(plan.root / previous, rank)
-    if path is None:
-        raise FileNotFoundError(f"{plan.root / previous}: shard {rank} missing; step {previous} did not finish")
-    return read_shard(path)
-
-
 def task_done(plan: PipelinePlan, step_index: int, stage_index: int, rank: int) -> bool:
     step = plan.steps[step_index].name
     stage = plan.build(step_index).stages()[stage_index].name
@@ -230,29 +229,37 @@ def _task_directories(plan: PipelinePlan, step: str) -> list[Path]:
 
 
 def run_task(plan: PipelinePlan, step_index: int, stage_index: int, rank: int = 0) -> bool:
-    """Run one task unless its marker exists; return True if it ran. Reduce stages use rank 0."""
+    """Run one task unless its marker exists; return True if it ran. Reduce stages use rank 0. The output stage of
+    a step runs its whole streaming group (streams.py): a later step of the group is done by its head's task."""
     step = plan.build(step_index)
     stages = step.stages()
     stage = stages[stage_index]
     marker = plan.marker(step.name, stage.name, rank)
     if marker.exists():
         return False
-    if step_index == 1 and stage_index == 0 and plan.max_quarantine_fraction is not None:
+    output_stage = stage_index == len(stages) - 1
+    group = group_of(plan, step_index) if output_stage else [step_index]
+    if group[0] != step_index:  # the head's task writes this step's marker: run the group from its head
+        head_stages = plan.build(group[0]).stages()
+        return run_task(plan, group[0], len(head_stages) - 1, rank)
+    if step_index == _first_after_reading(plan) and stage_index == 0 and plan.max_quarantine_fraction is not None:
         check_quarantine(plan)  # under Slurm, the first task after the reading step is where the run can stop
-    for directory in _task_directories(plan, step.name):  # what a killed earlier run of this task left
-        remove_stale_temporaries(directory, rank)
+    for index in group:
+        for directory in _task_directories(plan, plan.steps[index].name):  # what a killed earlier run left
+            remove_stale_temporaries(directory, rank)
     context = _context(plan, step, rank)
     step.bind(context)
     start, started, cpu_start = time.perf_counter(), time.time(), time.process_time()
     reading = _Reading(iter(()))
+    names = "+".join(plan.steps[i].name for i in group)
     try:
-        if stage_index == len(stages) - 1:
-            reading = _Reading(_input_rows(plan, step_index, rank))
-            _run_output_stage(plan, step, stage.fn, rank, context, reading)
+        if output_stage:
+            reading = _Reading(input_rows(plan, step_index, rank))
+            _run_output_group(plan, group, [step] + [plan.build(i) for i in group[1:]], rank, reading)
         elif not stage.per_shard:
             stage.fn(plan.tasks)
         else:
-            reading = _Reading(_input_rows(plan, step_index, rank))
+            reading = _Reading(input_rows(plan, step_index, rank))
             result = stage.fn((row for row in reading if isinstance(row, Document)), rank, plan.tasks)
             if result is not None:
                 for _ in result:  # drain a generator-style stage
@@ -262,9 +269,9 @@ def run_task(plan: PipelinePlan, step_index: int, stage_index: int, rank: int = 
     except Exception as exc:
         where = f", after reading {reading.last}" if reading.last else ""
         raise TaskFailed(
-            f"step {step.name}, stage {stage.name}, task {rank} of {plan.tasks}{where}: {type(exc).__name__}: {exc}"
+            f"step {names}, stage {stage.name}, task {rank} of {plan.tasks}{where}: {type(exc).__name__}: {exc}"
         ) from exc
-    if stage_index != len(stages) - 1:
+    if not output_stage:
         timing = {
             "stage": stage.name,
             "rank": rank,
@@ -274,33 +281,45 @@ def run_task(plan: PipelinePlan, step_index: int, stage_index: int, rank: int = 
             "finished": time.time(),
         }
         write_json_atomic(plan.root / "stats" / step.name / f"stage-{stage.name}-{rank:05d}.json", timing)
-    marker.parent.mkdir(parents=True, exist_ok=True)
-    marker.write_text(json.dumps({"finished": time.time()}))
+    for index in reversed(group):  # the head's marker last: it says the whole group is done
+        name = plan.steps[index].name
+        done = plan.marker(name, stage.name if index == step_index else plan.build(index).stages()[-1].name, rank)
+        done.parent.mkdir(parents=True, exist_ok=True)
+        done.write_text(json.dumps({"finished": time.time()}))
     return True
 
 
-def _run_output_stage(plan: PipelinePlan, step: Step, fn, rank: int, context: TaskContext, rows: _Reading) -> None:
-    root = plan.root
-    stats = TaskStats(step=step.name, rank=rank, started=time.time())
-    start, cpu_start = time.perf_counter(), time.process_time()
-    kept_writer = (
-        AtomicRecordWriter(root / step.name / shard_name(rank, plan.output_format), plan.output_format)
-        if step.writes_documents
-        else None
-    )
-    excluded_writer = AtomicRecordWriter(root / "excluded" / step.name / shard_name(rank, "jsonl"))
-    quarantine_writer = AtomicRecordWriter(root / "quarantine" / step.name / shard_name(rank, "jsonl"))
-    writers = [w for w in (kept_writer, excluded_writer, quarantine_writer) if w is not None]
+def _first_after_reading(plan: PipelinePlan) -> int:
+    """The first step after the group that reads the input: where the run checks the quarantined share."""
+    return len(group_of(plan, 0))
 
-    def on_exclude(doc: Document, reason: str, details: dict) -> None:
-        stats.docs_excluded += 1
-        excluded_writer.write(
+
+class _StepOutput:
+    """One step of a streaming group: its stats, its writers and the generators that count what passes through."""
+
+    def __init__(self, plan: PipelinePlan, step: Step, index: int, rank: int) -> None:
+        root = plan.root
+        self.step = step
+        self.stats = TaskStats(step=step.name, rank=rank, started=time.time())
+        self.kept_writer = (
+            AtomicRecordWriter(root / step.name / shard_name(rank, plan.output_format), plan.output_format)
+            if writes_kept_documents(plan, index)
+            else None
+        )
+        self.excluded_writer = AtomicRecordWriter(root / "excluded" / step.name / shard_name(rank, "jsonl"))
+        self.quarantine_writer = AtomicRecordWriter(root / "quarantine" / step.name / shard_name(rank, "jsonl"))
+        self.writers = [w for w in (self.kept_writer, self.excluded_writer, self.quarantine_writer) if w is not None]
+        self.wall = self.cpu = 0.0  # time spent in this step's generator, its upstream included
+        step.context.on_exclude = self.on_exclude
+
+    def on_exclude(self, doc: Document, reason: str, details: dict) -> None:
+        self.stats.docs_excluded += 1
+        self.excluded_writer.write(
             {**doc.to_record(), "excluded_reason": reason, **{f"excluded_{k}": v for k, v in details.items()}}
         )
 
-    context.on_exclude = on_exclude
-
-    def counted_documents() -> Iterator[Document]:
+    def counted_input(self, rows: Iterator[Document | Quarantined]) -> Iterator[Document]:
+        stats, context = self.stats, self.step.context
         for row in rows:
             stats.docs_in += 1
             if isinstance(row, Quarantined):
@@ -310,33 +329,68 @@ def _run_output_stage(plan: PipelinePlan, step: Step, fn, rank: int, context: Ta
                 reason = row.reason.split(":")[0]
                 context.count(f"quarantined.{reason}")
                 context.count(f"quarantined_source.{reason}|{row.source}")
-                quarantine_writer.write(row.to_record())
+                self.quarantine_writer.write(row.to_record())
                 continue
             stats.bytes_in += len(row.text.encode("utf-8"))
             stats.words_in += len(row.text.split())
             yield row
 
-    try:
-        for doc in fn(counted_documents(), rank, plan.tasks):
+    def counted_output(self, documents: Iterator[Document]) -> Iterator[Document]:
+        stats, writer = self.stats, self.kept_writer
+        documents = iter(documents)
+        while True:
+            wall, cpu = time.perf_counter(), time.process_time()
+            doc = next(documents, None)
+            self.wall += time.perf_counter() - wall
+            self.cpu += time.process_time() - cpu
+            if doc is None:
+                return
             stats.docs_out += 1
             stats.bytes_out += len(doc.text.encode("utf-8"))
             stats.words_out += len(doc.text.split())
-            if kept_writer is not None:
-                kept_writer.write(doc.to_record())
+            if writer is not None:
+                writer.write(doc.to_record())
+            yield doc
+
+    def finish(self, upstream_wall: float, upstream_cpu: float) -> None:
+        stats, context = self.stats, self.step.context
         stats.docs_added = context.counters.get("added_copies", 0)
         stats.docs_kept = stats.docs_out - stats.docs_added
-        stats.time_s = time.perf_counter() - start
-        stats.cpu_s, stats.finished = time.process_time() - cpu_start, time.time()
+        stats.time_s, stats.cpu_s = self.wall - upstream_wall, self.cpu - upstream_cpu
+        stats.finished = time.time()
         stats.counters = dict(context.counters)
         stats.scores = {k: list(v) for k, v in context.scores.items()}
         stats.check_accounting()
+
+
+def _run_output_group(plan: PipelinePlan, group: list[int], steps: list[Step], rank: int, rows: _Reading) -> None:
+    """The output stages of a streaming group, chained: each step's `run` reads what the one before it yields.
+    Every step's writers commit only after the last document went through, then its stats are written."""
+    outputs: list[_StepOutput] = []
+    stream: Iterator = rows
+    for index, step in zip(group, steps):
+        if index != group[0]:
+            step.bind(_context(plan, step, rank))
+        output = _StepOutput(plan, step, index, rank)
+        outputs.append(output)
+        fn = step.stages()[-1].fn
+        stream = output.counted_output(fn(output.counted_input(stream), rank, plan.tasks))
+    writers = [w for output in outputs for w in output.writers]
+    try:
+        for _ in stream:
+            pass
+        upstream = (0.0, 0.0)
+        for output in outputs:
+            output.finish(*upstream)
+            upstream = (output.wall, output.cpu)
         for writer in writers:
             writer.commit()
     except BaseException:
         for writer in writers:  # a committed writer has nothing left to discard
             writer.discard()
         raise
-    write_json_atomic(plan.stats_file(step.name, rank), stats.to_json())
+    for output in outputs:
+        write_json_atomic(plan.stats_file(output.step.name, rank), output.stats.to_json())
 
 
 def check_quarantine(plan: PipelinePlan) -> dict[str, Any]:

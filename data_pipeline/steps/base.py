@@ -114,6 +114,10 @@ class Step:
     # False for steps that write their own output into `context.output_dir` (tokenize): the executor then counts
     # the documents `run` yields as kept but writes no document shard for them.
     writes_documents: ClassVar[bool] = True
+    # True for a step whose output stage only drops documents, yielding the others unchanged (exact and MinHash
+    # dedup): the executor may then skip writing what it keeps and re-apply its removals where the next step
+    # reads (data_pipeline/executors/streams.py).
+    drops_only: ClassVar[bool] = False
 
     def __init__(self) -> None:
         self.context = TaskContext(step_name=self.name)

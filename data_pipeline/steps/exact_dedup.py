@@ -24,6 +24,7 @@ def text_hash(text: str) -> str:
 
 class ExactDedup(Step):
     name = "exact_dedup"
+    drops_only = True
 
     def stages(self) -> list[Stage]:
         return [Stage("hash", self.hash_shard), Stage("select", self.select, per_shard=False), Stage("run", self.run)]

@@ -23,6 +23,7 @@ from data_pipeline.steps.base import Stage, Step
 
 class MinHashDedup(Step):
     name = "minhash_dedup"
+    drops_only = True
 
     def __init__(
         self,

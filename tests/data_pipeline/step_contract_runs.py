@@ -100,7 +100,7 @@ def web_pages(root: Path) -> dict[str, Path]:
     return {"pages": pages, "eval": evals, "positive": positive, "negative": negative}
 
 
-def run_web(root: Path) -> Path:
+def run_web(root: Path, overrides: tuple[str, ...] = ()) -> Path:
     """The web pipeline over `web_pages`, with a block list, an eval set and a quality classifier trained here."""
     from data_pipeline.steps.classifier import train_classifier
 
@@ -120,6 +120,7 @@ def run_web(root: Path) -> Path:
             "pipeline.steps.0.params.blocked_domains=[blocked.example.net]",
             f"pipeline.steps.8.params.model_path={model}",
             "pipeline.steps.11.params.vocab_size=400",
+            *overrides,
         ]
     )
 

@@ -53,16 +53,12 @@ def test_run_subprocess_writes_outputs_and_report(small_corpus, tmp_path):
         },
     )
     assert result.returncode == 0, result.stderr[-2000:]
-    for step in (
-        "normalize",
-        "exact_dedup",
-        "minhash_dedup",
-        "boilerplate_dedup",
-        "heuristics",
-        "pii",
-        "decontaminate",
-    ):
+    # Documents are written where a later step reads them from disk (normalize: exact dedup's barrier reads it)
+    # and at the end; the other steps stream (data_pipeline/executors/streams.py) but record what they excluded.
+    for step in ("normalize", "decontaminate"):
         assert len(list((out / step).glob("shard-*.jsonl"))) == 2
+    for step in ("exact_dedup", "minhash_dedup", "boilerplate_dedup", "heuristics", "pii"):
+        assert not (out / step).exists() and len(list((out / "excluded" / step).glob("shard-*.jsonl"))) == 2
     report = (out / "report.md").read_text()
     assert (
         "| exact_dedup | exact_dedup:duplicate | 5 |" in report

@@ -23,7 +23,8 @@ from data_pipeline.shards import read_shard
 REPO = Path(__file__).resolve().parents[2]
 # Steps of configs/pipeline/default.yaml that run here (decontaminate is skipped: no eval sets); tokenize writes
 # token shards, so the documents it keeps are those of the last document step.
-DOCUMENT_STEPS = ["normalize", "exact_dedup", "minhash_dedup", "heuristics"]
+# The steps that keep or exclude documents in pipeline=default without eval sets; the last writes the documents kept
+DOCUMENT_STEPS = ["normalize", "exact_dedup", "minhash_dedup", "boilerplate_dedup", "heuristics", "pii"]
 
 
 def pipeline_command(source: Path, output: Path) -> list[str]:

@@ -4,10 +4,14 @@ document and token byte for byte (digests of the same planted runs made with the
 
 The code before it wrote C4's kept lines stripped, as datatrove does; the default pipeline now writes a kept
 document as it came (c4.rewrite: none), so its run here asks for datatrove's writing to compare with those digests.
-The web pipeline's C4 writes the kept lines as they came (original_lines): on these pages that is the same text."""
+The web pipeline's C4 writes the kept lines as they came (original_lines): on these pages that is the same text.
+Those runs keep every step's documents (keep_intermediate=true, the layout the digests were made with); the same
+runs streamed (the default, data_pipeline/executors/streams.py) must write the same final documents, tokens,
+exclusion records, quarantine and work files byte for byte, and no intermediate copy."""
 
 from __future__ import annotations
 
+import hashlib
 import re
 
 import pytest
@@ -75,14 +79,53 @@ MAIN_WEB_DIGESTS = {
 }
 
 
+AS_BEFORE = ("keep_intermediate=true",)
+DATATROVE_WRITING = ("pipeline.steps.4.params.c4.rewrite=datatrove",)
+
+
 @pytest.fixture(scope="module")
 def default_run(tmp_path_factory):
-    return run_default(tmp_path_factory.mktemp("contract_default"), ("pipeline.steps.4.params.c4.rewrite=datatrove",))
+    return run_default(tmp_path_factory.mktemp("contract_default"), AS_BEFORE + DATATROVE_WRITING)
 
 
 @pytest.fixture(scope="module")
 def web_run(tmp_path_factory):
-    return run_web(tmp_path_factory.mktemp("contract_web"))
+    return run_web(tmp_path_factory.mktemp("contract_web"), AS_BEFORE)
+
+
+def files_by_digest(output) -> dict[str, str]:
+    """Every file of a run but those that record when or how long (stats, markers, the report, the plan)."""
+    timed = ("stats", ".markers")
+    untimed = {".lock", "plan.json", "report.md", "report.html", "report.json", "summary.json"}
+    return {
+        str(path.relative_to(output)): hashlib.sha256(path.read_bytes()).hexdigest()
+        for path in sorted(output.rglob("*"))
+        if path.is_file()
+        and path.relative_to(output).parts[0] not in timed
+        and path.name not in untimed
+        and path.suffix != ".png"
+    }
+
+
+def bytes_written(output) -> int:
+    return sum(path.stat().st_size for path in output.rglob("*") if path.is_file())
+
+
+@pytest.mark.parametrize("pipeline", ["default", "web"])
+def test_a_streamed_run_writes_what_a_run_with_every_copy_writes_without_the_copies(
+    pipeline, default_run, web_run, tmp_path
+):
+    per_step = default_run if pipeline == "default" else web_run
+    streamed = run_default(tmp_path, DATATROVE_WRITING) if pipeline == "default" else run_web(tmp_path)
+    kept, every = files_by_digest(streamed), files_by_digest(per_step)
+    assert {name: every[name] for name in kept} == kept  # each file the streamed run wrote, byte for byte
+    copies = {name.split("/")[0] for name in set(every) - set(kept)}
+    # Only intermediate document copies are missing: the final documents' step and the steps a barrier reads remain.
+    assert copies and all((per_step / step).is_dir() and step not in ("tokens", "excluded") for step in copies)
+    assert any(name.startswith("decontaminate/shard-") for name in kept)  # the final documents
+    assert bytes_written(streamed) < bytes_written(per_step)
+    for step in copies:  # every step still recorded its exclusions and stats
+        assert (streamed / "excluded" / step).is_dir() and (streamed / "stats" / f"{step}.json").is_file()
 
 
 def test_default_pipeline_keeps_the_same_documents_and_tokens_as_before(default_run):
