@@ -2,21 +2,25 @@
 is waiting for all of them, and the order of the run is schedule.run_plan's, as on the local executor. `ray` is
 imported only here, when executor=ray runs.
 
-The driver (the `python -m data_pipeline run` process) joins the cluster at `ray_address`, else at RAY_ADDRESS,
-else starts a Ray of its own on this machine. It holds the output directory's lock, and ships the plan (its JSON,
-put once in the object store) to the tasks, which run `run_task` as a local or Slurm task does: the same files,
-the same completion markers, so the output is byte-identical and a rerun skips finished tasks. The output
-directory (and the input) must be on storage every node sees at the same path (NFS, Lustre, ...); the code too,
-unless it is installed on every node: the driver's checkout is put first on the tasks' PYTHONPATH, the driver's
-own PYTHONPATH after it (as the Slurm jobs get it).
+The driver (the `python -m data_pipeline run` process) joins the cluster at `ray_address` (`auto`: the Ray started
+on this machine with `ray start`), else at RAY_ADDRESS, else starts a Ray of its own on this machine for the run.
+It holds the output directory's lock, and ships the plan (its JSON, put once in the object store) to the tasks,
+which run `run_task` as a local or Slurm task does: the same files, the same completion markers, so the output is
+byte-identical and a rerun skips finished tasks. The output directory (and the input) must be on storage every
+node sees at the same path (NFS, Lustre, ...); the code too, unless it is installed on every node: the driver's
+checkout is put first on the tasks' PYTHONPATH, the driver's own PYTHONPATH after it (as the Slurm jobs get it).
 
 Failures: a task whose worker process or node dies is rerun by Ray, on any node, up to `ray_max_retries` times.
 A killed attempt leaves no output a rerun would trust (files are written under temporary names, renamed, the
 marker last), and the next attempt removes the temporaries of its own task before it starts (their names carry
 the rank), wherever the dead one ran; it trusts that the dead attempt is gone, which is what Ray reports before it
-retries. A Python error in a task is the task's fault (bad input, a bug), so it is not retried: the run stops once
-the stage's running tasks have ended and raises the task's TaskFailed, naming the step, stage and task, as the
-local executor does. If the driver dies, Ray ends its tasks; rerun the same command to resume.
+retries. (A node cut off by the network but still running is the exception: its attempt and the rerun could both
+run; they write the same bytes, but temporary names carry the writer's pid, not its host, so two attempts with
+the same pid on two nodes would share a temporary file.)
+
+A Python error in a task is the task's fault (bad input, a bug), so it is not retried: the run stops once the
+stage's running tasks have ended and raises the task's TaskFailed, naming the step, stage and task, as the local
+executor does. If the driver dies, Ray ends its tasks; rerun the same command to resume.
 
 `workers` is the number of tasks in flight at once (as on Slurm); each task asks Ray for one CPU, so the
 cluster's CPUs are the other limit.
@@ -126,9 +130,9 @@ class RayExecutor:
             if address:
                 log.info("joining the Ray cluster at %s", address)
                 ray.init(address=address, runtime_env=self.runtime_env())
-            else:
-                log.info("no ray_address and no RAY_ADDRESS: starting a Ray on this machine")
-                ray.init(runtime_env=self.runtime_env(), include_dashboard=False)
+            else:  # "local": never join some other Ray found running on this machine (ray_address=auto does)
+                log.info("no ray_address and no RAY_ADDRESS: starting a Ray on this machine for the run")
+                ray.init(address="local", runtime_env=self.runtime_env(), include_dashboard=False)
         try:
             remote = ray.remote(run_task_on_worker).options(
                 num_cpus=1, max_retries=self.max_retries, retry_exceptions=False
