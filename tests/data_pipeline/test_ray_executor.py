@@ -7,7 +7,10 @@ filesystem), as the Ray executor requires.
   completion markers and the plan's output path aside), and tasks ran on both nodes.
 - A task whose worker is killed mid-task (SIGKILL after it wrote its output under temporary names, before it
   renamed any into place) is rerun by Ray, and the output is still identical, with no temporary left behind.
-- A task that raises is not rerun: the run fails naming the step, stage and task.
+- With no retries left (ray_max_retries=0) the killed task fails the run, naming it, with its output still under
+  temporary names and no marker; the same command run again resumes and gives the same output.
+- A task that raises fails the run naming the step, stage and task; a bad executor or ray_max_retries is refused
+  before anything is written.
 
 The kill comes from data_pipeline.executors.ray's test hook (LOOM_RAY_TEST_KILL_ONCE), the counterpart of the
 stand-in interpreter the Slurm tests fail tasks with.
@@ -29,12 +32,15 @@ from pathlib import Path
 
 import pytest
 
-from data_pipeline.cli import build_plan, compose_config
+from data_pipeline.cli import build_plan, compose_config, main
 from data_pipeline.executors.local import LocalExecutor
 from data_pipeline.executors.ray import KILL_ONCE_ENV
 from data_pipeline.synthetic import generate_corpus, write_corpus
 
 REPO = Path(__file__).resolve().parents[2]
+# Ray 2.60 turns token authentication on for a cluster when ~/.ray/auth_token exists (a local ray.init() writes
+# one): the nodes and drivers started here leave it off, whatever that file holds.
+RAY_ENV = {"RAY_AUTH_MODE": "disabled", "RAY_USAGE_STATS_ENABLED": "0"}
 OBJECT_STORE_BYTES = 80 * 1024 * 1024  # per node; Ray's minimum is 75 MiB and the plan is all that is stored
 KILLED = ("heuristics", "run", "1")  # a per-shard output stage in the middle of the pipeline
 VOLATILE_STATS = {"time_s", "cpu_s", "wall_s", "stage_time_s", "started", "finished"}  # data_pipeline/stats.py
@@ -68,7 +74,7 @@ def _start_node(temp: Path, name: str, role: list[str]) -> subprocess.Popen:
         stdout=log,
         stderr=subprocess.STDOUT,
         start_new_session=True,
-        env={**os.environ, "PYTHONPATH": str(REPO), "RAY_USAGE_STATS_ENABLED": "0"},
+        env={**os.environ, "PYTHONPATH": str(REPO), **RAY_ENV},
     )
     deadline = time.monotonic() + 120
     while "Ray runtime started" not in (temp / f"{name}.log").read_text():
@@ -110,7 +116,11 @@ def ray_cluster():
     finally:
         for process in reversed(nodes):
             _stop_node(process)
-        shutil.rmtree(temp, ignore_errors=True)
+        for _ in range(20):  # a worker of a stopped raylet may still write its last log lines for a moment
+            shutil.rmtree(temp, ignore_errors=True)
+            time.sleep(0.5)
+            if not temp.exists():
+                break
 
 
 @pytest.fixture(scope="module")
@@ -157,7 +167,7 @@ def run_on_ray(
         capture_output=True,
         text=True,
         timeout=300,
-        env={**os.environ, "PYTHONPATH": str(REPO), **(env or {})},
+        env={**os.environ, "PYTHONPATH": str(REPO), **RAY_ENV, **(env or {})},
     )
 
 
@@ -251,3 +261,18 @@ def test_a_worker_killed_with_no_retries_left_fails_the_run_and_a_rerun_resumes(
     assert not [p for p in output.rglob("*") if ".tmp." in p.name]
     rerun_tasks = {(step, stage, rank) for step, stage, rank, *_ in _tasks_ran(rerun.stderr)}
     assert ("normalize", "run", 0) not in rerun_tasks and ("heuristics", "run", 1) in rerun_tasks  # resumed
+
+
+@pytest.mark.parametrize(
+    ("override", "expected"),
+    [
+        ("executor=spark", "error: executor='spark': use one of local, slurm, ray"),
+        ("ray_max_retries=-1", "error: ray_max_retries=-1: must be >= 0"),
+    ],
+)
+def test_bad_ray_settings_fail_naming_the_key(tmp_path, capsys, override, expected):
+    source = tmp_path / "in.jsonl"
+    source.write_text(json.dumps({"id": "d0", "text": "one document"}) + "\n")
+    rc = main(["run", f"input={source}", f"output={tmp_path / 'out'}", "executor=ray", override])
+    assert rc == 1 and expected in capsys.readouterr().err
+    assert not (tmp_path / "out").exists()  # refused before anything was written
