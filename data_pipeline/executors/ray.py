@@ -43,10 +43,15 @@ from data_pipeline.executors.schedule import RunTasks, Task, run_plan
 
 log = logging.getLogger(__name__)
 REPO = Path(__file__).resolve().parents[2]
-# Tests only: names a file holding "<step> <stage> <rank>"; the first attempt of that task claims it (renames it
-# to <file>.claimed, writing its pid and node there) and kills its own worker with SIGKILL just before it would
-# rename its first finished temporary file into place, i.e. mid-task with its output written but not published.
-KILL_ONCE_ENV = "LOOM_RAY_TEST_KILL_ONCE"
+# Tests only: names a file holding "<step> <stage> <rank> kill|raise"; the first attempt of that task claims it
+# (renames it to <file>.claimed, writing its pid and node there) and, just before it would rename its first finished
+# temporary file into place (mid-task: its output written, nothing published), kills its own worker with SIGKILL
+# (`kill`) or raises PlantedFault (`raise`). A retry finds no trigger and runs normally.
+FAULT_ONCE_ENV = "LOOM_RAY_TEST_FAULT_ONCE"
+
+
+class PlantedFault(RuntimeError):
+    """The error FAULT_ONCE_ENV's `raise` plants in a task (tests only)."""
 
 
 def _node_id() -> str:
@@ -55,34 +60,38 @@ def _node_id() -> str:
     return ray.get_runtime_context().get_node_id()
 
 
-def _kill_once_if_asked(plan: PipelinePlan, step_index: int, stage_index: int, rank: int) -> None:
-    trigger = os.environ.get(KILL_ONCE_ENV)
+def _plant_fault_if_asked(plan: PipelinePlan, step_index: int, stage_index: int, rank: int) -> None:
+    trigger = os.environ.get(FAULT_ONCE_ENV)
     if not trigger:
         return
     try:
-        wanted = Path(trigger).read_text().split()
-    except FileNotFoundError:
+        *task, how = Path(trigger).read_text().split()
+    except (FileNotFoundError, ValueError):
         return
-    if wanted != [plan.steps[step_index].name, stage_names(plan, step_index)[stage_index][0], str(rank)]:
+    if task != [plan.steps[step_index].name, stage_names(plan, step_index)[stage_index][0], str(rank)]:
         return
     claimed = Path(f"{trigger}.claimed")
     try:
-        os.rename(trigger, claimed)  # one attempt only: the retry finds no trigger
+        os.rename(trigger, claimed)  # one attempt only
     except FileNotFoundError:
         return
     claimed.write_text(json.dumps({"pid": os.getpid(), "node": _node_id()}))
+    armed = [True]  # once: Ray reuses a worker whose task raised, and the hook cannot be removed
 
-    def kill_before_first_publish(event: str, args: tuple) -> None:
-        if event == "os.rename" and ".tmp." in os.fspath(args[0]):
-            os.kill(os.getpid(), signal.SIGKILL)
+    def before_first_publish(event: str, args: tuple) -> None:
+        if armed[0] and event == "os.rename" and ".tmp." in os.fspath(args[0]):
+            armed[0] = False
+            if how == "kill":
+                os.kill(os.getpid(), signal.SIGKILL)
+            raise PlantedFault(f"planted fault before publishing {os.fspath(args[0])}")
 
-    sys.addaudithook(kill_before_first_publish)
+    sys.addaudithook(before_first_publish)
 
 
 def run_task_on_worker(plan_json: dict[str, Any], step_index: int, stage_index: int, rank: int) -> dict[str, Any]:
     """What a Ray task runs: the task, then where it ran (the driver logs it)."""
     plan = PipelinePlan.from_json(plan_json)
-    _kill_once_if_asked(plan, step_index, stage_index, rank)
+    _plant_fault_if_asked(plan, step_index, stage_index, rank)
     ran = run_task(plan, step_index, stage_index, rank)
     return {"ran": ran, "node": _node_id(), "pid": os.getpid()}
 
@@ -116,8 +125,8 @@ class RayExecutor:
         """The tasks' environment on every node: this checkout first on PYTHONPATH, the driver's PYTHONPATH kept."""
         path = os.pathsep.join(p for p in (str(REPO), os.environ.get("PYTHONPATH", "")) if p)
         env_vars = {"PYTHONPATH": path}
-        if os.environ.get(KILL_ONCE_ENV):
-            env_vars[KILL_ONCE_ENV] = os.environ[KILL_ONCE_ENV]
+        if os.environ.get(FAULT_ONCE_ENV):
+            env_vars[FAULT_ONCE_ENV] = os.environ[FAULT_ONCE_ENV]
         return {"env_vars": env_vars}
 
     @contextmanager

@@ -9,11 +9,11 @@ filesystem), as the Ray executor requires.
   renamed any into place) is rerun by Ray, and the output is still identical, with no temporary left behind.
 - With no retries left (ray_max_retries=0) the killed task fails the run, naming it, with its output still under
   temporary names and no marker; the same command run again resumes and gives the same output.
-- A task that raises fails the run naming the step, stage and task; a bad executor or ray_max_retries is refused
-  before anything is written.
+- A task that raises (once, so a retry would succeed) is not retried: the run fails naming the step, stage and
+  task. A bad executor or ray_max_retries is refused before anything is written.
 
-The kill comes from data_pipeline.executors.ray's test hook (LOOM_RAY_TEST_KILL_ONCE), the counterpart of the
-stand-in interpreter the Slurm tests fail tasks with.
+The kill and the error come from data_pipeline.executors.ray's test hook (LOOM_RAY_TEST_FAULT_ONCE), the
+counterpart of the stand-in interpreter the Slurm tests fail tasks with.
 """
 
 from __future__ import annotations
@@ -34,7 +34,7 @@ import pytest
 
 from data_pipeline.cli import build_plan, compose_config, main
 from data_pipeline.executors.local import LocalExecutor
-from data_pipeline.executors.ray import KILL_ONCE_ENV
+from data_pipeline.executors.ray import FAULT_ONCE_ENV
 from data_pipeline.synthetic import generate_corpus, write_corpus
 
 REPO = Path(__file__).resolve().parents[2]
@@ -42,7 +42,7 @@ REPO = Path(__file__).resolve().parents[2]
 # one): the nodes and drivers started here leave it off, whatever that file holds.
 RAY_ENV = {"RAY_AUTH_MODE": "disabled", "RAY_USAGE_STATS_ENABLED": "0"}
 OBJECT_STORE_BYTES = 80 * 1024 * 1024  # per node; Ray's minimum is 75 MiB and the plan is all that is stored
-KILLED = ("heuristics", "run", "1")  # a per-shard output stage in the middle of the pipeline
+FAULTY = ("heuristics", "run", "1")  # the task faults are planted in: a per-shard output stage mid-pipeline
 VOLATILE_STATS = {"time_s", "cpu_s", "wall_s", "stage_time_s", "started", "finished"}  # data_pipeline/stats.py
 TASK_LINE = re.compile(r"step (\w+), stage (\w+), task (\d+) of \d+ ran on node (\w+) \(pid (\d+)\)")
 
@@ -205,9 +205,9 @@ def killed_run(ray_cluster, corpus, reference, tmp_path_factory):
     """One run on Ray in which the worker of heuristics/run task 1 is killed mid-task once."""
     work = tmp_path_factory.mktemp("ray_killed")
     trigger = work / "kill"
-    trigger.write_text(" ".join(KILLED))
+    trigger.write_text(" ".join([*FAULTY, "kill"]))
     output = work / "out"
-    result = run_on_ray(ray_cluster, "run", _overrides(corpus, output), env={KILL_ONCE_ENV: str(trigger)})
+    result = run_on_ray(ray_cluster, "run", _overrides(corpus, output), env={FAULT_ONCE_ENV: str(trigger)})
     return output, trigger, result
 
 
@@ -222,31 +222,32 @@ def test_two_node_ray_output_equals_local_and_survives_a_killed_worker(ray_clust
 
     assert not trigger.exists()  # the task claimed the trigger: its first attempt was killed
     killed = json.loads(Path(f"{trigger}.claimed").read_text())
-    retried = [pid for step, stage, rank, _, pid in ran if (step, stage, str(rank)) == KILLED]
+    retried = [pid for step, stage, rank, _, pid in ran if (step, stage, str(rank)) == FAULTY]
     assert len(retried) == 1 and retried[0] != killed["pid"], (killed, ran)  # rerun once, in another worker
 
 
-def test_a_failing_task_fails_the_ray_run_naming_it(ray_cluster, tmp_path):
-    source = tmp_path / "in.jsonl"
-    source.write_text("".join(json.dumps({"id": f"d{i}", "text": f"document number {i}"}) + "\n" for i in range(8)))
-    broken = tmp_path / "tokenizer.json"
-    broken.write_text('{"version": "1.0", "model": ')
-    result = run_on_ray(
-        ray_cluster, "tokenize", [f"input={source}", f"output={tmp_path / 'out'}", f"+step_params.tokenizer={broken}"]
-    )
+def test_a_task_that_raises_is_not_retried_and_fails_the_run_naming_it(ray_cluster, corpus, tmp_path):
+    """The planted error fires on the first attempt only, so a retry would succeed: the run failing shows there
+    was none (ray_max_retries=3 is for dead workers, not for the task's own errors)."""
+    trigger = tmp_path / "raise"
+    trigger.write_text(" ".join([*FAULTY, "raise"]))
+    result = run_on_ray(ray_cluster, "run", _overrides(corpus, tmp_path / "out"), env={FAULT_ONCE_ENV: str(trigger)})
     assert result.returncode == 1, result.stdout + result.stderr[-5000:]
-    assert "error: step tokenize, stage train, task 0 of 2" in result.stderr.strip().splitlines()[-1]
-    assert not (tmp_path / "out" / ".markers" / "tokenize" / "train").exists()
+    message = result.stderr.strip().splitlines()[-1]
+    assert re.match(r"error: step heuristics, stage run, task 1 of 2(, after reading .+)?: PlantedFault: ", message)
+    assert Path(f"{trigger}.claimed").exists()
+    assert not (tmp_path / "out" / ".markers" / "heuristics" / "run" / "task-00001").exists()
+    assert not (tmp_path / "out" / "pii").exists()  # the run stopped at the failed stage
 
 
 def test_a_worker_killed_with_no_retries_left_fails_the_run_and_a_rerun_resumes(
     ray_cluster, corpus, reference, tmp_path
 ):
     trigger = tmp_path / "kill"
-    trigger.write_text(" ".join(KILLED))
+    trigger.write_text(" ".join([*FAULTY, "kill"]))
     output = tmp_path / "out"
     overrides = _overrides(corpus, output)
-    result = run_on_ray(ray_cluster, "run", [*overrides, "ray_max_retries=0"], env={KILL_ONCE_ENV: str(trigger)})
+    result = run_on_ray(ray_cluster, "run", [*overrides, "ray_max_retries=0"], env={FAULT_ONCE_ENV: str(trigger)})
     assert result.returncode == 1, result.stdout + result.stderr[-5000:]
     message = result.stderr.strip().splitlines()[-1]
     assert "step heuristics, stage run, task 1 of 2: its Ray worker died on each of 1 attempt(s)" in message, message
