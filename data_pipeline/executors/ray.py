@@ -157,6 +157,20 @@ class RayExecutor:
         stage = stage_names(self.plan, step_index)[stage_index][0]
         return f"step {self.plan.steps[step_index].name}, stage {stage}, task {rank} of {self.plan.tasks}"
 
+    def _why_lost(self, ray: Any, exc: BaseException) -> str:
+        died = (
+            ray.exceptions.WorkerCrashedError,
+            ray.exceptions.NodeDiedError,
+            ray.exceptions.LocalRayletDiedError,
+            ray.exceptions.OutOfMemoryError,
+        )
+        if isinstance(exc, died):
+            return (
+                f"its Ray worker died on each of {self.max_retries + 1} attempt(s) (ray_max_retries="
+                f"{self.max_retries}); nothing it wrote was published: run the same command again to resume"
+            )
+        return "Ray could not run it"
+
     def _run_stage(self, ray: Any, remote: Any, plan_ref: Any, tasks: list[Task]) -> None:
         """Keep `workers` tasks in flight until all have ended; after a failure submit no more, let the running
         ones end, then raise the first failure."""
@@ -179,14 +193,13 @@ class RayExecutor:
                     if failure is None:
                         failure, origin = (exc.cause if isinstance(exc.cause, Exception) else exc), exc
                     log.error("%s failed", self._describe(task))
-                except ray.exceptions.RayError as exc:  # its worker or node died more often than retried
-                    died = TaskFailed(
-                        f"{self._describe(task)}: its Ray worker died on each of {self.max_retries + 1} attempt(s) "
-                        f"(ray_max_retries={self.max_retries}): {type(exc).__name__}: {exc}"
+                except ray.exceptions.RayError as exc:  # Ray could not finish it: its worker or node died, ...
+                    lost = TaskFailed(
+                        f"{self._describe(task)}: {self._why_lost(ray, exc)}: {type(exc).__name__}: {exc}"
                     )
                     if failure is None:
-                        failure, origin = died, exc
-                    log.error("%s", died)
+                        failure, origin = lost, exc
+                    log.error("%s", lost)
                 else:
                     log.info(
                         "%s %s on node %s (pid %d)",
