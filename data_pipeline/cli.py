@@ -29,6 +29,7 @@ from data_pipeline.readers import InputSpec, describe_input
 from data_pipeline.steps import STEP_NAMES, build_step
 
 log = logging.getLogger("data_pipeline")
+EXECUTORS = ("local", "slurm", "ray")  # where the tasks run: this machine, Slurm array jobs, a Ray cluster
 CONFIG_DIR = Path(__file__).resolve().parents[1] / "configs"
 
 
@@ -56,9 +57,11 @@ class PipelineRunConfig:
     max_quarantine_fraction: Optional[float] = None  # fail the run when more of the rows read are quarantined (0.01)
     keep_intermediate: bool = False  # also write every step's kept documents (<output>/<step>/), for inspection
     tasks: int = 4  # shards; fixed for a run (results depend on it, not on workers)
-    workers: int = 1  # tasks running at once (local: processes; slurm: the array's % limit)
+    workers: int = 1  # tasks running at once (local: processes; slurm: the array's % limit; ray: tasks in flight)
     output_format: str = "jsonl"  # jsonl | parquet
-    executor: str = "local"  # local | slurm
+    executor: str = "local"  # local | slurm | ray (EXECUTORS)
+    ray_address: Optional[str] = None  # executor=ray: cluster to join (host:port); None: RAY_ADDRESS, else a local Ray
+    ray_max_retries: int = 3  # executor=ray: reruns of a task whose worker or node died (a Python error is not rerun)
     seed: int = 0  # passed to every task (TaskContext.seed) for steps that draw at random
     eval_sets: list[str] = field(default_factory=list)  # decontaminate's files: JSONL with text_key, or one per line
     decontaminate_tasks: list[str] = field(default_factory=list)  # decontaminate against these evaluator tasks
@@ -139,18 +142,29 @@ def build_plan(cfg: DictConfig, single_step: Optional[str] = None) -> tuple[Pipe
 def run_pipeline(
     cfg: DictConfig, single_step: Optional[str] = None, wait: bool = False, dry_run: bool = False
 ) -> dict[str, dict]:
+    if cfg.executor not in EXECUTORS:
+        raise ValueError(f"executor={cfg.executor!r}: use one of {', '.join(EXECUTORS)}")
     if dry_run and cfg.executor != "slurm":
         raise ValueError(f"--dry-run prints the sbatch commands of executor=slurm (executor={cfg.executor} has none)")
+    if cfg.ray_max_retries < 0:
+        raise ValueError(f"ray_max_retries={cfg.ray_max_retries}: must be >= 0 (0: a task whose worker dies fails)")
     plan, skipped = build_plan(cfg, single_step)
     for name in skipped:
         log.info("step %s skipped: disabled by its configuration", name)
-    if cfg.executor == "local":
-        from data_pipeline.executors.local import LocalExecutor
+    if cfg.executor in ("local", "ray"):
         from data_pipeline.quarantine import summary
 
-        stats = LocalExecutor(plan, workers=cfg.workers).run()
+        if cfg.executor == "local":
+            from data_pipeline.executors.local import LocalExecutor
+
+            executor = LocalExecutor(plan, workers=cfg.workers)
+        else:
+            from data_pipeline.executors.ray import RayExecutor
+
+            executor = RayExecutor(plan, cfg.ray_address, workers=cfg.workers, max_retries=cfg.ray_max_retries)
+        stats = executor.run()
         print(summary(stats[plan.steps[0].name], plan.root), flush=True)
-    elif cfg.executor == "slurm":
+    else:
         from data_pipeline.executors.slurm import SlurmExecutor, wait_for_jobs
 
         executor = SlurmExecutor(plan, OmegaConf.to_object(cfg.cluster), workers=cfg.workers, report=cfg.report)
@@ -163,8 +177,6 @@ def run_pipeline(
             if wait:
                 wait_for_jobs(plan, jobs)
         return {}
-    else:
-        raise ValueError(f"executor={cfg.executor!r}: use local or slurm")
     if cfg.report:
         from data_pipeline.report import write_report
 
@@ -199,7 +211,8 @@ USAGE = f"""usage: python -m data_pipeline COMMAND [key=value ...]
 commands:
   run                 run a pipeline: pipeline=default input=PATH output=DIR [tasks=4 workers=4 executor=slurm ...]
                       executor=slurm takes cluster=<name> cluster.KEY=VALUE, and --wait (follow the jobs, exit
-                      non-zero naming a task that failed) or --dry-run (print the sbatch commands)
+                      non-zero naming a task that failed) or --dry-run (print the sbatch commands);
+                      executor=ray joins ray_address=HOST:PORT (else RAY_ADDRESS, else starts a local Ray)
   {" | ".join(STEP_NAMES)}
                       run one step: input=PATH output=DIR [step_params.KEY=VALUE ...]
   train-classifier    positive=FILE negative=FILE output=MODEL.bin [text_key=text epoch=10 dim=32 bucket=200000

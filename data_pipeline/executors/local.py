@@ -4,9 +4,9 @@ Waiting for the pool to drain is the stage barrier. Worker count changes only sp
 fixed by the plan (`tasks` shards), so workers=1 and workers=4 write identical outputs.
 
 One run per output directory at a time: the run holds an exclusive lock on `<output>/.lock` (flock, released by the
-kernel however the process ends), so the temporary files swept at start can only be a dead run's. Pool workers
-exit when the main process dies, even by kill -9, so no orphan keeps writing into a directory a rerun is using
-(both from cluster/ownership.py).
+kernel however the process ends; schedule.run_plan), so the temporary files swept at start can only be a dead
+run's. Pool workers exit when the main process dies, even by kill -9, so no orphan keeps writing into a directory a
+rerun is using (both from cluster/ownership.py).
 """
 
 from __future__ import annotations
@@ -15,19 +15,12 @@ import logging
 import multiprocessing
 import os
 from concurrent.futures import ProcessPoolExecutor
-from typing import Any, Callable, Optional
+from contextlib import contextmanager
+from typing import Any, Callable, Iterator, Optional
 
-from cluster.ownership import die_with_parent, hold_lock
-from data_pipeline.executors.base import (
-    PipelinePlan,
-    check_quarantine,
-    merge_step_stats,
-    run_task,
-    save_plan_checked,
-    stage_names,
-    task_done,
-)
-from data_pipeline.shards import remove_stale_temporaries
+from cluster.ownership import die_with_parent
+from data_pipeline.executors.base import PipelinePlan, run_task
+from data_pipeline.executors.schedule import RunTasks, Task, run_plan
 
 log = logging.getLogger(__name__)
 
@@ -47,39 +40,32 @@ class LocalExecutor:
 
     def run(self) -> dict[str, dict[str, Any]]:
         """Run every step; return the merged stats per step name."""
+        return run_plan(self.plan, self._runner, self.progress)
+
+    @contextmanager
+    def _runner(self) -> Iterator[RunTasks]:
+        """A stage's tasks in this process (one worker, or one task pending), else over a pool kept for the run."""
         plan = self.plan
-        plan.root.mkdir(parents=True, exist_ok=True)
-        lock = hold_lock(plan.root, f"output={plan.root}")
         pool = None
+        if self.workers > 1:
+            # fork keeps start-up cheap on Linux; spawn elsewhere. Steps are rebuilt from the plan in the worker.
+            method = "fork" if "fork" in multiprocessing.get_all_start_methods() else "spawn"
+            pool = ProcessPoolExecutor(
+                max_workers=self.workers,
+                mp_context=multiprocessing.get_context(method),
+                initializer=die_with_parent,
+                initargs=(os.getpid(),),
+            )
+
+        def run_tasks(tasks: list[Task]) -> None:
+            if pool is None or len(tasks) <= 1:
+                for step_index, stage_index, rank in tasks:
+                    run_task(plan, step_index, stage_index, rank)
+            else:
+                list(pool.map(_run_task_args, [(plan.to_json(), *task) for task in tasks]))  # re-raises the first error
+
         try:
-            remove_stale_temporaries(plan.root)
-            save_plan_checked(plan)
-            all_stats: dict[str, dict[str, Any]] = {}
-            if self.workers > 1:
-                # fork keeps start-up cheap on Linux; spawn elsewhere. Steps are rebuilt from the plan in the worker.
-                method = "fork" if "fork" in multiprocessing.get_all_start_methods() else "spawn"
-                pool = ProcessPoolExecutor(
-                    max_workers=self.workers,
-                    mp_context=multiprocessing.get_context(method),
-                    initializer=die_with_parent,
-                    initargs=(os.getpid(),),
-                )
-            for step_index, spec in enumerate(plan.steps):
-                for stage_index, (stage, per_shard) in enumerate(stage_names(plan, step_index)):
-                    ranks = range(plan.tasks) if per_shard else range(1)
-                    pending = [r for r in ranks if not task_done(plan, step_index, stage_index, r)]
-                    self.progress(f"{spec.name}/{stage}: {len(pending)} of {len(ranks)} tasks to run")
-                    if pool is None or len(pending) <= 1:
-                        for rank in pending:
-                            run_task(plan, step_index, stage_index, rank)
-                    else:
-                        args = [(plan.to_json(), step_index, stage_index, r) for r in pending]
-                        list(pool.map(_run_task_args, args))  # re-raises the first task error
-                all_stats[spec.name] = merge_step_stats(plan, spec.name)
-                if step_index == 0:
-                    check_quarantine(plan)  # stop before any later step when the input is mostly bad
+            yield run_tasks
         finally:
             if pool is not None:
                 pool.shutdown(cancel_futures=True)
-            lock.close()
-        return all_stats
