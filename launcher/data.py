@@ -47,15 +47,16 @@ class DataError(ValueError):
 
 
 def resolve_data_dir(data_cfg: Any) -> Path:
-    """The shard directory: `data.path` for data=packed; for data=embedded the generated corpus, built once.
+    """The shard directory: `data.path` for data=packed (and data=preference); for data=embedded the generated
+    corpus, built once.
 
     Every rank calls this; build_default_corpus serialises concurrent callers on a file lock, so the first one
     builds while the others wait and then find it cached.
     """
-    if data_cfg.name == "packed":
+    if data_cfg.name in ("packed", "preference"):
         path = Path(data_cfg.path)
         if not path.is_dir():
-            raise DataError(f"data.path={data_cfg.path}: no such directory of packed shards")
+            raise DataError(f"data.path={data_cfg.path}: no such directory of {data_cfg.name} shards")
         return path
     from data_pipeline.embedded import build_default_corpus
 
@@ -414,6 +415,22 @@ def open_training_data(
         )
         return TrainingData(batches, tokenizer=None, eos_id=None)
     data_dir = resolve_data_dir(data_cfg)
+    if data_cfg.name == "preference":  # DPO pairs (trainer.objective=dpo)
+        from launcher.preference_data import PreferenceBatches, open_preference_dataset
+
+        pairs = open_preference_dataset(data_dir, vocab_size)
+        batches = PreferenceBatches(
+            pairs,
+            seq_len=data_cfg.seq_len,
+            global_batch=global_batch,
+            dp_rank=dp_rank,
+            dp_degree=dp_degree,
+            seed=seed,
+            val_fraction=data_cfg.val_fraction,
+            batch_schedule=batch_schedule,
+            skip_samples=skip_samples,
+        )
+        return TrainingData(batches, load_tokenizer(data_dir), pairs.tokenizer.get("eos_id"))
     dataset = open_dataset(data_dir, vocab_size)
     if document_mask_eos_id is not None:
         check_document_ends(dataset, document_mask_eos_id)
