@@ -22,14 +22,14 @@ import torch
 
 from data_pipeline.preference_format import PreferenceDataset, PreferenceFormatError
 from launcher.batch_ramp import GlobalBatchSchedule
-from launcher.data import (
+from launcher.dpo import pack_pairs
+from launcher.sample_stream import (
     DataError,
     SkippedSamples,
-    _check_divisible,
-    _check_saved_with,
-    _rank_share_in_micro_batches,
+    check_divisible,
+    check_saved_with,
+    rank_share_in_micro_batches,
 )
-from launcher.dpo import pack_pairs
 
 log = logging.getLogger(__name__)
 
@@ -65,7 +65,7 @@ class PreferenceBatches:
         skip_samples: Iterable[Iterable[int]] = (),
     ) -> None:
         self.schedule = batch_schedule or GlobalBatchSchedule(global_batch, seq_len)
-        _check_divisible(self.schedule, dp_degree)
+        check_divisible(self.schedule, dp_degree)
         self.skipped = SkippedSamples(skip_samples)
         self.last_batch = (0, 0)
         self.dataset, self.seq_len, self.seed = dataset, seq_len, seed
@@ -144,7 +144,7 @@ class PreferenceBatches:
         }
 
     def load_state_dict(self, state: dict[str, int]) -> None:
-        _check_saved_with(
+        check_saved_with(
             state,
             self,
             ("seed", "seq_len", "n_pairs"),
@@ -158,7 +158,7 @@ class PreferenceBatches:
 
     def eval_batches(self, n_sequences: int, micro_batch: int) -> list[torch.Tensor]:
         """This rank's share of the first `n_sequences` held-out pairs, in micro batches (the held-out DPO loss)."""
-        return _rank_share_in_micro_batches(
+        return rank_share_in_micro_batches(
             min(n_sequences, len(self.val_pairs)),
             self.dp_rank,
             self.dp_degree,
