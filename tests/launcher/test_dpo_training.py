@@ -151,3 +151,34 @@ def test_what_dpo_cannot_run_is_refused_naming_the_key(tmp_path):
         validate(_dpo_config(tmp_path, **{"trainer.objective": "lm"}), 1)
     with pytest.raises(ConfigError, match="data=preference needs data.path"):
         validate(_dpo_config(tmp_path, **{"data.path": str(tmp_path / "missing")}), 1)
+
+
+def test_dpo_adapter_exports_for_peft(preference, single, tmp_path):
+    """The LoRA DPO run's adapter, exported as a peft directory on the HF base, computes what the run's model does
+    (and differs from the base: DPO moved it), and generates."""
+    import subprocess
+
+    import torch
+    from launcher_testing import PYTHON, REPO, child_env
+
+    peft = pytest.importorskip("peft")
+    import transformers
+
+    from model import build
+    from model.checkpoint_io import load_model_checkpoint
+
+    out = tmp_path / "adapter"
+    export = [PYTHON, "-m", "model.hf", "export", str(single["adapters_off"]), str(out), "--lora", "adapter"]
+    result = subprocess.run(export, cwd=REPO, env=child_env(tmp_path), capture_output=True, text=True, timeout=180)
+    assert result.returncode == 0, result.stderr[-3000:]
+    base = transformers.AutoModelForCausalLM.from_pretrained(preference["hf"], dtype=torch.float32).eval()
+    tokens = torch.tensor([[4, 5, 6, 7, 8, 9, 10]])
+    with torch.no_grad():
+        base_logits = base(tokens).logits.clone()
+        tuned = peft.PeftModel.from_pretrained(base, out).eval()
+        state, cfg = load_model_checkpoint(single["adapters_off"])
+        ours = build(cfg).eval()
+        ours.load_state_dict(state)
+        assert (tuned(tokens).logits - ours(tokens)).abs().max().item() <= 1e-5
+        assert (tuned(tokens).logits - base_logits).abs().max().item() > 1e-3
+        assert tuned.generate(tokens, max_new_tokens=4, do_sample=False).shape == (1, tokens.shape[1] + 4)
