@@ -23,7 +23,7 @@ import torch
 from torch import nn
 
 from launcher.distributed import DistEnv
-from launcher.dpo import dpo_loss, sequence_logps, sides
+from launcher.dpo import IGNORE_INDEX, dpo_loss, sequence_logps, sides
 from launcher.train_modules.base import initial_model, materialize_model
 from launcher.validation import RunPlan
 from model.lora import adapters_disabled
@@ -51,6 +51,9 @@ class DPOObjective:
         else:
             self.reference = plain_policy
             self.reference_context = lambda: adapters_disabled(plain_policy)
+        # A model trained with document masks attends across the EOS inside a pair (a chat template's end of turn),
+        # as its HF export and TRL do: the forwards get an all-ones attention mask.
+        self.document_masking = plan.cfg.model.document_mask_eos_id is not None
         self._sums: dict[str, torch.Tensor] = {}
         self._count = 0
 
@@ -59,14 +62,15 @@ class DPOObjective:
         layout); call under the run's autocast. With `record` its figures join the step's (not for held-out
         batches)."""
         tokens, targets = sides(inputs, labels)
+        kwargs = {"attention_mask": torch.ones_like(tokens, dtype=torch.bool)} if self.document_masking else {}
         with torch.no_grad(), self.reference_context():
-            reference_logps = sequence_logps(self.reference(tokens), targets)
+            reference_logps = sequence_logps(self.reference(tokens, **kwargs), targets)
         self._reshard(self.reference)
-        policy_logps = sequence_logps(self.policy(tokens), targets)
+        policy_logps = sequence_logps(self.policy(tokens, **kwargs), targets)
         result = dpo_loss(
             policy_logps,
             reference_logps,
-            (targets != -100).sum(dim=-1),
+            (targets != IGNORE_INDEX).sum(dim=-1),
             beta=self.dpo.beta,
             loss_type=self.dpo.loss_type,
         )
