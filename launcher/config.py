@@ -40,7 +40,7 @@ class DataConfig:
     # DATA_SOURCES: generated corpus built on first use | shards at `path` | random tokens | preference shards at
     # `path` (data_pipeline/preference_format.py; trainer.objective=dpo)
     name: str = "embedded"
-    path: Optional[str] = None  # directory of packed shards (data=packed)
+    path: Optional[str] = None  # directory of packed shards (data=packed) or preference shards (data=preference)
     cache_dir: str = ".cache/loom/embedded"  # where data=embedded builds its shards
     seq_len: int = 128  # tokens per training sequence (each sample reads seq_len + 1 tokens)
     val_fraction: float = 0.05  # tail of the token stream held out for evaluation
