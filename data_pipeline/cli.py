@@ -215,6 +215,8 @@ commands:
                       executor=ray joins ray_address=HOST:PORT (else RAY_ADDRESS, else starts a local Ray)
   {" | ".join(STEP_NAMES)}
                       run one step: input=PATH output=DIR [step_params.KEY=VALUE ...]
+  preference          preference JSONL -> DPO shards: input=FILE|DIR output=DIR tokenizer=HF_DIR
+                      [pairs_per_shard=10000 max_quarantine_fraction=0.01] (data_pipeline/preference.py)
   train-classifier    positive=FILE negative=FILE output=MODEL.bin [text_key=text epoch=10 dim=32 bucket=200000
                       quantize=true cutoff=10000 holdout=0.1]; prints held-out precision and recall
   generate            write the synthetic corpus: output=DIR [n_clean=1000 seed=0 files=1]
@@ -283,6 +285,24 @@ def main(argv: Optional[list[str]] = None) -> int:
                 command,
             )
             print(train_classifier(**opts).summary())
+        elif command == "preference":
+            from data_pipeline.preference import build_preference_shards
+
+            opts = _key_values(
+                args,
+                {
+                    "input": None,
+                    "output": None,
+                    "tokenizer": None,
+                    "pairs_per_shard": 10_000,
+                    "max_quarantine_fraction": -1.0,  # < 0: no limit
+                },
+                command,
+            )
+            fraction = opts.pop("max_quarantine_fraction")
+            inputs = [opts.pop("input")]
+            report = build_preference_shards(inputs, **opts, max_quarantine_fraction=None if fraction < 0 else fraction)
+            print(report.summary())
         elif command == "generate":
             from data_pipeline.synthetic import generate_corpus, write_corpus
 

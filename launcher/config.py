@@ -20,7 +20,7 @@ from model.config import ModelConfig
 from model.dtypes import canonical_precision
 from parallel.config import ParallelConfig
 
-DATA_SOURCES = ("embedded", "packed", "synthetic")
+DATA_SOURCES = ("embedded", "packed", "synthetic", "preference")
 OPTIMIZERS = ("adamw", "muon")
 MUON_LR_RULES = ("match_rms_adamw", "original")
 SCHEDULES = ("cosine", "wsd", "constant")
@@ -30,12 +30,17 @@ RESUME_MODES = ("auto", "never")
 SPIKE_ACTIONS = ("off", "log", "skip", "rollback")  # launcher/spikes.py
 WANDB_MODES = ("auto", "online", "offline", "disabled")
 ESTIMATE_FORMATS = ("table", "json")
+OBJECTIVES = ("lm", "dpo")
+DPO_LOSS_TYPES = ("sigmoid", "ipo")  # launcher/dpo.py
+DPO_REFERENCES = ("frozen_copy", "adapters_off")
 
 
 @dataclass
 class DataConfig:
-    name: str = "embedded"  # DATA_SOURCES: generated corpus built on first use | shards at `path` | random tokens
-    path: Optional[str] = None  # directory of packed shards (data=packed)
+    # DATA_SOURCES: generated corpus built on first use | shards at `path` | random tokens | preference shards at
+    # `path` (data_pipeline/preference_format.py; trainer.objective=dpo)
+    name: str = "embedded"
+    path: Optional[str] = None  # directory of packed shards (data=packed) or preference shards (data=preference)
     cache_dir: str = ".cache/loom/embedded"  # where data=embedded builds its shards
     seq_len: int = 128  # tokens per training sequence (each sample reads seq_len + 1 tokens)
     val_fraction: float = 0.05  # tail of the token stream held out for evaluation
@@ -145,9 +150,21 @@ class TrainerConfig:
     # Per-layer-group gradient norms, update/weight ratios, max attention logits and MoE router entropy at log steps
     layer_health: bool = False
     progress_bar: bool = True  # a tqdm bar on rank 0
+    objective: str = "lm"  # OBJECTIVES: next-token loss | dpo (preference pairs, data=preference, the `dpo` keys)
 
     def __post_init__(self) -> None:
         self.precision = canonical_precision(self.precision, "trainer.precision")
+
+
+@dataclass
+class DPOConfig:
+    """trainer.objective=dpo (launcher/dpo.py, launcher/train_modules/dpo.py): Direct Preference Optimisation."""
+
+    beta: float = 0.1  # strength of the pull towards the reference (TRL's beta)
+    loss_type: str = "sigmoid"  # DPO_LOSS_TYPES: sigmoid (DPO) | ipo (length-normalised, as TRL)
+    # DPO_REFERENCES: frozen_copy (the initial weights: trainer.init_from's, else the seed's, held frozen) |
+    # adapters_off (the trained model with its LoRA adapters disabled; needs model.lora, costs no extra memory)
+    reference: str = "frozen_copy"
 
 
 @dataclass
@@ -197,6 +214,7 @@ class TrainConfig:
     logging: LoggingConfig = field(default_factory=LoggingConfig)
     eval: EvalConfig = field(default_factory=EvalConfig)  # downstream tasks in the loop (eval.tasks=[...])
     cluster: ClusterConfig = field(default_factory=ClusterConfig)  # where `launcher.submit` runs the job (Slurm)
+    dpo: DPOConfig = field(default_factory=DPOConfig)  # preference tuning, with trainer.objective=dpo
 
 
 @dataclass
@@ -223,6 +241,9 @@ CHOICES = {
     "trainer.resume": RESUME_MODES,
     "trainer.spike.action": SPIKE_ACTIONS,
     "logging.wandb.mode": WANDB_MODES,
+    "trainer.objective": OBJECTIVES,
+    "dpo.loss_type": DPO_LOSS_TYPES,
+    "dpo.reference": DPO_REFERENCES,
 }
 
 

@@ -39,23 +39,26 @@ import torch
 from data_pipeline.formats import PackedDataset, ShardFormatError
 from launcher.batch_ramp import GlobalBatchSchedule
 
+# What every batch source shares (launcher/sample_stream.py; DataError and SkippedSamples are imported from here too)
+from launcher.sample_stream import DataError, SkippedSamples
+from launcher.sample_stream import check_divisible as _check_divisible
+from launcher.sample_stream import check_saved_with as _check_saved_with
+from launcher.sample_stream import rank_share_in_micro_batches as _rank_share_in_micro_batches
+
 log = logging.getLogger(__name__)
 
 
-class DataError(ValueError):
-    """The training data cannot serve this config (missing, too small, or changed since the checkpoint)."""
-
-
 def resolve_data_dir(data_cfg: Any) -> Path:
-    """The shard directory: `data.path` for data=packed; for data=embedded the generated corpus, built once.
+    """The shard directory: `data.path` for data=packed (and data=preference); for data=embedded the generated
+    corpus, built once.
 
     Every rank calls this; build_default_corpus serialises concurrent callers on a file lock, so the first one
     builds while the others wait and then find it cached.
     """
-    if data_cfg.name == "packed":
+    if data_cfg.name in ("packed", "preference"):
         path = Path(data_cfg.path)
         if not path.is_dir():
-            raise DataError(f"data.path={data_cfg.path}: no such directory of packed shards")
+            raise DataError(f"data.path={data_cfg.path}: no such directory of {data_cfg.name} shards")
         return path
     from data_pipeline.embedded import build_default_corpus
 
@@ -73,32 +76,6 @@ def open_dataset(data_dir: Path, vocab_size: int) -> PackedDataset:
             f"set model.vocab_size >= {dataset.vocab_size}"
         )
     return dataset
-
-
-class SkippedSamples:
-    """[start, end) ranges of the sample stream never trained on. Kept sorted; `past(p)` is the first position at
-    or after p outside every range."""
-
-    def __init__(self, ranges: Iterable[Iterable[int]] = ()) -> None:
-        self.ranges: list[tuple[int, int]] = []
-        for start, end in ranges:
-            self.add(start, end)
-
-    def add(self, start: int, end: int) -> None:
-        if (int(start), int(end)) not in self.ranges:
-            self.ranges = sorted([*self.ranges, (int(start), int(end))])
-
-    def covers(self, position: int) -> bool:
-        return any(start <= position < end for start, end in self.ranges)
-
-    def past(self, position: int) -> int:
-        for start, end in self.ranges:  # sorted: a jump lands before any later range's start or inside it
-            if start <= position < end:
-                position = end
-        return position
-
-    def state(self) -> list[list[int]]:
-        return [[start, end] for start, end in self.ranges]
 
 
 class TokenBatches:
@@ -232,35 +209,6 @@ class TokenBatches:
             micro_batch,
             lambda w: read(self.train_tokens + w * self.seq_len, self.seq_len + 1),
         )
-
-
-def _rank_share_in_micro_batches(
-    n_rows: int, dp_rank: int, dp_degree: int, micro_batch: int, read_row: Callable[[int], np.ndarray]
-) -> list[torch.Tensor]:
-    """Rows [r * n_rows // dp_degree, (r + 1) * n_rows // dp_degree) of a held-out set (r = dp_rank), read one by
-    one with `read_row(index)` and stacked into micro batches of `micro_batch` rows (the last may be short)."""
-    per_rank = n_rows // dp_degree
-    first = dp_rank * per_rank
-    end = first + per_rank
-    return [
-        torch.from_numpy(np.stack([read_row(i) for i in range(lo, min(lo + micro_batch, end))]))
-        for lo in range(first, end, micro_batch)
-    ]
-
-
-def _check_divisible(schedule: GlobalBatchSchedule, dp_degree: int) -> None:
-    for batch in {schedule.full, schedule.start or schedule.full, schedule.increment or schedule.full}:
-        if batch % dp_degree != 0:
-            raise DataError(f"global batch {batch} is not divisible by {dp_degree} data-parallel ranks")
-
-
-def _check_saved_with(state: dict[str, int], current: Any, keys: tuple[str, ...], what: str, fix: str) -> None:
-    """DataError unless the checkpoint's data `state` has this run's values for `keys`."""
-    for key in keys:
-        if int(state[key]) != getattr(current, key):
-            raise DataError(
-                f"the checkpoint's {what} with {key}={state[key]} but this run has {getattr(current, key)}: {fix}"
-            )
 
 
 class SyntheticBatches:
@@ -414,6 +362,22 @@ def open_training_data(
         )
         return TrainingData(batches, tokenizer=None, eos_id=None)
     data_dir = resolve_data_dir(data_cfg)
+    if data_cfg.name == "preference":  # DPO pairs (trainer.objective=dpo)
+        from launcher.preference_data import PreferenceBatches, open_preference_dataset
+
+        pairs = open_preference_dataset(data_dir, vocab_size)
+        batches = PreferenceBatches(
+            pairs,
+            seq_len=data_cfg.seq_len,
+            global_batch=global_batch,
+            dp_rank=dp_rank,
+            dp_degree=dp_degree,
+            seed=seed,
+            val_fraction=data_cfg.val_fraction,
+            batch_schedule=batch_schedule,
+            skip_samples=skip_samples,
+        )
+        return TrainingData(batches, load_tokenizer(data_dir), pairs.tokenizer.get("eos_id"))
     dataset = open_dataset(data_dir, vocab_size)
     if document_mask_eos_id is not None:
         check_document_ends(dataset, document_mask_eos_id)

@@ -78,6 +78,7 @@ def validate(cfg: Any, world_size: int) -> RunPlan:
         )
     except ValueError as exc:
         raise ConfigError(str(exc)) from exc
+    _check_objective(config, dims)
     global_batch, grad_accum = batch_plan(config, dims)
     eval_tasks, notes = _check_eval(config, dims)
     return RunPlan(config, dims, global_batch, grad_accum, eval_tasks, notes)
@@ -301,6 +302,41 @@ def _check_lora(cfg: TrainConfig) -> None:
         )
 
 
+def _check_objective(cfg: TrainConfig, dims: ParallelDims) -> None:
+    """trainer.objective=dpo: preference data, a reference there is, and a layout the DPO step supports (one
+    process, DDP, FSDP/HSDP: whole sequences, whole vocabulary, one module)."""
+    dpo = cfg.trainer.objective == "dpo"
+    if dpo != (cfg.data.name == "preference"):
+        raise ConfigError(
+            f"trainer.objective={cfg.trainer.objective} with data={cfg.data.name}: DPO trains on preference pairs "
+            "and only DPO does; set both trainer.objective=dpo and data=preference, or neither"
+        )
+    if not dpo:
+        return
+    if cfg.dpo.beta <= 0:
+        raise ConfigError(f"dpo.beta={cfg.dpo.beta} must be positive (TRL's default: 0.1)")
+    if cfg.dpo.reference == "adapters_off" and not cfg.model.lora.enabled:
+        raise ConfigError(
+            "dpo.reference=adapters_off needs LoRA adapters (model.lora.rank > 0): without them the model is its "
+            "own reference; use dpo.reference=frozen_copy"
+        )
+    unsupported = {
+        "parallel.pp": dims.pp > 1,
+        "parallel.cp": dims.cp > 1,
+        "parallel.tp": dims.tp > 1,
+        "parallel.ep": dims.ep > 1,
+        "parallel.engine": cfg.parallel.engine != "torch",
+        "model.moe": cfg.model.moe is not None,
+        "model.mtp_depth": cfg.model.mtp_depth > 0,
+    }
+    for key, present in unsupported.items():
+        if present:
+            raise ConfigError(
+                f"trainer.objective=dpo does not support {key}={_get(cfg, key)} (DPO runs on one process, DDP or "
+                f"FSDP/HSDP with dense models, no auxiliary losses): set {key} to its default"
+            )
+
+
 def _check_data(cfg: TrainConfig) -> None:
     d = cfg.data
     if d.seq_len <= 0:
@@ -317,6 +353,12 @@ def _check_data(cfg: TrainConfig) -> None:
             raise ConfigError(
                 f"data.skip_samples entry {list(entry)} must be [start, end) with 0 <= start < end (sample "
                 f"positions, as spike/sample_start and spike/sample_end log them)"
+            )
+    if d.name == "preference":
+        if not d.path or not Path(d.path).is_dir():
+            raise ConfigError(
+                f"data=preference needs data.path=<directory of preference shards> (got {d.path}): write them with "
+                "`python -m data_pipeline preference input=... output=... tokenizer=...`"
             )
     if d.name == "packed":
         if not d.path:

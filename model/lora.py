@@ -18,6 +18,7 @@ Plain PyTorch: parallel/tensor.py places lora_A / lora_B beside a sharded base w
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import math
 from typing import Iterator
@@ -73,6 +74,8 @@ class LoRALinear(nn.Linear):
         another dtype than x (model.lora.base_dtype) is cast for the matmul (autocast casts it anyway)."""
         weight = self.weight if self.weight.dtype == x.dtype else self.weight.to(x.dtype)
         out = F.linear(x, weight, self.bias)
+        if not self.lora_scale:  # adapters_disabled: the base alone
+            return out
         if self.lora_dropout > 0:
             x = F.dropout(x, self.lora_dropout, self.training)
         return out + F.linear(F.linear(x, lora_a), lora_b) * self.lora_scale
@@ -126,6 +129,21 @@ def lora_modules(model: nn.Module) -> Iterator[tuple[str, LoRALinear]]:
     for name, module in model.named_modules():
         if isinstance(module, LoRALinear):
             yield name, module
+
+
+@contextlib.contextmanager
+def adapters_disabled(model: nn.Module) -> Iterator[None]:
+    """Forwards of `model` inside compute the base model alone (every adapter's scale 0), as peft's
+    disable_adapter: DPO's reference when only adapters train."""
+    adapted = [module for _, module in lora_modules(model)]
+    scales = [module.lora_scale for module in adapted]
+    for module in adapted:
+        module.lora_scale = 0.0
+    try:
+        yield
+    finally:
+        for module, scale in zip(adapted, scales):
+            module.lora_scale = scale
 
 
 def is_adapter_key(key: str) -> bool:

@@ -25,6 +25,7 @@ from launcher.optim import Optimizers
 from launcher.qk_clip import QKClip
 from launcher.schedule import LRSchedulers
 from launcher.train_modules.base import MicroBatch, StepOutput, TrainModule, autocast, materialize_model, max_grad_norm
+from launcher.train_modules.dpo import build_objective
 from launcher.validation import RunPlan, scoring_width_multiple
 from parallel import clip_grad_norm_, compute_loss, loss_context
 
@@ -41,9 +42,12 @@ class TorchTrainModule(TrainModule):
         self.scaler = torch.amp.GradScaler(env.device.type) if precision == "fp16" else None
         self.qk_clip = QKClip.build(self.model_parts, self.cfg.optim)  # None unless optim.muon.qk_clip_tau > 0
         self.max_attn_logit: Optional[torch.Tensor] = None  # the last step's largest logit (QK-clip), for the log
+        self.objective = build_objective(plan, env, self.model, self.plain_model)  # trainer.objective=dpo, else None
 
     def train_step(self, inputs: torch.Tensor, labels: torch.Tensor) -> StepOutput:
         loss, extra = self.accumulate(inputs, labels, self._forward_backward)
+        if self.objective is not None:
+            extra.update(self.objective.step_figures())
         if self.scaler is not None:
             for optimizer in self.optimizers.optimizers:
                 self.scaler.unscale_(optimizer)
@@ -79,7 +83,10 @@ class TorchTrainModule(TrainModule):
     def _forward_backward(self, micro: MicroBatch) -> torch.Tensor:
         with self._gradient_sync(enabled=micro.last), loss_context(self.dims):
             with autocast(self.cfg.trainer.precision, self.env.device):
-                loss = compute_loss(self.model, micro.inputs, micro.labels, self.dims)
+                if self.objective is not None:
+                    loss = self.objective.loss(micro.inputs, micro.labels)
+                else:
+                    loss = compute_loss(self.model, micro.inputs, micro.labels, self.dims)
             scaled = loss / micro.count
             if self.scaler is not None:
                 scaled = self.scaler.scale(scaled)
@@ -102,6 +109,8 @@ class TorchTrainModule(TrainModule):
 
     def eval_loss(self, inputs: torch.Tensor, labels: torch.Tensor) -> Optional[torch.Tensor]:
         with loss_context(self.dims), autocast(self.cfg.trainer.precision, self.env.device):
+            if self.objective is not None:
+                return self.objective.loss(inputs, labels, record=False)
             loss = compute_loss(self.model, inputs, labels, self.dims)
         return loss.full_tensor() if hasattr(loss, "full_tensor") else loss
 
