@@ -99,9 +99,11 @@ class TaskContext:
         return self.work_dir / name
 
     def write_atomic(self, name: str, data: bytes) -> Path:
-        """Write an intermediate file into `work_dir` under a temporary name, then rename it into place."""
+        """Write an intermediate file into `work_dir` under a temporary name, then rename it into place. The
+        temporary name carries the task's rank, so a retry of a killed task sweeps what it left even when `name`
+        has no rank in it (decontaminate's record.json; shards.remove_stale_temporaries)."""
         final = self.work_path(name)  # creates work_dir
-        tmp = final.with_name(f".{final.name}.tmp.{os.getpid()}")
+        tmp = final.with_name(f".{final.name}.{self.rank:05d}.tmp.{os.getpid()}")
         tmp.write_bytes(data)
         os.replace(tmp, final)
         return final

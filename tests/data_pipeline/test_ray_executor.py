@@ -42,7 +42,9 @@ REPO = Path(__file__).resolve().parents[2]
 # one): the nodes and drivers started here leave it off, whatever that file holds.
 RAY_ENV = {"RAY_AUTH_MODE": "disabled", "RAY_USAGE_STATS_ENABLED": "0"}
 OBJECT_STORE_BYTES = 80 * 1024 * 1024  # per node; Ray's minimum is 75 MiB and the plan is all that is stored
-FAULTY = ("heuristics", "run", "1")  # the task faults are planted in: a per-shard output stage mid-pipeline
+# The task faults are planted in: a per-shard output stage mid-pipeline, the head of the streaming group
+# boilerplate_dedup -> heuristics -> pii -> decontaminate (data_pipeline/executors/streams.py): its task runs all four
+FAULTY = ("boilerplate_dedup", "run", "1")
 VOLATILE_STATS = {"time_s", "cpu_s", "wall_s", "stage_time_s", "started", "finished"}  # data_pipeline/stats.py
 TASK_LINE = re.compile(r"step (\w+), stage (\w+), task (\d+) of \d+ ran on node (\w+) \(pid (\d+)\)")
 
@@ -202,7 +204,7 @@ def _tasks_ran(stderr: str) -> list[tuple[str, str, int, str, int]]:
 
 @pytest.fixture(scope="module")
 def killed_run(ray_cluster, corpus, reference, tmp_path_factory):
-    """One run on Ray in which the worker of heuristics/run task 1 is killed mid-task once."""
+    """One run on Ray in which the worker of boilerplate_dedup/run task 1 (and its group) is killed mid-task once."""
     work = tmp_path_factory.mktemp("ray_killed")
     trigger = work / "kill"
     trigger.write_text(" ".join([*FAULTY, "kill"]))
@@ -234,10 +236,12 @@ def test_a_task_that_raises_is_not_retried_and_fails_the_run_naming_it(ray_clust
     result = run_on_ray(ray_cluster, "run", _overrides(corpus, tmp_path / "out"), env={FAULT_ONCE_ENV: str(trigger)})
     assert result.returncode == 1, result.stdout + result.stderr[-5000:]
     message = result.stderr.strip().splitlines()[-1]
-    assert re.match(r"error: step heuristics, stage run, task 1 of 2(, after reading .+)?: PlantedFault: ", message)
+    group = r"boilerplate_dedup\+heuristics\+pii\+decontaminate"
+    assert re.match(rf"error: step {group}, stage run, task 1 of 2(, after reading .+)?: PlantedFault: ", message)
     assert Path(f"{trigger}.claimed").exists()
-    assert not (tmp_path / "out" / ".markers" / "heuristics" / "run" / "task-00001").exists()
-    assert not (tmp_path / "out" / "pii").exists()  # the run stopped at the failed stage
+    for step in ("boilerplate_dedup", "heuristics", "pii", "decontaminate"):
+        assert not (tmp_path / "out" / ".markers" / step / "run" / "task-00001").exists()
+    assert not (tmp_path / "out" / ".markers" / "tokenize").exists()  # the run stopped at the failed stage
 
 
 def test_a_worker_killed_with_no_retries_left_fails_the_run_and_a_rerun_resumes(
@@ -250,18 +254,19 @@ def test_a_worker_killed_with_no_retries_left_fails_the_run_and_a_rerun_resumes(
     result = run_on_ray(ray_cluster, "run", [*overrides, "ray_max_retries=0"], env={FAULT_ONCE_ENV: str(trigger)})
     assert result.returncode == 1, result.stdout + result.stderr[-5000:]
     message = result.stderr.strip().splitlines()[-1]
-    assert "step heuristics, stage run, task 1 of 2: its Ray worker died on each of 1 attempt(s)" in message, message
+    assert "step boilerplate_dedup, stage run, task 1 of 2: its Ray worker died on each of 1 attempt(s)" in message
     # killed mid-task: its output written under temporary names, nothing published, no marker
-    assert [p.name.split(".tmp.")[0] for p in (output / "heuristics").glob(".*.tmp.*")] == [".shard-00001.jsonl"]
-    assert not (output / "heuristics" / "shard-00001.jsonl").exists()
-    assert not (output / ".markers" / "heuristics" / "run" / "task-00001").exists()
+    excluded = output / "excluded" / "boilerplate_dedup"
+    assert [p.name.split(".tmp.")[0] for p in excluded.glob(".*.tmp.*")] == [".shard-00001.jsonl"]
+    assert not (excluded / "shard-00001.jsonl").exists()
+    assert not (output / ".markers" / "boilerplate_dedup" / "run" / "task-00001").exists()
 
     rerun = run_on_ray(ray_cluster, "run", overrides)
     assert rerun.returncode == 0, rerun.stdout + rerun.stderr[-5000:]
     assert run_files(output) == run_files(reference)
     assert not [p for p in output.rglob("*") if ".tmp." in p.name]
     rerun_tasks = {(step, stage, rank) for step, stage, rank, *_ in _tasks_ran(rerun.stderr)}
-    assert ("normalize", "run", 0) not in rerun_tasks and ("heuristics", "run", 1) in rerun_tasks  # resumed
+    assert ("normalize", "run", 0) not in rerun_tasks and FAULTY[:2] + (1,) in rerun_tasks  # resumed
 
 
 @pytest.mark.parametrize(

@@ -3,8 +3,10 @@
 executor's; a task made to fail once is requeued alone and the result is still identical; a task that always fails
 makes --wait exit non-zero naming the step and task, and the report job behind it is cancelled.
 
-The failures come from a stand-in interpreter (cluster.python) that fails one task of the heuristics step and
+The failures come from a stand-in interpreter (cluster.python) that fails one task of the normalize step and
 otherwise runs the real one; it also records the PYTHONPATH each task got. The three runs share the node at once.
+normalize and heuristics stream into one another (data_pipeline/executors/streams.py): normalize's task runs both,
+and heuristics' array then finds its tasks done.
 """
 
 from __future__ import annotations
@@ -27,8 +29,8 @@ STEPS = "pipeline.steps=[{name:normalize},{name:heuristics}]"
 FAILING_PYTHON = r"""#!/bin/bash
 # Arguments: -m data_pipeline.executors.slurm_task task PLAN STEP STAGE RANK (or finalize PLAN)
 echo "$PYTHONPATH" >> "{record}"
-if [[ "$3" == task && "$5" == 1 && "$7" == 1 ]] && {condition}; then
-  echo "failing heuristics task 1 on purpose" >&2
+if [[ "$3" == task && "$5" == 0 && "$7" == 1 ]] && {condition}; then
+  echo "failing normalize task 1 on purpose" >&2
   exit 7
 fi
 exec "{python}" "$@"
@@ -119,7 +121,7 @@ def test_slurm_pipeline_retries_a_failed_task_alone(pipeline_runs):
     assert rc == 0, out + err
     assert (work / "failed_once").exists()
     assert output_files(work / "out_flaky") == output_files(reference)
-    logs = {p.name: p.read_text() for p in (work / "out_flaky" / "slurm_logs").glob("loom-heuristics-*.out")}
+    logs = {p.name: p.read_text() for p in (work / "out_flaky" / "slurm_logs").glob("loom-normalize-*.out")}
     retried = [name for name, text in logs.items() if "requeueing this task alone" in text]
     assert len(retried) == 1 and retried[0].endswith("_1.out"), logs  # task 1 only, not the array
     for line in (work / "flaky_python.pythonpath").read_text().splitlines():
@@ -131,7 +133,7 @@ def test_slurm_pipeline_wait_names_the_failed_task(slurm, pipeline_runs):
     rc, out, err = results["broken"]
     assert rc == 1, out + err
     message = err.strip().splitlines()[-1]
-    assert "step heuristics (stage run) failed" in message and "task 1 of 2" in message, message
+    assert "step normalize (stage run) failed" in message and "task 1 of 2" in message, message
     assert "after 2 attempt(s)" in message  # the first try and its one retry
     assert str(work / "out_broken" / "slurm_logs") in message
     report_job = re.search(r"submitted 3 job\(s\) \d+\.\.(\d+)", out).group(1)
