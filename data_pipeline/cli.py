@@ -56,6 +56,7 @@ class PipelineRunConfig:
     max_doc_chars: int = 1_000_000  # longer documents are quarantined
     max_quarantine_fraction: Optional[float] = None  # fail the run when more of the rows read are quarantined (0.01)
     keep_intermediate: bool = False  # also write every step's kept documents (<output>/<step>/), for inspection
+    checkpoint_rows: int = 10_000  # a task commits its progress every N input rows and resumes there (0: never)
     tasks: int = 4  # shards; fixed for a run (results depend on it, not on workers)
     workers: int = 1  # tasks running at once (local: processes; slurm: the array's % limit; ray: tasks in flight)
     output_format: str = "jsonl"  # jsonl | parquet
@@ -135,6 +136,7 @@ def build_plan(cfg: DictConfig, single_step: Optional[str] = None) -> tuple[Pipe
         seed=cfg.seed,
         max_quarantine_fraction=cfg.max_quarantine_fraction,
         keep_intermediate=cfg.keep_intermediate,
+        checkpoint_rows=cfg.checkpoint_rows,
     )
     return plan, [s.name for s in skipped]
 

@@ -24,16 +24,18 @@ A task that fails raises TaskFailed naming the step, stage, task and the last do
 
 from __future__ import annotations
 
+import itertools
 import json
 import logging
 import time
 from dataclasses import asdict, dataclass, field
 from functools import cached_property
 from pathlib import Path
-from typing import Any, Iterator, Optional
+from typing import Any, Callable, Iterator, Optional
 
 from data_pipeline.document import Document
 from data_pipeline.executors.streams import StepShape, group_of, input_rows, step_shapes, writes_kept_documents
+from data_pipeline.executors.task_progress import ResumableRecordWriter, TaskProgress, restored_counts, stats_snapshot
 from data_pipeline.fingerprint import START_OVER, InputChanged, describe_changes, fingerprint_files
 from data_pipeline.quarantine import check_fraction, enforce
 from data_pipeline.readers import InputSpec, Quarantined, input_files
@@ -79,11 +81,16 @@ class PipelinePlan:
     max_quarantine_fraction: Optional[float] = None
     # Write every step's kept documents (a copy of the corpus per step, for inspection); off: streams.py's rules
     keep_intermediate: bool = False
+    # A streaming group's task commits its progress every this many input rows and resumes there (0: never;
+    # task_progress.py)
+    checkpoint_rows: int = 10_000
 
     def __post_init__(self) -> None:
         self.max_quarantine_fraction = check_fraction(self.max_quarantine_fraction)
         if self.tasks < 1:
             raise ValueError(f"tasks={self.tasks}: must be at least 1")
+        if self.checkpoint_rows < 0:
+            raise ValueError(f"checkpoint_rows={self.checkpoint_rows}: must be >= 0 (0: no checkpoints in a task)")
         if self.output_format not in OUTPUT_FORMATS:
             raise ValueError(f"output_format={self.output_format!r}: use one of {list(OUTPUT_FORMATS)}")
         for i, spec in enumerate(self.steps):
@@ -119,6 +126,7 @@ class PipelinePlan:
             input_files=data.get("input_files", {}),
             max_quarantine_fraction=data.get("max_quarantine_fraction"),
             keep_intermediate=data.get("keep_intermediate", False),
+            checkpoint_rows=data.get("checkpoint_rows", PipelinePlan.checkpoint_rows),
         )
 
     def save(self, path: Path) -> None:
@@ -151,6 +159,7 @@ def save_plan_checked(plan: PipelinePlan) -> None:
         recorded = previous.pop("input_files", None)
         previous.setdefault("max_quarantine_fraction", None)  # plans saved before the key existed
         previous.setdefault("keep_intermediate", True)  # before it, every step wrote its documents
+        previous.setdefault("checkpoint_rows", PipelinePlan.checkpoint_rows)
         if previous != json.loads(json.dumps({k: v for k, v in plan.to_json().items() if k != "input_files"})):
             raise ValueError(
                 f"output={plan.root} holds a run with a different configuration ({path}); "
@@ -297,17 +306,18 @@ def _first_after_reading(plan: PipelinePlan) -> int:
 class _StepOutput:
     """One step of a streaming group: its stats, its writers and the generators that count what passes through."""
 
-    def __init__(self, plan: PipelinePlan, step: Step, index: int, rank: int) -> None:
+    def __init__(self, plan: PipelinePlan, step: Step, index: int, rank: int, open_writer) -> None:
         root = plan.root
         self.step = step
         self.stats = TaskStats(step=step.name, rank=rank, started=time.time())
         self.kept_writer = (
-            AtomicRecordWriter(root / step.name / shard_name(rank, plan.output_format), plan.output_format)
+            open_writer(root / step.name / shard_name(rank, plan.output_format), plan.output_format)
             if writes_kept_documents(plan, index)
             else None
         )
-        self.excluded_writer = AtomicRecordWriter(root / "excluded" / step.name / shard_name(rank, "jsonl"))
-        self.quarantine_writer = AtomicRecordWriter(root / "quarantine" / step.name / shard_name(rank, "jsonl"))
+        self.excluded_writer = open_writer(root / "excluded" / step.name / shard_name(rank, "jsonl"), "jsonl")
+        self.quarantine_writer = open_writer(root / "quarantine" / step.name / shard_name(rank, "jsonl"), "jsonl")
+        self.row_done: Optional[Callable[[], None]] = None  # the group's checkpoint hook, on its first step
         self.writers = [w for w in (self.kept_writer, self.excluded_writer, self.quarantine_writer) if w is not None]
         self.wall = self.cpu = 0.0  # time spent in this step's generator, its upstream included
         step.context.on_exclude = self.on_exclude
@@ -330,10 +340,27 @@ class _StepOutput:
                 context.count(f"quarantined.{reason}")
                 context.count(f"quarantined_source.{reason}|{row.source}")
                 self.quarantine_writer.write(row.to_record())
-                continue
-            stats.bytes_in += len(row.text.encode("utf-8"))
-            stats.words_in += len(row.text.split())
-            yield row
+            else:
+                stats.bytes_in += len(row.text.encode("utf-8"))
+                stats.words_in += len(row.text.split())
+                yield row
+            if self.row_done is not None:  # the group finished with this row: a point a checkpoint may record
+                self.row_done()
+
+    def balanced(self) -> bool:
+        """Every document this step received has been kept, excluded or quarantined (none held in a batch)."""
+        stats = self.stats
+        return stats.docs_in == stats.docs_out - stats.docs_added + stats.docs_excluded + stats.docs_quarantined
+
+    def restore(self, snapshot: dict[str, Any]) -> None:
+        """The counts of a checkpoint, for a task resuming from it."""
+        self.stats = TaskStats(**snapshot)
+        context = self.step.context
+        context.counters, context.scores = restored_counts(snapshot)
+        context.position = self.stats.docs_in - self.stats.docs_quarantined
+
+    def snapshot(self) -> dict[str, Any]:
+        return stats_snapshot(self.stats, self.step.context.counters, self.step.context.scores)
 
     def counted_output(self, documents: Iterator[Document]) -> Iterator[Document]:
         stats, writer = self.stats, self.kept_writer
@@ -365,17 +392,52 @@ class _StepOutput:
 
 def _run_output_group(plan: PipelinePlan, group: list[int], steps: list[Step], rank: int, rows: _Reading) -> None:
     """The output stages of a streaming group, chained: each step's `run` reads what the one before it yields.
-    Every step's writers commit only after the last document went through, then its stats are written."""
+    Every step's writers commit only after the last document went through, then its stats are written. Where
+    every step can restart mid-stream, the task checkpoints and resumes (task_progress.py)."""
+    root = plan.root
+    names = [step.name for step in steps]
+    resumable = plan.checkpoint_rows > 0 and plan.output_format == "jsonl" and all(s.resumes_midway for s in steps)
+    progress = TaskProgress(root, names, rank, plan.checkpoint_rows) if resumable else None
+    checkpoint = progress.load() if progress is not None else None
+    sizes = checkpoint["sizes"] if checkpoint else {}
+
+    def open_writer(final: Path, fmt: str) -> AtomicRecordWriter:
+        if progress is None:
+            return AtomicRecordWriter(final, fmt)
+        return ResumableRecordWriter(final, sizes.get(str(final.relative_to(root))) if checkpoint else None)
+
     outputs: list[_StepOutput] = []
-    stream: Iterator = rows
     for index, step in zip(group, steps):
         if index != group[0]:
             step.bind(_context(plan, step, rank))
-        output = _StepOutput(plan, step, index, rank)
-        outputs.append(output)
-        fn = step.stages()[-1].fn
-        stream = output.counted_output(fn(output.counted_input(stream), rank, plan.tasks))
+        outputs.append(_StepOutput(plan, step, index, rank, open_writer))
     writers = [w for output in outputs for w in output.writers]
+    skipped = 0
+    if checkpoint is not None:
+        for output in outputs:
+            output.restore(checkpoint["stats"][output.step.name])
+        skipped = checkpoint["input_rows"]
+        log.info(
+            "step %s task %d: resuming from input row %d (checkpoint of %s)",
+            "+".join(names),
+            rank,
+            skipped,
+            time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(checkpoint["saved"])),
+        )
+    if progress is not None:
+        rows_done = [skipped]
+        by_name = {str(w.final.relative_to(root)): w for w in writers}
+
+        def row_done() -> None:
+            rows_done[0] += 1
+            if progress.due(rows_done[0]) and all(output.balanced() for output in outputs):
+                progress.save(rows_done[0], by_name, {o.step.name: o.snapshot() for o in outputs})
+
+        outputs[0].row_done = row_done
+    stream: Iterator = itertools.islice(rows, skipped, None)
+    for output in outputs:
+        fn = output.step.stages()[-1].fn
+        stream = output.counted_output(fn(output.counted_input(stream), rank, plan.tasks))
     try:
         for _ in stream:
             pass
@@ -391,6 +453,8 @@ def _run_output_group(plan: PipelinePlan, group: list[int], steps: list[Step], r
         raise
     for output in outputs:
         write_json_atomic(plan.stats_file(output.step.name, rank), output.stats.to_json())
+    if progress is not None:
+        progress.remove()
 
 
 def check_quarantine(plan: PipelinePlan) -> dict[str, Any]:

@@ -40,6 +40,7 @@ from typing import Any, Callable, Iterator, Optional
 
 from data_pipeline.executors.base import PipelinePlan, TaskFailed, run_task, stage_names
 from data_pipeline.executors.schedule import RunTasks, Task, run_plan
+from data_pipeline.executors.task_progress import PROGRESS_DIR
 
 log = logging.getLogger(__name__)
 REPO = Path(__file__).resolve().parents[2]
@@ -79,7 +80,11 @@ def _plant_fault_if_asked(plan: PipelinePlan, step_index: int, stage_index: int,
     armed = [True]  # once: Ray reuses a worker whose task raised, and the hook cannot be removed
 
     def before_first_publish(event: str, args: tuple) -> None:
-        if armed[0] and event == "os.rename" and ".tmp." in os.fspath(args[0]):
+        if event != "os.rename" or not armed[0]:
+            return
+        # an output file published: a temporary one, or a resumable task's partial one (not its checkpoint file)
+        unfinished = os.fspath(args[0])
+        if f"/{PROGRESS_DIR}/" not in unfinished and (".tmp." in unfinished or unfinished.endswith(".partial")):
             armed[0] = False
             if how == "kill":
                 os.kill(os.getpid(), signal.SIGKILL)

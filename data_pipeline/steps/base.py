@@ -66,6 +66,9 @@ class TaskContext:
     # The pipeline's output directory, for a step that reads what an earlier step of the run recorded (tokenize
     # reads decontaminate's record, data_pipeline/decontamination.py); None standalone.
     run_root: Optional[Path] = None
+    # How many of this task's input documents the output stage handled before this run of it: 0, or where a task
+    # resumed from a checkpoint (steps that number their documents count from here)
+    position: int = 0
     excluded: list[tuple[Document, str, dict]] = field(default_factory=list)
     counters: Counter = field(default_factory=Counter)
     scores: dict[str, list[float]] = field(default_factory=lambda: defaultdict(list))
@@ -120,6 +123,10 @@ class Step:
     # dedup): the executor may then skip writing what it keeps and re-apply its removals where the next step
     # reads (data_pipeline/executors/streams.py).
     drops_only: ClassVar[bool] = False
+    # True for a step whose output stage can restart at any document of its input (nothing carried from one
+    # document to the next but the position, `TaskContext.position`): a killed task then resumes from its last
+    # checkpoint (data_pipeline/executors/task_progress.py) instead of from its start.
+    resumes_midway: ClassVar[bool] = False
 
     def __init__(self) -> None:
         self.context = TaskContext(step_name=self.name)
@@ -178,6 +185,8 @@ class FilterStep(Step):
     (`rule()`). `filter` is handed a copy of the document: it may rewrite its text (C4 drops lines) or add metadata
     (`annotate`: language ID's label, the classifier's score) for the document kept or for the exclusion record.
     """
+
+    resumes_midway = True  # filter(doc) sees one document at a time
 
     def setup(self) -> None:
         """Runs once per task before the first document: load an index, write a record the step keeps."""

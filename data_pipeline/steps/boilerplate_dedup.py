@@ -40,6 +40,7 @@ def span_hash(key: str) -> int:
 
 class BoilerplateDedup(Step):
     name = "boilerplate_dedup"
+    resumes_midway = True
 
     def __init__(self, unit: str = "paragraph", max_documents: int = 10, min_chars: int = 30) -> None:
         super().__init__()

@@ -25,6 +25,7 @@ def text_hash(text: str) -> str:
 class ExactDedup(Step):
     name = "exact_dedup"
     drops_only = True
+    resumes_midway = True
 
     def stages(self) -> list[Stage]:
         return [Stage("hash", self.hash_shard), Stage("select", self.select, per_shard=False), Stage("run", self.run)]
@@ -50,7 +51,7 @@ class ExactDedup(Step):
 
     def run(self, documents: Iterable[Document], rank: int = 0, world_size: int = 1) -> Iterator[Document]:
         drops = {int(k): v for k, v in json.loads(self.context.work_path(f"drops-{rank:05d}.json").read_text()).items()}
-        for position, doc in enumerate(documents):
+        for position, doc in enumerate(documents, self.context.position):
             if position in drops:
                 self.context.exclude(doc, self.rule("duplicate"), 1.0, 1.0, kept=drops[position])
             else:

@@ -24,6 +24,7 @@ from data_pipeline.steps.base import Stage, Step
 class MinHashDedup(Step):
     name = "minhash_dedup"
     drops_only = True
+    resumes_midway = True
 
     def __init__(
         self,
@@ -87,7 +88,7 @@ class MinHashDedup(Step):
         decisions = staged.load_decisions(self.context.work_dir, rank)
         ids_path = staged.signature_path(self.context.work_dir, rank).with_suffix(".ids.json")
         expected_ids = json.loads(ids_path.read_text())
-        for row, doc in enumerate(documents):
+        for row, doc in enumerate(documents, self.context.position):
             if row >= len(expected_ids) or expected_ids[row] != doc.id:
                 raise RuntimeError(
                     f"minhash_dedup shard {rank}: row {row} is {doc.id!r} but signatures were computed for "

@@ -217,7 +217,8 @@ def test_two_node_ray_output_equals_local_and_survives_a_killed_worker(ray_clust
     output, trigger, result = killed_run
     assert result.returncode == 0, result.stdout + result.stderr[-5000:]
     assert run_files(output) == run_files(reference)
-    assert not [p for p in output.rglob("*") if ".tmp." in p.name]  # the killed attempt's temporaries are gone
+    unfinished = [p for p in output.rglob("*") if ".tmp." in p.name or p.name.endswith(".partial")]
+    assert not unfinished  # the killed attempt's unfinished files are gone
 
     ran = _tasks_ran(result.stderr)
     assert len({node for *_, node, _ in ran}) == 2, result.stderr[-5000:]  # tasks ran on both nodes (all there are)
@@ -255,16 +256,17 @@ def test_a_worker_killed_with_no_retries_left_fails_the_run_and_a_rerun_resumes(
     assert result.returncode == 1, result.stdout + result.stderr[-5000:]
     message = result.stderr.strip().splitlines()[-1]
     assert "step boilerplate_dedup, stage run, task 1 of 2: its Ray worker died on each of 1 attempt(s)" in message
-    # killed mid-task: its output written under temporary names, nothing published, no marker
+    # killed mid-task: its output written under unfinished names (a resumable task's `.partial` files), nothing
+    # published, no marker
     excluded = output / "excluded" / "boilerplate_dedup"
-    assert [p.name.split(".tmp.")[0] for p in excluded.glob(".*.tmp.*")] == [".shard-00001.jsonl"]
+    assert [p.name for p in excluded.glob(".*.partial")] == [".shard-00001.jsonl.partial"]
     assert not (excluded / "shard-00001.jsonl").exists()
     assert not (output / ".markers" / "boilerplate_dedup" / "run" / "task-00001").exists()
 
     rerun = run_on_ray(ray_cluster, "run", overrides)
     assert rerun.returncode == 0, rerun.stdout + rerun.stderr[-5000:]
     assert run_files(output) == run_files(reference)
-    assert not [p for p in output.rglob("*") if ".tmp." in p.name]
+    assert not [p for p in output.rglob("*") if ".tmp." in p.name or p.name.endswith(".partial")]
     rerun_tasks = {(step, stage, rank) for step, stage, rank, *_ in _tasks_ran(rerun.stderr)}
     assert ("normalize", "run", 0) not in rerun_tasks and FAULTY[:2] + (1,) in rerun_tasks  # resumed
 
