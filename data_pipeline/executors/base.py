@@ -142,6 +142,7 @@ def save_plan_checked(plan: PipelinePlan) -> None:
         previous = json.loads(path.read_text())
         recorded = previous.pop("input_files", None)
         previous.setdefault("max_quarantine_fraction", None)  # plans saved before the key existed
+        previous.get("input", {}).setdefault("format", "text")  # plans saved before chat input existed
         if previous != json.loads(json.dumps({k: v for k, v in plan.to_json().items() if k != "input_files"})):
             raise ValueError(
                 f"output={plan.root} holds a run with a different configuration ({path}); "
