@@ -59,8 +59,8 @@ class ChatTokenize(Step):
                 try:
                     ids, mask = renderer.render(messages)
                 except ChatError as exc:
-                    origin = doc.metadata.get("origin", doc.id)
-                    self.context.exclude(doc, self.rule(exc.rule), str(exc), renderer.template_name, origin=origin)
+                    # The record keeps the document's metadata, with the row's `origin` (file:line)
+                    self.context.exclude(doc, self.rule(exc.rule), str(exc), renderer.template_name)
                     continue
                 source = doc.metadata.get("source")
                 writer.add_document(ids, None if source is None else str(source), loss_mask=mask)
