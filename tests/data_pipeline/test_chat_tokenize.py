@@ -162,3 +162,23 @@ def test_unmasked_shards_read_as_before(tmp_path):
     dataset = PackedDataset(tmp_path)
     assert not dataset.has_loss_mask and "loss_mask" not in dataset.shards[0].header
     assert not (tmp_path / "s.mask").exists()
+
+
+def test_pipeline_sft_from_the_command_line(hf_dir, tmp_path, capsys):
+    """The documented command: pipeline=sft with input_format=chat; exact duplicates go before tokenizing, and a
+    text pipeline's documents are refused by chat_tokenize with the fix (input_format=chat)."""
+    from data_pipeline.cli import main
+
+    rows = [{"messages": CONVERSATION}, {"messages": CONVERSATION}, {"prompt": "hello", "completion": "yes"}]
+    source = write_jsonl(tmp_path / "chats.jsonl", rows)
+    tokenizer = f"pipeline.steps.1.params.tokenizer={hf_dir}"
+    common = ["run", "pipeline=sft", f"input={source}", "tasks=1", "report=false", tokenizer]
+    assert main([*common, "input_format=chat", f"output={tmp_path / 'out'}"]) == 0
+    dataset = PackedDataset(tmp_path / "out" / "tokens")
+    assert dataset.has_loss_mask and dataset.n_documents == 2
+    assert main([*common, "input_format=chats", f"output={tmp_path / 'typo'}"]) != 0
+    assert "input_format=chats: choose one of ['text', 'chat']" in capsys.readouterr().err
+    text = write_jsonl(tmp_path / "texts.jsonl", [{"text": "plain text"}])
+    args = ["run", "pipeline=sft", f"input={text}", "tasks=1", "report=false", tokenizer, f"output={tmp_path / 't'}"]
+    assert main(args) != 0
+    assert "is not a conversation: run the pipeline with input_format=chat" in capsys.readouterr().err
