@@ -15,11 +15,12 @@ The loss of a step is the mean over the counted labels (those not IGNORE_INDEX) 
 mean of per-micro-batch or per-rank means: with supervised fine-tuning's loss masks (data_pipeline/chat.py) micro
 batches count very different numbers of tokens (one row may be all prompt), and a mean of means would weigh a
 token of a short answer more than a token of a long one, and differently under every micro-batching and
-data-parallel size. So each micro batch's mean loss is divided by `loss_divisors`' N / (n * dp) (n its counted
-labels, N the global batch's, dp the data-parallel ranks whose gradients are averaged), which makes its
-contribution sum(CE) / N after data-parallel averaging, and the global count costs one all-reduce of one integer
-per step. For pretraining (no ignored labels) every micro batch counts the same tokens, N / (n * dp) is exactly
-the number of micro batches, and the step is bit for bit what dividing each loss by that number gave before.
+data-parallel size. So each micro batch's mean loss is weighted by `loss_weights`' n * dp * k / N (n its counted
+labels, N the global batch's, dp the data-parallel ranks whose gradients are averaged, k the rank's micro
+batches) before the usual division by k, which makes its contribution sum(CE) / N after data-parallel averaging;
+the global count costs one all-reduce of one number per step, and no host sync. For pretraining (no ignored
+labels) every micro batch counts the same tokens, the weight is exactly 1.0, and the step (gradients, logged
+loss) is bit for bit what it was before the weights existed.
 
 Families (launcher/train_modules/__init__.py picks one):
 - torch_layouts.py: single process, DDP, FSDP2/HSDP, TP(+SP), CP, EP and their mixes: forward/backward per micro
@@ -71,22 +72,25 @@ class MicroBatch:
 
     inputs: torch.Tensor
     labels: torch.Tensor
-    count: int  # micro batches in the step
+    count: int  # micro batches in the step: each weighted loss is 1/count of the step's
     last: bool  # the step's final micro batch (data parallel syncs gradients on it)
-    # What its mean loss is divided by (a device scalar, see loss_divisors) so the step's loss is the mean over the
-    # global batch's counted labels; None: `count` (every micro batch counts the same labels)
-    divisor: Optional[torch.Tensor] = None
+    # Its counted labels over an equal share of the global batch's (a device scalar, TrainModule.loss_weights):
+    # exactly 1.0 when every micro batch counts the same labels; None: 1
+    weight: Optional[torch.Tensor] = None
 
     def term(self, loss: torch.Tensor) -> torch.Tensor:
-        """This micro batch's term of the step's loss: its mean loss over the divisor (a replicated DTensor under
-        tensor parallel's loss_parallel, where plain tensors do not mix)."""
-        divisor = self.count if self.divisor is None else self.divisor
+        """What this micro batch's mean loss contributes to the step's: loss x weight / count (the weight a
+        replicated DTensor under tensor parallel's loss_parallel, where plain tensors do not mix)."""
+        if self.weight is None:
+            return loss / self.count
         from torch.distributed.tensor import DTensor, Replicate
 
-        if isinstance(loss, DTensor) and isinstance(divisor, torch.Tensor):
-            mesh = loss.device_mesh
-            divisor = DTensor.from_local(divisor, mesh, [Replicate()] * mesh.ndim, run_check=False)
-        return loss / divisor
+        weight = self.weight
+        if isinstance(loss, DTensor):
+            weight = DTensor.from_local(
+                weight, loss.device_mesh, [Replicate()] * loss.device_mesh.ndim, run_check=False
+            )
+        return loss * weight / self.count
 
 
 def autocast(precision: str, device: torch.device):
@@ -149,36 +153,35 @@ class TrainModule:
         self, inputs: torch.Tensor, labels: torch.Tensor, forward_backward: Callable[[MicroBatch], torch.Tensor]
     ) -> tuple[torch.Tensor, dict]:
         """Run this rank's batch in trainer.micro_batch_size micro batches through `forward_backward` (the
-        family's forward and backward of one micro batch, returning its term of the loss, `MicroBatch.term`,
-        detached) and return this rank's term of the global-batch loss (the sum of its micro batches' terms; the
-        module docstring says why) and the mean of every auxiliary loss the model reported
-        (`plain_model.last_aux_losses`), as device tensors."""
+        family's forward and backward of one micro batch, backpropagating `MicroBatch.term` and returning its
+        mean loss, detached) and return this rank's term of the global-batch loss (its micro batches' losses
+        weighted by `loss_weights`, over their number; the module docstring says why) and the mean of every
+        auxiliary loss the model reported (`plain_model.last_aux_losses`), as device tensors."""
         micro = self.cfg.trainer.micro_batch_size
         pieces = list(zip(inputs.split(micro), labels.split(micro)))
-        divisors = self.loss_divisors([y for _, y in pieces])
+        weights = self.loss_weights([y for _, y in pieces])
         loss_sum = torch.zeros((), device=inputs.device)
         aux_sums: dict[str, torch.Tensor] = {}
         for i, (x, y) in enumerate(pieces):
-            piece = MicroBatch(x, y, count=len(pieces), last=i == len(pieces) - 1, divisor=divisors[i])
-            loss_sum += forward_backward(piece).float()
+            piece = MicroBatch(x, y, count=len(pieces), last=i == len(pieces) - 1, weight=weights[i])
+            loss_sum += forward_backward(piece).float() * weights[i]
             for name, value in self.plain_model.last_aux_losses.items():
                 aux_sums[name] = aux_sums.get(name, 0) + value.float()
-        return loss_sum, {name: total / len(pieces) for name, total in aux_sums.items()}
+        return loss_sum / len(pieces), {name: total / len(pieces) for name, total in aux_sums.items()}
 
-    def loss_divisors(self, labels: list[torch.Tensor]) -> torch.Tensor:
-        """Per micro batch (labels of each), N / (n * dp): n its labels that count (not IGNORE_INDEX), N those of
-        the global batch (summed over all ranks once, divided by the ranks that read each data-parallel slice:
-        tensor, context and pipeline parallel ranks read the same one), dp the data-parallel degree; 1 for a
-        micro batch that counts none (its loss is 0). float32 on the device, no host sync; float64 arithmetic, so
-        the divisor is exact whenever it is an integer (pretraining: the number of micro batches)."""
+    def loss_weights(self, labels: list[torch.Tensor]) -> torch.Tensor:
+        """Per micro batch of this rank (the labels of each), n * dp * k / N: n its labels that count (not
+        IGNORE_INDEX), dp the data-parallel degree, k the number of micro batches, N the global batch's counted
+        labels (summed over all ranks in one all-reduce, then divided by the ranks that read each data-parallel
+        slice: tensor, context and pipeline parallel ranks read the same one). float32 on the device, no host sync;
+        computed in float64, so it is exactly 1.0 when every micro batch counts the same labels."""
         from launcher.distributed import sum_over_ranks
         from model.loss import IGNORE_INDEX
 
         counts = torch.stack([(y != IGNORE_INDEX).sum() for y in labels]).to(torch.float64)
         dp, world = self.dims.dp_degree, self.env.world_size
         total = sum_over_ranks(counts.sum().reshape(1)) / (world // dp)
-        divisors = total / (counts * dp).clamp(min=1)
-        return torch.where(counts > 0, divisors, torch.ones_like(divisors)).to(torch.float32)
+        return (counts * (dp * len(labels)) / total.clamp(min=1)).to(torch.float32)
 
     @property
     def lr(self) -> float:

@@ -3,7 +3,7 @@
 One laid-out module, one AdamW. A step runs the rank's batch in `trainer.micro_batch_size` micro batches (the base
 module's `accumulate`) through `parallel.compute_loss` (which cuts sequences for context parallel and takes the
 loss of vocab-sharded logits for tensor parallel), each loss divided so that the summed gradient, after
-data-parallel averaging, is that of the mean over the global batch's counted labels (base.py: `loss_divisors`);
+data-parallel averaging, is that of the mean over the global batch's counted labels (base.py: `loss_weights`);
 DDP syncs gradients on the last micro batch only. Then global-norm clipping (parallel.clip_grad_norm_, which handles
 mixed DTensor meshes), the optimizer and the lr schedule. The host never waits for the device inside the step:
 loss and gradient norm stay device tensors.
@@ -82,8 +82,8 @@ class TorchTrainModule(TrainModule):
                 loss = compute_loss(self.model, micro.inputs, micro.labels, self.dims)
             term = micro.term(loss)
             (term if self.scaler is None else self.scaler.scale(term)).backward()
-        term = term.detach()
-        return term.full_tensor() if hasattr(term, "full_tensor") else term  # DTensor under loss_parallel
+        loss = loss.detach()
+        return loss.full_tensor() if hasattr(loss, "full_tensor") else loss  # DTensor under loss_parallel
 
     def step_is_finite(self, out: StepOutput) -> torch.Tensor:
         # Under fp16 an infinite gradient norm is the loss scaler's business (it skips that step and lowers the

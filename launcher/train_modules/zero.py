@@ -152,12 +152,11 @@ class ZeroTrainModule(TrainModule):
 
     def _forward_backward(self, micro: MicroBatch) -> torch.Tensor:
         loss = self.engine(micro.inputs, micro.labels)
-        term = micro.term(loss)
-        # DeepSpeed divides by the accumulation steps itself: count x term is what it must divide (exactly the loss
-        # when every micro batch counts the same labels, as count / divisor is then 1.0).
-        self.engine.backward(loss * (micro.count / micro.divisor) if micro.divisor is not None else loss)
+        # DeepSpeed divides by the accumulation steps itself, so it gets the weighted loss (base.py: loss_weights;
+        # exactly the loss when every micro batch counts the same labels).
+        self.engine.backward(loss if micro.weight is None else loss * micro.weight)
         self.engine.step()  # optimizer + lr schedule only at the accumulation boundary
-        return term.detach()
+        return loss.detach()
 
     def step_is_finite(self, out: StepOutput) -> torch.Tensor:
         if self.cfg.trainer.precision == "fp16":  # DeepSpeed's loss scaler skips overflowing steps itself
