@@ -97,7 +97,12 @@ class ChatRenderer:
             from transformers import AutoTokenizer
 
             self.hf = AutoTokenizer.from_pretrained(path)
-            self.backend = self.hf.backend_tokenizer
+            self.backend = getattr(self.hf, "backend_tokenizer", None)
+            if self.backend is None:
+                raise ValueError(
+                    f"chat_tokenize: tokenizer={tokenizer} has no fast tokenizer (tokenizer.json), whose character "
+                    f"offsets the loss mask needs: save it with a tokenizer.json"
+                )
             end_token = end_token or self.hf.eos_token
         elif path.is_file():
             from data_pipeline.tokenizer import DEFAULT_EOS, load_tokenizer

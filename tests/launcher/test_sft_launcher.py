@@ -2,7 +2,8 @@
 shards, then LoRA on a tiny random Hugging Face Llama (trainer.init_from) with document masks. The loss is the mean
 over the global batch's assistant tokens, as transformers computes it with -100 labels; packed conversations lose
 what each loses alone; ddp, fsdp and tp on 2 ranks and another micro-batching equal one process over 10 steps; kill
--9 and a relaunch resume exactly; pipeline parallel refuses loss masks."""
+-9 and a relaunch resume exactly; full fine-tuning under ZeRO-2 equals one process; pipeline parallel refuses
+loss masks."""
 
 from __future__ import annotations
 
@@ -213,6 +214,19 @@ def test_sft_layouts_match_one_process(single_sft, sft, tmp_path, layout, nproc,
     assert sorted(got) == list(range(1, STEPS + 1)), got
     for step in range(1, STEPS + 1):
         assert abs(got[step] - want[step]) <= rtol * abs(want[step]), (layout, step, got[step], want[step])
+
+
+@pytest.mark.distributed
+def test_full_sft_under_zero2_matches_one_process(sft, tmp_path):
+    """Full fine-tuning (LoRA is refused under DeepSpeed): ZeRO-2's engine gets each micro batch's weighted loss."""
+    runs = {}
+    for name, nproc, extra in (("single", 1, {}), ("zero2", 2, {"parallel": "zero2"})):
+        launch(
+            sft_overrides(sft, tmp_path / name, **{"model.lora.rank": 0, "optim.lr": 0.003, **extra}), nproc, tmp_path
+        )
+        runs[name] = losses(tmp_path / name)
+    for step in range(1, STEPS + 1):
+        assert abs(runs["zero2"][step] - runs["single"][step]) <= 1e-5 * abs(runs["single"][step]), (step, runs)
 
 
 def test_sft_kill9_resumes_exactly(single_sft, sft, tmp_path):
