@@ -8,6 +8,7 @@ loss masks."""
 from __future__ import annotations
 
 import dataclasses
+import json
 import random
 import signal
 import subprocess
@@ -107,7 +108,8 @@ def first_batch(sft: SimpleNamespace) -> torch.Tensor:
 
 def test_the_loss_is_transformers_mean_over_the_global_batch_assistant_tokens(sft):
     """The train module's step loss (4 micro batches of 2 rows, unequal assistant counts) equals transformers' loss
-    of the whole batch with -100 on every token whose mask is 0, not the mean of the micro batches' means."""
+    of the whole batch with -100 on every token whose mask is 0, not the mean of the micro batches' means; so does
+    the held-out loss of the same rows."""
     from launcher.config import DataConfig, OptimConfig, ScheduleConfig, TrainConfig, TrainerConfig
     from launcher.data import inputs_and_labels
     from launcher.distributed import DistEnv
@@ -139,6 +141,10 @@ def test_the_loss_is_transformers_mean_over_the_global_batch_assistant_tokens(sf
     )
     module = TorchTrainModule(validate(config, 1), DistEnv(0, 0, 1, torch.device("cpu")))
     module.model.load_state_dict(state)
+    from launcher.callbacks.val_loss import evaluate
+
+    held_out, _ = evaluate(module, list(batch.split(3)), torch.device("cpu"))  # the held-out loss weighs alike
+    assert held_out == pytest.approx(want.item(), rel=1e-5)
     got = module.train_step(inputs, labels).loss
     torch.testing.assert_close(got, want, rtol=1e-5, atol=0)
     assert abs(got - torch.stack(means).mean()) > 1e-3  # what a mean of micro-batch means would have given
@@ -185,6 +191,8 @@ def sft_overrides(sft: SimpleNamespace, run_dir: Path, **extra) -> list[str]:
             "model.lora.targets": "[q,k,v,o,gate,up,down]",
             "optim.lr": 0.01,
             "trainer.checkpoint_every": 4,
+            "trainer.eval_every": 5,  # the held-out loss over the held-out assistant tokens, at steps 5 and 10
+            "trainer.eval_batches": 2,
             **extra,
         },
     )
@@ -195,6 +203,11 @@ def single_sft(sft, tmp_path_factory) -> Path:
     tmp = tmp_path_factory.mktemp("single_sft")
     launch(sft_overrides(sft, tmp / "run"), 1, tmp)
     return tmp / "run"
+
+
+def val_losses(run_dir: Path) -> dict[int, float]:
+    records = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
+    return {r["step"]: r["val_loss"] for r in records if "val_loss" in r}
 
 
 def test_sft_learns_the_assistant_tokens(single_sft):
@@ -214,6 +227,10 @@ def test_sft_layouts_match_one_process(single_sft, sft, tmp_path, layout, nproc,
     assert sorted(got) == list(range(1, STEPS + 1)), got
     for step in range(1, STEPS + 1):
         assert abs(got[step] - want[step]) <= rtol * abs(want[step]), (layout, step, got[step], want[step])
+    got_val, want_val = val_losses(tmp_path / "run"), val_losses(single_sft)
+    assert sorted(want_val) == [5, 10], want_val
+    for step, value in want_val.items():
+        assert abs(got_val[step] - value) <= rtol * value, (layout, step, got_val[step], value)
 
 
 @pytest.mark.distributed
