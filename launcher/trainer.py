@@ -28,13 +28,7 @@ from omegaconf import OmegaConf
 
 from launcher.callbacks import TrainContext, build_callbacks
 from launcher.checkpoint import Checkpointer
-from launcher.data import (
-    DataError,
-    copy_tokenizer,
-    inputs_and_labels,
-    open_training_data,
-    write_decontamination_record,
-)
+from launcher.data import copy_tokenizer, inputs_and_labels, open_training_data, write_decontamination_record
 from launcher.distributed import DistEnv, barrier, die_with_launcher, init_distributed, shutdown
 from launcher.hf_init import hf_init_dir, hf_tokenizer
 from launcher.metrics import SpeedMeter
@@ -99,11 +93,6 @@ def _train(plan: RunPlan, config: dict[str, Any], stop: StopRequest, env: DistEn
     if data.tokenizer is None and hf_dir is not None:  # synthetic data: text samples and evaluation use the HF one
         data.tokenizer, data.eos_id = hf_tokenizer(hf_dir)
     loader = data.batches
-    if loader.has_loss_mask and dims.pp > 1:
-        raise DataError(
-            f"data.path={cfg.data.path}: the shards carry a loss mask (supervised fine-tuning), which pipeline "
-            f"parallel's schedule does not weigh by counted tokens: train them with parallel.pp=1"
-        )
 
     # ---- the train module of this layout, resumed from the newest good checkpoint or started from init_from
     checkpointer = Checkpointer(

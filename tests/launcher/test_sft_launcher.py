@@ -11,24 +11,13 @@ import dataclasses
 import json
 import random
 import signal
-import subprocess
 from pathlib import Path
 from types import SimpleNamespace
 
 import pytest
 import torch
 from chat_testing import TEXTS, hf_tokenizer_dir, write_jsonl
-from launcher_testing import (
-    PYTHON,
-    REPO,
-    checkpoint_complete,
-    child_env,
-    launch,
-    losses,
-    start_train,
-    tiny_overrides,
-    wait_for,
-)
+from launcher_testing import checkpoint_complete, launch, losses, run_train, start_train, tiny_overrides, wait_for
 
 transformers = pytest.importorskip("transformers")
 
@@ -266,17 +255,10 @@ def test_sft_kill9_resumes_exactly(single_sft, sft, tmp_path):
         assert got[step] == want[step], (step, got[step], want[step])
 
 
-@pytest.mark.distributed
 def test_pipeline_parallel_refuses_loss_masks(sft, tmp_path):
-    """(Document masks are refused under pipeline parallel on their own: without them, the loss mask is.)"""
-    command = [PYTHON, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2", "-m", "launcher.train"]
-    result = subprocess.run(
-        [*command, *sft_overrides(sft, tmp_path / "run", parallel="pp", **{"model.document_mask_eos_id": "null"})],
-        cwd=REPO,
-        env=child_env(tmp_path),
-        capture_output=True,
-        text=True,
-        timeout=300,
-    )
+    """Before any process starts (launcher/validation.py). Document masks are refused under pipeline parallel on
+    their own: without them, the loss mask is."""
+    overrides = sft_overrides(sft, tmp_path / "run", parallel="pp", **{"model.document_mask_eos_id": "null"})
+    result = run_train(overrides, tmp_path)
     assert result.returncode != 0
     assert "the shards carry a loss mask" in result.stderr and "parallel.pp=1" in result.stderr, result.stderr[-3000:]
