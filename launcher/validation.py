@@ -330,11 +330,19 @@ def _check_data(cfg: TrainConfig) -> None:
         shards = list_shards(path)
         if not shards:
             raise ConfigError(f"data.path={d.path}: no packed shards (*.json headers) in it; run the tokenize step")
-        if cfg.parallel.pp > 1 and json.loads(shards[0].read_text()).get("loss_mask"):  # all shards or none
+        if cfg.parallel.pp > 1 and _has_loss_mask(shards[0]):  # all shards of a dataset or none
             raise ConfigError(
                 f"data.path={d.path}: the shards carry a loss mask (supervised fine-tuning), which pipeline "
                 f"parallel's schedule does not weigh by counted tokens: train them with parallel.pp=1"
             )
+
+
+def _has_loss_mask(header: Path) -> bool:
+    """The shard header says its shard carries a loss mask (an unreadable header is opening the data's error)."""
+    try:
+        return bool(json.loads(header.read_text()).get("loss_mask"))
+    except (OSError, ValueError, AttributeError):
+        return False
 
 
 def check_eval_keys(e: EvalTasksConfig, prefix: str = "eval") -> None:
