@@ -25,7 +25,7 @@ from omegaconf.errors import OmegaConfBaseException
 from cluster.config import ClusterConfig
 from data_pipeline.executors.base import PipelinePlan, StepSpec, TaskFailed
 from data_pipeline.quarantine import QuarantineExceeded
-from data_pipeline.readers import InputSpec, describe_input
+from data_pipeline.readers import INPUT_FORMATS, InputSpec, describe_input
 from data_pipeline.steps import STEP_NAMES, build_step
 
 log = logging.getLogger("data_pipeline")
@@ -54,6 +54,7 @@ class PipelineRunConfig:
     id_key: str = "id"  # field holding its id; absent: "<file>:<line>"
     input_split: str = "train"  # split of a DatasetDict / hub dataset
     max_doc_chars: int = 1_000_000  # longer documents are quarantined
+    input_format: str = "text"  # text | chat: rows are conversations (`messages`, or prompt/completion) for SFT
     max_quarantine_fraction: Optional[float] = None  # fail the run when more of the rows read are quarantined (0.01)
     keep_intermediate: bool = False  # also write every step's kept documents (<output>/<step>/), for inspection
     checkpoint_rows: int = 10_000  # a task commits its progress every N input rows and resumes there (0: never)
@@ -124,7 +125,9 @@ def build_plan(cfg: DictConfig, single_step: Optional[str] = None) -> tuple[Pipe
         (enabled if build_step(spec.name, spec.params).enabled() else skipped).append(spec)
     if not enabled:
         raise ValueError(f"every step is disabled by its configuration: {[s.name for s in skipped]}")
-    input_spec = InputSpec(cfg.input, cfg.text_key, cfg.id_key, cfg.input_split, cfg.max_doc_chars)
+    if cfg.input_format not in INPUT_FORMATS:
+        raise ValueError(f"input_format={cfg.input_format}: choose one of {list(INPUT_FORMATS)}")
+    input_spec = InputSpec(cfg.input, cfg.text_key, cfg.id_key, cfg.input_split, cfg.max_doc_chars, cfg.input_format)
     if describe_input(input_spec) != "hub":  # a missing input fails here, before any task starts
         input_spec.path = os.path.abspath(cfg.input)
     plan = PipelinePlan(

@@ -7,6 +7,9 @@ A shard named `<stem>` in a directory is three files, four when its documents ca
   `<stem>.sources`  (optional) little-endian uint16 per document: its source, as an index into the header's
                     `document_sources` list of names, so held-out losses can be told apart by source after
                     mixing shuffled the sources together;
+  `<stem>.mask`     (optional) uint8 per token, 1 where the token counts in the training loss (supervised
+                    fine-tuning: the assistant's tokens of a conversation), 0 where it does not; present exactly
+                    when the header says `loss_mask: true`;
   `<stem>.json`     header: format, version, dtype, n_tokens, n_documents, tokenizer (id, vocab_size,
                     eos_id), sources (free-form counts by source), `document_sources` (the names the
                     `.sources` file indexes, present exactly when that file is), and the SHA-256 of the
@@ -16,7 +19,7 @@ A shard named `<stem>` in a directory is three files, four when its documents ca
                     (data_pipeline/decontamination.py).
 The header is renamed into place last, after the data files, so a shard without a header is incomplete and never
 read; every file is written under a temporary name first, so a killed writer leaves no partial shard. Readers of
-the format before `.sources` existed ignore it and read the same tokens.
+the format before `.sources` or `.mask` existed ignore them and read the same tokens.
 Readers memory-map, so opening a terabyte of shards costs nothing.
 
 Plain numpy memmaps rather than `datasets`/Arrow: the trainer needs O(1) random access to token windows that
@@ -40,7 +43,9 @@ HEADER_SUFFIX = ".json"
 TOKENS_SUFFIX = ".tokens"
 INDEX_SUFFIX = ".index"
 SOURCES_SUFFIX = ".sources"
+MASK_SUFFIX = ".mask"
 SOURCE_ID_DTYPE = np.dtype("<u2")
+MASK_DTYPE = np.dtype("u1")
 # The parts of a header's `decontamination` record that list what was decontaminated against, by name
 DECONTAMINATION_KINDS = ("tasks", "files")
 NO_SOURCE = "all"  # the source name of a document that names none (as the header's counts have always said)
@@ -93,7 +98,9 @@ class ShardWriter:
         self._tmp_index = self.directory / f".{stem}{INDEX_SUFFIX}{suffix}"
         self._tmp_header = self.directory / f".{stem}{HEADER_SUFFIX}{suffix}"
         self._tmp_sources = self.directory / f".{stem}{SOURCES_SUFFIX}{suffix}"
+        self._tmp_mask = self.directory / f".{stem}{MASK_SUFFIX}{suffix}"
         self._tokens_file = open(self._tmp_tokens, "wb")
+        self._mask_file = None  # opened by the first document that carries a loss mask
         self._tokens_hash = hashlib.sha256()
         self._offsets: list[int] = [0]
         self._source_ids: list[int] = []  # per document, into self._source_names
@@ -101,10 +108,17 @@ class ShardWriter:
         self._any_source = False
         self._closed = False
 
-    def add_document(self, tokens: Sequence[int] | np.ndarray, source: str | None = None) -> None:
+    def add_document(
+        self,
+        tokens: Sequence[int] | np.ndarray,
+        source: str | None = None,
+        loss_mask: Sequence[int] | np.ndarray | None = None,
+    ) -> None:
         """Append one document; `source` (its dataset of origin) is recorded per document when any document of
-        the shard names one (those that do not count as NO_SOURCE)."""
+        the shard names one (those that do not count as NO_SOURCE). `loss_mask` (0/1 per token) is all or
+        nothing: give it for every document of the shard or for none."""
         array = np.asarray(tokens)
+        self._add_mask(loss_mask, array.size)
         if array.ndim != 1:
             raise ShardFormatError(f"a document must be a 1-D token sequence, got shape {array.shape}")
         if array.size and (array.min() < 0 or array.max() >= self.vocab_size):
@@ -123,6 +137,21 @@ class ShardWriter:
             self._source_names[name] = len(self._source_names)
         self._source_ids.append(self._source_names[name])
 
+    def _add_mask(self, loss_mask: Sequence[int] | np.ndarray | None, n_tokens: int) -> None:
+        if (loss_mask is None) != (self._mask_file is None) and len(self._offsets) > 1:
+            raise ShardFormatError(
+                f"shard {self.stem}: a loss mask must be given for every document or for none "
+                f"(document {len(self._offsets) - 1} {'lacks one' if loss_mask is None else 'is the first with one'})"
+            )
+        if loss_mask is None:
+            return
+        mask = np.asarray(loss_mask)
+        if mask.shape != (n_tokens,) or (mask.size and not np.isin(mask, (0, 1)).all()):
+            raise ShardFormatError(f"a loss mask must be 0/1 per token ({n_tokens}), got shape {mask.shape}")
+        if self._mask_file is None:
+            self._mask_file = open(self._tmp_mask, "wb")
+        self._mask_file.write(mask.astype(MASK_DTYPE).tobytes())
+
     def add_documents(self, documents: Iterable[Sequence[int]]) -> None:
         for doc in documents:
             self.add_document(doc)
@@ -137,6 +166,8 @@ class ShardWriter:
             raise RuntimeError("shard already closed")
         self._closed = True
         self._tokens_file.close()
+        if self._mask_file is not None:
+            self._mask_file.close()
         np.asarray(self._offsets, dtype="<u8").tofile(self._tmp_index)
         if self._any_source:
             np.asarray(self._source_ids, dtype=SOURCE_ID_DTYPE).tofile(self._tmp_sources)
@@ -154,11 +185,15 @@ class ShardWriter:
             header["document_sources"] = list(self._source_names)
         if self.decontamination is not None:
             header["decontamination"] = self.decontamination
+        if self._mask_file is not None:
+            header["loss_mask"] = True
         self._tmp_header.write_text(json.dumps(header, indent=2))
         _atomic_replace(self._tmp_tokens, self.directory / f"{self.stem}{TOKENS_SUFFIX}")
         _atomic_replace(self._tmp_index, self.directory / f"{self.stem}{INDEX_SUFFIX}")
         if self._any_source:
             _atomic_replace(self._tmp_sources, self.directory / f"{self.stem}{SOURCES_SUFFIX}")
+        if self._mask_file is not None:
+            _atomic_replace(self._tmp_mask, self.directory / f"{self.stem}{MASK_SUFFIX}")
         final_header = self.directory / f"{self.stem}{HEADER_SUFFIX}"
         _atomic_replace(self._tmp_header, final_header)
         return final_header
@@ -166,7 +201,9 @@ class ShardWriter:
     def abort(self) -> None:
         self._closed = True
         self._tokens_file.close()
-        for tmp in (self._tmp_tokens, self._tmp_index, self._tmp_header, self._tmp_sources):
+        if self._mask_file is not None:
+            self._mask_file.close()
+        for tmp in (self._tmp_tokens, self._tmp_index, self._tmp_header, self._tmp_sources, self._tmp_mask):
             tmp.unlink(missing_ok=True)
 
     def __enter__(self) -> "ShardWriter":
@@ -190,6 +227,7 @@ class PackedShard:
     tokens: np.ndarray
     offsets: np.ndarray
     source_ids: np.ndarray | None = None  # per document, into header["document_sources"]
+    loss_mask: np.ndarray | None = None  # per token, 1 where it counts in the loss (header `loss_mask: true`)
 
     @property
     def source_names(self) -> list[str]:
@@ -222,7 +260,8 @@ class PackedShard:
         offsets = np.fromfile(index_path, dtype="<u8")
         if offsets[0] != 0 or offsets[-1] != n_tokens or np.any(np.diff(offsets.astype(np.int64)) < 0):
             raise ShardFormatError(f"{index_path}: document offsets are inconsistent with the header")
-        return cls(header_path, header, tokens, offsets, _open_source_ids(header_path, stem, header, n_docs))
+        source_ids = _open_source_ids(header_path, stem, header, n_docs)
+        return cls(header_path, header, tokens, offsets, source_ids, _open_loss_mask(header_path, stem, header))
 
     @property
     def n_tokens(self) -> int:
@@ -255,6 +294,21 @@ def _open_source_ids(header_path: Path, stem: str, header: dict, n_docs: int) ->
     if ids.size and int(ids.max()) >= len(names):
         raise ShardFormatError(f"{path}: source id {int(ids.max())} but the header names {len(names)} sources")
     return ids
+
+
+def _open_loss_mask(header_path: Path, stem: str, header: dict) -> np.ndarray | None:
+    """The shard's per-token loss mask (memory-mapped), checked against the header; None when it has none."""
+    if not header.get("loss_mask"):
+        return None
+    path = header_path.with_name(stem + MASK_SUFFIX)
+    n_tokens = int(header["n_tokens"])
+    if not path.exists():
+        raise ShardFormatError(f"{path}: missing, but {header_path.name} says loss_mask: true")
+    if path.stat().st_size != n_tokens * MASK_DTYPE.itemsize:
+        raise ShardFormatError(
+            f"{path}: size {path.stat().st_size} bytes, header says {n_tokens} tokens: truncated or corrupt shard"
+        )
+    return np.memmap(path, dtype=MASK_DTYPE, mode="r") if n_tokens else np.zeros(0, dtype=MASK_DTYPE)
 
 
 def _is_shard_header(path: Path) -> bool:
@@ -293,6 +347,13 @@ class PackedDataset:
         if len(tokenizers) != 1:
             raise ShardFormatError(f"{self.directory}: shards were written by different tokenizers: {tokenizers}")
         self.tokenizer = self.shards[0].header["tokenizer"]
+        masked = {s.loss_mask is not None for s in self.shards}
+        if len(masked) != 1:
+            raise ShardFormatError(
+                f"{self.directory}: some shards carry a loss mask (.mask) and others do not: write them all with "
+                f"the same tokenize step (chat_tokenize for conversations)"
+            )
+        self.has_loss_mask = masked.pop()
         sizes = np.array([s.n_tokens for s in self.shards], dtype=np.int64)
         self.shard_starts = np.concatenate([[0], np.cumsum(sizes)])
 
@@ -340,6 +401,15 @@ class PackedDataset:
         out = np.empty(length, dtype=np.int64)
         for shard, pos, at, take in self._pieces(start, length):
             out[at : at + take] = shard.tokens[pos : pos + take]
+        return out
+
+    def read_loss_mask(self, start: int, length: int) -> np.ndarray:
+        """The loss mask (0/1 as uint8) of tokens [start, start+length) of the stream, as `read` reads them."""
+        if not self.has_loss_mask:
+            raise ValueError(f"{self.directory}: the shards carry no loss mask")
+        out = np.empty(length, dtype=np.uint8)
+        for shard, pos, at, take in self._pieces(start, length):
+            out[at : at + take] = shard.loss_mask[pos : pos + take]
         return out
 
     def _pieces(self, start: int, length: int) -> Iterator[tuple[PackedShard, int, int, int]]:

@@ -1,15 +1,16 @@
 """Reading raw inputs into Documents, with quarantine of bad rows: JSONL (also .gz/.zst), Parquet, text files,
 WARC files, a saved `datasets` dataset or a hub name.
 
-Raw inputs are messy, so the reader never raises on a bad row: it yields a `Quarantined` record naming the file,
-the 1-based line (row for Parquet and datasets) and the reason, and the executor writes it to the quarantine
-output. Bad rows are: invalid UTF-8, invalid JSON (also numbers too long to parse and nesting too deep), not an
-object, a missing/non-string/empty/too large text, and any string in text, id or metadata (keys included, at any
-depth) holding a lone surrogate (`"\\ud800"` is valid JSON but cannot be written as UTF-8) or a NUL character. A
-UTF-8 byte order mark at the start of a line is dropped. A truncated or corrupt .gz/.zst file yields its readable
-lines, then one record with the compressed byte offset where it broke (data_pipeline/compressed.py); a corrupt
-Parquet file yields its readable rows, then one record. Every reader streams, so a shard never has to fit in
-memory.
+Raw inputs are messy, so the reader never raises on a bad row: it yields a `Quarantined` record naming the file, the
+1-based line (row for Parquet and datasets) and the reason, and the executor writes it to the quarantine output. Bad
+rows are: invalid UTF-8, invalid JSON (also numbers too long to parse and nesting too deep), not an object, a
+missing/non-string/empty/too large text (with `input_format=chat`: a row that is not a conversation,
+data_pipeline/chat.py: no messages, a message without role or content, empty content, no assistant turn), and any
+string in text, id or metadata (keys included, at any depth) holding a lone surrogate (`"\\ud800"` is valid JSON but
+cannot be written as UTF-8) or a NUL character. A UTF-8 byte order mark at the start of a line is dropped. A
+truncated or corrupt .gz/.zst file yields its readable lines, then one record with the compressed byte offset where
+it broke (data_pipeline/compressed.py); a corrupt Parquet file yields its readable rows, then one record. Every
+reader streams, so a shard never has to fit in memory.
 
 Inputs are split into `tasks` shards deterministically: with at least as many files as tasks, whole files go
 to tasks round-robin; otherwise every task reads all files and keeps every `tasks`-th row. The split depends
@@ -45,6 +46,7 @@ JSONL_SUFFIXES = (".jsonl", ".json", ".ndjson", ".jsonl.gz", ".json.gz", ".jsonl
 TEXT_SUFFIXES = (".txt", ".md")
 PARQUET_SUFFIXES = (".parquet",)
 WARC_SUFFIXES = (".warc", ".warc.gz")  # HTML responses, one document each (warc_rows)
+INPUT_FORMATS = ("text", "chat")  # what a row is: a document's text, or a conversation (data_pipeline/chat.py)
 HTML_TYPES = ("text/html", "application/xhtml+xml")
 RAW_PREVIEW_CHARS = 2000
 BOM = b"\xef\xbb\xbf"
@@ -90,6 +92,7 @@ class InputSpec:
     id_key: str = "id"
     split: str = "train"
     max_doc_chars: int = 1_000_000
+    format: str = "text"  # one of INPUT_FORMATS; chat: conversations for supervised fine-tuning (data_pipeline/chat.py)
 
 
 def _is_saved_dataset(path: Path) -> bool:
@@ -193,6 +196,8 @@ def _record_to_row(record: Any, spec: InputSpec, source: str, line: int, raw: st
     unwritable = _unwritable_field(record, first=(spec.text_key, spec.id_key)) if check_strings else None
     if unwritable is not None:
         return _bad_row(f"{unwritable[0]}:{unwritable[1]}", source, line, raw)
+    if spec.format == "chat":
+        return _chat_row(record, spec, source, line, raw)
     if spec.text_key not in record:
         return _bad_row(f"missing_field:{spec.text_key}", source, line, raw)
     text = record[spec.text_key]
@@ -204,6 +209,23 @@ def _record_to_row(record: Any, spec: InputSpec, source: str, line: int, raw: st
         return _bad_row(f"too_large:{len(text)}_chars", source, line, raw)
     doc_id = record.get(spec.id_key)
     metadata = {k: v for k, v in record.items() if k not in (spec.text_key, spec.id_key)}
+    return Document(id=str(doc_id) if doc_id is not None else f"{source}:{line}", text=text, metadata=metadata)
+
+
+def _chat_row(record: dict, spec: InputSpec, source: str, line: int, raw: str) -> Row:
+    """A conversation (data_pipeline/chat.py) as a Document whose text is its canonical JSON, or the reason it is
+    not one."""
+    from data_pipeline.chat import chat_row_metadata, conversation_messages, encode_conversation
+
+    messages, problem = conversation_messages(record)
+    if problem is not None:
+        return _bad_row(problem, source, line, raw)
+    text = encode_conversation(messages)
+    if len(text) > spec.max_doc_chars:
+        return _bad_row(f"too_large:{len(text)}_chars", source, line, raw)
+    doc_id = record.get(spec.id_key)
+    metadata = {k: v for k, v in chat_row_metadata(record).items() if k != spec.id_key}
+    metadata["origin"] = f"{source}:{line}"  # where a later step's exclusion of it points
     return Document(id=str(doc_id) if doc_id is not None else f"{source}:{line}", text=text, metadata=metadata)
 
 

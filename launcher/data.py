@@ -18,6 +18,12 @@ global batch. Nothing is dropped or repeated: every window is read exactly once 
 epoch and begin the next). The position is the number of samples read, so a resume at any step continues the
 stream exactly, on any data-parallel layout.
 
+Shards with a loss mask (supervised fine-tuning, data_pipeline/chat.py) give batches [B, 2, seq_len + 1]: each
+row's tokens and their 0/1 loss mask, read from the same windows; `inputs_and_labels` turns either kind into the
+model's inputs and labels, a label counting (not IGNORE_INDEX) when the mask of the token it predicts is 1.
+Conversations are packed back to back and windows cut across them as across any documents; the document mask
+(model.document_mask_eos_id) keeps them apart.
+
 Ranges of the stream can be skipped (`SkippedSamples`: data.skip_samples, and the batches a loss spike rolled
 back, launcher/spikes.py): reaching a range's start, the position jumps to its end. The ranges are part of the
 checkpointed position, so a resumed run never trains on them either.
@@ -44,6 +50,7 @@ from launcher.sample_stream import DataError, SkippedSamples
 from launcher.sample_stream import check_divisible as _check_divisible
 from launcher.sample_stream import check_saved_with as _check_saved_with
 from launcher.sample_stream import rank_share_in_micro_batches as _rank_share_in_micro_batches
+from model.loss import IGNORE_INDEX
 
 log = logging.getLogger(__name__)
 
@@ -78,6 +85,16 @@ def open_dataset(data_dir: Path, vocab_size: int) -> PackedDataset:
     return dataset
 
 
+def inputs_and_labels(batch: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """(inputs, labels) of a batch of rows [B, seq_len + 1] (or DPO's pairs [B, seq_len + 1, 2, 2],
+    launcher/dpo.py: position-major, split the same way), or of rows with their loss mask [B, 2, seq_len + 1]:
+    labels are the next tokens, IGNORE_INDEX where the predicted token's mask is 0."""
+    if batch.dim() != 3:
+        return batch[:, :-1], batch[:, 1:]
+    tokens, mask = batch[:, 0], batch[:, 1]
+    return tokens[:, :-1], tokens[:, 1:].masked_fill(mask[:, 1:] == 0, IGNORE_INDEX)
+
+
 class TokenBatches:
     """Per-rank training batches [local batch, seq_len + 1] with a checkpointable position."""
 
@@ -99,6 +116,7 @@ class TokenBatches:
         self.skipped = SkippedSamples(skip_samples)
         self.last_batch = (0, 0)  # [start, end) of the global batch the last next_batch read, in the sample stream
         self.dataset = dataset
+        self.has_loss_mask = dataset.has_loss_mask  # rows come with their loss mask ([B, 2, seq_len + 1])
         self.seq_len = seq_len
         self.global_batch = self.schedule.at(0)  # the batch of the next step (the last one read, after a step)
         self.dp_rank = dp_rank
@@ -137,10 +155,17 @@ class TokenBatches:
         first = self.samples + self.dp_rank * local
         positions = np.arange(first, first + local, dtype=np.int64)
         windows = np.array([self._window(int(p)) for p in positions], dtype=np.int64)
-        rows = np.stack([self.dataset.read(int(w) * self.seq_len, self.seq_len + 1) for w in windows])
+        rows = np.stack([self._row(int(w) * self.seq_len) for w in windows])
         self.samples += self.global_batch
         self.last_read = (positions, windows)  # which samples this rank just read (tests read the order)
         return torch.from_numpy(rows)
+
+    def _row(self, start: int) -> np.ndarray:
+        """seq_len + 1 tokens of the stream from `start`, stacked with their loss mask when the shards have one."""
+        tokens = self.dataset.read(start, self.seq_len + 1)
+        if not self.has_loss_mask:
+            return tokens
+        return np.stack([tokens, self.dataset.read_loss_mask(start, self.seq_len + 1).astype(np.int64)])
 
     def __iter__(self) -> Iterator[torch.Tensor]:
         while True:
@@ -185,8 +210,9 @@ class TokenBatches:
 
     # ------------------------------------------------------------------------------------------ evaluation
     def eval_batches(self, n_sequences: int, micro_batch: int) -> list[torch.Tensor]:
-        """This rank's share of the first `n_sequences` held-out windows (equal shares), in micro batches."""
-        return self._held_out(n_sequences, micro_batch, self.dataset.read)
+        """This rank's share of the first `n_sequences` held-out windows (equal shares), in micro batches (with
+        their loss masks, as training's, when the shards have them)."""
+        return self._held_out(n_sequences, micro_batch, lambda start, _: self._row(start))
 
     @property
     def source_names(self) -> list[str]:
@@ -295,6 +321,7 @@ class SyntheticBatches:
             self.skipped.add(start, end)
 
     source_names: list[str] = []  # random tokens come from no source
+    has_loss_mask = False  # every token counts
 
     def eval_batches(self, n_sequences: int, micro_batch: int) -> list[torch.Tensor]:
         """This rank's equal share of `n_sequences` held-out rows, in micro batches (as TokenBatches does)."""

@@ -28,7 +28,7 @@ from omegaconf import OmegaConf
 
 from launcher.callbacks import TrainContext, build_callbacks
 from launcher.checkpoint import Checkpointer
-from launcher.data import copy_tokenizer, open_training_data, write_decontamination_record
+from launcher.data import copy_tokenizer, inputs_and_labels, open_training_data, write_decontamination_record
 from launcher.distributed import DistEnv, barrier, die_with_launcher, init_distributed, shutdown
 from launcher.hf_init import hf_init_dir, hf_tokenizer
 from launcher.metrics import SpeedMeter
@@ -151,7 +151,7 @@ def _train(plan: RunPlan, config: dict[str, Any], stop: StopRequest, env: DistEn
         started = time.perf_counter()
         batch = to_device(loader.next_batch(), env.device)
         timing = (started, time.perf_counter())  # this rank's step and data times (stragglers)
-        out = module.train_step(batch[:, :-1], batch[:, 1:])
+        out = module.train_step(*inputs_and_labels(batch))
         guard.add(step, module.step_is_finite(out), out.skipped)
         speed.add_tokens(loader.global_batch * cfg.data.seq_len)  # the step's batch (trainer.batch_ramp)
 

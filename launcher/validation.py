@@ -17,6 +17,7 @@ layout needs (`scoring_width_multiple`), which must stay within model.max_seq_le
 
 from __future__ import annotations
 
+import json
 import math
 from dataclasses import dataclass
 from pathlib import Path
@@ -368,8 +369,22 @@ def _check_data(cfg: TrainConfig) -> None:
             raise ConfigError(f"data.path={d.path}: no such directory; point it at the data pipeline's shard output")
         from data_pipeline.formats import list_shards
 
-        if not list_shards(path):
+        shards = list_shards(path)
+        if not shards:
             raise ConfigError(f"data.path={d.path}: no packed shards (*.json headers) in it; run the tokenize step")
+        if cfg.parallel.pp > 1 and _has_loss_mask(shards[0]):  # all shards of a dataset or none
+            raise ConfigError(
+                f"data.path={d.path}: the shards carry a loss mask (supervised fine-tuning), which pipeline "
+                f"parallel's schedule does not weigh by counted tokens: train them with parallel.pp=1"
+            )
+
+
+def _has_loss_mask(header: Path) -> bool:
+    """The shard header says its shard carries a loss mask (an unreadable header is opening the data's error)."""
+    try:
+        return bool(json.loads(header.read_text()).get("loss_mask"))
+    except (OSError, ValueError, AttributeError):
+        return False
 
 
 def check_eval_keys(e: EvalTasksConfig, prefix: str = "eval") -> None:

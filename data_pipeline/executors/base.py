@@ -160,6 +160,7 @@ def save_plan_checked(plan: PipelinePlan) -> None:
         previous.setdefault("max_quarantine_fraction", None)  # plans saved before the key existed
         previous.setdefault("keep_intermediate", True)  # before it, every step wrote its documents
         previous.setdefault("checkpoint_rows", PipelinePlan.checkpoint_rows)
+        previous.get("input", {}).setdefault("format", "text")  # plans saved before chat input existed
         if previous != json.loads(json.dumps({k: v for k, v in plan.to_json().items() if k != "input_files"})):
             raise ValueError(
                 f"output={plan.root} holds a run with a different configuration ({path}); "

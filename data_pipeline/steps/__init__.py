@@ -30,6 +30,7 @@ STEP_CLASSES: dict[str, tuple[str, str]] = {
     "decontaminate": ("data_pipeline.steps.decontaminate", "Decontaminate"),
     "mix": ("data_pipeline.steps.mix", "Mix"),
     "tokenize": ("data_pipeline.steps.tokenize", "Tokenize"),
+    "chat_tokenize": ("data_pipeline.steps.chat_tokenize", "ChatTokenize"),
 }
 
 STEP_NAMES = tuple(STEP_CLASSES)

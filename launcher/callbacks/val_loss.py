@@ -16,6 +16,7 @@ import torch
 
 from launcher.callbacks.base import Callback, TrainContext
 from launcher.config import TrainConfig
+from launcher.data import inputs_and_labels
 from launcher.distributed import sum_over_ranks
 from launcher.train_modules import StepOutput, TrainModule
 from model.loss import IGNORE_INDEX
@@ -30,11 +31,12 @@ def evaluate(module: TrainModule, batches: list[torch.Tensor], device: torch.dev
     total = torch.zeros(2, device=device, dtype=torch.float64)
     for batch in batches:
         batch = batch.to(device, non_blocking=True)
-        inputs, labels = batch[:, :-1], batch[:, 1:]
+        inputs, labels = inputs_and_labels(batch)
         loss = module.eval_loss(inputs, labels)
         if loss is not None:
-            total[0] += loss.double() * labels.numel()
-            total[1] += labels.numel()
+            counted = (labels != IGNORE_INDEX).sum()  # every label, but for SFT loss masks
+            total[0] += loss.double() * counted
+            total[1] += counted
     module.train(True)
     total = sum_over_ranks(total)
     val_loss = (total[0] / total[1]).item() if total[1] > 0 else math.nan
@@ -52,9 +54,9 @@ def evaluate_by_source(
     total = torch.zeros(n_sources, 2, device=device, dtype=torch.float64)
     for batch, source in zip(batches, sources):
         batch, source = batch.to(device, non_blocking=True), source.to(device, non_blocking=True)
-        inputs, labels, label_sources = batch[:, :-1], batch[:, 1:], source[:, 1:]
+        (inputs, labels), label_sources = inputs_and_labels(batch), source[:, 1:]
         for index in range(n_sources):
-            mine = label_sources == index
+            mine = (label_sources == index) & (labels != IGNORE_INDEX)
             loss = module.eval_loss(inputs, labels.masked_fill(~mine, IGNORE_INDEX))
             count = mine.sum()
             if loss is not None and count > 0:

@@ -11,6 +11,17 @@ What the families share is written here once: the model's construction with the 
 the model's auxiliary losses (`accumulate`: the names the model reports in `last_aux_losses`, MoE router losses
 and the MTP loss), so every layout logs the same figures.
 
+The loss of a step is the mean over the counted labels (those not IGNORE_INDEX) of the whole global batch, not a
+mean of per-micro-batch or per-rank means: with supervised fine-tuning's loss masks (data_pipeline/chat.py) micro
+batches count very different numbers of tokens (one row may be all prompt), and a mean of means would weigh a
+token of a short answer more than a token of a long one, and differently under every micro-batching and
+data-parallel size. So each micro batch's mean loss is weighted by `loss_weights`' n * dp * k / N (n its counted
+labels, N the global batch's, dp the data-parallel ranks whose gradients are averaged, k the rank's micro
+batches) before the usual division by k, which makes its contribution sum(CE) / N after data-parallel averaging;
+the global count costs one all-reduce of one number per step, and no host sync. For pretraining (no ignored
+labels) every micro batch counts the same tokens, the weight is exactly 1.0, and the step (gradients, logged
+loss) is bit for bit what it was before the weights existed.
+
 Families (launcher/train_modules/__init__.py picks one):
 - torch_layouts.py: single process, DDP, FSDP2/HSDP, TP(+SP), CP, EP and their mixes: forward/backward per micro
   batch on one module, torch's AdamW.
@@ -61,8 +72,25 @@ class MicroBatch:
 
     inputs: torch.Tensor
     labels: torch.Tensor
-    count: int  # micro batches in the step: each loss is 1/count of the step's
+    count: int  # micro batches in the step: each weighted loss is 1/count of the step's
     last: bool  # the step's final micro batch (data parallel syncs gradients on it)
+    # Its counted labels over an equal share of the global batch's (a device scalar, TrainModule.loss_weights):
+    # exactly 1.0 when every micro batch counts the same labels; None: 1
+    weight: Optional[torch.Tensor] = None
+
+    def term(self, loss: torch.Tensor) -> torch.Tensor:
+        """What this micro batch's mean loss contributes to the step's: loss x weight / count (the weight a
+        replicated DTensor under tensor parallel's loss_parallel, where plain tensors do not mix)."""
+        if self.weight is None:
+            return loss / self.count
+        from torch.distributed.tensor import DTensor, Replicate
+
+        weight = self.weight
+        if isinstance(loss, DTensor):
+            weight = DTensor.from_local(
+                weight, loss.device_mesh, [Replicate()] * loss.device_mesh.ndim, run_check=False
+            )
+        return loss * weight / self.count
 
 
 def autocast(precision: str, device: torch.device):
@@ -125,18 +153,35 @@ class TrainModule:
         self, inputs: torch.Tensor, labels: torch.Tensor, forward_backward: Callable[[MicroBatch], torch.Tensor]
     ) -> tuple[torch.Tensor, dict]:
         """Run this rank's batch in trainer.micro_batch_size micro batches through `forward_backward` (the
-        family's forward and backward of one micro batch, returning its loss, detached) and return the mean loss
-        and the mean of every auxiliary loss the model reported (`plain_model.last_aux_losses`), as device
-        tensors."""
+        family's forward and backward of one micro batch, backpropagating `MicroBatch.term` and returning its
+        mean loss, detached) and return this rank's term of the global-batch loss (its micro batches' losses
+        weighted by `loss_weights`, over their number; the module docstring says why) and the mean of every
+        auxiliary loss the model reported (`plain_model.last_aux_losses`), as device tensors."""
         micro = self.cfg.trainer.micro_batch_size
         pieces = list(zip(inputs.split(micro), labels.split(micro)))
+        weights = self.loss_weights([y for _, y in pieces])
         loss_sum = torch.zeros((), device=inputs.device)
         aux_sums: dict[str, torch.Tensor] = {}
         for i, (x, y) in enumerate(pieces):
-            loss_sum += forward_backward(MicroBatch(x, y, count=len(pieces), last=i == len(pieces) - 1)).float()
+            piece = MicroBatch(x, y, count=len(pieces), last=i == len(pieces) - 1, weight=weights[i])
+            loss_sum += forward_backward(piece).float() * weights[i]
             for name, value in self.plain_model.last_aux_losses.items():
                 aux_sums[name] = aux_sums.get(name, 0) + value.float()
         return loss_sum / len(pieces), {name: total / len(pieces) for name, total in aux_sums.items()}
+
+    def loss_weights(self, labels: list[torch.Tensor]) -> torch.Tensor:
+        """Per micro batch of this rank (the labels of each), n * dp * k / N: n its labels that count (not
+        IGNORE_INDEX), dp the data-parallel degree, k the number of micro batches, N the global batch's counted
+        labels (summed over all ranks in one all-reduce, then divided by the ranks that read each data-parallel
+        slice: tensor, context and pipeline parallel ranks read the same one). float32 on the device, no host sync;
+        computed in float64, so it is exactly 1.0 when every micro batch counts the same labels."""
+        from launcher.distributed import sum_over_ranks
+        from model.loss import IGNORE_INDEX
+
+        counts = torch.stack([(y != IGNORE_INDEX).sum() for y in labels]).to(torch.float64)
+        dp, world = self.dims.dp_degree, self.env.world_size
+        total = sum_over_ranks(counts.sum().reshape(1)) / (world // dp)
+        return (counts * (dp * len(labels)) / total.clamp(min=1)).to(torch.float32)
 
     @property
     def lr(self) -> float:

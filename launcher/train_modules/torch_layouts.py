@@ -2,9 +2,9 @@
 
 One laid-out module, one AdamW. A step runs the rank's batch in `trainer.micro_batch_size` micro batches (the base
 module's `accumulate`) through `parallel.compute_loss` (which cuts sequences for context parallel and takes the
-loss of vocab-sharded logits for tensor parallel), each loss divided by the accumulation steps so the summed
-gradient is the mean over the batch (data-parallel averaging then makes it the mean over the global batch); DDP
-syncs gradients on the last micro batch only. Then global-norm clipping (parallel.clip_grad_norm_, which handles
+loss of vocab-sharded logits for tensor parallel), each loss divided so that the summed gradient, after
+data-parallel averaging, is that of the mean over the global batch's counted labels (base.py: `loss_weights`);
+DDP syncs gradients on the last micro batch only. Then global-norm clipping (parallel.clip_grad_norm_, which handles
 mixed DTensor meshes), the optimizer and the lr schedule. The host never waits for the device inside the step:
 loss and gradient norm stay device tensors.
 fp16 uses torch's GradScaler (its unscale reads a device value: that library's choice).
@@ -87,10 +87,8 @@ class TorchTrainModule(TrainModule):
                     loss = self.objective.loss(micro.inputs, micro.labels)
                 else:
                     loss = compute_loss(self.model, micro.inputs, micro.labels, self.dims)
-            scaled = loss / micro.count
-            if self.scaler is not None:
-                scaled = self.scaler.scale(scaled)
-            scaled.backward()
+            term = micro.term(loss)
+            (term if self.scaler is None else self.scaler.scale(term)).backward()
         loss = loss.detach()
         return loss.full_tensor() if hasattr(loss, "full_tensor") else loss  # DTensor under loss_parallel
 

@@ -152,7 +152,9 @@ class ZeroTrainModule(TrainModule):
 
     def _forward_backward(self, micro: MicroBatch) -> torch.Tensor:
         loss = self.engine(micro.inputs, micro.labels)
-        self.engine.backward(loss)  # DeepSpeed divides by the accumulation steps itself
+        # DeepSpeed divides by the accumulation steps itself, so it gets the weighted loss (base.py: loss_weights;
+        # exactly the loss when every micro batch counts the same labels).
+        self.engine.backward(loss if micro.weight is None else loss * micro.weight)
         self.engine.step()  # optimizer + lr schedule only at the accumulation boundary
         return loss.detach()
 
