@@ -17,6 +17,7 @@ trainer.spike (launcher/spikes.py), which must judge a step before its update.
 
 from __future__ import annotations
 
+import filecmp
 import logging
 import sys
 import time
@@ -106,8 +107,12 @@ def _train(plan: RunPlan, config: dict[str, Any], stop: StopRequest, env: DistEn
     start_step = checkpointer.restore(module, loader, config, t.resume_allow)
     if env.is_main:  # only now: a run that cannot resume changes nothing in its run dir
         atomic_write_text(run_dir / "config.yaml", OmegaConf.to_yaml(config))
-        # <run_dir>/tokenizer.json: what exports and model.generate read (the data's, else init_from's HF one)
-        if copy_tokenizer(cfg.data, run_dir) is None and hf_dir is not None:
+        # <run_dir>/tokenizer.json: what exports and model.generate read (the data's, else init_from's HF one).
+        # Data tokenized with init_from's own tokenizer (SFT, DPO) takes its HF files too: the chat template and
+        # special tokens reach the export.
+        copied = copy_tokenizer(cfg.data, run_dir)
+        hf_json = Path(hf_dir) / "tokenizer.json" if hf_dir is not None else None
+        if hf_dir is not None and (copied is None or hf_json.is_file() and filecmp.cmp(copied, hf_json, shallow=False)):
             copy_tokenizer_files(hf_dir, run_dir)
         write_decontamination_record(loader, run_dir)  # what evaluations of the run mark per task
 
