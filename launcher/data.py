@@ -37,7 +37,7 @@ import os
 import shutil
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable, Iterable, Iterator, Optional, Union
+from typing import Any, Callable, Iterable, Optional, Union
 
 import numpy as np
 import torch
@@ -46,7 +46,7 @@ from data_pipeline.formats import PackedDataset, ShardFormatError
 from launcher.batch_ramp import GlobalBatchSchedule
 
 # What every batch source shares (launcher/sample_stream.py; DataError and SkippedSamples are imported from here too)
-from launcher.sample_stream import DataError, SkippedSamples
+from launcher.sample_stream import DataError, EpochStream, SkippedSamples
 from launcher.sample_stream import check_divisible as _check_divisible
 from launcher.sample_stream import check_saved_with as _check_saved_with
 from launcher.sample_stream import rank_share_in_micro_batches as _rank_share_in_micro_batches
@@ -95,8 +95,10 @@ def inputs_and_labels(batch: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     return tokens[:, :-1], tokens[:, 1:].masked_fill(mask[:, 1:] == 0, IGNORE_INDEX)
 
 
-class TokenBatches:
-    """Per-rank training batches [local batch, seq_len + 1] with a checkpointable position."""
+class TokenBatches(EpochStream):
+    """Per-rank training batches [local batch, seq_len + 1] with a checkpointable position (EpochStream's)."""
+
+    count_key = "n_windows"
 
     def __init__(
         self,
@@ -111,17 +113,17 @@ class TokenBatches:
         batch_schedule: Optional[GlobalBatchSchedule] = None,
         skip_samples: Iterable[Iterable[int]] = (),
     ) -> None:
-        self.schedule = batch_schedule or GlobalBatchSchedule(global_batch, seq_len)
-        _check_divisible(self.schedule, dp_degree)
-        self.skipped = SkippedSamples(skip_samples)
-        self.last_batch = (0, 0)  # [start, end) of the global batch the last next_batch read, in the sample stream
+        super().__init__(
+            seq_len=seq_len,
+            global_batch=global_batch,
+            dp_rank=dp_rank,
+            dp_degree=dp_degree,
+            seed=seed,
+            batch_schedule=batch_schedule,
+            skip_samples=skip_samples,
+        )
         self.dataset = dataset
         self.has_loss_mask = dataset.has_loss_mask  # rows come with their loss mask ([B, 2, seq_len + 1])
-        self.seq_len = seq_len
-        self.global_batch = self.schedule.at(0)  # the batch of the next step (the last one read, after a step)
-        self.dp_rank = dp_rank
-        self.dp_degree = dp_degree
-        self.seed = seed
         self.val_tokens = max(seq_len + 1, int(dataset.n_tokens * val_fraction))
         self.train_tokens = dataset.n_tokens - self.val_tokens
         self.n_windows = max(0, (self.train_tokens - 1) // seq_len)
@@ -131,32 +133,12 @@ class TokenBatches:
                 f"data.seq_len={seq_len}, fewer than one global batch of {self.schedule.full}: use more data, a "
                 f"smaller batch or a shorter data.seq_len"
             )
-        self.samples = 0  # samples read by all ranks together since the start of the run (the position)
         self.last_read: tuple[np.ndarray, np.ndarray] = (np.empty(0, np.int64), np.empty(0, np.int64))
-        self._orders: dict[int, np.ndarray] = {}
-
-    @property
-    def epoch(self) -> int:
-        return self.samples // self.n_windows
-
-    def _window(self, position: int) -> int:
-        """The window at `position` of the sample stream: its epoch's permutation, at its place in the epoch."""
-        epoch, index = divmod(position, self.n_windows)
-        if epoch not in self._orders:
-            self._orders = {e: order for e, order in self._orders.items() if e >= epoch - 1}  # at most two kept
-            self._orders[epoch] = np.random.default_rng([self.seed, epoch]).permutation(self.n_windows)
-        return int(self._orders[epoch][index])
 
     def next_batch(self) -> torch.Tensor:
-        self.samples = self.skipped.past(self.samples)
-        self.global_batch = self.schedule.at(self.samples)
-        self.last_batch = (self.samples, self.samples + self.global_batch)
-        local = self.global_batch // self.dp_degree
-        first = self.samples + self.dp_rank * local
-        positions = np.arange(first, first + local, dtype=np.int64)
-        windows = np.array([self._window(int(p)) for p in positions], dtype=np.int64)
+        positions = np.array(self.take_global_batch(), dtype=np.int64)
+        windows = np.array([self.item_at(int(p)) for p in positions], dtype=np.int64)
         rows = np.stack([self._row(int(w) * self.seq_len) for w in windows])
-        self.samples += self.global_batch
         self.last_read = (positions, windows)  # which samples this rank just read (tests read the order)
         return torch.from_numpy(rows)
 
@@ -167,14 +149,10 @@ class TokenBatches:
             return tokens
         return np.stack([tokens, self.dataset.read_loss_mask(start, self.seq_len + 1).astype(np.int64)])
 
-    def __iter__(self) -> Iterator[torch.Tensor]:
-        while True:
-            yield self.next_batch()
-
     def token_offsets(self, start: int, end: int) -> list[int]:
         """Where samples [start, end) of the stream begin in the shards' token stream (each reads seq_len + 1
         tokens from there): how a logged sample range leads back to its documents."""
-        return [self._window(position) * self.seq_len for position in range(start, end)]
+        return [self.item_at(position) * self.seq_len for position in range(start, end)]
 
     def fingerprint(self) -> str:
         """What identifies the data: the shards' fingerprint (names, headers and content hashes)."""
@@ -183,30 +161,6 @@ class TokenBatches:
     def decontamination(self) -> Optional[dict]:
         """What the shards were decontaminated against (data_pipeline/decontamination.py); None: nothing known."""
         return self.dataset.decontamination
-
-    # The position is global (samples read in the epoch), so it restores onto any dp layout.
-    def state_dict(self) -> dict[str, int]:
-        return {
-            "epoch": self.epoch,
-            "samples_in_epoch": self.samples % self.n_windows,
-            "seed": self.seed,
-            "seq_len": self.seq_len,
-            "n_windows": self.n_windows,
-            "skipped": self.skipped.state(),
-        }
-
-    def load_state_dict(self, state: dict[str, int]) -> None:
-        _check_saved_with(
-            state,
-            self,
-            ("seed", "seq_len", "n_windows"),
-            "data position was saved",
-            "resume with the same data, data.seq_len and seed (or start a new run_dir)",
-        )
-        self.samples = int(state["epoch"]) * self.n_windows + int(state["samples_in_epoch"])
-        self.global_batch = self.schedule.at(self.samples)
-        for start, end in state.get("skipped", []):  # joined with this run's: a roll back keeps the newer ones
-            self.skipped.add(start, end)
 
     # ------------------------------------------------------------------------------------------ evaluation
     def eval_batches(self, n_sequences: int, micro_batch: int) -> list[torch.Tensor]:
@@ -284,10 +238,6 @@ class SyntheticBatches:
         self.step += 1
         self.samples += self.global_batch
         return torch.from_numpy(np.stack(rows))
-
-    def __iter__(self) -> Iterator[torch.Tensor]:
-        while True:
-            yield self.next_batch()
 
     def fingerprint(self) -> str:
         return f"synthetic:vocab={self.vocab_size}:seq_len={self.seq_len}:seed={self.seed}"

@@ -15,7 +15,7 @@ they are left out of the stream when the data is opened, with a warning naming h
 from __future__ import annotations
 
 import logging
-from typing import Iterable, Iterator, Optional
+from typing import Iterable, Optional
 
 import numpy as np
 import torch
@@ -25,9 +25,7 @@ from launcher.batch_ramp import GlobalBatchSchedule
 from launcher.dpo import pack_pairs
 from launcher.sample_stream import (
     DataError,
-    SkippedSamples,
-    check_divisible,
-    check_saved_with,
+    EpochStream,
     rank_share_in_micro_batches,
 )
 
@@ -47,9 +45,12 @@ def open_preference_dataset(path: str, vocab_size: int) -> PreferenceDataset:
     return dataset
 
 
-class PreferenceBatches:
+class PreferenceBatches(EpochStream):
     """Per-rank DPO batches [local pairs, seq_len + 1, 2, 2] (launcher/dpo.py's layout) with a checkpointable
-    position."""
+    position (EpochStream's)."""
+
+    count_key = "n_pairs"
+    position_name = "preference data position was saved"
 
     def __init__(
         self,
@@ -64,13 +65,16 @@ class PreferenceBatches:
         batch_schedule: Optional[GlobalBatchSchedule] = None,
         skip_samples: Iterable[Iterable[int]] = (),
     ) -> None:
-        self.schedule = batch_schedule or GlobalBatchSchedule(global_batch, seq_len)
-        check_divisible(self.schedule, dp_degree)
-        self.skipped = SkippedSamples(skip_samples)
-        self.last_batch = (0, 0)
-        self.dataset, self.seq_len, self.seed = dataset, seq_len, seed
-        self.global_batch = self.schedule.at(0)
-        self.dp_rank, self.dp_degree = dp_rank, dp_degree
+        super().__init__(
+            seq_len=seq_len,
+            global_batch=global_batch,
+            dp_rank=dp_rank,
+            dp_degree=dp_degree,
+            seed=seed,
+            batch_schedule=batch_schedule,
+            skip_samples=skip_samples,
+        )
+        self.dataset = dataset
         self.pad_id = 0  # right padding is never scored and never attended to by a real position
         n_val = int(dataset.n_pairs * val_fraction)
         self.val_pairs = self._scorable(range(dataset.n_pairs - n_val, dataset.n_pairs))
@@ -81,8 +85,6 @@ class PreferenceBatches:
                 f"{dataset.directory}: {self.n_pairs} training pairs, fewer than one global batch of "
                 f"{self.schedule.full}: use more pairs, a smaller batch or a smaller data.val_fraction"
             )
-        self.samples = 0
-        self._orders: dict[int, np.ndarray] = {}
 
     def _scorable(self, indices: Iterable[int]) -> np.ndarray:
         """The pairs whose prompt leaves at least one response token within seq_len + 1 positions."""
@@ -98,32 +100,11 @@ class PreferenceBatches:
             )
         return np.array(kept, dtype=np.int64)
 
-    @property
-    def epoch(self) -> int:
-        return self.samples // self.n_pairs
-
-    def _pair_at(self, position: int) -> int:
-        epoch, index = divmod(position, self.n_pairs)
-        if epoch not in self._orders:
-            self._orders = {e: order for e, order in self._orders.items() if e >= epoch - 1}
-            self._orders[epoch] = np.random.default_rng([self.seed, epoch]).permutation(self.n_pairs)
-        return int(self.train_pairs[self._orders[epoch][index]])
-
     def _pack(self, indices: Iterable[int]) -> torch.Tensor:
         return pack_pairs([self.dataset.pair(int(i)) for i in indices], self.seq_len + 1, self.pad_id)
 
     def next_batch(self) -> torch.Tensor:
-        self.samples = self.skipped.past(self.samples)
-        self.global_batch = self.schedule.at(self.samples)
-        self.last_batch = (self.samples, self.samples + self.global_batch)
-        local = self.global_batch // self.dp_degree
-        first = self.samples + self.dp_rank * local
-        self.samples += self.global_batch
-        return self._pack(self._pair_at(p) for p in range(first, first + local))
-
-    def __iter__(self) -> Iterator[torch.Tensor]:
-        while True:
-            yield self.next_batch()
+        return self._pack(self.train_pairs[self.item_at(p)] for p in self.take_global_batch())
 
     def fingerprint(self) -> str:
         return f"preference:{self.dataset.fingerprint()}"
@@ -132,29 +113,6 @@ class PreferenceBatches:
         return None  # preference shards record no decontamination
 
     source_names: list[str] = []  # per-source held-out losses are a language-modelling figure
-
-    def state_dict(self) -> dict[str, int]:
-        return {
-            "epoch": self.epoch,
-            "samples_in_epoch": self.samples % self.n_pairs,
-            "seed": self.seed,
-            "seq_len": self.seq_len,
-            "n_pairs": self.n_pairs,
-            "skipped": self.skipped.state(),
-        }
-
-    def load_state_dict(self, state: dict[str, int]) -> None:
-        check_saved_with(
-            state,
-            self,
-            ("seed", "seq_len", "n_pairs"),
-            "preference data position was saved",
-            "resume with the same data, data.seq_len and seed (or start a new run_dir)",
-        )
-        self.samples = int(state["epoch"]) * self.n_pairs + int(state["samples_in_epoch"])
-        self.global_batch = self.schedule.at(self.samples)
-        for start, end in state.get("skipped", []):
-            self.skipped.add(start, end)
 
     def eval_batches(self, n_sequences: int, micro_batch: int) -> list[torch.Tensor]:
         """This rank's share of the first `n_sequences` held-out pairs, in micro batches (the held-out DPO loss)."""
