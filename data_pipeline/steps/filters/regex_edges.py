@@ -241,3 +241,169 @@ class InfixFinder:
                 index = found.end() - 1 if found.end() > index else index
             candidate = self._candidate(text, index + 1)
         return out
+
+
+def _needs_outside(items, alphabet: frozenset, members: Callable[[list], Optional[frozenset]]) -> bool:
+    """Whether every match of the parsed `items` holds a character outside `alphabet` (among the characters it
+    matches or the ones a positive lookaround reads). False whenever that is not certain: only a True is relied on.
+    `members(class_items)` is the subset of `alphabet` a character class matches, or None when unreadable."""
+    for op, av in items:
+        if op == _c.LITERAL:
+            if chr(av) not in alphabet:
+                return True
+        elif op == _c.NOT_LITERAL:
+            if alphabet <= {chr(av)}:
+                return True
+        elif op == _c.IN:
+            inside = members(av)
+            if inside is not None and not inside:
+                return True
+        elif op in _REPEATS:
+            if av[0] > 0 and _needs_outside(list(av[2]), alphabet, members):
+                return True
+        elif op == _c.SUBPATTERN:
+            if not av[1] & re.IGNORECASE and _needs_outside(list(av[3]), alphabet, members):
+                return True
+        elif op == _c.BRANCH:
+            if all(_needs_outside(list(branch), alphabet, members) for branch in av[1]):
+                return True
+        elif op == _c.ASSERT:  # a positive lookahead/lookbehind reads characters of the same string
+            if _needs_outside(list(av[1]), alphabet, members):
+                return True
+        # AT, ASSERT_NOT, ANY, group references...: nothing certain
+    return False
+
+
+def untouchable_alphabet(patterns: list[str], seed: str, candidates: str) -> frozenset:
+    """The characters of `seed` plus as many of `candidates` (tried in order) as keep this true: no pattern can
+    match anywhere in a string made only of these characters, proven from each pattern's parse tree (every match of
+    every alternative needs some character outside the set). Empty when the seed alone cannot be proven."""
+    trees = []
+    for pattern in patterns:
+        tree = _p.parse(pattern)
+        if tree.state.flags & re.IGNORECASE:
+            return frozenset()
+        trees.append(list(tree))
+    universe = frozenset(seed) | frozenset(candidates)
+    class_cache: dict[str, Optional[frozenset]] = {}
+
+    def matched_by(class_items) -> Optional[frozenset]:
+        regex = _class(class_items)
+        if regex is None:
+            return None
+        if regex not in class_cache:
+            match = re.compile(regex).match
+            class_cache[regex] = frozenset(char for char in universe if match(char))
+        return class_cache[regex]
+
+    def proven(alphabet: frozenset) -> bool:
+        def members(class_items) -> Optional[frozenset]:
+            found = matched_by(class_items)
+            return None if found is None else found & alphabet
+
+        return all(_needs_outside(tree, alphabet, members) for tree in trees)
+
+    alphabet = frozenset(seed)
+    if not proven(alphabet):
+        return frozenset()
+    for char in candidates:
+        if char not in alphabet and proven(alphabet | {char}):
+            alphabet |= {char}
+    return alphabet
+
+
+_ASCII = "".join(map(chr, range(128)))
+_AT_CODES = {
+    _c.AT_BEGINNING: "^",
+    _c.AT_END: "$",
+    _c.AT_BEGINNING_STRING: r"\A",
+    _c.AT_END_STRING: r"\Z",
+    _c.AT_BOUNDARY: r"\b",
+    _c.AT_NON_BOUNDARY: r"\B",
+}
+
+
+class _Unreadable(Exception):
+    """The parse tree holds something `_ascii_regex` does not rewrite."""
+
+
+def _ascii_class(chars: str) -> Optional[str]:
+    return None if not chars else "[" + "".join(f"\\x{ord(c):02x}" for c in chars) + "]"
+
+
+def _ascii_regex(items) -> Optional[str]:
+    """The parsed `items` rewritten to match exactly the same ASCII strings at the same places, every character
+    class cut to its ASCII members (`re` tests a small class in one step, a class of hundreds of Unicode ranges
+    range by range); None when no ASCII string can match. Raises `_Unreadable` for what it does not rewrite."""
+    out = []
+    for op, av in items:
+        if op == _c.LITERAL:
+            if av >= 128:
+                return None
+            out.append(f"\\x{av:02x}")
+        elif op == _c.NOT_LITERAL:
+            out.append(_ascii_class(_ASCII.replace(chr(av), "")) if av < 128 else _ascii_class(_ASCII))
+        elif op == _c.IN:
+            regex = _class(av)
+            if regex is None:
+                raise _Unreadable(op)
+            one = _ascii_class("".join(c for c in _ASCII if re.match(regex, c)))
+            if one is None:
+                return None
+            out.append(one)
+        elif op in _REPEATS:
+            low, high, sub = av
+            inner = _ascii_regex(list(sub))
+            if inner is None:
+                if low > 0:
+                    return None
+                continue
+            bound = f"{{{low},{'' if high == _c.MAXREPEAT else high}}}"
+            lazy = "?" if op == _c.MIN_REPEAT else "+" if op not in (_c.MAX_REPEAT, _c.MIN_REPEAT) else ""
+            out.append(f"(?:{inner}){bound}{lazy}")
+        elif op == _c.SUBPATTERN:
+            if av[1] or av[2]:
+                raise _Unreadable(op)
+            inner = _ascii_regex(list(av[3]))
+            if inner is None:
+                return None
+            out.append(f"(?:{inner})")
+        elif op == _c.BRANCH:
+            branches = [b for b in (_ascii_regex(list(branch)) for branch in av[1]) if b is not None]
+            if not branches:
+                return None
+            out.append("(?:" + "|".join(branches) + ")")
+        elif op in (_c.ASSERT, _c.ASSERT_NOT):
+            direction, sub = av
+            inner = _ascii_regex(list(sub))
+            if inner is None:
+                if op == _c.ASSERT:
+                    return None
+                continue  # a lookaround that cannot match never forbids anything
+            out.append(f"(?{'<' if direction < 0 else ''}{'=' if op == _c.ASSERT else '!'}{inner})")
+        elif op == _c.AT and av in _AT_CODES:
+            out.append(_AT_CODES[av])
+        else:
+            raise _Unreadable(op)
+    return "".join(out)
+
+
+def ascii_alternation(pattern: str) -> Optional[str]:
+    """`pattern` for ASCII text only: each top-level alternative with its classes cut to ASCII, those no ASCII
+    string can match left out (order kept, so the same alternative wins). Searched in an ASCII string it finds
+    exactly what `pattern` finds. None when the pattern holds something not rewritten here (or flags)."""
+    alternatives = top_level_alternatives(pattern)
+    if "|".join(alternatives) != pattern:
+        return None
+    kept = []
+    try:
+        for alternative in alternatives:
+            tree = _p.parse(alternative)
+            if tree.state.flags & ~(re.UNICODE):
+                return None
+            regex = _ascii_regex(list(tree))
+            if regex is not None:
+                kept.append(regex)
+    except (_Unreadable, re.error):
+        return None
+    return "|".join(kept) if kept else "(?!)"
