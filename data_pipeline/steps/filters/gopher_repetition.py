@@ -26,7 +26,6 @@ from data_pipeline.steps.base import FilterStep, Verdict, reject
 from data_pipeline.steps.filters.text import duplicated, words_of
 
 _PARAGRAPH_BREAK = re.compile(r"\n{2,}")
-_LINE_BREAK = re.compile(r"\n+")
 _MIX = np.uint64(0x9E3779B97F4A7C15)  # odd 64-bit multiplier of the rolling n-gram hash
 _BASE = 0x100000001B3  # odd base of the polynomial string hash (mod 2**64)
 _BASE_INVERSE = pow(_BASE, -1, 1 << 64)
@@ -42,6 +41,22 @@ def _thresholds(name: str, value: Optional[Mapping]) -> dict[int, float]:
         return {int(n): float(t) for n, t in dict(value).items() if t is not None}
     except (TypeError, ValueError) as exc:
         raise ValueError(f"gopher_repetition.{name}: expected {{n: fraction}}, got {value!r}") from exc
+
+
+def paragraphs(text: str) -> list[str]:
+    """`re.split(r"\n{2,}", text.strip())`; a plain `str.split` when no run is longer than two newlines (normalized
+    text: the normalize step leaves none), four times faster."""
+    text = text.strip()
+    return text.split("\n\n") if "\n\n\n" not in text else _PARAGRAPH_BREAK.split(text)
+
+
+def lines(text: str) -> list[str]:
+    """`re.split(r"\n+", text)` from a plain `str.split`: the empty pieces runs of newlines leave dropped, except the
+    first and the last (text starting or ending with a newline), which the regex keeps too."""
+    pieces = text.split("\n")
+    if len(pieces) > 2 and "" in pieces[1:-1]:
+        pieces = [pieces[0], *filter(None, pieces[1:-1]), pieces[-1]]
+    return pieces
 
 
 def ngram_hashes(word_hashes: np.ndarray, n: int) -> np.ndarray:
@@ -146,8 +161,8 @@ class GopherRepetition(FilterStep):
             return reject("empty", 0, 1)
         total = len(text)
         for unit, items, frac_limit, char_limit in (
-            ("para", _PARAGRAPH_BREAK.split(text.strip()), self.dup_para_frac, self.dup_para_char_frac),
-            ("line", _LINE_BREAK.split(text), self.dup_line_frac, self.dup_line_char_frac),
+            ("para", paragraphs(text), self.dup_para_frac, self.dup_para_char_frac),
+            ("line", lines(text), self.dup_line_frac, self.dup_line_char_frac),
         ):
             if frac_limit is None and char_limit is None:
                 continue
