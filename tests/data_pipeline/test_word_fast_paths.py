@@ -11,7 +11,7 @@ import string
 
 import pytest
 
-from data_pipeline.steps.filters.regex_edges import ascii_alternation, untouchable_alphabet
+from data_pipeline.steps.filters.regex_edges import ascii_alternation, untouchable_alphabets
 from data_pipeline.steps.filters.words import _ALPHABET_CANDIDATES, _ALPHABET_SEEDS, RULES_DIR, WordTokenizer
 from tests.data_pipeline.machine_docs import machine_documents
 
@@ -36,21 +36,19 @@ def _random_strings(rng, alphabet, count, longest=14):
 
 
 def test_untouchable_alphabets_are_words_and_numbers_without_rule_characters():
-    letters = untouchable_alphabet(AFFIXES, string.ascii_letters, _ALPHABET_CANDIDATES)
-    digits = untouchable_alphabet(AFFIXES, string.digits, _ALPHABET_CANDIDATES)
+    letters, digits = untouchable_alphabets(AFFIXES, [string.ascii_letters, string.digits], _ALPHABET_CANDIDATES)
     assert set(string.ascii_letters) <= letters and set(string.digits) <= digits
     # letters next to digits make units ("10km"), and these characters are prefixes, suffixes or infixes
     assert not letters & set(string.digits) and not digits & set(string.ascii_letters)
     assert not (letters | digits) & set(".,;:!?'\"()[]{}<>-_#*&$%+=`")
     # a seed some rule matches by itself proves nothing
-    assert untouchable_alphabet(AFFIXES, "a,", _ALPHABET_CANDIDATES) == frozenset()
+    assert untouchable_alphabets(AFFIXES, ["a,"], _ALPHABET_CANDIDATES) == [frozenset()]
 
 
 def test_no_rule_matches_text_of_an_untouchable_alphabet():
     rng = random.Random(0)
     prefix, suffix, infix = (re.compile(pattern) for pattern in AFFIXES)
-    for seed in _ALPHABET_SEEDS:
-        alphabet = untouchable_alphabet(AFFIXES, seed, _ALPHABET_CANDIDATES)
+    for alphabet in untouchable_alphabets(AFFIXES, list(_ALPHABET_SEEDS), _ALPHABET_CANDIDATES):
         for text in _random_strings(rng, alphabet, 4000):
             assert not prefix.search(text) and not suffix.search(text) and not infix.search(text), text
 

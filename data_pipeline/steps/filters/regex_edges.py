@@ -13,6 +13,7 @@ alternative counts as able to start or end with anything, which only costs speed
 from __future__ import annotations
 
 import re
+from functools import lru_cache
 from typing import Callable, Optional
 
 try:  # the parser moved in Python 3.11; both expose the same tree
@@ -33,6 +34,13 @@ _CATEGORIES = {
 }
 _ZERO_WIDTH = {_c.AT, _c.ASSERT, _c.ASSERT_NOT}
 _REPEATS = {_c.MAX_REPEAT, _c.MIN_REPEAT} | ({_c.POSSESSIVE_REPEAT} if hasattr(_c, "POSSESSIVE_REPEAT") else set())
+
+
+@lru_cache(maxsize=4096)
+def _parsed(pattern: str):
+    """`re`'s parse tree of `pattern`, parsed once per process: the tokenizer reads each rule's tree several times
+    (edge characters, the ASCII rewrite, the untouchable alphabets). Read-only."""
+    return _p.parse(pattern)
 
 
 def _char(code: int) -> str:
@@ -133,7 +141,7 @@ def edge_chars(alternative: str, last: bool) -> Optional[str]:
     """A one-character regex for the characters a match of `alternative` can start (last=False) or end (last=True)
     with; None when that can be any character (or the parse tree holds something not read here)."""
     try:
-        found, empty = _edge(list(_p.parse(alternative)), last)
+        found, empty = _edge(list(_parsed(alternative)), last)
     except Exception:  # noqa: BLE001 - an unreadable tree only means no speed-up
         return None
     if found is None or empty:
@@ -274,27 +282,47 @@ def _needs_outside(items, alphabet: frozenset, members: Callable[[list], Optiona
     return False
 
 
-def untouchable_alphabet(patterns: list[str], seed: str, candidates: str) -> frozenset:
-    """The characters of `seed` plus as many of `candidates` (tried in order) as keep this true: no pattern can
+def class_members(items, chars: frozenset) -> Optional[frozenset]:
+    """The characters of `chars` a parsed character class matches (read from its items, not compiled: spaCy's
+    classes hold hundreds of ranges), or None when it holds something not read here."""
+    negate, found = False, set()
+    for op, av in items:
+        if op == _c.NEGATE:
+            negate = True
+        elif op == _c.LITERAL:
+            found.update(c for c in chars if ord(c) == av)
+        elif op == _c.RANGE:
+            found.update(c for c in chars if av[0] <= ord(c) <= av[1])
+        elif op == _c.CATEGORY and av in _CATEGORIES:
+            match = re.compile(_CATEGORIES[av]).match
+            found.update(c for c in chars if match(c))
+        else:
+            return None
+    return frozenset(chars - found if negate else found)
+
+
+def untouchable_alphabets(patterns: list[str], seeds: list[str], candidates: str) -> list[frozenset]:
+    """For each seed, its characters plus as many of `candidates` (tried in order) as keep this true: no pattern can
     match anywhere in a string made only of these characters, proven from each pattern's parse tree (every match of
-    every alternative needs some character outside the set). Empty when the seed alone cannot be proven."""
+    every alternative needs some character outside the set). Empty for a seed that alone cannot be proven."""
     trees = []
     for pattern in patterns:
-        tree = _p.parse(pattern)
-        if tree.state.flags & re.IGNORECASE:
-            return frozenset()
-        trees.append(list(tree))
-    universe = frozenset(seed) | frozenset(candidates)
-    class_cache: dict[str, Optional[frozenset]] = {}
+        alternatives = top_level_alternatives(pattern)
+        if "|".join(alternatives) != pattern:
+            alternatives = [pattern]
+        for alternative in alternatives:
+            tree = _parsed(alternative)
+            if tree.state.flags & re.IGNORECASE:
+                return [frozenset() for _ in seeds]
+            trees.append(list(tree))
+    universe = frozenset("".join(seeds)) | frozenset(candidates)
+    class_cache: dict[int, Optional[frozenset]] = {}  # by the id of a class's items, alive in the cached trees
 
     def matched_by(class_items) -> Optional[frozenset]:
-        regex = _class(class_items)
-        if regex is None:
-            return None
-        if regex not in class_cache:
-            match = re.compile(regex).match
-            class_cache[regex] = frozenset(char for char in universe if match(char))
-        return class_cache[regex]
+        key = id(class_items)
+        if key not in class_cache:
+            class_cache[key] = class_members(class_items, universe)
+        return class_cache[key]
 
     def proven(alphabet: frozenset) -> bool:
         def members(class_items) -> Optional[frozenset]:
@@ -303,16 +331,21 @@ def untouchable_alphabet(patterns: list[str], seed: str, candidates: str) -> fro
 
         return all(_needs_outside(tree, alphabet, members) for tree in trees)
 
-    alphabet = frozenset(seed)
-    if not proven(alphabet):
-        return frozenset()
-    for char in candidates:
-        if char not in alphabet and proven(alphabet | {char}):
-            alphabet |= {char}
-    return alphabet
+    out = []
+    for seed in seeds:
+        alphabet = frozenset(seed)
+        if not proven(alphabet):
+            out.append(frozenset())
+            continue
+        for char in candidates:
+            if char not in alphabet and proven(alphabet | {char}):
+                alphabet |= {char}
+        out.append(alphabet)
+    return out
 
 
 _ASCII = "".join(map(chr, range(128)))
+_ASCII_SET = frozenset(_ASCII)
 _AT_CODES = {
     _c.AT_BEGINNING: "^",
     _c.AT_END: "$",
@@ -344,10 +377,10 @@ def _ascii_regex(items) -> Optional[str]:
         elif op == _c.NOT_LITERAL:
             out.append(_ascii_class(_ASCII.replace(chr(av), "")) if av < 128 else _ascii_class(_ASCII))
         elif op == _c.IN:
-            regex = _class(av)
-            if regex is None:
+            members = class_members(av, _ASCII_SET)
+            if members is None:
                 raise _Unreadable(op)
-            one = _ascii_class("".join(c for c in _ASCII if re.match(regex, c)))
+            one = _ascii_class("".join(sorted(members)))
             if one is None:
                 return None
             out.append(one)
@@ -398,7 +431,7 @@ def ascii_alternation(pattern: str) -> Optional[str]:
     kept = []
     try:
         for alternative in alternatives:
-            tree = _p.parse(alternative)
+            tree = _parsed(alternative)
             if tree.state.flags & ~(re.UNICODE):
                 return None
             regex = _ascii_regex(list(tree))

@@ -16,7 +16,7 @@ dropped.
 
 The first sight of a piece is the cost on text with many distinct pieces (change logs: addresses, versions, paths).
 Two fast paths, both exact: text made only of an "untouchable" alphabet (ASCII letters or digits and the few
-characters no rule can use with them, proven from the rule tables by `regex_edges.untouchable_alphabet`) is one
+characters no rule can use with them, proven from the rule tables by `regex_edges.untouchable_alphabets`) is one
 token without a search, whole or once its affixes are off; and ASCII pieces (nearly all) are searched with the
 rules cut to ASCII (`regex_edges.ascii_alternation`), whose small character classes `re` tests in one step.
 tests/data_pipeline/test_word_fast_paths.py checks both against spaCy.
@@ -37,7 +37,7 @@ from data_pipeline.steps.filters.regex_edges import (
     AnchoredAlternation,
     InfixFinder,
     ascii_alternation,
-    untouchable_alphabet,
+    untouchable_alphabets,
 )
 
 RULES_DIR = Path(__file__).with_name("word_rules")
@@ -114,9 +114,9 @@ class WordTokenizer:
     @staticmethod
     def _untouched_test(patterns: list[str]) -> Callable[[str], object]:
         """A test (one C-level `fullmatch`) for text no prefix, suffix or infix rule can cut: text made only of the
-        characters of one untouchable alphabet (`regex_edges.untouchable_alphabet`, proven from the rule tables:
+        characters of one untouchable alphabet (`regex_edges.untouchable_alphabets`, proven from the rule tables:
         plain words, plain numbers). Such text is one token unless it is a special case."""
-        alphabets = [untouchable_alphabet(patterns, seed, _ALPHABET_CANDIDATES) for seed in _ALPHABET_SEEDS]
+        alphabets = untouchable_alphabets(patterns, list(_ALPHABET_SEEDS), _ALPHABET_CANDIDATES)
         runs = [f"[{re.escape(''.join(sorted(a)))}]+" for a in alphabets if a]
         return re.compile("|".join(runs)).fullmatch if runs else (lambda text: None)
 
