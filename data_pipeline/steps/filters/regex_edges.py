@@ -437,6 +437,8 @@ def ascii_alternation(pattern: str) -> Optional[str]:
             regex = _ascii_regex(list(tree))
             if regex is not None:
                 kept.append(regex)
+        rewritten = "|".join(kept) if kept else "(?!)"
+        re.compile(rewritten)
     except (_Unreadable, re.error):
         return None
-    return "|".join(kept) if kept else "(?!)"
+    return rewritten
