@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import hashlib
 import re
-from typing import Iterable, Iterator
+from typing import Iterable, Iterator, Optional
 
 import numpy as np
 
@@ -27,15 +27,19 @@ from data_pipeline.steps.base import Stage, Step
 
 UNITS = ("paragraph", "line")
 _PARAGRAPH_BREAK = re.compile(r"\n[ \t]*\n\s*")
-_DIGITS = str.maketrans("123456789", "000000000")
+_DIGITS = bytes.maketrans(b"123456789", b"000000000")  # on UTF-8: no byte of a multi-byte character is a digit
 
 
 def span_key(span: str) -> str:
-    return " ".join(span.casefold().split()).translate(_DIGITS)
+    """The span as compared: case-folded, whitespace collapsed, digits 1-9 made 0."""
+    return " ".join(span.casefold().split()).encode("utf-8").translate(_DIGITS).decode("utf-8")
 
 
 def span_hash(key: str) -> int:
-    return int.from_bytes(hashlib.blake2b(key.encode("utf-8"), digest_size=8).digest(), "little")
+    """64-bit hash of a key whose digits are not yet made 0 (that is done on its UTF-8 bytes: a C-level table
+    look-up, where `str.translate` with a dict is a Python-level one per character)."""
+    digest = hashlib.blake2b(key.encode("utf-8").translate(_DIGITS), digest_size=8).digest()
+    return int.from_bytes(digest, "little")
 
 
 class BoilerplateDedup(Step):
@@ -63,12 +67,24 @@ class BoilerplateDedup(Step):
             return "\n\n".join(spans)
         return re.sub(r"\n{3,}", "\n\n", "\n".join(spans)).strip()
 
-    def hashes(self, text: str) -> list[int]:
-        """One hash per span, 0 for spans too short to be cut."""
+    def hashes(self, text: str, spans: Optional[list[str]] = None) -> list[int]:
+        """One hash per span (`spans`: `self.spans(text)` when given), 0 for spans too short to be cut.
+
+        The text is case-folded once, not span by span: case folding maps no character to or from whitespace
+        (tests/data_pipeline/test_normalize_boilerplate_speed.py checks every code point), so the folded text
+        splits into the folded spans. An ASCII span shorter than `min_chars` cannot fold or collapse to a longer
+        key."""
+        min_chars = self.min_chars
+        if spans is None:
+            spans = self.spans(text)
+        folded = self.spans(text.casefold()) if not text.isascii() else None
         out = []
-        for span in self.spans(text):
-            key = span_key(span)
-            out.append(span_hash(key) if len(key) >= self.min_chars else 0)
+        for index, span in enumerate(spans):
+            if len(span) < min_chars and span.isascii():
+                out.append(0)
+                continue
+            key = " ".join((span.lower() if folded is None else folded[index]).split())
+            out.append(span_hash(key) if len(key) >= min_chars else 0)
         return out
 
     # ------------------------------------------------------------------ stages
@@ -95,7 +111,7 @@ class BoilerplateDedup(Step):
         )
         for doc in documents:
             spans = self.spans(doc.text)
-            hashes = self.hashes(doc.text) if boilerplate else []
+            hashes = self.hashes(doc.text, spans) if boilerplate else []
             kept = [span for span, h in zip(spans, hashes) if h not in boilerplate] if boilerplate else spans
             if len(kept) == len(spans):
                 yield doc

@@ -18,7 +18,12 @@ from data_pipeline.steps.base import Stage, Step
 
 
 def text_hash(text: str) -> str:
-    canonical = " ".join(unicodedata.normalize("NFKC", text).casefold().split())
+    """The digest of the canonical form (NFKC, case-folded, whitespace collapsed); ASCII text is its own NFKC
+    form and folds as it lower-cases, so it skips both Unicode passes."""
+    if text.isascii():
+        canonical = " ".join(text.lower().split())
+    else:
+        canonical = " ".join(unicodedata.normalize("NFKC", text).casefold().split())
     return hashlib.blake2b(canonical.encode("utf-8"), digest_size=16).hexdigest()
 
 

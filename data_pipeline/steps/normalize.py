@@ -29,10 +29,9 @@ _SPACES = "\t\u00a0\u1680\u2000-\u200a\u202f\u205f\u3000"
 _INLINE_SPACE = re.compile(f"[{_SPACES}][ {_SPACES}]*| [ {_SPACES}]+")
 _MANY_BLANK_LINES = re.compile(r"\n{3,}")
 _SPACE_AROUND_NEWLINE = re.compile(r" \n ?|\n ")  # after inline runs became one space: strips every line
-_TRAILING_SPACE = re.compile(f"[ {_SPACES}]+$", re.MULTILINE)
 _LEADING_BLANK_LINES = re.compile(f"^(?:[ {_SPACES}]*\n)+")
 _FENCE = re.compile(r"^[ \t]*(?:```|~~~)")
-_UNINDENTED_LINE = re.compile(r"^\S[^\n]*", re.MULTILINE)
+_INDENTED_BLOCK = re.compile(r"((?:^[^\S\n][^\n]*(?:\n|\Z))+)", re.MULTILINE)  # lines starting with whitespace
 INDENTATION_MODES = ("keep", "strip")
 
 # Lines to drop by pattern: none by default. Template text repeated across documents is boilerplate_dedup's job
@@ -56,12 +55,23 @@ def map_symbols(text: str, mode: str) -> str:
     return regex.sub(r"\p{So}", "", emoji.replace_emoji(text, replace=""))
 
 
+def _may_hold_runs(text: str) -> bool:
+    """False when ASCII `text` holds no run `_INLINE_SPACE` rewrites (no tab, no two spaces); True for other text."""
+    return not text.isascii() or "  " in text or "\t" in text
+
+
 def _collapse_keeping_indentation(text: str) -> str:
     """Trailing whitespace removed; runs of spaces made one space except in preformatted lines (indented, or
-    inside a fenced block), which keep theirs."""
-    text = _TRAILING_SPACE.sub("", text)
-    if "```" not in text and "~~~" not in text:  # the common case: one regex pass over unindented lines
-        return _UNINDENTED_LINE.sub(lambda m: _INLINE_SPACE.sub(" ", m.group()), text)
+    inside a fenced block), which keep theirs. `text` holds no control characters (`normalize_text` removed them),
+    so the whitespace a line can end in is exactly the space characters (" " and `_SPACES`), and `str.rstrip` line
+    by line (a C-level map) removes what a regex for them would, three times faster."""
+    text = "\n".join(map(str.rstrip, text.split("\n")))
+    if "```" not in text and "~~~" not in text:
+        # The common case: runs collapsed chunk by chunk between blocks of indented lines, which stay as they are
+        # (a run never holds a newline), two C-level passes instead of a Python call per line or per run.
+        parts = _INDENTED_BLOCK.split(text)
+        parts[::2] = [_INLINE_SPACE.sub(" ", part) if _may_hold_runs(part) else part for part in parts[::2]]
+        return "".join(parts)
     lines, fenced = [], False
     for line in text.split("\n"):
         if _FENCE.match(line):

@@ -13,6 +13,7 @@ alternative counts as able to start or end with anything, which only costs speed
 from __future__ import annotations
 
 import re
+from functools import lru_cache
 from typing import Callable, Optional
 
 try:  # the parser moved in Python 3.11; both expose the same tree
@@ -33,6 +34,13 @@ _CATEGORIES = {
 }
 _ZERO_WIDTH = {_c.AT, _c.ASSERT, _c.ASSERT_NOT}
 _REPEATS = {_c.MAX_REPEAT, _c.MIN_REPEAT} | ({_c.POSSESSIVE_REPEAT} if hasattr(_c, "POSSESSIVE_REPEAT") else set())
+
+
+@lru_cache(maxsize=4096)
+def _parsed(pattern: str):
+    """`re`'s parse tree of `pattern`, parsed once per process: the tokenizer reads each rule's tree several times
+    (edge characters, the ASCII rewrite, the untouchable alphabets). Read-only."""
+    return _p.parse(pattern)
 
 
 def _char(code: int) -> str:
@@ -133,7 +141,7 @@ def edge_chars(alternative: str, last: bool) -> Optional[str]:
     """A one-character regex for the characters a match of `alternative` can start (last=False) or end (last=True)
     with; None when that can be any character (or the parse tree holds something not read here)."""
     try:
-        found, empty = _edge(list(_p.parse(alternative)), last)
+        found, empty = _edge(list(_parsed(alternative)), last)
     except Exception:  # noqa: BLE001 - an unreadable tree only means no speed-up
         return None
     if found is None or empty:
@@ -241,3 +249,196 @@ class InfixFinder:
                 index = found.end() - 1 if found.end() > index else index
             candidate = self._candidate(text, index + 1)
         return out
+
+
+def _needs_outside(items, alphabet: frozenset, members: Callable[[list], Optional[frozenset]]) -> bool:
+    """Whether every match of the parsed `items` holds a character outside `alphabet` (among the characters it
+    matches or the ones a positive lookaround reads). False whenever that is not certain: only a True is relied on.
+    `members(class_items)` is the subset of `alphabet` a character class matches, or None when unreadable."""
+    for op, av in items:
+        if op == _c.LITERAL:
+            if chr(av) not in alphabet:
+                return True
+        elif op == _c.NOT_LITERAL:
+            if alphabet <= {chr(av)}:
+                return True
+        elif op == _c.IN:
+            inside = members(av)
+            if inside is not None and not inside:
+                return True
+        elif op in _REPEATS:
+            if av[0] > 0 and _needs_outside(list(av[2]), alphabet, members):
+                return True
+        elif op == _c.SUBPATTERN:
+            if not av[1] & re.IGNORECASE and _needs_outside(list(av[3]), alphabet, members):
+                return True
+        elif op == _c.BRANCH:
+            if all(_needs_outside(list(branch), alphabet, members) for branch in av[1]):
+                return True
+        elif op == _c.ASSERT:  # a positive lookahead/lookbehind reads characters of the same string
+            if _needs_outside(list(av[1]), alphabet, members):
+                return True
+        # AT, ASSERT_NOT, ANY, group references...: nothing certain
+    return False
+
+
+def class_members(items, chars: frozenset) -> Optional[frozenset]:
+    """The characters of `chars` a parsed character class matches (read from its items, not compiled: spaCy's
+    classes hold hundreds of ranges), or None when it holds something not read here."""
+    negate, found = False, set()
+    for op, av in items:
+        if op == _c.NEGATE:
+            negate = True
+        elif op == _c.LITERAL:
+            found.update(c for c in chars if ord(c) == av)
+        elif op == _c.RANGE:
+            found.update(c for c in chars if av[0] <= ord(c) <= av[1])
+        elif op == _c.CATEGORY and av in _CATEGORIES:
+            match = re.compile(_CATEGORIES[av]).match
+            found.update(c for c in chars if match(c))
+        else:
+            return None
+    return frozenset(chars - found if negate else found)
+
+
+def untouchable_alphabets(patterns: list[str], seeds: list[str], candidates: str) -> list[frozenset]:
+    """For each seed, its characters plus as many of `candidates` (tried in order) as keep this true: no pattern can
+    match anywhere in a string made only of these characters, proven from each pattern's parse tree (every match of
+    every alternative needs some character outside the set). Empty for a seed that alone cannot be proven."""
+    trees = []
+    for pattern in patterns:
+        alternatives = top_level_alternatives(pattern)
+        if "|".join(alternatives) != pattern:
+            alternatives = [pattern]
+        for alternative in alternatives:
+            tree = _parsed(alternative)
+            if tree.state.flags & re.IGNORECASE:
+                return [frozenset() for _ in seeds]
+            trees.append(list(tree))
+    universe = frozenset("".join(seeds)) | frozenset(candidates)
+    class_cache: dict[int, Optional[frozenset]] = {}  # by the id of a class's items, alive in the cached trees
+
+    def matched_by(class_items) -> Optional[frozenset]:
+        key = id(class_items)
+        if key not in class_cache:
+            class_cache[key] = class_members(class_items, universe)
+        return class_cache[key]
+
+    def proven(alphabet: frozenset) -> bool:
+        def members(class_items) -> Optional[frozenset]:
+            found = matched_by(class_items)
+            return None if found is None else found & alphabet
+
+        return all(_needs_outside(tree, alphabet, members) for tree in trees)
+
+    out = []
+    for seed in seeds:
+        alphabet = frozenset(seed)
+        if not proven(alphabet):
+            out.append(frozenset())
+            continue
+        for char in candidates:
+            if char not in alphabet and proven(alphabet | {char}):
+                alphabet |= {char}
+        out.append(alphabet)
+    return out
+
+
+_ASCII = "".join(map(chr, range(128)))
+_ASCII_SET = frozenset(_ASCII)
+_AT_CODES = {
+    _c.AT_BEGINNING: "^",
+    _c.AT_END: "$",
+    _c.AT_BEGINNING_STRING: r"\A",
+    _c.AT_END_STRING: r"\Z",
+    _c.AT_BOUNDARY: r"\b",
+    _c.AT_NON_BOUNDARY: r"\B",
+}
+
+
+class _Unreadable(Exception):
+    """The parse tree holds something `_ascii_regex` does not rewrite."""
+
+
+def _ascii_class(chars: str) -> Optional[str]:
+    return None if not chars else "[" + "".join(f"\\x{ord(c):02x}" for c in chars) + "]"
+
+
+def _ascii_regex(items) -> Optional[str]:
+    """The parsed `items` rewritten to match exactly the same ASCII strings at the same places, every character
+    class cut to its ASCII members (`re` tests a small class in one step, a class of hundreds of Unicode ranges
+    range by range); None when no ASCII string can match. Raises `_Unreadable` for what it does not rewrite."""
+    out = []
+    for op, av in items:
+        if op == _c.LITERAL:
+            if av >= 128:
+                return None
+            out.append(f"\\x{av:02x}")
+        elif op == _c.NOT_LITERAL:
+            out.append(_ascii_class(_ASCII.replace(chr(av), "")) if av < 128 else _ascii_class(_ASCII))
+        elif op == _c.IN:
+            members = class_members(av, _ASCII_SET)
+            if members is None:
+                raise _Unreadable(op)
+            one = _ascii_class("".join(sorted(members)))
+            if one is None:
+                return None
+            out.append(one)
+        elif op in _REPEATS:
+            low, high, sub = av
+            inner = _ascii_regex(list(sub))
+            if inner is None:
+                if low > 0:
+                    return None
+                continue
+            bound = f"{{{low},{'' if high == _c.MAXREPEAT else high}}}"
+            lazy = "?" if op == _c.MIN_REPEAT else "+" if op not in (_c.MAX_REPEAT, _c.MIN_REPEAT) else ""
+            out.append(f"(?:{inner}){bound}{lazy}")
+        elif op == _c.SUBPATTERN:
+            if av[1] or av[2]:
+                raise _Unreadable(op)
+            inner = _ascii_regex(list(av[3]))
+            if inner is None:
+                return None
+            out.append(f"(?:{inner})")
+        elif op == _c.BRANCH:
+            branches = [b for b in (_ascii_regex(list(branch)) for branch in av[1]) if b is not None]
+            if not branches:
+                return None
+            out.append("(?:" + "|".join(branches) + ")")
+        elif op in (_c.ASSERT, _c.ASSERT_NOT):
+            direction, sub = av
+            inner = _ascii_regex(list(sub))
+            if inner is None:
+                if op == _c.ASSERT:
+                    return None
+                continue  # a lookaround that cannot match never forbids anything
+            out.append(f"(?{'<' if direction < 0 else ''}{'=' if op == _c.ASSERT else '!'}{inner})")
+        elif op == _c.AT and av in _AT_CODES:
+            out.append(_AT_CODES[av])
+        else:
+            raise _Unreadable(op)
+    return "".join(out)
+
+
+def ascii_alternation(pattern: str) -> Optional[str]:
+    """`pattern` for ASCII text only: each top-level alternative with its classes cut to ASCII, those no ASCII
+    string can match left out (order kept, so the same alternative wins). Searched in an ASCII string it finds
+    exactly what `pattern` finds. None when the pattern holds something not rewritten here (or flags)."""
+    alternatives = top_level_alternatives(pattern)
+    if "|".join(alternatives) != pattern:
+        return None
+    kept = []
+    try:
+        for alternative in alternatives:
+            tree = _parsed(alternative)
+            if tree.state.flags & ~(re.UNICODE):
+                return None
+            regex = _ascii_regex(list(tree))
+            if regex is not None:
+                kept.append(regex)
+        rewritten = "|".join(kept) if kept else "(?!)"
+        re.compile(rewritten)
+    except (_Unreadable, re.error):
+        return None
+    return rewritten

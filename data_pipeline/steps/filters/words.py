@@ -13,23 +13,40 @@ spaCy by `word_rules/export.py`) without importing spaCy, whose import alone tak
 piece is tokenized once and remembered: prose repeats its pieces, so a document costs little more than
 `str.split` and a dictionary look-up per piece. Tokens are returned as datatrove keeps them: whitespace tokens
 dropped.
+
+The first sight of a piece is the cost on text with many distinct pieces (change logs: addresses, versions, paths).
+Two fast paths, both exact: text made only of an "untouchable" alphabet (ASCII letters or digits and the few
+characters no rule can use with them, proven from the rule tables by `regex_edges.untouchable_alphabets`) is one
+token without a search, whole or once its affixes are off; and ASCII pieces (nearly all) are searched with the
+rules cut to ASCII (`regex_edges.ascii_alternation`), whose small character classes `re` tests in one step.
+tests/data_pipeline/test_word_fast_paths.py checks both against spaCy.
 """
 
 from __future__ import annotations
 
 import json
 import re
+import string
 import unicodedata
 from functools import lru_cache
 from itertools import chain
 from pathlib import Path
 from typing import Callable, Optional
 
-from data_pipeline.steps.filters.regex_edges import AnchoredAlternation, InfixFinder
+from data_pipeline.steps.filters.regex_edges import (
+    AnchoredAlternation,
+    InfixFinder,
+    ascii_alternation,
+    untouchable_alphabets,
+)
 
 RULES_DIR = Path(__file__).with_name("word_rules")
 _WHITESPACE_RUN = re.compile(r"\s+")
 _CACHE_LIMIT = 2_000_000  # remembered pieces before the memo is cleared, between documents (a bound on memory)
+# Untouchable alphabets are grown from these seeds with these candidates (ASCII: what most pieces are made of).
+_ALPHABET_SEEDS = (string.ascii_letters, string.digits)
+_ALPHABET_CANDIDATES = "".join(map(chr, range(0x21, 0x7F)))
+_AFFIXES = ("prefix", "suffix", "infix")
 
 
 def _compiled(pattern: Optional[str], method: str) -> Optional[Callable]:
@@ -39,6 +56,18 @@ def _compiled(pattern: Optional[str], method: str) -> Optional[Callable]:
 def is_punct(token: str) -> bool:
     """spaCy's `Token.is_punct`: every character in a Unicode punctuation category."""
     return all(unicodedata.category(char).startswith("P") for char in token)
+
+
+class _AffixRules:
+    """A language's prefix, suffix and infix patterns, compiled for the searches the tokenizer makes."""
+
+    def __init__(self, prefix: Optional[str], suffix: Optional[str], infix: Optional[str]) -> None:
+        self.prefix = AnchoredAlternation(prefix, at_end=False) if prefix else None
+        self.suffix = AnchoredAlternation(suffix, at_end=True) if suffix else None
+        self.infix = InfixFinder(infix) if infix else None
+        self.prefix_search = self.prefix.search if self.prefix else None
+        self.suffix_search = self.suffix.search if self.suffix else None
+        self.infix_spans = self.infix.spans if self.infix else None
 
 
 class WordTokenizer:
@@ -55,18 +84,21 @@ class WordTokenizer:
         rules = json.loads(path.read_text(encoding="utf-8"))
         self.language = language
         self.specials: dict[str, tuple[str, ...]] = {k: tuple(v) for k, v in rules["special_cases"].items()}
-        prefix = AnchoredAlternation(rules["prefix"], at_end=False) if rules["prefix"] else None
-        suffix = AnchoredAlternation(rules["suffix"], at_end=True) if rules["suffix"] else None
-        infix = InfixFinder(rules["infix"]) if rules["infix"] else None
-        self._prefix = prefix.search if prefix else None
-        self._suffix = suffix.search if suffix else None
-        self._infixes = infix.spans if infix else None
+        self._full = _AffixRules(*(rules[kind] for kind in _AFFIXES))
+        # The same rules with every character class cut to ASCII, for ASCII pieces (nearly all): `re` tests a small
+        # class in one step, a class of hundreds of Unicode ranges range by range. Where a rule is not rewritten
+        # (`ascii_alternation` says None), the full rules serve every piece.
+        ascii_patterns = [ascii_alternation(rules[kind]) if rules[kind] else None for kind in _AFFIXES]
+        rewritten = all((pattern is not None) == bool(rules[kind]) for pattern, kind in zip(ascii_patterns, _AFFIXES))
+        self._ascii = _AffixRules(*ascii_patterns) if rewritten else self._full
+        prefix, suffix, infix = self._full.prefix, self._full.suffix, self._full.infix
         self._may_start = prefix.can_match if prefix else lambda char: False
         self._may_end = suffix.can_match if suffix else lambda char: False
         self._may_cut = infix.may_match if infix else lambda text: False
         self._url = _compiled(rules["url"], "match")
         self._token_match = _compiled(rules["token_match"], "match")
         self.sentence_punctuation = frozenset(rules["sentence_punctuation"])
+        self._untouched = self._untouched_test([rules[kind] for kind in _AFFIXES if rules[kind]])
         self._cache: dict[str, tuple[str, ...]] = dict(self.specials)
         # Special cases the affix rules would cut ("a:)" -> "a" ":" ")"): spaCy merges their pieces back after the
         # affix pass (its "faster heuristics"); keyed by the pieces the special case is cut into without them.
@@ -79,37 +111,50 @@ class WordTokenizer:
         self._longest_merge = max(map(len, self._merges), default=0)
         self._merge_starts = frozenset(pieces[0] for pieces in self._merges)
 
-    def _affix_cut(self, text: str) -> bool:
-        return bool(
-            (self._prefix and self._prefix(text))
-            or (self._suffix and self._suffix(text))
-            or (self._infixes and self._infixes(text))
-        )
-
     @staticmethod
-    def _length(match) -> int:
-        return 0 if match is None else match.end() - match.start()
+    def _untouched_test(patterns: list[str]) -> Callable[[str], object]:
+        """A test (one C-level `fullmatch`) for text no prefix, suffix or infix rule can cut: text made only of the
+        characters of one untouchable alphabet (`regex_edges.untouchable_alphabets`, proven from the rule tables:
+        plain words, plain numbers). Such text is one token unless it is a special case."""
+        alphabets = untouchable_alphabets(patterns, list(_ALPHABET_SEEDS), _ALPHABET_CANDIDATES)
+        runs = [f"[{re.escape(''.join(sorted(a)))}]+" for a in alphabets if a]
+        return re.compile("|".join(runs)).fullmatch if runs else (lambda text: None)
+
+    def _affix_cut(self, text: str) -> bool:
+        rules = self._full
+        return bool(
+            (rules.prefix_search and rules.prefix_search(text))
+            or (rules.suffix_search and rules.suffix_search(text))
+            or (rules.infix_spans and rules.infix_spans(text))
+        )
 
     def _affix_tokens(self, text: str, use_specials: bool = True) -> tuple[str, ...]:
         """spaCy's tokenization of one whitespace-free piece: prefixes and suffixes off, then infix cuts."""
         specials = self.specials if use_specials else {}
+        token_match, untouched = self._token_match, self._untouched
+        rules = self._ascii if text.isascii() else self._full  # the piece's substrings are ASCII as it is
+        prefix_search, suffix_search = rules.prefix_search, rules.suffix_search
         prefixes: list[str] = []
         suffixes: list[str] = []
         last_size = -1
         while text and len(text) != last_size:
-            if self._token_match and self._token_match(text):
+            if token_match and token_match(text):
                 break
             if text in specials:
                 break
+            if untouched(text):
+                break  # no prefix or suffix matches: this pass would leave the text as it is
             last_size = len(text)
-            pre_len = self._length(self._prefix(text)) if self._prefix else 0
+            match = prefix_search(text) if prefix_search else None
+            pre_len = match.end() - match.start() if match else 0
             if pre_len:
                 rest = text[pre_len:]
                 if rest and rest in specials:
                     prefixes.append(text[:pre_len])
                     text = rest
                     break
-            suf_len = self._length(self._suffix(text[pre_len:])) if self._suffix else 0
+            match = suffix_search(text[pre_len:]) if suffix_search else None
+            suf_len = match.end() - match.start() if match else 0
             if suf_len:
                 rest = text[:-suf_len]
                 if rest and rest in specials:
@@ -130,10 +175,12 @@ class WordTokenizer:
         if text:
             if text in specials:
                 tokens.extend(specials[text])
+            elif untouched(text):
+                tokens.append(text)  # no infix can match either
             else:
                 # No infix: one token whatever the URL and token patterns say (so they are not asked).
-                spans = self._infixes(text) if self._infixes else ()
-                if not spans or (self._token_match and self._token_match(text)) or (self._url and self._url(text)):
+                spans = rules.infix_spans(text) if rules.infix_spans else ()
+                if not spans or (token_match and token_match(text)) or (self._url and self._url(text)):
                     tokens.append(text)
                 else:
                     start = 0
@@ -181,8 +228,9 @@ class WordTokenizer:
         """The tokens of one whitespace-free piece of text (remembered)."""
         tokens = self._cache.get(piece)
         if tokens is None:
-            if self._token_match is None and not (
-                self._may_start(piece[0]) or self._may_end(piece[-1]) or self._may_cut(piece)
+            if self._untouched(piece) or (
+                self._token_match is None
+                and not (self._may_start(piece[0]) or self._may_end(piece[-1]) or self._may_cut(piece))
             ):
                 tokens = (piece,)  # no rule can cut it (special cases are in the memo from the start)
             else:
