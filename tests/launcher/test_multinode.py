@@ -79,7 +79,9 @@ def test_two_nodes_equal_one_process(uninterrupted, shards, tmp_path):
         assert got[step] == pytest.approx(want[step], rel=1e-5), f"step {step}"
 
 
-@pytest.mark.parametrize("failure", ["killed", "cut_off"])
+# cut_off (a partition: the lost node's own monitor thread ends it) is slow-marked: the killed node takes the same
+# verdict, bound and relaunch path in the default run
+@pytest.mark.parametrize("failure", ["killed", pytest.param("cut_off", marks=pytest.mark.slow)])
 def test_a_lost_node_is_named_in_bound_and_a_relaunch_resumes_exactly(hosts, shards, uninterrupted, tmp_path, failure):
     run_dir = tmp_path / "run"
     nodes = start_nodes(hosts, shards, run_dir, tmp_path, "first", 29612)
