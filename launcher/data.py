@@ -46,8 +46,7 @@ from data_pipeline.formats import PackedDataset, ShardFormatError
 from launcher.batch_ramp import GlobalBatchSchedule
 
 # What every batch source shares (launcher/sample_stream.py; DataError and SkippedSamples are imported from here too)
-from launcher.sample_stream import DataError, EpochStream, SkippedSamples
-from launcher.sample_stream import check_divisible as _check_divisible
+from launcher.sample_stream import BatchStream, DataError, EpochStream, SkippedSamples  # noqa: F401 (re-exported)
 from launcher.sample_stream import check_saved_with as _check_saved_with
 from launcher.sample_stream import rank_share_in_micro_batches as _rank_share_in_micro_batches
 from model.loss import IGNORE_INDEX
@@ -191,7 +190,7 @@ class TokenBatches(EpochStream):
         )
 
 
-class SyntheticBatches:
+class SyntheticBatches(BatchStream):
     """Uniform random tokens of the model's vocabulary (data=synthetic), for benchmarks: there is nothing to learn
     (the loss stays near ln(vocab)), and no file is read. Row i of step s is drawn from its own stream
     (seed, s, i), so every data-parallel layout reads exactly the same global batch, and the position (steps
@@ -212,15 +211,17 @@ class SyntheticBatches:
         batch_schedule: Optional[GlobalBatchSchedule] = None,
         skip_samples: Iterable[Iterable[int]] = (),
     ) -> None:
-        self.schedule = batch_schedule or GlobalBatchSchedule(global_batch, seq_len)
-        _check_divisible(self.schedule, dp_degree)
-        self.skipped = SkippedSamples(skip_samples)
-        self.last_batch = (0, 0)  # [start, end) of the global batch the last next_batch drew
-        self.vocab_size, self.seq_len, self.seed = vocab_size, seq_len, seed
-        self.global_batch = self.schedule.at(0)
-        self.dp_rank, self.dp_degree = dp_rank, dp_degree
+        super().__init__(
+            seq_len=seq_len,
+            global_batch=global_batch,
+            dp_rank=dp_rank,
+            dp_degree=dp_degree,
+            seed=seed,
+            batch_schedule=batch_schedule,
+            skip_samples=skip_samples,
+        )
+        self.vocab_size = vocab_size
         self.step = 0
-        self.samples = 0
 
     def _row(self, *key: int) -> np.ndarray:
         rng = np.random.default_rng([self.seed, *key])
@@ -339,37 +340,25 @@ def open_training_data(
         )
         return TrainingData(batches, tokenizer=None, eos_id=None)
     data_dir = resolve_data_dir(data_cfg)
+    stream = {
+        "seq_len": data_cfg.seq_len,
+        "global_batch": global_batch,
+        "dp_rank": dp_rank,
+        "dp_degree": dp_degree,
+        "seed": seed,
+        "val_fraction": data_cfg.val_fraction,
+        "batch_schedule": batch_schedule,
+        "skip_samples": skip_samples,
+    }
     if data_cfg.name == "preference":  # DPO pairs (trainer.objective=dpo)
         from launcher.preference_data import PreferenceBatches, open_preference_dataset
 
         pairs = open_preference_dataset(data_dir, vocab_size)
-        batches = PreferenceBatches(
-            pairs,
-            seq_len=data_cfg.seq_len,
-            global_batch=global_batch,
-            dp_rank=dp_rank,
-            dp_degree=dp_degree,
-            seed=seed,
-            val_fraction=data_cfg.val_fraction,
-            batch_schedule=batch_schedule,
-            skip_samples=skip_samples,
-        )
-        return TrainingData(batches, load_tokenizer(data_dir), pairs.tokenizer.get("eos_id"))
+        return TrainingData(PreferenceBatches(pairs, **stream), load_tokenizer(data_dir), pairs.tokenizer.get("eos_id"))
     dataset = open_dataset(data_dir, vocab_size)
     if document_mask_eos_id is not None:
         check_document_ends(dataset, document_mask_eos_id)
-    batches = TokenBatches(
-        dataset,
-        seq_len=data_cfg.seq_len,
-        global_batch=global_batch,
-        dp_rank=dp_rank,
-        dp_degree=dp_degree,
-        seed=seed,
-        val_fraction=data_cfg.val_fraction,
-        batch_schedule=batch_schedule,
-        skip_samples=skip_samples,
-    )
-    return TrainingData(batches, load_tokenizer(data_dir), dataset.tokenizer.get("eos_id"))
+    return TrainingData(TokenBatches(dataset, **stream), load_tokenizer(data_dir), dataset.tokenizer.get("eos_id"))
 
 
 def copy_tokenizer(data_cfg: Any, run_dir: str | os.PathLike) -> Optional[Path]:

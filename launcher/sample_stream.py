@@ -73,17 +73,9 @@ def check_saved_with(state: dict[str, int], current: Any, keys: tuple[str, ...],
             )
 
 
-class EpochStream:
-    """The sample stream of a batch source: `n_items` training items (token windows, preference pairs) visited
-    epoch after epoch, each epoch in a fresh permutation drawn from (seed, epoch). A step takes the next global
-    batch of samples and data-parallel rank r the r-th contiguous slice of it, so the ranks are disjoint and together
-    read what one process would. The position (samples read by all ranks) is what a checkpoint keeps, with the item
-    count under `count_key` (the subclass's attribute of that name): it means the same on any layout.
-
-    A subclass calls `__init__`, then sets its `count_key` attribute, and implements `next_batch`."""
-
-    count_key = "n_items"
-    position_name = "data position was saved"
+class BatchStream:
+    """What every batch source starts with: the global batch schedule (checked against the data-parallel ranks),
+    the skipped ranges, this rank's place, and the position (samples read by all ranks since the start)."""
 
     def __init__(
         self,
@@ -104,6 +96,22 @@ class EpochStream:
         self.global_batch = self.schedule.at(0)  # the batch of the next step (the last one read, after a step)
         self.dp_rank, self.dp_degree = dp_rank, dp_degree
         self.samples = 0  # samples read by all ranks together since the start of the run (the position)
+
+
+class EpochStream(BatchStream):
+    """The sample stream of a batch source: `n_items` training items (token windows, preference pairs) visited
+    epoch after epoch, each epoch in a fresh permutation drawn from (seed, epoch). A step takes the next global
+    batch of samples and data-parallel rank r the r-th contiguous slice of it, so the ranks are disjoint and together
+    read what one process would. The position (samples read by all ranks) is what a checkpoint keeps, with the item
+    count under `count_key` (the subclass's attribute of that name): it means the same on any layout.
+
+    A subclass calls `__init__`, then sets its `count_key` attribute, and implements `next_batch`."""
+
+    count_key = "n_items"
+    position_name = "data position was saved"
+
+    def __init__(self, **stream: Any) -> None:
+        BatchStream.__init__(self, **stream)
         self._orders: dict[int, np.ndarray] = {}
 
     @property
