@@ -29,12 +29,11 @@ import json
 import logging
 import time
 from dataclasses import asdict, dataclass, field
-from functools import cached_property
 from pathlib import Path
 from typing import Any, Callable, Iterator, Optional
 
 from data_pipeline.document import Document
-from data_pipeline.executors.streams import StepShape, group_of, input_rows, step_shapes, writes_kept_documents
+from data_pipeline.executors.streams import StepShape, group_of, input_rows, writes_kept_documents
 from data_pipeline.executors.task_progress import ResumableRecordWriter, TaskProgress, restored_counts, stats_snapshot
 from data_pipeline.fingerprint import START_OVER, InputChanged, describe_changes, fingerprint_files
 from data_pipeline.quarantine import check_fraction, enforce
@@ -93,9 +92,12 @@ class PipelinePlan:
             raise ValueError(f"checkpoint_rows={self.checkpoint_rows}: must be >= 0 (0: no checkpoints in a task)")
         if self.output_format not in OUTPUT_FORMATS:
             raise ValueError(f"output_format={self.output_format!r}: use one of {list(OUTPUT_FORMATS)}")
+        # What streams.py's rules read of each step, from the steps built here once to check them
+        self.shapes: list[StepShape] = []
         for i, spec in enumerate(self.steps):
             step = build_step(spec.name, spec.params)  # fails early on an unknown step or parameter
             stages = step.stages()
+            self.shapes.append(StepShape.of(step))
             if not stages or not stages[-1].per_shard:
                 raise ValueError(f"step {spec.name}: its last stage must be per-shard (it produces the output)")
             if not step.writes_documents and i != len(self.steps) - 1:
@@ -106,10 +108,6 @@ class PipelinePlan:
     @property
     def root(self) -> Path:
         return Path(self.output)
-
-    @cached_property
-    def shapes(self) -> list[StepShape]:
-        return step_shapes(self)
 
     def to_json(self) -> dict[str, Any]:
         return asdict(self)
@@ -261,11 +259,12 @@ def run_task(plan: PipelinePlan, step_index: int, stage_index: int, rank: int = 
     step.bind(context)
     start, started, cpu_start = time.perf_counter(), time.time(), time.process_time()
     reading = _Reading(iter(()))
-    names = "+".join(plan.steps[i].name for i in group)
+    group_steps = [step] + [plan.build(i) for i in group[1:]]
+    names = "+".join(s.name for s in group_steps)
     try:
         if output_stage:
             reading = _Reading(input_rows(plan, step_index, rank))
-            _run_output_group(plan, group, [step] + [plan.build(i) for i in group[1:]], rank, reading)
+            _run_output_group(plan, group, group_steps, rank, reading)
         elif not stage.per_shard:
             stage.fn(plan.tasks)
         else:
@@ -291,9 +290,8 @@ def run_task(plan: PipelinePlan, step_index: int, stage_index: int, rank: int = 
             "finished": time.time(),
         }
         write_json_atomic(plan.root / "stats" / step.name / f"stage-{stage.name}-{rank:05d}.json", timing)
-    for index in reversed(group):  # the head's marker last: it says the whole group is done
-        name = plan.steps[index].name
-        done = plan.marker(name, stage.name if index == step_index else plan.build(index).stages()[-1].name, rank)
+    for member in reversed(group_steps):  # the head's marker last: it says the whole group is done
+        done = plan.marker(member.name, stage.name if member is step else member.stages()[-1].name, rank)
         done.parent.mkdir(parents=True, exist_ok=True)
         done.write_text(json.dumps({"finished": time.time()}))
     return True

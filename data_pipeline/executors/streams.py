@@ -27,7 +27,7 @@ from typing import TYPE_CHECKING, Iterator
 from data_pipeline.document import Document
 from data_pipeline.readers import Quarantined, read_input_shard
 from data_pipeline.shards import find_shard, read_shard
-from data_pipeline.steps.base import TaskContext
+from data_pipeline.steps.base import Step, TaskContext
 
 if TYPE_CHECKING:
     from data_pipeline.executors.base import PipelinePlan
@@ -35,19 +35,15 @@ if TYPE_CHECKING:
 
 @dataclass(frozen=True)
 class StepShape:
-    """What the streaming rules need to know of a step, read once from the built step."""
+    """What the streaming rules need to know of a step (PipelinePlan reads it from the steps it builds to check)."""
 
     stages: int
     writes_documents: bool
     drops_only: bool
 
-
-def step_shapes(plan: "PipelinePlan") -> list[StepShape]:
-    shapes = []
-    for i in range(len(plan.steps)):
-        step = plan.build(i)
-        shapes.append(StepShape(len(step.stages()), step.writes_documents, step.drops_only))
-    return shapes
+    @classmethod
+    def of(cls, step: Step) -> "StepShape":
+        return cls(len(step.stages()), step.writes_documents, step.drops_only)
 
 
 def stream_groups(plan: "PipelinePlan") -> list[list[int]]:
