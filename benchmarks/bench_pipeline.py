@@ -1,8 +1,8 @@
 """Full data pipeline throughput, and against datatrove's equivalent on the same corpus, one core each.
 
 Run: `python benchmarks/bench_pipeline.py [--clean 2000] [--tasks 2] [--runs 3] [--datatrove]`. Generates the synthetic
-corpus (planted duplicates, junk, contamination) and runs configs/pipeline/default.yaml (normalize -> exact_dedup ->
-minhash_dedup -> boilerplate_dedup -> heuristics -> pii -> decontaminate -> tokenize) with the local executor and one
+corpus (planted duplicates, junk, contamination) and runs configs/pipeline/default.yaml (normalize -> heuristics ->
+exact_dedup -> minhash_dedup -> boilerplate_dedup -> pii -> decontaminate -> tokenize) with the local executor and one
 worker. With --datatrove it also runs benchmarks/datatrove_pipeline.py (reader -> Gopher/C4/FineWeb filters -> MinHash
 -> tokenizer, FineWeb's settings) in a separate environment it creates once under --datatrove-env (datatrove is never a
 dependency of Loom), in turns with ours (A B A B ...), and reports the ratio run by run. For that comparison both sides

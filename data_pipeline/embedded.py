@@ -1,6 +1,6 @@
 """The default training corpus (`data=embedded`): the synthetic corpus put through the real default pipeline.
 
-Building it exercises every default step (normalize, exact and MinHash dedup, heuristics, decontamination
+Building it exercises every default step (normalize, heuristics, exact and MinHash dedup, decontamination
 against the generated eval set, BPE training and tokenization), so a training run with no data of its own still
 trains on pipeline output. It is built once per cache directory and version; concurrent callers (ranks, tests)
 serialise on a file lock and the later ones find it ready.
@@ -18,7 +18,7 @@ from pathlib import Path
 log = logging.getLogger(__name__)
 
 # Bump when the generator, its parameters or the default pipeline change, so stale caches are rebuilt.
-CORPUS_VERSION = "embedded-v3"
+CORPUS_VERSION = "embedded-v4"
 N_CLEAN_DOCUMENTS = 4000
 TASKS = 2
 

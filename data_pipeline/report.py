@@ -10,12 +10,14 @@ Reads only files under the output directory, so it can be regenerated after a Sl
 from __future__ import annotations
 
 import html
+import io
 import json
 import os
 import re
 from pathlib import Path
 from typing import Any, Optional, Sequence
 
+from data_pipeline.shards import read_records
 from data_pipeline.stats import merge_step_dir
 from data_pipeline.steps.base import EXCLUDED_VALUE_PREFIX
 
@@ -68,20 +70,30 @@ def exclusions(root: Path, stats: list[dict[str, Any]]) -> list[dict[str, Any]]:
 def _thresholds(directory: Path, rules: set[str]) -> dict[str, Any]:
     found: dict[str, Any] = {}
     read = 0
-    for path in sorted(directory.glob("shard-*.jsonl")):
-        with open(path, encoding="utf-8") as f:
-            for line in f:
-                read += 1
-                record = json.loads(line)
-                found.setdefault(record.get("excluded_reason"), record.get("excluded_threshold"))
-                if rules <= set(found) or read >= MAX_THRESHOLD_SCAN_LINES:
-                    return found
+    for path in sorted(directory.glob("shard-*.jsonl*")):
+        for record in read_records(path):
+            read += 1
+            found.setdefault(record.get("excluded_reason"), record.get("excluded_threshold"))
+            if rules <= set(found) or read >= MAX_THRESHOLD_SCAN_LINES:
+                return found
     return found
 
 
+FIGURE_COLOURS = 64
+
+
 def _save_figure(fig, path: Path) -> None:
+    """A PNG in a palette of 64 colours: the charts are flat bars, lines and anti-aliased text, which a palette keeps
+    as drawn, at a third of the bytes of matplotlib's RGBA PNG (~6 KB a chart instead of ~18)."""
+    from PIL import Image
+
+    drawn = io.BytesIO()
+    fig.savefig(drawn, format="png", dpi=100, bbox_inches="tight")
+    drawn.seek(0)
+    with Image.open(drawn) as image:
+        palette = image.convert("RGB").quantize(colors=FIGURE_COLOURS)
     tmp = path.with_name(f".{path.stem}.tmp.{os.getpid()}{path.suffix}")
-    fig.savefig(tmp, dpi=100, bbox_inches="tight")
+    palette.save(tmp, format="PNG", optimize=True)
     os.replace(tmp, path)
 
 

@@ -16,9 +16,15 @@ import re
 from pathlib import Path
 from typing import Any, Iterator, Optional
 
+from data_pipeline.compressed import StreamDamage, read_lines
 from data_pipeline.document import Document
 
 OUTPUT_FORMATS = ("jsonl", "parquet")
+# JSONL in zstd frames: the exclusion records, and the documents a streamed run writes only for a later phase to
+# read (a dedup barrier's input), as datatrove compresses what its writers write. Prose shrinks ~4-5x for ~0.3 s of
+# CPU per 100 MB at level 3; `zstdcat` reads them.
+COMPRESSED_JSONL = "jsonl.zst"
+ZSTD_LEVEL = 3
 
 
 def shard_name(rank: int, fmt: str) -> str:
@@ -39,13 +45,28 @@ def read_shard(path: Path) -> Iterator[Document]:
                         record[name] = json.loads(record[name])
                 yield Document.from_record(record)
     else:
+        for record in read_records(path):
+            yield Document.from_record(record)
+
+
+def read_records(path: Path) -> Iterator[dict]:
+    """The records of a JSONL file the run wrote, plain or `.jsonl.zst` (documents, exclusion records)."""
+    if not path.name.endswith(".zst"):
         with open(path, "rb") as f:
             for line in f:
-                yield Document.from_record(json.loads(line))
+                yield json.loads(line)
+        return
+    for line in read_lines(path):
+        if isinstance(line, StreamDamage):
+            raise ValueError(
+                f"{path}: {line.reason} at compressed byte {line.byte_offset}; this file was written by the run and "
+                f"is damaged: delete it and the step's markers (.markers/) to rerun the step"
+            )
+        yield json.loads(line)
 
 
 def find_shard(directory: Path, rank: int) -> Optional[Path]:
-    for fmt in OUTPUT_FORMATS:
+    for fmt in OUTPUT_FORMATS + (COMPRESSED_JSONL,):
         candidate = directory / shard_name(rank, fmt)
         if candidate.exists():
             return candidate
@@ -55,11 +76,12 @@ def find_shard(directory: Path, rank: int) -> Optional[Path]:
 class AtomicRecordWriter:
     """Records to `<final>` via a temporary file; `commit()` renames into place, `discard()` removes it.
 
-    JSONL streams to disk; Parquet is buffered and written at commit (one row group per shard).
+    JSONL streams to disk (`jsonl.zst`: through a zstd compressor, one frame per `flush_frame`); Parquet is buffered
+    and written at commit (one row group per shard).
     """
 
     def __init__(self, final: Path, fmt: str = "jsonl") -> None:
-        if fmt not in OUTPUT_FORMATS:
+        if fmt not in OUTPUT_FORMATS + (COMPRESSED_JSONL,):
             raise ValueError(f"output_format={fmt!r} is not one of {OUTPUT_FORMATS}")
         self.final = Path(final)
         self.final.parent.mkdir(parents=True, exist_ok=True)
@@ -67,22 +89,47 @@ class AtomicRecordWriter:
         self.tmp = self.final.with_name(f".{self.final.name}.tmp.{os.getpid()}")
         self.count = 0
         self._rows: list[dict] = []
-        self._file = open(self.tmp, "w", encoding="utf-8") if fmt == "jsonl" else None
+        self._file = self._stream = None
+        if fmt != "parquet":
+            self._open("wb")
+
+    def _open(self, mode: str) -> None:
+        self._file = open(self.tmp, mode)
+        self._stream = self._file
+        self._unflushed = 0  # bytes given to the compressor since its last frame ended
+        if self.fmt == COMPRESSED_JSONL:
+            import zstandard
+
+            self._stream = zstandard.ZstdCompressor(level=ZSTD_LEVEL).stream_writer(self._file, closefd=False)
 
     def write(self, record: dict) -> None:
         self.count += 1
-        if self._file is not None:
-            self._file.write(json.dumps(record, ensure_ascii=False, default=str) + "\n")
+        if self._stream is not None:
+            line = (json.dumps(record, ensure_ascii=False, default=str) + "\n").encode("utf-8")
+            self._unflushed += len(line)
+            self._stream.write(line)
         else:
             self._rows.append(record)
+
+    def flush_to_disk(self) -> int:
+        """Everything written so far on disk (a compressed stream ends its frame: the file decodes whole); returns
+        the file's size. A frame ends only where something was written since the last, so the frames, and the bytes,
+        depend on the records and the flush points only."""
+        if self._stream is not self._file and self._unflushed:
+            import zstandard
+
+            self._stream.flush(zstandard.FLUSH_FRAME)
+        self._unflushed = 0
+        self._file.flush()
+        os.fsync(self._file.fileno())
+        return self._file.tell()
 
     def commit(self) -> Path:
         """Rename the finished file into place; on any failure (disk full, a row Parquet cannot hold) no
         temporary file is left behind."""
         try:
             if self._file is not None:
-                self._file.flush()
-                os.fsync(self._file.fileno())
+                self.flush_to_disk()
                 self._file.close()
             else:
                 import pyarrow.parquet as pq

@@ -32,13 +32,20 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Iterator, Optional
 
-from data_pipeline.document import Document
-from data_pipeline.executors.streams import StepShape, group_of, input_rows, writes_kept_documents
+from data_pipeline.document import Document, text_size
+from data_pipeline.executors.streams import (
+    StepShape,
+    group_of,
+    input_rows,
+    kept_documents_format,
+    writes_kept_documents,
+)
 from data_pipeline.executors.task_progress import ResumableRecordWriter, TaskProgress, restored_counts, stats_snapshot
 from data_pipeline.fingerprint import START_OVER, InputChanged, describe_changes, fingerprint_files
 from data_pipeline.quarantine import check_fraction, enforce
 from data_pipeline.readers import InputSpec, Quarantined, input_files
 from data_pipeline.shards import (
+    COMPRESSED_JSONL,
     OUTPUT_FORMATS,
     AtomicRecordWriter,
     remove_stale_temporaries,
@@ -193,7 +200,7 @@ def save_plan_checked(plan: PipelinePlan) -> None:
     plan.save(path)
 
 
-def _context(plan: PipelinePlan, step: Step, rank: int) -> TaskContext:
+def _context(plan: PipelinePlan, step: Step, step_index: int, rank: int) -> TaskContext:
     return TaskContext(
         step_name=step.name,
         rank=rank,
@@ -202,6 +209,7 @@ def _context(plan: PipelinePlan, step: Step, rank: int) -> TaskContext:
         output_dir=plan.root / TOKENS_DIR,
         seed=plan.seed,
         run_root=plan.root,
+        input_documents=lambda shard: (row for row in input_rows(plan, step_index, shard) if isinstance(row, Document)),
     )
 
 
@@ -255,7 +263,7 @@ def run_task(plan: PipelinePlan, step_index: int, stage_index: int, rank: int = 
     for index in group:
         for directory in _task_directories(plan, plan.steps[index].name):  # what a killed earlier run left
             remove_stale_temporaries(directory, rank)
-    context = _context(plan, step, rank)
+    context = _context(plan, step, step_index, rank)
     step.bind(context)
     start, started, cpu_start = time.perf_counter(), time.time(), time.process_time()
     reading = _Reading(iter(()))
@@ -309,12 +317,12 @@ class _StepOutput:
         root = plan.root
         self.step = step
         self.stats = TaskStats(step=step.name, rank=rank, started=time.time())
+        fmt = kept_documents_format(plan, index)
         self.kept_writer = (
-            open_writer(root / step.name / shard_name(rank, plan.output_format), plan.output_format)
-            if writes_kept_documents(plan, index)
-            else None
+            open_writer(root / step.name / shard_name(rank, fmt), fmt) if writes_kept_documents(plan, index) else None
         )
-        self.excluded_writer = open_writer(root / "excluded" / step.name / shard_name(rank, "jsonl"), "jsonl")
+        excluded = root / "excluded" / step.name / shard_name(rank, COMPRESSED_JSONL)
+        self.excluded_writer = open_writer(excluded, COMPRESSED_JSONL)
         self.quarantine_writer = open_writer(root / "quarantine" / step.name / shard_name(rank, "jsonl"), "jsonl")
         self.row_done: Optional[Callable[[], None]] = None  # the group's checkpoint hook, on its first step
         self.writers = [w for w in (self.kept_writer, self.excluded_writer, self.quarantine_writer) if w is not None]
@@ -340,8 +348,9 @@ class _StepOutput:
                 context.count(f"quarantined_source.{reason}|{row.source}")
                 self.quarantine_writer.write(row.to_record())
             else:
-                stats.bytes_in += len(row.text.encode("utf-8"))
-                stats.words_in += len(row.text.split())
+                size_bytes, size_words = text_size(row.text)
+                stats.bytes_in += size_bytes
+                stats.words_in += size_words
                 yield row
             if self.row_done is not None:  # the group finished with this row: a point a checkpoint may record
                 self.row_done()
@@ -372,8 +381,9 @@ class _StepOutput:
             if doc is None:
                 return
             stats.docs_out += 1
-            stats.bytes_out += len(doc.text.encode("utf-8"))
-            stats.words_out += len(doc.text.split())
+            size_bytes, size_words = text_size(doc.text)
+            stats.bytes_out += size_bytes
+            stats.words_out += size_words
             if writer is not None:
                 writer.write(doc.to_record())
             yield doc
@@ -403,12 +413,12 @@ def _run_output_group(plan: PipelinePlan, group: list[int], steps: list[Step], r
     def open_writer(final: Path, fmt: str) -> AtomicRecordWriter:
         if progress is None:
             return AtomicRecordWriter(final, fmt)
-        return ResumableRecordWriter(final, sizes.get(str(final.relative_to(root))) if checkpoint else None)
+        return ResumableRecordWriter(final, fmt, sizes.get(str(final.relative_to(root))) if checkpoint else None)
 
     outputs: list[_StepOutput] = []
     for index, step in zip(group, steps):
         if index != group[0]:
-            step.bind(_context(plan, step, rank))
+            step.bind(_context(plan, step, index, rank))
         outputs.append(_StepOutput(plan, step, index, rank, open_writer))
     writers = [w for output in outputs for w in output.writers]
     skipped = 0

@@ -14,6 +14,9 @@ streams documents through its filters in memory and writes only the result. Two 
    and applies the dedup step's removal set first. That re-application is silent: the exclusion records and stats
    of the removal were written once, by the dedup step's own task.
 
+The documents a streamed run still writes only for a later phase (what a dedup barrier reads) are zstd-compressed
+JSONL (`shard-RRRRR.jsonl.zst`); the final documents are written in the run's output format.
+
 The documents kept, the tokens, the exclusion records and the stats are the same as with a copy per step
 (tests/data_pipeline/test_streaming.py compares both byte for byte). A group's task writes every marker of the
 group, the head's last, so a rerun either finds the whole group done or runs it again from its input.
@@ -26,7 +29,7 @@ from typing import TYPE_CHECKING, Iterator
 
 from data_pipeline.document import Document
 from data_pipeline.readers import Quarantined, read_input_shard
-from data_pipeline.shards import find_shard, read_shard
+from data_pipeline.shards import COMPRESSED_JSONL, find_shard, read_shard
 from data_pipeline.steps.base import Step, TaskContext
 
 if TYPE_CHECKING:
@@ -71,9 +74,20 @@ def writes_kept_documents(plan: "PipelinePlan", step_index: int) -> bool:
     group = group_of(plan, step_index)
     if step_index != group[-1]:
         return False  # the group's next step takes the documents in memory
-    last_writer = max(i for i, shape in enumerate(shapes) if shape.writes_documents)
     # A dropping-only step alone in its group: the next step re-reads this step's input and applies its removals.
-    return not (shapes[step_index].drops_only and len(group) == 1 and step_index != last_writer)
+    return not (shapes[step_index].drops_only and len(group) == 1 and step_index != _last_writer(plan))
+
+
+def kept_documents_format(plan: "PipelinePlan", step_index: int) -> str:
+    """The run's output format, but zstd-compressed JSONL for documents a streamed run writes only for a later
+    phase to read (the input of a dedup barrier), not the final documents."""
+    if plan.keep_intermediate or plan.output_format != "jsonl" or step_index == _last_writer(plan):
+        return plan.output_format
+    return COMPRESSED_JSONL
+
+
+def _last_writer(plan: "PipelinePlan") -> int:
+    return max((i for i, shape in enumerate(plan.shapes) if shape.writes_documents), default=-1)
 
 
 def input_rows(plan: "PipelinePlan", step_index: int, rank: int) -> Iterator[Document | Quarantined]:

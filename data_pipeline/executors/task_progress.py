@@ -21,7 +21,6 @@ from __future__ import annotations
 
 import json
 import logging
-import os
 import time
 from collections import Counter, defaultdict
 from pathlib import Path
@@ -36,27 +35,27 @@ log = logging.getLogger(__name__)
 
 class ResumableRecordWriter(AtomicRecordWriter):
     """A JSONL record writer whose unfinished file has a stable name (`.<name>.partial`) that a restarted task
-    can truncate to a committed size and append to; `commit()` renames it into place as the atomic writer does."""
+    can truncate to a committed size and append to; `commit()` renames it into place as the atomic writer does.
+    A compressed file (`jsonl.zst`) ends a zstd frame at every checkpoint, so the committed size is a frame boundary
+    and the appended frames decode after it."""
 
-    def __init__(self, final: Path, resume_at: Optional[int] = None) -> None:
+    def __init__(self, final: Path, fmt: str, resume_at: Optional[int] = None) -> None:
         self.final = Path(final)
         self.final.parent.mkdir(parents=True, exist_ok=True)
-        self.fmt = "jsonl"
+        self.fmt = fmt
         self.tmp = partial_path(self.final)
         self.count = 0
         self._rows: list[dict] = []
         if resume_at is None:
-            self._file = open(self.tmp, "w", encoding="utf-8")
+            self._open("wb")
         else:
             with open(self.tmp, "r+b") as handle:  # drop whatever was written after the checkpoint
                 handle.truncate(resume_at)
-            self._file = open(self.tmp, "a", encoding="utf-8")
+            self._open("ab")
 
     def committed_size(self) -> int:
         """Flush to disk and return the file's size: what a checkpoint records."""
-        self._file.flush()
-        os.fsync(self._file.fileno())
-        return self._file.tell()
+        return self.flush_to_disk()
 
 
 def partial_path(final: Path) -> Path:

@@ -36,7 +36,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, ClassVar, Iterable, Iterator, Optional, Union
 
-from data_pipeline.document import Document
+from data_pipeline.document import Document, text_size
 
 # Score names under which the measured values of excluded documents are kept, one list per rule: the report draws
 # a histogram of each, with its threshold.
@@ -69,6 +69,9 @@ class TaskContext:
     # How many of this task's input documents the output stage handled before this run of it: 0, or where a task
     # resumed from a checkpoint (steps that number their documents count from here)
     position: int = 0
+    # The documents of input shard `rank` as this step's per-shard stages read them, for a reduce stage that reads
+    # back what they chose (tokenize's sample: row numbers, not copies of the texts); None standalone.
+    input_documents: Optional[Callable[[int], Iterator[Document]]] = None
     excluded: list[tuple[Document, str, dict]] = field(default_factory=list)
     counters: Counter = field(default_factory=Counter)
     scores: dict[str, list[float]] = field(default_factory=lambda: defaultdict(list))
@@ -81,7 +84,7 @@ class TaskContext:
         if ":" not in rule:
             raise ValueError(f"step {self.step_name}: exclusion rule {rule!r} is not of the form '<step>:<rule>'")
         self.counters[f"excluded.{rule}"] += 1
-        self.counters[f"excluded_words.{rule}"] += len(doc.text.split())
+        self.counters[f"excluded_words.{rule}"] += text_size(doc.text)[1]
         if isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value):
             self.scores[EXCLUDED_VALUE_PREFIX + rule].append(float(value))
         details = {"value": value, "threshold": threshold, **details}

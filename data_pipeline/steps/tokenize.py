@@ -1,9 +1,11 @@
 """Tokenize documents into packed token shards, training the byte-level BPE first unless one is given.
 
 Stages:
-  sample (per shard)  keep this shard's `sample_docs` documents with the smallest hash of their id;
-  train (reduce)      keep the `sample_docs` smallest overall and train on them in hash order, or load the given
-                      tokenizer.json; save it to the step's work dir and next to the shards (for the trainer);
+  sample (per shard)  note which of this shard's documents are its `sample_docs` with the smallest hash of their
+                      id (their row numbers: the texts stay in the step's input, written once);
+  train (reduce)      keep the `sample_docs` smallest overall, read their texts back from the input shards and
+                      train on them in hash order, or load the given tokenizer.json; save it next to the shards
+                      (<output>/tokens/tokenizer.json, for the trainer and for the run stage);
                       it also collects the run's decontamination record (data_pipeline/decontamination.py), since
                       every earlier step has finished by then;
   run (per shard)     encode the shard in batches into <output>/tokens/shard-RRRRR with an end-of-document token
@@ -89,29 +91,68 @@ class Tokenize(Step):
     def sample(self, documents: Iterable[Document], rank: int, world_size: int) -> None:
         if self.tokenizer_path is not None:
             return
-        chosen = heapq.nsmallest(self.sample_docs, ((_sample_key(d.id), d.id, d.text) for d in documents))
+        rows = ((_sample_key(doc.id), doc.id, row) for row, doc in enumerate(documents))
+        chosen = heapq.nsmallest(self.sample_docs, rows)
         self.context.write_atomic(f"sample-{rank:05d}.json", json.dumps(chosen).encode("utf-8"))
 
     def train(self, world_size: int) -> None:
         if self.tokenizer_path is not None:
             tokenizer = load_tokenizer(self.tokenizer_path)
         else:
-            shards = (json.loads(self.context.work_path(f"sample-{r:05d}.json").read_text()) for r in range(world_size))
-            chosen = heapq.nsmallest(self.sample_docs, (tuple(row) for rows in shards for row in rows))
+            shards = (
+                ((key, doc_id, rank, row) for key, doc_id, row in json.loads(self.sample_path(rank).read_text()))
+                for rank in range(world_size)
+            )
+            chosen = heapq.nsmallest(self.sample_docs, (entry for rows in shards for entry in rows))
             if not chosen:
                 raise ValueError("tokenize: no documents reached the tokenize step, so there is nothing to train on")
+            texts = self._sample_texts(chosen)
             tokenizer = train_bpe(
-                (text for _, _, text in chosen), self.vocab_size, self.special_tokens, self.min_frequency
+                (texts[rank, row] for _, _, rank, row in chosen),
+                self.vocab_size,
+                self.special_tokens,
+                self.min_frequency,
             )
         info = TokenizerInfo.of(tokenizer, self.eos_token)  # fails early when the EOS token is missing
-        save_tokenizer(tokenizer, self.context.work_path(TOKENIZER_FILE))
         save_tokenizer(tokenizer, self.tokens_dir / TOKENIZER_FILE)
         self.context.write_atomic("tokenizer_info.json", json.dumps(info.__dict__).encode())
         record = collect_record(self.context.run_root, world_size)
         self.context.write_atomic(DECONTAMINATION_FILE, json.dumps(record).encode())
 
+    def sample_path(self, rank: int) -> Path:
+        return self.context.work_path(f"sample-{rank:05d}.json")
+
+    def _sample_texts(self, chosen: list[tuple[int, str, int, int]]) -> dict[tuple[int, int], str]:
+        """The texts of the chosen rows, read back from the input shards the sample stage numbered."""
+        if self.context.input_documents is None:
+            raise RuntimeError("tokenize: the train stage needs the executor's input_documents to read its sample")
+        wanted: dict[int, dict[int, str]] = {}
+        for _, doc_id, rank, row in chosen:
+            wanted.setdefault(rank, {})[row] = doc_id
+        texts: dict[tuple[int, int], str] = {}
+        for rank, rows in sorted(wanted.items()):
+            last = max(rows)
+            for row, doc in enumerate(self.context.input_documents(rank)):
+                if row in rows:
+                    if doc.id != rows[row]:
+                        raise RuntimeError(
+                            f"tokenize: input shard {rank} row {row} is {doc.id!r} but the sample stage chose "
+                            f"{rows[row]!r} there; the shard changed between stages: delete "
+                            f"{self.sample_path(rank)} and rerun"
+                        )
+                    texts[rank, row] = doc.text
+                if row == last:
+                    break
+            missing = set(rows) - {row for shard, row in texts if shard == rank}
+            if missing:
+                raise RuntimeError(
+                    f"tokenize: input shard {rank} ended before row {min(missing)} the sample stage chose; the shard "
+                    f"changed between stages: delete {self.sample_path(rank)} and rerun"
+                )
+        return texts
+
     def run(self, documents: Iterable[Document], rank: int = 0, world_size: int = 1) -> Iterator[Document]:
-        tokenizer = load_tokenizer(self.context.work_path(TOKENIZER_FILE))
+        tokenizer = load_tokenizer(self.tokens_dir / TOKENIZER_FILE)
         tokenizer.encode_special_tokens = True  # "<|endoftext|>" inside a text is text, not a document boundary
         info = TokenizerInfo.of(tokenizer, self.eos_token)
         record_path = self.context.work_path(DECONTAMINATION_FILE)

@@ -2,11 +2,11 @@
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 from data_pipeline.cli import build_plan, compose_config
 from data_pipeline.executors.local import LocalExecutor
+from data_pipeline.shards import read_records
 
 
 def run_clean_pipeline(corpus_dir: Path, eval_path: Path, output: Path, tasks: int = 4, workers: int = 1, extra=()):
@@ -27,9 +27,8 @@ def run_clean_pipeline(corpus_dir: Path, eval_path: Path, output: Path, tasks: i
 def removed_documents(output: Path) -> dict[str, tuple[str, dict]]:
     """id -> (step, exclusion record) over every step's exclusion files."""
     removed = {}
-    for path in sorted((output / "excluded").glob("*/*.jsonl")):
-        for line in path.read_text().splitlines():
-            record = json.loads(line)
+    for path in sorted((output / "excluded").glob("*/*.jsonl.zst")):
+        for record in read_records(path):
             removed[record["id"]] = (path.parent.name, record)
     return removed
 

@@ -3,7 +3,8 @@
 A module of its own so the digests can be computed by any checkout of the code: the expected digests in
 test_step_contract.py were produced by running `kept_digests(run_default(...))` and `kept_digests(run_web(...))`
 with the code before the step contract was unified (main at 5e27e33), so the test shows the refactor kept every
-kept document and token byte for byte.
+kept document and token byte for byte. The pipelines then ran their dedup steps before the heuristics; runs compared
+with those digests put the steps back in that order (`DEDUP_FIRST_DEFAULT`, `DEDUP_FIRST_WEB`).
 """
 
 from __future__ import annotations
@@ -13,9 +14,11 @@ import html
 import json
 import random
 from pathlib import Path
+from typing import Optional
 
 from data_pipeline.cli import build_plan, compose_config
 from data_pipeline.executors.local import LocalExecutor
+from data_pipeline.shards import read_records
 from data_pipeline.synthetic import Grammar, generate_clean_documents, generate_corpus, junk_document, write_corpus
 
 # Prose in another language, for language ID to drop (the first article of the Universal Declaration of Human
@@ -28,14 +31,30 @@ FRENCH = (
 )
 
 
-def run_pipeline(overrides: list[str]) -> Path:
+# The orders the default and web pipelines had when the digests were made (dedup before the heuristics): runs that
+# compare with the digests put the configured steps back in this order, by name.
+DEDUP_FIRST_DEFAULT = (
+    "normalize", "exact_dedup", "minhash_dedup", "boilerplate_dedup", "heuristics", "pii", "decontaminate", "tokenize"
+)  # fmt: skip
+DEDUP_FIRST_WEB = (
+    "url_filter", "extract", "normalize", "lang_id", "exact_dedup", "minhash_dedup", "boilerplate_dedup",
+    "heuristics", "classifier", "pii", "decontaminate", "tokenize",
+)  # fmt: skip
+
+
+def run_pipeline(overrides: list[str], step_order: Optional[tuple[str, ...]] = None) -> Path:
+    """Runs the composed pipeline; `step_order` reorders its configured steps (with their parameters) by name."""
     cfg = compose_config(overrides)
+    if step_order is not None:
+        by_name = {step.name: step for step in cfg.pipeline.steps}
+        assert sorted(by_name) == sorted(step_order), (sorted(by_name), step_order)
+        cfg.pipeline.steps = [by_name[name] for name in step_order]
     plan, _ = build_plan(cfg)
     LocalExecutor(plan, workers=1).run()
     return Path(cfg.output)
 
 
-def run_default(root: Path, overrides: tuple[str, ...] = ()) -> Path:
+def run_default(root: Path, overrides: tuple[str, ...] = (), step_order: Optional[tuple[str, ...]] = None) -> Path:
     """The default pipeline over a planted corpus: duplicates, near duplicates, junk, contaminated documents."""
     corpus = generate_corpus(n_clean=120, n_exact_dups=10, n_near_dups=30, n_junk=30, n_contaminated=6, seed=11)
     paths = write_corpus(corpus, root / "source", files=2)
@@ -47,7 +66,8 @@ def run_default(root: Path, overrides: tuple[str, ...] = ()) -> Path:
             f"eval_sets=[{paths['eval']}]",
             "tasks=2",
             *overrides,
-        ]
+        ],
+        step_order,
     )
 
 
@@ -100,7 +120,7 @@ def web_pages(root: Path) -> dict[str, Path]:
     return {"pages": pages, "eval": evals, "positive": positive, "negative": negative}
 
 
-def run_web(root: Path, overrides: tuple[str, ...] = ()) -> Path:
+def run_web(root: Path, overrides: tuple[str, ...] = (), step_order: Optional[tuple[str, ...]] = None) -> Path:
     """The web pipeline over `web_pages`, with a block list, an eval set and a quality classifier trained here."""
     from data_pipeline.steps.classifier import train_classifier
 
@@ -118,10 +138,11 @@ def run_web(root: Path, overrides: tuple[str, ...] = ()) -> Path:
             f"eval_sets=[{paths['eval']}]",
             "tasks=2",
             "pipeline.steps.0.params.blocked_domains=[blocked.example.net]",
-            f"pipeline.steps.8.params.model_path={model}",
+            f"pipeline.steps.5.params.model_path={model}",
             "pipeline.steps.11.params.vocab_size=400",
             *overrides,
-        ]
+        ],
+        step_order,
     )
 
 
@@ -141,7 +162,7 @@ def kept_digests(output: Path) -> dict[str, str]:
 def exclusion_records(output: Path) -> list[tuple[str, dict]]:
     """(step, record) of every exclusion the run wrote."""
     return [
-        (path.parent.name, json.loads(line))
-        for path in sorted((output / "excluded").glob("*/*.jsonl"))
-        for line in path.read_text(encoding="utf-8").splitlines()
+        (path.parent.name, record)
+        for path in sorted((output / "excluded").glob("*/*.jsonl.zst"))
+        for record in read_records(path)
     ]

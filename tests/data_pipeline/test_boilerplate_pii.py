@@ -7,6 +7,7 @@ import json
 
 from data_pipeline.cli import main
 from data_pipeline.document import Document
+from data_pipeline.shards import read_records
 from data_pipeline.steps import build_step
 from data_pipeline.synthetic import generate_clean_documents
 
@@ -48,7 +49,7 @@ def test_boilerplate_in_200_documents_goes_and_a_paragraph_in_2_stays(tmp_path):
     assert stats["counters"]["boilerplate.spans_removed"] == 201
     assert stats["counters"]["boilerplate.documents_changed"] == 200
     assert stats["counters"]["excluded.boilerplate_dedup:boilerplate_only"] == 1
-    excluded = json.loads((out / "excluded" / "boilerplate_dedup" / "shard-00000.jsonl").read_text().splitlines()[0])
+    excluded = next(read_records(out / "excluded" / "boilerplate_dedup" / "shard-00000.jsonl.zst"))
     assert excluded["id"] == "only-banner" and excluded["excluded_value"] == 1.0
     assert "boilerplate.spans_removed 201" in (out / "report.md").read_text()
 

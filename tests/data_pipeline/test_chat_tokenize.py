@@ -17,6 +17,7 @@ from data_pipeline.executors.base import PipelinePlan, StepSpec
 from data_pipeline.executors.local import LocalExecutor
 from data_pipeline.formats import PackedDataset, ShardFormatError, ShardWriter
 from data_pipeline.readers import InputSpec
+from data_pipeline.shards import read_records
 
 pytest.importorskip("transformers")
 
@@ -110,7 +111,7 @@ def test_the_pipeline_writes_masked_shards_and_sets_bad_input_aside(hf_dir, tmp_
         ("chats.jsonl", 5, "chat:empty_content:0"),
         ("chats.jsonl", 6, "chat:missing_field:messages"),
     ]
-    (excluded,) = [json.loads(line) for line in (out / "excluded/chat_tokenize/shard-00000.jsonl").open()]
+    (excluded,) = list(read_records(out / "excluded/chat_tokenize/shard-00000.jsonl.zst"))
     assert excluded["origin"] == "chats.jsonl:7" and excluded["excluded_reason"] == "chat_tokenize:template_error"
     assert "unknown role tool" in excluded["excluded_value"]
 

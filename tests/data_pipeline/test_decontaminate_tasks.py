@@ -11,6 +11,7 @@ from planted_tasks import NGRAM, PLANTED, run_pipeline, write_planted_corpus
 
 from data_pipeline.cli import main
 from data_pipeline.formats import PackedDataset
+from data_pipeline.shards import read_records
 from evaluation.contamination import task_fingerprint, task_texts
 from evaluation.tasks import load_tasks
 
@@ -25,9 +26,9 @@ def test_planted_task_documents_are_removed_and_counted_per_task_and_the_shards_
     tokens = run_pipeline(corpus, tmp_path / "out", tasks, sorted(PLANTED))
 
     excluded = [
-        json.loads(line)
-        for path in sorted((tmp_path / "out" / "excluded" / "decontaminate").glob("*.jsonl"))
-        for line in path.read_text().splitlines()
+        record
+        for path in sorted((tmp_path / "out" / "excluded" / "decontaminate").glob("*.jsonl.zst"))
+        for record in read_records(path)
     ]
     assert sorted(r["id"] for r in excluded) == sorted(i for ids in planted_ids.values() for i in ids)
     for record in excluded:  # each removed document names the task it was planted with

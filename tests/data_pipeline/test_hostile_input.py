@@ -18,7 +18,7 @@ from pathlib import Path
 import pytest
 from hostile_input import DOCUMENT, GZ, MIXED, write_hostile_input
 
-from data_pipeline.shards import read_shard
+from data_pipeline.shards import read_records, read_shard
 
 REPO = Path(__file__).resolve().parents[2]
 # Steps of configs/pipeline/default.yaml that run here (decontaminate is skipped: no eval sets); tokenize writes
@@ -94,9 +94,8 @@ def test_default_pipeline_accounts_for_every_input_line(hostile, reference_run):
             if q["reason"] == "compressed_stream_truncated":
                 assert q["byte_offset"] == hostile.gz_truncated_at
     for step in DOCUMENT_STEPS:
-        for path in sorted((output / "excluded" / step).glob("*.jsonl")):
-            for line in path.read_text(encoding="utf-8").splitlines():
-                excluded = json.loads(line)
+        for path in sorted((output / "excluded" / step).glob("*.jsonl.zst")):
+            for excluded in read_records(path):
                 assert excluded["excluded_reason"]
                 record(hostile.line_of(excluded["id"]), f"excluded:{step}")
     kept = [doc for path in sorted((output / DOCUMENT_STEPS[-1]).glob("shard-*")) for doc in read_shard(path)]

@@ -80,9 +80,9 @@ def run_clean_pipeline(tmp_path, text: str, overrides: tuple[str, ...] = ()) -> 
 
 
 def test_indented_code_in_a_kept_document_survives_the_default_cleaning_steps(tmp_path):
-    """pipeline=clean (the default pipeline without tokenize): normalize, dedup, the heuristics (whose C4 decides on
-    stripped lines and drops short ones from its view), PII: the kept document's code block comes out byte for
-    byte, short lines (`return obj, end`) included."""
+    """pipeline=clean (the default pipeline without tokenize): normalize, the heuristics (whose C4 decides on
+    stripped lines and drops short ones from its view), dedup, PII: the kept document's code block comes out byte
+    for byte, short lines (`return obj, end`) included."""
     code = real_code()
     assert any(0 < len(line.split()) < 3 for line in code.splitlines())  # lines C4's view drops
     prose = licence_prose()
@@ -92,5 +92,5 @@ def test_indented_code_in_a_kept_document_survives_the_default_cleaning_steps(tm
     block = "\n".join(line.rstrip() for line in code.splitlines())  # normalize trims trailing spaces only
     assert block in kept["with-code"]
     # datatrove's writing (c4.rewrite: datatrove) keeps the same documents but strips and drops code lines.
-    as_datatrove = run_clean_pipeline(tmp_path / "datatrove", text, ("pipeline.steps.4.params.c4.rewrite=datatrove",))
+    as_datatrove = run_clean_pipeline(tmp_path / "datatrove", text, ("pipeline.steps.1.params.c4.rewrite=datatrove",))
     assert set(as_datatrove) == set(kept) and block not in as_datatrove["with-code"]

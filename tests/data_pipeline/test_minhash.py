@@ -27,6 +27,7 @@ from data_pipeline.minhash import (
     optimal_bands,
 )
 from data_pipeline.minhash.banding import detection_probability
+from data_pipeline.shards import read_records
 from data_pipeline.steps import build_step
 
 VOCAB = [f"w{i}" for i in range(50_000)]
@@ -341,9 +342,7 @@ def test_staged_step_gives_the_same_files_for_any_worker_count_and_sharding(tmp_
 
     def excluded(root: Path) -> dict[str, str]:
         rows = [
-            json.loads(line)
-            for f in sorted((root / "excluded/minhash_dedup").glob("*.jsonl"))
-            for line in f.read_text().splitlines()
+            record for f in sorted((root / "excluded/minhash_dedup").glob("*.jsonl.zst")) for record in read_records(f)
         ]
         return {r["id"]: r["excluded_kept_id"] for r in rows}
 

@@ -52,9 +52,11 @@ def test_exact_duplicates_leave_one_copy(planted_run):
             groups.setdefault(info["of"], [info["of"]]).append(doc_id)
     assert groups
     for original, members in groups.items():
-        after_exact = [m for m in members if removed.get(m, ("",))[0] != "exact_dedup"]
+        # FineWeb's order: the heuristics first (they drop the upper-case copies), exact dedup over what they keep
+        reached = [m for m in members if removed.get(m, ("",))[0] != "heuristics"]
+        after_exact = [m for m in reached if removed.get(m, ("",))[0] != "exact_dedup"]
         assert len(after_exact) == 1, (original, members, [removed.get(m) for m in members])
-        assert after_exact[0] == min(members)  # the lowest id is the one kept
+        assert after_exact[0] == min(reached)  # the lowest id is the one kept
 
 
 def test_near_duplicates_removed_and_unrelated_documents_kept(planted_run):

@@ -43,7 +43,7 @@ REPO = Path(__file__).resolve().parents[2]
 RAY_ENV = {"RAY_AUTH_MODE": "disabled", "RAY_USAGE_STATS_ENABLED": "0"}
 OBJECT_STORE_BYTES = 80 * 1024 * 1024  # per node; Ray's minimum is 75 MiB and the plan is all that is stored
 # The task faults are planted in: a per-shard output stage mid-pipeline, the head of the streaming group
-# boilerplate_dedup -> heuristics -> pii -> decontaminate (data_pipeline/executors/streams.py): its task runs all four
+# boilerplate_dedup -> pii -> decontaminate (data_pipeline/executors/streams.py): its task runs all three
 FAULTY = ("boilerplate_dedup", "run", "1")
 VOLATILE_STATS = {"time_s", "cpu_s", "wall_s", "stage_time_s", "started", "finished"}  # data_pipeline/stats.py
 TASK_LINE = re.compile(r"step (\w+), stage (\w+), task (\d+) of \d+ ran on node (\w+) \(pid (\d+)\)")
@@ -237,10 +237,10 @@ def test_a_task_that_raises_is_not_retried_and_fails_the_run_naming_it(ray_clust
     result = run_on_ray(ray_cluster, "run", _overrides(corpus, tmp_path / "out"), env={FAULT_ONCE_ENV: str(trigger)})
     assert result.returncode == 1, result.stdout + result.stderr[-5000:]
     message = result.stderr.strip().splitlines()[-1]
-    group = r"boilerplate_dedup\+heuristics\+pii\+decontaminate"
+    group = r"boilerplate_dedup\+pii\+decontaminate"
     assert re.match(rf"error: step {group}, stage run, task 1 of 2(, after reading .+)?: PlantedFault: ", message)
     assert Path(f"{trigger}.claimed").exists()
-    for step in ("boilerplate_dedup", "heuristics", "pii", "decontaminate"):
+    for step in ("boilerplate_dedup", "pii", "decontaminate"):
         assert not (tmp_path / "out" / ".markers" / step / "run" / "task-00001").exists()
     assert not (tmp_path / "out" / ".markers" / "tokenize").exists()  # the run stopped at the failed stage
 
@@ -259,8 +259,8 @@ def test_a_worker_killed_with_no_retries_left_fails_the_run_and_a_rerun_resumes(
     # killed mid-task: its output written under unfinished names (a resumable task's `.partial` files), nothing
     # published, no marker
     excluded = output / "excluded" / "boilerplate_dedup"
-    assert [p.name for p in excluded.glob(".*.partial")] == [".shard-00001.jsonl.partial"]
-    assert not (excluded / "shard-00001.jsonl").exists()
+    assert [p.name for p in excluded.glob(".*.partial")] == [".shard-00001.jsonl.zst.partial"]
+    assert not (excluded / "shard-00001.jsonl.zst").exists()
     assert not (output / ".markers" / "boilerplate_dedup" / "run" / "task-00001").exists()
 
     rerun = run_on_ray(ray_cluster, "run", overrides)

@@ -1,6 +1,7 @@
 """Each pass of a streamed run reads its source once: the raw input is read by the first streaming group's tasks
-only, once per shard, and every later task reads one shard of documents written once before it (re-applying the
-removal sets of the dedup steps that wrote no copy), never the same file twice in one task."""
+only, once per shard, and every later task reads documents written once before it (one shard; the re-applied
+removal sets of the dedup steps that wrote no copy; tokenize's train stage reads each shard once for its sample),
+never the same file twice in one task."""
 
 from __future__ import annotations
 
@@ -45,18 +46,19 @@ def test_the_default_pipeline_reads_each_source_once_per_pass(tmp_path, monkeypa
     ]
     LocalExecutor(build_plan(compose_config(overrides))[0], workers=1).run()
     per_rank = {
-        # normalize's group: the only reader of the raw input
+        # the group normalize -> heuristics: the only reader of the raw input
         "input": 1,
-        # normalize's documents, the source of every pass up to the last dedup barrier: exact dedup's hash and run
-        # stages, MinHash's signatures and run (exact dedup's removals re-applied), boilerplate dedup's hash and
-        # run (both removal sets re-applied; its run streams on through heuristics, PII and decontaminate)
-        "normalize": 6,
-        # the documents kept: tokenize's sample and run stages
-        "decontaminate": 2,
+        # the heuristics' documents (compressed), the source of every pass up to the last dedup barrier: exact
+        # dedup's hash and run stages, MinHash's signatures and run (exact dedup's removals re-applied), boilerplate
+        # dedup's hash and run (both removal sets re-applied; its run streams on through PII and decontaminate)
+        "heuristics": 6,
+        # the documents kept: tokenize's sample, its train stage (the sampled texts, read back by row) and its run
+        "decontaminate": 3,
     }
+    names = {"heuristics": "shard-{rank:05d}.jsonl.zst", "decontaminate": "shard-{rank:05d}.jsonl"}
     expected = Counter(
         {
-            f"{source}/{rank}" if source == "input" else f"{source}/shard-{rank:05d}.jsonl": n
+            f"{source}/{rank}" if source == "input" else f"{source}/{names[source].format(rank=rank)}": n
             for source, n in per_rank.items()
             for rank in range(2)
         }

@@ -12,6 +12,7 @@ from real_text import real_text_corpus
 
 from data_pipeline.cli import main
 from data_pipeline.document import Document
+from data_pipeline.shards import read_records
 from data_pipeline.steps.heuristics import Heuristics
 
 MIN_DOCUMENTS = 60
@@ -62,9 +63,9 @@ def real_run(corpus, tmp_path_factory):
 
 
 def _records(directory):
-    for path in sorted(directory.glob("*/shard-*.jsonl")):
-        for line in path.read_text().splitlines():
-            yield path.parent.name, json.loads(line)
+    for path in sorted(directory.glob("*/shard-*.jsonl*")):  # kept documents (.jsonl), exclusions (.jsonl.zst)
+        for record in read_records(path):
+            yield path.parent.name, record
 
 
 def test_kept_documents_keep_their_words(real_run):

@@ -78,13 +78,14 @@ def test_slurm_jobs_match_local_run(tmp_path):
     finally:
         del os.environ["FAKE_SBATCH_LOG"]
     submitted = [json.loads(line) for line in log.read_text().splitlines()]
-    # normalize 1 + exact 3 + minhash 4 + boilerplate 3 + heuristics 1 + pii 1 + decontaminate 1 stages, then the
+    # normalize 1 + heuristics 1 + exact 3 + minhash 4 + boilerplate 3 + pii 1 + decontaminate 1 stages, then the
     # report job
     assert len(submitted) == len(job_ids) == 15
     assert job_ids[0] == "1001"
     for previous, args in zip(job_ids, submitted[1:]):
         assert f"--dependency=afterok:{previous}" in args
-    assert "--array=0-1%1" in submitted[0] and not any(a.startswith("--array") for a in submitted[2])
+    # exact dedup's select (the fourth job) is a reduce: one task, no array
+    assert "--array=0-1%1" in submitted[0] and not any(a.startswith("--array") for a in submitted[3])
     assert output_files(tmp_path / "out") == output_files(reference)
     assert (tmp_path / "out" / "report.md").exists()
     assert json.loads((tmp_path / "out" / "stats" / "heuristics.json").read_text())["tasks"] == 2

@@ -12,12 +12,21 @@ exclusion records, quarantine and work files byte for byte, and no intermediate 
 from __future__ import annotations
 
 import hashlib
+import json
 import re
 
 import pytest
-from step_contract_runs import exclusion_records, kept_digests, run_default, run_web
+from step_contract_runs import (
+    DEDUP_FIRST_DEFAULT,
+    DEDUP_FIRST_WEB,
+    exclusion_records,
+    kept_digests,
+    run_default,
+    run_web,
+)
 
 from data_pipeline.document import Document
+from data_pipeline.shards import read_records
 from data_pipeline.steps import build_step
 from data_pipeline.steps.heuristics import FAMILIES
 
@@ -80,31 +89,42 @@ MAIN_WEB_DIGESTS = {
 
 
 AS_BEFORE = ("keep_intermediate=true",)
-DATATROVE_WRITING = ("pipeline.steps.4.params.c4.rewrite=datatrove",)
+DATATROVE_WRITING = ("pipeline.steps.1.params.c4.rewrite=datatrove",)
 
 
 @pytest.fixture(scope="module")
 def default_run(tmp_path_factory):
-    return run_default(tmp_path_factory.mktemp("contract_default"), AS_BEFORE + DATATROVE_WRITING)
+    """The default pipeline's steps as the digests were made: in their old order, every step's copy kept."""
+    return run_default(tmp_path_factory.mktemp("contract_default"), AS_BEFORE + DATATROVE_WRITING, DEDUP_FIRST_DEFAULT)
 
 
 @pytest.fixture(scope="module")
 def web_run(tmp_path_factory):
-    return run_web(tmp_path_factory.mktemp("contract_web"), AS_BEFORE)
+    return run_web(tmp_path_factory.mktemp("contract_web"), AS_BEFORE, DEDUP_FIRST_WEB)
 
 
 def files_by_digest(output) -> dict[str, str]:
-    """Every file of a run but those that record when or how long (stats, markers, the report, the plan)."""
+    """Every file of a run but those that record when or how long (stats, markers, the report, the plan). A
+    zstd-compressed JSONL file is digested decompressed, under its name without `.zst`: its frames end where the
+    task checkpointed, which depends on how its steps were grouped, while its records may not."""
     timed = ("stats", ".markers")
     untimed = {".lock", "plan.json", "report.md", "report.html", "report.json", "summary.json"}
-    return {
-        str(path.relative_to(output)): hashlib.sha256(path.read_bytes()).hexdigest()
-        for path in sorted(output.rglob("*"))
-        if path.is_file()
-        and path.relative_to(output).parts[0] not in timed
-        and path.name not in untimed
-        and path.suffix != ".png"
-    }
+    digests = {}
+    for path in sorted(output.rglob("*")):
+        if not path.is_file() or path.relative_to(output).parts[0] in timed or path.name in untimed:
+            continue
+        if path.suffix == ".png":
+            continue
+        name = str(path.relative_to(output))
+        if name.endswith(".jsonl.zst"):
+            text = "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in read_records(path))
+            digests[name.removesuffix(".zst")] = hashlib.sha256(text.encode("utf-8")).hexdigest()
+        elif name.endswith(".jsonl"):  # the same canonical form, for a plain copy to equal a compressed one
+            text = "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in read_records(path))
+            digests[name] = hashlib.sha256(text.encode("utf-8")).hexdigest()
+        else:
+            digests[name] = hashlib.sha256(path.read_bytes()).hexdigest()
+    return digests
 
 
 def bytes_written(output) -> int:
@@ -115,8 +135,14 @@ def bytes_written(output) -> int:
 def test_a_streamed_run_writes_what_a_run_with_every_copy_writes_without_the_copies(
     pipeline, default_run, web_run, tmp_path
 ):
-    per_step = default_run if pipeline == "default" else web_run
-    streamed = run_default(tmp_path, DATATROVE_WRITING) if pipeline == "default" else run_web(tmp_path)
+    """In the pipeline's own order (the quality filters before the dedup steps) and in the digests' old one."""
+    run, writing = (run_default, DATATROVE_WRITING) if pipeline == "default" else (run_web, ())
+    _check_streamed(run(tmp_path / "streamed", writing), run(tmp_path / "copies", AS_BEFORE + writing))
+    old_order, old_copies = (DEDUP_FIRST_DEFAULT, default_run) if pipeline == "default" else (DEDUP_FIRST_WEB, web_run)
+    _check_streamed(run(tmp_path / "streamed_old", writing, old_order), old_copies)
+
+
+def _check_streamed(streamed, per_step) -> None:
     kept, every = files_by_digest(streamed), files_by_digest(per_step)
     assert {name: every[name] for name in kept} == kept  # each file the streamed run wrote, byte for byte
     copies = {name.split("/")[0] for name in set(every) - set(kept)}

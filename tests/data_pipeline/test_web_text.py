@@ -19,6 +19,7 @@ import pytest
 from data_pipeline.cli import main
 from data_pipeline.document import Document
 from data_pipeline.extraction import extract_text
+from data_pipeline.shards import read_records
 from data_pipeline.steps import build_step
 
 NAV = (
@@ -203,11 +204,11 @@ def test_web_pipeline_on_a_warc_with_fasttext_language_model_when_given(tmp_path
         "tasks=2",
         "pipeline.steps.0.params.blocked_domains=[blocked.example.net]",
         "pipeline.steps.11.params.vocab_size=400",
-        "pipeline.steps.7.params.gopher_quality.min_words=40",
+        "pipeline.steps.4.params.gopher_quality.min_words=40",
         # docstrings quote code: counted as datatrove counts (punctuation tokens are words without a letter), 58-78%
         # of their words have a letter, under Gopher's 80%; this test is about the web steps around the filters
-        "pipeline.steps.7.params.gopher_quality.min_alpha_words_ratio=0.5",
-        "pipeline.steps.7.params.c4.min_sentences=2",
+        "pipeline.steps.4.params.gopher_quality.min_alpha_words_ratio=0.5",
+        "pipeline.steps.4.params.c4.min_sentences=2",
     ]
     assert main(base) == 0
     summary = json.loads((out / "summary.json").read_text())
@@ -216,10 +217,10 @@ def test_web_pipeline_on_a_warc_with_fasttext_language_model_when_given(tmp_path
         "extract",
         "normalize",
         "lang_id",
+        "heuristics",
         "exact_dedup",
         "minhash_dedup",
         "boilerplate_dedup",
-        "heuristics",
         "pii",
         "tokenize",
     ]  # no classifier model given
@@ -264,19 +265,15 @@ def test_web_pipeline_on_a_warc_with_fasttext_language_model_when_given(tmp_path
             + [
                 f"pipeline.steps.3.params.model_path={tmp_path / 'lid.bin'}",
                 "pipeline.steps.3.params.threshold=0.55",  # a toy model
-                f"pipeline.steps.8.params.model_path={model.model}",
+                f"pipeline.steps.5.params.model_path={model.model}",
             ]
         )
         == 0
     )
     summary = json.loads((out2 / "summary.json").read_text())
     assert "classifier" in summary and summary["classifier"]["docs_in"] == summary["heuristics"]["docs_out"] > 0
-    excluded = [
-        json.loads(line) for line in (out2 / "excluded" / "lang_id" / "shard-00000.jsonl").read_text().splitlines()
-    ]
-    excluded += [
-        json.loads(line) for line in (out2 / "excluded" / "lang_id" / "shard-00001.jsonl").read_text().splitlines()
-    ]
+    excluded = [record for record in read_records(out2 / "excluded" / "lang_id" / "shard-00000.jsonl.zst")]
+    excluded += [record for record in read_records(out2 / "excluded" / "lang_id" / "shard-00001.jsonl.zst")]
     assert [r["url"] for r in excluded] == ["https://fr.example.com/article"] and summary["lang_id"]["docs_out"] >= 4
     assert (out2 / "hist_lang_id_language_score.png").exists() and (out2 / "hist_classifier_quality_score.png").exists()
     assert list((out2 / "tokens").glob("shard-*.tokens"))
