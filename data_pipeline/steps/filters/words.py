@@ -174,13 +174,13 @@ class WordTokenizer:
             or (rules.infix_spans and rules.infix_spans(text))
         )
 
-    def _affix_tokens(self, text: str, use_specials: bool = True) -> tuple[str, ...]:
+    def _affix_tokens(self, text: str, use_specials: bool = True, touchable: bool = False) -> tuple[str, ...]:
         """spaCy's tokenization of one whitespace-free piece: prefixes and suffixes off, then infix cuts.
+        `touchable`: the caller found the piece not untouchable (`_untouched`), so that is not asked again.
 
         spaCy's affix loop carries nothing from one pass to the next but the text left, so once the text left is
         a remembered piece (`piece_tokens`) whose tokens no special case merged, the answer is the affixes taken
-        off around that piece's tokens; and the text left when the loop stops (nothing more comes off) is
-        remembered as a piece of its own: "word," after "word." costs one prefix and one suffix search."""
+        off around that piece's tokens: "(word," after "word" costs one prefix and one suffix search."""
         specials = self.specials if use_specials else {}
         memo = self._cache if use_specials else {}
         merged = self._merged
@@ -190,14 +190,17 @@ class WordTokenizer:
         prefixes: list[str] = []
         suffixes: list[str] = []
         last_size = -1
+        stopped_untouched = False
         while text and len(text) != last_size:
             # Special cases are remembered pieces: a special case is met here (with use_specials).
             if text in memo and text not in merged:
                 return (*prefixes, *memo[text], *reversed(suffixes))
             if token_match and token_match(text):
                 break
-            if untouched(text):
+            if not touchable and untouched(text):
+                stopped_untouched = True
                 break  # no prefix or suffix matches: this pass would leave the text as it is
+            touchable = False  # the text changes: ask again
             last_size = len(text)
             match = prefix_search(text) if prefix_search else None
             pre_len = match.end() - match.start() if match else 0
@@ -227,21 +230,18 @@ class WordTokenizer:
                 text = text[:-suf_len]
         if not text:
             core: tuple[str, ...] = ()
+        elif stopped_untouched:
+            core = (text,)  # no infix can match either (and a special case was met above)
         elif text in specials:
             core = specials[text]
         else:
             core = self._core_tokens(text, rules)
-            if use_specials and (prefixes or suffixes):
-                # The loop stopped on `text` (no affix comes off it, or nothing may cut it): the loop run on `text`
-                # alone stops at once too, with the same tokens.
-                self._remember(text, core)
         return (*prefixes, *core, *reversed(suffixes))
 
     def _core_tokens(self, text: str, rules: _AffixRules) -> tuple[str, ...]:
-        """The tokens of text no prefix or suffix comes off (not a special case): cut at its infixes."""
+        """The tokens of text no prefix or suffix comes off, not a special case, found not untouchable (or
+        matched by the token pattern, which keeps it whole): cut at its infixes."""
         token_match = self._token_match
-        if self._untouched(text):
-            return (text,)  # no infix can match either
         # No infix: one token whatever the URL and token patterns say (so they are not asked).
         spans = rules.infix_spans(text) if rules.infix_spans else ()
         if not spans or (token_match and token_match(text)) or (self._url and self._url(text)):
@@ -309,7 +309,7 @@ class WordTokenizer:
             ):
                 self._cache[piece] = tokens = (piece,)  # no rule can cut it (special cases are memoised from start)
             else:
-                tokens = self._remember(piece, self._affix_tokens(piece))
+                tokens = self._remember(piece, self._affix_tokens(piece, touchable=True))
         return tokens
 
     def _bound_memory(self) -> None:
