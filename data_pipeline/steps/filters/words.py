@@ -19,7 +19,12 @@ Two fast paths, both exact: text made only of an "untouchable" alphabet (ASCII l
 characters no rule can use with them, proven from the rule tables by `regex_edges.untouchable_alphabets`) is one
 token without a search, whole or once its affixes are off; and ASCII pieces (nearly all) are searched with the
 rules cut to ASCII (`regex_edges.ascii_alternation`), whose small character classes `re` tests in one step.
-tests/data_pipeline/test_word_fast_paths.py checks both against spaCy.
+tests/data_pipeline/test_word_fast_paths.py checks both against spaCy. A third: the affix loop's only state is
+the text left, so once that is a remembered piece, its tokens complete the answer ("(word," after "word";
+tests/data_pipeline/test_word_ids.py).
+
+The filters read tokens through `token_ids` (`text.Words`): ids into a table of the distinct tokens with their
+lengths and hashes, gathered with numpy, so a document's tokens are never listed as strings.
 """
 
 from __future__ import annotations
@@ -135,6 +140,7 @@ class WordTokenizer:
                 if len(pieces) > 1:
                     self._merges[pieces] = special
         self._merge_starts = frozenset(pieces[0] for pieces in self._merges)
+        self._merge_pairs = frozenset(pieces[:2] for pieces in self._merges)
         self._merge_lengths = {
             start: tuple(sorted({len(pieces) for pieces in self._merges if pieces[0] == start}, reverse=True))
             for start in self._merge_starts
@@ -263,8 +269,12 @@ class WordTokenizer:
     def _remember(self, piece: str, tokens: tuple[str, ...]) -> tuple[str, ...]:
         """Remember the piece's tokens, once special cases the affix rules cut are merged back; a piece that merge
         changed is noted in `_merged` (its remembered tokens are not the affix loop's). A merge starts before the
-        last token."""
-        if len(tokens) > 1 and not self._merge_starts.isdisjoint(tokens[:-1]):
+        last token, with the second piece of some merge after it."""
+        if (
+            len(tokens) > 1
+            and not self._merge_starts.isdisjoint(tokens[:-1])
+            and not self._merge_pairs.isdisjoint(zip(tokens, tokens[1:]))
+        ):
             merged = self._merge_specials(tokens)
             if merged != tokens:
                 self._merged.add(piece)
