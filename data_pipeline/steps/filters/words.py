@@ -74,6 +74,9 @@ class _AffixRules:
         self.infix = InfixFinder(infix) if infix else None
         self.prefix_search = self.prefix.search if self.prefix else None
         self.suffix_search = self.suffix.search if self.suffix else None
+        # The per-character searches, read in the affix loop without a call of `search` (None: call it).
+        self.prefix_by_char = self.prefix.by_char if self.prefix else None
+        self.suffix_by_char = self.suffix.by_char if self.suffix else None
         self.infix_spans = self.infix.spans if self.infix else None
 
 
@@ -193,6 +196,7 @@ class WordTokenizer:
         token_match, untouched = self._token_match, self._untouched
         rules = self._ascii if text.isascii() else self._full  # the piece's substrings are ASCII as it is
         prefix_search, suffix_search = rules.prefix_search, rules.suffix_search
+        prefix_by_char, suffix_by_char = rules.prefix_by_char, rules.suffix_by_char
         prefixes: list[str] = []
         suffixes: list[str] = []
         last_size = -1
@@ -208,7 +212,11 @@ class WordTokenizer:
                 break  # no prefix or suffix matches: this pass would leave the text as it is
             touchable = False  # the text changes: ask again
             last_size = len(text)
-            match = prefix_search(text) if prefix_search else None
+            if prefix_by_char is not None:
+                found = prefix_by_char[text[0]]
+                match = found(text) if found is not None else None
+            else:
+                match = prefix_search(text) if prefix_search else None
             pre_len = match.end() - match.start() if match else 0
             if pre_len:
                 rest = text[pre_len:]
@@ -216,7 +224,11 @@ class WordTokenizer:
                     prefixes.append(text[:pre_len])
                     text = rest
                     break
-            match = suffix_search(text[pre_len:]) if suffix_search else None
+            if suffix_by_char is not None and pre_len < len(text):
+                found = suffix_by_char[text[-1]]
+                match = found(text[pre_len:]) if found is not None else None
+            else:
+                match = suffix_search(text[pre_len:]) if suffix_search else None
             suf_len = match.end() - match.start() if match else 0
             if suf_len:
                 rest = text[:-suf_len]
