@@ -119,9 +119,15 @@ class Groups:
     def __init__(self, keys: np.ndarray) -> None:
         self.order = np.argsort(keys)
         ordered = keys[self.order]
-        starts = np.concatenate(([True], ordered[1:] != ordered[:-1])) if len(keys) else np.zeros(0, dtype=bool)
-        self.bounds = np.flatnonzero(starts)
-        self.counts = np.diff(np.append(self.bounds, len(keys)))
+        size = len(keys)
+        starts = np.empty(size, dtype=bool)  # where a group starts in key order (filled in place: small arrays,
+        if size:  # so numpy's per-call cost is what counts)
+            starts[0] = True
+            np.not_equal(ordered[1:], ordered[:-1], out=starts[1:])
+        self.bounds = bounds = np.flatnonzero(starts)
+        self.counts = np.empty(len(bounds), dtype=np.int64)
+        np.subtract(bounds[1:], bounds[:-1], out=self.counts[:-1])
+        self.counts[-1:] = size - bounds[-1:]
 
     def first(self) -> np.ndarray:
         """Each group's lowest position, groups in key order."""
