@@ -6,18 +6,19 @@ its own). A token made only of punctuation (`text.PUNCTUATION`) is a symbol: the
 word length are over the other tokens; the hash and ellipsis ratios and the alphabetic-word ratio divide by all
 tokens. Bullet lines start (after spaces) with "•" or "-"; ellipsis lines end (before spaces) with "..." or "…";
 both are fractions of `str.splitlines()`. Stop words are looked up among the tokens as they are (case kept).
-The per-token work is done once per distinct token of the document (`collections.Counter` counts at C speed).
+The per-token work is done once per distinct token the process sees (`text.Words`: tables by token id).
 """
 
 from __future__ import annotations
 
 import re
-from collections import Counter
 from typing import Optional, Sequence
+
+import numpy as np
 
 from data_pipeline.document import Document
 from data_pipeline.steps.base import FilterStep, Verdict, reject
-from data_pipeline.steps.filters.text import PUNCTUATION, words_of
+from data_pipeline.steps.filters.text import Words, words_of
 
 STOP_WORDS = ("the", "be", "to", "of", "and", "that", "have", "with")
 BULLETS = ("\u2022", "-")  # •, -
@@ -27,17 +28,14 @@ _BULLET_LINE = re.compile(rf"(?:\A|[{_BOUNDARY}])\s*[\u2022\-]")
 _ELLIPSIS_LINE = re.compile(rf"(?:\.\.\.|\u2026)[^\S{_BOUNDARY}]*(?=[{_BOUNDARY}]|\Z)")
 
 
-def token_classes(words: list[str]) -> tuple[int, int, int]:
-    """(symbol-free tokens, their characters, tokens with a letter), from each distinct token once."""
-    words_n = chars = alpha = 0
-    punctuation = PUNCTUATION
-    for token, count in Counter(words).items():
-        if not punctuation.issuperset(token):
-            words_n += count
-            chars += count * len(token)
-        if token.isalpha() or any(map(str.isalpha, token)):
-            alpha += count
-    return words_n, chars, alpha
+def token_classes(words: Words) -> tuple[int, int, int]:
+    """(symbol-free tokens, their characters, tokens with a letter), from per-token tables (numpy gathers)."""
+    is_word, has_alpha = words.classes()
+    return (
+        int(np.count_nonzero(is_word)),
+        int(words.lengths()[is_word].sum()),
+        int(np.count_nonzero(has_alpha)),
+    )
 
 
 class GopherQuality(FilterStep):
@@ -110,7 +108,7 @@ class GopherQuality(FilterStep):
             if ratio < self.min_alpha_words_ratio:
                 return reject("alpha_words_ratio", round(ratio, 4), self.min_alpha_words_ratio)
         if self.min_stop_words is not None:
-            found = len(self.stop_words.intersection(tokens))
+            found = sum(map(tokens.holds, self.stop_words))
             if found < self.min_stop_words:
                 return reject("min_stop_words", found, self.min_stop_words)
         return True

@@ -76,20 +76,34 @@ def _window_min(values: np.ndarray, n: int) -> np.ndarray:
     return out
 
 
+def _power_table(base: int, size: int) -> np.ndarray:
+    """base**k mod 2**64 for k < size (cumulative products: the first values do not depend on size)."""
+    one = np.ones(1, dtype=np.uint64)
+    with np.errstate(over="ignore"):
+        return np.cumprod(np.concatenate((one, np.full(size - 1, base, dtype=np.uint64))), dtype=np.uint64)
+
+
+_POWERS: dict[int, np.ndarray] = {}  # base -> its power table, grown (doubled) as longer texts come
+
+
+def _powers(base: int, size: int) -> np.ndarray:
+    table = _POWERS.get(base)
+    if table is None or len(table) < size:
+        table = _POWERS[base] = _power_table(base, max(size, 2 * len(table) if table is not None else 1 << 16))
+    return table
+
+
 class StringHashes:
     """Polynomial hashes of substrings of one string, each in O(1) after an O(len) pass: equal substrings get
-    equal hashes wherever they are."""
+    equal hashes wherever they are. The powers of the base and of its inverse are computed once per process."""
 
     def __init__(self, text: str) -> None:
         codes = np.frombuffer(text.encode("utf-32-le", "surrogatepass"), dtype=np.uint32).astype(np.uint64)
         n = len(codes)
-        one = np.ones(1, dtype=np.uint64)
+        self.powers = _powers(_BASE, n + 1)
         with np.errstate(over="ignore"):
-            self.powers = np.cumprod(np.concatenate((one, np.full(n, _BASE, dtype=np.uint64))), dtype=np.uint64)
-            inverse = np.cumprod(
-                np.concatenate((one, np.full(max(n - 1, 0), _BASE_INVERSE, dtype=np.uint64))), dtype=np.uint64
-            )
-            self.prefix = np.concatenate((one - one, np.cumsum(codes * inverse[:n], dtype=np.uint64)))
+            weighted = codes * _powers(_BASE_INVERSE, n)[:n]
+            self.prefix = np.concatenate((np.zeros(1, dtype=np.uint64), np.cumsum(weighted, dtype=np.uint64)))
 
     def of(self, starts: np.ndarray, ends: np.ndarray) -> np.ndarray:
         """Hashes of text[starts[i]:ends[i]] (non-empty)."""
@@ -105,9 +119,15 @@ class Groups:
     def __init__(self, keys: np.ndarray) -> None:
         self.order = np.argsort(keys)
         ordered = keys[self.order]
-        starts = np.concatenate(([True], ordered[1:] != ordered[:-1])) if len(keys) else np.zeros(0, dtype=bool)
-        self.bounds = np.flatnonzero(starts)
-        self.counts = np.diff(np.append(self.bounds, len(keys)))
+        size = len(keys)
+        starts = np.empty(size, dtype=bool)  # where a group starts in key order (filled in place: small arrays,
+        if size:  # so numpy's per-call cost is what counts)
+            starts[0] = True
+            np.not_equal(ordered[1:], ordered[:-1], out=starts[1:])
+        self.bounds = bounds = np.flatnonzero(starts)
+        self.counts = np.empty(len(bounds), dtype=np.int64)
+        np.subtract(bounds[1:], bounds[:-1], out=self.counts[:-1])
+        self.counts[-1:] = size - bounds[-1:]
 
     def first(self) -> np.ndarray:
         """Each group's lowest position, groups in key order."""
@@ -120,10 +140,11 @@ class Groups:
         return out
 
 
-def greedy_repeated_chars(keys: np.ndarray, chars: np.ndarray, n: int) -> int:
+def greedy_repeated_chars(keys: np.ndarray, chars: np.ndarray, n: int, groups: Optional[Groups] = None) -> int:
     """datatrove's scan: a key seen before adds its characters and jumps n ahead; others are remembered. Only
-    keys that occur more than once can repeat or be repeated, so the scan visits only their positions."""
-    positions = np.flatnonzero(Groups(keys).occurrences() > 1)
+    keys that occur more than once can repeat or be repeated, so the scan visits only their positions (`groups`:
+    the keys' `Groups`, computed here unless given)."""
+    positions = np.flatnonzero((groups or Groups(keys)).occurrences() > 1)
     seen: set = set()
     total = 0
     barrier = 0  # positions before it were jumped over
@@ -138,10 +159,11 @@ def greedy_repeated_chars(keys: np.ndarray, chars: np.ndarray, n: int) -> int:
     return total
 
 
-def covered_chars(keys: np.ndarray, lengths: np.ndarray, n: int) -> int:
-    """Characters of the tokens covered by a later occurrence of an n-gram (an upper bound of the scan's sum)."""
+def covered_chars(keys: np.ndarray, lengths: np.ndarray, n: int, groups: Optional[Groups] = None) -> int:
+    """Characters of the tokens covered by a later occurrence of an n-gram (an upper bound of the scan's sum);
+    `groups`: the keys' `Groups`, computed here unless given."""
     later = np.ones(len(keys), dtype=bool)
-    later[Groups(keys).first()] = False
+    later[(groups or Groups(keys)).first()] = False
     starts = np.flatnonzero(later)
     if not len(starts):
         return 0
@@ -195,12 +217,12 @@ class GopherRepetition(FilterStep):
         if not self.top_ngrams and not self.dup_ngrams:
             return True
         words = words_of(text, self.language)
-        if not words:
+        if not len(words):
             return True
-        lengths = np.fromiter(map(len, words), dtype=np.int64, count=len(words))
+        lengths = words.lengths()
         cumulative = np.concatenate(([0], np.cumsum(lengths)))
         if self.top_ngrams:
-            word_hashes = np.fromiter(map(hash, words), dtype=np.int64, count=len(words)).view(np.uint64)
+            word_hashes = words.hashes()
             # An n-gram occurs at most as often as its rarest token: a cheap upper bound that settles most
             # documents without counting their n-grams.
             occurrences = Groups(word_hashes).occurrences()
@@ -218,15 +240,16 @@ class GopherRepetition(FilterStep):
                 return reject(f"top_{n}gram_char_frac", round(fraction, 4), limit)
         if not self.dup_ngrams:
             return True
-        strings = StringHashes("".join(words))
+        strings = StringHashes(words.joined())
         for n, limit in self.dup_ngrams.items():
             if len(words) < n:
                 continue
             starts, ends = cumulative[: len(words) - n + 1], cumulative[n:]
             keys = strings.of(starts, ends)
-            if covered_chars(keys, lengths, n) <= limit * total:
+            groups = Groups(keys)  # one sort for the bound and the scan
+            if covered_chars(keys, lengths, n, groups) <= limit * total:
                 continue
-            fraction = greedy_repeated_chars(keys, ends - starts, n) / total
+            fraction = greedy_repeated_chars(keys, ends - starts, n, groups) / total
             if fraction > limit:
                 return reject(f"dup_{n}gram_char_frac", round(fraction, 4), limit)
         return True

@@ -168,6 +168,18 @@ def edge_test(alternative: str, last: bool) -> CharTest:
     return lambda char: match(char) is not None
 
 
+class _ByChar(dict):
+    """A dictionary that fills a missing key from `make(key)` (one C-level look-up once filled)."""
+
+    def __init__(self, make: Callable) -> None:
+        super().__init__()
+        self._make = make
+
+    def __missing__(self, key):
+        value = self[key] = self._make(key)
+        return value
+
+
 class AnchoredAlternation:
     """`re.compile(pattern).search` for an alternation whose every alternative is anchored at the start (`^...`)
     or the end (`...$`): the same match, from only the alternatives that can begin or end with the text's first or
@@ -182,27 +194,23 @@ class AnchoredAlternation:
         ok = ok and "|".join(self.alternatives) == pattern
         self._whole = re.compile(pattern).search
         self._tests: Optional[list[CharTest]] = [edge_test(a, at_end) for a in self.alternatives] if ok else None
-        self._by_char: dict[str, Optional[Callable]] = {}
+        # The search for text with this first (last, at_end) character, None where no alternative can match; each
+        # compiled on first use. None when the alternatives could not be read (then only `search` serves).
+        self.by_char: Optional[_ByChar] = _ByChar(self._for_char) if ok else None
 
     def _for_char(self, char: str) -> Optional[Callable]:
         assert self._tests is not None
         chosen = [a for a, test in zip(self.alternatives, self._tests) if test(char)]
-        found = re.compile("|".join(chosen)).search if chosen else None
-        self._by_char[char] = found
-        return found
+        return re.compile("|".join(chosen)).search if chosen else None
 
     def can_match(self, char: str) -> bool:
         """Whether some alternative can begin (or end, at_end) with `char`: False says search finds nothing."""
-        if self._tests is None:
-            return True
-        found = self._by_char[char] if char in self._by_char else self._for_char(char)
-        return found is not None
+        return self.by_char is None or self.by_char[char] is not None
 
     def search(self, text: str):
-        if not text or self._tests is None:
+        if not text or self.by_char is None:
             return self._whole(text)
-        char = text[-1] if self.at_end else text[0]
-        found = self._by_char[char] if char in self._by_char else self._for_char(char)
+        found = self.by_char[text[-1] if self.at_end else text[0]]
         return None if found is None else found(text)
 
 

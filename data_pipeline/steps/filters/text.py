@@ -7,7 +7,11 @@ line rule looks for.
 
 from __future__ import annotations
 
-from data_pipeline.steps.filters.words import word_tokenizer
+from typing import Optional
+
+import numpy as np
+
+from data_pipeline.steps.filters.words import Column, WordTokenizer, word_tokenizer
 
 # datatrove's TERMINAL_PUNCTUATION: Unicode's Sentence_Terminal characters as of Unicode 15 and three Khmer signs
 # (U+17D6, U+17D9, U+17DA). A line ending in one of them counts as ending a sentence (FineWeb's line rule).
@@ -41,16 +45,91 @@ PUNCTUATION = (
     | TERMINAL_PUNCTUATION
 )
 
-_last: tuple[str, str, list[str]] = ("", "", [])
+
+class Words:
+    """A text's word tokens (datatrove's `split_into_words`) as ids into its tokenizer's numbering, and the per-token
+    figures the families read, gathered at numpy speed: the tokens as strings are never listed."""
+
+    def __init__(self, text: str, tokenizer: WordTokenizer) -> None:
+        self.text = text
+        self.pieces = text.split()
+        self.tokenizer = tokenizer
+        self.ids = tokenizer.token_ids(self.pieces)
+        self.generation = tokenizer.generation  # read after: numbering the pieces may have restarted it
+
+    def __len__(self) -> int:
+        return len(self.ids)
+
+    def _current_ids(self) -> np.ndarray:
+        if self.generation != self.tokenizer.generation:  # the tokenizer forgot its numbering since: renumber
+            self.ids = self.tokenizer.token_ids(self.pieces)
+            self.generation = self.tokenizer.generation
+        return self.ids
+
+    def strings(self) -> list[str]:
+        texts = self.tokenizer.token_texts
+        return [texts[i] for i in self._current_ids().tolist()]
+
+    def lengths(self) -> np.ndarray:
+        """len() of each token (int64)."""
+        return self.tokenizer.token_lengths.data[self._current_ids()]
+
+    def hashes(self) -> np.ndarray:
+        """hash() of each token (uint64 bits)."""
+        return self.tokenizer.token_hashes.data[self._current_ids()].view(np.uint64)
+
+    def joined(self) -> str:
+        """The tokens concatenated: the pieces concatenated (a piece's tokens join to it; special cases are checked
+        to, when the tokenizer is built)."""
+        return "".join(self.pieces)
+
+    def classes(self) -> tuple[np.ndarray, np.ndarray]:
+        """For each token: whether it is a word (not made only of `PUNCTUATION`), whether it holds a letter."""
+        ids = self._current_ids()
+        facts = _facts(self.tokenizer)
+        return facts.word.data[ids], facts.alpha.data[ids]
+
+    def holds(self, token: str) -> bool:
+        """Whether the token is one of the text's tokens."""
+        ids = self._current_ids()
+        token_id = self.tokenizer.token_id(token)
+        return token_id is not None and bool((ids == token_id).any())
 
 
-def words_of(text: str, language: str = "en") -> list[str]:
+class _TokenFacts:
+    """Per token id (of one tokenizer's numbering): word or symbol, with a letter or not; filled as ids appear."""
+
+    def __init__(self) -> None:
+        self.word = Column(bool)
+        self.alpha = Column(bool)
+
+    def update(self, texts: list[str]) -> None:
+        new = texts[self.word.size :]
+        if new:
+            punctuation = PUNCTUATION
+            self.word.extend([not punctuation.issuperset(token) for token in new])
+            self.alpha.extend([any(map(str.isalpha, token)) for token in new])
+
+
+def _facts(tokenizer: WordTokenizer) -> _TokenFacts:
+    facts = tokenizer.per_token.get("word_classes")  # emptied with the numbering
+    if facts is None:
+        facts = tokenizer.per_token["word_classes"] = _TokenFacts()
+    facts.update(tokenizer.token_texts)
+    return facts
+
+
+_last: Optional[Words] = None
+
+
+def words_of(text: str, language: str = "en") -> Words:
     """The text's word tokens (datatrove's `split_into_words`), remembered for the last text: the families of one
     chain measure the same string."""
     global _last
-    if text is not _last[1] or language != _last[0]:
-        _last = (language, text, word_tokenizer(language).words(text))
-    return _last[2]
+    tokenizer = word_tokenizer(language)
+    if _last is None or text is not _last.text or tokenizer is not _last.tokenizer:
+        _last = Words(text, tokenizer)
+    return _last
 
 
 def duplicated(items: list[str]) -> tuple[int, int]:
