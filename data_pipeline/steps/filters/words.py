@@ -49,7 +49,9 @@ from data_pipeline.steps.filters.regex_edges import (
 
 RULES_DIR = Path(__file__).with_name("word_rules")
 _WHITESPACE_RUN = re.compile(r"\s+")
-_CACHE_LIMIT = 2_000_000  # remembered pieces before the memo is cleared, between documents (a bound on memory)
+# Remembered pieces before the memos are cleared, between documents: a bound on memory. Each piece is remembered
+# twice since the ids were added (its tokens, and its ids), so the limit was halved from 2,000,000 to keep the bound.
+_CACHE_LIMIT = 1_000_000
 # Untouchable alphabets are grown from these seeds with these candidates (ASCII: what most pieces are made of).
 _ALPHABET_SEEDS = (string.ascii_letters, string.digits)
 _ALPHABET_CANDIDATES = "".join(map(chr, range(0x21, 0x7F)))
