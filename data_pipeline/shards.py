@@ -76,8 +76,8 @@ def find_shard(directory: Path, rank: int) -> Optional[Path]:
 class AtomicRecordWriter:
     """Records to `<final>` via a temporary file; `commit()` renames into place, `discard()` removes it.
 
-    JSONL streams to disk (`jsonl.zst`: through a zstd compressor, one frame per `flush_frame`); Parquet is buffered
-    and written at commit (one row group per shard).
+    JSONL streams to disk (`jsonl.zst`: through a zstd compressor, a frame ended at each `flush_to_disk`); Parquet
+    is buffered and written at commit (one row group per shard).
     """
 
     def __init__(self, final: Path, fmt: str = "jsonl") -> None:
