@@ -6,9 +6,9 @@ for a stage to finish; what a task reads and writes is decided here, so a task g
 runs.
 
 Layout under the output directory:
-  <step>/shard-RRRRR.<fmt>              kept documents: of the steps a later step reads from disk and of the last
-                                        step, or of every step with keep_intermediate (streams.py)
-  excluded/<step>/shard-RRRRR.jsonl     removed documents with their reason (and details, e.g. cluster id)
+  <step>/shard-RRRRR.<fmt>              kept documents: of the last step, or of every step with keep_intermediate
+  <step>/shard-RRRRR.jsonl.zst          kept documents of a step a later step reads from disk (streams.py)
+  excluded/<step>/shard-RRRRR.jsonl.zst removed documents with their reason (and details, e.g. cluster id)
   quarantine/<step>/shard-RRRRR.jsonl   rows that were not valid documents, with the reason
   stats/<step>/task-RRRRR.json          per-task stats of the output stage; stage-<stage>-RRRRR.json: the
                                         wall time of earlier stages (stats/<step>.json: merged)
