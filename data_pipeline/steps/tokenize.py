@@ -143,7 +143,7 @@ class Tokenize(Step):
                     texts[rank, row] = doc.text
                 if row == last:
                     break
-            missing = set(rows) - {row for shard, row in texts if shard == rank}
+            missing = [row for row in rows if (rank, row) not in texts]
             if missing:
                 raise RuntimeError(
                     f"tokenize: input shard {rank} ended before row {min(missing)} the sample stage chose; the shard "
